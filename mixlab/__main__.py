@@ -1,0 +1,3 @@
+from mixlab.cli import main
+
+main()

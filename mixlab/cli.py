@@ -1,0 +1,84 @@
+"""The one `mixlab` command. Each domain folder owns its commands in its own `cli.py` exposing
+`register(app)`; this module only wires them together and turns `MixlabError` into a one-line error.
+
+Domain CLI modules keep heavy imports (torch, transformers, streamlit) inside the command functions so that
+`mixlab --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from mixlab.errors import MixlabError
+
+app = typer.Typer(
+    name="mixlab",
+    help="Post-training data-mixture lab for Kimi Linear-style hybrid LLMs: "
+    "build mixtures, fine-tune, evaluate, compare leaderboard vs usability.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Order is the order of `mixlab --help`.
+_DOMAIN_CLIS = [
+    "mixlab.model.cli",
+    "mixlab.mixtures.cli",
+    "mixlab.recipes.cli",
+    "mixlab.evals.cli",
+    "mixlab.dashboard.cli",
+]
+
+
+@app.callback()
+def _root() -> None:
+    """Post-training data-mixture lab for Kimi Linear-style hybrid LLMs."""
+
+
+@app.command("version")
+def version() -> None:
+    """Print the mixlab version."""
+    from mixlab import __version__
+
+    typer.echo(__version__)
+
+
+def _register_domains() -> None:
+    for name in _DOMAIN_CLIS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # that domain has no CLI yet
+                continue
+            raise
+        module.register(app)
+
+
+_register_domains()
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except MixlabError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

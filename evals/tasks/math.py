@@ -1,0 +1,285 @@
+"""Math leaderboard tasks: GSM8K (strict `####` and flexible last-number extraction) and MATH-500 (math-verify).
+
+Both are 0-shot chat prompts that tell the model how to mark its final answer. Chat models often ignore the
+marker, so GSM8K reports strict and flexible extraction side by side (evals-reference §3.1, §5) and every
+sample keeps the extracted strings in `Score.details`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mixlab.evals.tasks._data import apply_limit, load_rows
+from mixlab.evals.tasks.base import EvalItem, Score, Task, register_task
+
+# --------------------------------------------------------------------------------------------------------------
+# GSM8K
+
+GSM8K_PROMPT = (
+    "Solve the following math problem step by step. At the end, write the final answer as a plain number "
+    'on its own line in the form "#### <answer>".\n\n{question}'
+)
+
+# OpenAI's reference regex, tolerating "#### $18" and no space after the marker (chat models write both).
+_STRICT_RE = re.compile(r"####\s*\$?\s*(-?[0-9.,]+)")
+# lm-eval's flexible-extract: the last number-like token in the whole output.
+_FLEX_RE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+_CALC_ANNOTATION_RE = re.compile(r"<<[^>]*>>")
+
+
+def normalize_number(text: str) -> str:
+    """Canonical string for a GSM8K answer: drop `,` `$` whitespace, a trailing `.`, and a zero fraction.
+
+    "1,234.00" -> "1234", "$18." -> "18", "-3.50" -> "-3.5". Non-numbers are returned stripped, unchanged.
+    """
+    s = text.strip().replace(",", "").replace("$", "").replace(" ", "")
+    s = s.rstrip(".")
+    if re.fullmatch(r"-?\d*\.\d+|-?\d+", s):
+        if "." in s:
+            s = s.rstrip("0").rstrip(".")
+        if s.startswith("-"):
+            body = s[1:].lstrip("0") or "0"
+            s = "-" + body if body != "0" else "0"
+        else:
+            s = s.lstrip("0") or "0"
+        if s.startswith("."):
+            s = "0" + s
+        elif s.startswith("-."):
+            s = "-0" + s[1:]
+    return s
+
+
+def extract_strict(output: str) -> str | None:
+    match = _STRICT_RE.search(output)
+    if not match:
+        return None
+    value = normalize_number(match.group(1))
+    return value if re.fullmatch(r"-?\d+(\.\d+)?", value) else None
+
+
+def extract_flexible(output: str) -> str | None:
+    for match in reversed(_FLEX_RE.findall(output)):
+        value = normalize_number(match[0] or match[1])
+        if re.fullmatch(r"-?\d+(\.\d+)?", value):
+            return value
+    return None
+
+
+def gsm8k_gold(answer_field: str) -> str:
+    gold = extract_strict(answer_field)
+    if gold is None:
+        raise ValueError(f"GSM8K answer has no '#### <number>' line: {answer_field[-80:]!r}")
+    return gold
+
+
+@register_task
+class GSM8K(Task):
+    name = "gsm8k"
+    category = "leaderboard"
+    description = "GSM8K test (1,319 grade-school word problems), 0-shot chat; strict #### and flexible last-number"
+    metrics = ("exact_match_strict", "exact_match_flexible")
+    binary_metrics = True
+    max_new_tokens = 512
+    data_path = "gsm8k/test.jsonl"
+    hub = "openai/gsm8k"
+    hub_config = "main"
+
+    def load(self, data_root: Path | None, limit: int | None = None) -> list[EvalItem]:
+        rows = apply_limit(load_rows(self.name, data_root, self.data_path, self.hub, self.hub_config), limit)
+        items = []
+        for idx, row in enumerate(rows):
+            items.append(
+                EvalItem(
+                    item_id=f"gsm8k-test-{idx:04d}",
+                    messages=[{"role": "user", "content": GSM8K_PROMPT.format(question=row["question"])}],
+                    reference=gsm8k_gold(row["answer"]),
+                    meta={"question": row["question"], "solution": row["answer"]},
+                )
+            )
+        return items
+
+    def score(self, item: EvalItem, output: str) -> Score:
+        try:
+            text = output if isinstance(output, str) else str(output)
+            strict, flexible = extract_strict(text), extract_flexible(text)
+        except Exception as exc:  # noqa: BLE001 - a scorer never crashes on model output
+            return Score({m: 0.0 for m in self.metrics}, details={"error": f"{type(exc).__name__}: {exc}"})
+        gold = item.reference
+        return Score(
+            {"exact_match_strict": float(strict == gold), "exact_match_flexible": float(flexible == gold)},
+            details={"gold": gold, "extracted_strict": strict, "extracted_flexible": flexible},
+        )
+
+    def reference_output(self, item: EvalItem) -> str:
+        # The rationale as a model would write it: calculator annotations removed, the #### line kept.
+        return _CALC_ANNOTATION_RE.sub("", item.meta["solution"])
+
+    def contamination_texts(self, item: EvalItem) -> list[str]:
+        return [item.meta["question"], item.meta["solution"]]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# MATH-500
+
+MATH_PROMPT = (
+    "Solve the following math problem. Show your reasoning, then put the final answer in \\boxed{{}}.\n\n{problem}"
+)
+
+T = TypeVar("T")
+
+# math-verify logs a warning on every call when its signal timeouts are disabled; we enforce our own.
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+
+class MathVerifyTimeout(Exception):
+    pass
+
+
+def call_with_timeout(fn: Callable[[], T], timeout_s: float) -> T:
+    """Run fn in a daemon thread and wait at most timeout_s.
+
+    math-verify's built-in timeouts use signal.alarm, which works only in the main thread (and would clobber
+    pytest-timeout's alarm). This wrapper works from any thread; a runaway sympy call is abandoned (the daemon
+    thread finishes or dies with the process) and the caller gets MathVerifyTimeout.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name="math-verify", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise MathVerifyTimeout(f"math-verify took longer than {timeout_s}s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def last_boxed(text: str) -> str | None:
+    r"""Content of the last \boxed{...} (or \fbox{...}) with balanced braces; `\boxed 5` is accepted too."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    i = start + (len("\\boxed") if text.startswith("\\boxed", start) else len("\\fbox"))
+    if text.startswith(" ", i) and not text.startswith(" {", i):
+        # "\boxed 5": the token up to the next whitespace or $.
+        m = re.match(r" ([^\s$]+)", text[i:])
+        return m.group(1) if m else None
+    while i < len(text) and text[i] == " ":
+        i += 1
+    if i >= len(text) or text[i] != "{":
+        return None
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j]
+    return None  # unbalanced: truncated output
+
+
+_MAX_ANSWER_CHARS = 2000  # longer "answers" are junk and can make sympy crawl
+
+
+def math_equal(gold_answer: str, predicted: str, timeout_s: float = 5.0) -> bool:
+    """math-verify equivalence of two LaTeX answers (both wrapped in \\boxed{} so they always parse)."""
+    if not predicted.strip() or len(predicted) > _MAX_ANSWER_CHARS:
+        return False
+    from math_verify import parse, verify
+
+    def run() -> bool:
+        gold = parse(f"$\\boxed{{{gold_answer}}}$", parsing_timeout=None)
+        pred = parse(f"$\\boxed{{{predicted}}}$", parsing_timeout=None)
+        if not gold or not pred:
+            return False
+        return bool(verify(gold, pred, timeout_seconds=None))
+
+    try:
+        return call_with_timeout(run, timeout_s)
+    except Exception:  # noqa: BLE001 - parse failure or timeout: not equal
+        return False
+
+
+def math_verify_whole(gold_answer: str, output: str, timeout_s: float = 5.0) -> bool:
+    """math-verify's own extraction over the whole output (boxed first, else the last LaTeX/expression)."""
+    if not output.strip():
+        return False
+    from math_verify import parse, verify
+
+    tail = output[-4 * _MAX_ANSWER_CHARS :]
+
+    def run() -> bool:
+        gold = parse(f"$\\boxed{{{gold_answer}}}$", parsing_timeout=None)
+        pred = parse(tail, parsing_timeout=None)
+        return bool(gold and pred and verify(gold, pred, timeout_seconds=None))
+
+    try:
+        return call_with_timeout(run, timeout_s)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@register_task
+class Math500(Task):
+    name = "math500"
+    category = "leaderboard"
+    description = "MATH-500 (PRM800K split of MATH test), 0-shot chat, last \\boxed{} checked with math-verify"
+    metrics = ("accuracy", "accuracy_any_extraction")
+    binary_metrics = True
+    max_new_tokens = 1024
+    data_path = "math500/test.jsonl"
+    hub = "HuggingFaceH4/MATH-500"
+    timeout_s = 5.0
+
+    def load(self, data_root: Path | None, limit: int | None = None) -> list[EvalItem]:
+        rows = apply_limit(load_rows(self.name, data_root, self.data_path, self.hub), limit)
+        return [
+            EvalItem(
+                item_id=row.get("unique_id") or f"math500-{idx:03d}",
+                messages=[{"role": "user", "content": MATH_PROMPT.format(problem=row["problem"])}],
+                reference=row["answer"],
+                meta={
+                    "problem": row["problem"],
+                    "solution": row["solution"],
+                    "subject": row.get("subject"),
+                    "level": row.get("level"),
+                },
+            )
+            for idx, row in enumerate(rows)
+        ]
+
+    def score(self, item: EvalItem, output: str) -> Score:
+        try:
+            text = output if isinstance(output, str) else str(output)
+            boxed = last_boxed(text)
+            boxed_ok = boxed is not None and math_equal(item.reference, boxed, self.timeout_s)
+            any_ok = boxed_ok or math_verify_whole(item.reference, text, self.timeout_s)
+        except Exception as exc:  # noqa: BLE001 - a scorer never crashes on model output
+            return Score({m: 0.0 for m in self.metrics}, details={"error": f"{type(exc).__name__}: {exc}"})
+        return Score(
+            {"accuracy": float(boxed_ok), "accuracy_any_extraction": float(any_ok)},
+            details={
+                "gold": item.reference,
+                "extracted": boxed,
+                "subject": item.meta.get("subject"),
+                "level": item.meta.get("level"),
+            },
+        )
+
+    def reference_output(self, item: EvalItem) -> str:
+        return item.meta["solution"]
+
+    def contamination_texts(self, item: EvalItem) -> list[str]:
+        return [item.meta["problem"], item.meta["solution"]]

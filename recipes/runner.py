@@ -1,0 +1,566 @@
+"""Run a recipe: preflight every input, then each stage through its TRL trainer, then the eval suite.
+
+Every stage is one row in `runs` (trainer, stage, mixture id, seed, git sha, packages, device, status) and writes
+its metrics to DuckDB while it trains. A stage's folder is `runs/checkpoints/<run_id>/`: step checkpoints
+`checkpoint-N/` (model, optimizer, scheduler, RNG and data-sampler state; what `--resume` continues from) and, at the
+end, `final/`, the full merged weights in the official format (`save_pretrained`; written to a temp folder and
+renamed).
+
+Resume. All stages of one invocation share an invocation id (recorded in `runs.config`). `resume(RUN_ID)` reloads
+the recipe YAML from the run row, skips completed stages, and continues an unfinished stage from its newest step
+checkpoint; the Trainer restores RNG state and skips the batches already seen, so the data order is the same as in
+an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from mixlab.errors import MixlabError
+from mixlab.paths import checkpoints_dir
+from mixlab.recipes.schema import Recipe, Stage, load_recipe, recipe_from_text, trl_config_class
+from mixlab.store import RunRecord, Store, utcnow
+
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass
+class StageResult:
+    run_id: str
+    stage: str
+    trainer: str
+    mixture_name: str
+    status: str
+    checkpoint: str | None = None
+    final_loss: float | None = None
+    steps: int = 0
+    train_s: float = 0.0
+    eval_s: float = 0.0
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class ResolvedStage:
+    stage: Stage
+    run_id: str
+    mixture_id: str
+    mixture_name: str
+    mixture_family: str | None
+
+
+def new_invocation_id(recipe_name: str) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{recipe_name}-{stamp}-{secrets.token_hex(2)}"
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete `checkpoint-N` (one with its trainer state written; a kill mid-save leaves none)."""
+    if not output_dir.is_dir():
+        return None
+    found = []
+    for child in output_dir.iterdir():
+        match = _CHECKPOINT_RE.match(child.name)
+        if match and child.is_dir() and (child / "trainer_state.json").is_file():
+            found.append((int(match.group(1)), child))
+    return max(found)[1] if found else None
+
+
+def _devices(recipe: Recipe) -> tuple[str, bool]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if recipe.devices > 1:
+        available = torch.cuda.device_count() if cuda else 0
+        if recipe.devices > available:
+            raise MixlabError(
+                f"recipe {recipe.name}: devices={recipe.devices} but {available} CUDA device(s) are visible"
+            )
+        if int(os.environ.get("WORLD_SIZE", "1")) != recipe.devices:
+            raise MixlabError(
+                f"recipe {recipe.name}: devices={recipe.devices} needs one process per device; launch with "
+                f"`torchrun --nproc_per_node {recipe.devices} -m mixlab.recipes.launch RECIPE.yaml`"
+            )
+    return ("cuda" if cuda else "cpu"), cuda
+
+
+def _precision(recipe: Recipe, cuda: bool) -> dict[str, bool]:
+    import torch
+
+    precision = recipe.precision
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if precision in ("bf16", "fp16") and not cuda:
+        raise MixlabError(f"recipe {recipe.name}: precision {precision} needs a GPU; use fp32 (or auto) on CPU")
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+class RecipeRunner:
+    def __init__(
+        self,
+        recipe: Recipe,
+        recipe_yaml: str,
+        *,
+        store: Store | None = None,
+        invocation: str | None = None,
+        sweep_id: str | None = None,
+        rung: str | None = None,
+        family: str | None = None,
+        progress: bool = True,
+        data_root: str | None = None,
+    ):
+        self.recipe = recipe
+        self.recipe_yaml = recipe_yaml
+        self.store = store or Store()
+        self.invocation = invocation or new_invocation_id(recipe.name)
+        self.sweep_id = sweep_id
+        self.rung = rung
+        self.family = family or recipe.family
+        self.progress = progress
+        self.data_root = data_root
+        self._resolved: list[ResolvedStage] | None = None
+        self._base_path: Path | None = None
+
+    # -- preflight: everything that can fail before a single step trains ----------------------------------------
+
+    def stage_run_id(self, stage: Stage) -> str:
+        return f"{self.invocation}-{stage.name}"
+
+    def preflight(self) -> list[ResolvedStage]:
+        if self._resolved is not None:
+            return self._resolved
+        _devices(self.recipe)
+        self._base_path = self._resolve_base_model()
+        from mixlab.mixtures import build
+
+        resolved = []
+        for stage in self.recipe.stages:
+            try:
+                built = build(stage.mixture, data_root=self.data_root)
+            except MixlabError as exc:
+                raise MixlabError(f"recipe {self.recipe.name}, stage {stage.name}: mixture {stage.mixture!r}: {exc}") from None
+            resolved.append(
+                ResolvedStage(
+                    stage=stage,
+                    run_id=self.stage_run_id(stage),
+                    mixture_id=_attr(built, "mixture_id", "id"),
+                    mixture_name=_attr(built, "name") or stage.mixture,
+                    mixture_family=_attr(built, "family"),
+                )
+            )
+        for stage in self.recipe.stages:
+            spec = self.recipe.stage_eval(stage)
+            if spec is not None:
+                _check_suite(spec.suite, where=f"recipe {self.recipe.name}, stage {stage.name}")
+        self._resolved = resolved
+        return resolved
+
+    def _resolve_base_model(self) -> Path | None:
+        spec = self.recipe.model
+        if spec.preset:
+            from mixlab.model import PRESETS
+
+            if spec.preset not in PRESETS:
+                from mixlab.recipes.yamlio import did_you_mean
+
+                raise MixlabError(
+                    f"recipe {self.recipe.name}: model.preset {spec.preset!r} is not a preset"
+                    f"{did_you_mean(spec.preset, list(PRESETS))}; presets: {sorted(PRESETS)}"
+                )
+            return None
+        if spec.path:
+            return _check_checkpoint(Path(spec.path), f"recipe {self.recipe.name}: model.path")
+        if spec.run:
+            row = self.store.get_run(spec.run)
+            if row is None:
+                raise MixlabError(f"recipe {self.recipe.name}: model.run {spec.run!r} is not a run in {self.store.path}")
+            if row["status"] != "completed" or not row["checkpoint_path"]:
+                raise MixlabError(
+                    f"recipe {self.recipe.name}: model.run {spec.run!r} has status {row['status']!r} and no final checkpoint"
+                )
+            return _check_checkpoint(Path(row["checkpoint_path"]), f"recipe {self.recipe.name}: model.run {spec.run}")
+        # Hub id: only the local cache when offline; a clear error otherwise.
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = snapshot_download(spec.hub, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
+        except Exception as exc:
+            raise MixlabError(f"recipe {self.recipe.name}: model.hub {spec.hub!r} cannot be fetched: {exc}") from None
+        return _check_checkpoint(Path(folder), f"recipe {self.recipe.name}: model.hub {spec.hub}")
+
+    # -- running ----------------------------------------------------------------------------------------------
+
+    def run(self, *, resume: bool = False) -> list[StageResult]:
+        resolved = self.preflight()
+        results: list[StageResult] = []
+        previous: dict[str, Path] = {}
+        parent: str | None = None
+        for item in resolved:
+            stage = item.stage
+            existing = self.store.get_run(item.run_id) if resume else None
+            if existing and existing["status"] == "completed" and existing["checkpoint_path"] and Path(
+                existing["checkpoint_path"]
+            ).is_dir():
+                previous[stage.name] = Path(existing["checkpoint_path"])
+                results.append(self._result_from_store(item, existing))
+                parent = item.run_id
+                continue
+            init = self._init_path(stage, previous)
+            result = self._run_stage(item, init, parent, resume=existing is not None)
+            results.append(result)
+            previous[stage.name] = Path(result.checkpoint)  # type: ignore[arg-type]
+            parent = item.run_id
+        return results
+
+    def _init_path(self, stage: Stage, previous: dict[str, Path]) -> Path | None:
+        if stage.init == "base" or not previous:
+            return self._base_path
+        if stage.init == "previous":
+            return list(previous.values())[-1]
+        return previous[stage.init]
+
+    def _run_stage(self, item: ResolvedStage, init: Path | None, parent: str | None, *, resume: bool) -> StageResult:
+        from transformers import set_seed
+
+        from mixlab.recipes.provenance import device_description, git_sha, package_versions
+
+        stage, recipe = item.stage, self.recipe
+        output_dir = checkpoints_dir() / item.run_id
+        resume_from = latest_checkpoint(output_dir) if resume else None
+        if not resume:
+            self.store.create_run(
+                RunRecord(
+                    run_id=item.run_id,
+                    kind="train",
+                    name=f"{recipe.name}/{stage.name}",
+                    trainer=stage.trainer,
+                    stage=stage.name,
+                    recipe_name=recipe.name,
+                    recipe_yaml=self.recipe_yaml,
+                    mixture_id=item.mixture_id,
+                    mixture_name=item.mixture_name,
+                    mixture_family=self.family or item.mixture_family or item.mixture_name,
+                    base_model=str(init) if init else recipe.model.source,
+                    preset=recipe.model.preset,
+                    rung=self.rung,
+                    seed=recipe.seed,
+                    git_sha=git_sha(),
+                    packages=package_versions(),
+                    device=device_description(),
+                    status="running",
+                    parent_run_id=parent,
+                    sweep_id=self.sweep_id,
+                    config={
+                        "invocation": self.invocation,
+                        "stage_index": recipe.stages.index(stage),
+                        "output_dir": str(output_dir),
+                        "init": str(init) if init else None,
+                        "model": recipe.model.model_dump(exclude_none=True),
+                    },
+                )
+            )
+        else:
+            self.store.update_run(item.run_id, status="running", error=None)
+        _print(self.progress, f"[stage {stage.name}] run {item.run_id}: {stage.trainer} on {item.mixture_name}"
+               + (f", resuming from {resume_from.name}" if resume_from else ""))
+        t0 = time.perf_counter()
+        step = 0
+        try:
+            set_seed(recipe.seed)
+            model, tokenizer = self._load_model(init)
+            trainer = self._build_trainer(item, model, tokenizer, output_dir)
+            train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            step = trainer.state.global_step
+            train_s = time.perf_counter() - t0
+            final_dir = self._save_final(trainer, tokenizer, output_dir)
+            self.store.update_run(item.run_id, checkpoint_path=str(final_dir))
+            final_loss = _final_loss(trainer, train_output)
+            self.store.log_train_metrics(item.run_id, step, {"train_wall_s": train_s})
+            del trainer, model
+            t1 = time.perf_counter()
+            spec = recipe.stage_eval(stage)
+            if spec is not None:
+                self._evaluate(final_dir, spec, item.run_id, step=None)
+            eval_s = time.perf_counter() - t1
+        except BaseException as exc:  # noqa: BLE001 - every failure, including OOM and Ctrl-C, marks the run
+            message = _describe_failure(exc)
+            self.store.update_run(
+                item.run_id, status="failed", error=message + "\n" + traceback.format_exc(limit=8)[-4000:],
+                finished_at=utcnow(),
+            )
+            kept = latest_checkpoint(output_dir)
+            hint = f"; checkpoint {kept} kept, continue with `mixlab run --resume {item.run_id}`" if kept else ""
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise MixlabError(f"run {item.run_id} (stage {stage.name}) failed: {message}{hint}") from exc
+        self.store.update_run(item.run_id, status="completed", finished_at=utcnow())
+        metrics = self.store.query(
+            "SELECT task, metric, n, mean, ci_low, ci_high FROM eval_metrics WHERE run_id = ? ORDER BY task, metric",
+            [item.run_id],
+        )
+        return StageResult(
+            run_id=item.run_id, stage=stage.name, trainer=stage.trainer, mixture_name=item.mixture_name,
+            status="completed", checkpoint=str(final_dir), final_loss=final_loss, steps=step, train_s=train_s,
+            eval_s=eval_s, metrics=metrics,
+        )
+
+    def _result_from_store(self, item: ResolvedStage, row: dict[str, Any]) -> StageResult:
+        metrics = self.store.query(
+            "SELECT task, metric, n, mean, ci_low, ci_high FROM eval_metrics WHERE run_id = ? ORDER BY task, metric",
+            [item.run_id],
+        )
+        loss = self.store.query(
+            "SELECT value, step FROM train_metrics WHERE run_id = ? AND name = 'loss' ORDER BY step DESC LIMIT 1",
+            [item.run_id],
+        )
+        return StageResult(
+            run_id=item.run_id, stage=item.stage.name, trainer=item.stage.trainer, mixture_name=item.mixture_name,
+            status=row["status"], checkpoint=row["checkpoint_path"], final_loss=loss[0]["value"] if loss else None,
+            steps=loss[0]["step"] if loss else 0, metrics=metrics,
+        )
+
+    # -- pieces -----------------------------------------------------------------------------------------------
+
+    def _load_model(self, init: Path | None):
+        from mixlab.model import load_model, load_tokenizer
+
+        spec = self.recipe.model
+        if init is None:  # fresh init from a preset (with overrides)
+            model = _fresh_model(spec.preset, spec.overrides)  # type: ignore[arg-type]
+            tokenizer = load_tokenizer(spec.tokenizer or getattr(model.config, "tokenizer_name", None) or "mixlab-bpe")
+        else:
+            model = load_model(str(init))
+            has_tok = any((init / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json"))
+            tokenizer = load_tokenizer(spec.tokenizer or (str(init) if has_tok else "mixlab-bpe"))
+        model.float()  # master weights in fp32; bf16/fp16 are autocast by the Trainer
+        return model, tokenizer
+
+    def _trl_args(self, item: ResolvedStage, output_dir: Path) -> Any:
+        stage, recipe = item.stage, self.recipe
+        device, cuda = _devices(recipe)
+        spec = recipe.stage_eval(stage)
+        kwargs: dict[str, Any] = {
+            "logging_steps": 10,
+            "per_device_train_batch_size": 8,
+            "num_train_epochs": 1,
+        }
+        kwargs.update(stage.args)
+        kwargs.update(
+            output_dir=str(output_dir),
+            seed=recipe.seed,
+            data_seed=recipe.seed,
+            use_cpu=not cuda,
+            report_to="none",
+            save_strategy="steps" if recipe.checkpoint_every else "no",
+            save_steps=recipe.checkpoint_every or 500,
+            save_total_limit=recipe.keep_checkpoints,
+            save_only_model=False,  # optimizer, scheduler and RNG state are what makes resume exact
+            disable_tqdm=not self.progress,
+            eval_strategy="no",
+            **_precision(recipe, cuda),
+        )
+        if stage.trainer == "sft":
+            kwargs.update(
+                loss_type="nll",
+                packing=stage.packing,
+                assistant_only_loss=stage.assistant_only_loss,
+            )
+            if stage.packing:
+                kwargs.setdefault("packing_strategy", "bfd")
+        elif stage.trainer == "grpo":
+            kwargs.update(use_vllm=False)
+        elif stage.trainer == "dpo":
+            if stage.packing:
+                kwargs.update(padding_free=True)
+        del spec
+        cls = trl_config_class(stage.trainer)
+        try:
+            return cls(**kwargs)
+        except (ValueError, TypeError) as exc:
+            raise MixlabError(f"recipe {recipe.name}, stage {stage.name}: invalid TRL {cls.__name__}: {exc}") from None
+
+    def _build_trainer(self, item: ResolvedStage, model, tokenizer, output_dir: Path):
+        import trl
+
+        from mixlab.recipes.callbacks import DuckDBLogger, PeriodicEval, RouterBalancer
+        from mixlab.recipes.data import load_stage_dataset
+
+        stage = item.stage
+        args = self._trl_args(item, output_dir)
+        dataset = load_stage_dataset(item.mixture_id, stage.trainer)
+        callbacks: list[Any] = [DuckDBLogger(self.store, item.run_id), RouterBalancer()]
+        spec = self.recipe.stage_eval(stage)
+        if spec is not None and spec.every_n_steps:
+            callbacks.append(
+                PeriodicEval(spec.every_n_steps, lambda ckpt, step: self._evaluate(ckpt, spec, item.run_id, step=step),
+                             tokenizer)
+            )
+        common = dict(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
+        if stage.trainer == "sft":
+            return trl.SFTTrainer(**common)
+        if stage.trainer == "dpo":
+            return trl.DPOTrainer(**common)
+        from mixlab.recipes.rewards import make_reward_funcs
+
+        tokenizer.padding_side = "left"  # GRPO generates from left-padded prompts
+        return trl.GRPOTrainer(reward_funcs=make_reward_funcs(stage.rewards), **common)
+
+    def _save_final(self, trainer, tokenizer, output_dir: Path) -> Path:
+        """Full merged weights, official names, written to a temp folder and renamed into place."""
+        final = output_dir / "final"
+        tmp = output_dir / f".final-tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model = trainer.accelerator.unwrap_model(trainer.model) if hasattr(trainer, "accelerator") else trainer.model
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        return final
+
+    def _evaluate(self, checkpoint: Path, spec, run_id: str, *, step: int | None) -> None:
+        from mixlab.evals.runner import evaluate
+
+        params = inspect.signature(evaluate).parameters
+        wanted = {
+            "store": self.store,
+            "run_id": run_id,
+            "limit": spec.limit,
+            "backend": spec.backend,
+            "batch_size": spec.batch_size,
+            "max_new_tokens": spec.max_new_tokens,
+            "step": step,
+            "progress": self.progress,
+        }
+        kwargs = {k: v for k, v in wanted.items() if k in params and v is not None}
+        evaluate(str(checkpoint), spec.suite, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _attr(obj: Any, *names: str) -> Any:
+    for name in names:
+        if isinstance(obj, dict) and name in obj:
+            return obj[name]
+        if hasattr(obj, name):
+            return getattr(obj, name)
+    return None
+
+
+def _fresh_model(preset: str, overrides: dict[str, Any]):
+    from mixlab.model import KimiLinearForCausalLM, get_preset
+
+    config = get_preset(preset)
+    if overrides:
+        data = config.to_dict()
+        unknown = [k for k in overrides if k not in data]
+        if unknown:
+            from mixlab.recipes.yamlio import did_you_mean
+
+            raise MixlabError(
+                f"model.overrides: {unknown[0]!r} is not a field of the {preset} config{did_you_mean(unknown[0], data)}"
+            )
+        data.update(overrides)
+        try:
+            config = type(config)(**{k: v for k, v in data.items() if k not in ("transformers_version",)})
+        except (ValueError, TypeError) as exc:
+            raise MixlabError(f"model.overrides on preset {preset}: {exc}") from None
+    return KimiLinearForCausalLM(config)
+
+
+def _check_checkpoint(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise MixlabError(f"{what}: checkpoint folder {path} does not exist")
+    if not (path / "config.json").is_file():
+        raise MixlabError(f"{what}: {path} has no config.json (not a checkpoint folder)")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise MixlabError(f"{what}: {path} has no weight files (*.safetensors)")
+    return path
+
+
+def _check_suite(suite: str, where: str) -> None:
+    try:
+        from mixlab.evals import runner as eval_runner
+    except ImportError as exc:
+        raise MixlabError(f"{where}: the evals runner is not available ({exc})") from None
+    names = None
+    for attr in ("suite_names", "SUITES"):
+        value = getattr(eval_runner, attr, None)
+        if value is not None:
+            names = list(value() if callable(value) else value)
+            break
+    if names is not None and suite not in names:
+        from mixlab.recipes.yamlio import did_you_mean
+
+        raise MixlabError(f"{where}: eval suite {suite!r} is unknown{did_you_mean(suite, names)}; suites: {names}")
+
+
+def _final_loss(trainer, train_output) -> float | None:
+    for entry in reversed(trainer.state.log_history):
+        if "loss" in entry:
+            return float(entry["loss"])
+    return getattr(train_output, "training_loss", None)
+
+
+def _describe_failure(exc: BaseException) -> str:
+    import torch
+
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in str(exc).lower():
+        return f"out of memory: {type(exc).__name__}: {exc}"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (KeyboardInterrupt)"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _print(enabled: bool, text: str) -> None:
+    if enabled:
+        from rich.console import Console
+
+        Console(stderr=True).print(text, markup=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# entry points
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def run_recipe_file(path: str | Path, *, store: Store | None = None, progress: bool = True, **kw: Any) -> list[StageResult]:
+    recipe, text = load_recipe(path)
+    return RecipeRunner(recipe, text, store=store, progress=progress, **kw).run()
+
+
+def resume(run_id: str, *, store: Store | None = None, progress: bool = True) -> list[StageResult]:
+    """Continue the invocation that `run_id` (a stage run id or an invocation id) belongs to."""
+    store = store or Store()
+    row = store.get_run(run_id)
+    if row is None:
+        rows = store.query(
+            "SELECT * FROM runs WHERE json_extract_string(config, '$.invocation') = ? ORDER BY created_at", [run_id]
+        )
+        if not rows:
+            raise MixlabError(f"--resume {run_id}: no such run in {store.path}")
+        row = rows[0]
+    config = json.loads(row["config"] or "{}")
+    invocation = config.get("invocation")
+    if not invocation or not row["recipe_yaml"]:
+        raise MixlabError(f"--resume {run_id}: the run row has no recipe or invocation id to resume from")
+    recipe = recipe_from_text(row["recipe_yaml"], where=f"<recipe of run {row['run_id']}>")
+    runner = RecipeRunner(
+        recipe, row["recipe_yaml"], store=store, invocation=invocation, sweep_id=row["sweep_id"], rung=row["rung"],
+        family=row["mixture_family"] if config.get("family_override") else None, progress=progress,
+    )
+    return runner.run(resume=True)

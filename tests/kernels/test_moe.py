@@ -1,0 +1,74 @@
+"""MoE routing in both weight conventions, grouped expert compute vs the dense per-token oracle (values + grads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mixlab.errors import MixlabError
+from mixlab.kernels import moe_experts, moe_experts_naive, moe_route
+
+
+def test_route_vllm_and_hf_conventions_by_hand():
+    logits = torch.tensor([[0.0, 2.0, -1.0, 1.0]])
+    bias = torch.tensor([0.0, -0.9, 0.6, 0.0])
+    s = torch.sigmoid(logits[0])  # [.5, .881, .269, .731]; biased: [.5, -.019, .869, .731] → top-2 = {2, 3}
+    idx, w = moe_route(logits, bias, top_k=2, scaling=2.0)
+    assert idx.tolist() == [[2, 3]] and w.dtype == torch.float32
+    torch.testing.assert_close(w[0], 2.0 * s[[2, 3]] / (s[2] + s[3] + 1e-20))  # vLLM: unbiased scores
+    idx_hf, w_hf = moe_route(logits, bias, top_k=2, scaling=2.0, weights_use_bias=True)
+    b = s + bias
+    assert idx_hf.tolist() == [[2, 3]]
+    torch.testing.assert_close(w_hf[0], 2.0 * b[[2, 3]] / (b[2] + b[3] + 1e-20))  # HF aliasing: biased scores
+    _, w_raw = moe_route(logits, bias, top_k=2, renormalize=False)
+    torch.testing.assert_close(w_raw[0], s[[2, 3]])
+
+
+def test_route_gradients_reach_logits():
+    logits = torch.randn(5, 8, requires_grad=True)
+    _, w = moe_route(logits, torch.zeros(8), top_k=3)
+    (w * torch.arange(3.0)).sum().backward()
+    assert logits.grad.abs().sum() > 0 and torch.isfinite(logits.grad).all()
+    with pytest.raises(MixlabError, match="top_k"):
+        moe_route(logits, None, top_k=9)
+
+
+def make_experts(N=13, D=8, I=6, E=5, k=2, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, D, generator=gen)
+    w1, w3 = torch.randn(E, I, D, generator=gen) * 0.3, torch.randn(E, I, D, generator=gen) * 0.3
+    w2 = torch.randn(E, D, I, generator=gen) * 0.3
+    logits = torch.randn(N, E, generator=gen)
+    logits[:, 4] = -50.0  # expert 4 gets no tokens
+    idx, w = moe_route(logits, None, top_k=k)
+    return [t.to(dtype) for t in (x, w1, w3, w2)] + [idx, w]
+
+
+def test_moe_experts_matches_naive_values_and_grads():
+    x, w1, w3, w2, idx, w = make_experts(dtype=torch.float64)
+    assert 4 not in idx.tolist()
+    params = [t.requires_grad_(True) for t in (x, w1, w3, w2)]
+    tw = w.double().requires_grad_(True)
+    y = moe_experts(x, w1, w3, w2, idx, tw)
+    y_ref = moe_experts_naive(x, w1, w3, w2, idx, tw)
+    # the weighted sum is fp32 by contract, so compare at fp32 precision
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    gen = torch.Generator().manual_seed(9)
+    proj = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    grads = torch.autograd.grad((y * proj).sum(), params + [tw])
+    grads_ref = torch.autograd.grad((y_ref * proj).sum(), params + [tw])
+    for name, a, b in zip(["x", "w1", "w3", "w2", "topk_weight"], grads, grads_ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=f"grad of {name}")
+    assert grads[1][4].abs().max() == 0  # an expert with no tokens gets a zero gradient
+
+
+def test_moe_experts_bf16_and_errors():
+    x, w1, w3, w2, idx, w = make_experts(dtype=torch.bfloat16)
+    y = moe_experts(x, w1, w3, w2, idx, w)
+    assert y.dtype == torch.bfloat16
+    ref = moe_experts_naive(x.float(), w1.float(), w3.float(), w2.float(), idx, w)
+    torch.testing.assert_close(y.float(), ref, atol=5e-2, rtol=5e-2)
+    with pytest.raises(MixlabError, match="w2"):
+        moe_experts(x, w1, w3, w2.transpose(1, 2), idx, w)
+    with pytest.raises(MixlabError, match="topk_idx"):
+        moe_experts(x, w1, w3, w2, idx[:3], w[:3])

@@ -1,1 +1,36 @@
-"""mixlab.evals.backends"""
+"""Generation backends behind one interface (see `base.py` for the contract).
+
+    backend = get_backend("torch", model_or_path="tiny")          # or a checkpoint folder / a model object
+    backend.generate([[{"role": "user", "content": "2+2?"}]], GenerationConfig(max_new_tokens=16))  # -> list[str]
+
+Backends: `torch` (mixlab's own decode loop over the model's cache), `hf` (transformers `generate`, the peer),
+`vllm` (offline vLLM, optional), `openai` (any OpenAI-compatible endpoint). Heavy imports happen on first use.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Any
+
+from mixlab.errors import MixlabError
+from mixlab.evals.backends.base import Backend, Generation, GenerationConfig, Messages, truncate_at_stop
+
+__all__ = ["Backend", "Generation", "GenerationConfig", "Messages", "get_backend", "BACKENDS", "truncate_at_stop"]
+
+BACKENDS: dict[str, str] = {
+    "torch": "mixlab.evals.backends.torch_backend:TorchBackend",
+    "hf": "mixlab.evals.backends.hf_backend:HFBackend",
+    "vllm": "mixlab.evals.backends.vllm_backend:VLLMBackend",
+    "openai": "mixlab.evals.backends.openai_backend:OpenAIBackend",
+}
+
+
+def get_backend(name: str, model_or_path: Any = None, tokenizer: Any = None, **opts: Any) -> Backend:
+    if name not in BACKENDS:
+        close = difflib.get_close_matches(name, list(BACKENDS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise MixlabError(f"unknown backend {name!r}{hint}; known: {sorted(BACKENDS)}")
+    module_name, cls_name = BACKENDS[name].split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls(model_or_path, tokenizer, **opts)

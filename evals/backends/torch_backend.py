@@ -1,0 +1,253 @@
+"""mixlab's own batched generation: a plain decode loop over the model's cache.
+
+Why our own loop rather than `model.generate`: it is small enough to read, works the same for the hybrid cache
+(KDA conv + recurrent state, compressed MLA KV) and for any transformers causal LM, gives per-row seeded sampling
+(a row's sample does not depend on which other prompts share its batch), and drops finished rows from the batch
+when the cache supports it, so long-tail answers do not keep short ones' compute alive.
+
+Per batch: left-pad the chat-templated prompts, prefill once (only the last position's logits), then one token per
+step for every unfinished row. A row finishes on an end-of-turn token, on a stop string, or at `max_new_tokens`.
+Position ids follow the attention mask (as transformers' `generate` does), so left padding changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from typing import Any, Sequence
+
+from mixlab.errors import MixlabError
+from mixlab.evals.backends.base import Backend, Generation, GenerationConfig, Messages, truncate_at_stop, validate_prompts
+
+
+def _row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{prompt_index}:{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def encode_chat(tokenizer, conversation: Messages) -> list[int]:
+    """Token ids of the chat-templated conversation plus the assistant generation prompt."""
+    text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for source in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if source is None:
+            continue
+        ids.update(source if isinstance(source, (list, tuple, set)) else [source])
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
+    if end_of_turn is not None:
+        ids.add(end_of_turn)
+    if not ids:
+        raise MixlabError("tokenizer has no eos token: generation could never stop before max_new_tokens")
+    return ids
+
+
+def sample_next(logits, cfg: GenerationConfig, generators: list[Any] | None):
+    """Next token per row from fp32 logits [B, V]: argmax when greedy, else temperature + top-p sampling."""
+    import torch
+
+    if cfg.greedy:
+        return logits.argmax(dim=-1)
+    logits = logits / cfg.temperature
+    if cfg.top_p < 1.0:
+        sorted_logits, sorted_idx = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # Keep the smallest prefix whose mass reaches top_p (the top token always survives).
+        drop = probs.cumsum(dim=-1) - probs > cfg.top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, sorted_idx, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    rows = [torch.multinomial(probs[i], 1, generator=generators[i]) for i in range(probs.shape[0])]
+    return torch.cat(rows)
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(
+        self,
+        model_or_path: Any,
+        tokenizer: Any = None,
+        *,
+        device: str | None = None,
+        dtype: Any = None,
+        batch_size: int = 16,
+        compact: bool = True,
+        progress: bool = False,
+    ):
+        from mixlab.evals.backends.loading import load_model_for, load_tokenizer_for
+
+        self.model, self.model_desc = load_model_for(model_or_path, device=device, dtype=dtype)
+        self.tokenizer = load_tokenizer_for(model_or_path, tokenizer)
+        if self.tokenizer.pad_token_id is None:
+            raise MixlabError("tokenizer has no pad token; left-padded batching needs one")
+        if batch_size < 1:
+            raise MixlabError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.compact = compact
+        self.progress = progress
+        self.eos_ids = eos_token_ids(self.model, self.tokenizer)
+        params = inspect.signature(self.model.forward).parameters
+        self._takes_position_ids = "position_ids" in params
+        self._takes_logits_to_keep = "logits_to_keep" in params
+        # transformers >= 5.2x renamed `past_key_values` to `cache` on its own models; mixlab's keeps the old name.
+        self._cache_kwarg = "cache" if "cache" in params and "past_key_values" not in params else "past_key_values"
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "model": self.model_desc,
+            "device": str(self.device),
+            "dtype": str(next(self.model.parameters()).dtype),
+            "batch_size": self.batch_size,
+        }
+
+    # -- public -------------------------------------------------------------------------------------------------
+
+    def generate_detailed(self, prompts: Sequence[Messages], cfg: GenerationConfig) -> list[Generation]:
+        validate_prompts(prompts)
+        encoded = [encode_chat(self.tokenizer, conv) for conv in prompts]
+        # One row per (prompt, sample); longest first so batches pad little.
+        rows = [(p, j) for p in range(len(prompts)) for j in range(cfg.n)]
+        rows.sort(key=lambda r: -len(encoded[r[0]]))
+        texts: dict[tuple[int, int], tuple[str, int, str]] = {}
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start : start + self.batch_size]
+            results = self._generate_batch([encoded[p] for p, _ in chunk], [(p, j) for p, j in chunk], cfg)
+            for key, result in zip(chunk, results):
+                texts[key] = result
+        out = []
+        for p in range(len(prompts)):
+            samples = [texts[(p, j)] for j in range(cfg.n)]
+            out.append(
+                Generation(
+                    texts=[s[0] for s in samples],
+                    prompt_tokens=len(encoded[p]),
+                    output_tokens=[s[1] for s in samples],
+                    finish_reasons=[s[2] for s in samples],
+                )
+            )
+        return out
+
+    # -- the decode loop ------------------------------------------------------------------------------------------
+
+    def _forward(self, input_ids, attention_mask, cache, *, first: bool):
+        import torch
+
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": True}
+        if self._takes_position_ids:
+            position_ids = attention_mask.long().cumsum(-1) - 1
+            position_ids = position_ids.masked_fill(attention_mask == 0, 1)
+            kwargs["position_ids"] = position_ids[:, -input_ids.shape[1] :]
+        if self._takes_logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        if cache is not None:
+            kwargs[self._cache_kwarg] = cache
+        elif first and hasattr(self.model, "new_cache"):
+            kwargs[self._cache_kwarg] = self.model.new_cache(input_ids.shape[0])
+        with torch.inference_mode():
+            out = self.model(**kwargs)
+        new_cache = getattr(out, "past_key_values", None)
+        if new_cache is None:
+            new_cache = getattr(out, "cache", None)
+        if new_cache is None:
+            raise MixlabError(f"{type(self.model).__name__}.forward returned no cache with use_cache=True")
+        return out.logits[:, -1, :].float(), new_cache
+
+    def _generate_batch(self, prompt_ids: list[list[int]], keys: list[tuple[int, int]], cfg: GenerationConfig):
+        import torch
+
+        device = self.device
+        pad = self.tokenizer.pad_token_id
+        batch = len(prompt_ids)
+        width = max(len(ids) for ids in prompt_ids)
+        input_ids = torch.full((batch, width), pad, dtype=torch.long)
+        attention_mask = torch.zeros((batch, width), dtype=torch.long)
+        for i, ids in enumerate(prompt_ids):
+            input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[i, width - len(ids) :] = 1
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+
+        generators = None
+        if not cfg.greedy:
+            generators = []
+            for p, j in keys:
+                g = torch.Generator(device=device)
+                g.manual_seed(_row_seed(cfg.seed, p, j))
+                generators.append(g)
+
+        max_stop_chars = max((len(s) for s in cfg.stop), default=0)
+        eos = torch.tensor(sorted(self.eos_ids), device=device)
+        generated: list[list[int]] = [[] for _ in range(batch)]
+        finish: list[str | None] = [None] * batch
+        active = list(range(batch))  # original row index of each row still in the batch
+
+        logits, cache = self._forward(input_ids, attention_mask, None, first=True)
+        for step in range(cfg.max_new_tokens):
+            next_tokens = sample_next(logits, cfg, [generators[i] for i in active] if generators else None)
+            is_eos = torch.isin(next_tokens, eos).tolist()
+            tokens = next_tokens.tolist()
+            for pos, row in enumerate(active):
+                if finish[row] is not None:
+                    continue
+                if is_eos[pos]:
+                    finish[row] = "stop"
+                    continue
+                generated[row].append(tokens[pos])
+                if max_stop_chars and self._hit_stop(generated[row], cfg.stop, max_stop_chars):
+                    finish[row] = "stop"
+            if step == cfg.max_new_tokens - 1:
+                break
+            keep = [pos for pos, row in enumerate(active) if finish[row] is None]
+            if not keep:
+                break
+            if len(keep) < len(active) and self.compact:
+                cache, compacted = self._select_rows(cache, keep)
+                if compacted:
+                    index = torch.tensor(keep, device=device)
+                    next_tokens, attention_mask = next_tokens[index], attention_mask[index]
+                    active = [active[pos] for pos in keep]
+            # Finished rows still in the batch are fed padding (as transformers' generate does); their output
+            # is already fixed.
+            feed = next_tokens.clone()
+            for pos, row in enumerate(active):
+                if finish[row] is not None:
+                    feed[pos] = pad
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], dim=1)
+            logits, cache = self._forward(feed[:, None], attention_mask, cache, first=False)
+
+        results = []
+        for row in range(batch):
+            text = self.tokenizer.decode(generated[row], skip_special_tokens=True)
+            text, stopped = truncate_at_stop(text, cfg.stop)
+            reason = "stop" if (finish[row] == "stop" or stopped) else "length"
+            results.append((text, len(generated[row]), reason))
+        return results
+
+    def _hit_stop(self, ids: list[int], stop: Sequence[str], max_stop_chars: int) -> bool:
+        # A token decodes to at least one byte and a character to at most four, so this tail covers any stop
+        # string that ends at the newest token.
+        tail = self.tokenizer.decode(ids[-(4 * max_stop_chars + 4) :], skip_special_tokens=True)
+        return any(s and s in tail for s in stop)
+
+    def _select_rows(self, cache, keep: list[int]):
+        """Drop finished rows from the cache. Returns (cache, whether it was compacted)."""
+        select = getattr(cache, "batch_select_indices", None)
+        if select is None:
+            self.compact = False
+            return cache, False
+        import torch
+
+        try:
+            select(torch.tensor(keep, device=self.device))
+        except (NotImplementedError, AttributeError, TypeError):
+            self.compact = False  # this cache cannot shrink: keep finished rows (fed padding) instead
+            return cache, False
+        return cache, True

@@ -1,0 +1,121 @@
+"""Result tables: runs × eval tasks with 95 % CIs, read back from DuckDB (what the dashboard shows, in a terminal)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from mixlab.store import Store
+
+
+def primary_metric(task: str) -> str | None:
+    try:
+        from mixlab.evals.tasks import get_task
+
+        task_obj = get_task(task)
+        return task_obj.metrics[0]
+    except Exception:
+        return None
+
+
+def results_rows(store: Store, run_ids: Iterable[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """One dict per run: run facts + `{task: (mean, lo, hi, n)}` for each task's primary metric."""
+    run_ids = list(run_ids)
+    if not run_ids:
+        return [], []
+    marks = ", ".join("?" for _ in run_ids)
+    runs = {r["run_id"]: r for r in store.query(f"SELECT * FROM runs WHERE run_id IN ({marks})", run_ids)}
+    metrics = store.query(
+        f"SELECT run_id, task, metric, n, mean, ci_low, ci_high, created_at FROM eval_metrics "
+        f"WHERE run_id IN ({marks}) ORDER BY created_at",
+        run_ids,
+    )
+    losses = {
+        r["run_id"]: r
+        for r in store.query(
+            f"SELECT run_id, arg_max(value, step) AS loss, max(step) AS steps FROM train_metrics "
+            f"WHERE run_id IN ({marks}) AND name = 'loss' GROUP BY run_id",
+            run_ids,
+        )
+    }
+    tasks: list[str] = []
+    by_run: dict[str, dict[str, tuple]] = {}
+    for m in metrics:
+        wanted = primary_metric(m["task"])
+        if wanted is not None and m["metric"] != wanted:
+            continue
+        if m["task"] not in tasks:
+            tasks.append(m["task"])
+        # later rows (the final eval) win over periodic ones
+        by_run.setdefault(m["run_id"], {})[m["task"]] = (m["mean"], m["ci_low"], m["ci_high"], m["n"], m["metric"])
+    rows = []
+    for run_id in run_ids:
+        run = runs.get(run_id)
+        if run is None:
+            continue
+        rows.append({
+            "run_id": run_id,
+            "stage": run["stage"],
+            "trainer": run["trainer"],
+            "mixture": run["mixture_name"],
+            "family": run["mixture_family"],
+            "status": run["status"],
+            "loss": (losses.get(run_id) or {}).get("loss"),
+            "steps": (losses.get(run_id) or {}).get("steps"),
+            "metrics": by_run.get(run_id, {}),
+        })
+    return rows, sorted(tasks)
+
+
+def format_ci(value: tuple | None) -> str:
+    if not value:
+        return "-"
+    mean, lo, hi, n, _ = value
+    return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def print_table(rows: list[dict[str, Any]], tasks: list[str], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    for col in ("run", "trainer", "mixture", "status", "steps", "loss"):
+        table.add_column(col, overflow="fold")
+    for task in tasks:
+        metric = next((r["metrics"][task][4] for r in rows if task in r["metrics"]), "")
+        table.add_column(f"{task}\n{metric} [95% CI]", justify="right")
+    for r in rows:
+        table.add_row(
+            r["run_id"], r["trainer"] or "", r["mixture"] or "", r["status"], str(r["steps"] or "-"),
+            f"{r['loss']:.4f}" if r["loss"] is not None else "-",
+            *[format_ci(r["metrics"].get(t)) for t in tasks],
+        )
+    Console().print(table)
+
+
+def print_results(results, store: Store | None = None) -> None:
+    store = store or Store()
+    rows, tasks = results_rows(store, [r.run_id for r in results])
+    print_table(rows, tasks, "mixlab run")
+
+
+def print_sweep(sweep_id: str, store: Store | None = None) -> None:
+    store = store or Store()
+    ids = [r["run_id"] for r in store.query(
+        "SELECT run_id FROM runs WHERE sweep_id = ? AND kind = 'train' ORDER BY created_at", [sweep_id])]
+    rows, tasks = results_rows(store, ids)
+    print_table(rows, tasks, f"sweep {sweep_id}")
+
+
+def print_ladder(ladder_id: str, store: Store | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    store = store or Store()
+    decisions = store.query("SELECT * FROM ladder_decisions WHERE ladder_id = ? ORDER BY decided_at", [ladder_id])
+    table = Table(title=f"ladder {ladder_id}")
+    for col in ("rung", "mixture", "run", "baseline", "promoted", "reason"):
+        table.add_column(col, overflow="fold")
+    for d in decisions:
+        table.add_row(d["rung"], d["mixture_name"], d["run_id"], d["baseline_run_id"] or "",
+                      "yes" if d["passed"] else "no", d["reason"] or "")
+    Console().print(table)

@@ -1,0 +1,246 @@
+"""Sweeps: one recipe × mixtures (a list, or Dirichlet samples over a mixture's component weights) × seeds.
+
+```yaml
+name: demo-sweep
+recipe: demo-sft            # registry name or path (relative to this file)
+stage: sft                  # the stage whose mixture varies (default: the last one)
+mixtures: [demo-math-heavy, demo-chat-heavy]
+# or: dirichlet: {base: demo-balanced, samples: 4, alpha: 1.0, seed: 0}
+seeds: [0]
+parallel: 1                 # N runs at once, each its own process
+overrides: {eval: {limit: 100}}   # deep-merged into the recipe
+```
+
+Every member is a normal recipe run (its own run rows, tagged with the sweep id); the sweep itself is a run row
+of kind `sweep`. Members are expanded into recipe YAML files under `runs/sweeps/<sweep_id>/`, so each is
+reproducible (and resumable) on its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import secrets
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mixlab.errors import MixlabError
+from mixlab.paths import runs_dir
+from mixlab.recipes.schema import load_recipe, parse_recipe
+from mixlab.recipes.yamlio import LineMap, load_yaml
+from mixlab.store import RunRecord, Store, utcnow
+
+REGISTRY = Path(__file__).parent / "registry"
+
+
+class DirichletSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base: str = Field(description="mixture whose component weights are resampled")
+    samples: int = Field(ge=1)
+    alpha: float | list[float] = Field(1.0, description="concentration (scalar or one per component)")
+    seed: int = 0
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    recipe: str
+    stage: str | None = None
+    mixtures: list[str] | None = None
+    dirichlet: DirichletSpec | None = None
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    parallel: int = Field(1, ge=1)
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SweepSpec":
+        if bool(self.mixtures) == bool(self.dirichlet):
+            raise ValueError("give either `mixtures` (a list) or `dirichlet` (samples over a mixture's weights)")
+        return self
+
+
+def resolve_recipe_path(ref: str, relative_to: Path | None = None) -> Path:
+    candidates = [Path(ref)]
+    if relative_to is not None:
+        candidates.append(relative_to / ref)
+    candidates += [REGISTRY / ref, REGISTRY / f"{ref}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    from mixlab.recipes.yamlio import did_you_mean
+
+    raise MixlabError(f"recipe {ref!r} not found (looked in {', '.join(str(c) for c in candidates)})"
+                      f"{did_you_mean(ref, [p.stem for p in REGISTRY.glob('*.yaml')])}")
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_sweep(path: str | Path) -> tuple[SweepSpec, Path]:
+    from mixlab.recipes.schema import _format_loc  # shared error formatting
+
+    path = Path(path)
+    data, lines = load_yaml(path)
+    try:
+        return SweepSpec.model_validate(data), path
+    except Exception as exc:
+        _raise_validation(exc, path, lines, SweepSpec, _format_loc)
+        raise
+
+
+def _raise_validation(exc: Exception, path: Path, lines: LineMap, model: type[BaseModel], fmt) -> None:
+    from pydantic import ValidationError
+
+    from mixlab.recipes.yamlio import did_you_mean
+
+    if not isinstance(exc, ValidationError):
+        raise exc
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    err = errors[0]
+    loc = tuple(err["loc"])
+    if err["type"] == "extra_forbidden":
+        fields = list(model.model_fields) if len(loc) == 1 else []
+        if len(loc) == 2 and loc[0] == "dirichlet":
+            fields = list(DirichletSpec.model_fields)
+        message = f"unknown field {loc[-1]!r}{did_you_mean(str(loc[-1]), fields)}"
+    else:
+        message = err["msg"].removeprefix("Value error, ")
+    line = lines.line(loc)
+    raise MixlabError(f"{path}{':' + str(line) if line else ''}: {fmt(loc) + ': ' if loc else ''}{message}") from None
+
+
+def dirichlet_mixtures(spec: DirichletSpec, out_dir: Path) -> list[str]:
+    """Write `samples` mixture YAML variants of `base` with Dirichlet-sampled component weights; return their paths."""
+    import numpy as np
+
+    from mixlab.mixtures import component_weights, write_variant  # the mixtures part owns its YAML format
+
+    names, _ = zip(*component_weights(spec.base))
+    alpha = spec.alpha if isinstance(spec.alpha, list) else [spec.alpha] * len(names)
+    if len(alpha) != len(names):
+        raise MixlabError(f"dirichlet.alpha has {len(alpha)} values, mixture {spec.base} has {len(names)} components")
+    rng = np.random.default_rng(spec.seed)
+    paths = []
+    for i in range(spec.samples):
+        weights = rng.dirichlet(alpha)
+        variant = f"{spec.base}-dir{spec.seed}-{i}"
+        paths.append(str(write_variant(spec.base, variant, dict(zip(names, map(float, weights))), out_dir)))
+    return paths
+
+
+def expand(spec: SweepSpec, sweep_file: Path | None, sweep_id: str) -> list[tuple[str, Path]]:
+    """(member name, expanded recipe YAML path) for every mixture × seed."""
+    recipe_path = resolve_recipe_path(spec.recipe, sweep_file.parent if sweep_file else None)
+    base_data, _ = load_yaml(recipe_path)
+    base_data = deep_merge(base_data, spec.overrides)
+    parse_recipe(base_data, where=f"{recipe_path} (with sweep overrides)")
+    stages = base_data["stages"]
+    stage_names = [s["name"] for s in stages]
+    stage_index = len(stages) - 1 if spec.stage is None else None
+    if spec.stage is not None:
+        if spec.stage not in stage_names:
+            from mixlab.recipes.yamlio import did_you_mean
+
+            raise MixlabError(f"sweep {spec.name}: stage {spec.stage!r} is not in recipe {recipe_path}"
+                              f"{did_you_mean(spec.stage, stage_names)}")
+        stage_index = stage_names.index(spec.stage)
+    out_dir = runs_dir() / "sweeps" / sweep_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mixtures = spec.mixtures or dirichlet_mixtures(spec.dirichlet, out_dir)  # type: ignore[arg-type]
+    members = []
+    for mixture in mixtures:
+        label = Path(mixture).stem if mixture.endswith((".yaml", ".yml")) else mixture
+        for seed in spec.seeds:
+            data = copy.deepcopy(base_data)
+            data["stages"][stage_index]["mixture"] = mixture
+            data["seed"] = seed
+            data["name"] = f"{base_data['name']}-{label}-s{seed}"
+            data.setdefault("family", label)
+            path = out_dir / f"{data['name']}.yaml"
+            path.write_text(yaml.safe_dump(data, sort_keys=False))
+            parse_recipe(data, where=str(path))
+            members.append((data["name"], path))
+    return members
+
+
+def run_sweep(path: str | Path, *, parallel: int | None = None, store: Store | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    from mixlab.recipes.provenance import device_description, git_sha, package_versions
+    from mixlab.recipes.runner import RecipeRunner
+
+    spec, sweep_file = load_sweep(path)
+    store = store or Store()
+    parallel = parallel or spec.parallel
+    sweep_id = f"{spec.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    members = expand(spec, sweep_file, sweep_id)
+    # Preflight every member before any trains: a missing mixture fails the sweep up front.
+    runners = {}
+    for name, recipe_path in members:
+        recipe, text = load_recipe(recipe_path)
+        runner = RecipeRunner(recipe, text, store=store, sweep_id=sweep_id, progress=progress)
+        runner.preflight()
+        runners[name] = (runner, recipe_path)
+    store.create_run(RunRecord(
+        run_id=sweep_id, kind="sweep", name=spec.name, recipe_name=spec.recipe, recipe_yaml=Path(path).read_text(),
+        git_sha=git_sha(), packages=package_versions(), device=device_description(), status="running",
+        sweep_id=sweep_id, config={"members": [m for m, _ in members], "parallel": parallel},
+    ))
+    failures: dict[str, str] = {}
+    t0 = time.perf_counter()
+    if parallel == 1:
+        for name, (runner, _) in runners.items():
+            try:
+                runner.run()
+            except MixlabError as exc:
+                failures[name] = str(exc)
+    else:
+        failures = _run_parallel(
+            [(name, recipe_path, runner.invocation) for name, (runner, recipe_path) in runners.items()],
+            parallel, sweep_id,
+        )
+    status = "completed" if not failures else "failed"
+    store.update_run(sweep_id, status=status, finished_at=utcnow(),
+                     error="; ".join(f"{k}: {v}" for k, v in failures.items()) or None)
+    return {"sweep_id": sweep_id, "members": [m for m, _ in members], "failures": failures,
+            "wall_s": time.perf_counter() - t0}
+
+
+def _run_parallel(jobs: list[tuple[str, Path, str]], parallel: int, sweep_id: str) -> dict[str, str]:
+    """N member runs at once, each a `mixlab run` subprocess; torch threads split across them."""
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    pending = list(jobs)
+    running: list[tuple[str, subprocess.Popen, Path]] = []
+    failures: dict[str, str] = {}
+    logs = runs_dir() / "sweeps" / sweep_id
+    while pending or running:
+        while pending and len(running) < parallel:
+            name, recipe_path, invocation = pending.pop(0)
+            log = logs / f"{name}.log"
+            cmd = [sys.executable, "-m", "mixlab", "run", str(recipe_path), "--sweep-id", sweep_id,
+                   "--invocation", invocation, "--quiet"]
+            handle = open(log, "w")
+            running.append((name, subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env), log))
+        time.sleep(0.5)
+        for entry in list(running):
+            name, proc, log = entry
+            if proc.poll() is not None:
+                running.remove(entry)
+                if proc.returncode != 0:
+                    tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
+                    failures[name] = f"exit {proc.returncode}: {tail[0] if tail else ''} (log {log})"
+    return failures

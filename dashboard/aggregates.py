@@ -1,0 +1,197 @@
+"""Metric catalogue, normalised aggregates with CIs, and the per-run trade-off table.
+
+An aggregate ("leaderboard score", "usability score") is the mean of a chosen set of metrics, each first mapped to
+[0, 1] with higher = better: rates stay as they are, 1–10 judge scores become (x − 1) / 9, percentages x / 100, and
+lower-is-better metrics (refusal, repetition, error rates) are flipped. Its 95 % CI combines the metrics' CIs as
+independent errors (SE = √Σ SEᵢ² / k, SEᵢ from each CI's half-width), which understates the width when the errors of
+one model's metrics are correlated: read overlapping aggregate CIs as "not separated".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from mixlab.dashboard import pareto
+
+Z95 = 1.959964
+
+_LOWER_BETTER = re.compile(r"refus|repetit|broken|error|invalid|timeout|loss|perplex|toxic|crash|fail", re.I)
+_NEUTRAL = re.compile(r"length|tokens|density|latency|words|chars|^n_|count|duration|seconds", re.I)
+# Which metric stands for a task in a default aggregate, best first.
+_PRIMARY = ["pass@1", "exact_match_strict", "exact_match", "accuracy", "prompt_strict", "constraint_satisfied",
+            "lc_win_rate", "score", "win_rate"]
+
+
+def metric_key(task: str, metric: str) -> str:
+    return f"{task}/{metric}"
+
+
+def direction(metric: str) -> str:
+    """'higher', 'lower' or 'neutral' (no better side, e.g. mean length): from the metric's name."""
+    if _NEUTRAL.search(metric):
+        return "neutral"
+    if _LOWER_BETTER.search(metric):
+        return "lower"
+    return "higher"
+
+
+def catalog(metrics_long: pd.DataFrame) -> pd.DataFrame:
+    """One row per metric key: task, metric, category, direction, the range used to normalise it, and coverage."""
+    cols = ["key", "task", "metric", "category", "direction", "scale_lo", "scale_hi", "n_runs"]
+    if metrics_long.empty:
+        return pd.DataFrame(columns=cols)
+    g = metrics_long.groupby(["task", "metric"], sort=True)
+    cat = g.agg(category=("category", "last"), vmin=("mean", "min"), vmax=("mean", "max"),
+                n_runs=("run_id", "nunique")).reset_index()
+    cat["key"] = [metric_key(t, m) for t, m in zip(cat["task"], cat["metric"])]
+    cat["direction"] = cat["metric"].map(direction)
+    lo, hi = zip(*(_scale(a, b, m) for a, b, m in zip(cat["vmin"], cat["vmax"], cat["metric"])))
+    cat["scale_lo"], cat["scale_hi"] = lo, hi
+    return cat[cols].reset_index(drop=True)
+
+
+def _scale(vmin: float, vmax: float, metric: str) -> tuple[float, float]:
+    if vmin >= 0 and vmax <= 1:
+        return 0.0, 1.0
+    if vmin >= 1 and vmax <= 10:
+        return 1.0, 10.0  # judge scores on a 1–10 scale
+    if vmin >= 0 and vmax <= 10:
+        return 0.0, 10.0
+    if vmin >= 0 and vmax <= 100:
+        return 0.0, 100.0
+    return float(vmin), float(vmax) if vmax > vmin else float(vmin) + 1.0  # unbounded: relative to the runs shown
+
+
+def default_metrics(cat: pd.DataFrame, category: str) -> list[str]:
+    """One primary, directional metric per task of a category (e.g. GSM8K strict, HumanEval pass@1)."""
+    rows = cat[(cat["category"] == category) & (cat["direction"] != "neutral")]
+    keys = []
+    for task, group in rows.groupby("task", sort=True):
+        names = list(group["metric"])
+        ranked = sorted(names, key=lambda m: (_PRIMARY.index(m) if m in _PRIMARY else len(_PRIMARY), m))
+        keys.append(metric_key(task, ranked[0]))
+    return keys
+
+
+def wide(metrics_long: pd.DataFrame) -> pd.DataFrame:
+    """Runs × (key, key__lo, key__hi, key__n) table."""
+    if metrics_long.empty:
+        return pd.DataFrame(index=pd.Index([], name="run_id"))
+    df = metrics_long.assign(key=[metric_key(t, m) for t, m in zip(metrics_long["task"], metrics_long["metric"])])
+    parts = {
+        "": df.pivot_table(index="run_id", columns="key", values="mean", aggfunc="last"),
+        "__lo": df.pivot_table(index="run_id", columns="key", values="ci_low", aggfunc="last"),
+        "__hi": df.pivot_table(index="run_id", columns="key", values="ci_high", aggfunc="last"),
+        "__n": df.pivot_table(index="run_id", columns="key", values="n", aggfunc="last"),
+    }
+    out = pd.concat([p.add_suffix(sfx) for sfx, p in parts.items()], axis=1)
+    out.columns.name = None
+    return out
+
+
+@dataclass
+class Axis:
+    """A plotted quantity: one metric (raw units) or an aggregate of several (normalised to [0, 1])."""
+
+    label: str
+    metrics: list[str] = field(default_factory=list)
+    aggregate: bool = False
+
+
+def _normalised(w: pd.DataFrame, info: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    key, lo_s, hi_s = info["key"], info["scale_lo"], info["scale_hi"]
+    span = hi_s - lo_s
+    m = (w[key].to_numpy(float) - lo_s) / span
+    lo = (w.get(key + "__lo", w[key]).to_numpy(float) - lo_s) / span
+    hi = (w.get(key + "__hi", w[key]).to_numpy(float) - lo_s) / span
+    if info["direction"] == "lower":
+        m, lo, hi = 1 - m, 1 - hi, 1 - lo
+    return m, np.fmin(lo, m), np.fmax(hi, m)
+
+
+def axis_values(w: pd.DataFrame, cat: pd.DataFrame, axis: Axis) -> pd.DataFrame:
+    """value, lo, hi, coverage (metrics present / metrics asked) per run, and whether larger is better."""
+    index = w.index
+    keys = [k for k in axis.metrics if k in set(cat["key"]) and k in w.columns]
+    if not keys:
+        nan = np.full(len(index), np.nan)
+        return pd.DataFrame({"value": nan, "lo": nan, "hi": nan, "coverage": 0.0}, index=index)
+    info = cat.set_index("key", drop=False)
+    if not axis.aggregate:
+        k = keys[0]
+        v = w[k].to_numpy(float)
+        lo = w.get(k + "__lo", w[k]).to_numpy(float)
+        hi = w.get(k + "__hi", w[k]).to_numpy(float)
+        return pd.DataFrame({"value": v, "lo": np.fmin(lo, v), "hi": np.fmax(hi, v),
+                             "coverage": (~np.isnan(v)).astype(float)}, index=index)
+    means, ses = [], []
+    for k in keys:
+        m, lo, hi = _normalised(w, info.loc[k])
+        means.append(m)
+        ses.append((hi - lo) / (2 * Z95))
+    means_a, ses_a = np.vstack(means), np.vstack(ses)
+    present = ~np.isnan(means_a)
+    k_present = present.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.nansum(means_a, axis=0) / k_present
+        se = np.sqrt(np.nansum(np.where(present, ses_a, 0.0) ** 2, axis=0)) / k_present
+    value = np.where(k_present > 0, value, np.nan)
+    return pd.DataFrame({"value": value, "lo": value - Z95 * se, "hi": value + Z95 * se,
+                         "coverage": k_present / len(axis.metrics)}, index=index)
+
+
+def axis_maximize(cat: pd.DataFrame, axis: Axis) -> bool:
+    if axis.aggregate or not axis.metrics:
+        return True
+    row = cat.loc[cat["key"] == axis.metrics[0]]
+    return row.empty or row["direction"].iloc[0] != "lower"
+
+
+def tradeoff_points(runs: pd.DataFrame, metrics_long: pd.DataFrame, x: Axis, y: Axis,
+                    *, require_full_coverage: bool = True) -> pd.DataFrame:
+    """Per run: x, y with CIs, Pareto tier, and run metadata — the trade-off chart's data.
+
+    Runs without a value on either axis are dropped; with `require_full_coverage`, so are runs whose aggregate
+    misses one of its metrics (an average over fewer metrics is not comparable)."""
+    cat = catalog(metrics_long)
+    w = wide(metrics_long)
+    xv, yv = axis_values(w, cat, x), axis_values(w, cat, y)
+    pts = pd.DataFrame({
+        "run_id": w.index, "x": xv["value"].to_numpy(), "x_lo": xv["lo"].to_numpy(), "x_hi": xv["hi"].to_numpy(),
+        "x_coverage": xv["coverage"].to_numpy(), "y": yv["value"].to_numpy(), "y_lo": yv["lo"].to_numpy(),
+        "y_hi": yv["hi"].to_numpy(), "y_coverage": yv["coverage"].to_numpy(),
+    })
+    pts = pts.merge(runs, on="run_id", how="inner")
+    keep = pts["x"].notna() & pts["y"].notna()
+    if require_full_coverage:
+        keep &= (pts["x_coverage"] >= 1.0) & (pts["y_coverage"] >= 1.0)
+    pts = pts[keep].reset_index(drop=True)
+    maximize = (axis_maximize(cat, x), axis_maximize(cat, y))
+    pts["tier"] = pareto.tiers(pts["x"], pts["x_lo"], pts["x_hi"], pts["y"], pts["y_lo"], pts["y_hi"], maximize)
+    pts["on_front"] = pts["tier"] == "front"
+    return pts
+
+
+def front_line(points: pd.DataFrame, maximize: tuple[bool, bool] = (True, True)) -> pd.DataFrame:
+    """The front's points in drawing order (x ascending), for the staircase line."""
+    mask = points["on_front"].to_numpy(bool) if "on_front" in points else pareto.pareto_mask(points["x"], points["y"], maximize)
+    order = pareto.front_order(points["x"], mask)
+    return points.iloc[order][["x", "y", "run_id"]].reset_index(drop=True)
+
+
+def leaderboard_table(runs: pd.DataFrame, metrics_long: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Runs × selected metrics: one mean column and one ± half-width column per metric."""
+    w = wide(metrics_long)
+    out = runs.set_index("run_id")
+    out = out[out.index.isin(w.index)].copy()
+    for k in keys:
+        if k not in w.columns:
+            continue
+        mean = w[k].reindex(out.index)
+        out[k] = mean
+        out[k + " ±"] = ((w[k + "__hi"] - w[k + "__lo"]) / 2).reindex(out.index)
+    return out.reset_index()

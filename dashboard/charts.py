@@ -1,0 +1,166 @@
+"""Altair chart builders: pure functions from DataFrames to charts, so they are testable without Streamlit."""
+
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+TIER_ORDER = ["front", "within CI of front", "dominated"]
+TIER_OPACITY = [1.0, 0.75, 0.28]
+PICK = "pick"  # the selection's name; Streamlit reports clicks under it
+
+
+def _padded(lo: pd.Series, hi: pd.Series, pad: float = 0.06) -> list[float]:
+    a, b = float(np.nanmin(lo)), float(np.nanmax(hi))
+    span = (b - a) or abs(a) or 1.0
+    return [a - pad * span, b + pad * span]
+
+
+def tradeoff(points: pd.DataFrame, front: pd.DataFrame, *, x_title: str, y_title: str, color: str,
+             color_title: str, tooltip_metrics: list[tuple[str, str]] = (), height: int = 520) -> alt.LayerChart:
+    """Scatter of runs with 95 % CI whiskers on both axes, the Pareto staircase, labelled front points.
+
+    `points` comes from `aggregates.tradeoff_points`; `tooltip_metrics` are (column, title) pairs shown on hover.
+    Clicking a point selects its `run_id` under the selection named `PICK`.
+    """
+    x_scale = alt.Scale(domain=_padded(points["x_lo"], points["x_hi"]), nice=False, zero=False)
+    y_scale = alt.Scale(domain=_padded(points["y_lo"], points["y_hi"]), nice=False, zero=False)
+    colour = alt.Color(f"{color}:N", title=color_title, scale=alt.Scale(scheme="tableau10"),
+                       legend=alt.Legend(orient="right", symbolType="circle", labelLimit=220))
+    pick = alt.selection_point(name=PICK, fields=["run_id"], on="click", empty=False, clear="dblclick")
+    hover = alt.selection_point(name="hover", fields=["run_id"], on="pointerover", empty=False, clear="pointerout")
+    opacity = alt.Opacity("tier:N", title="Pareto status", scale=alt.Scale(domain=TIER_ORDER, range=TIER_OPACITY),
+                          legend=alt.Legend(orient="right"))
+
+    base = alt.Chart(points)
+    x_enc = alt.X("x:Q", title=x_title, scale=x_scale, axis=alt.Axis(grid=True, gridOpacity=0.35))
+    y_enc = alt.Y("y:Q", title=y_title, scale=y_scale, axis=alt.Axis(grid=True, gridOpacity=0.35))
+    whisker_opacity = alt.condition(hover, alt.value(0.9), alt.value(0.3))
+    x_err = base.mark_rule(strokeWidth=1.2).encode(
+        x=alt.X("x_lo:Q", scale=x_scale, title=x_title), x2="x_hi:Q", y=alt.Y("y:Q", scale=y_scale), color=colour,
+        opacity=whisker_opacity)
+    y_err = base.mark_rule(strokeWidth=1.2).encode(
+        y=alt.Y("y_lo:Q", scale=y_scale, title=y_title), y2="y_hi:Q", x=alt.X("x:Q", scale=x_scale), color=colour,
+        opacity=whisker_opacity)
+
+    tooltip = [
+        alt.Tooltip("label:N", title="run"), alt.Tooltip("mixture_name:N", title="mixture"),
+        alt.Tooltip("mixture_family:N", title="family"), alt.Tooltip("stage:N"), alt.Tooltip("rung:N"),
+        alt.Tooltip("x_text:N", title=x_title), alt.Tooltip("y_text:N", title=y_title),
+        alt.Tooltip("tier:N", title="Pareto"),
+    ] + [alt.Tooltip(f"{col}:N", title=title) for col, title in tooltip_metrics]
+    dots = base.mark_circle(stroke="#1f2933").encode(
+        x=x_enc, y=y_enc, color=colour, opacity=opacity,
+        size=alt.condition(alt.datum.on_front, alt.value(190), alt.value(70)),
+        strokeWidth=alt.when(pick).then(alt.value(3)).when(alt.datum.on_front).then(alt.value(1.4)).otherwise(
+            alt.value(0)),
+        tooltip=tooltip,
+    ).add_params(pick, hover)
+
+    layers = [x_err, y_err]
+    if len(front) >= 1:
+        stair = alt.Chart(front).mark_line(interpolate="step-before", color="#1f2933", strokeWidth=1.8,
+                                           strokeDash=[6, 3], opacity=0.8).encode(
+            x=alt.X("x:Q", scale=x_scale), y=alt.Y("y:Q", scale=y_scale), order="x:Q")
+        layers.append(stair)
+    labels = base.transform_filter(alt.datum.on_front).mark_text(
+        align="left", dx=9, dy=-9, fontSize=11, fontWeight="bold", color="#1f2933").encode(
+        x=alt.X("x:Q", scale=x_scale), y=alt.Y("y:Q", scale=y_scale), text="mixture_name:N")
+    layers += [dots, labels]
+    return alt.layer(*layers).properties(height=height).configure_axis(
+        labelFontSize=12, titleFontSize=13, titleFontWeight="normal").configure_legend(
+        labelFontSize=12, titleFontSize=12).configure_view(strokeOpacity=0)
+
+
+def composition(comp: pd.DataFrame, height_per_mixture: int = 46) -> alt.Chart:
+    """Stacked bars: per mixture, its target share (pale) and realised share (solid) per source."""
+    long = pd.concat([
+        comp.assign(which="target", share=comp["target_share"]),
+        comp.assign(which="realised", share=comp["realised_share"]),
+    ])[["mixture", "source", "group_path", "which", "share", "realised_rows", "epochs"]]
+    n = max(1, long["mixture"].nunique())
+    return alt.Chart(long).mark_bar(stroke="white", strokeWidth=0.5).encode(
+        y=alt.Y("mixture:N", title=None, sort=None),
+        yOffset=alt.YOffset("which:N", sort=["target", "realised"]),
+        x=alt.X("share:Q", stack="normalize", title="share of the mixture", axis=alt.Axis(format="%")),
+        color=alt.Color("source:N", scale=alt.Scale(scheme="tableau10"), title="source"),
+        opacity=alt.Opacity("which:N", scale=alt.Scale(domain=["target", "realised"], range=[0.45, 1.0]),
+                            title="bar", sort=["target", "realised"]),
+        order=alt.Order("source:N"),
+        tooltip=["mixture:N", "source:N", "which:N", alt.Tooltip("share:Q", format=".1%"),
+                 alt.Tooltip("realised_rows:Q", format=","), alt.Tooltip("epochs:Q", format=".2f")],
+    ).properties(height=height_per_mixture * n)
+
+
+def mixture_delta(diff: pd.DataFrame, name_a: str, name_b: str) -> alt.Chart:
+    """Diverging bars: realised share of each source in B minus A, in percentage points."""
+    return alt.Chart(diff).mark_bar().encode(
+        y=alt.Y("source:N", sort="-x", title=None),
+        x=alt.X("delta_realised_pp:Q", title=f"realised share: {name_b} − {name_a} (pp)"),
+        color=alt.condition(alt.datum.delta_realised_pp > 0, alt.value("#2f7ebc"), alt.value("#d1495b")),
+        tooltip=["source:N", alt.Tooltip("realised_share_a:Q", format=".1%", title=name_a),
+                 alt.Tooltip("realised_share_b:Q", format=".1%", title=name_b),
+                 alt.Tooltip("delta_realised_pp:Q", format="+.1f", title="Δ pp")],
+    ).properties(height=max(120, 26 * len(diff)))
+
+
+def curves(train: pd.DataFrame, names: list[str]) -> alt.FacetChart:
+    """Small multiples of training curves, one panel per metric, one line per run."""
+    df = train[train["name"].isin(names)]
+    return alt.Chart(df).mark_line(strokeWidth=1.8).encode(
+        x=alt.X("step:Q", title="step"),
+        y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
+        color=alt.Color("run:N", title="run", scale=alt.Scale(scheme="tableau10"), legend=alt.Legend(orient="bottom")),
+        tooltip=["run:N", "name:N", "step:Q", alt.Tooltip("value:Q", format=".4g")],
+    ).properties(width=260, height=170).facet(facet=alt.Facet("name:N", title=None, sort=names), columns=3).resolve_scale(
+        y="independent")
+
+
+def imbalance_heatmap(imb: pd.DataFrame) -> alt.Chart:
+    """MoE routing imbalance over steps × layers: max/mean expert load (1 = balanced)."""
+    return alt.Chart(imb).mark_rect().encode(
+        x=alt.X("step:O", title="step"),
+        y=alt.Y("layer:O", title="MoE layer"),
+        color=alt.Color("max_over_mean:Q", title="max / mean load", scale=alt.Scale(scheme="orangered", domainMin=1)),
+        tooltip=["step:O", "layer:O", alt.Tooltip("max_over_mean:Q", format=".2f"), alt.Tooltip("cv:Q", format=".2f"),
+                 "hottest_expert:O"],
+    ).properties(height=max(120, 28 * imb["layer"].nunique()))
+
+
+def expert_heatmap(load: pd.DataFrame, layer: int) -> alt.Chart:
+    """Load fraction per expert over steps, for one layer."""
+    df = load[load["layer"] == layer]
+    return alt.Chart(df).mark_rect().encode(
+        x=alt.X("step:O", title="step"),
+        y=alt.Y("expert:O", title=f"expert (layer {layer})"),
+        color=alt.Color("load:Q", title="load share", scale=alt.Scale(scheme="viridis")),
+        tooltip=["step:O", "expert:O", alt.Tooltip("load:Q", format=".3f"), alt.Tooltip("bias:Q", format=".4f")],
+    ).properties(height=max(120, 16 * df["expert"].nunique()))
+
+
+def metric_intervals(df: pd.DataFrame) -> alt.LayerChart:
+    """Dot-and-whisker per metric, one colour per run (two runs compared on the same axis)."""
+    base = alt.Chart(df).encode(
+        y=alt.Y("key:N", title=None, sort=None),
+        yOffset=alt.YOffset("run:N"),
+        color=alt.Color("run:N", scale=alt.Scale(scheme="tableau10"), legend=alt.Legend(orient="bottom")),
+    )
+    rule = base.mark_rule(strokeWidth=2).encode(x=alt.X("ci_low:Q", title="value (95 % CI)"), x2="ci_high:Q")
+    dot = base.mark_circle(size=60, opacity=1).encode(
+        x="mean:Q", tooltip=["run:N", "key:N", alt.Tooltip("mean:Q", format=".3f"),
+                             alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"), "n:Q"])
+    return alt.layer(rule, dot).properties(height=max(160, 22 * df["key"].nunique() * max(1, df["run"].nunique())))
+
+
+def contamination_heatmap(summary: pd.DataFrame) -> alt.LayerChart:
+    """Flagged training rows per source × benchmark, summed over the mixtures shown."""
+    agg = summary.groupby(["source", "benchmark"], as_index=False)["flagged"].sum()
+    base = alt.Chart(agg).encode(x=alt.X("benchmark:N", title="benchmark"), y=alt.Y("source:N", title="source"))
+    rect = base.mark_rect().encode(color=alt.Color("flagged:Q", scale=alt.Scale(scheme="reds"), title="flagged rows"),
+                                   tooltip=["source:N", "benchmark:N", "flagged:Q"])
+    text = base.mark_text(fontSize=12).encode(
+        text="flagged:Q",
+        color=alt.condition(alt.datum.flagged > agg["flagged"].max() / 2 if len(agg) else 0, alt.value("white"),
+                            alt.value("black")))
+    return alt.layer(rect, text).properties(height=max(120, 34 * agg["source"].nunique()))

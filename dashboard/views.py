@@ -1,0 +1,554 @@
+"""The Streamlit layer: page layout and widgets only. Data comes from `queries` (read-only, cached on the database
+file's modification stamp), numbers from `aggregates` / `pareto`, charts from `charts`.
+
+Views: Trade-off (default), Leaderboard, Mixtures, Run detail, Contamination; an empty or missing database gets a
+page that says how to make one.
+"""
+
+from __future__ import annotations
+
+import difflib
+from datetime import date
+
+import pandas as pd
+import streamlit as st
+
+from mixlab.dashboard import aggregates as agg
+from mixlab.dashboard import charts, queries
+from mixlab.errors import MixlabError
+from mixlab.paths import default_db_path
+
+VIEWS = ["Trade-off", "Leaderboard", "Mixtures", "Run detail", "Contamination"]
+LB_AGG, US_AGG = "Leaderboard score (aggregate)", "Usability score (aggregate)"
+COLOR_BY = {"mixture family": "mixture_family", "stage": "stage", "ladder rung": "rung", "base model": "base_model",
+            "mixture": "mixture_name"}
+CACHE_TTL_S = 20
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cached data access: keyed on (function, path, file stamp, args), so a new write shows on the next interaction
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False, max_entries=256)
+def _cached(fn: str, path: str, stamp: tuple[int, int], *args, **kwargs):
+    return getattr(queries, fn)(path, *args, **kwargs)
+
+
+def load(fn: str, *args, **kwargs):
+    path = st.session_state["_db"]
+    return _cached(fn, path, queries.db_stamp(path), *args, **kwargs)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False, max_entries=32)
+def _catalog(path: str, stamp: tuple[int, int]) -> pd.DataFrame:
+    return agg.catalog(_cached("latest_metrics", path, stamp))
+
+
+def catalog() -> pd.DataFrame:
+    path = st.session_state["_db"]
+    return _catalog(path, queries.db_stamp(path))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Navigation and shared filters
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def open_run(run_id: str) -> None:
+    """Switch to Run detail on `run_id` (used as a widget callback, where changing widget state is allowed)."""
+    st.session_state["view"] = "Run detail"
+    st.session_state["run_id"] = run_id
+
+
+def _on_chart_select() -> None:
+    state = st.session_state.get("tradeoff_chart")
+    picked = (state or {}).get("selection", {}).get(charts.PICK) or []
+    if picked and picked[0].get("run_id"):
+        open_run(picked[0]["run_id"])
+
+
+def _init_from_query_params() -> None:
+    """Deep links: ?view=Run+detail&run=RUN_ID."""
+    if "view" in st.session_state:
+        return
+    params = st.query_params
+    view = params.get("view")
+    if view in VIEWS:
+        st.session_state["view"] = view
+    if params.get("run"):
+        st.session_state["run_id"] = params.get("run")
+
+
+def sidebar_filters(runs: pd.DataFrame) -> pd.DataFrame:
+    """Filters shared by Trade-off and Leaderboard; returns the runs that pass."""
+    st.sidebar.markdown("**Filter runs**")
+    mask = pd.Series(True, index=runs.index)
+    for label, col in (("stage", "stage"), ("ladder rung", "rung"), ("mixture family", "mixture_family"),
+                       ("base model", "base_model"), ("status", "status")):
+        options = sorted(runs[col].dropna().astype(str).unique())
+        if len(options) <= 1:
+            continue
+        chosen = st.sidebar.multiselect(label, options, key=f"f_{col}", placeholder="all")
+        if chosen:
+            mask &= runs[col].astype(str).isin(chosen)
+    created = pd.to_datetime(runs["created_at"]).dropna()
+    if not created.empty and created.dt.date.nunique() > 1:
+        lo, hi = created.min().date(), created.max().date()
+        picked = st.sidebar.date_input("created between", value=(lo, hi), min_value=lo, max_value=hi, key="f_date")
+        if isinstance(picked, (tuple, list)) and len(picked) == 2:
+            day = pd.to_datetime(runs["created_at"]).dt.date
+            mask &= day.between(picked[0], picked[1]) | day.isna()
+    contam = st.sidebar.radio("decontamination", ["all runs", "clean mixtures only", "flagged mixtures only"],
+                              key="f_contam", help="Mixtures whose decontamination gate flagged training rows "
+                              "against an eval set (the rows are listed on the Contamination page).")
+    if contam == "clean mixtures only":
+        mask &= runs["n_flagged"] == 0
+    elif contam == "flagged mixtures only":
+        mask &= runs["n_flagged"] > 0
+    return runs[mask]
+
+
+def _fmt_ci(v: float, lo: float, hi: float) -> str:
+    return "–" if pd.isna(v) else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pages
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def page_empty(state: queries.DbState) -> None:
+    st.title("mixlab dashboard")
+    if state.status == "missing":
+        st.warning(f"No mixlab database at `{state.path}` yet.")
+    elif state.status == "empty":
+        st.info(f"`{state.path}` is a mixlab database, but no run or evaluation has been recorded in it yet.")
+    elif state.status == "not_mixlab":
+        st.error(f"`{state.path}` is a DuckDB file, but not a mixlab database (no mixlab schema).")
+    else:
+        st.error(state.message)
+    st.markdown(
+        """
+### How to get something to look at
+
+1. **Run the embedded demo** (CPU, about 15 minutes): builds demo mixtures, trains the hybrid model on each,
+   evaluates, and writes `runs/mixlab.duckdb`:
+
+   ```bash
+   make demo
+   ```
+2. Or run your own: `mixlab mix build NAME`, `mixlab run recipes/registry/X.yaml`, `mixlab eval CHECKPOINT --suite S`.
+   Every step writes to the same database file.
+3. Then open the dashboard on it (it reads while runs are writing):
+
+   ```bash
+   mixlab dashboard --db runs/mixlab.duckdb
+   ```
+
+To explore the views on synthetic-but-consistent data first:
+`python -m mixlab.dashboard.sample_data --db /tmp/mixlab-sample.duckdb && mixlab dashboard --db /tmp/mixlab-sample.duckdb`
+"""
+    )
+
+
+def page_tradeoff(runs: pd.DataFrame) -> None:
+    metrics = load("latest_metrics")
+    cat = catalog()
+    st.title("Leaderboard vs usability")
+    if cat.empty:
+        st.info("No evaluation metrics recorded yet: the trade-off appears once runs are evaluated (`mixlab eval`).")
+        return
+    directional = cat[cat["direction"] != "neutral"]
+    by_cat = lambda c: directional[directional["category"] == c]["key"].tolist()  # noqa: E731
+    with st.expander("Aggregate definitions — which metrics make up each score", expanded=False):
+        c1, c2 = st.columns(2)
+        lb_keys = c1.multiselect("Leaderboard score averages", directional["key"].tolist(),
+                                 default=agg.default_metrics(cat, "leaderboard") or by_cat("leaderboard")[:1],
+                                 key="agg_lb")
+        us_keys = c2.multiselect("Usability score averages", directional["key"].tolist(),
+                                 default=agg.default_metrics(cat, "usability") or by_cat("usability")[:1],
+                                 key="agg_us")
+        st.caption("Each metric is mapped to [0, 1], higher = better (1–10 judge scores → (x−1)/9; refusal and "
+                   "repetition rates flipped), then averaged. The aggregate's 95 % CI combines the metrics' CIs as "
+                   "independent errors.")
+    axes = {LB_AGG: agg.Axis(LB_AGG, lb_keys, aggregate=True), US_AGG: agg.Axis(US_AGG, us_keys, aggregate=True)}
+    for key in cat["key"]:
+        axes[key] = agg.Axis(key, [key])
+    c1, c2, c3, c4 = st.columns([3, 3, 2, 2])
+    x_name = c1.selectbox("x axis", list(axes), index=0, key="x_axis")
+    y_name = c2.selectbox("y axis", list(axes), index=1, key="y_axis")
+    colour_label = c3.selectbox("colour by", list(COLOR_BY), key="color_by")
+    partial = c4.toggle("include runs missing a metric", value=False, key="partial",
+                        help="By default a run must have every metric of an aggregate: an average over fewer "
+                        "metrics is not comparable.")
+    x_axis, y_axis = axes[x_name], axes[y_name]
+    points = agg.tradeoff_points(runs, metrics, x_axis, y_axis, require_full_coverage=not partial)
+    if points.empty:
+        st.info("No run (after filters) has values on both axes. Widen the filters or pick other metrics.")
+        return
+    maximize = (agg.axis_maximize(cat, x_axis), agg.axis_maximize(cat, y_axis))
+    front = agg.front_line(points, maximize)
+    points["x_text"] = [_fmt_ci(*v) for v in zip(points["x"], points["x_lo"], points["x_hi"])]
+    points["y_text"] = [_fmt_ci(*v) for v in zip(points["y"], points["y_lo"], points["y_hi"])]
+    # Hover shows the raw metrics behind each aggregate.
+    w = agg.wide(metrics)
+    tip_keys = list(dict.fromkeys([k for k in (x_axis.metrics + y_axis.metrics) if k in w.columns]))[:8]
+    for k in tip_keys:
+        s = w[k].reindex(points["run_id"]).to_numpy()
+        points["tip_" + k] = [("–" if pd.isna(v) else f"{v:.3f}") for v in s]
+
+    n_front = int(points["on_front"].sum())
+    n_tied = int((points["tier"] == "within CI of front").sum())
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("runs plotted", len(points), help=f"{len(runs)} runs pass the filters")
+    m2.metric("on the Pareto front", n_front)
+    m3.metric("within CI of the front", n_tied, help="Dominated, but no front run beats them beyond both 95 % CIs")
+    m4.metric("clearly dominated", len(points) - n_front - n_tied)
+    chart = charts.tradeoff(
+        points, front, x_title=_axis_title(x_axis, maximize[0]), y_title=_axis_title(y_axis, maximize[1]),
+        color=COLOR_BY[colour_label], color_title=colour_label,
+        tooltip_metrics=[("tip_" + k, k) for k in tip_keys],
+    )
+    st.altair_chart(chart, key="tradeoff_chart", on_select=_on_chart_select, selection_mode=charts.PICK,
+                    width="stretch")
+    st.caption("Each dot is a run with 95 % CI whiskers on both axes; the dashed staircase is the Pareto front "
+               "(labelled, outlined). Faded runs are dominated beyond both CIs. Click a run to open it; "
+               "double-click clears.")
+
+    st.subheader("Runs on the front")
+    table = points[points["on_front"]].sort_values("x")
+    show = table[["run_id", "mixture_name", "mixture_family", "stage", "rung", "x_text", "y_text", "n_flagged"]].rename(
+        columns={"mixture_name": "mixture", "mixture_family": "family", "x_text": x_name, "y_text": y_name,
+                 "n_flagged": "contam. rows"})
+    st.dataframe(show, hide_index=True, width="stretch")
+    c1, c2 = st.columns([4, 1])
+    labels = dict(zip(points["run_id"], points["label"]))
+    choice = c1.selectbox("Open a run", points.sort_values(["on_front", "x"], ascending=False)["run_id"].tolist(),
+                          format_func=lambda r: f"{labels.get(r, r)}  ({r})", key="open_choice")
+    c2.button("Open run detail", key="open_btn", on_click=open_run, args=(choice,), width="stretch")
+
+
+def _axis_title(axis: agg.Axis, maximize: bool) -> str:
+    if axis.aggregate:
+        return f"{axis.label.replace(' (aggregate)', '')}  (mean of {len(axis.metrics)} metrics, 0–1)"
+    return axis.label + ("" if maximize else "  (lower is better)")
+
+
+def page_leaderboard(runs: pd.DataFrame) -> None:
+    st.title("Leaderboard")
+    metrics = load("latest_metrics")
+    cat = catalog()
+    if cat.empty:
+        st.info("No evaluation metrics recorded yet.")
+        return
+    lb = st.session_state.get("agg_lb") or agg.default_metrics(cat, "leaderboard")
+    us = st.session_state.get("agg_us") or agg.default_metrics(cat, "usability")
+    keys = st.multiselect("Metric columns", cat["key"].tolist(), default=list(dict.fromkeys(lb + us)), key="lb_cols")
+    show_ci = st.toggle("show ± (95 % CI half-width) columns", value=True, key="lb_ci")
+    table = agg.leaderboard_table(runs, metrics, keys)
+    if table.empty:
+        st.info("No run passes the filters.")
+        return
+    w = agg.wide(metrics)
+    for name, axis in (("leaderboard", agg.Axis(LB_AGG, lb, True)), ("usability", agg.Axis(US_AGG, us, True))):
+        vals = agg.axis_values(w, cat, axis).reindex(table["run_id"])
+        table[f"{name} score"] = vals["value"].to_numpy()
+        table[f"{name} ±"] = ((vals["hi"] - vals["lo"]) / 2).to_numpy()
+    pts = agg.tradeoff_points(runs, metrics, agg.Axis(LB_AGG, lb, True), agg.Axis(US_AGG, us, True))
+    table["front"] = table["run_id"].isin(set(pts.loc[pts["on_front"], "run_id"]))
+    table = table.sort_values("leaderboard score", ascending=False, na_position="last")
+    meta = ["run_id", "front", "mixture_name", "mixture_family", "stage", "rung", "base_model", "seed", "created_at",
+            "n_flagged", "status"]
+    score_cols = ["leaderboard score", "leaderboard ±", "usability score", "usability ±"]
+    metric_cols = [c for k in keys for c in ([k, k + " ±"] if show_ci else [k]) if c in table.columns]
+    if not show_ci:
+        score_cols = ["leaderboard score", "usability score"]
+    cols = meta + score_cols + metric_cols
+    config = {c: st.column_config.NumberColumn(c, format="%.3f") for c in score_cols + metric_cols}
+    config.update({
+        "front": st.column_config.CheckboxColumn("front", help="On the leaderboard-vs-usability Pareto front"),
+        "n_flagged": st.column_config.NumberColumn("contam. rows", help="Training rows flagged against eval sets"),
+        "created_at": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm"),
+        "mixture_name": "mixture", "mixture_family": "family", "base_model": "base model",
+    })
+    st.caption(f"{len(table)} runs · click a column header to sort · CIs are 95 % (Wilson or bootstrap, as stored)")
+    st.dataframe(table[cols], hide_index=True, column_config=config, width="stretch", height=560)
+    st.download_button("Download CSV", table[cols].to_csv(index=False).encode(), "mixlab-leaderboard.csv",
+                       "text/csv", key="lb_csv")
+
+
+def page_mixtures() -> None:
+    st.title("Mixture composition")
+    mixes = load("mixtures")
+    if mixes.empty:
+        st.info("No mixtures recorded yet (`mixlab mix build NAME` records them).")
+        return
+    names = dict(zip(mixes["mixture_id"], mixes["name"]))
+    ranked = mixes.sort_values("n_runs", ascending=False)["mixture_id"].tolist()
+    chosen = st.multiselect("Mixtures", list(names), default=ranked[: min(8, len(ranked))],
+                            format_func=lambda m: names[m], key="mix_sel")
+    comp = load("components", chosen)
+    if comp.empty:
+        st.info("The chosen mixtures have no recorded components.")
+    else:
+        st.altair_chart(charts.composition(comp), width="stretch")
+        st.caption("Per mixture: the pale bar is the share the YAML asked for, the solid bar what the build realised "
+                   "(after epoch caps, filters, dedup and decontamination).")
+        with st.expander("Component table"):
+            st.dataframe(comp.drop(columns=["mixture_id"]), hide_index=True, width="stretch", column_config={
+                "target_share": st.column_config.NumberColumn("target", format="percent"),
+                "realised_share": st.column_config.NumberColumn("realised", format="percent"),
+                "epochs": st.column_config.NumberColumn("epochs", format="%.2f"),
+            })
+    st.subheader("Diff two mixtures")
+    if len(names) < 2:
+        st.info("Only one mixture recorded: nothing to diff.")
+        return
+    c1, c2 = st.columns(2)
+    a = c1.selectbox("A", list(names), index=0, format_func=lambda m: names[m], key="mix_a")
+    b = c2.selectbox("B", list(names), index=1, format_func=lambda m: names[m], key="mix_b")
+    both = load("components", [a, b])
+    diff = queries.mixture_diff(both, a, b)
+    st.altair_chart(charts.mixture_delta(diff, names[a], names[b]), width="stretch")
+    st.dataframe(diff, hide_index=True, width="stretch", column_config={
+        c: st.column_config.NumberColumn(c, format="%.3f") for c in diff.columns if c != "source"})
+    yaml_a, yaml_b = (mixes.loc[mixes["mixture_id"] == m, "yaml"].iloc[0] or "" for m in (a, b))
+    if yaml_a or yaml_b:
+        udiff = "".join(difflib.unified_diff(yaml_a.splitlines(True), yaml_b.splitlines(True), names[a], names[b]))
+        st.code(udiff or "(identical YAML)", language="diff")
+
+
+def page_run(runs: pd.DataFrame) -> None:
+    st.title("Run detail")
+    if runs.empty:
+        st.info("No runs recorded yet.")
+        return
+    ordered = runs.sort_values("created_at", ascending=False, na_position="last")
+    labels = dict(zip(ordered["run_id"], ordered["label"]))
+    ids = ordered["run_id"].tolist()
+    if st.session_state.get("run_id") not in labels:
+        st.session_state["run_id"] = ids[0]
+    c1, c2 = st.columns(2)
+    run_id = c1.selectbox("Run", ids, format_func=lambda r: f"{labels[r]}  ({r})", key="run_id")
+    other = c2.selectbox("Compare with", [None] + [r for r in ids if r != run_id],
+                         format_func=lambda r: "(none)" if r is None else f"{labels[r]}  ({r})", key="compare_id")
+    st.query_params.update({"view": "Run detail", "run": run_id})
+    run = runs.set_index("run_id").loc[run_id]
+    facts = {k: run.get(k) for k in ("mixture_name", "mixture_family", "stage", "rung", "base_model", "preset", "seed",
+                                     "status", "git_sha", "device", "created_at", "checkpoint_path")}
+    st.markdown(" · ".join(f"**{k.replace('_', ' ')}** {v}" for k, v in facts.items() if pd.notna(v) and v != "(none)"))
+    if isinstance(run.get("error"), str) and run.get("error"):
+        st.error(f"run failed: {run['error']}")
+    tabs = st.tabs(["Training", "MoE expert load", "Eval metrics", "Samples", "Side by side"])
+    with tabs[0]:
+        _run_training(run_id, other, labels)
+    with tabs[1]:
+        _run_experts(run_id)
+    with tabs[2]:
+        _run_metrics(run_id, other, labels)
+    with tabs[3]:
+        _run_samples(run_id)
+    with tabs[4]:
+        _run_side_by_side(run_id, other, labels)
+
+
+def _run_training(run_id: str, other: str | None, labels: dict) -> None:
+    frames = [load("train_metrics", run_id).assign(run=labels[run_id])]
+    if other:
+        frames.append(load("train_metrics", other).assign(run=labels[other]))
+    train = pd.concat(frames)
+    if train.empty:
+        st.info("No training metrics logged for this run.")
+        return
+    names = sorted(train["name"].unique())
+    preferred = [n for n in names if any(p in n.lower() for p in ("loss", "lr", "learning_rate", "tokens", "grad"))]
+    chosen = st.multiselect("Curves", names, default=preferred[:6] or names[:6], key="curve_names")
+    if chosen:
+        st.altair_chart(charts.curves(train, chosen))
+
+
+def _run_experts(run_id: str) -> None:
+    load_df = load("expert_load", run_id)
+    if load_df.empty:
+        st.info("No MoE expert load logged for this run (dense model, or logging was off).")
+        return
+    imb = queries.expert_imbalance(load_df)
+    st.markdown("**Routing imbalance over steps × layers** — max / mean expert load; 1.0 is perfectly balanced.")
+    st.altair_chart(charts.imbalance_heatmap(imb), width="stretch")
+    layers = sorted(load_df["layer"].unique())
+    worst = int(imb.groupby("layer")["max_over_mean"].mean().idxmax())
+    layer = st.selectbox("Layer", layers, index=layers.index(worst), key="expert_layer",
+                         help="Defaults to the least balanced layer")
+    st.altair_chart(charts.expert_heatmap(load_df, layer), width="stretch")
+
+
+def _run_metrics(run_id: str, other: str | None, labels: dict) -> None:
+    metrics = load("latest_metrics")
+    mine = metrics[metrics["run_id"] == run_id]
+    if mine.empty:
+        st.info("This run has no evaluation metrics yet.")
+        return
+    df = mine.assign(run=labels[run_id])
+    if other:
+        df = pd.concat([df, metrics[metrics["run_id"] == other].assign(run=labels[other])])
+    df = df.assign(key=df["task"] + "/" + df["metric"])
+    for category in ("leaderboard", "usability", "other"):
+        part = df[df["category"] == category]
+        if part.empty:
+            continue
+        st.markdown(f"**{category}**")
+        st.altair_chart(charts.metric_intervals(part), width="stretch")
+    table = mine[["task", "metric", "category", "n", "mean", "ci_low", "ci_high", "ci_method", "judge"]].copy()
+    if other:
+        theirs = metrics[metrics["run_id"] == other].set_index(["task", "metric"])
+        key = list(zip(table["task"], table["metric"]))
+        o_mean = [theirs["mean"].get(k) for k in key]
+        o_lo = [theirs["ci_low"].get(k) for k in key]
+        o_hi = [theirs["ci_high"].get(k) for k in key]
+        table["compare mean"] = o_mean
+        table["Δ (this − compare)"] = table["mean"] - pd.to_numeric(pd.Series(o_mean, index=table.index))
+        table["CIs separated"] = [
+            None if lo2 is None else bool(lo > hi2 or lo2 > hi)
+            for lo, hi, lo2, hi2 in zip(table["ci_low"], table["ci_high"], o_lo, o_hi)
+        ]
+    st.dataframe(table, hide_index=True, width="stretch")
+
+
+def _run_samples(run_id: str) -> None:
+    tasks = load("sample_tasks", run_id)
+    if tasks.empty:
+        st.info("No per-sample rows stored for this run.")
+        return
+    c1, c2 = st.columns([3, 1])
+    task = c1.selectbox("Task", tasks["task"].tolist(), key="sample_task",
+                        format_func=lambda t: f"{t}  ({int(tasks.set_index('task').loc[t, 'n'])} samples)")
+    only_failed = c2.toggle("failed only", key="sample_failed")
+    rows = load("samples", run_id, task, only_failed=only_failed)
+    st.dataframe(rows[["item_id", "score", "passed", "output", "judge_rationale", "output_tokens"]], hide_index=True,
+                 width="stretch", height=300, column_config={
+                     "output": st.column_config.TextColumn("output", width="large"),
+                     "judge_rationale": st.column_config.TextColumn("judge rationale", width="large")})
+    if rows.empty:
+        return
+    item = st.selectbox("Inspect item", rows["item_id"].tolist(), key="sample_item")
+    r = rows.set_index("item_id").loc[item]
+    st.markdown(f"**score** {r['score']} · **passed** {r['passed']}")
+    c1, c2 = st.columns(2)
+    c1.markdown("**prompt**")
+    c1.code(r["prompt"] or "", language=None, wrap_lines=True)
+    c1.markdown("**reference**")
+    c1.code(r["reference"] or "", language=None, wrap_lines=True)
+    c2.markdown("**output**")
+    c2.code(r["output"] or "", language=None, wrap_lines=True)
+    if r["judge_rationale"]:
+        c2.markdown("**judge rationale**")
+        c2.info(r["judge_rationale"])
+
+
+def _run_side_by_side(run_id: str, other: str | None, labels: dict) -> None:
+    if not other:
+        st.info("Pick a run in **Compare with** (top right) to see both runs' answers to the same prompts.")
+        return
+    tasks = load("common_tasks", run_id, other)
+    if not tasks:
+        st.info("The two runs share no evaluated task with stored samples.")
+        return
+    c1, c2 = st.columns([3, 1])
+    task = c1.selectbox("Task", tasks, key="pair_task")
+    flipped_only = c2.toggle("only items that differ", value=True, key="pair_flipped")
+    pairs = load("paired_samples", run_id, other, task)
+    a_wins = int((pairs["score_a"] > pairs["score_b"]).sum())
+    b_wins = int((pairs["score_b"] > pairs["score_a"]).sum())
+    m1, m2, m3 = st.columns(3)
+    m1.metric("items in common", len(pairs))
+    m2.metric(f"better: {labels[run_id]}", a_wins)
+    m3.metric(f"better: {labels[other]}", b_wins)
+    view = pairs[pairs["flipped"]] if flipped_only else pairs
+    if view.empty:
+        st.info("No item scores differently between the two runs.")
+        return
+    item = st.selectbox("Item", view["item_id"].tolist(), key="pair_item")
+    r = view.set_index("item_id").loc[item]
+    st.markdown("**prompt**")
+    st.code(r["prompt"] or "", language=None, wrap_lines=True)
+    if r["reference"]:
+        with st.expander("reference answer"):
+            st.code(r["reference"], language=None, wrap_lines=True)
+    a, b = st.columns(2)
+    for col, side, rid in ((a, "a", run_id), (b, "b", other)):
+        col.markdown(f"**{labels[rid]}** — score {r['score_' + side]}")
+        col.code(r["output_" + side] or "", language=None, wrap_lines=True)
+        if r["rationale_" + side]:
+            col.caption(f"judge: {r['rationale_' + side]}")
+
+
+def page_contamination() -> None:
+    st.title("Contamination")
+    summary = load("contamination_summary")
+    if summary.empty:
+        st.success("No training row was flagged against any eval set (or no mixture was built with the gate).")
+        return
+    mixes = ["(all mixtures)"] + sorted(summary["mixture"].unique())
+    mixture = st.selectbox("Mixture", mixes, key="contam_mix")
+    part = summary if mixture == "(all mixtures)" else summary[summary["mixture"] == mixture]
+    m1, m2, m3 = st.columns(3)
+    m1.metric("flagged rows", int(part["flagged"].sum()))
+    m2.metric("sources", part["source"].nunique())
+    m3.metric("benchmarks hit", part["benchmark"].nunique())
+    st.altair_chart(charts.contamination_heatmap(part), width="stretch")
+    st.caption("Training rows whose n-grams overlap an eval item, per source × benchmark. The decontamination gate "
+               "drops them from the mixture; a non-zero cell says the source overlaps that benchmark.")
+    c1, c2 = st.columns(2)
+    source = c1.selectbox("Source", [None] + sorted(part["source"].unique()), key="contam_src",
+                          format_func=lambda s: "(all)" if s is None else s)
+    bench = c2.selectbox("Benchmark", [None] + sorted(part["benchmark"].unique()), key="contam_bench",
+                         format_func=lambda s: "(all)" if s is None else s)
+    mixture_id = None if mixture == "(all mixtures)" else part["mixture_id"].iloc[0]
+    rows = load("contamination_rows", mixture_id=mixture_id, source=source, benchmark=bench)
+    st.dataframe(rows, hide_index=True, width="stretch", column_config={
+        "ngram": st.column_config.TextColumn("overlapping n-gram", width="large")})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    st.set_page_config(page_title="mixlab", page_icon="⚖️", layout="wide")
+    path = str(default_db_path())
+    st.session_state["_db"] = path
+    try:
+        state = _cached("db_state", path, queries.db_stamp(path))
+    except MixlabError as exc:
+        st.error(str(exc))
+        return
+    if state.status != "ok":
+        page_empty(state)
+        return
+    _init_from_query_params()
+    st.sidebar.markdown("## ⚖️ mixlab")
+    st.sidebar.caption(f"`{path}` · {state.n_runs} runs · {state.n_metrics} metrics")
+    view = st.sidebar.radio("View", VIEWS, key="view", label_visibility="collapsed")
+    try:
+        all_runs = load("runs")
+        if view in ("Trade-off", "Leaderboard"):
+            st.sidebar.divider()
+            runs = sidebar_filters(all_runs)
+        if view == "Trade-off":
+            page_tradeoff(runs)
+        elif view == "Leaderboard":
+            page_leaderboard(runs)
+        elif view == "Mixtures":
+            page_mixtures()
+        elif view == "Run detail":
+            page_run(all_runs)
+        else:
+            page_contamination()
+    except MixlabError as exc:  # e.g. a writer held the lock past the timeout
+        st.warning(f"The database is busy or unreadable right now: {exc}")
+        st.button("Retry", key="retry")
+    if view != "Run detail" and st.query_params.get("view") != view:
+        st.query_params.clear()
+        st.query_params["view"] = view
+    st.sidebar.divider()
+    st.sidebar.caption(f"read-only · refreshed on interaction (cache {CACHE_TTL_S} s) · {date.today():%Y-%m-%d}")

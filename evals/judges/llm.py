@@ -1,0 +1,275 @@
+"""LLM judges: a chat model grades answers through mixlab's templates; verdicts are cached in DuckDB.
+
+The model behind a judge is any generation backend: `openai` (an OpenAI-compatible endpoint: a hosted API,
+`vllm serve`, or `mixlab serve`) or `torch` (a causal LM from a local folder, run in-process = the "local judge").
+
+Caching: a judgement is keyed by sha256(judge id, template name@version, prompt hash, answer hash) and stored in
+the `judgements` table; a repeated evaluation only pays for new (prompt, answer) pairs. Judging runs in chunks and
+each finished chunk is written before the next starts, so when the endpoint dies mid-run the finished judgements
+stay cached and the error says how many were done.
+
+Unparseable verdicts are recorded (verdict "unparseable", score NULL, raw text kept) and counted by callers; they
+never raise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from mixlab.errors import MixlabError
+from mixlab.evals.backends.base import Backend, GenerationConfig
+from mixlab.evals.judges.parse import is_strong, outcome_for, parse_pairwise, parse_rating
+from mixlab.evals.judges.templates import JudgeTemplate, get_template, single_template
+from mixlab.store import Store, utcnow
+
+UNPARSEABLE = "unparseable"
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Judgement:
+    verdict: str  # a rating as text ("7"), a pairwise verdict ("A>B"), or "unparseable"
+    score: float | None  # rating for single; outcome for answer A (1/0.5/0) for pairwise; None when unparseable
+    raw: str
+    template: str
+    cached: bool = False
+
+    @property
+    def parsed(self) -> bool:
+        return self.verdict != UNPARSEABLE
+
+    @property
+    def rationale(self) -> str:
+        return self.raw
+
+
+@dataclass
+class JudgeRequest:
+    template: JudgeTemplate
+    questions: list[str]
+    answers: list[str]
+    reference: list[str] | None = None
+    answers_b: list[str] | None = None
+
+    def messages(self) -> list[dict[str, str]]:
+        return self.template.render(self.questions, self.answers, self.reference, self.answers_b)
+
+    @property
+    def prompt_hash(self) -> str:
+        return sha(json.dumps({"q": self.questions, "ref": self.reference}, sort_keys=True))
+
+    @property
+    def answer_hash(self) -> str:
+        return sha(json.dumps({"a": self.answers, "b": self.answers_b}, sort_keys=True))
+
+
+@dataclass
+class PairwiseResult:
+    """Two games with positions swapped. `preference` is the model's mean outcome over the parsed games
+    (1 = model wins both, 0.5 = split or ties, 0 = baseline wins both); None when neither game parsed."""
+
+    games: list[Judgement]
+    model_outcomes: list[float | None]
+    preference: float | None
+    strong: list[bool] = field(default_factory=list)
+
+    @property
+    def n_unparseable(self) -> int:
+        return sum(o is None for o in self.model_outcomes)
+
+    @property
+    def consistent(self) -> bool | None:
+        """Whether both orders gave the same outcome for the model (position-bias diagnostic)."""
+        if any(o is None for o in self.model_outcomes):
+            return None
+        return self.model_outcomes[0] == self.model_outcomes[1]
+
+    @property
+    def rationale(self) -> str:
+        return "\n\n".join(
+            f"[game {i + 1}: model is {'A' if i == 0 else 'B'}; verdict {g.verdict}]\n{g.raw}"
+            for i, g in enumerate(self.games)
+        )
+
+
+class LLMJudge:
+    """Grades through `backend` with greedy decoding. `name` identifies the judge in cache keys and eval rows."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        name: str,
+        *,
+        store: Store | None = None,
+        max_new_tokens: int = 1024,
+        chunk_size: int = 16,
+        use_cache: bool = True,
+    ):
+        self.backend = backend
+        self.name = name
+        self.store = store
+        self.gen_config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
+        self.chunk_size = chunk_size
+        self.use_cache = use_cache
+        self.stats = {"requests": 0, "cache_hits": 0, "generated": 0, "unparseable": 0}
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}|max_tokens={self.gen_config.max_new_tokens}"
+
+    def describe(self) -> dict[str, Any]:
+        return {"judge": self.name, "max_new_tokens": self.gen_config.max_new_tokens, **self.backend.describe()}
+
+    def cache_key(self, request: JudgeRequest) -> str:
+        return sha(f"{self.id}\x00{request.template.key}\x00{request.prompt_hash}\x00{request.answer_hash}")
+
+    # -- the core: cached, chunked judging ---------------------------------------------------------------------
+
+    def judge(
+        self, requests: Sequence[JudgeRequest], progress: Callable[[int], None] | None = None
+    ) -> list[Judgement]:
+        keys = [self.cache_key(r) for r in requests]
+        results: dict[int, Judgement] = {}
+        cached = self._cache_get(keys) if self.use_cache else {}
+        for i, key in enumerate(keys):
+            if key in cached:
+                results[i] = cached[key]
+        self.stats["requests"] += len(requests)
+        self.stats["cache_hits"] += len(results)
+        if progress and results:
+            progress(len(results))
+        todo = [i for i in range(len(requests)) if i not in results]
+        # Identical requests in one call are judged once.
+        unique: dict[str, int] = {}
+        for i in todo:
+            unique.setdefault(keys[i], i)
+        pending = list(unique.values())
+        done = 0
+        for start in range(0, len(pending), self.chunk_size):
+            chunk = pending[start : start + self.chunk_size]
+            try:
+                texts = self.backend.generate([requests[i].messages() for i in chunk], self.gen_config)
+            except MixlabError as exc:
+                raise MixlabError(
+                    f"judge {self.name} failed after {done} of {len(pending)} new judgements "
+                    f"({len(results)} from cache; finished ones are cached): {exc}"
+                ) from exc
+            fresh = [self._parse(requests[i].template, text) for i, text in zip(chunk, texts)]
+            if self.use_cache:
+                self._cache_put([(keys[i], requests[i], j) for i, j in zip(chunk, fresh)])
+            for i, j in zip(chunk, fresh):
+                results[i] = j
+            done += len(chunk)
+            self.stats["generated"] += len(chunk)
+            if progress:
+                progress(len(chunk))
+        for i in todo:
+            if i not in results:  # a duplicate of a request judged above
+                src = results[unique[keys[i]]]
+                results[i] = Judgement(src.verdict, src.score, src.raw, src.template, cached=True)
+                if progress:
+                    progress(1)
+        out = [results[i] for i in range(len(requests))]
+        self.stats["unparseable"] += sum(not j.parsed for j in out)
+        return out
+
+    @staticmethod
+    def _parse(template: JudgeTemplate, text: str) -> Judgement:
+        if template.kind == "single":
+            rating = parse_rating(text)
+            if rating is None:
+                return Judgement(UNPARSEABLE, None, text, template.key)
+            return Judgement(f"{rating:g}", rating, text, template.key)
+        verdict = parse_pairwise(text)
+        if verdict is None:
+            return Judgement(UNPARSEABLE, None, text, template.key)
+        return Judgement(verdict, outcome_for(verdict, "A"), text, template.key)
+
+    def _cache_get(self, keys: list[str]) -> dict[str, Judgement]:
+        if self.store is None or not keys:
+            return {}
+        rows = self.store.query(
+            "SELECT cache_key, verdict, score, raw, template FROM judgements WHERE cache_key IN "
+            "(SELECT unnest(?::VARCHAR[]))",
+            [list(set(keys))],
+        )
+        return {r["cache_key"]: Judgement(r["verdict"], r["score"], r["raw"] or "", r["template"], cached=True) for r in rows}
+
+    def _cache_put(self, entries: list[tuple[str, JudgeRequest, Judgement]]) -> None:
+        if self.store is None or not entries:
+            return
+        now = utcnow()
+        self.store.insert(
+            "judgements",
+            [
+                {
+                    "cache_key": key,
+                    "judge": self.id,
+                    "template": req.template.key,
+                    "prompt_hash": req.prompt_hash,
+                    "answer_hash": req.answer_hash,
+                    "verdict": j.verdict,
+                    "score": j.score,
+                    "rationale": _short_rationale(j.raw),
+                    "raw": j.raw,
+                    "created_at": now,
+                }
+                for key, req, j in entries
+            ],
+            replace=True,
+        )
+
+    # -- task-facing helpers -------------------------------------------------------------------------------------
+
+    def grade(
+        self,
+        items: Sequence[tuple[list[str], list[str], list[str] | None]],
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Judgement]:
+        """1-10 grades. Each item: (user turns, assistant turns, reference turns or None); the last turn is graded."""
+        requests = [
+            JudgeRequest(single_template(len(q) > 1, bool(ref)), list(q), list(a), list(ref) if ref else None)
+            for q, a, ref in items
+        ]
+        return self.judge(requests, progress)
+
+    def compare_to_baseline(
+        self,
+        items: Sequence[tuple[str, str, str]],
+        progress: Callable[[int], None] | None = None,
+    ) -> list[PairwiseResult]:
+        """Pairwise games of (prompt, model answer, baseline answer), each played in both orders."""
+        template = get_template("pairwise")
+        requests: list[JudgeRequest] = []
+        for prompt, model_answer, baseline in items:
+            requests.append(JudgeRequest(template, [prompt], [model_answer], answers_b=[baseline]))  # model = A
+            requests.append(JudgeRequest(template, [prompt], [baseline], answers_b=[model_answer]))  # model = B
+        games = self.judge(requests, progress)
+        results = []
+        for k in range(len(items)):
+            first, second = games[2 * k], games[2 * k + 1]
+            outcomes = [outcome_for(_verdict(first), "A"), outcome_for(_verdict(second), "B")]
+            parsed = [o for o in outcomes if o is not None]
+            results.append(
+                PairwiseResult(
+                    games=[first, second],
+                    model_outcomes=outcomes,
+                    preference=sum(parsed) / len(parsed) if parsed else None,
+                    strong=[is_strong(_verdict(first)), is_strong(_verdict(second))],
+                )
+            )
+        return results
+
+
+def _verdict(j: Judgement) -> str | None:
+    return j.verdict if j.parsed else None
+
+
+def _short_rationale(raw: str, limit: int = 2000) -> str:
+    return raw if len(raw) <= limit else raw[:limit] + " ..."

@@ -1,0 +1,456 @@
+"""A hardened sandbox for untrusted (model-generated) Python: `run_code` and the batched `run_many`.
+
+Every program runs in its own PID, mount and network namespace (see `sandbox_worker.py` for the process tree)
+as an unprivileged uid without capabilities, with wall-clock, CPU-time, address-space, file-size, process-count
+and open-file limits, a scrubbed environment, a fresh tmpfs working directory that vanishes with it, and the
+repository, runs folder, DuckDB file and data root hidden behind empty read-only mounts. When the wall clock
+runs out, PID 1 of the sample's namespace is killed and the kernel takes every descendant with it, whether it
+daemonised, called setsid() or ignores SIGTERM. Output is read with a byte cap (huge output is truncated, and
+killed past `kill_output_bytes`).
+
+Speed: a pool of pre-started fork-server workers (one per core by default) forks each sample from a warm
+interpreter instead of starting Python per sample (`bench/bench_sandbox.py` measures it against
+`subprocess.run([python, "-c", code])`).
+
+Where namespaces are unavailable (not root, or no CAP_SYS_ADMIN) results carry ``isolation="degraded"`` and a
+note in ``reason``: limits, a new process group and (as root) the uid drop still apply, the network does not.
+
+Statuses: passed (exit 0, and the success marker printed when one is required), failed (non-zero exit, or exit
+0 without the marker, e.g. ``os._exit(0)`` before the asserts), timeout (wall clock or CPU time), oom
+(MemoryError under the address-space limit), killed (a signal, or too much output), error (the sandbox itself
+failed).
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import queue
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mixlab.errors import MixlabError
+
+Status = Literal["passed", "failed", "timeout", "oom", "killed", "error"]
+STATUSES: tuple[str, ...] = ("passed", "failed", "timeout", "oom", "killed", "error")
+
+SANDBOX_UID = int(os.environ.get("MIXLAB_SANDBOX_UID", "65534"))  # nobody
+SANDBOX_GID = int(os.environ.get("MIXLAB_SANDBOX_GID", "65534"))  # nogroup
+WORKER_SCRIPT = Path(__file__).with_name("sandbox_worker.py")
+_STDLIB_PROBE = "import collections, decimal, heapq, json, re, sys; print(sys.prefix)"
+
+
+@dataclass
+class SandboxResult:
+    status: Status
+    returncode: int | None  # negative = killed by that signal, like subprocess
+    stdout: str  # truncated to max_output_bytes
+    stderr: str  # truncated to max_output_bytes
+    duration_s: float
+    reason: str = ""
+    isolation: str = "namespaces"  # "namespaces" or "degraded"
+    cpu_s: float | None = None
+    max_rss_kb: int | None = None
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    @property
+    def degraded(self) -> bool:
+        return self.isolation != "namespaces"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Limits:
+    timeout_s: float = 10.0
+    memory_mb: int = 512  # RLIMIT_AS; 0 disables
+    cpu_s: float | None = None  # RLIMIT_CPU; default = timeout_s
+    fsize_mb: int = 16  # RLIMIT_FSIZE: largest file the program may write
+    nproc: int = 32  # RLIMIT_NPROC for the sandbox uid
+    nofile: int = 256
+    disk_mb: int = 64  # size of the tmpfs working directory (and /tmp)
+    max_output_bytes: int = 64 * 1024  # kept per stream
+    kill_output_bytes: int = 8 * 1024 * 1024  # total output that gets the program killed
+    mode: Literal["fork", "exec"] = "fork"  # exec(): warm fork-server interpreter; execve(): a fresh one
+
+    def validate(self) -> None:
+        if not self.timeout_s > 0:
+            raise MixlabError(f"sandbox timeout must be > 0 seconds, got {self.timeout_s}")
+        if self.cpu_s is not None and not self.cpu_s > 0:
+            raise MixlabError(f"sandbox cpu_s must be > 0, got {self.cpu_s}")
+        if self.memory_mb < 0 or self.fsize_mb < 1 or self.nproc < 1 or self.nofile < 16 or self.disk_mb < 1:
+            raise MixlabError(f"sandbox limits out of range: {self}")
+        if self.mode not in ("fork", "exec"):
+            raise MixlabError(f"sandbox mode must be 'fork' or 'exec', got {self.mode!r}")
+
+
+# ------------------------------------------------------------------------------------------ interpreter
+
+
+def _probe_python(candidate: str, uid: int, gid: int) -> str | None:
+    """sys.prefix of `candidate` when the sandbox uid can run it and import its stdlib, else None."""
+    try:
+        proc = subprocess.run(
+            [candidate, "-I", "-c", _STDLIB_PROBE], user=uid, group=gid, extra_groups=[],
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, capture_output=True, text=True, timeout=30,
+            cwd="/",
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=1)
+def sandbox_python() -> tuple[str, str]:
+    """(interpreter, prefix) for the fork-server: one the sandbox uid can read, the venv's own if it can.
+
+    A virtualenv under a private home (e.g. /root/.pyenv) is unreadable to uid 65534, so samples forked from it
+    could not import a single stdlib module; a system interpreter is then used (samples need only the stdlib).
+    `MIXLAB_SANDBOX_PYTHON` overrides.
+    """
+    override = os.environ.get("MIXLAB_SANDBOX_PYTHON")
+    if os.geteuid() != 0:
+        exe = override or sys.executable
+        return exe, sys.prefix
+    candidates = [override] if override else []
+    candidates += [sys.executable, getattr(sys, "_base_executable", None), "/usr/bin/python3",
+                   "/usr/local/bin/python3", shutil.which("python3")]
+    tried = []
+    for candidate in candidates:
+        if not candidate or candidate in tried or not os.path.exists(candidate):
+            continue
+        tried.append(candidate)
+        prefix = _probe_python(candidate, SANDBOX_UID, SANDBOX_GID)
+        if prefix:
+            return candidate, prefix
+    raise MixlabError(
+        f"sandbox: no Python interpreter that uid {SANDBOX_UID} can run (tried {tried}); "
+        "set MIXLAB_SANDBOX_PYTHON to a world-readable python3"
+    )
+
+
+def _hidden_paths(python: str, prefix: str) -> list[str]:
+    """Folders hidden from samples: the repo, runs/DuckDB, the data root, root's home — unless Python lives there."""
+    from mixlab import paths
+
+    keep = [Path(os.path.realpath(python)), Path(os.path.realpath(prefix)), Path("/tmp"), Path("/proc")]
+    wanted = [paths.REPO_ROOT, paths.runs_dir(), paths.default_db_path().parent, paths.data_root(),
+              Path.home()]
+    hidden: list[str] = []
+    for path in wanted:
+        if path is None:
+            continue
+        real = Path(os.path.realpath(path))
+        if real == Path("/") or not real.is_dir():
+            continue
+        if any(k == real or real in k.parents for k in keep):  # hiding it would hide Python or /tmp
+            continue
+        if str(real) not in hidden:
+            hidden.append(str(real))
+    return hidden
+
+
+# ----------------------------------------------------------------------------------------------- workers
+
+
+class _Worker:
+    """One fork-server process and its pipes."""
+
+    def __init__(self, python: str, isolation: str) -> None:
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "MIXLAB_SANDBOX_ISOLATION": isolation}
+        self.proc = subprocess.Popen(
+            [python, "-I", str(WORKER_SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, env=env, cwd="/", start_new_session=True,
+        )
+        hello = self._read()
+        if not hello or not hello.get("hello"):
+            self.close()
+            raise MixlabError(f"sandbox: worker {python} {WORKER_SCRIPT} failed to start")
+        self.isolation: str = hello["isolation"]
+        self.note: str = hello.get("note", "")
+        self.python: str = hello.get("python", python)
+
+    def _read(self) -> dict | None:
+        import json
+
+        header = self.proc.stdout.read(4)
+        if len(header) < 4:
+            return None
+        (n,) = struct.unpack(">I", header)
+        body = self.proc.stdout.read(n)
+        return json.loads(body) if len(body) == n else None
+
+    def request(self, message: dict) -> dict | None:
+        import json
+
+        body = json.dumps(message).encode()
+        try:
+            self.proc.stdin.write(struct.pack(">I", len(body)) + body)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return None
+        return self._read()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class SandboxPool:
+    """Thread-safe pool of fork-server workers; `run` blocks for one program, `map` runs many in parallel."""
+
+    def __init__(self, workers: int | None = None, isolation: str | None = None, python: str | None = None) -> None:
+        self.max_workers = max(1, workers or min(os.cpu_count() or 1, 4))
+        self.isolation = isolation or os.environ.get("MIXLAB_SANDBOX_ISOLATION", "auto")
+        if self.isolation not in ("auto", "degraded"):
+            raise MixlabError(f"sandbox isolation must be 'auto' or 'degraded', got {self.isolation!r}")
+        if python:
+            self.python, self.prefix = python, sys.prefix
+        else:
+            self.python, self.prefix = sandbox_python()
+        self.hide_paths = _hidden_paths(self.python, self.prefix)
+        self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
+        self._all: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._closed = False
+
+    def _acquire(self) -> _Worker:
+        while True:
+            try:
+                worker = self._idle.get_nowait()
+            except queue.Empty:
+                with self._lock:
+                    if len(self._all) < self.max_workers:
+                        worker = _Worker(self.python, self.isolation)
+                        self._all.append(worker)
+                        return worker
+                worker = self._idle.get()
+            if worker.alive():
+                return worker
+            self._discard(worker)
+
+    def _discard(self, worker: _Worker) -> None:
+        with self._lock:
+            if worker in self._all:
+                self._all.remove(worker)
+        worker.close()
+
+    def run(self, code: str, *, stdin: str | None = None, files: dict[str, str] | None = None,
+            success_marker: str | None = None, limits: Limits | None = None) -> SandboxResult:
+        if self._closed:
+            raise MixlabError("sandbox pool is closed")
+        limits = limits or Limits()
+        limits.validate()
+        request = {
+            "code": code if isinstance(code, str) else str(code),
+            "stdin": stdin,
+            "files": _check_files(files),
+            "timeout_s": float(limits.timeout_s),
+            "cpu_s": float(limits.cpu_s if limits.cpu_s is not None else limits.timeout_s),
+            "memory_mb": int(limits.memory_mb),
+            "fsize_mb": int(limits.fsize_mb),
+            "nproc": int(limits.nproc),
+            "nofile": int(limits.nofile),
+            "disk_mb": int(limits.disk_mb),
+            "max_output_bytes": int(limits.max_output_bytes),
+            "kill_output_bytes": int(limits.kill_output_bytes),
+            "mode": limits.mode,
+            "python": None,
+            "uid": SANDBOX_UID,
+            "gid": SANDBOX_GID,
+            "hide_paths": self.hide_paths,
+        }
+        worker = self._acquire()
+        raw = worker.request(request)
+        if raw is None:  # the worker itself died: never the sample's fault, never a pass
+            self._discard(worker)
+            return SandboxResult("error", None, "", "", 0.0, reason="sandbox worker died", isolation="unknown")
+        self._idle.put(worker)
+        return _classify(raw, request, success_marker)
+
+    def map(self, codes: Sequence[str], *, stdins: Sequence[str | None] | None = None,
+            success_markers: Sequence[str | None] | None = None, files: dict[str, str] | None = None,
+            limits: Limits | None = None, progress=None) -> list[SandboxResult]:
+        stdins = list(stdins) if stdins is not None else [None] * len(codes)
+        markers = list(success_markers) if success_markers is not None else [None] * len(codes)
+        if len(stdins) != len(codes) or len(markers) != len(codes):
+            raise MixlabError("run_many: stdins/success_markers must have one entry per program")
+
+        def one(i: int) -> SandboxResult:
+            result = self.run(codes[i], stdin=stdins[i], files=files, success_marker=markers[i], limits=limits)
+            if progress is not None:
+                progress(1)
+            return result
+
+        with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
+            return list(pool.map(one, range(len(codes))))
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            workers, self._all = self._all, []
+        for worker in workers:
+            if os.getpid() == self._pid:
+                worker.close()
+
+    def __enter__(self) -> SandboxPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check_files(files: dict[str, str] | None) -> dict[str, str]:
+    out = {}
+    for name, content in (files or {}).items():
+        parts = Path(name).parts
+        if not name or Path(name).is_absolute() or ".." in parts or name == "main.py":
+            raise MixlabError(f"sandbox file name {name!r} must be a relative path inside the work dir (not main.py)")
+        out[str(name)] = content if isinstance(content, str) else bytes(content).decode("utf-8")
+    return out
+
+
+# -------------------------------------------------------------------------------------------- verdicts
+
+_MEMORY_ERROR = re.compile(r"^(?:\w+\.)*MemoryError\b", re.MULTILINE)
+
+
+def _classify(raw: dict, request: dict, success_marker: str | None) -> SandboxResult:
+    isolation = raw.get("isolation", "unknown")
+    note = raw.get("isolation_note") or ""
+
+    def make(status: Status, returncode: int | None, reason: str) -> SandboxResult:
+        if note:
+            reason = f"{reason}; {note}" if reason else note
+        return SandboxResult(
+            status=status, returncode=returncode, stdout=raw.get("stdout", ""), stderr=raw.get("stderr", ""),
+            duration_s=float(raw.get("duration_s", 0.0)), reason=reason, isolation=isolation,
+            cpu_s=raw.get("cpu_s"), max_rss_kb=raw.get("maxrss_kb"), stdout_bytes=raw.get("stdout_bytes", 0),
+            stderr_bytes=raw.get("stderr_bytes", 0),
+        )
+
+    wait_status = raw.get("wait_status")
+    returncode = os.waitstatus_to_exitcode(wait_status) if wait_status is not None else None
+    if raw.get("killed_for") == "timeout":
+        return make("timeout", returncode, f"wall-clock limit of {request['timeout_s']:g}s exceeded")
+    if raw.get("killed_for") == "output":
+        return make("killed", returncode, f"output exceeded {request['kill_output_bytes']} bytes")
+    if raw.get("setup_error"):
+        return make("error", returncode, f"sandbox set-up failed: {raw['setup_error']}")
+    if returncode is None:
+        return make("error", None, "sandbox returned no exit status")
+    if returncode < 0:
+        sig = -returncode
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+        cpu = raw.get("cpu_s") or 0.0
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= request["cpu_s"] - 0.05):
+            return make("timeout", returncode, f"CPU-time limit of {request['cpu_s']:g}s exceeded ({name})")
+        return make("killed", returncode, f"killed by {name}")
+    tail = (raw.get("stderr") or "")[-2000:]
+    if returncode != 0:
+        if _MEMORY_ERROR.search(tail):
+            return make("oom", returncode, f"MemoryError under the {request['memory_mb']} MB address-space limit")
+        last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
+        return make("failed", returncode, f"exit status {returncode}" + (f": {last[:200]}" if last else ""))
+    if success_marker is not None:
+        seen = (raw.get("stdout") or "") + (raw.get("stdout_tail") or "")
+        if success_marker not in seen:
+            return make("failed", returncode, "exited 0 before the end of the tests (success marker missing)")
+    return make("passed", returncode, "")
+
+
+# ------------------------------------------------------------------------------------------ module API
+
+_default_pool: SandboxPool | None = None
+_default_lock = threading.Lock()
+
+
+def default_pool(workers: int | None = None) -> SandboxPool:
+    """The process-wide pool (grows to `workers`); recreated after a fork of this process."""
+    global _default_pool
+    with _default_lock:
+        if _default_pool is None or _default_pool._pid != os.getpid() or _default_pool._closed:
+            _default_pool = SandboxPool(workers=workers)
+        elif workers and workers > _default_pool.max_workers:
+            _default_pool.max_workers = workers
+        return _default_pool
+
+
+@atexit.register
+def _close_default_pool() -> None:
+    if _default_pool is not None and _default_pool._pid == os.getpid():
+        _default_pool.close()
+
+
+def run_code(
+    code: str,
+    *,
+    timeout_s: float = 10.0,
+    memory_mb: int = 512,
+    cpu_s: float | None = None,
+    stdin: str | None = None,
+    files: dict[str, str] | None = None,
+    success_marker: str | None = None,
+    **limits: Any,
+) -> SandboxResult:
+    """Run one untrusted Python program; see the module docstring for statuses and guarantees."""
+    lim = Limits(timeout_s=timeout_s, memory_mb=memory_mb, cpu_s=cpu_s, **limits)
+    return default_pool().run(code, stdin=stdin, files=files, success_marker=success_marker, limits=lim)
+
+
+def run_many(
+    codes: Sequence[str],
+    workers: int = 2,
+    *,
+    timeout_s: float = 10.0,
+    memory_mb: int = 512,
+    cpu_s: float | None = None,
+    stdins: Sequence[str | None] | None = None,
+    success_markers: Sequence[str | None] | None = None,
+    files: dict[str, str] | None = None,
+    progress=None,
+    **limits: Any,
+) -> list[SandboxResult]:
+    """Run many programs, `workers` at a time (one fork-server per worker); results in input order."""
+    lim = Limits(timeout_s=timeout_s, memory_mb=memory_mb, cpu_s=cpu_s, **limits)
+    pool = default_pool(workers)
+    if workers < pool.max_workers:
+        with SandboxPool(workers=workers, isolation=pool.isolation) as own:
+            return own.map(codes, stdins=stdins, success_markers=success_markers, files=files, limits=lim,
+                           progress=progress)
+    return pool.map(codes, stdins=stdins, success_markers=success_markers, files=files, limits=lim,
+                    progress=progress)
+
+
+def isolation_status() -> dict[str, str]:
+    """How this machine isolates samples: {"isolation": ..., "note": ..., "python": ...}."""
+    result = run_code("pass", timeout_s=10)
+    return {"isolation": result.isolation, "note": result.reason, "python": default_pool().python}

@@ -1,0 +1,539 @@
+"""The sandbox fork-server: one long-lived, stdlib-only process per core that runs untrusted programs.
+
+Started by `mixlab.evals.sandbox` as ``python -I sandbox_worker.py`` (root, scrubbed environment). It reads
+length-prefixed JSON requests on stdin and answers on stdout. Each request runs in three forked processes:
+
+    worker (root, host namespaces)
+      └─ C1  unshare(PID | mount | net); waits for C2; dies with the worker (PDEATHSIG)
+          └─ C2  PID 1 of a fresh PID namespace: private mounts, /proc, tmpfs on /tmp /var/tmp /dev/shm, hidden
+              │  paths; reaps orphans; when C3 exits it reports and exits, and the kernel SIGKILLs every
+              │  process left in the namespace (daemonised, setsid'd, SIGTERM-ignoring children included)
+              └─ C3  rlimits (AS, CPU, FSIZE, NPROC, NOFILE, CORE), scrubbed env, uid/gid 65534 without
+                     capabilities, no_new_privs, cwd = a fresh tmpfs; runs the code (exec() in this
+                     pre-warmed interpreter, or execve of a fresh interpreter in "exec" mode)
+
+Forking a warm interpreter avoids ~20 ms of interpreter start-up per sample; the namespaces cost ~3 ms.
+On the wall-clock deadline the worker SIGKILLs C1 and C2, which takes the whole PID namespace down.
+
+Without namespaces (no CAP_SYS_ADMIN) the worker runs "degraded": a new session and process group, the same
+rlimits and uid drop (when root), a host temp dir removed afterwards, the process group killed at the end;
+the network is not cut and a child that calls setsid() can outlive the sample. Every result says which.
+
+This file must import only the standard library: it runs under an interpreter the sandbox uid can read,
+which is not necessarily the project's virtualenv.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import struct
+import sys
+import tempfile
+import time
+import traceback
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REC, MS_PRIVATE = 16384, 1 << 18
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+SANDBOX_WORKDIR = "/tmp/sandbox"  # inside the sample's own tmpfs
+# Modules imported once here so that samples (forked from this process) do not pay for them.
+PRELOAD = (
+    "abc array atexit bisect calendar cmath collections copy dataclasses datetime decimal enum fractions functools "
+    "hashlib heapq io itertools json math operator random re statistics string sys textwrap threading traceback types typing unicodedata"
+).split()
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _prctl(option: int, value: int) -> None:
+    _check(_libc.prctl(option, value, 0, 0, 0), f"prctl({option})")
+
+
+def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    _check(
+        _libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
+                    data.encode() if data else None),
+        f"mount {target}",
+    )
+
+
+# ---------------------------------------------------------------------------------------------- protocol
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    chunks = []
+    while n:
+        chunk = os.read(fd, n)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_message(fd: int) -> dict | None:
+    header = _read_exact(fd, 4)
+    if header is None:
+        return None
+    body = _read_exact(fd, struct.unpack(">I", header)[0])
+    return None if body is None else json.loads(body)
+
+
+def write_message(fd: int, message: dict) -> None:
+    body = json.dumps(message).encode()
+    data = struct.pack(">I", len(body)) + body
+    while data:
+        data = data[os.write(fd, data):]
+
+
+# ------------------------------------------------------------------------------------ inside the sandbox
+
+
+def _set_limits(req: dict) -> None:
+    cpu = max(1, int(req["cpu_s"] + 0.999))
+    limits = {
+        resource.RLIMIT_CPU: (cpu, cpu + 1),  # SIGXCPU at the soft limit, SIGKILL one second later
+        resource.RLIMIT_FSIZE: (req["fsize_mb"] << 20,) * 2,
+        resource.RLIMIT_NPROC: (req["nproc"],) * 2,
+        resource.RLIMIT_NOFILE: (req["nofile"],) * 2,
+        resource.RLIMIT_CORE: (0, 0),
+    }
+    if req["memory_mb"]:
+        limits[resource.RLIMIT_AS] = (req["memory_mb"] << 20,) * 2
+    for which, value in limits.items():
+        resource.setrlimit(which, value)
+
+
+def _scrubbed_env(workdir: str) -> dict[str, str]:
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "HOME": workdir,
+        "TMPDIR": "/tmp" if workdir == SANDBOX_WORKDIR else workdir,
+        "PYTHONIOENCODING": "utf-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONHASHSEED": "0",
+    }
+
+
+def _write_files(workdir: str, req: dict, uid: int | None, gid: int | None) -> None:
+    entries = dict(req.get("files") or {})
+    entries["main.py"] = req["code"]
+    for rel, content in entries.items():
+        path = os.path.join(workdir, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(content)
+        if uid is not None:
+            os.chown(path, uid, gid)
+    if uid is not None:
+        for root, dirs, _ in os.walk(workdir):
+            for d in dirs:
+                os.chown(os.path.join(root, d), uid, gid)
+
+
+def _run_user_code(req: dict, workdir: str, fds: tuple[int, int, int], drop: bool) -> None:
+    """C3: become the sandboxed program. Never returns."""
+    code = 1
+    try:
+        stdin_fd, out_fd, err_fd = fds
+        os.dup2(stdin_fd, 0)
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        os.closerange(3, 65536)
+        _set_limits(req)
+        os.chdir(workdir)
+        if drop:
+            os.setgroups([])
+            os.setresgid(req["gid"], req["gid"], req["gid"])
+            os.setresuid(req["uid"], req["uid"], req["uid"])  # clears every capability
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)  # setuid binaries cannot give root back
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # reset by the uid change; set again
+        env = _scrubbed_env(workdir)
+        if req["mode"] == "exec":
+            python = req["python"] or sys.executable
+            os.execve(python, [python, "-E", "-s", "main.py"], env)
+        os.environ.clear()
+        os.environ.update(env)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        code = _exec_in_this_interpreter(req["code"], workdir)
+    except BaseException:  # noqa: BLE001 - set-up failure inside the child: report on stderr, exit 1
+        try:
+            traceback.print_exc()
+            sys.stderr.flush()
+        except BaseException:  # noqa: BLE001
+            pass
+    os._exit(code)
+
+
+def _exec_in_this_interpreter(source: str, workdir: str) -> int:
+    """Run `source` as `python main.py` would: fresh __main__, script dir on sys.path, same exit codes."""
+    import atexit
+    import builtins
+    import types
+
+    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", errors="replace", closefd=False)
+    sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+    sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False,
+                                       buffering=1)
+    sys.argv = ["main.py"]
+    sys.path[0:0] = [workdir]
+    main = types.ModuleType("__main__")
+    main.__file__ = os.path.join(workdir, "main.py")
+    main.__builtins__ = builtins
+    sys.modules["__main__"] = main
+    code = 0
+    try:
+        exec(compile(source, main.__file__, "exec"), main.__dict__)
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    except BaseException:  # noqa: BLE001 - an uncaught exception: traceback and exit status 1, like python
+        traceback.print_exc()
+        code = 1
+    try:
+        import threading
+
+        threading._shutdown()  # join non-daemon threads, as interpreter exit does
+        atexit._run_exitfuncs()
+    except BaseException:  # noqa: BLE001
+        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001 - e.g. a closed pipe
+            pass
+    return code
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code & 0xFF
+    try:
+        print(exc.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001
+        pass
+    return 1
+
+
+def _namespace_init(req: dict, fds: tuple[int, int, int], status_w: int) -> None:
+    """C2: PID 1 of the sample's PID namespace. Never returns."""
+    status = {"setup_error": None}
+    try:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        _mount("none", "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates back to the host
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        tmpfs_opts = f"size={req['disk_mb']}m,mode=1777"
+        for target in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock"):
+            if os.path.isdir(target):
+                _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, tmpfs_opts)
+        for target in req.get("hide_paths") or []:
+            if os.path.isdir(target):  # an empty read-only tmpfs over the repo, the runs folder, the data ...
+                _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "size=4k,mode=0555")
+        os.makedirs(SANDBOX_WORKDIR, mode=0o700)
+        os.chown(SANDBOX_WORKDIR, req["uid"], req["gid"])
+        _write_files(SANDBOX_WORKDIR, req, req["uid"], req["gid"])
+    except BaseException as exc:  # noqa: BLE001
+        status["setup_error"] = f"{type(exc).__name__}: {exc}"
+        write_message(status_w, status)
+        os._exit(0)
+    child = os.fork()
+    if child == 0:
+        os.close(status_w)
+        _run_user_code(req, SANDBOX_WORKDIR, fds, drop=True)
+    for fd in fds:
+        os.close(fd)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    while True:  # reap orphans re-parented to us until the sample itself exits
+        try:
+            pid, wstatus, usage = os.wait4(-1, 0)
+        except ChildProcessError:
+            break
+        if pid == child:
+            status.update(wait_status=wstatus, cpu_s=usage.ru_utime + usage.ru_stime, maxrss_kb=usage.ru_maxrss)
+            break
+    write_message(status_w, status)
+    os._exit(0)  # PID 1 exits: the kernel kills whatever the sample left behind
+
+
+def _namespace_launcher(req: dict, fds: tuple[int, int, int], status_w: int) -> None:
+    """C1: creates the namespaces, forks their PID 1, waits for it. Never returns."""
+    try:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        os.setsid()
+        _check(_libc.unshare(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET), "unshare")
+        init = os.fork()
+        if init == 0:
+            _namespace_init(req, fds, status_w)
+        for fd in fds:
+            os.close(fd)
+        write_message(status_w, {"init_pid": init})
+        os.waitpid(init, 0)
+    except BaseException as exc:  # noqa: BLE001
+        try:
+            write_message(status_w, {"setup_error": f"{type(exc).__name__}: {exc}"})
+        except BaseException:  # noqa: BLE001
+            pass
+    os._exit(0)
+
+
+def _degraded_launcher(req: dict, fds: tuple[int, int, int], status_w: int, workdir: str, drop: bool) -> None:
+    """Degraded C1: new session/process group, same limits, no namespaces. Never returns."""
+    status = {"setup_error": None}
+    try:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        os.setsid()
+        child = os.fork()
+        if child == 0:
+            os.close(status_w)
+            _run_user_code(req, workdir, fds, drop=drop)
+        for fd in fds:
+            os.close(fd)
+        _, wstatus, usage = os.wait4(child, 0)
+        status.update(wait_status=wstatus, cpu_s=usage.ru_utime + usage.ru_stime, maxrss_kb=usage.ru_maxrss)
+    except BaseException as exc:  # noqa: BLE001
+        status["setup_error"] = f"{type(exc).__name__}: {exc}"
+    write_message(status_w, status)
+    os._exit(0)
+
+
+# ----------------------------------------------------------------------------------------- the worker
+
+
+class Worker:
+    def __init__(self, isolation: str) -> None:
+        self.is_root = os.geteuid() == 0
+        self.isolation, self.isolation_note = self._probe(isolation)
+
+    def _probe(self, wanted: str) -> tuple[str, str]:
+        if wanted == "degraded":
+            return "degraded", "degraded: namespaces disabled by configuration"
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _check(_libc.unshare(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET), "unshare")
+                inner = os.fork()
+                if inner == 0:
+                    _mount("none", "/", None, MS_REC | MS_PRIVATE)
+                    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+                    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m")
+                    os._exit(0)
+                _, st = os.waitpid(inner, 0)
+                os._exit(0 if st == 0 else 3)
+            except BaseException:  # noqa: BLE001 - any failure means: no namespaces here
+                os._exit(2)
+        _, st = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(st) == 0 and self.is_root:
+            return "namespaces", ""
+        if not self.is_root:
+            return "degraded", "degraded: not root, so no uid drop or namespaces (network not isolated)"
+        return "degraded", ("degraded: PID/mount/net namespaces unavailable (network not isolated; "
+                            "a child that calls setsid() may outlive the sample)")
+
+    def run(self, req: dict) -> dict:
+        start = time.monotonic()
+        stdin_r, stdin_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        status_r, status_w = os.pipe()
+        fds = (stdin_r, out_w, err_w)
+        workdir = None
+        if self.isolation == "namespaces":
+            launcher = os.fork()
+            if launcher == 0:
+                for fd in (stdin_w, out_r, err_r, status_r):
+                    os.close(fd)
+                _namespace_launcher(req, fds, status_w)
+        else:
+            workdir = tempfile.mkdtemp(prefix="mixlab-sandbox-")
+            drop = self.is_root
+            if drop:
+                os.chown(workdir, req["uid"], req["gid"])
+            _write_files(workdir, req, req["uid"] if drop else None, req["gid"] if drop else None)
+            launcher = os.fork()
+            if launcher == 0:
+                for fd in (stdin_w, out_r, err_r, status_r):
+                    os.close(fd)
+                _degraded_launcher(req, fds, status_w, workdir, drop)
+        for fd in (*fds, status_w):
+            os.close(fd)
+        try:
+            result = self._supervise(req, start, launcher, stdin_w, out_r, err_r, status_r)
+        finally:
+            for fd in (stdin_w, out_r, err_r, status_r):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            if self.isolation != "namespaces":
+                try:
+                    os.killpg(launcher, signal.SIGKILL)  # the sample's process group, daemons that kept it
+                except OSError:
+                    pass
+            os.waitpid(launcher, 0)
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
+        result["duration_s"] = time.monotonic() - start
+        result["isolation"] = self.isolation
+        result["isolation_note"] = self.isolation_note
+        return result
+
+    def _supervise(self, req, start, launcher, stdin_w, out_r, err_r, status_r) -> dict:
+        cap = req["max_output_bytes"]
+        kill_at = req["kill_output_bytes"]
+        deadline = start + req["timeout_s"]
+        streams = {out_r: bytearray(), err_r: bytearray()}
+        tails = {out_r: bytearray(), err_r: bytearray()}
+        totals = {out_r: 0, err_r: 0}
+        status_buf = bytearray()
+        status: dict = {}
+        stdin_data = (req.get("stdin") or "").encode()
+        open_fds = {out_r, err_r, status_r}
+        if stdin_data:
+            os.set_blocking(stdin_w, False)
+            writing = True
+        else:
+            os.close(stdin_w)
+            writing = False
+        killed_for = None
+        init_pid = None
+        hard_deadline = None
+        poller = select.poll()
+        for fd in open_fds:
+            poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        if writing:
+            poller.register(stdin_w, select.POLLOUT | select.POLLERR)
+        while open_fds:
+            now = time.monotonic()
+            if killed_for is None and now >= deadline:
+                killed_for = "timeout"
+                self._kill(launcher, init_pid)
+                hard_deadline = now + 5.0
+            if hard_deadline is not None and now >= hard_deadline:
+                break  # the namespace is gone; a pipe still open here can only be leaked, stop waiting
+            wait_ms = max(1, int(((hard_deadline or deadline) - now) * 1000))
+            for fd, event in poller.poll(wait_ms):
+                if fd == stdin_w:
+                    try:
+                        written = os.write(stdin_w, stdin_data[:65536])
+                        stdin_data = stdin_data[written:]
+                    except OSError:
+                        stdin_data = b""
+                    if not stdin_data:
+                        poller.unregister(stdin_w)
+                        os.close(stdin_w)
+                        writing = False
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    poller.unregister(fd)
+                    open_fds.discard(fd)
+                    continue
+                if fd == status_r:
+                    status_buf += chunk
+                    for msg in _parse_messages(status_buf):
+                        status.update(msg)
+                        init_pid = msg.get("init_pid", init_pid)
+                    continue
+                totals[fd] += len(chunk)
+                room = cap - len(streams[fd])
+                if room > 0:
+                    streams[fd] += chunk[:room]
+                tails[fd] = (tails[fd] + chunk)[-4096:]
+                if killed_for is None and totals[out_r] + totals[err_r] > kill_at:
+                    killed_for = "output"
+                    self._kill(launcher, init_pid)
+                    hard_deadline = time.monotonic() + 5.0
+        if writing:
+            os.close(stdin_w)
+        return {
+            "stdout": _render(streams[out_r], tails[out_r], totals[out_r], cap),
+            "stderr": _render(streams[err_r], tails[err_r], totals[err_r], cap),
+            "stdout_bytes": totals[out_r],
+            "stderr_bytes": totals[err_r],
+            "stdout_tail": tails[out_r].decode("utf-8", "replace"),
+            "killed_for": killed_for,
+            "wait_status": status.get("wait_status"),
+            "setup_error": status.get("setup_error"),
+            "cpu_s": status.get("cpu_s"),
+            "maxrss_kb": status.get("maxrss_kb"),
+        }
+
+    def _kill(self, launcher: int, init_pid: int | None) -> None:
+        targets = [init_pid, launcher] if self.isolation == "namespaces" else [-launcher, launcher]
+        for pid in targets:
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)  # PID 1 of the namespace: the kernel kills all of it
+                except OSError:
+                    pass
+
+
+def _parse_messages(buf: bytearray) -> list[dict]:
+    """Complete length-prefixed messages at the front of `buf`, removed from it."""
+    out = []
+    while len(buf) >= 4:
+        n = struct.unpack(">I", bytes(buf[:4]))[0]
+        if len(buf) < 4 + n:
+            break
+        out.append(json.loads(bytes(buf[4:4 + n])))
+        del buf[:4 + n]
+    return out
+
+
+def _render(head: bytearray, tail: bytearray, total: int, cap: int) -> str:
+    text = bytes(head).decode("utf-8", "replace")
+    if total > cap:
+        text += f"\n... [{total - cap} more bytes truncated by the sandbox]"
+    return text
+
+
+def main() -> None:
+    proto_in, proto_out = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)  # a stray print can never corrupt the protocol
+    for name in PRELOAD:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    worker = Worker(os.environ.get("MIXLAB_SANDBOX_ISOLATION", "auto"))
+    write_message(proto_out, {"hello": True, "isolation": worker.isolation, "note": worker.isolation_note,
+                              "python": sys.executable, "version": sys.version.split()[0], "pid": os.getpid()})
+    while True:
+        req = read_message(proto_in)
+        if req is None:
+            break
+        try:
+            result = worker.run(req)
+        except BaseException as exc:  # noqa: BLE001 - keep serving; the parent maps this to status "error"
+            result = {"setup_error": f"worker: {type(exc).__name__}: {exc}", "stdout": "", "stderr": "",
+                      "duration_s": 0.0, "isolation": worker.isolation, "isolation_note": worker.isolation_note}
+        write_message(proto_out, result)
+
+
+if __name__ == "__main__":
+    main()

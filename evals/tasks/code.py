@@ -1,0 +1,363 @@
+"""Code benchmarks: HumanEval, MBPP (full, original test split) and sanitized MBPP, scored in the sandbox.
+
+Each model answer is turned into one program — the answer's code, the benchmark's tests, and a random
+success marker printed after the last assert — and run by `mixlab.evals.sandbox` (one process per sample, all
+tests batched). A sample passes only if that program exits 0 *and* prints the marker, so `sys.exit(0)` or
+`os._exit(0)` before the asserts fails.
+
+Code extraction is forgiving: fenced blocks (```python, ```py, bare ```, an unterminated last fence), MBPP's
+`[BEGIN] ... [DONE]`, or raw text trimmed to the longest part that compiles; a top-level
+`if __name__ == "__main__":` demo block is dropped (the harness runs the program as __main__). For HumanEval an
+answer that defines the entry point is run after the prompt's header (imports and helper functions); an answer
+that does not is treated completion-style, as the body that continues the prompt.
+
+Known limits of the benchmarks themselves: MBPP shows its three asserts in the prompt (as the original does), so
+an answer that hard-codes them passes; an object whose `__eq__` always returns True passes `assert f(x) == y`.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import json
+import re
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from mixlab.errors import MixlabError
+from mixlab.evals.tasks._data import apply_limit, load_rows
+from mixlab.evals.tasks.base import EvalItem, Score, Task, register_task
+
+DEFAULT_TIMEOUT_S = 10.0  # per program (all of one sample's tests); generous so slow CPUs do not fail samples
+PASS_AT_K = (1, 5, 10, 100)
+
+# ------------------------------------------------------------------------------------------ extraction
+
+_FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:\n[ \t]*```|\Z)", re.DOTALL)
+_PY_LANGS = {"", "python", "py", "python3", "py3", "python2", "ipython", "pycon"}
+_CODE_START = re.compile(r"^(?:def |class |import |from |@|async def |[A-Za-z_][\w.]*\s*=|if |for |while |try:|with )")
+
+
+def _def_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"^(?:async\s+)?def\s+{re.escape(name)}\s*\(", re.MULTILINE)
+
+
+def _compiles(code: str) -> bool:
+    try:
+        compile(code, "<answer>", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError):
+        return False
+    return True
+
+
+def _trim_to_code(text: str) -> str:
+    """Raw (unfenced) answer: drop leading prose and trailing prose until what is left compiles."""
+    lines = text.split("\n")
+    starts = [i for i, line in enumerate(lines) if _CODE_START.match(line)] or [0]
+    for start in starts[:10]:  # bounded: at most 10 x 60 compiles, even for a long essay
+        for end in range(len(lines), max(start, len(lines) - 60), -1):
+            chunk = "\n".join(lines[start:end])
+            if chunk.strip() and _compiles(chunk):
+                return chunk
+    return text
+
+
+def extract_code(output: str | None, entry_point: str | None = None) -> str:
+    """The Python code in a model answer; never raises."""
+    text = (output if isinstance(output, str) else "" if output is None else str(output)).replace("\r\n", "\n")
+    if "[BEGIN]" in text:
+        text = text.split("[BEGIN]", 1)[1]
+    if "[DONE]" in text:
+        text = text.split("[DONE]", 1)[0]
+    blocks = [body for lang, body in _FENCE.findall(text) if lang.lower() in _PY_LANGS]
+    if blocks:
+        if entry_point:
+            defining = [b for b in blocks if _def_pattern(entry_point).search(b)]
+            if defining:
+                chosen = defining[0]
+                # Imports that sit in another block (e.g. a separate "imports" block) still count.
+                imports = [line for b in blocks if b is not chosen for line in b.split("\n")
+                           if re.match(r"^(?:import |from \S+ import )", line)]
+                return "\n".join([*imports, chosen]) if imports else chosen
+        return blocks[0]
+    stripped = text.strip("\n")
+    if not stripped.strip():
+        return ""
+    return stripped if _compiles(stripped) else _trim_to_code(stripped)
+
+
+def strip_main_guard(code: str) -> str:
+    """Remove top-level `if __name__ == "__main__":` blocks (demo code that may read stdin or loop)."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return code
+    drop: list[tuple[int, int]] = []
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
+            names = [n for n in (node.test.left, *node.test.comparators)]
+            if any(isinstance(n, ast.Name) and n.id == "__name__" for n in names) and any(
+                isinstance(n, ast.Constant) and n.value == "__main__" for n in names
+            ):
+                drop.append((node.lineno, node.end_lineno or node.lineno))
+    if not drop:
+        return code
+    lines = code.split("\n")
+    for start, end in reversed(drop):
+        del lines[start - 1:end]
+    return "\n".join(lines)
+
+
+def _indent_body(code: str) -> str:
+    """Completion-style answer: make sure the body is indented under the prompt's signature."""
+    first = next((line for line in code.split("\n") if line.strip()), "")
+    if first and not first[0].isspace():
+        return "\n".join(("    " + line) if line.strip() else line for line in code.split("\n"))
+    return code
+
+
+# ------------------------------------------------------------------------------------------ scoring
+
+
+def _pass_at_k(n: int, c: int, k: int) -> float:
+    try:
+        from mixlab.evals.stats import pass_at_k
+    except ImportError:  # pragma: no cover - stats is part of evals; kept for a partial checkout
+        import math
+
+        return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
+    return pass_at_k(n, c, k)
+
+
+class CodeTask(Task):
+    """Shared loading/scoring machinery; subclasses define `build_program` and the prompt."""
+
+    category: ClassVar[str] = "leaderboard"
+    metrics: ClassVar[tuple[str, ...]] = ("pass@1",)
+    binary_metrics: ClassVar[bool] = True
+    max_new_tokens: ClassVar[int] = 768
+    timeout_s: ClassVar[float] = DEFAULT_TIMEOUT_S
+    memory_mb: ClassVar[int] = 1024
+
+    def build_program(self, item: EvalItem, output: str) -> tuple[str, str]:
+        """(program without the marker, extracted code)."""
+        raise NotImplementedError
+
+    def _programs(self, item: EvalItem, output: str) -> tuple[str, str, str]:
+        try:
+            program, code = self.build_program(item, output)
+        except Exception as exc:  # noqa: BLE001 - malformed answers never crash the scorer
+            return "", "", f"could not build program: {type(exc).__name__}: {exc}"
+        return program, code, ""
+
+    def _score_from(self, result: Any, code: str, error: str) -> Score:
+        if error:
+            return Score({"pass@1": 0.0}, rationale=error, details={"status": "error", "code": code})
+        details = {
+            "status": result.status,
+            "reason": result.reason,
+            "duration_s": round(result.duration_s, 4),
+            "stderr_tail": result.stderr[-500:],
+            "isolation": result.isolation,
+            "code": code,
+        }
+        return Score({"pass@1": 1.0 if result.passed else 0.0}, rationale=result.reason or result.status,
+                     details=details)
+
+    def score(self, item: EvalItem, output: str) -> Score:
+        return self.score_batch([item], [output])[0]
+
+    def score_batch(self, items: Sequence[EvalItem], outputs: Sequence[str], workers: int | None = None,
+                    progress=None) -> list[Score]:
+        """Score many (item, output) pairs, running the programs in parallel sandbox workers."""
+        from mixlab.evals.sandbox import default_pool, run_many
+
+        if len(items) != len(outputs):
+            raise MixlabError(f"task {self.name}: {len(items)} items but {len(outputs)} outputs")
+        built = [self._programs(item, out) for item, out in zip(items, outputs)]
+        runnable = [i for i, (program, _, error) in enumerate(built) if not error]
+        markers = {i: f"__mixlab_tests_passed_{secrets.token_hex(8)}__" for i in runnable}
+        programs = [f"{built[i][0]}\n\nprint({markers[i]!r})\n" for i in runnable]
+        results = run_many(
+            programs, workers=workers or default_pool().max_workers, timeout_s=self.timeout_s,
+            memory_mb=self.memory_mb, success_markers=[markers[i] for i in runnable], progress=progress,
+        ) if programs else []
+        by_index = dict(zip(runnable, results))
+        return [self._score_from(by_index.get(i), built[i][1], built[i][2]) for i in range(len(items))]
+
+    def score_samples(self, item: EvalItem, outputs: Sequence[str], ks: Sequence[int] = PASS_AT_K) -> Score:
+        """n samples of one item -> unbiased pass@k (Chen et al. 2021) for every k <= n, plus n and c."""
+        if not outputs:
+            raise MixlabError(f"task {self.name}: score_samples needs at least one output for {item.item_id}")
+        scores = self.score_batch([item] * len(outputs), list(outputs))
+        n, c = len(scores), int(sum(s.values["pass@1"] for s in scores))
+        values = {f"pass@{k}": _pass_at_k(n, c, k) for k in ks if k <= n}
+        return Score(values, rationale=f"{c}/{n} samples passed",
+                     details={"n": n, "c": c, "statuses": [s.details.get("status") for s in scores]})
+
+    def contamination_texts(self, item: EvalItem) -> list[str]:
+        ref = item.reference or {}
+        return [t for t in (item.meta.get("problem"), ref.get("canonical")) if t]
+
+
+def _item_check(task: str, rows: list[dict], required: Sequence[str], where: str) -> None:
+    for i, row in enumerate(rows):
+        missing = [f for f in required if f not in row]
+        if missing:
+            raise MixlabError(f"task {task}: {where} row {i + 1} lacks field(s) {missing}")
+
+
+# -------------------------------------------------------------------------------------------- HumanEval
+
+HUMANEVAL_INSTRUCTION = (
+    "Complete the following Python function. Respond with the complete function, including its signature and "
+    "any imports it needs, in a single ```python code block.\n\n```python\n{prompt}```"
+)
+
+
+@register_task
+class HumanEval(CodeTask):
+    name: ClassVar[str] = "humaneval"
+    description: ClassVar[str] = "HumanEval (164 problems), pass@1 / pass@k, sandboxed execution of the unit tests"
+    rel_path: ClassVar[str] = "humaneval/HumanEval.jsonl.gz"
+    hub: ClassVar[str] = "openai/openai_humaneval"
+
+    def load(self, data_root: Path | None, limit: int | None = None) -> list[EvalItem]:
+        path = Path(data_root) / self.rel_path if data_root is not None else None
+        if path is not None and path.is_file():
+            try:
+                with gzip.open(path, "rt", encoding="utf-8") as fh:
+                    rows = [json.loads(line) for line in fh if line.strip()]
+            except (OSError, json.JSONDecodeError) as exc:
+                raise MixlabError(f"task {self.name}: cannot read {path}: {exc}") from None
+        else:
+            rows = load_rows(self.name, data_root, self.rel_path, self.hub)
+        _item_check(self.name, rows, ("task_id", "prompt", "canonical_solution", "test", "entry_point"),
+                    str(path or self.hub))
+        items = [
+            EvalItem(
+                item_id=row["task_id"],
+                messages=[{"role": "user", "content": HUMANEVAL_INSTRUCTION.format(prompt=row["prompt"])}],
+                reference={"prompt": row["prompt"], "canonical": row["canonical_solution"], "test": row["test"],
+                           "entry_point": row["entry_point"]},
+                meta={"problem": row["prompt"]},
+            )
+            for row in rows
+        ]
+        return apply_limit(items, limit)
+
+    def build_program(self, item: EvalItem, output: str) -> tuple[str, str]:
+        ref = item.reference
+        entry, prompt = ref["entry_point"], ref["prompt"]
+        code = strip_main_guard(extract_code(output, entry))
+        defs = list(_def_pattern(entry).finditer(prompt))
+        header = prompt[: defs[-1].start()] if defs else ""
+        if _def_pattern(entry).search(code):
+            body = header + "\n" + code  # the prompt's imports and helpers, then the answer's function
+        else:
+            body = prompt + _indent_body(code)  # completion-style: the answer continues the signature
+        program = f"{body}\n\n{ref['test']}\n\ncheck({entry})\n"
+        return program, code
+
+    def reference_output(self, item: EvalItem) -> str:
+        return f"```python\n{item.reference['prompt']}{item.reference['canonical']}```"
+
+
+# -------------------------------------------------------------------------------------------------- MBPP
+
+MBPP_INSTRUCTION = (
+    "You are an expert Python programmer, and here is your task: {text} Your code should pass these tests:\n\n"
+    "{tests}\n\nRespond with the function in a single ```python code block."
+)
+MBPP_TEST_IDS = range(11, 511)  # the standard test split (1-10 few-shot, 511-600 validation, 601-974 train)
+
+
+class _MBPPBase(CodeTask):
+    hub: ClassVar[str] = "google-research-datasets/mbpp"
+    hub_config: ClassVar[str] = "full"
+    text_field: ClassVar[str] = "text"
+
+    def _rows(self, data_root: Path | None) -> list[dict]:
+        raise NotImplementedError
+
+    def _setup(self, row: dict) -> str:
+        raise NotImplementedError
+
+    def load(self, data_root: Path | None, limit: int | None = None) -> list[EvalItem]:
+        rows = self._rows(data_root)
+        _item_check(self.name, rows, ("task_id", self.text_field, "code", "test_list"), self.rel_path)
+        rows = sorted((r for r in rows if int(r["task_id"]) in MBPP_TEST_IDS), key=lambda r: int(r["task_id"]))
+        items = []
+        for row in rows:
+            canonical = row["code"].replace("\r\n", "\n").replace("\t", "    ")
+            tests = [t.replace("\r\n", "\n") for t in row["test_list"]]
+            entry = _mbpp_entry_point(canonical, tests)
+            items.append(EvalItem(
+                item_id=f"{self.name}/{row['task_id']}",
+                messages=[{"role": "user", "content": MBPP_INSTRUCTION.format(
+                    text=row[self.text_field].strip(), tests="\n".join(tests))}],
+                reference={"tests": tests, "setup": self._setup(row), "canonical": canonical,
+                           "entry_point": entry},
+                meta={"problem": row[self.text_field], "task_id": int(row["task_id"])},
+            ))
+        return apply_limit(items, limit)
+
+    def build_program(self, item: EvalItem, output: str) -> tuple[str, str]:
+        ref = item.reference
+        code = strip_main_guard(extract_code(output, ref.get("entry_point")))
+        setup = ref.get("setup") or ""
+        # As the original harness: the answer, then the test set-up (it may use the answer's classes), then asserts.
+        program = f"{code}\n\n{setup}\n" + "\n".join(ref["tests"]) + "\n"
+        return program, code
+
+    def reference_output(self, item: EvalItem) -> str:
+        return f"```python\n{item.reference['canonical'].rstrip()}\n```"
+
+
+def _mbpp_entry_point(code: str, tests: Sequence[str]) -> str | None:
+    """The function the tests call: the first `def` of the reference solution named in the asserts."""
+    names = re.findall(r"^def\s+(\w+)\s*\(", code, re.MULTILINE)
+    joined = "\n".join(tests)
+    for name in names:
+        if re.search(rf"\b{re.escape(name)}\s*\(", joined):
+            return name
+    return names[0] if names else None
+
+
+@register_task
+class MBPP(_MBPPBase):
+    name: ClassVar[str] = "mbpp"
+    description: ClassVar[str] = "MBPP full, test split (task ids 11-510, 500 problems), tests shown in the prompt"
+    rel_path: ClassVar[str] = "mbpp/mbpp.jsonl"
+
+    def _rows(self, data_root: Path | None) -> list[dict]:
+        return load_rows(self.name, data_root, self.rel_path, self.hub, self.hub_config, split="test")
+
+    def _setup(self, row: dict) -> str:
+        return (row.get("test_setup_code") or "").replace("\r\n", "\n")
+
+
+@register_task
+class MBPPSanitized(_MBPPBase):
+    name: ClassVar[str] = "mbpp-sanitized"
+    description: ClassVar[str] = "MBPP sanitized, test split (task ids 11-510, 257 problems), tests shown"
+    rel_path: ClassVar[str] = "mbpp/sanitized-mbpp.json"
+    hub_config: ClassVar[str] = "sanitized"
+    text_field: ClassVar[str] = "prompt"
+
+    def _rows(self, data_root: Path | None) -> list[dict]:
+        path = Path(data_root) / self.rel_path if data_root is not None else None
+        if path is not None and path.is_file():
+            try:
+                rows = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise MixlabError(f"task {self.name}: cannot read {path}: {exc}") from None
+            if not isinstance(rows, list):
+                raise MixlabError(f"task {self.name}: {path} must hold a JSON list of problems")
+            return rows
+        return load_rows(self.name, data_root, self.rel_path, self.hub, self.hub_config, split="test")
+
+    def _setup(self, row: dict) -> str:
+        return "\n".join(row.get("test_imports") or [])

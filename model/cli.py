@@ -1,0 +1,44 @@
+"""`mixlab model ...` commands."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    model_app = typer.Typer(help="Kimi Linear model: presets, parameter counts, checkpoints.", no_args_is_help=True)
+
+    @model_app.command("info")
+    def info(
+        preset_or_path: str = typer.Argument(..., help="preset name (tiny, demo, small, 1b-a150m, 48b-a3b), "
+                                             "a checkpoint folder or a config.json"),
+        as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    ) -> None:
+        """Layer map, total and active parameters and tensor count, computed from the config on the meta device."""
+        import json
+
+        from mixlab.model.info import model_info, resolve_config
+
+        config, source = resolve_config(preset_or_path)
+        facts = model_info(config)
+        facts["source"] = source
+        if as_json:
+            typer.echo(json.dumps(facts, indent=2))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console()
+        console.print(f"[bold]{source}[/bold]: {facts['num_layers']} layers "
+                      f"({facts['kda_layers']} KDA + {facts['mla_layers']} MLA, {facts['moe_layers']} MoE), "
+                      f"d={facts['hidden_size']}, vocab={facts['vocab_size']}")
+        console.print(f"total params   {facts['total_params']:,} ({facts['total_params'] / 1e9:.2f}B)")
+        console.print(f"active params  {facts['active_params']:,} ({facts['active_params'] / 1e9:.3f}B; "
+                      f"{facts['active_params_excluding_embeddings']:,} without embeddings / LM head)")
+        console.print(f"tensors        {facts['tensor_count']:,} (official checkpoint names)")
+        table = Table("layer", "attention", "ffn", "params")
+        for row in facts["layers"]:
+            table.add_row(str(row["number"]), row["attention"].upper(), row["ffn"], f"{row['params']:,}")
+        console.print(table)
+
+    app.add_typer(model_app, name="model")

@@ -359,6 +359,8 @@ def _classify(raw: dict, request: dict, success_marker: str | None) -> SandboxRe
 
     wait_status = raw.get("wait_status")
     returncode = os.waitstatus_to_exitcode(wait_status) if wait_status is not None else None
+    if returncode is None and raw.get("killed_for"):
+        returncode = -signal.SIGKILL  # the sandbox killed it before it could exit, as subprocess would report
     if raw.get("killed_for") == "timeout":
         return make("timeout", returncode, f"wall-clock limit of {request['timeout_s']:g}s exceeded")
     if raw.get("killed_for") == "output":

@@ -16,8 +16,9 @@ Forking a warm interpreter avoids ~20 ms of interpreter start-up per sample; the
 On the wall-clock deadline the worker SIGKILLs C1 and C2, which takes the whole PID namespace down.
 
 Without namespaces (no CAP_SYS_ADMIN) the worker runs "degraded": a new session and process group, the same
-rlimits and uid drop (when root), a host temp dir removed afterwards, the process group killed at the end;
-the network is not cut and a child that calls setsid() can outlive the sample. Every result says which.
+rlimits and (when root) a uid of the sample's own, a host temp dir removed afterwards, and at the end the
+process group and every process of that uid killed (daemons included). The network is not cut, and files
+written to world-writable host folders (/tmp, /dev/shm) stay. Every result says which mode ran.
 
 This file must import only the standard library: it runs under an interpreter the sandbox uid can read,
 which is not necessarily the project's virtualenv.
@@ -43,7 +44,7 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REC, MS_PRIVATE = 16384, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER = 1, 38, 36
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
@@ -324,7 +325,29 @@ def _degraded_launcher(req: dict, fds: tuple[int, int, int], status_w: int, work
 class Worker:
     def __init__(self, isolation: str) -> None:
         self.is_root = os.geteuid() == 0
+        self.private_uids: bool | None = None  # degraded mode: may each sample get a uid of its own?
+        self.shared_uid = -1
         self.isolation, self.isolation_note = self._probe(isolation)
+
+    def _degraded_uid(self, fallback: int) -> int:
+        """A uid no other sample uses right now (100000 + worker slot * 100 + counter), if setresuid takes it."""
+        self.shared_uid = fallback
+        if self.private_uids is False:
+            return fallback
+        self.counter = (getattr(self, "counter", -1) + 1) % 100
+        uid = 100_000 + (os.getpid() % 9_000) * 100 + self.counter
+        if self.private_uids is None:  # probe once: a restricted user namespace may not map such uids
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.setresuid(uid, uid, uid)
+                    os._exit(0)
+                except BaseException:  # noqa: BLE001
+                    os._exit(1)
+            self.private_uids = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+            if not self.private_uids:
+                return fallback
+        return uid
 
     def _probe(self, wanted: str) -> tuple[str, str]:
         if wanted == "degraded":
@@ -347,9 +370,10 @@ class Worker:
         if os.waitstatus_to_exitcode(st) == 0 and self.is_root:
             return "namespaces", ""
         if not self.is_root:
-            return "degraded", "degraded: not root, so no uid drop or namespaces (network not isolated)"
+            return "degraded", ("degraded: not root, so no uid drop or namespaces (network not isolated; the "
+                                "program can write wherever this user can; a setsid() child can outlive it)")
         return "degraded", ("degraded: PID/mount/net namespaces unavailable (network not isolated; "
-                            "a child that calls setsid() may outlive the sample)")
+                            "world-writable host folders are writable)")
 
     def run(self, req: dict) -> dict:
         start = time.monotonic()
@@ -369,6 +393,9 @@ class Worker:
             workdir = tempfile.mkdtemp(prefix="mixlab-sandbox-")
             drop = self.is_root
             if drop:
+                # Without a PID namespace the only handle on a setsid()'d daemon is its uid: give each sample
+                # a uid of its own (when the uid range allows it) and kill everything with that uid afterwards.
+                req = dict(req, uid=self._degraded_uid(req["uid"]))
                 os.chown(workdir, req["uid"], req["gid"])
             _write_files(workdir, req, req["uid"] if drop else None, req["gid"] if drop else None)
             launcher = os.fork()
@@ -391,7 +418,10 @@ class Worker:
                     os.killpg(launcher, signal.SIGKILL)  # the sample's process group, daemons that kept it
                 except OSError:
                     pass
+                if self.is_root and req["uid"] != self.shared_uid:
+                    _kill_uid(req["uid"])
             os.waitpid(launcher, 0)
+            _reap_orphans()
             if workdir is not None:
                 shutil.rmtree(workdir, ignore_errors=True)
         result["duration_s"] = time.monotonic() - start
@@ -481,13 +511,55 @@ class Worker:
         }
 
     def _kill(self, launcher: int, init_pid: int | None) -> None:
-        targets = [init_pid, launcher] if self.isolation == "namespaces" else [-launcher, launcher]
+        # Namespaces: SIGKILL to PID 1 of the sample's namespace takes every process in it down; C1 then reaps
+        # it and exits. Only before PID 1 exists is C1 itself the target (PDEATHSIG passes it on).
+        if self.isolation == "namespaces":
+            targets = [init_pid] if init_pid else [launcher]
+        else:
+            targets = [-launcher, launcher]
         for pid in targets:
             if pid:
                 try:
                     os.kill(pid, signal.SIGKILL)  # PID 1 of the namespace: the kernel kills all of it
                 except OSError:
                     pass
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process whose real uid is `uid` (degraded mode's daemon sweeper), until none is left."""
+    for _ in range(50):
+        victims = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/status") as fh:
+                    for line in fh:
+                        if line.startswith("Uid:"):
+                            if int(line.split()[1]) == uid:
+                                victims.append(int(entry))
+                            break
+            except (OSError, ValueError):
+                continue
+        if not victims:
+            return
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.01)
+
+
+def _reap_orphans() -> None:
+    """Collect any zombie re-parented to this worker (it is a child subreaper)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def _parse_messages(buf: bytearray) -> list[dict]:
@@ -520,6 +592,7 @@ def main() -> None:
         except ImportError:
             pass
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of a killed launcher come back here to be reaped
     worker = Worker(os.environ.get("MIXLAB_SANDBOX_ISOLATION", "auto"))
     write_message(proto_out, {"hello": True, "isolation": worker.isolation, "note": worker.isolation_note,
                               "python": sys.executable, "version": sys.version.split()[0], "pid": os.getpid()})

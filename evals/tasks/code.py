@@ -131,6 +131,26 @@ def _pass_at_k(n: int, c: int, k: int) -> float:
     return pass_at_k(n, c, k)
 
 
+def _sample_texts(output: Any) -> list[str]:
+    """All samples of one output: a string, or a completion with `.text` and optional `extra["samples"]`."""
+    if output is None or isinstance(output, str):
+        return [output or ""]
+    text = getattr(output, "text", None)
+    if text is None:
+        return [str(output)]
+    extra = getattr(output, "extra", None) or {}
+    samples = extra.get("samples") if isinstance(extra, dict) else None
+    return [text, *[str(x) for x in samples]] if isinstance(samples, list) and samples else [text]
+
+
+def _combine_samples(scores: Sequence[Score], ks: Sequence[int] = PASS_AT_K) -> Score:
+    n, c = len(scores), int(sum(s.values.get("pass@1", 0.0) for s in scores))
+    values = {f"pass@{k}": _pass_at_k(n, c, k) for k in ks if k <= n}
+    first = scores[0].details if scores else {}
+    return Score(values, rationale=f"{c}/{n} samples passed",
+                 details={**first, "n": n, "c": c, "statuses": [s.details.get("status") for s in scores]})
+
+
 class CodeTask(Task):
     """Shared loading/scoring machinery; subclasses define `build_program` and the prompt."""
 
@@ -169,33 +189,60 @@ class CodeTask(Task):
     def score(self, item: EvalItem, output: str) -> Score:
         return self.score_batch([item], [output])[0]
 
-    def score_batch(self, items: Sequence[EvalItem], outputs: Sequence[str], workers: int | None = None,
-                    progress=None) -> list[Score]:
-        """Score many (item, output) pairs, running the programs in parallel sandbox workers."""
+    def score_batch(self, items: Sequence[EvalItem], outputs: Sequence[Any], progress=None, *,
+                    workers: int | None = None) -> list[Score]:
+        """Score many (item, output) pairs, the programs running in parallel sandbox workers.
+
+        An output is a string or a runner `Completion`; a completion carrying extra samples
+        (`extra["samples"]`, from generation with n > 1) is scored with the unbiased pass@k over all its samples.
+        """
         from mixlab.evals.sandbox import default_pool, run_many
 
         if len(items) != len(outputs):
             raise MixlabError(f"task {self.name}: {len(items)} items but {len(outputs)} outputs")
-        built = [self._programs(item, out) for item, out in zip(items, outputs)]
-        runnable = [i for i, (program, _, error) in enumerate(built) if not error]
-        markers = {i: f"__mixlab_tests_passed_{secrets.token_hex(8)}__" for i in runnable}
-        programs = [f"{built[i][0]}\n\nprint({markers[i]!r})\n" for i in runnable]
+        groups = [_sample_texts(out) for out in outputs]
+        flat = [(i, text) for i, texts in enumerate(groups) for text in texts]
+        built = [self._programs(items[i], text) for i, text in flat]
+        runnable = [j for j, (_, _, error) in enumerate(built) if not error]
+        markers = {j: f"__mixlab_tests_passed_{secrets.token_hex(8)}__" for j in runnable}
+        programs = [f"{built[j][0]}\n\nprint({markers[j]!r})\n" for j in runnable]
+        multi = any(len(g) > 1 for g in groups)
         results = run_many(
             programs, workers=workers or default_pool().max_workers, timeout_s=self.timeout_s,
-            memory_mb=self.memory_mb, success_markers=[markers[i] for i in runnable], progress=progress,
+            memory_mb=self.memory_mb, success_markers=[markers[j] for j in runnable],
+            progress=None if multi else progress,
         ) if programs else []
         by_index = dict(zip(runnable, results))
-        return [self._score_from(by_index.get(i), built[i][1], built[i][2]) for i in range(len(items))]
+        per_sample = [self._score_from(by_index.get(j), built[j][1], built[j][2]) for j in range(len(flat))]
+        scores: list[Score] = []
+        cursor = 0
+        for texts in groups:
+            chunk = per_sample[cursor:cursor + len(texts)]
+            cursor += len(texts)
+            scores.append(chunk[0] if len(chunk) == 1 else _combine_samples(chunk))
+        if multi and progress is not None:
+            progress(len(items))
+        return scores
 
     def score_samples(self, item: EvalItem, outputs: Sequence[str], ks: Sequence[int] = PASS_AT_K) -> Score:
         """n samples of one item -> unbiased pass@k (Chen et al. 2021) for every k <= n, plus n and c."""
         if not outputs:
             raise MixlabError(f"task {self.name}: score_samples needs at least one output for {item.item_id}")
-        scores = self.score_batch([item] * len(outputs), list(outputs))
-        n, c = len(scores), int(sum(s.values["pass@1"] for s in scores))
-        values = {f"pass@{k}": _pass_at_k(n, c, k) for k in ks if k <= n}
-        return Score(values, rationale=f"{c}/{n} samples passed",
-                     details={"n": n, "c": c, "statuses": [s.details.get("status") for s in scores]})
+        return _combine_samples(self.score_batch([item] * len(outputs), list(outputs)), ks)
+
+    def aggregate(self, scores: Sequence[Score]) -> dict[str, tuple[float, float, float, str]]:
+        """Mean and 95 % CI of every pass@k present (Wilson for 0/1 per-item values, bootstrap otherwise)."""
+        from mixlab.evals.stats import mean_ci
+
+        names: list[str] = list(self.metrics)
+        for score in scores:
+            names += [k for k in score.values if k not in names]
+        summary = {}
+        for name in names:
+            values = [s.values[name] for s in scores if name in s.values]
+            if values:
+                summary[name] = mean_ci(values, binary=all(v in (0.0, 1.0) for v in values))
+        return summary
 
     def contamination_texts(self, item: EvalItem) -> list[str]:
         ref = item.reference or {}

@@ -1,0 +1,3 @@
+# Burns CPU forever: the wall-clock (or CPU-time) limit must stop it.
+while True:
+    pass

@@ -195,6 +195,8 @@ def build(
     for m in range(n_mixtures):
         family = family_names[m % len(family_names)]
         target = rng.dirichlet(FAMILIES[family])
+        target[target < 0.005] = 0.0  # a YAML would not list a source at a fraction of a percent
+        target /= target.sum()
         # Small local sources are capped at 2 epochs; the solver moves the shortfall to the procedural sources.
         target_rows = target * budget_rows
         caps = np.array([rows * 2 for *_, rows in SOURCES], dtype=float)
@@ -209,14 +211,14 @@ def build(
         created = t0 + timedelta(hours=m)
         yaml_lines = [f"name: {name}", f"family: {family}", "kind: sft", f"budget: {{rows: {budget_rows}}}", "seed: 0",
                       "sources:"]
-        yaml_lines += [f"  - {{name: {s[0]}, weight: {w:.3f}, max_epochs: 2}}" for s, w in zip(SOURCES, target) if w > 0.005]
+        yaml_lines += [f"  - {{name: {s[0]}, weight: {w:.3f}, max_epochs: 2}}" for s, w in zip(SOURCES, target) if w > 0]
         mixtures.append({
             "mixture_id": mixture_id, "name": name, "kind": "sft", "family": family, "yaml": "\n".join(yaml_lines) + "\n",
             "artifact_path": f"runs/artifacts/mixtures/{mixture_id}", "manifest": {"budget_rows": budget_rows},
             "n_rows": int(realised_rows.sum()), "n_tokens": int(realised_rows.sum() * 180), "seed": 0, "created_at": created,
         })
         for (src, kind, skill, avail), tw, rw, rr, tr in zip(SOURCES, target, realised, realised_rows, target_rows):
-            if tw < 0.005:
+            if tw == 0:
                 continue
             toks = int(rr * {"math": 150, "code": 210, "chat": 260}[skill])
             flagged = int(rng.poisson(3)) if kind == "local" else 0

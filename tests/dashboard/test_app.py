@@ -1,0 +1,212 @@
+"""Every view of the real Streamlit app, run by `streamlit.testing.v1.AppTest` over a real sample database."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from mixlab.dashboard import queries
+from mixlab.store import Store
+
+APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
+
+
+def run_app(view: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    if view:
+        at.sidebar.radio(key="view").set_value(view).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def vega_charts(at: AppTest) -> list[tuple[dict, list[pa.Table]]]:
+    """(spec, datasets) of every Altair chart on the page, decoded from the protobuf Streamlit sends."""
+    out = []
+    for el in at.get("vega_lite_chart"):
+        tables = [pa.ipc.open_stream(d.data.data).read_all() for d in el.proto.datasets]
+        out.append((json.loads(el.proto.spec), tables))
+    return out
+
+
+def metric_values(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_tradeoff_view_draws_pareto_front_with_cis(sample_db, use_db):
+    use_db(sample_db)
+    at = run_app()
+    assert at.title[0].value == "Leaderboard vs usability"
+    values = metric_values(at)
+    n_plotted, n_front = int(values["runs plotted"]), int(values["on the Pareto front"])
+    assert n_plotted >= 30 and 2 <= n_front < n_plotted
+    [(spec, tables)] = vega_charts(at)
+    assert [p["name"] for p in spec["params"]] == ["pick", "hover"]
+    marks = [layer["mark"]["type"] for layer in spec["layer"]]
+    assert marks == ["rule", "rule", "line", "circle", "text"]  # x whiskers, y whiskers, front, runs, labels
+    assert spec["layer"][2]["mark"]["interpolate"] == "step-before"
+    points = max(tables, key=lambda t: t.num_rows).to_pandas()
+    front = min(tables, key=lambda t: t.num_rows).to_pandas()
+    assert len(points) == n_plotted and points["on_front"].sum() == n_front == len(front)
+    assert (points["x_lo"] <= points["x"]).all() and (points["y"] <= points["y_hi"]).all()
+    assert {"run_id", "mixture_name", "stage", "rung", "x_text", "y_text"} <= set(points.columns)
+    assert len(at.dataframe[0].value) == n_front  # the "runs on the front" table
+
+
+def test_tradeoff_axes_colour_and_filters(sample_db, use_db):
+    use_db(sample_db)
+    at = run_app()
+    total = int(metric_values(at)["runs plotted"])
+    at.selectbox(key="x_axis").set_value("gsm8k/exact_match_strict").run()
+    at.selectbox(key="y_axis").set_value("style/refusal_rate").run()
+    at.selectbox(key="color_by").set_value("ladder rung").run()
+    assert not at.exception
+    [(spec, tables)] = vega_charts(at)
+    assert "lower is better" in spec["layer"][3]["encoding"]["y"]["title"]
+    assert spec["layer"][3]["encoding"]["color"]["field"] == "rung"
+    at.sidebar.multiselect(key="f_stage").set_value(["sft"]).run()
+    points = max(vega_charts(at)[0][1], key=lambda t: t.num_rows).to_pandas()
+    assert set(points["stage"]) == {"sft"} and len(points) < total
+    at.sidebar.radio(key="f_contam").set_value("clean mixtures only").run()
+    assert not at.exception
+    runs = queries.runs(sample_db)
+    evaluated = set(queries.latest_metrics(sample_db)["run_id"])
+    clean = runs[(runs["n_flagged"] == 0) & (runs["stage"] == "sft") & runs["run_id"].isin(evaluated)]
+    if clean.empty:
+        assert "No run" in at.info[0].value  # an empty selection is explained, not an error
+    else:
+        assert int(metric_values(at)["runs plotted"]) == len(clean)
+
+
+def test_aggregate_definition_changes_the_x_axis(sample_db, use_db):
+    use_db(sample_db)
+    at = run_app()
+    at.multiselect(key="agg_lb").set_value(["proc-math/exact_match"]).run()
+    points = max(vega_charts(at)[0][1], key=lambda t: t.num_rows).to_pandas()
+    metrics = queries.latest_metrics(sample_db)
+    pm = metrics[(metrics["task"] == "proc-math") & (metrics["metric"] == "exact_match")].set_index("run_id")["mean"]
+    assert points.set_index("run_id")["x"].sub(pm.reindex(points["run_id"])).abs().max() < 1e-12
+
+
+def test_open_run_from_tradeoff(sample_db, use_db):
+    use_db(sample_db)
+    at = run_app()
+    default = at.session_state["open_choice"]  # the best front run is offered first
+    points = max(vega_charts(at)[0][1], key=lambda t: t.num_rows).to_pandas().set_index("run_id")
+    assert points.loc[default, "on_front"]
+    run_id = points.index[~points["on_front"]][0]
+    at.selectbox(key="open_choice").set_value(run_id).run()
+    at.button(key="open_btn").click().run()
+    assert not at.exception
+    assert at.sidebar.radio(key="view").value == "Run detail"
+    assert at.session_state["run_id"] == run_id
+    assert at.query_params["run"] in (run_id, [run_id])
+
+
+def test_deep_link_opens_run(sample_db, use_db):
+    use_db(sample_db)
+    run_id = queries.runs(sample_db)["run_id"].iloc[3]
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["view"] = "Run detail"
+    at.query_params["run"] = run_id
+    at.run()
+    assert not at.exception and at.session_state["run_id"] == run_id
+
+
+def test_leaderboard_view(sample_db, use_db):
+    use_db(sample_db)
+    at = run_app("Leaderboard")
+    df = at.dataframe[0].value
+    evaluated = queries.latest_metrics(sample_db)["run_id"].nunique()
+    assert len(df) == evaluated
+    assert {"leaderboard score", "usability score", "front", "n_flagged", "gsm8k/exact_match_strict ±"} <= set(df.columns)
+    assert df["leaderboard score"].is_monotonic_decreasing
+    assert df["front"].sum() >= 2
+    at.sidebar.multiselect(key="f_rung").set_value(["r2"]).run()
+    assert set(at.dataframe[0].value["rung"]) == {"r2"}
+    at.toggle(key="lb_ci").set_value(False).run()
+    assert not any(c.endswith("±") for c in at.dataframe[0].value.columns)
+
+
+def test_mixtures_view(sample_db, use_db):
+    use_db(sample_db)
+    at = run_app("Mixtures")
+    specs = vega_charts(at)
+    assert len(specs) == 2  # composition + diff
+    comp = max(specs[0][1], key=lambda t: t.num_rows).to_pandas()
+    assert set(comp["which"]) == {"target", "realised"}
+    assert specs[0][0]["encoding"]["x"]["stack"] == "normalize"
+    diff = at.dataframe[-1].value
+    assert abs(diff["delta_realised_pp"].sum()) < 1e-6
+    assert any(c.language == "diff" for c in at.code)
+    at.selectbox(key="mix_b").select_index(3).run()
+    assert not at.exception
+
+
+def test_run_detail_view_all_tabs(sample_db, use_db):
+    use_db(sample_db)
+    at = run_app("Run detail")
+    runs = queries.runs(sample_db)
+    evaluated = set(queries.latest_metrics(sample_db)["run_id"])
+    run_a, run_b = [r for r in runs.sort_values("created_at")["run_id"] if r in evaluated][:2]
+    at.selectbox(key="run_id").set_value(run_a).run()
+    tab_labels = [t.label for t in at.tabs]
+    assert tab_labels == ["Training", "MoE expert load", "Eval metrics", "Samples", "Side by side"]
+    training, experts, evals, samples, pair = at.tabs
+    assert training.get("vega_lite_chart") and len(experts.get("vega_lite_chart")) == 2
+    assert len(evals.dataframe[0].value) == len(queries.latest_metrics(sample_db).query("run_id == @run_a"))
+    samples.selectbox(key="sample_task").set_value("mt-bench").run()
+    rows = at.tabs[3].dataframe[0].value
+    assert len(rows) == 12 and rows["judge_rationale"].notna().all()
+    assert any("rationale" in m.value for m in at.tabs[3].markdown)
+    assert at.tabs[4].info  # side by side asks for a second run
+    at.selectbox(key="compare_id").set_value(run_b).run()
+    assert not at.exception
+    pair = at.tabs[4]
+    values = {m.label: m.value for m in pair.metric}
+    assert values["items in common"] == "12"
+    pair.toggle(key="pair_flipped").set_value(False).run()
+    assert len(at.tabs[4].code) >= 3  # prompt + both answers
+    assert "CIs separated" in at.tabs[2].dataframe[0].value.columns
+
+
+def test_contamination_view(sample_db, use_db):
+    use_db(sample_db)
+    at = run_app("Contamination")
+    total = Store(sample_db, read_only=True).query("SELECT count(*) AS n FROM contamination")[0]["n"]
+    assert metric_values(at)["flagged rows"] == str(total)
+    assert len(at.dataframe[0].value) == min(total, 1000)
+    at.selectbox(key="contam_bench").set_value("gsm8k").run()
+    assert set(at.dataframe[0].value["benchmark"]) == {"gsm8k"}
+
+
+def test_missing_database_page(tmp_path, use_db):
+    use_db(tmp_path / "nowhere" / "mixlab.duckdb")
+    at = run_app()
+    assert "No mixlab database" in at.warning[0].value
+    assert any("make demo" in m.value for m in at.markdown)
+    assert not (tmp_path / "nowhere").exists()  # the dashboard never creates the file
+
+
+def test_empty_database_page(tmp_path, use_db):
+    path = use_db(tmp_path / "mixlab.duckdb")
+    Store(path).schema_version()
+    at = run_app()
+    assert "no run or evaluation" in at.info[0].value
+    assert any("make demo" in m.value for m in at.markdown)
+
+
+def test_runs_without_evals_are_explained(tmp_path, use_db):
+    from mixlab.store import RunRecord
+
+    path = use_db(tmp_path / "mixlab.duckdb")
+    Store(path).create_run(RunRecord(run_id="r1", stage="sft"))
+    at = run_app()
+    assert "No evaluation metrics" in at.info[0].value
+    for view in ("Leaderboard", "Mixtures", "Run detail", "Contamination"):
+        at.sidebar.radio(key="view").set_value(view).run()
+        assert not at.exception, view

@@ -1,0 +1,249 @@
+"""Artifact writing (parquet shards + manifest.json + mixture.lock + contamination.parquet, temp-then-rename)
+and the DuckDB rows for a built mixture."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mixlab.mixtures.dedup import lsh_params
+
+if TYPE_CHECKING:
+    from mixlab.mixtures.build import BuiltMixture, _Builder
+    from mixlab.mixtures.registry_io import LoadedMixture
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("train", pa.bool_())])
+MESSAGES = pa.list_(MESSAGE)
+COMMON = [("source_id", pa.string()), ("source_name", pa.string()), ("group_path", pa.string()),
+          ("phase", pa.string()), ("row_id", pa.string()), ("epoch", pa.int32()), ("row_hash", pa.string()),
+          ("n_tokens", pa.int64()), ("n_trainable_tokens", pa.int64())]
+KIND_COLUMNS = {
+    "sft": [("messages", MESSAGES)],
+    "preference": [("prompt", MESSAGES), ("chosen", MESSAGES), ("rejected", MESSAGES)],
+    "rl": [("prompt", MESSAGES), ("ground_truth", pa.string()), ("verifier", pa.string()), ("task", pa.string())],
+}
+CONTAMINATION = pa.schema([("source_id", pa.string()), ("source_name", pa.string()), ("row_id", pa.string()),
+                           ("benchmark", pa.string()), ("item_id", pa.string()), ("ngram", pa.string()),
+                           ("field", pa.string())])
+
+
+def schema_for(kind: str) -> pa.Schema:
+    return pa.schema(COMMON + KIND_COLUMNS[kind])
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write(builder: "_Builder", mixture_id: str, allocations, pool_index: dict[str, np.ndarray],
+          phase_order) -> "BuiltMixture":
+    from mixlab.mixtures.build import BuiltMixture, code_version, mixtures_dir
+
+    spec = builder.spec
+    kind = spec.kind
+    unit = spec.budget.unit
+    leaves = {leaf.path: leaf for leaf in builder.leaves}
+
+    # -- assemble rows: phases in order, each shuffled ------------------------------------------------------------
+    order: list[tuple[str, int, int, str]] = []  # (leaf path, row index in leaf, epoch, phase)
+    phase_stats = []
+    for p, (phase, allocs) in enumerate(phase_order):
+        entries = []
+        for a in allocs:
+            pool = pool_index[a.path]
+            if not len(a.rows):
+                continue
+            epochs = (a.epochs_from + np.arange(len(a.rows))) // len(pool)
+            entries += [(a.path, int(pool[r]), int(e), phase) for r, e in zip(a.rows, epochs)]
+        perm = np.random.default_rng([spec.seed, p, 7]).permutation(len(entries))
+        phase_entries = [entries[i] for i in perm]
+        order += phase_entries
+        phase_stats.append({"name": phase, "rows": len(phase_entries),
+                            "tokens": int(sum(leaves[e[0]].tokens[e[1]] for e in phase_entries))})
+
+    columns: dict[str, list[Any]] = {name: [] for name, _ in COMMON + KIND_COLUMNS[kind]}
+    for path, i, epoch, phase in order:
+        leaf = leaves[path]
+        row = leaf.rows[i]
+        columns["source_id"].append(leaf.source_id)
+        columns["source_name"].append(leaf.component.name)
+        columns["group_path"].append(path)
+        columns["phase"].append(phase)
+        columns["row_id"].append(leaf.row_ids[i])
+        columns["epoch"].append(epoch)
+        columns["row_hash"].append(leaf.row_hashes[i])
+        columns["n_tokens"].append(int(leaf.tokens[i]))
+        columns["n_trainable_tokens"].append(int(leaf.trainable[i]))
+        for name, _ in KIND_COLUMNS[kind]:
+            columns[name].append(row[name])
+    table = pa.table(columns, schema=schema_for(kind))
+
+    # -- manifest ---------------------------------------------------------------------------------------------
+    total_target = sum(a.target_units for a in allocations) or 1.0
+    unit_of = {"samples": lambda leaf, idx: float(len(idx)), "tokens": lambda leaf, idx: float(leaf.tokens[idx].sum()),
+               "trainable_tokens": lambda leaf, idx: float(leaf.trainable[idx].sum())}[unit]
+    realised_total = sum(unit_of(leaves[a.path], pool_index[a.path][a.rows]) for a in allocations) or 1.0
+    caps = __import__("mixlab.mixtures.solver", fromlist=["x"]).leaf_max_epochs(spec)
+    components = []
+    for leaf in builder.leaves:
+        pool = pool_index[leaf.path]
+        allocs = [a for a in allocations if a.path == leaf.path]
+        chosen = np.concatenate([pool[a.rows] for a in allocs]) if allocs else np.zeros(0, np.int64)
+        realised_units = unit_of(leaf, chosen)
+        pool_units = unit_of(leaf, pool)
+        per_phase = []
+        for a in allocs:
+            idx = pool[a.rows]
+            per_phase.append({
+                "phase": a.phase, "target_units": a.target_units, "target_share": a.target_units / total_target,
+                "rows": int(len(idx)), "tokens": int(leaf.tokens[idx].sum()),
+                "trainable_tokens": int(leaf.trainable[idx].sum()), "units": unit_of(leaf, idx),
+                "realised_share": unit_of(leaf, idx) / realised_total,
+                "epochs": (unit_of(leaf, idx) / pool_units) if pool_units else 0.0,
+            })
+        target_units = sum(a.target_units for a in allocs)
+        components.append({
+            "path": leaf.path, "name": leaf.component.name, "source_id": leaf.source_id,
+            "origin": leaf.resolved.origin, "uri": leaf.resolved.uri, "revision": leaf.resolved.revision,
+            "adapter": leaf.adapter.name, "weight": leaf.component.weight, "max_epochs": caps[leaf.path],
+            "loaded_rows": leaf.loaded_rows, "available_rows": int(len(pool)),
+            "available_tokens": int(leaf.tokens[pool].sum()),
+            "dropped": leaf.dropped,
+            "target_units": target_units, "target_share": target_units / total_target,
+            "target_rows": int(round(target_units)) if unit == "samples" else None,
+            "realised_rows": int(len(chosen)), "realised_units": realised_units,
+            "realised_share": realised_units / realised_total,
+            "tokens": int(leaf.tokens[chosen].sum()), "trainable_tokens": int(leaf.trainable[chosen].sum()),
+            "epochs": realised_units / pool_units if pool_units else 0.0,
+            "phases": per_phase,
+        })
+    by_benchmark: dict[str, int] = {}
+    for _, _, hit in builder.hits:
+        by_benchmark[hit.benchmark] = by_benchmark.get(hit.benchmark, 0) + 1
+    near = spec.dedup.near
+    manifest: dict[str, Any] = {
+        "mixture_id": mixture_id, "name": spec.name, "kind": kind, "family": spec.family,
+        "description": spec.description, "extends": spec.extends, "seed": spec.seed,
+        "budget": spec.budget.model_dump(), "code_version": code_version(),
+        "tokenizer": {"name": spec.tokenizer, "fingerprint": builder.counter.fingerprint},
+        "chat_template_hash": builder.counter.template_hash,
+        "n_rows": table.num_rows, "n_tokens": int(sum(columns["n_tokens"])),
+        "n_trainable_tokens": int(sum(columns["n_trainable_tokens"])),
+        "phases": phase_stats, "components": components,
+        "dedup": {"exact": spec.dedup.exact, "scope": spec.dedup.scope,
+                  "near": None if near is None else {**near.model_dump(), "bands_rows": list(lsh_params(near.threshold, near.num_perm))},
+                  "dropped_exact": sum(l.dropped["dedup_exact"] for l in builder.leaves),
+                  "dropped_near": sum(l.dropped["dedup_near"] for l in builder.leaves),
+                  "near_examples": builder.near_examples},
+        "decontamination": None if builder.index is None else {
+            **__import__("mixlab.mixtures.decontam", fromlist=["x"]).summary(builder.index),
+            "flagged_rows": sum(l.dropped["decontamination"] for l in builder.leaves),
+            "hits": len(builder.hits), "by_benchmark": by_benchmark,
+        },
+        "spec": spec.model_dump(mode="json"),
+    }
+    lock = {
+        "mixture_id": mixture_id, "code_version": code_version(),
+        "tokenizer": manifest["tokenizer"], "chat_template_hash": builder.counter.template_hash,
+        "eval_sets": builder.index.fingerprint if builder.index else None,
+        "sources": [{
+            "path": leaf.path, "source_id": leaf.source_id, "origin": leaf.resolved.origin, "uri": leaf.resolved.uri,
+            "revision": leaf.resolved.revision, "content_hash": leaf.resolved.content_hash,
+            "files": [{"path": f["path"], "sha256": f["sha256"]} for f in leaf.resolved.files],
+            "params": leaf.resolved.params, "rows": leaf.loaded_rows, "row_hashes": leaf.row_hashes,
+        } for leaf in builder.leaves],
+    }
+    contamination = pa.table({
+        "source_id": [leaf.source_id for leaf, _, _ in builder.hits],
+        "source_name": [leaf.path for leaf, _, _ in builder.hits],
+        "row_id": [leaf.row_ids[r] for leaf, r, _ in builder.hits],
+        "benchmark": [h.benchmark for _, _, h in builder.hits],
+        "item_id": [h.item_id for _, _, h in builder.hits],
+        "ngram": [h.ngram for _, _, h in builder.hits],
+        "field": [h.field for _, _, h in builder.hits],
+    }, schema=CONTAMINATION)
+
+    # -- write: temp folder, then rename -------------------------------------------------------------------------
+    final = mixtures_dir() / mixture_id
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{mixture_id}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        n_shards = max(1, -(-table.num_rows // spec.shard_rows))
+        shards = []
+        for s in range(n_shards):
+            name = f"data-{s:05d}-of-{n_shards:05d}.parquet"
+            part = table.slice(s * spec.shard_rows, spec.shard_rows)
+            pq.write_table(part, tmp / name, compression="zstd")
+            shards.append({"file": name, "rows": part.num_rows, "sha256": _sha256(tmp / name)})
+        pq.write_table(contamination, tmp / "contamination.parquet", compression="zstd")
+        manifest["shards"] = shards
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        (tmp / "mixture.lock").write_text(json.dumps(lock, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+        (tmp / "mixture.yaml").write_text(builder.loaded.yaml_text)
+        if final.exists():
+            old = final.parent / f".old-{mixture_id}-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return BuiltMixture(mixture_id, spec.name, kind, spec.family, final, manifest, False)
+
+
+def record_in_store(built: "BuiltMixture", loaded: "LoadedMixture", store=None, *, only_if_missing: bool = False) -> None:
+    """sources, mixtures, mixture_components and contamination rows for a built mixture."""
+    from mixlab.store import Store, utcnow
+
+    store = store or Store()
+    m = built.manifest
+    if only_if_missing and store.query("SELECT 1 FROM mixtures WHERE mixture_id = ?", [built.mixture_id]):
+        return
+    now = utcnow()
+    store.insert("sources", [{
+        "source_id": c["source_id"], "name": c["path"], "kind": c["origin"], "uri": c["uri"],
+        "revision": c["revision"], "adapter": c["adapter"], "n_rows": c["loaded_rows"],
+        "content_hash": c["source_id"], "created_at": now,
+    } for c in m["components"]], replace=True)
+    store.insert("mixtures", [{
+        "mixture_id": built.mixture_id, "name": m["name"], "kind": m["kind"], "family": m["family"],
+        "yaml": loaded.yaml_text, "artifact_path": str(built.path), "manifest": {k: v for k, v in m.items() if k != "spec"},
+        "n_rows": m["n_rows"], "n_tokens": m["n_tokens"], "seed": m["seed"], "created_at": now,
+    }], replace=True)
+    store.execute("DELETE FROM mixture_components WHERE mixture_id = ?", [built.mixture_id])
+    rows = []
+    for c in m["components"]:
+        for k, ph in enumerate(c["phases"] or [None]):
+            first = k == 0
+            rows.append({
+                "mixture_id": built.mixture_id, "source_id": c["source_id"], "source_name": c["path"],
+                "group_path": c["path"], "phase": ph["phase"] if ph else None,
+                "target_share": ph["target_share"] if ph else c["target_share"],
+                "realised_share": ph["realised_share"] if ph else c["realised_share"],
+                "target_rows": int(round(ph["target_units"])) if ph and m["budget"]["unit"] == "samples" else None,
+                "realised_rows": ph["rows"] if ph else c["realised_rows"],
+                "tokens": ph["tokens"] if ph else c["tokens"],
+                "trainable_tokens": ph["trainable_tokens"] if ph else c["trainable_tokens"],
+                "epochs": ph["epochs"] if ph else c["epochs"],
+                "dropped_filter": sum(c["dropped"]["filters"].values()) if first else 0,
+                "dropped_dedup": c["dropped"]["dedup_exact"] + c["dropped"]["dedup_near"] if first else 0,
+                "dropped_contamination": c["dropped"]["decontamination"] if first else 0,
+            })
+    store.insert("mixture_components", rows)
+    store.execute("DELETE FROM contamination WHERE mixture_id = ?", [built.mixture_id])
+    contamination = pq.read_table(built.path / "contamination.parquet").to_pylist()
+    store.insert("contamination", [{"mixture_id": built.mixture_id, **{k: r[k] for k in
+                                    ("source_id", "row_id", "benchmark", "item_id", "ngram", "field")}}
+                                   for r in contamination])

@@ -52,6 +52,10 @@ def _compiles(code: str) -> bool:
     return True
 
 
+def _compiles_as_body(text: str) -> bool:
+    return _compiles("def _mixlab_body():\n" + _indent_body(text))
+
+
 def _trim_to_code(text: str) -> str:
     """Raw (unfenced) answer: drop leading prose and trailing prose until what is left compiles."""
     lines = text.split("\n")
@@ -85,7 +89,9 @@ def extract_code(output: str | None, entry_point: str | None = None) -> str:
     stripped = text.strip("\n")
     if not stripped.strip():
         return ""
-    return stripped if _compiles(stripped) else _trim_to_code(stripped)
+    if _compiles(stripped) or _compiles_as_body(stripped):  # a module, or a completion-style function body
+        return stripped
+    return _trim_to_code(stripped)
 
 
 def strip_main_guard(code: str) -> str:

@@ -1,0 +1,158 @@
+"""The sandbox API: verdicts, limits, stdin/files, fresh work dirs, batching, degraded mode, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from mixlab.errors import MixlabError
+from mixlab.evals.sandbox import SandboxPool, Limits, run_code, run_many
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="uid drop and namespaces need root")
+
+
+def test_passing_program_and_its_output():
+    result = run_code("import sys\nprint('out')\nprint('err', file=sys.stderr)\n")
+    assert result.status == "passed" and result.passed
+    assert result.returncode == 0
+    assert result.stdout == "out\n" and result.stderr == "err\n"
+    assert result.duration_s > 0
+
+
+def test_exceptions_exit_codes_and_syntax_errors_fail():
+    raised = run_code("raise ValueError('boom')")
+    assert raised.status == "failed" and raised.returncode == 1
+    assert "ValueError: boom" in raised.stderr and "ValueError: boom" in raised.reason
+    assert run_code("import sys; sys.exit(7)").returncode == 7
+    assert run_code("import sys; sys.exit('bye')").returncode == 1
+    syntax = run_code("def f(:\n  pass")
+    assert syntax.status == "failed" and "SyntaxError" in syntax.stderr
+    assert run_code("exit(0)").status == "passed"  # site builtins exist, as under `python main.py`
+
+
+def test_killed_by_a_signal():
+    result = run_code("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    assert result.status == "killed" and result.returncode == -11
+
+
+def test_success_marker_required_when_given():
+    assert run_code("print('DONE-1')", success_marker="DONE-1").passed
+    missing = run_code("import sys; sys.exit(0)\nprint('DONE-1')", success_marker="DONE-1")
+    assert missing.status == "failed" and "marker" in missing.reason
+
+
+def test_runs_as_main_script_with_stdin_and_files():
+    code = (
+        "import sys\n"
+        "from helper import twice\n"
+        "assert __name__ == '__main__'\n"
+        "print(twice(int(sys.stdin.readline())), open('data/x.txt').read())\n"
+    )
+    result = run_code(code, stdin="21\n", files={"helper.py": "def twice(x):\n    return 2 * x\n",
+                                                  "data/x.txt": "payload"})
+    assert result.passed, result
+    assert result.stdout.strip() == "42 payload"
+    no_stdin = run_code("input()")
+    assert no_stdin.status == "failed" and "EOFError" in no_stdin.stderr
+
+
+def test_large_stdin_is_fed_without_deadlock():
+    data = "y" * 1_000_000
+    result = run_code("import sys; print(len(sys.stdin.read()))", stdin=data)
+    assert result.passed and result.stdout.strip() == str(len(data))
+
+
+def test_each_run_gets_a_fresh_empty_workdir():
+    first = run_code("import os; open('leftover.txt', 'w').write('x'); print(os.getcwd())")
+    second = run_code("import os; print(sorted(os.listdir('.')))")
+    assert first.passed and second.passed
+    assert "leftover.txt" not in second.stdout
+    assert second.stdout.strip() == "['main.py']"
+
+
+def test_file_size_limit():
+    result = run_code("open('big', 'wb').write(b'x' * (4 << 20))", fsize_mb=1)
+    assert result.status in ("failed", "killed")  # SIGXFSZ or an OSError, never a pass
+
+
+@ROOT_ONLY
+def test_unprivileged_identity_and_no_capabilities():
+    result = run_code(
+        "import os\n"
+        "status = open('/proc/self/status').read()\n"
+        "caps = [l for l in status.splitlines() if l.startswith(('CapEff', 'CapPrm', 'NoNewPrivs'))]\n"
+        "print(os.getuid(), os.getgid(), os.getgroups(), caps)\n"
+    )
+    assert result.passed, result
+    uid, gid = result.stdout.split()[:2]
+    assert uid != "0" and gid != "0"
+    assert "CapEff:\\t0000000000000000" in result.stdout and "NoNewPrivs:\\t1" in result.stdout
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(MixlabError, match="timeout"):
+        run_code("pass", timeout_s=0)
+    with pytest.raises(MixlabError, match="relative path"):
+        run_code("pass", files={"../escape.py": ""})
+    with pytest.raises(MixlabError, match="mode"):
+        run_code("pass", mode="thread")
+
+
+def test_run_many_keeps_order_and_mixes_verdicts():
+    codes = [f"print({i})" if i % 3 else f"raise SystemExit({i % 7 + 1})" for i in range(12)]
+    results = run_many(codes, workers=2)
+    assert [r.status for r in results] == ["failed" if i % 3 == 0 else "passed" for i in range(12)]
+    assert [r.stdout.strip() for r in results if r.passed] == [str(i) for i in range(12) if i % 3]
+
+
+def test_exec_mode_runs_a_fresh_interpreter():
+    result = run_code("import sys; print(len(sys.modules) < 400, sys.flags.ignore_environment)", mode="exec")
+    assert result.passed and result.stdout.split() == ["True", "1"]
+
+
+@ROOT_ONLY
+def test_degraded_mode_still_limits_and_says_so(monkeypatch):
+    secret = "degraded-secret-value"
+    monkeypatch.setenv("MIXLAB_FAKE_TOKEN", secret)
+    with SandboxPool(workers=1, isolation="degraded") as pool:
+        ok = pool.run("import os, json; print(json.dumps([os.getuid(), os.getcwd(), dict(os.environ)]))")
+        assert ok.passed and ok.isolation == "degraded" and ok.degraded
+        assert "degraded" in ok.reason
+        uid, cwd, env = json.loads(ok.stdout)
+        assert uid != 0 and secret not in ok.stdout
+        assert not Path(cwd).exists()  # the host temp dir is removed afterwards
+        loop = pool.run("while True: pass", limits=Limits(timeout_s=1.5))
+        assert loop.status == "timeout"
+        oom = pool.run("x = bytearray(1 << 30)", limits=Limits(memory_mb=256))
+        assert oom.status == "oom"
+
+
+def _mixlab(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run the real `mixlab` entry point in-process (a subprocess would pay ~15 s of torch import per call)."""
+    from mixlab.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["mixlab", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def test_cli_sandbox_verdicts(tmp_path, monkeypatch, capsys):
+    ok = tmp_path / "ok.py"
+    ok.write_text("print('hello from the sandbox')\n")
+    loop = tmp_path / "loop.py"
+    loop.write_text("while True:\n    pass\n")
+    code, out, _ = _mixlab(monkeypatch, capsys, "sandbox", str(ok))
+    assert code == 0
+    assert "passed" in out and "hello from the sandbox" in out
+    code, out, _ = _mixlab(monkeypatch, capsys, "sandbox", str(loop), "--timeout", "1", "--json")
+    assert code == 1
+    verdict = json.loads(out)
+    assert verdict["status"] == "timeout" and verdict["returncode"] < 0
+    code, _, err = _mixlab(monkeypatch, capsys, "sandbox", str(tmp_path / "absent.py"))
+    assert code == 2 and "error:" in err and "absent.py" in err

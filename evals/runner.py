@@ -189,7 +189,7 @@ def _run_task(task: Task, *, eval_id: str, run_id: str, checkpoint_id: str, suit
         "error": None, "n_samples": 0, "created_at": now, "finished_at": None,
     }], replace=True)
     bar_id = bar.add_task(f"{task.name}", total=None) if bar is not None else None
-    n_done = 0
+    n_done = reused = 0
     try:
         items = task.load(data_root, limit=limit)
         if not items:
@@ -199,7 +199,6 @@ def _run_task(task: Task, *, eval_id: str, run_id: str, checkpoint_id: str, suit
             store.execute("DELETE FROM eval_samples WHERE eval_id = ?", [eval_id])
         scores: dict[str, Score] = {}
         outputs: dict[str, str] = {}
-        reused = 0
         for item in items:
             if item.item_id in previous:
                 scores[item.item_id], outputs[item.item_id] = previous[item.item_id]
@@ -233,7 +232,7 @@ def _run_task(task: Task, *, eval_id: str, run_id: str, checkpoint_id: str, suit
     except Exception as exc:  # noqa: BLE001 - a failed task is recorded and the suite goes on
         message = str(exc) if isinstance(exc, MixlabError) else f"{type(exc).__name__}: {exc}"
         _mark_failed(store, eval_id, message, n_done)
-        return TaskResult(eval_id, task.name, task.category, "failed", n_done, error=message)
+        return TaskResult(eval_id, task.name, task.category, "failed", n_done, error=message, reused=reused)
 
 
 def _mark_failed(store: Store, eval_id: str, message: str, n_done: int) -> None:

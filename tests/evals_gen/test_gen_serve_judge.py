@@ -1,0 +1,263 @@
+"""`mixlab serve` over real HTTP, LLM judges through it, the DuckDB judgement cache, a judge endpoint that dies.
+
+Two real endpoints:
+- `mixlab serve tiny` in a subprocess: a random-weight mixlab model. Its verdicts are gibberish, which is the point
+  for plumbing: unparseable verdicts are counted and never crash the run.
+- a scripted judge (stdlib HTTP server in this file) that answers like a length-loving judge would — it prefers the
+  longer answer and grades by length — so the aggregation of parsed verdicts is checked against known answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from mixlab.errors import MixlabError
+from mixlab.evals.backends import GenerationConfig, get_backend
+from mixlab.evals.judges import get_judge
+from mixlab.evals.runner import evaluate
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# endpoints
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served_tiny():
+    pytest.importorskip("mixlab.model")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mixlab", "serve", "tiny", "--port", "0", "--batch-size", "8"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    deadline = time.monotonic() + 240
+    url = None
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        match = re.search(r"listening on (http://\S+/v1)", line)
+        if match:
+            url = match.group(1)
+            break
+    if url is None:
+        proc.kill()
+        pytest.fail(f"mixlab serve did not start: {''.join(lines)[-2000:]}")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+class _ScriptedJudge(BaseHTTPRequestHandler):
+    """Prefers the longer answer ([[A>B]] / [[B>A]], strong when 3x longer); grades 1 + len // 20 (max 10)."""
+
+    requests = 0
+    fail_next = 0  # answer 503 to this many requests first
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):  # noqa: N802
+        type(self).requests += 1
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if type(self).fail_next > 0:
+            type(self).fail_next -= 1
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        prompt = body["messages"][-1]["content"]
+        pair = re.search(r"<answer_A>\n(.*)\n</answer_A>\s*<answer_B>\n(.*)\n</answer_B>", prompt, re.DOTALL)
+        if pair:
+            a, b = len(pair.group(1)), len(pair.group(2))
+            verdict = "A=B" if a == b else ("A>>B" if a > 3 * b else "A>B" if a > b else "B>>A" if b > 3 * a else "B>A")
+            text = f"Longer is better. [[{verdict}]]"
+        else:
+            answers = re.findall(r"<assistant(?:_answer| turn=\d+)>\n(.*?)\n</assistant(?:_answer)?>", prompt, re.DOTALL)
+            text = f"Grade: [[{min(10, 1 + len(answers[-1]) // 20)}]]"
+        data = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                        "finish_reason": "stop"}], "usage": {}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def scripted_judge():
+    _ScriptedJudge.requests, _ScriptedJudge.fail_next = 0, 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ScriptedJudge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server, f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def answer_backend(llama_model, chat_tokenizer):
+    return get_backend("torch", llama_model, chat_tokenizer, batch_size=4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mixlab serve
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_serve_speaks_the_openai_api(served_tiny):
+    with urllib.request.urlopen(f"{served_tiny}/models", timeout=30) as response:
+        models = json.loads(response.read())
+    assert [m["id"] for m in models["data"]] == ["tiny"]
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 6,
+            "temperature": 0}
+    status, out = _post(f"{served_tiny}/chat/completions", body)
+    assert status == 200, out
+    assert out["object"] == "chat.completion" and out["choices"][0]["message"]["role"] == "assistant"
+    assert 0 < out["usage"]["completion_tokens"] <= 6 and out["usage"]["prompt_tokens"] > 0
+    # Greedy over HTTP equals the same preset generated in-process by the torch backend.
+    local = get_backend("torch", "tiny", device="cpu").generate(body["messages"] and [body["messages"]],
+                                                                GenerationConfig(max_new_tokens=6))
+    assert out["choices"][0]["message"]["content"] == local[0]
+    # Concurrent requests are micro-batched; each still gets its own greedy answer.
+    prompts = [f"Question number {i}: {'why ' * i}?" for i in range(6)]
+    client = get_backend("openai", model="tiny", base_url=served_tiny, concurrency=6)
+    msgs = [[{"role": "user", "content": p}] for p in prompts]
+    concurrent = client.generate(msgs, GenerationConfig(max_new_tokens=5))
+    sequential = [client.generate([m], GenerationConfig(max_new_tokens=5))[0] for m in msgs]
+    assert concurrent == sequential
+    # Bad requests get OpenAI-style errors, and the server keeps serving.
+    assert _post(f"{served_tiny}/chat/completions", {**body, "model": "gpt-9"})[0] == 404
+    assert _post(f"{served_tiny}/chat/completions", {**body, "stream": True})[0] == 400
+    status, err = _post(f"{served_tiny}/chat/completions", {"model": "tiny", "messages": "hi"})
+    assert status == 400 and "messages" in err["error"]["message"]
+    assert _post(f"{served_tiny}/chat/completions", {**body, "temperature": "hot"})[0] == 400
+    assert _post(f"{served_tiny}/chat/completions", body)[0] == 200
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LLM judge end to end
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_llm_judge_over_mixlab_serve_counts_unparseable_and_caches(served_tiny, store, answer_backend, data_root):
+    spec = f"openai:tiny@{served_tiny}"
+    judge = get_judge(spec, store=store, max_new_tokens=16, max_retries=1)
+    first = evaluate("llama-random", ["mt-bench", "alpaca-eval"], backend=answer_backend, judge=judge, limit=2,
+                     store=store, data_root=data_root, progress=False, gen_config={"max_new_tokens": 12})
+    assert first.ok, [t.error for t in first.tasks]
+    # 2 MT-Bench questions x 2 turns + 2 AlpacaEval prompts x 2 position-swapped games.
+    assert store.query("SELECT count(*) AS n FROM judgements")[0]["n"] == 8
+    assert judge.stats["generated"] == 8 and judge.stats["cache_hits"] == 0
+    rows = store.query("SELECT verdict, raw, judge FROM judgements")
+    assert all(r["judge"].startswith("openai:tiny") and r["raw"] is not None for r in rows)
+    unparseable = sum(r["verdict"] == "unparseable" for r in rows)
+    assert judge.stats["unparseable"] == unparseable
+    mt = first["mt-bench"]
+    assert mt.metric("judge_unparseable").n == 2
+    stored_rate = mt.metric("judge_unparseable").mean * 4 + first["alpaca-eval"].metric("judge_unparseable").mean * 4
+    assert stored_rate == pytest.approx(unparseable)
+    samples = store.query("SELECT task, judge_rationale, output FROM eval_samples WHERE task = 'mt-bench'")
+    assert len(samples) == 2 and all("turn 2" in s["judge_rationale"] for s in samples)
+    assert all("<<<mixlab:turn 2>>>" in s["output"] for s in samples)
+    # A second evaluation of the same answers is served from the cache: no new judge calls.
+    again_judge = get_judge(spec, store=store, max_new_tokens=16, max_retries=1)
+    again = evaluate("llama-random", ["mt-bench", "alpaca-eval"], backend=answer_backend, judge=again_judge,
+                     limit=2, store=store, data_root=data_root, progress=False, gen_config={"max_new_tokens": 12},
+                     resume=False)
+    assert again.ok
+    assert again_judge.stats["cache_hits"] == 8 and again_judge.stats["generated"] == 0
+    assert store.query("SELECT count(*) AS n FROM judgements")[0]["n"] == 8
+
+
+def test_parsed_verdicts_aggregate_to_known_win_rates(scripted_judge, store, answer_backend, data_root):
+    server, url = scripted_judge
+    judge = get_judge(f"openai:length-lover@{url}", store=store, max_retries=0)
+    results = evaluate("llama-random", ["alpaca-eval", "arena-hard", "mt-bench"], backend=answer_backend,
+                       judge=judge, limit=3, store=store, data_root=data_root, progress=False,
+                       gen_config={"max_new_tokens": 8})
+    assert results.ok, [t.error for t in results.tasks]
+    # 8 tokens of a random model are far shorter than GPT-4's answers: the length-loving judge never prefers them.
+    for task in ("alpaca-eval", "arena-hard"):
+        r = results[task]
+        assert r.metric("win_rate").mean == 0.0 and r.metric("win_rate").n == 3
+        assert r.metric("judge_unparseable").mean == 0.0
+        assert r.metric("judge_consistency").mean == 1.0
+        assert 0.0 <= r.metric("lc_win_rate").mean < 0.5
+    verdicts = {row["verdict"] for row in store.query("SELECT verdict FROM judgements WHERE template LIKE 'pairwise%'")}
+    assert verdicts <= {"A>>B", "B>>A", "A>B", "B>A"} and verdicts
+    mt = results["mt-bench"]
+    samples = store.query("SELECT output, score, extra FROM eval_samples WHERE task = 'mt-bench' ORDER BY item_id")
+    for s in samples:
+        turns = json.loads(s["extra"])["turns"]
+        expected = [min(10, 1 + len(t) // 20) for t in turns]
+        assert s["score"] == pytest.approx(sum(expected) / 2)
+    assert mt.metric("score").mean == pytest.approx(sum(s["score"] for s in samples) / 3)
+    assert mt.metric("score").ci_method == "bootstrap"
+    # Math/reasoning/coding questions get the reference template (MT-Bench item 101+ is reasoning).
+    templates = {r["template"] for r in store.query("SELECT template FROM judgements")}
+    assert "single@v1" in templates and "single-multiturn@v1" in templates
+
+
+def test_judge_endpoint_down_retries_then_clear_error_keeping_finished_items(
+    scripted_judge, store, answer_backend, data_root
+):
+    server, url = scripted_judge
+    # Transient 503s are retried.
+    _ScriptedJudge.fail_next = 2
+    judge = get_judge(f"openai:length-lover@{url}", store=store, max_retries=3, backoff_s=0.01)
+    ok = evaluate("llama-random", ["alpaca-eval"], backend=answer_backend, judge=judge, limit=2, store=store,
+                  data_root=data_root, progress=False, gen_config={"max_new_tokens": 8}, chunk_size=2)
+    assert ok.ok and _ScriptedJudge.requests == 4 + 2
+    # Now the endpoint goes away for good; more items are asked for.
+    server.shutdown()
+    server.server_close()
+    judge = get_judge(f"openai:length-lover@{url}", store=store, max_retries=2, backoff_s=0.01)
+    started = time.monotonic()
+    failed = evaluate("llama-random", ["alpaca-eval"], backend=answer_backend, judge=judge, limit=4, store=store,
+                      data_root=data_root, progress=False, gen_config={"max_new_tokens": 8}, chunk_size=2)
+    assert time.monotonic() - started < 60
+    result = failed["alpaca-eval"]
+    assert result.status == "failed" and result.reused == 2
+    assert "failed after 3 attempts" in result.error and "finished ones are cached" in result.error
+    row = store.query("SELECT status, error, n_samples FROM eval_runs")[0]
+    assert row["status"] == "failed" and row["n_samples"] == 2
+    assert store.query("SELECT count(*) AS n FROM eval_samples")[0]["n"] == 2
+    assert store.query("SELECT count(*) AS n FROM judgements")[0]["n"] == 4
+
+
+def test_local_judge_runs_the_same_templates_in_process(store, llama_model, chat_tokenizer, answer_backend,
+                                                          data_root):
+    from mixlab.evals.judges import LLMJudge
+
+    judge = LLMJudge(get_backend("torch", llama_model, chat_tokenizer, batch_size=8), "local:llama-random",
+                     store=store, max_new_tokens=8)
+    results = evaluate("llama-random", ["mt-bench"], backend=answer_backend, judge=judge, limit=2, store=store,
+                       data_root=data_root, progress=False, gen_config={"max_new_tokens": 8})
+    assert results.ok
+    assert judge.stats["generated"] == 4
+    assert store.query("SELECT count(*) AS n FROM judgements WHERE judge LIKE 'local:llama-random%'")[0]["n"] == 4
+    with pytest.raises(MixlabError, match="judge spec"):
+        get_judge("locl:/x")

@@ -1,7 +1,8 @@
 """A hardened sandbox for untrusted (model-generated) Python: `run_code` and the batched `run_many`.
 
 Every program runs in its own PID, mount and network namespace (see `sandbox_worker.py` for the process tree)
-as an unprivileged uid without capabilities, with wall-clock, CPU-time, address-space, file-size, process-count
+as an unprivileged uid of its own (1e6 + worker pid * 100 + n, falling back to 65534 where such uids are not
+mapped; gid 65534) without capabilities and with no_new_privs, with wall-clock, CPU-time, address-space, file-size, process-count
 and open-file limits, a scrubbed environment, a fresh tmpfs working directory that vanishes with it, and the
 repository, runs folder, DuckDB file and data root hidden behind empty read-only mounts. When the wall clock
 runs out, PID 1 of the sample's namespace is killed and the kernel takes every descendant with it, whether it
@@ -28,12 +29,14 @@ import functools
 import os
 import queue
 import re
+import select
 import shutil
 import signal
 import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -177,9 +180,9 @@ class _Worker:
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "MIXLAB_SANDBOX_ISOLATION": isolation}
         self.proc = subprocess.Popen(
             [python, "-I", str(WORKER_SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, env=env, cwd="/", start_new_session=True,
+            stderr=subprocess.DEVNULL, env=env, cwd="/", start_new_session=True, bufsize=0,
         )
-        hello = self._read()
+        hello = self._read(timeout_s=60.0)
         if not hello or not hello.get("hello"):
             self.close()
             raise MixlabError(f"sandbox: worker {python} {WORKER_SCRIPT} failed to start")
@@ -187,17 +190,32 @@ class _Worker:
         self.note: str = hello.get("note", "")
         self.python: str = hello.get("python", python)
 
-    def _read(self) -> dict | None:
+    def _read_exact(self, n: int, deadline: float) -> bytes | None:
+        fd = self.proc.stdout.fileno()
+        chunks, need = [], n
+        while need:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None  # unresponsive: the caller kills the worker
+            chunk = os.read(fd, need)
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            need -= len(chunk)
+        return b"".join(chunks)
+
+    def _read(self, timeout_s: float) -> dict | None:
         import json
 
-        header = self.proc.stdout.read(4)
-        if len(header) < 4:
+        deadline = time.monotonic() + timeout_s
+        header = self._read_exact(4, deadline)
+        if header is None:
             return None
-        (n,) = struct.unpack(">I", header)
-        body = self.proc.stdout.read(n)
-        return json.loads(body) if len(body) == n else None
+        body = self._read_exact(struct.unpack(">I", header)[0], deadline)
+        return json.loads(body) if body is not None else None
 
     def request(self, message: dict) -> dict | None:
+        """The worker's answer, or None when it died or overran the sample's own deadline by a wide margin."""
         import json
 
         body = json.dumps(message).encode()
@@ -206,10 +224,18 @@ class _Worker:
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             return None
-        return self._read()
+        return self._read(timeout_s=float(message["timeout_s"]) + 30.0)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """Kill the worker; its samples die with it (PDEATHSIG chain down to the namespace's PID 1)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        self.close()
 
     def close(self) -> None:
         try:
@@ -290,9 +316,13 @@ class SandboxPool:
         }
         worker = self._acquire()
         raw = worker.request(request)
-        if raw is None:  # the worker itself died: never the sample's fault, never a pass
-            self._discard(worker)
-            return SandboxResult("error", None, "", "", 0.0, reason="sandbox worker died", isolation="unknown")
+        if raw is None:  # the worker died or hung: never the sample's fault, never a pass
+            with self._lock:
+                if worker in self._all:
+                    self._all.remove(worker)
+            worker.kill()
+            return SandboxResult("error", None, "", "", 0.0, reason="sandbox worker died or stopped answering",
+                                 isolation="unknown")
         self._idle.put(worker)
         return _classify(raw, request, success_marker)
 

@@ -325,17 +325,19 @@ def _degraded_launcher(req: dict, fds: tuple[int, int, int], status_w: int, work
 class Worker:
     def __init__(self, isolation: str) -> None:
         self.is_root = os.geteuid() == 0
-        self.private_uids: bool | None = None  # degraded mode: may each sample get a uid of its own?
-        self.shared_uid = -1
+        self.private_uids: bool | None = None  # may each sample get a uid of its own?
         self.isolation, self.isolation_note = self._probe(isolation)
 
-    def _degraded_uid(self, fallback: int) -> int:
-        """A uid no other sample uses right now (100000 + worker slot * 100 + counter), if setresuid takes it."""
-        self.shared_uid = fallback
+    def _sample_uid(self, fallback: int) -> int:
+        """A uid no other sample uses now (1e6 + worker pid * 100 + counter % 100), if setresuid takes it.
+
+        Per-sample uids make RLIMIT_NPROC per sample (a fork bomb elsewhere cannot starve this sample's
+        processes) and, without namespaces, let the worker find and kill every process the sample left.
+        """
         if self.private_uids is False:
             return fallback
         self.counter = (getattr(self, "counter", -1) + 1) % 100
-        uid = 100_000 + (os.getpid() % 9_000) * 100 + self.counter
+        uid = 1_000_000 + os.getpid() * 100 + self.counter  # pids are unique among live workers
         if self.private_uids is None:  # probe once: a restricted user namespace may not map such uids
             pid = os.fork()
             if pid == 0:
@@ -383,6 +385,11 @@ class Worker:
         status_r, status_w = os.pipe()
         fds = (stdin_r, out_w, err_w)
         workdir = None
+        private_uid = False
+        if self.is_root and req.get("private_uid", True):
+            uid = self._sample_uid(req["uid"])
+            private_uid = uid != req["uid"]
+            req = dict(req, uid=uid)
         if self.isolation == "namespaces":
             launcher = os.fork()
             if launcher == 0:
@@ -393,9 +400,8 @@ class Worker:
             workdir = tempfile.mkdtemp(prefix="mixlab-sandbox-")
             drop = self.is_root
             if drop:
-                # Without a PID namespace the only handle on a setsid()'d daemon is its uid: give each sample
-                # a uid of its own (when the uid range allows it) and kill everything with that uid afterwards.
-                req = dict(req, uid=self._degraded_uid(req["uid"]))
+                # Without a PID namespace the only handle on a setsid()'d daemon is its uid (a uid of its own,
+                # see _sample_uid): everything with that uid is killed afterwards.
                 os.chown(workdir, req["uid"], req["gid"])
             _write_files(workdir, req, req["uid"] if drop else None, req["gid"] if drop else None)
             launcher = os.fork()
@@ -418,7 +424,7 @@ class Worker:
                     os.killpg(launcher, signal.SIGKILL)  # the sample's process group, daemons that kept it
                 except OSError:
                     pass
-                if self.is_root and req["uid"] != self.shared_uid:
+                if private_uid:
                     _kill_uid(req["uid"])
             os.waitpid(launcher, 0)
             _reap_orphans()

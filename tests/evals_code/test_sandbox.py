@@ -156,3 +156,28 @@ def test_cli_sandbox_verdicts(tmp_path, monkeypatch, capsys):
     assert verdict["status"] == "timeout" and verdict["returncode"] < 0
     code, _, err = _mixlab(monkeypatch, capsys, "sandbox", str(tmp_path / "absent.py"))
     assert code == 2 and "error:" in err and "absent.py" in err
+
+
+@ROOT_ONLY
+def test_each_sample_gets_its_own_unprivileged_uid():
+    uids = {int(r.stdout) for r in run_many(["import os; print(os.getuid())"] * 4, workers=2)}
+    assert 0 not in uids and len(uids) == 4
+
+
+def test_a_dying_worker_is_an_error_and_the_pool_recovers():
+    import signal
+    import threading
+    import time
+
+    with SandboxPool(workers=1) as pool:
+        assert pool.run("pass").passed
+        worker_pid = pool._all[0].proc.pid
+        box = {}
+        thread = threading.Thread(target=lambda: box.update(r=pool.run("import time; time.sleep(30)")))
+        thread.start()
+        time.sleep(1.0)
+        os.kill(worker_pid, signal.SIGKILL)
+        thread.join(timeout=60)
+        assert box["r"].status == "error" and "worker" in box["r"].reason
+        assert pool.run("print('back')").stdout == "back\n"
+        assert pool._all[0].proc.pid != worker_pid

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -78,7 +77,8 @@ def part_a(results: dict) -> None:
     print("KDA correctness (fp32, T=256):", rec)
 
     rows = []
-    for B, T, H in [(1, 4096, 16), (4, 2048, 32), (8, 1024, 32)]:
+    # One shape: fla autotunes per new shape, which costs minutes of GPU time per shape.
+    for B, T, H in [(1, 4096, 16)]:
         inputs = _kda_inputs(B, T, H, 128, 128)
         row = {"B": B, "T": T, "H": H, "K": 128, "V": 128, "dtype": "bf16"}
         o_t, g_t = _fwd_bwd(_torch_chunk, inputs)
@@ -161,7 +161,8 @@ def main() -> None:
     args = parser.parse_args()
     assert torch.cuda.is_available(), "bench_gpu needs a CUDA GPU"
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "fla_available": fla_available()}
-    for part in (part_a, part_b):
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    for part in (part_b, part_a):
         try:
             part(results)
         except Exception as exc:  # keep the other part's numbers
@@ -169,10 +170,7 @@ def main() -> None:
 
             traceback.print_exc()
             results[part.__name__ + "_error"] = repr(exc)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "gpu.json").write_text(json.dumps(results, indent=2))
+        Path(args.out).write_text(json.dumps(results, indent=2))  # partial results survive a timeout
     print(json.dumps(results, indent=2))
 
 

@@ -77,7 +77,9 @@ def build_layout(
     position_ids: torch.Tensor | None,
     cu_seqlens: torch.Tensor | None,
     cache: KimiLinearCache | None,
+    cache_optional: bool = False,
 ) -> SeqLayout:
+    """`cache_optional`: the cache was not asked for explicitly; packed inputs then simply run without one."""
     if attention_mask is not None and attention_mask.dim() != 2:
         raise MixlabError(
             f"attention_mask must be a 2-D [batch, seq] 0/1 padding mask, got {attention_mask.dim()}-D "
@@ -140,6 +142,8 @@ def build_layout(
         rows = token_index // seqlen
         if cu.numel() - 1 != batch or not bool((rows.index_select(0, cu[:-1].long()) == torch.arange(
                 batch, device=device)).all()):
+            if cache_optional:
+                return SeqLayout(batch, seqlen, cu_seqlens=cu, token_index=token_index, seg_ids=seg_ids)
             raise MixlabError(
                 "a generation cache needs exactly one sequence per batch row with at least one real token; "
                 "packed inputs (cu_seqlens / position_ids resets) or all-padding rows cannot be cached"

@@ -428,6 +428,7 @@ class KimiLinearModel(KimiLinearPreTrainedModel):
                 use_cache = True
             else:
                 raise MixlabError(f"past_key_values must be a KimiLinearCache, got {type(cache).__name__}")
+        cache_optional = use_cache is None and cache is None
         if use_cache is None:
             use_cache = bool(self.config.use_cache) and not self.training
         if inputs_embeds is None:
@@ -435,7 +436,9 @@ class KimiLinearModel(KimiLinearPreTrainedModel):
         B, T, _ = inputs_embeds.shape
         if cache is None and use_cache:
             cache = KimiLinearCache(self.config, B)
-        layout = build_layout(B, T, inputs_embeds.device, attention_mask, position_ids, cu_seqlens, cache)
+        layout = build_layout(B, T, inputs_embeds.device, attention_mask, position_ids, cu_seqlens, cache,
+                              cache_optional=cache_optional)
+        cache = layout.cache
 
         h = layout.pack(inputs_embeds)
         all_hidden = [] if output_hidden_states else None

@@ -29,6 +29,8 @@ def run(
     temperature: Optional[float] = typer.Option(None, "--temperature", help="0 = greedy (default)."),
     top_p: Optional[float] = typer.Option(None, "--top-p"),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Completions per prompt (pass@k on code tasks; "
+                                          "use with --temperature > 0)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Generation batch size (torch/hf)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | auto (torch/hf)."),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="Endpoint for --backend openai "
@@ -52,7 +54,8 @@ def run(
         opts = {"batch_size": batch_size, "device": device}
     elif backend == "openai":
         opts = {"base_url": base_url}
-    overrides = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
+    overrides = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
+                 "n": samples}
     console = Console(stderr=True)
     results = evaluate(
         checkpoint, suite, backend=backend, judge=judge, limit=limit, run_id=run_id, gen_config=overrides,

@@ -267,7 +267,7 @@ def _score(task: Task, items: list[EvalItem], completions, bar) -> list[Score]:
         judge_bar = None
         if bar is not None:
             per_item = getattr(task, "judgements_per_item", lambda: 1)()
-            judge_bar = bar.add_task(f"  judging {task.name}", total=len(items) * per_item)
+            judge_bar = bar.add_task(f"  scoring {task.name}", total=len(items) * per_item)
         try:
             return batch(items, completions, (lambda k: bar.advance(judge_bar, k)) if judge_bar is not None else None)
         finally:

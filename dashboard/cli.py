@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ def streamlit_command(db: Path, port: int, host: str) -> tuple[list[str], dict[s
         sys.executable, "-m", "streamlit", "run", str(APP),
         "--server.address", host, "--server.port", str(port), "--server.headless", "true",
         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-        "--theme.base", "light",
+        "--theme.base", "light", "--client.toolbarMode", "viewer",
     ]
     env = dict(os.environ, MIXLAB_DB=str(db.resolve()), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
     return cmd, env
@@ -45,8 +44,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"note: no database at {db_path} yet; the dashboard will explain how to make one (`make demo`)",
                        err=True)
         cmd, env = streamlit_command(db_path, port, host)
-        typer.echo(f"mixlab dashboard: http://{host}:{port}  (db {db_path})")
-        try:
-            raise typer.Exit(subprocess.call(cmd, env=env))
-        except KeyboardInterrupt:
-            raise typer.Exit(0)
+        typer.echo(f"mixlab dashboard: http://{host}:{port}  (db {db_path})", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Become the Streamlit server: signals (Ctrl-C, SIGTERM from a supervisor) reach it directly, no orphan.
+        os.execve(cmd[0], cmd, env)

@@ -362,7 +362,9 @@ def _run_training(run_id: str, other: str | None, labels: dict) -> None:
         st.info("No training metrics logged for this run.")
         return
     names = sorted(train["name"].unique())
-    preferred = [n for n in names if any(p in n.lower() for p in ("loss", "lr", "learning_rate", "tokens", "grad"))]
+    priority = ("loss", "lr", "learning_rate", "tokens", "grad", "reward", "kl", "aux")
+    rank = lambda n: next((i for i, p in enumerate(priority) if p in n.lower()), None)  # noqa: E731
+    preferred = sorted((n for n in names if rank(n) is not None), key=lambda n: (rank(n), n))
     chosen = st.multiselect("Curves", names, default=preferred[:6] or names[:6], key="curve_names")
     if chosen:
         st.altair_chart(charts.curves(train, chosen))

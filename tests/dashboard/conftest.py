@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
 import pytest
 
 from mixlab.dashboard import sample_data
@@ -24,3 +33,50 @@ def use_db(monkeypatch):
         return path
 
     return _use
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError("server did not become healthy")
+
+
+def start_dashboard(db: Path, port: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mixlab", "dashboard", "--db", str(db), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@pytest.fixture
+def dashboard_server(sample_db):
+    """`mixlab dashboard --db SAMPLE --port FREE` as a real process; yields (url, process)."""
+    port = free_port()
+    proc = start_dashboard(sample_db, port)
+    try:
+        wait_healthy(port, proc)
+        yield f"http://127.0.0.1:{port}/", proc
+    finally:
+        if proc.poll() is None:
+            stop(proc)

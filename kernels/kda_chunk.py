@@ -1,18 +1,23 @@
-"""Chunked (WY / UT-transform) KDA for training: exact, differentiable with plain autograd, NaN-free.
+"""Chunked (WY / UT-transform) KDA for training: exact for any T and any decay, differentiable, NaN-free.
 
 Within a chunk of C tokens let Γ_t = g_1 + … + g_t (per channel, ≤ 0 and decreasing) and S_0 the state at the
 chunk start. Unrolling the recurrence of `kda_naive` gives, with U the "new values" β_t (v_t − (D_t S_{t-1})ᵀ k_t):
 
     (I + L) U = diag(β) (V − (e^Γ ⊙ K) S_0),   L[t,s] = β_t Σ_d k_t[d] k_s[d] e^{Γ_t[d] − Γ_s[d]}  (s < t)
-    ⇒ U = u − w S_0  with  [u | w] = (I + L)⁻¹ diag(β) [V | e^Γ ⊙ K]          (one triangular solve)
-    o_t = scale · (S_0ᵀ (e^{Γ_t} ⊙ q_t) + Σ_{s≤t} U_s ⟨q_t ⊙ e^{Γ_t − Γ_s}, k_s⟩)
+    ⇒ U = u − w S_0  with  [u | w] = (I + L)⁻¹ diag(β) [V | e^Γ ⊙ K]
+    o_t = S_0ᵀ (e^{Γ_t} ⊙ q_t) + Σ_{s≤t} U_s ⟨q_t ⊙ e^{Γ_t − Γ_s}, k_s⟩          (q already times scale)
     S_C = e^{Γ_C} ⊙ S_0 + Σ_s (k_s ⊙ e^{Γ_C − Γ_s}) U_sᵀ
 
-Every exponent is a difference Γ_t − Γ_s with s ≤ t (or Γ_t itself), so it is ≤ 0 and exp never overflows, even
-for g of −20 per token. The pairwise differences with s > t would be positive (and overflow for strongly negative
-g); they are set to −inf BEFORE exp, so neither the values nor their gradients can become inf·0 = NaN
-(transformers#48455). The S-dependent part is folded into per-chunk affine maps S ← M S + c, so the only
-sequential work is one small batched matmul per chunk.
+The S-dependent part folds into per-chunk affine maps S ← M S + c, so the only sequential work is one small
+batched matmul per chunk; that part, with a hand-written backward, is `kda_chunk_fn.ChunkKDAFunction`.
+
+Numerics. Every exponent outside the score matrices is ≤ 0 (Γ_t, Γ_C − Γ_s). The score matrices need
+e^{Γ_t − Γ_s} for s ≤ t; those with s > t would be positive and overflow for strongly negative g, so they never go
+through exp unmasked (transformers#48455: inf·0 = NaN gradients). Per chunk, one of two exact forms is used:
+- factored (fast, two matmuls): e^{Γ_t} · e^{−Γ_s}, only where the chunk's total decay −Γ_C ≤ FACTOR_SAFE_RANGE,
+  so e^{−Γ_s} stays finite; the upper triangle is discarded after the matmul.
+- sub-block (any decay): pairwise within sub-blocks (masked to −inf before exp) and, between sub-blocks, factors
+  relative to the block boundary that are both ≤ 1. Chunks with g down to −20 per token take this path.
 """
 
 from __future__ import annotations
@@ -23,14 +28,81 @@ import torch.nn.functional as F
 from mixlab.errors import MixlabError
 
 from .dispatch import use_triton
+from .kda_chunk_fn import ChunkKDAFunction
 from .kda_common import check_kda_args, fp32, l2norm, pack_varlen, unpack_varlen
 
 # Measured on CPU (bench/bench_kda_cpu.py): chunk 16/32 are fastest at the demo size; see bench/results.
 DEFAULT_CHUNK_SIZE = 32
 
 
-def _chunk_core(q, k, v, g, beta, scale: float, state: torch.Tensor | None, C: int):
-    """fp32 core on [B, T, H, *]. Returns (o fp32 [B,T,H,V], final state [B,H,K,V])."""
+def _scores_subblock(q, k, G, sub: int):
+    """Exact score matrices for any decay. q, k, G: [..., C, K] → (Aqk incl. diagonal, Akk strictly lower).
+
+    Within a sub-block of `sub` tokens the decays are pairwise (masked to −inf above the diagonal before exp).
+    Between blocks, block i uses the reference Γ_r at the end of block i−1: rows get e^{Γ_t − Γ_r} ≤ 1 and earlier
+    columns e^{Γ_r − Γ_s} ≤ 1 (later columns masked to −inf before exp), and the product is one matmul.
+    """
+    C = q.shape[-2]
+    c = sub if 0 < sub < C and C % sub == 0 else C
+    nb = C // c
+    dev = q.device
+    qk = torch.stack((q, k), -3).unflatten(-2, (nb, c))  # [..., 2, nb, c, K]
+    Gb = G.unflatten(-2, (nb, c))  # [..., nb, c, K]
+    tri = torch.ones(c, c, dtype=torch.bool, device=dev).tril()
+    diff = (Gb.unsqueeze(-2) - Gb.unsqueeze(-3)).masked_fill(~tri[:, :, None], float("-inf"))
+    P = diff.exp() * k.unflatten(-2, (nb, c)).unsqueeze(-3)  # [..., nb, c(t), c(s), K]
+    A = (P.unsqueeze(-5) * qk.unsqueeze(-2)).sum(-1)  # [..., 2, nb, c(t), c(s)]
+    if nb > 1:
+        ref = torch.cat((torch.zeros_like(G[..., :1, :]), G[..., c - 1 : C - 1 : c, :]), -2)  # [..., nb, K]
+        qk_hat = qk * (Gb - ref.unsqueeze(-2)).exp().unsqueeze(-4)  # rows: x_t e^{Γ_t − Γ_r(i)}
+        earlier = torch.arange(C, device=dev)[None, :] < (torch.arange(nb, device=dev) * c)[:, None]  # [nb, C]
+        dcol = (ref.unsqueeze(-2) - G.unsqueeze(-3)).masked_fill(~earlier[:, :, None], float("-inf"))
+        k_col = dcol.exp() * k.unsqueeze(-3)  # [..., nb, C, K]: k_s e^{Γ_r(i) − Γ_s}, s in blocks < i
+        A_off = (qk_hat @ k_col.unsqueeze(-4).transpose(-1, -2)).unflatten(-1, (nb, c))  # [..., 2, nb, c, nb, c]
+        eye = torch.eye(nb, dtype=q.dtype, device=dev)[:, None, :, None]
+        A = (A_off + A.unsqueeze(-2) * eye).flatten(-2, -1)  # [..., 2, nb, c, C]
+    A = A.reshape(*A.shape[:-4], 2, C, C)
+    return A[..., 0, :, :], A[..., 1, :, :].tril(-1)
+
+
+def _scores_factored(q, k, G):
+    """Score matrices as two matmuls, e^{Γ_t − Γ_s} = e^{Γ_t} · e^{−Γ_s}; needs −Γ ≤ FACTOR_SAFE_RANGE."""
+    E = G.exp()
+    ki = k * (-G).exp()
+    Aqk = ((q * E) @ ki.transpose(-1, -2)).tril()
+    Akk = ((k * E) @ ki.transpose(-1, -2)).tril(-1)
+    return Aqk, Akk
+
+
+# Largest total decay of a chunk (per channel) for which the factored form is used: e^{60} ≈ 1e26 keeps every
+# factor, and every masked-out product, finite in fp32, and products with e^{-60} far from denormals.
+FACTOR_SAFE_RANGE = 60.0
+
+
+def _intra_chunk_scores(q, k, G, sub: int):
+    """Per chunk, the factored form where it is safe and the sub-block form elsewhere. [BH, N, C, K] inputs.
+
+    Returns (None, None) when every chunk is safe: ChunkKDAFunction then computes the factored form itself.
+    """
+    unsafe = -G[..., -1, :].detach().amin(-1) > FACTOR_SAFE_RANGE  # [BH, N]
+    n_unsafe = int(unsafe.sum())
+    if n_unsafe == 0:
+        return None, None
+    if n_unsafe == unsafe.numel():
+        return _scores_subblock(q, k, G, sub)
+    # Mask before exp: the factored form sees Γ = 0 on unsafe chunks (finite, then discarded by where()).
+    Aqk, Akk = _scores_factored(q, k, G.masked_fill(unsafe[..., None, None], 0.0))
+    idx = unsafe.flatten().nonzero().squeeze(-1)
+    flat = lambda t: t.flatten(0, 1).index_select(0, idx)  # noqa: E731
+    Aqk_x, Akk_x = _scores_subblock(flat(q), flat(k), flat(G), sub)
+    sel = unsafe[..., None, None]
+    Aqk = torch.where(sel, Aqk.flatten(0, 1).index_copy(0, idx, Aqk_x).view_as(Aqk), Aqk)
+    Akk = torch.where(sel, Akk.flatten(0, 1).index_copy(0, idx, Akk_x).view_as(Akk), Akk)
+    return Aqk, Akk
+
+
+def _chunk_core(q, k, v, g, beta, scale: float, state: torch.Tensor | None, C: int, sub_chunk: int = 8):
+    """[B, T, H, *] fp32 inputs → (o [B, T, H, V], final state [B, H, K, V])."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     pad = (-T) % C
@@ -39,47 +111,15 @@ def _chunk_core(q, k, v, g, beta, scale: float, state: torch.Tensor | None, C: i
         beta = F.pad(beta, (0, 0, 0, pad))
     N = (T + pad) // C
 
-    def chunks(t):  # [B, Tp, H, D] -> [B, H, N, C, D]
-        return t.reshape(B, N, C, H, -1).permute(0, 3, 1, 2, 4)
+    def chunks(t):  # [B, Tp, H, D] -> [B*H, N, C, D], contiguous
+        return t.reshape(B, N, C, H, -1).permute(0, 3, 1, 2, 4).reshape(B * H, N, C, -1).contiguous()
 
-    q, k, v, g = chunks(q), chunks(k), chunks(v), chunks(g)
-    beta = beta.reshape(B, N, C, H).permute(0, 3, 1, 2)  # [B, H, N, C]
-    q = q * scale
-    G = g.cumsum(-2)  # Γ, within-chunk prefix sums
-    G_last = G[..., -1:, :]  # [B, H, N, 1, K]
-
-    # Pairwise decays e^{Γ_t − Γ_s} for s ≤ t, exactly 0 above the diagonal (masked before exp).
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    diff = (G.unsqueeze(-2) - G.unsqueeze(-3)).masked_fill(~causal[:, :, None], float("-inf"))
-    decay_k = diff.exp() * k.unsqueeze(-3)  # [B,H,N,C(t),C(s),K]: e^{Γ_t-Γ_s} k_s
-    # For each t: [q_t | k_t] against all s in one batched matmul -> Aqk[t,s], Akk[t,s].
-    qk = torch.stack((q, k), -1)  # [B,H,N,C,K,2]
-    A = torch.matmul(decay_k, qk)  # [B,H,N,C,C,2]
-    Aqk, Akk = A[..., 0], A[..., 1]
-
-    eye = torch.eye(C, dtype=q.dtype, device=q.device)
-    IL = eye + Akk.tril(-1) * beta.unsqueeze(-1)  # I + L (unit lower triangular)
-    rhs = beta.unsqueeze(-1) * torch.cat((v, G.exp() * k), -1)
-    uw = torch.linalg.solve_triangular(IL, rhs, upper=False, unitriangular=True)
-    u, w = uw[..., :V], uw[..., V:]
-
-    k_dec = k * (G_last - G).exp()  # k_s e^{Γ_C − Γ_s}
-    k_dec_t = k_dec.transpose(-1, -2)  # [B,H,N,K,C]
-    M = torch.diag_embed(G_last.squeeze(-2).exp()) - k_dec_t @ w  # [B,H,N,K,K]
-    c = k_dec_t @ u  # [B,H,N,K,V]
-    q_state = q * G.exp() - Aqk @ w  # what multiplies S_0 in o
-    o = Aqk @ u
-
-    S = q.new_zeros(B, H, K, V) if state is None else state.to(q.dtype)
-    starts = []
-    for n in range(N):
-        starts.append(S)
-        S = torch.baddbmm(c[:, :, n].reshape(B * H, K, V), M[:, :, n].reshape(B * H, K, K), S.reshape(B * H, K, V))
-        S = S.view(B, H, K, V)
-    if state is not None or N > 1:
-        o = o + q_state @ torch.stack(starts, 2)
-    o = o.permute(0, 2, 3, 1, 4).reshape(B, N * C, H, V)[:, :T]
-    return o, S
+    qc, kc, G = chunks(q * scale), chunks(k), chunks(g).cumsum(-2)
+    Aqk, Akk = _intra_chunk_scores(qc, kc, G, sub_chunk)
+    S0 = q.new_zeros(B * H, K, V) if state is None else state.to(q.dtype).reshape(B * H, K, V)
+    o, S = ChunkKDAFunction.apply(qc, kc, chunks(v), G, chunks(beta.unsqueeze(-1))[..., 0], S0, Aqk, Akk)
+    o = o.view(B, H, N * C, V).transpose(1, 2)[:, :T]
+    return o, S.view(B, H, K, V)
 
 
 def chunk_kda_torch(

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mixlab.errors import MixlabError
+from mixlab.kernels import kda_chunk
 from mixlab.kernels import (
     chunk_kda,
     kda_gate,
@@ -104,6 +105,53 @@ def test_chunk_gradients_match_naive():
         torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-7, msg=f"grad of {name}")
 
 
+@pytest.mark.parametrize(
+    "case",
+    ["all_factored", "mixed", "all_subblock"],
+)
+def test_chunk_gradients_match_naive_on_every_score_path(case):
+    # The factored score form is used per chunk only while the chunk's total decay is ≤ FACTOR_SAFE_RANGE;
+    # the exact sub-block form takes the other chunks. Both, and their mix, must give the naive gradients.
+    B, T, H, K, V, C = 1, 24, 2, 4, 3, 8
+    inputs = make_inputs(B=B, T=T, H=H, K=K, V=V, dtype=torch.float64, g_min=-1.0, requires_grad=True)
+    q, k, v, g, beta, s0 = inputs
+    with torch.no_grad():
+        if case == "mixed":
+            g[:, 8:16, 0] = -12.0  # one chunk of head 0 decays by 96 > 60
+        elif case == "all_subblock":
+            g.mul_(30.0)  # up to −30 per token everywhere
+    G = g.detach().view(B, T // C, C, H, K).sum(2)  # per-chunk total decay
+    n_unsafe = int((-G.amin(-1) > kda_chunk.FACTOR_SAFE_RANGE).sum())
+    expected = {"all_factored": 0, "mixed": 1, "all_subblock": G[..., 0].numel()}[case]
+    assert n_unsafe == expected
+    gen = torch.Generator().manual_seed(2)
+    w_o = torch.randn(B, T, H, V, generator=gen, dtype=torch.float64)
+
+    def loss(fn, **kw):
+        o, S = fn(q, k, v, g, beta, initial_state=s0, output_final_state=True, **kw)
+        return (o * w_o).sum() + S.square().sum()
+
+    l_ref, l_chunk = loss(naive_recurrent_kda), loss(chunk_kda, chunk_size=C)
+    torch.testing.assert_close(l_chunk, l_ref, atol=1e-10, rtol=1e-10)
+    grads_ref = torch.autograd.grad(l_ref, inputs)
+    grads = torch.autograd.grad(l_chunk, inputs)
+    for name, a, b in zip(["q", "k", "v", "g", "beta", "initial_state"], grads, grads_ref):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-7, msg=f"grad of {name} ({case})")
+
+
+def test_score_forms_agree():
+    gen = torch.Generator().manual_seed(4)
+    q, k = torch.randn(2, 3, 16, 5, generator=gen, dtype=torch.float64), torch.randn(2, 3, 16, 5, generator=gen,
+                                                                                         dtype=torch.float64)
+    G = (-torch.rand(2, 3, 16, 5, generator=gen, dtype=torch.float64) * 2).cumsum(-2)
+    ref = kda_chunk._scores_factored(q, k, G)
+    for sub in (1, 4, 8, 16):
+        got = kda_chunk._scores_subblock(q, k, G, sub)
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
 def test_chunk_gradcheck_small():
     q, k, v, g, beta, s0 = make_inputs(B=1, T=6, H=1, K=3, V=2, dtype=torch.float64, requires_grad=True)
     fn = lambda *a: chunk_kda(*a[:5], initial_state=a[5], output_final_state=True, chunk_size=4)  # noqa: E731
@@ -146,6 +194,7 @@ def test_cu_seqlens_equals_separate_calls():
     s0 = torch.randn(len(lens), H, K, V)
     cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
     o, S = chunk_kda(q, k, v, g, beta, initial_state=s0, output_final_state=True, cu_seqlens=cu, chunk_size=16)
+    assert S.shape == (len(lens), H, K, V)
     o_n, S_n = naive_recurrent_kda(q, k, v, g, beta, initial_state=s0, output_final_state=True, cu_seqlens=cu)
     torch.testing.assert_close(o, o_n, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(S, S_n, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,132 @@
+"""Hand-written forward/backward of the chunked KDA core, as one torch.autograd.Function.
+
+Given the intra-chunk score matrices (computed outside, with autograd, by `kda_chunk._intra_chunk_scores`), it
+does everything else: the UT transform, the chunk-to-chunk state recurrence and the outputs. The layout
+[BH, N, C, *] is contiguous, the unit-triangular inverse is computed once and reused, and the backward needs about a
+dozen batched matmuls instead of the autograd graph of the forward. Gradients are tested against autograd through
+the naive recurrence (tests/kernels/test_kda.py).
+
+Notation per chunk (batched over BH and N): Γ = cumsum(g) within the chunk, E = e^Γ (≤ 1), el = e^{Γ_C};
+qg = q⊙E, kg = k⊙E, kd = k⊙e^{Γ_C − Γ} (≤ 1, so every exp here is of a number ≤ 0);
+Aqk[t,s] = Σ_d q_t k_s e^{Γ_t − Γ_s} (s ≤ t), Akk the same with k_t (s < t);
+T = (I + diag(β) Akk)⁻¹; u = T (β⊙v); w = T (β⊙kg);
+M = diag(el) − kdᵀw, c = kdᵀu, S_{n+1} = M_n S_n + c_n; qs = qg − Aqk w; o = qs S_n + Aqk u.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+
+def _b(x: torch.Tensor) -> torch.Tensor:
+    """[BH, N, R, C] (or a transposed view of a contiguous one) → [BH·N, R, C] view for baddbmm."""
+    return x.flatten(0, 1)
+
+
+def _T(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(-1, -2)
+
+
+def _bmm_acc(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """out += alpha · a @ b on [BH, N, *, *] tensors, in place (out must be a fresh contiguous tensor)."""
+    assert out.is_contiguous(), "in-place accumulation needs a contiguous output (flatten would copy)"
+    _b(out).baddbmm_(_b(a), _b(b), alpha=alpha)
+    return out
+
+
+def _states(M, c, S0):
+    """S_{n+1} = M_n S_n + c_n over the chunk axis. Returns (starts [BH,N,K,V], final [BH,K,V])."""
+    starts = torch.empty_like(c)
+    S = S0
+    for n in range(c.shape[1]):
+        starts[:, n] = S
+        S = torch.baddbmm(c[:, n], M[:, n], S)
+    return starts, S
+
+
+# Written without torch.cat and with in-place accumulating matmuls: on CPU every extra pass over memory costs
+# about as much as a small batched matmul.
+class ChunkKDAFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, G, beta, S0, Aqk, Akk):
+        """q (already scaled), k, G: [BH,N,C,K]; v: [BH,N,C,V]; beta: [BH,N,C]; S0: [BH,K,V];
+        Aqk, Akk: [BH,N,C,C] (lower triangular incl. / excl. the diagonal), or both None to compute them here in
+        the factored form e^{Γ_t}·e^{−Γ_s} — only valid when every −Γ ≤ FACTOR_SAFE_RANGE (the caller checks).
+
+        Returns (o [BH,N,C,V], final state [BH,K,V]).
+        """
+        C = q.shape[-2]
+        E = G.exp()
+        el = E[..., -1:, :]
+        qg, kg = q * E, k * E
+        ctx.internal_scores = Aqk is None
+        if ctx.internal_scores:
+            ki = k * torch.reciprocal(E)
+            Aqk = (qg @ _T(ki)).tril_()
+            Akk = (kg @ _T(ki)).tril_(-1)
+        Ed = (G[..., -1:, :] - G).exp()
+        kd = k * Ed
+        b = beta.unsqueeze(-1)
+        eye = torch.eye(C, dtype=q.dtype, device=q.device)
+        # unitriangular=True: the solver takes the diagonal as ones, i.e. solves with I + β·stril(Akk).
+        T = torch.linalg.solve_triangular(b * Akk, eye.expand_as(Akk), upper=False, unitriangular=True)
+        u = T @ (b * v)
+        w = T @ (b * kg)
+        c = _T(kd) @ u
+        M = (_T(kd) @ w).neg_()
+        M.diagonal(dim1=-2, dim2=-1).add_(el.squeeze(-2))
+        qs = _bmm_acc(qg.clone(memory_format=torch.contiguous_format), Aqk, w, alpha=-1.0)
+        starts, S = _states(M, c, S0)
+        o = _bmm_acc(Aqk @ u, qs, starts)
+        ctx.save_for_backward(k, v, beta, E, Ed, qg, kg, Aqk, Akk, T, u, w, M, qs, starts)
+        return o, S
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dO, dS_final):
+        k, v, beta, E, Ed, qg, kg, Aqk, Akk, T, u, w, M, qs, starts = ctx.saved_tensors
+        N = qg.shape[1]
+        el = E[..., -1:, :]
+        kd = k * Ed
+        b = beta.unsqueeze(-1)
+        dO = dO.contiguous()
+        # Through the chunk-to-chunk state recurrence, backwards: dS_n = M_nᵀ dS_{n+1} + qs_nᵀ dO_n.
+        X = _T(qs) @ dO
+        dS = torch.zeros_like(starts[:, 0]) if dS_final is None else dS_final.contiguous()
+        dS_next = torch.empty_like(starts)  # gradient w.r.t. S_{n+1} (= dc_n)
+        for n in range(N - 1, -1, -1):
+            dS_next[:, n] = dS
+            dS = torch.baddbmm(X[:, n], _T(M[:, n]), dS)
+        dS0 = dS
+        dM = dS_next @ _T(starts)
+        dqs = dO @ _T(starts)
+        # Within chunks (o = qs S + Aqk u, qs = qg − Aqk w, c = kdᵀu, M = diag(el) − kdᵀw).
+        dAqk = _bmm_acc(dO @ _T(u), dqs, _T(w), alpha=-1.0).tril_()
+        du = _bmm_acc(kd @ dS_next, _T(Aqk), dO)
+        dw = _bmm_acc(kd @ dM, _T(Aqk), dqs).neg_()
+        dkd = _bmm_acc(u @ _T(dS_next), w, _T(dM), alpha=-1.0)
+        # [u | w] = T [β v | β kg], T = (I + β Akk)⁻¹  ⇒  d(I + β Akk) = −(dvb uᵀ + dkb wᵀ).
+        dvb = _T(T) @ du
+        dkb = _T(T) @ dw
+        dIL = _bmm_acc(dvb @ _T(u), dkb, _T(w)).tril_(-1).neg_()
+        dbeta = torch.linalg.vecdot(dvb, v) + torch.linalg.vecdot(dkb, kg) + torch.linalg.vecdot(dIL, Akk)
+        dAkk = dIL.mul_(b)
+        # Through qg = q e^Γ, kg = k e^Γ, kd = k e^{Γ_C − Γ}, el = e^{Γ_C} (Aqk, Akk: returned to autograd).
+        dkg = b * dkb
+        dq = dqs * E
+        dk = torch.addcmul(dkg * E, dkd, Ed)
+        kd_dkd = kd * dkd
+        dG = torch.addcmul(qg * dqs, kg, dkg).sub_(kd_dkd)
+        dG[..., -1:, :] += kd_dkd.sum(-2, keepdim=True) + torch.diagonal(dM, dim1=-2, dim2=-1).unsqueeze(-2) * el
+        if not ctx.internal_scores:
+            return dq, dk, b * dvb, dG, dbeta, dS0, dAqk, dAkk
+        # Through Aqk = tril(qg kiᵀ), Akk = stril(kg kiᵀ), ki = k e^{−Γ}.
+        ki = k / E
+        dqg_a = dAqk @ ki
+        dkg_a = dAkk @ ki
+        dki = _bmm_acc(_T(dAqk) @ qg, _T(dAkk), kg)
+        dq.addcmul_(dqg_a, E)
+        dk.addcmul_(dkg_a, E).addcmul_(dki, torch.reciprocal(E))
+        dG.addcmul_(qg, dqg_a).addcmul_(kg, dkg_a).addcmul_(ki, dki, value=-1.0)
+        return dq, dk, b * dvb, dG, dbeta, dS0, None, None

@@ -32,7 +32,11 @@ class AdapterOptions(BaseModel):
 
 
 class RowError(ValueError):
-    """A malformed row; the builder adds source, file and row index."""
+    """A malformed row (missing field, wrong type): the build fails naming source, file and row."""
+
+
+class EmptyRow(RowError):
+    """A well-formed row with nothing to learn (e.g. an empty answer): dropped and counted as `invalid`."""
 
 
 @dataclass
@@ -127,7 +131,7 @@ def validate_row(row: dict[str, Any], kind: str) -> None:
             if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
                 raise RowError(f"{what}: each message needs role in {list(ROLES)} and text content, got {m!r:.120}")
         if need_assistant and not any(m["role"] == "assistant" and m["content"].strip() for m in msgs):
-            raise RowError(f"{what} has no non-empty assistant turn")
+            raise EmptyRow(f"{what} has no non-empty assistant turn")
 
     if kind == "sft":
         check_messages(row.get("messages"), "messages", True)

@@ -87,7 +87,6 @@ def write(builder: "_Builder", mixture_id: str, allocations, pool_index: dict[st
     table = pa.table(columns, schema=schema_for(kind))
 
     # -- manifest ---------------------------------------------------------------------------------------------
-    total_target = sum(a.target_units for a in allocations) or 1.0
     unit_of = {"samples": lambda leaf, idx: float(len(idx)), "tokens": lambda leaf, idx: float(leaf.tokens[idx].sum()),
                "trainable_tokens": lambda leaf, idx: float(leaf.trainable[idx].sum())}[unit]
     realised_total = sum(unit_of(leaves[a.path], pool_index[a.path][a.rows]) for a in allocations) or 1.0
@@ -103,7 +102,7 @@ def write(builder: "_Builder", mixture_id: str, allocations, pool_index: dict[st
         for a in allocs:
             idx = pool[a.rows]
             per_phase.append({
-                "phase": a.phase, "target_units": a.target_units, "target_share": a.target_units / total_target,
+                "phase": a.phase, "target_units": a.target_units, "target_share": a.target_share,
                 "rows": int(len(idx)), "tokens": int(leaf.tokens[idx].sum()),
                 "trainable_tokens": int(leaf.trainable[idx].sum()), "units": unit_of(leaf, idx),
                 "realised_share": unit_of(leaf, idx) / realised_total,
@@ -117,7 +116,7 @@ def write(builder: "_Builder", mixture_id: str, allocations, pool_index: dict[st
             "loaded_rows": leaf.loaded_rows, "available_rows": int(len(pool)),
             "available_tokens": int(leaf.tokens[pool].sum()),
             "dropped": leaf.dropped,
-            "target_units": target_units, "target_share": target_units / total_target,
+            "target_units": target_units, "target_share": sum(a.target_share for a in allocs),
             "target_rows": int(round(target_units)) if unit == "samples" else None,
             "realised_rows": int(len(chosen)), "realised_units": realised_units,
             "realised_share": realised_units / realised_total,
@@ -237,7 +236,7 @@ def record_in_store(built: "BuiltMixture", loaded: "LoadedMixture", store=None, 
                 "tokens": ph["tokens"] if ph else c["tokens"],
                 "trainable_tokens": ph["trainable_tokens"] if ph else c["trainable_tokens"],
                 "epochs": ph["epochs"] if ph else c["epochs"],
-                "dropped_filter": sum(c["dropped"]["filters"].values()) if first else 0,
+                "dropped_filter": sum(c["dropped"]["filters"].values()) + c["dropped"].get("invalid", 0) if first else 0,
                 "dropped_dedup": c["dropped"]["dedup_exact"] + c["dropped"]["dedup_near"] if first else 0,
                 "dropped_contamination": c["dropped"]["decontamination"] if first else 0,
             })

@@ -255,12 +255,16 @@ class _Builder:
             id_field = leaf.adapter_options.row_id
             fn, options = leaf.adapter.fn, leaf.adapter_options
             rows, ids = [], []
+            invalid = 0
             for i, r in enumerate(raw):
                 try:
                     if not isinstance(r, dict):
                         raise adapters_mod.RowError(f"expected a mapping, got {type(r).__name__}")
                     row = fn(r, options, kind)
                     adapters_mod.validate_row(row, kind)
+                except adapters_mod.EmptyRow:
+                    invalid += 1
+                    continue
                 except (adapters_mod.RowError, KeyError, TypeError, AttributeError, IndexError) as exc:
                     raise MixlabError(f"{where[i]}: source {leaf.path} (adapter {leaf.adapter.name}): "
                                       f"{type(exc).__name__ + ': ' if not isinstance(exc, adapters_mod.RowError) else ''}{exc}") from None
@@ -276,11 +280,11 @@ class _Builder:
             if len(set(ids)) != len(ids):
                 raise MixlabError(f"source {leaf.path}: row ids are not unique (row_id field {id_field!r})")
             leaf.rows, leaf.row_ids = rows, ids
-            leaf.loaded_rows = len(rows)
+            leaf.loaded_rows = len(raw)
             leaf.row_hashes = [_row_hash(r) for r in rows]
             leaf.alive = np.ones(len(rows), dtype=bool)
-            leaf.dropped = {"filters": {f.label: 0 for f in leaf.filters}, "decontamination": 0, "dedup_exact": 0,
-                            "dedup_near": 0}
+            leaf.dropped = {"invalid": invalid, "filters": {f.label: 0 for f in leaf.filters}, "decontamination": 0,
+                            "dedup_exact": 0, "dedup_near": 0}
             self.progress(f"read {leaf.path}", li + 1, len(self.leaves))
 
     def count_tokens(self) -> None:

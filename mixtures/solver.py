@@ -92,7 +92,8 @@ def _largest_remainder(values: dict[str, float], total: int) -> dict[str, int]:
 
 
 def plan_targets(spec: MixtureSpec) -> list[tuple[str, float, dict[str, float]]]:
-    """(phase, phase share, {leaf: target units}); sample budgets are integers that sum to the total."""
+    """(phase, phase share, {leaf: target units}); sample budgets are integers that sum to the total.
+    The unrounded share of each (phase, leaf) is `phase share × leaf share` (see `phases`)."""
     out = []
     phase_list = phases(spec)
     total = spec.budget.total
@@ -136,11 +137,12 @@ def allocate(spec: MixtureSpec, pools: dict[str, LeafPool]) -> list[Allocation]:
     allocations: list[Allocation] = []
     shortfalls: list[str] = []
     used_units: dict[str, float] = {path: 0.0 for path in pools}
+    shares = {name: (share, leaves) for name, share, leaves in phases(spec)}
     for phase, _, leaf_targets in targets:
-        total_phase = sum(leaf_targets.values()) or 1.0
+        phase_share, leaf_share = shares[phase]
         for path, target in leaf_targets.items():
             pool = pools[path]
-            alloc = Allocation(path, phase, target / total_phase if total_phase else 0.0, target)
+            alloc = Allocation(path, phase, phase_share * leaf_share[path], target)
             n = len(pool.units)
             if target <= 0:
                 allocations.append(alloc)

@@ -6,6 +6,7 @@ parallelism (`--workers`, default 2 = the CPU machine's cores):
 
 - mixlab fork  : `run_many` — pre-started worker per core forks each sample from a warm interpreter into fresh
                  PID/mount/net namespaces, uid 65534, rlimits (the default)
+- mixlab fork, netns per sample: the same with a fresh network namespace per sample instead of per worker
 - mixlab exec  : same isolation, but each sample execve()s a fresh interpreter
 - naive        : `subprocess.run([sys.executable, "-c", code])` per sample, no isolation at all (the usual
                  peer; ratios are against it), and the same with the sandbox's interpreter when that differs
@@ -43,12 +44,12 @@ def device_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def workload() -> tuple[str, list[str]]:
+def workload(kind: str) -> tuple[str, list[str]]:
     from mixlab.paths import data_root
 
     root = data_root()
     path = root / "humaneval" / "HumanEval.jsonl.gz" if root else None
-    if path is not None and path.is_file():
+    if kind != "synthetic" and path is not None and path.is_file():
         with gzip.open(path, "rt") as fh:
             rows = [json.loads(line) for line in fh]
         programs = [f"{r['prompt']}{r['canonical_solution']}\n\n{r['test']}\n\ncheck({r['entry_point']})\n"
@@ -93,17 +94,23 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="passes over the workload per method")
     parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument("--workload", choices=("auto", "synthetic"), default="auto",
+                        help="auto: HumanEval scoring programs when the data root has them")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     from mixlab.evals.sandbox import SandboxPool, Limits, sandbox_python
 
-    name, programs = workload()
+    name, programs = workload(args.workload)
     programs = programs * args.repeats
     n = len(programs)
     python, _ = sandbox_python()
     methods: dict[str, dict] = {}
 
-    for mode in ("fork", "exec"):
+    variants = [("mixlab-fork", "fork", "worker"), ("mixlab-fork-netns-per-sample", "fork", "sample"),
+                ("mixlab-exec", "exec", "worker")]
+    for key, mode, netns in variants:
+        os.environ["MIXLAB_SANDBOX_NETNS"] = netns  # read by the workers this pool starts
         t0 = time.perf_counter()
         pool = SandboxPool(workers=args.workers)
         pool.map(["pass"] * args.workers, limits=Limits(timeout_s=args.timeout, mode=mode))  # start the workers
@@ -112,7 +119,7 @@ def main() -> None:
         results = pool.map(programs, limits=Limits(timeout_s=args.timeout, mode=mode))
         elapsed = time.perf_counter() - start
         pool.close()
-        methods[f"mixlab-{mode}"] = {
+        methods[key] = {
             "seconds": elapsed, "passed": sum(r.passed for r in results), "exec_per_s": n / elapsed,
             "pool_startup_s": startup, "isolation": results[0].isolation,
             "median_sample_s": sorted(r.duration_s for r in results)[n // 2],
@@ -136,24 +143,26 @@ def main() -> None:
     out = {
         "benchmark": "sandbox throughput",
         "device": device_name(),
+        "host": platform.node(),
         "cpu_count": os.cpu_count(),
         "workers": args.workers,
         "load_avg_at_start": os.getloadavg(),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),
         "workload": name,
         "n_programs": n,
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "sandbox_python": python,
         "methods": methods,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(out, indent=2))
-    os.replace(tmp, RESULTS)
+    os.replace(tmp, args.out)
     print(f"{name}: {n} programs, {args.workers} workers, device {out['device']}")
     for key, m in methods.items():
         print(f"  {key:24s} {m['exec_per_s']:8.1f} exec/s   {m['ratio_vs_naive']:5.2f}x naive   "
               f"passed {m['passed']}/{n}")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

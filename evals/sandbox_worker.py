@@ -3,8 +3,8 @@
 Started by `mixlab.evals.sandbox` as ``python -I sandbox_worker.py`` (root, scrubbed environment). It reads
 length-prefixed JSON requests on stdin and answers on stdout. Each request runs in three forked processes:
 
-    worker (root, host namespaces)
-      └─ C1  unshare(PID | mount | net); waits for C2; dies with the worker (PDEATHSIG)
+    worker (root, its own empty network namespace: no interface is up, not even loopback)
+      └─ C1  unshare(PID | mount); waits for C2; dies with the worker (PDEATHSIG)
           └─ C2  PID 1 of a fresh PID namespace: private mounts, /proc, tmpfs on /tmp /var/tmp /dev/shm, hidden
               │  paths; reaps orphans; when C3 exits it reports and exits, and the kernel SIGKILLs every
               │  process left in the namespace (daemonised, setsid'd, SIGTERM-ignoring children included)
@@ -283,7 +283,7 @@ def _namespace_launcher(req: dict, fds: tuple[int, int, int], status_w: int) -> 
     try:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         os.setsid()
-        _check(_libc.unshare(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET), "unshare")
+        _check(_libc.unshare(CLONE_NEWPID | CLONE_NEWNS | req.get("netns_flag", CLONE_NEWNET)), "unshare")
         init = os.fork()
         if init == 0:
             _namespace_init(req, fds, status_w)
@@ -327,6 +327,12 @@ class Worker:
         self.is_root = os.geteuid() == 0
         self.private_uids: bool | None = None  # may each sample get a uid of its own?
         self.isolation, self.isolation_note = self._probe(isolation)
+        self.netns_flag = CLONE_NEWNET
+        if self.isolation == "namespaces" and os.environ.get("MIXLAB_SANDBOX_NETNS", "worker") == "worker":
+            # The worker itself moves into an empty network namespace (no interfaces up, not even lo) once;
+            # its samples, which never overlap in time, share it instead of paying for a namespace each.
+            if _libc.unshare(CLONE_NEWNET) == 0:
+                self.netns_flag = 0
 
     def _sample_uid(self, fallback: int) -> int:
         """A uid no other sample uses now (1e6 + worker pid * 100 + counter % 100), if setresuid takes it.
@@ -391,6 +397,7 @@ class Worker:
             private_uid = uid != req["uid"]
             req = dict(req, uid=uid)
         if self.isolation == "namespaces":
+            req = dict(req, netns_flag=self.netns_flag)
             launcher = os.fork()
             if launcher == 0:
                 for fd in (stdin_w, out_r, err_r, status_r):

@@ -52,6 +52,25 @@ class SeqLayout:
             return x
         return x.reshape(-1, *x.shape[2:]).index_select(0, self.token_index).unsqueeze(0)
 
+    def to_padded_seqs(self, x: torch.Tensor) -> torch.Tensor:
+        """Varlen [1, N, ...] → [S, Tmax, ...], one right-padded row per sequence (for causal attention, where the
+        trailing padding can never be attended by a real token)."""
+        flat, S, tmax = self._seq_index()
+        out = x.new_zeros(S * tmax, *x.shape[2:]).index_copy(0, flat, x[0])
+        return out.view(S, tmax, *x.shape[2:])
+
+    def from_padded_seqs(self, y: torch.Tensor) -> torch.Tensor:
+        flat, _, _ = self._seq_index()
+        return y.reshape(-1, *y.shape[2:]).index_select(0, flat).unsqueeze(0)
+
+    def _seq_index(self):
+        if getattr(self, "_seq_index_cache", None) is None:
+            lens = self.cu_seqlens[1:] - self.cu_seqlens[:-1]
+            tmax = int(lens.max())
+            pos = torch.arange(self.seg_ids.numel(), device=self.seg_ids.device) - self.cu_seqlens[self.seg_ids]
+            self._seq_index_cache = (self.seg_ids * tmax + pos, lens.numel(), tmax)
+        return self._seq_index_cache
+
     def unpack(self, h: torch.Tensor) -> torch.Tensor:
         """[1, N, ...] → [B, T, ...] with zeros at padding positions."""
         if not self.varlen:

@@ -176,15 +176,13 @@ class KimiMLAAttention(nn.Module):
         kv = self.kv_b_proj(kv_lat).view(B, T, H, self.nope + self.v_dim)
         k_nope, v = kv.split([self.nope, self.v_dim], -1)
         k = torch.cat([k_nope, k_rot.unsqueeze(2).expand(B, T, H, self.rope)], -1)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, d]
+        if layout.varlen:  # one right-padded row per sequence: causal attention never reaches the padding
+            q, k, v = (layout.to_padded_seqs(t) for t in (q, k, v))
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           is_causal=q.shape[1] > 1, scale=self.scale).transpose(1, 2)
         if layout.varlen:
-            seg = layout.seg_ids
-            causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-            mask = (seg[:, None] == seg[None, :]) & causal
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
-        else:
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, scale=self.scale)
-        return self.o_proj(o.transpose(1, 2).reshape(B, T, H * self.v_dim))
+            o = layout.from_padded_seqs(o)
+        return self.o_proj(o.reshape(B, T, H * self.v_dim))
 
     def _absorbed(self, q, latent, key_mask, T_new: int) -> torch.Tensor:
         """Decode from the compressed cache: kv_b_proj is folded into the query (K side) and the output (V side)."""
@@ -620,12 +618,34 @@ class KimiLinearForCausalLM(KimiLinearPreTrainedModel, GenerationMixin):
         return load_official(cls, pretrained_model_name_or_path, **kwargs)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Accepts the official per-expert names too (e.g. Trainer resuming from a saved checkpoint)."""
-        from .state_dict_adapter import from_official, is_official
+        """Also accepts official per-expert names, even a partial set (Trainer resumes shard by shard with
+        strict=False): expert tensors are copied into their slice of the stacked parameter."""
+        from torch.nn.modules.module import _IncompatibleKeys
 
-        if is_official(state_dict, self.config):
-            state_dict = from_official(state_dict, self.config)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        from .state_dict_adapter import diff_inventory, is_official, official_shapes, stacked_target
+
+        if not is_official(state_dict, self.config):
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if strict:
+            provided = {k: tuple(v.shape) for k, v in state_dict.items()}
+            diff_inventory(official_shapes(self.state_dict()), provided, "load_state_dict")
+        own = self.state_dict(keep_vars=True)
+        rest, unexpected, loaded = {}, [], set()
+        with torch.no_grad():
+            for key, value in state_dict.items():
+                target = stacked_target(key)
+                if target is None:
+                    rest[key] = value
+                    continue
+                name, e = target
+                if name not in own or e >= own[name].shape[0] or own[name].shape[1:] != value.shape:
+                    unexpected.append(key)
+                    continue
+                own[name].data[e].copy_(value)
+                loaded.add(name)
+        result = super().load_state_dict(rest, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if k not in loaded]
+        return _IncompatibleKeys(missing, list(result.unexpected_keys) + unexpected)
 
 
 @dataclass

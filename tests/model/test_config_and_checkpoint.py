@@ -177,6 +177,16 @@ def test_official_folder_loads_and_save_roundtrip_is_bit_identical(tmp_path, mak
         assert t.dtype == src.state_dict()[name].dtype and torch.equal(t, src.state_dict()[name]), name
     assert json.loads((out / "config.json").read_text())["auto_map"] == OFFICIAL_CONFIG["auto_map"]
 
+    # Trainer(resume_from_checkpoint=...) loads shard by shard through model.load_state_dict(strict=False)
+    from transformers.trainer_utils import load_sharded_checkpoint
+
+    from mixlab.model import get_preset
+
+    fresh = KimiLinearForCausalLM(get_preset("tiny"))
+    load_sharded_checkpoint(fresh, out, strict=False)
+    for name, t in fresh.state_dict().items():
+        assert torch.equal(t, src.state_dict()[name]), name
+
 
 def test_single_file_save_in_bf16_keeps_fp32_islands(tmp_path, make_model):
     from safetensors import safe_open

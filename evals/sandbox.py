@@ -179,9 +179,10 @@ class _Worker:
     def __init__(self, python: str, isolation: str) -> None:
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "MIXLAB_SANDBOX_ISOLATION": isolation,
                # "worker" (default): one empty network namespace per worker; "sample": one per sample
-               "MIXLAB_SANDBOX_NETNS": os.environ.get("MIXLAB_SANDBOX_NETNS", "worker")}
+               "MIXLAB_SANDBOX_NETNS": os.environ.get("MIXLAB_SANDBOX_NETNS", "worker"),
+               "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
         self.proc = subprocess.Popen(
-            [python, "-I", str(WORKER_SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [python, "-s", str(WORKER_SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, env=env, cwd="/", start_new_session=True, bufsize=0,
         )
         hello = self._read(timeout_s=60.0)

@@ -1,6 +1,6 @@
 """The sandbox fork-server: one long-lived, stdlib-only process per core that runs untrusted programs.
 
-Started by `mixlab.evals.sandbox` as ``python -I sandbox_worker.py`` (root, scrubbed environment). It reads
+Started by `mixlab.evals.sandbox` as ``python -s sandbox_worker.py`` (root, scrubbed environment). It reads
 length-prefixed JSON requests on stdin and answers on stdout. Each request runs in three forked processes:
 
     worker (root, its own empty network namespace: no interface is up, not even loopback)
@@ -172,7 +172,8 @@ def _run_user_code(req: dict, workdir: str, fds: tuple[int, int, int], drop: boo
         env = _scrubbed_env(workdir)
         if req["mode"] == "exec":
             python = req["python"] or sys.executable
-            os.execve(python, [python, "-E", "-s", "main.py"], env)
+            # No -E: the environment is ours (scrubbed) and its PYTHONHASHSEED=0 keeps set order reproducible.
+            os.execve(python, [python, "-s", "main.py"], env)
         os.environ.clear()
         os.environ.update(env)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGCHLD):
@@ -595,6 +596,10 @@ def _render(head: bytearray, tail: bytearray, total: int, cap: int) -> str:
 
 
 def main() -> None:
+    # Started as `python -s sandbox_worker.py` with PYTHONHASHSEED=0 (samples forked from here inherit the
+    # seed, so str hashing and set order are the same in every sample); its own folder is not an import root.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
     proto_in, proto_out = os.dup(0), os.dup(1)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)

@@ -110,8 +110,14 @@ def test_run_many_keeps_order_and_mixes_verdicts():
 
 
 def test_exec_mode_runs_a_fresh_interpreter():
-    result = run_code("import sys; print(len(sys.modules) < 400, sys.flags.ignore_environment)", mode="exec")
-    assert result.passed and result.stdout.split() == ["True", "1"]
+    result = run_code("import sys; print('json' in sys.modules, sys.flags.no_user_site)", mode="exec")
+    assert result.passed and result.stdout.split() == ["False", "1"]  # fork mode preloads json; exec does not
+
+
+def test_string_hashing_is_reproducible_across_samples_and_modes():
+    code = "print(hash('mixlab'), list({'a', 'b', 'c', 'd', 'e'}))"
+    outputs = {run_code(code, mode=mode).stdout for mode in ("fork", "exec", "fork", "exec")}
+    assert len(outputs) == 1
 
 
 @ROOT_ONLY

@@ -151,29 +151,40 @@ def axis_maximize(cat: pd.DataFrame, axis: Axis) -> bool:
     return row.empty or row["direction"].iloc[0] != "lower"
 
 
-def tradeoff_points(runs: pd.DataFrame, metrics_long: pd.DataFrame, x: Axis, y: Axis,
-                    *, require_full_coverage: bool = True) -> pd.DataFrame:
-    """Per run: x, y with CIs, Pareto tier, and run metadata — the trade-off chart's data.
-
-    Runs without a value on either axis are dropped; with `require_full_coverage`, so are runs whose aggregate
-    misses one of its metrics (an average over fewer metrics is not comparable)."""
+def axis_table(metrics_long: pd.DataFrame, x: Axis, y: Axis) -> pd.DataFrame:
+    """Per evaluated run: x and y values with CIs and coverage (no filtering, no Pareto yet)."""
     cat = catalog(metrics_long)
     w = wide(metrics_long)
     xv, yv = axis_values(w, cat, x), axis_values(w, cat, y)
-    pts = pd.DataFrame({
+    return pd.DataFrame({
         "run_id": w.index, "x": xv["value"].to_numpy(), "x_lo": xv["lo"].to_numpy(), "x_hi": xv["hi"].to_numpy(),
         "x_coverage": xv["coverage"].to_numpy(), "y": yv["value"].to_numpy(), "y_lo": yv["lo"].to_numpy(),
         "y_hi": yv["hi"].to_numpy(), "y_coverage": yv["coverage"].to_numpy(),
     })
-    pts = pts.merge(runs, on="run_id", how="inner")
+
+
+def pareto_points(table: pd.DataFrame, runs: pd.DataFrame, maximize: tuple[bool, bool] = (True, True),
+                  *, require_full_coverage: bool = True) -> pd.DataFrame:
+    """Join an `axis_table` to the runs that pass the filters and classify each by Pareto tier among them.
+
+    Runs without a value on either axis are dropped; with `require_full_coverage`, so are runs whose aggregate
+    misses one of its metrics (an average over fewer metrics is not comparable)."""
+    pts = table.merge(runs, on="run_id", how="inner")
     keep = pts["x"].notna() & pts["y"].notna()
     if require_full_coverage:
         keep &= (pts["x_coverage"] >= 1.0) & (pts["y_coverage"] >= 1.0)
     pts = pts[keep].reset_index(drop=True)
-    maximize = (axis_maximize(cat, x), axis_maximize(cat, y))
     pts["tier"] = pareto.tiers(pts["x"], pts["x_lo"], pts["x_hi"], pts["y"], pts["y_lo"], pts["y_hi"], maximize)
     pts["on_front"] = pts["tier"] == "front"
     return pts
+
+
+def tradeoff_points(runs: pd.DataFrame, metrics_long: pd.DataFrame, x: Axis, y: Axis,
+                    *, require_full_coverage: bool = True) -> pd.DataFrame:
+    """Per run: x, y with CIs, Pareto tier, and run metadata — the trade-off chart's data."""
+    cat = catalog(metrics_long)
+    maximize = (axis_maximize(cat, x), axis_maximize(cat, y))
+    return pareto_points(axis_table(metrics_long, x, y), runs, maximize, require_full_coverage=require_full_coverage)
 
 
 def front_line(points: pd.DataFrame, maximize: tuple[bool, bool] = (True, True)) -> pd.DataFrame:
@@ -183,9 +194,8 @@ def front_line(points: pd.DataFrame, maximize: tuple[bool, bool] = (True, True))
     return points.iloc[order][["x", "y", "run_id"]].reset_index(drop=True)
 
 
-def leaderboard_table(runs: pd.DataFrame, metrics_long: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Runs × selected metrics: one mean column and one ± half-width column per metric."""
-    w = wide(metrics_long)
+def leaderboard_table(runs: pd.DataFrame, w: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Runs × selected metrics from a `wide` table: one mean column and one ± half-width column per metric."""
     out = runs.set_index("run_id")
     out = out[out.index.isin(w.index)].copy()
     for k in keys:

@@ -50,6 +50,27 @@ def catalog() -> pd.DataFrame:
     return _catalog(path, queries.db_stamp(path))
 
 
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False, max_entries=32)
+def _wide(path: str, stamp: tuple[int, int]) -> pd.DataFrame:
+    return agg.wide(_cached("latest_metrics", path, stamp))
+
+
+def wide() -> pd.DataFrame:
+    path = st.session_state["_db"]
+    return _wide(path, queries.db_stamp(path))
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False, max_entries=64)
+def _axis_table(path: str, stamp: tuple[int, int], x: agg.Axis, y: agg.Axis) -> pd.DataFrame:
+    return agg.axis_table(_cached("latest_metrics", path, stamp), x, y)
+
+
+def axis_table(x: agg.Axis, y: agg.Axis) -> pd.DataFrame:
+    """x/y values of every evaluated run, cached per axis definition: filters and Pareto tiers apply after."""
+    path = st.session_state["_db"]
+    return _axis_table(path, queries.db_stamp(path), x, y)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Navigation and shared filters
 # ---------------------------------------------------------------------------------------------------------------
@@ -153,7 +174,6 @@ To explore the views on synthetic-but-consistent data first:
 
 
 def page_tradeoff(runs: pd.DataFrame) -> None:
-    metrics = load("latest_metrics")
     cat = catalog()
     st.title("Leaderboard vs usability")
     if cat.empty:
@@ -183,16 +203,16 @@ def page_tradeoff(runs: pd.DataFrame) -> None:
                         help="By default a run must have every metric of an aggregate: an average over fewer "
                         "metrics is not comparable.")
     x_axis, y_axis = axes[x_name], axes[y_name]
-    points = agg.tradeoff_points(runs, metrics, x_axis, y_axis, require_full_coverage=not partial)
+    maximize = (agg.axis_maximize(cat, x_axis), agg.axis_maximize(cat, y_axis))
+    points = agg.pareto_points(axis_table(x_axis, y_axis), runs, maximize, require_full_coverage=not partial)
     if points.empty:
         st.info("No run (after filters) has values on both axes. Widen the filters or pick other metrics.")
         return
-    maximize = (agg.axis_maximize(cat, x_axis), agg.axis_maximize(cat, y_axis))
     front = agg.front_line(points, maximize)
     points["x_text"] = [_fmt_ci(*v) for v in zip(points["x"], points["x_lo"], points["x_hi"])]
     points["y_text"] = [_fmt_ci(*v) for v in zip(points["y"], points["y_lo"], points["y_hi"])]
     # Hover shows the raw metrics behind each aggregate.
-    w = agg.wide(metrics)
+    w = wide()
     tip_keys = list(dict.fromkeys([k for k in (x_axis.metrics + y_axis.metrics) if k in w.columns]))[:8]
     for k in tip_keys:
         s = w[k].reindex(points["run_id"]).to_numpy()
@@ -205,8 +225,10 @@ def page_tradeoff(runs: pd.DataFrame) -> None:
     m2.metric("on the Pareto front", n_front)
     m3.metric("within CI of the front", n_tied, help="Dominated, but no front run beats them beyond both 95 % CIs")
     m4.metric("clearly dominated", len(points) - n_front - n_tied)
+    chart_cols = ["run_id", "x", "x_lo", "x_hi", "y", "y_lo", "y_hi", "tier", "on_front", "label", "mixture_name",
+                  "mixture_family", "stage", "rung", "base_model", "x_text", "y_text"] + ["tip_" + k for k in tip_keys]
     chart = charts.tradeoff(
-        points, front, x_title=_axis_title(x_axis, maximize[0]), y_title=_axis_title(y_axis, maximize[1]),
+        points[chart_cols], front, x_title=_axis_title(x_axis, maximize[0]), y_title=_axis_title(y_axis, maximize[1]),
         color=COLOR_BY[colour_label], color_title=colour_label,
         tooltip_metrics=[("tip_" + k, k) for k in tip_keys],
     )
@@ -237,7 +259,6 @@ def _axis_title(axis: agg.Axis, maximize: bool) -> str:
 
 def page_leaderboard(runs: pd.DataFrame) -> None:
     st.title("Leaderboard")
-    metrics = load("latest_metrics")
     cat = catalog()
     if cat.empty:
         st.info("No evaluation metrics recorded yet.")
@@ -246,17 +267,19 @@ def page_leaderboard(runs: pd.DataFrame) -> None:
     us = st.session_state.get("agg_us") or agg.default_metrics(cat, "usability")
     keys = st.multiselect("Metric columns", cat["key"].tolist(), default=list(dict.fromkeys(lb + us)), key="lb_cols")
     show_ci = st.toggle("show ± (95 % CI half-width) columns", value=True, key="lb_ci")
-    table = agg.leaderboard_table(runs, metrics, keys)
+    table = agg.leaderboard_table(runs, wide(), keys)
     if table.empty:
         st.info("No run passes the filters.")
         return
-    w = agg.wide(metrics)
-    for name, axis in (("leaderboard", agg.Axis(LB_AGG, lb, True)), ("usability", agg.Axis(US_AGG, us, True))):
-        vals = agg.axis_values(w, cat, axis).reindex(table["run_id"])
-        table[f"{name} score"] = vals["value"].to_numpy()
-        table[f"{name} ±"] = ((vals["hi"] - vals["lo"]) / 2).to_numpy()
-    pts = agg.tradeoff_points(runs, metrics, agg.Axis(LB_AGG, lb, True), agg.Axis(US_AGG, us, True))
-    table["front"] = table["run_id"].isin(set(pts.loc[pts["on_front"], "run_id"]))
+    pts = agg.pareto_points(axis_table(agg.Axis(LB_AGG, lb, True), agg.Axis(US_AGG, us, True)), runs,
+                            require_full_coverage=False).set_index("run_id")
+    for name, axis in (("leaderboard", "x"), ("usability", "y")):
+        table[f"{name} score"] = pts[axis].reindex(table["run_id"]).to_numpy()
+        table[f"{name} ±"] = ((pts[axis + "_hi"] - pts[axis + "_lo"]) / 2).reindex(table["run_id"]).to_numpy()
+    # The front among runs that have every metric of both aggregates (as on the Trade-off page).
+    full = pts[(pts["x_coverage"] >= 1) & (pts["y_coverage"] >= 1)]
+    on_front = agg.pareto.pareto_mask(full["x"], full["y"])
+    table["front"] = table["run_id"].isin(set(full.index[on_front]))
     table = table.sort_values("leaderboard score", ascending=False, na_position="last")
     meta = ["run_id", "front", "mixture_name", "mixture_family", "stage", "rung", "base_model", "seed", "created_at",
             "n_flagged", "status"]

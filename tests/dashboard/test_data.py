@@ -133,7 +133,7 @@ def test_sample_db_shows_the_tradeoff(sample_db):
 
 def test_leaderboard_table_has_mean_and_halfwidth(sample_db):
     metrics = queries.latest_metrics(sample_db)
-    table = agg.leaderboard_table(queries.runs(sample_db), metrics, ["gsm8k/exact_match_strict"])
+    table = agg.leaderboard_table(queries.runs(sample_db), agg.wide(metrics), ["gsm8k/exact_match_strict"])
     row = metrics[(metrics["task"] == "gsm8k") & (metrics["metric"] == "exact_match_strict")].iloc[0]
     got = table.set_index("run_id").loc[row["run_id"]]
     assert got["gsm8k/exact_match_strict"] == row["mean"]

@@ -32,13 +32,20 @@ def register(app: typer.Typer) -> None:
         console.print(f"[bold]{source}[/bold]: {facts['num_layers']} layers "
                       f"({facts['kda_layers']} KDA + {facts['mla_layers']} MLA, {facts['moe_layers']} MoE), "
                       f"d={facts['hidden_size']}, vocab={facts['vocab_size']}")
-        console.print(f"total params   {facts['total_params']:,} ({facts['total_params'] / 1e9:.2f}B)")
-        console.print(f"active params  {facts['active_params']:,} ({facts['active_params'] / 1e9:.3f}B; "
-                      f"{facts['active_params_excluding_embeddings']:,} without embeddings / LM head)")
+        console.print(f"total params   {facts['total_params']:,} ({_human(facts['total_params'])})")
+        console.print(f"active params  {facts['active_params']:,} ({_human(facts['active_params'])}; "
+                      f"{_human(facts['active_params_excluding_embeddings'])} without embeddings / LM head)")
         console.print(f"tensors        {facts['tensor_count']:,} (official checkpoint names)")
-        table = Table("layer", "attention", "ffn", "params")
+        table = Table("layer (1-based)", "attention", "ffn", "params")
         for row in facts["layers"]:
             table.add_row(str(row["number"]), row["attention"].upper(), row["ffn"], f"{row['params']:,}")
         console.print(table)
 
     app.add_typer(model_app, name="model")
+
+
+def _human(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)

@@ -248,3 +248,15 @@ def test_model_info_cli_reports_computed_counts(capsys):
         ("kda", "dense"), ("kda", "moe"), ("kda", "moe"), ("mla", "moe"), ("kda", "moe")]
     bad = CliRunner().invoke(app, ["model", "info", "tinny"])
     assert bad.exit_code != 0
+
+
+def test_model_info_on_a_checkpoint_folder(tmp_path, make_model):
+    from typer.testing import CliRunner
+
+    from mixlab.cli import app
+
+    model = make_model()
+    model.save_pretrained(tmp_path)
+    result = CliRunner().invoke(app, ["model", "info", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert f"{model.num_parameters():,}" in result.output and "MLA" in result.output

@@ -8,6 +8,14 @@ from typing import Any, Optional
 import typer
 
 
+def _console():
+    """A console for tables: piped output (files, CI, tests) gets a wide fixed width instead of 80 columns."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=220)
+
+
 def _fmt_int(n: Any) -> str:
     return "-" if n is None else f"{int(n):,}"
 
@@ -95,7 +103,7 @@ def register(app: typer.Typer) -> None:
             table.add_row(spec.name, spec.kind, spec.family or "", f"{spec.budget.total:,} {spec.budget.unit}",
                           str(len(spec.leaves())), spec.extends or "", latest["mixture_id"] if latest else "",
                           spec.description)
-        Console().print(table)
+        _console().print(table)
 
     @mix_app.command("show")
     def show_cmd(name: str = typer.Argument(..., help="registry name or YAML path")) -> None:
@@ -109,7 +117,7 @@ def register(app: typer.Typer) -> None:
 
         loaded = load_mixture(name)
         spec = loaded.spec
-        console = Console()
+        console = _console()
         console.print(f"[bold]{spec.name}[/bold] ({spec.kind}) {spec.description}")
         console.print(f"file {loaded.path}" + (f" (extends {spec.extends})" if spec.extends else ""))
         console.print(f"budget {spec.budget.total:,} {spec.budget.unit} · seed {spec.seed} · tokenizer "
@@ -154,7 +162,8 @@ def register(app: typer.Typer) -> None:
 
         console = Console(stderr=True)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=as_json, disable=as_json) as bar:
+                      console=console, transient=True,
+                      disable=as_json or not console.is_terminal) as bar:
             tasks: dict[str, Any] = {}
 
             def report(stage: str, done: int, total: int) -> None:
@@ -167,7 +176,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(_summary(built), indent=2, sort_keys=True))
             return
-        out = Console()
+        out = _console()
         out.print(composition_table(built.manifest))
         dc = built.manifest["decontamination"]
         if dc is not None:
@@ -192,7 +201,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         ma, mb = _manifest_for(a, data_root), _manifest_for(b, data_root)
-        console = Console()
+        console = _console()
         table = Table("component", "target A", "target B", "realised A", "realised B", "Δ realised (pp)",
                       "rows A", "rows B", "tokens A", "tokens B", "epochs A", "epochs B",
                       title=f"A = {ma['mixture_id']}   B = {mb['mixture_id']}")

@@ -2,7 +2,7 @@
 
 MinHash is computed in numpy over whole batches (word shingles hashed once, then every permutation as one
 vectorised op) instead of one `datasketch.MinHash` object per row; the LSH band/row choice is datasketch's
-(`_optimal_param`), so `threshold` and `num_perm` mean what they mean there. Rows are compared in build
+(`_optimal_param`, weighted towards recall), so `threshold` and `num_perm` mean what they mean there. Rows are compared in build
 order: a row is dropped when it is exact, or estimated-Jaccard ≥ threshold, duplicate of an earlier row.
 """
 
@@ -43,10 +43,13 @@ def exact_duplicates(keys: list[int], seen: set[int] | None = None) -> np.ndarra
 
 @lru_cache(maxsize=16)
 def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows per band) minimising equal-weighted false positive + negative probability (datasketch)."""
+    """(bands, rows per band) from datasketch's optimiser, weighted 0.1 false positives / 0.9 false negatives:
+    every candidate pair is verified on its full signature, so a false positive costs only a comparison while a
+    false negative is a missed duplicate (at threshold 0.85, 128 perms: 11×11, recall 0.87 at J=0.85, 0.999 at 0.93;
+    datasketch's equal weights give 8×16 and recall 0.46 at the threshold)."""
     from datasketch.lsh import _optimal_param
 
-    return _optimal_param(threshold, num_perm, 0.5, 0.5)
+    return _optimal_param(threshold, num_perm, 0.1, 0.9)
 
 
 def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,13 +1,15 @@
 """A hardened sandbox for untrusted (model-generated) Python: `run_code` and the batched `run_many`.
 
-Every program runs in its own PID, mount and network namespace (see `sandbox_worker.py` for the process tree)
-as an unprivileged uid of its own (1e6 + worker pid * 100 + n, falling back to 65534 where such uids are not
-mapped; gid 65534) without capabilities and with no_new_privs, with wall-clock, CPU-time, address-space, file-size, process-count
-and open-file limits, a scrubbed environment, a fresh tmpfs working directory that vanishes with it, and the
-repository, runs folder, DuckDB file and data root hidden behind empty read-only mounts. When the wall clock
-runs out, PID 1 of the sample's namespace is killed and the kernel takes every descendant with it, whether it
-daemonised, called setsid() or ignores SIGTERM. Output is read with a byte cap (huge output is truncated, and
-killed past `kill_output_bytes`).
+Every program runs in its own PID and mount namespace, inside an empty network namespace (see
+`sandbox_worker.py` for the process tree), as an unprivileged uid of its own (1e6 + worker pid * 100 + n, or
+65534 where such uids are not mapped; gid 65534) without capabilities and with no_new_privs. Limits: wall clock,
+CPU time, address space, file size, process count, open files, and a memory + pids cgroup that caps all of the
+sample's processes together (where a cgroup tree is writable; `result.cgroup` says which). It gets a scrubbed
+environment (PATH, LANG, HOME=its work dir, PYTHONHASHSEED=0 ...), a fresh tmpfs working directory (also /tmp,
+/var/tmp, /dev/shm) that vanishes with it, and the repository, runs folder, DuckDB file, data root and root's
+home hidden behind empty read-only mounts. When the wall clock runs out, PID 1 of the sample's namespace is
+killed and the kernel takes every descendant with it, whether it daemonised, called setsid() or ignores
+SIGTERM. Output is read with a byte cap (huge output is truncated, and killed past `kill_output_bytes`).
 
 Speed: a pool of pre-started fork-server workers (one per core by default) forks each sample from a warm
 interpreter instead of starting Python per sample (`bench/bench_sandbox.py` measures it against
@@ -67,6 +69,7 @@ class SandboxResult:
     max_rss_kb: int | None = None
     stdout_bytes: int = 0
     stderr_bytes: int = 0
+    cgroup: str | None = None  # "v1"/"v2" when a memory+pids cgroup capped the whole sample, else None
 
     @property
     def passed(self) -> bool:
@@ -192,6 +195,8 @@ class _Worker:
         self.isolation: str = hello["isolation"]
         self.note: str = hello.get("note", "")
         self.python: str = hello.get("python", python)
+        self.cgroup: str | None = hello.get("cgroup")
+        self.cgroup_dirs: list[str] = hello.get("cgroup_dirs") or []
 
     def _read_exact(self, n: int, deadline: float) -> bytes | None:
         fd = self.proc.stdout.fileno()
@@ -239,6 +244,15 @@ class _Worker:
         except OSError:
             pass
         self.close()
+        for path in self.cgroup_dirs:  # the worker could not remove its cgroup itself
+            for _ in range(50):
+                try:
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.02)
 
     def close(self) -> None:
         try:
@@ -381,13 +395,17 @@ def _classify(raw: dict, request: dict, success_marker: str | None) -> SandboxRe
     note = raw.get("isolation_note") or ""
 
     def make(status: Status, returncode: int | None, reason: str) -> SandboxResult:
+        if raw.get("cgroup_oom") and status in ("failed", "killed", "timeout"):
+            status = "oom"
+            reason = (f"memory cgroup limit ({request['memory_mb']} MB + {request['disk_mb']} MB tmpfs for all "
+                      f"of the sample's processes) hit: the kernel OOM killer ran; {reason}")
         if note:
             reason = f"{reason}; {note}" if reason else note
         return SandboxResult(
             status=status, returncode=returncode, stdout=raw.get("stdout", ""), stderr=raw.get("stderr", ""),
             duration_s=float(raw.get("duration_s", 0.0)), reason=reason, isolation=isolation,
             cpu_s=raw.get("cpu_s"), max_rss_kb=raw.get("maxrss_kb"), stdout_bytes=raw.get("stdout_bytes", 0),
-            stderr_bytes=raw.get("stderr_bytes", 0),
+            stderr_bytes=raw.get("stderr_bytes", 0), cgroup=raw.get("cgroup"),
         )
 
     wait_status = raw.get("wait_status")

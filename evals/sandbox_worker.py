@@ -284,6 +284,7 @@ def _namespace_launcher(req: dict, fds: tuple[int, int, int], status_w: int) -> 
     try:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         os.setsid()
+        _join_cgroups(req)
         _check(_libc.unshare(CLONE_NEWPID | CLONE_NEWNS | req.get("netns_flag", CLONE_NEWNET)), "unshare")
         init = os.fork()
         if init == 0:
@@ -306,6 +307,7 @@ def _degraded_launcher(req: dict, fds: tuple[int, int, int], status_w: int, work
     try:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         os.setsid()
+        _join_cgroups(req)
         child = os.fork()
         if child == 0:
             os.close(status_w)
@@ -320,6 +322,122 @@ def _degraded_launcher(req: dict, fds: tuple[int, int, int], status_w: int, work
     os._exit(0)
 
 
+# ----------------------------------------------------------------------------------------- cgroups
+
+
+class Cgroups:
+    """Aggregate memory and process caps for everything a sample starts (rlimits are per process only).
+
+    One cgroup per worker (its samples never overlap), under this process's own cgroup: v1 `memory` + `pids`
+    hierarchies, or v2 where the memory and pids controllers are delegated to us. Best effort: without a
+    writable cgroup tree the rlimits alone apply, and `version` is None.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.dirs: dict[str, str] = {}
+        self.version: str | None = None
+        self._written: dict[str, str] = {}
+        try:
+            self._setup_v2(name) or self._setup_v1(name)
+        except OSError:
+            self.remove()
+            self.dirs, self.version = {}, None
+
+    @staticmethod
+    def _own_paths() -> dict[str, str]:
+        paths = {}
+        with open("/proc/self/cgroup") as fh:
+            for line in fh:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                for controller in controllers.split(",") if controllers else [""]:
+                    paths[controller] = path
+        return paths
+
+    def _setup_v1(self, name: str) -> bool:
+        own = self._own_paths()
+        for controller in ("memory", "pids"):
+            mount = f"/sys/fs/cgroup/{controller}"
+            if controller not in own or not os.path.exists(f"{mount}/cgroup.procs"):
+                return False
+        for controller in ("memory", "pids"):
+            path = os.path.join(f"/sys/fs/cgroup/{controller}" + own[controller], name)
+            os.makedirs(path, exist_ok=True)
+            self.dirs[controller] = path
+        self.version = "v1"
+        return True
+
+    def _setup_v2(self, name: str) -> bool:
+        own = self._own_paths().get("")
+        base = "/sys/fs/cgroup" + (own or "")
+        try:
+            with open(os.path.join(base, "cgroup.subtree_control")) as fh:
+                delegated = fh.read().split()
+        except OSError:
+            return False
+        if own is None or "memory" not in delegated or "pids" not in delegated:
+            return False
+        path = os.path.join(base, name)
+        os.makedirs(path, exist_ok=True)
+        self.dirs = {"memory": path, "pids": path}
+        self.version = "v2"
+        return True
+
+    def _write(self, controller: str, filename: str, value: str) -> None:
+        path = os.path.join(self.dirs[controller], filename)
+        if self._written.get(path) != value:
+            with open(path, "w") as fh:
+                fh.write(value)
+            self._written[path] = value
+
+    def configure(self, memory_bytes: int | None, pids: int) -> None:
+        if self.version == "v1":
+            memsw = os.path.join(self.dirs["memory"], "memory.memsw.limit_in_bytes")
+            limit = str(memory_bytes) if memory_bytes else "-1"
+            if os.path.exists(memsw):
+                self._written.pop(memsw, None)
+                self._write("memory", "memory.memsw.limit_in_bytes", "-1")  # must stay >= limit_in_bytes
+            self._write("memory", "memory.limit_in_bytes", limit)
+            if os.path.exists(memsw):
+                self._written.pop(memsw, None)
+                self._write("memory", "memory.memsw.limit_in_bytes", limit)  # no escape into swap
+            self._write("pids", "pids.max", str(pids))
+        elif self.version == "v2":
+            self._write("memory", "memory.max", str(memory_bytes) if memory_bytes else "max")
+            if os.path.exists(os.path.join(self.dirs["memory"], "memory.swap.max")):
+                self._write("memory", "memory.swap.max", "0")
+            self._write("pids", "pids.max", str(pids))
+
+    def procs_files(self) -> list[str]:
+        return sorted({os.path.join(d, "cgroup.procs") for d in self.dirs.values()})
+
+    def oom_kills(self) -> int | None:
+        if not self.version:
+            return None
+        name = "memory.oom_control" if self.version == "v1" else "memory.events"
+        try:
+            with open(os.path.join(self.dirs["memory"], name)) as fh:
+                for line in fh:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            pass
+        return None
+
+    def remove(self) -> None:
+        for path in sorted(set(self.dirs.values())):
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+
+
+def _join_cgroups(req: dict) -> None:
+    for path in req.get("cgroup_procs") or []:
+        with open(path, "w") as fh:
+            fh.write("0")  # this process; its descendants follow
+
+
 # ----------------------------------------------------------------------------------------- the worker
 
 
@@ -328,6 +446,7 @@ class Worker:
         self.is_root = os.geteuid() == 0
         self.private_uids: bool | None = None  # may each sample get a uid of its own?
         self.isolation, self.isolation_note = self._probe(isolation)
+        self.cgroups = Cgroups(f"mixlab-sandbox-{os.getpid()}") if self.is_root else None
         self.netns_flag = CLONE_NEWNET
         if self.isolation == "namespaces" and os.environ.get("MIXLAB_SANDBOX_NETNS", "worker") == "worker":
             # The worker itself moves into an empty network namespace (no interfaces up, not even lo) once;
@@ -392,6 +511,14 @@ class Worker:
         status_r, status_w = os.pipe()
         fds = (stdin_r, out_w, err_w)
         workdir = None
+        oom_before = None
+        if self.cgroups is not None and self.cgroups.version:
+            # Everything the sample starts shares one memory budget (its address-space limit plus its tmpfs)
+            # and one process budget (its nproc plus C1/C2/C3).
+            memory = (req["memory_mb"] + req["disk_mb"]) << 20 if req["memory_mb"] else None
+            self.cgroups.configure(memory, req["nproc"] + 3)
+            req = dict(req, cgroup_procs=self.cgroups.procs_files())
+            oom_before = self.cgroups.oom_kills()
         private_uid = False
         if self.is_root and req.get("private_uid", True):
             uid = self._sample_uid(req["uid"])
@@ -439,6 +566,10 @@ class Worker:
             if workdir is not None:
                 shutil.rmtree(workdir, ignore_errors=True)
         result["duration_s"] = time.monotonic() - start
+        if oom_before is not None:
+            after = self.cgroups.oom_kills()
+            result["cgroup_oom"] = after is not None and after > oom_before
+        result["cgroup"] = self.cgroups.version if self.cgroups is not None else None
         result["isolation"] = self.isolation
         result["isolation_note"] = self.isolation_note
         return result
@@ -612,7 +743,10 @@ def main() -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of a killed launcher come back here to be reaped
     worker = Worker(os.environ.get("MIXLAB_SANDBOX_ISOLATION", "auto"))
+    cgroup = worker.cgroups.version if worker.cgroups is not None else None
     write_message(proto_out, {"hello": True, "isolation": worker.isolation, "note": worker.isolation_note,
+                              "cgroup": cgroup, "cgroup_dirs": sorted(set(worker.cgroups.dirs.values()))
+                              if worker.cgroups is not None else [],
                               "python": sys.executable, "version": sys.version.split()[0], "pid": os.getpid()})
     while True:
         req = read_message(proto_in)
@@ -624,6 +758,8 @@ def main() -> None:
             result = {"setup_error": f"worker: {type(exc).__name__}: {exc}", "stdout": "", "stderr": "",
                       "duration_s": 0.0, "isolation": worker.isolation, "isolation_note": worker.isolation_note}
         write_message(proto_out, result)
+    if worker.cgroups is not None:
+        worker.cgroups.remove()
 
 
 if __name__ == "__main__":

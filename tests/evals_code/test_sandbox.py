@@ -187,3 +187,24 @@ def test_a_dying_worker_is_an_error_and_the_pool_recovers():
         assert box["r"].status == "error" and "worker" in box["r"].reason
         assert pool.run("print('back')").stdout == "back\n"
         assert pool._all[0].proc.pid != worker_pid
+
+
+def test_memory_of_all_processes_together_is_capped():
+    """Per-process RLIMIT_AS would allow 8 x 200 MB; the sample's cgroup caps the sum (memory_mb + tmpfs)."""
+    code = (
+        "import os, time\n"
+        "children = []\n"
+        "for _ in range(8):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        block = b'x' * (200 << 20)\n"
+        "        time.sleep(1.5)\n"
+        "        os._exit(0)\n"
+        "    children.append(pid)\n"
+        "assert all(os.waitpid(pid, 0)[1] == 0 for pid in children), 'a child died'\n"
+    )
+    result = run_code(code, memory_mb=1024, timeout_s=30)
+    if result.cgroup is None:
+        pytest.skip("no writable memory/pids cgroup here: only per-process rlimits apply")
+    assert result.status == "oom", result
+    assert "cgroup" in result.reason

@@ -16,11 +16,12 @@ interpreter instead of starting Python per sample (`bench/bench_sandbox.py` meas
 `subprocess.run([python, "-c", code])`).
 
 Where namespaces are unavailable (not root, or no CAP_SYS_ADMIN) results carry ``isolation="degraded"`` and a
-note in ``reason``: limits, a new process group and (as root) the uid drop still apply, the network does not.
+note in ``reason``: rlimits, cgroup, a new process group, and (as root) the per-sample uid still apply, and every
+process of that uid is killed afterwards; the network is not cut and world-writable host folders are writable.
 
 Statuses: passed (exit 0, and the success marker printed when one is required), failed (non-zero exit, or exit
 0 without the marker, e.g. ``os._exit(0)`` before the asserts), timeout (wall clock or CPU time), oom
-(MemoryError under the address-space limit), killed (a signal, or too much output), error (the sandbox itself
+(MemoryError under the address-space limit, or the cgroup's OOM killer), killed (a signal, or too much output), error (the sandbox itself
 failed).
 """
 
@@ -41,7 +42,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 

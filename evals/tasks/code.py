@@ -6,8 +6,9 @@ tests batched). A sample passes only if that program exits 0 *and* prints the ma
 `os._exit(0)` before the asserts fails.
 
 Code extraction is forgiving: fenced blocks (```python, ```py, bare ```, an unterminated last fence), MBPP's
-`[BEGIN] ... [DONE]`, or raw text trimmed to the longest part that compiles; a top-level
-`if __name__ == "__main__":` demo block is dropped (the harness runs the program as __main__). For HumanEval an
+`[BEGIN] ... [DONE]`, or raw text trimmed to the longest part that compiles; top-level demo code is dropped (`if __name__ ==
+"__main__":` blocks, asserts, bare calls of print/input/the solution/a test runner), keeping definitions,
+imports and assignments. For HumanEval an
 answer that defines the entry point is run after the prompt's header (imports and helper functions); an answer
 that does not is treated completion-style, as the body that continues the prompt.
 
@@ -94,20 +95,36 @@ def extract_code(output: str | None, entry_point: str | None = None) -> str:
     return _trim_to_code(stripped)
 
 
-def strip_main_guard(code: str) -> str:
-    """Remove top-level `if __name__ == "__main__":` blocks (demo code that may read stdin or loop)."""
+_DEMO_CALLS = {"print", "input", "check", "breakpoint"}
+_DEMO_METHODS = {("unittest", "main"), ("doctest", "testmod"), ("pytest", "main")}
+
+
+def _is_demo(node: ast.stmt, entry_point: str | None) -> bool:
+    """Top-level demo code a chat answer often adds: asserts, prints, calls of the solution, test runners."""
+    if isinstance(node, ast.Assert):
+        return True
+    if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
+        names = [node.test.left, *node.test.comparators]
+        return any(isinstance(n, ast.Name) and n.id == "__name__" for n in names) and any(
+            isinstance(n, ast.Constant) and n.value == "__main__" for n in names)
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+        func = node.value.func
+        if isinstance(func, ast.Name):
+            return func.id in _DEMO_CALLS or func.id == entry_point
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+            return (func.value.id, func.attr) in _DEMO_METHODS
+    return False
+
+
+def strip_main_guard(code: str, entry_point: str | None = None) -> str:
+    """Remove top-level demo code: `if __name__ == "__main__":` blocks, asserts, and bare calls of print,
+    input, the entry point or a test runner (they may read stdin, loop, or assert the model's own wrong example).
+    Definitions, imports and assignments stay."""
     try:
         tree = ast.parse(code)
     except (SyntaxError, ValueError, MemoryError, RecursionError):
         return code
-    drop: list[tuple[int, int]] = []
-    for node in tree.body:
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
-            names = [n for n in (node.test.left, *node.test.comparators)]
-            if any(isinstance(n, ast.Name) and n.id == "__name__" for n in names) and any(
-                isinstance(n, ast.Constant) and n.value == "__main__" for n in names
-            ):
-                drop.append((node.lineno, node.end_lineno or node.lineno))
+    drop = [(node.lineno, node.end_lineno or node.lineno) for node in tree.body if _is_demo(node, entry_point)]
     if not drop:
         return code
     lines = code.split("\n")
@@ -304,7 +321,7 @@ class HumanEval(CodeTask):
     def build_program(self, item: EvalItem, output: str) -> tuple[str, str]:
         ref = item.reference
         entry, prompt = ref["entry_point"], ref["prompt"]
-        code = strip_main_guard(extract_code(output, entry))
+        code = strip_main_guard(extract_code(output, entry), entry)
         defs = list(_def_pattern(entry).finditer(prompt))
         header = prompt[: defs[-1].start()] if defs else ""
         if _def_pattern(entry).search(code):
@@ -359,7 +376,7 @@ class _MBPPBase(CodeTask):
 
     def build_program(self, item: EvalItem, output: str) -> tuple[str, str]:
         ref = item.reference
-        code = strip_main_guard(extract_code(output, ref.get("entry_point")))
+        code = strip_main_guard(extract_code(output, ref.get("entry_point")), ref.get("entry_point"))
         setup = ref.get("setup") or ""
         # As the original harness: the answer, then the test set-up (it may use the answer's classes), then asserts.
         program = f"{code}\n\n{setup}\n" + "\n".join(ref["tests"]) + "\n"

@@ -53,6 +53,11 @@ def test_strip_main_guard_removes_demo_code_only():
     stripped = strip_main_guard(code)
     assert "input()" not in stripped and "def f()" in stripped and "X = 2" in stripped
     assert strip_main_guard("def broken(:") == "def broken(:"
+    demo = ("import sys\nsys.setrecursionlimit(5000)\ndef f(x):\n    assert x\n    return x\n"
+            "assert f(1) == 2\nprint(f(3))\nf(4)\nimport unittest\nunittest.main()\nY = f(5)\n")
+    kept = strip_main_guard(demo, "f")
+    assert kept == ("import sys\nsys.setrecursionlimit(5000)\ndef f(x):\n    assert x\n    return x\n"
+                    "import unittest\nY = f(5)\n")
 
 
 # ------------------------------------------------------------------------------- scoring with real data

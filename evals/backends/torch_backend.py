@@ -45,8 +45,10 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-def sample_next(logits, cfg: GenerationConfig, generators: list[Any] | None):
-    """Next token per row from fp32 logits [B, V]: argmax when greedy, else temperature + top-p sampling."""
+def sample_next(logits, cfg: GenerationConfig, uniforms=None):
+    """Next token per row from fp32 logits [B, V]: argmax when greedy, else temperature + top-p sampling by
+    inverse CDF with one pre-drawn uniform in (0, 1] per row (`uniforms` [B]), so that each row's draws come from
+    its own seeded stream whatever batch it shares, with a single vectorised op per step."""
     import torch
 
     if cfg.greedy:
@@ -59,9 +61,22 @@ def sample_next(logits, cfg: GenerationConfig, generators: list[Any] | None):
         drop = probs.cumsum(dim=-1) - probs > cfg.top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, sorted_idx, sorted_logits)
-    probs = logits.softmax(dim=-1)
-    rows = [torch.multinomial(probs[i], 1, generator=generators[i]) for i in range(probs.shape[0])]
-    return torch.cat(rows)
+    cdf = logits.softmax(dim=-1).cumsum(dim=-1)
+    # Scale by the total so rounding can never push the draw past the last token; a zero-probability token has
+    # the same cdf as its predecessor and so is never the first index reaching the draw (uniforms are > 0).
+    target = (uniforms.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+    return torch.searchsorted(cdf, target).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
+
+
+def row_uniforms(keys: list[tuple[int, int]], seed: int, steps: int):
+    """[rows, steps] uniforms in (0, 1], one CPU-seeded stream per (prompt, sample): identical on CPU and GPU."""
+    import torch
+
+    streams = []
+    for p, j in keys:
+        g = torch.Generator().manual_seed(_row_seed(seed, p, j))
+        streams.append(1.0 - torch.rand(steps, generator=g, dtype=torch.float64))
+    return torch.stack(streams)
 
 
 class TorchBackend(Backend):
@@ -175,29 +190,24 @@ class TorchBackend(Backend):
             attention_mask[i, width - len(ids) :] = 1
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
 
-        generators = None
-        if not cfg.greedy:
-            generators = []
-            for p, j in keys:
-                g = torch.Generator(device=device)
-                g.manual_seed(_row_seed(cfg.seed, p, j))
-                generators.append(g)
+        uniforms = None if cfg.greedy else row_uniforms(keys, cfg.seed, cfg.max_new_tokens).to(device)
+        pad_tensor = torch.tensor(pad, device=device)
 
         max_stop_chars = max((len(s) for s in cfg.stop), default=0)
-        eos = torch.tensor(sorted(self.eos_ids), device=device)
         generated: list[list[int]] = [[] for _ in range(batch)]
         finish: list[str | None] = [None] * batch
         active = list(range(batch))  # original row index of each row still in the batch
+        active_index = torch.arange(batch, device=device)
 
         logits, cache = self._forward(input_ids, attention_mask, None, first=True)
         for step in range(cfg.max_new_tokens):
-            next_tokens = sample_next(logits, cfg, [generators[i] for i in active] if generators else None)
-            is_eos = torch.isin(next_tokens, eos).tolist()
-            tokens = next_tokens.tolist()
+            draws = None if uniforms is None else uniforms[active_index, step]
+            next_tokens = sample_next(logits, cfg, draws)
+            tokens = next_tokens.tolist()  # the one host sync per step
             for pos, row in enumerate(active):
                 if finish[row] is not None:
                     continue
-                if is_eos[pos]:
+                if tokens[pos] in self.eos_ids:
                     finish[row] = "stop"
                     continue
                 generated[row].append(tokens[pos])
@@ -214,12 +224,11 @@ class TorchBackend(Backend):
                     index = torch.tensor(keep, device=device)
                     next_tokens, attention_mask = next_tokens[index], attention_mask[index]
                     active = [active[pos] for pos in keep]
+                    active_index = active_index[index]
             # Finished rows still in the batch are fed padding (as transformers' generate does); their output
             # is already fixed.
-            feed = next_tokens.clone()
-            for pos, row in enumerate(active):
-                if finish[row] is not None:
-                    feed[pos] = pad
+            finished = torch.tensor([finish[row] is not None for row in active], device=device)
+            feed = torch.where(finished, pad_tensor, next_tokens)
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], dim=1)
             logits, cache = self._forward(feed[:, None], attention_mask, cache, first=False)
 

@@ -25,12 +25,31 @@ def test_torch_equals_hf_greedy_llama(llama_model, chat_tokenizer, batch_size, p
 
 
 def test_torch_equals_hf_greedy_mixlab(mixlab_tiny, prompts):
+    """mixlab's hybrid cache (KDA conv + recurrent state, compressed MLA KV) under left padding, per-row EOS and
+    batch compaction gives exactly transformers' greedy tokens."""
+    import copy
+
+    import torch
+
     model, tokenizer = mixlab_tiny
     torch_b, hf_b = _pair(model, tokenizer, batch_size=4)
     cfg = GenerationConfig(max_new_tokens=20)
     ours, theirs = torch_b.generate_detailed(prompts, cfg), hf_b.generate_detailed(prompts, cfg)
     assert [g.texts for g in ours] == [g.texts for g in theirs]
     assert [g.output_tokens for g in ours] == [g.output_tokens for g in theirs]
+    # Make end-of-turn shadow a frequent token so rows stop at different steps and the cache is compacted.
+    shadowed = copy.deepcopy(model)
+    ids = tokenizer(ours[0].text, add_special_tokens=False)["input_ids"]
+    head = shadowed.get_output_embeddings().weight
+    with torch.no_grad():
+        head[tokenizer.eos_token_id] = head[ids[len(ids) // 3]] * 1.5
+    torch_b, hf_b = _pair(shadowed, tokenizer, batch_size=4)
+    ours, theirs = torch_b.generate_detailed(prompts, cfg), hf_b.generate_detailed(prompts, cfg)
+    lengths = [g.output_tokens[0] for g in ours]
+    assert len(set(lengths)) > 1 and "stop" in [g.finish_reasons[0] for g in ours], lengths
+    assert torch_b.compact  # the hybrid cache supports dropping rows
+    assert [g.texts for g in ours] == [g.texts for g in theirs]
+    assert lengths == [g.output_tokens[0] for g in theirs]
 
 
 def test_batching_does_not_change_greedy_output(llama_model, chat_tokenizer, prompts):
@@ -116,3 +135,26 @@ def test_rows_finish_at_different_steps(llama_eos_model, chat_tokenizer, prompts
     assert lengths == [g.output_tokens[0] for g in theirs]
     single = get_backend("torch", llama_eos_model, chat_tokenizer, batch_size=1).generate(prompts, cfg)
     assert single == [g.text for g in ours]
+
+
+def test_sampler_matches_the_softmax_distribution_and_top_p():
+    import torch
+
+    from mixlab.evals.backends.torch_backend import row_uniforms, sample_next
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -8.0]])
+    n = 20000
+    uniforms = row_uniforms([(i, 0) for i in range(n)], seed=3, steps=1)[:, 0]
+    draws = sample_next(logits.expand(n, -1).clone(), GenerationConfig(temperature=1.0), uniforms)
+    freq = torch.bincount(draws, minlength=5).double() / n
+    expected = logits[0].double().softmax(-1)
+    assert torch.allclose(freq, expected, atol=0.015), (freq, expected)
+    # Temperature 0.5 sharpens; top_p 0.7 keeps only the top two tokens (their mass 0.67 + 0.24 >= 0.7).
+    draws = sample_next(logits.expand(n, -1).clone(), GenerationConfig(temperature=1.0, top_p=0.7), uniforms)
+    kept = torch.bincount(draws, minlength=5).double() / n
+    assert kept[2:].sum() == 0 and abs(kept[0] - expected[0] / expected[:2].sum()) < 0.015
+    sharp = sample_next(logits.expand(n, -1).clone(), GenerationConfig(temperature=0.5), uniforms)
+    assert (sharp == 0).double().mean() > freq[0] + 0.1
+    # The extreme draw u = 1 never selects a zero-probability token.
+    edge = sample_next(logits.clone(), GenerationConfig(temperature=1.0, top_p=0.5), torch.tensor([1.0]))
+    assert edge.item() == 0

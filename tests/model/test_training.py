@@ -127,3 +127,39 @@ def test_trl_sft_lowers_the_loss(tmp_path, make_model):
     assert len(losses) == 20
     assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4, losses
     assert not torch.equal(bias_before, bias)  # the balancing update ran between optimizer steps
+
+
+def test_trl_grpo_and_dpo_run_on_the_hybrid(tmp_path, make_model):
+    """GRPO generates through the hybrid cache (HF generate, left padding); DPO rebuilds its reference model from
+    the checkpoint folder through AutoConfig / AutoModelForCausalLM.from_pretrained."""
+    import math
+
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer
+
+    from mixlab.model import load_model, load_tokenizer
+
+    tok = load_tokenizer()
+    common = dict(use_cpu=True, bf16=False, report_to=[], logging_steps=1, save_strategy="no", disable_tqdm=True,
+                  per_device_train_batch_size=4)
+    prompts = [{"prompt": [{"role": "user", "content": f"What is {i} + {i}?"}]} for i in range(8)]
+
+    def reward(completions, **_):
+        return [float(len(c[0]["content"]) % 3) for c in completions]
+
+    grpo = GRPOTrainer(model=make_model(seed=0).train(), reward_funcs=reward, processing_class=tok,
+                       train_dataset=Dataset.from_list(prompts),
+                       args=GRPOConfig(output_dir=str(tmp_path / "grpo"), max_steps=2, num_generations=4,
+                                       max_completion_length=8, **common))
+    grpo.train()
+    logs = [h for h in grpo.state.log_history if "reward" in h]
+    assert len(logs) == 2 and all(math.isfinite(h["grad_norm"]) and h["completions/mean_length"] > 0 for h in logs)
+
+    make_model(seed=0).save_pretrained(tmp_path / "policy")
+    pairs = [{**p, "chosen": [{"role": "assistant", "content": str(2 * i)}],
+              "rejected": [{"role": "assistant", "content": f"{2 * i + 1} maybe"}]} for i, p in enumerate(prompts)]
+    dpo = DPOTrainer(model=load_model(tmp_path / "policy"), processing_class=tok, train_dataset=Dataset.from_list(pairs),
+                     args=DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=3, learning_rate=1e-3, **common))
+    dpo.train()
+    losses = [h["loss"] for h in dpo.state.log_history if "loss" in h]
+    assert abs(losses[0] - math.log(2)) < 1e-3 and losses[-1] < losses[0]  # starts at ln 2 (policy == reference)

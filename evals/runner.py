@@ -218,6 +218,9 @@ def _run_task(task: Task, *, eval_id: str, run_id: str, checkpoint_id: str, suit
             if bar is not None:
                 bar.update(bar_id, completed=n_done)
         ordered = [scores[item.item_id] for item in items]
+        prepare = getattr(task, "prepare_aggregate", None)
+        if callable(prepare):  # e.g. pairwise tasks read other models' judgements for instruction difficulty
+            prepare(store=store, eval_id=eval_id, judge_id=judge_id)
         metrics = _metrics(task, eval_id, run_id, ordered, [outputs[item.item_id] for item in items])
         store.execute("DELETE FROM eval_metrics WHERE eval_id = ?", [eval_id])
         store.record_metrics(metrics)
@@ -285,11 +288,12 @@ def _score(task: Task, items: list[EvalItem], completions, bar) -> list[Score]:
 def _write_samples(store: Store, eval_id: str, run_id: str, task: Task, items, completions, scores) -> None:
     from mixlab.evals.style import style_stats
 
-    primary = task.metrics[0]
     rows = []
     for item, comp, score in zip(items, completions, scores):
         style = style_stats(comp.text)
-        value = score.values.get(primary)
+        # The sample's score: the task's primary metric, or the per-item metric it names when the primary exists
+        # only in aggregate (alpaca-eval: per-item win_rate vs aggregate lc_win_rate). None when unparseable.
+        value = score.values.get(getattr(task, "sample_metric", None) or task.metrics[0])
         turns = item.meta.get("turns") if isinstance(item.meta.get("turns"), list) else None
         rows.append({
             "eval_id": eval_id,

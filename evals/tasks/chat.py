@@ -220,7 +220,30 @@ class MTBench(JudgedChatTask):
 
 class PairwiseBaselineTask(JudgedChatTask):
     metrics = ("lc_win_rate", "win_rate", "judge_consistency", "judge_unparseable", "length_chars", "baseline_length_chars")
+    sample_metric = "win_rate"  # per item; lc_win_rate exists only in aggregate
     style_control: ClassVar[bool] = False
+    # (eval_id, item_id, preference, Δlen) of other models judged by the same judge on this task; set by the
+    # runner through `prepare_aggregate`, it gives the LC regression per-instruction difficulty.
+    history: list[tuple[str, str, float, float]] | None = None
+
+    def prepare_aggregate(self, *, store, eval_id: str, judge_id: str | None) -> None:
+        rows = store.query(
+            "SELECT s.eval_id, s.item_id, s.extra FROM eval_samples s JOIN eval_runs r ON s.eval_id = r.eval_id "
+            "WHERE r.task = ? AND r.judge IS NOT DISTINCT FROM ? AND r.status = 'completed' AND r.eval_id <> ?",
+            [self.name, judge_id, eval_id],
+        )
+        history = []
+        for row in rows:
+            try:
+                extra = json.loads(row["extra"] or "{}")
+                pref = extra["scores"].get("win_rate")
+                details = extra["details"]
+                delta = float(details["len_model"]) - float(details["len_baseline"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if pref is not None:
+                history.append((row["eval_id"], row["item_id"], float(pref), delta))
+        self.history = history
 
     def judgements_per_item(self) -> int:
         return 2
@@ -249,6 +272,7 @@ class PairwiseBaselineTask(JudgedChatTask):
                     values,
                     rationale=res.rationale,
                     details={
+                        "item_id": item.item_id,
                         "verdicts": [g.verdict for g in res.games],
                         "model_outcomes": res.model_outcomes,
                         "strong": res.strong,
@@ -271,8 +295,11 @@ class PairwiseBaselineTask(JudgedChatTask):
         len_m = [s.details.get("len_model", s.values.get("length_chars", 0.0)) for s in judged]
         len_b = [s.details.get("len_baseline", s.values.get("baseline_length_chars", 0.0)) for s in judged]
         if judged:
-            lc = lc_win_rate(prefs, len_m, len_b)
-            out["lc_win_rate"] = (lc.lc_win_rate, lc.ci_low, lc.ci_high, "bootstrap-glm")
+            difficulty, method = self._difficulty(judged, len_m, len_b), "bootstrap-glm"
+            if difficulty is not None:
+                method += f"+difficulty({len({h[0] for h in self.history or []}) + 1} models)"
+            lc = lc_win_rate(prefs, len_m, len_b, difficulty=difficulty)
+            out["lc_win_rate"] = (lc.lc_win_rate, lc.ci_low, lc.ci_high, method)
             # How strongly this judge rewards length here (log-odds per unit of tanh(Δlen/σ)).
             coef = lc.coef.get("length", math.nan)
             out["length_bias_coef"] = (coef, coef, coef, "glm")
@@ -285,6 +312,22 @@ class PairwiseBaselineTask(JudgedChatTask):
         ordered = {m: out[m] for m in self.metrics if m in out}
         ordered.update({k: v for k, v in out.items() if k not in ordered})
         return ordered
+
+
+    def _difficulty(self, judged: list[Score], len_m: list[float], len_b: list[float]) -> list[float] | None:
+        """Per-instruction difficulty from a joint fit over this and the other models' judgements, when there
+        are other models on shared instructions (one model alone cannot separate difficulty from quality)."""
+        from mixlab.evals.lc_winrate import instruction_difficulty
+
+        ids = [s.details.get("item_id") for s in judged]
+        history = [h for h in (self.history or []) if h[1] in set(ids)]
+        if not history or None in ids:
+            return None
+        current = [("__this_run__", i, s.values["win_rate"], lm - lb) for i, s, lm, lb in zip(ids, judged, len_m, len_b)]
+        rows = history + current
+        gamma = instruction_difficulty([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+                                       [r[3] for r in rows])
+        return [gamma[i] for i in ids]
 
 
 @register_task

@@ -216,9 +216,41 @@ def test_parsed_verdicts_aggregate_to_known_win_rates(scripted_judge, store, ans
         assert s["score"] == pytest.approx(sum(expected) / 2)
     assert mt.metric("score").mean == pytest.approx(sum(s["score"] for s in samples) / 3)
     assert mt.metric("score").ci_method == "bootstrap"
-    # Math/reasoning/coding questions get the reference template (MT-Bench item 101+ is reasoning).
     templates = {r["template"] for r in store.query("SELECT template FROM judgements")}
     assert "single@v1" in templates and "single-multiturn@v1" in templates
+    samples = store.query("SELECT score, extra FROM eval_samples WHERE task = 'alpaca-eval'")
+    assert [s["score"] for s in samples] == [0.0, 0.0, 0.0]  # per-item win_rate
+    assert results["alpaca-eval"].metric("lc_win_rate").ci_method == "bootstrap-glm"
+    # A second model (other decoding settings = another eval) on the same prompts: the LC fit now estimates
+    # per-instruction difficulty jointly over both.
+    second = evaluate("llama-random", ["alpaca-eval"], backend=answer_backend, judge=judge, limit=3, store=store,
+                      data_root=data_root, progress=False, gen_config={"max_new_tokens": 40})
+    assert second.ok
+    assert second["alpaca-eval"].metric("lc_win_rate").ci_method == "bootstrap-glm+difficulty(2 models)"
+
+
+def test_mt_bench_uses_reference_answers_for_math_reasoning_coding(data_root):
+    from mixlab.evals.tasks.base import get_task
+
+    items = get_task("mt-bench").load(data_root)
+    assert len(items) == 80 and all(len(i.meta["turns"]) == 2 for i in items)
+    with_ref = [i for i in items if i.reference]
+    assert len(with_ref) == 30
+    assert {i.meta["category"] for i in with_ref} == {"math", "reasoning", "coding"}
+    assert all(len(i.reference) == 2 for i in with_ref)
+    arena = get_task("arena-hard").load(data_root)
+    assert len(arena) == 500 and all(isinstance(i.reference, str) and i.reference for i in arena)
+    alpaca = get_task("alpaca-eval").load(data_root, limit=5)
+    assert [i.item_id for i in alpaca] == [f"alpaca-eval-00{k}" for k in range(5)]
+
+
+def test_chat_tasks_name_missing_data(tmp_path):
+    from mixlab.evals.tasks.base import get_task
+
+    for name, fragment in (("mt-bench", "mt_bench/question.jsonl"), ("alpaca-eval", "alpaca_eval/model_outputs.json"),
+                           ("arena-hard", "arena-hard-v0.1/question.jsonl")):
+        with pytest.raises(MixlabError, match=f"task {name}.*{fragment}"):
+            get_task(name).load(tmp_path)
 
 
 def test_judge_endpoint_down_retries_then_clear_error_keeping_finished_items(

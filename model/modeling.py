@@ -499,6 +499,12 @@ class KimiLinearModel(KimiLinearPreTrainedModel):
         if not self.training or rate <= 0:
             return {}
         blocks = self.moe_blocks()
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and counts:
+            # Every rank must apply the same update: balance on the global load (as DeepSeek-V3 does).
+            keys = sorted(counts)
+            stacked = torch.stack([counts[i] for i in keys]).to(blocks[keys[0]].gate.e_score_correction_bias.device)
+            torch.distributed.all_reduce(stacked)
+            counts = dict(zip(keys, stacked))
         imbalance = {}
         for i, c in counts.items():
             bias = blocks[i].gate.e_score_correction_bias

@@ -193,7 +193,10 @@ def test_single_file_save_in_bf16_keeps_fp32_islands(tmp_path, make_model):
 
     from mixlab.model import load_model
 
+    from mixlab.model import load_tokenizer
+
     model = make_model(seed=4).to(torch.bfloat16)
+    model.mixlab_tokenizer = load_tokenizer()  # an attached tokenizer is saved with the weights
     fp32 = {n for n, p in model.named_parameters() if p.dtype == torch.float32}
     assert fp32 and all(n.endswith(("A_log", "dt_bias", "e_score_correction_bias")) for n in fp32)
     model.save_pretrained(tmp_path / "ck")
@@ -201,6 +204,7 @@ def test_single_file_save_in_bf16_keeps_fp32_islands(tmp_path, make_model):
         dtypes = {k: fh.get_slice(k).get_dtype() for k in fh.keys()}
     assert {k for k, d in dtypes.items() if d == "F32"} == fp32
     again = load_model(tmp_path / "ck", dtype="auto")
+    assert (tmp_path / "ck" / "tokenizer.json").is_file() and len(again.mixlab_tokenizer) == 1024
     assert again.lm_head.weight.dtype == torch.bfloat16
     assert again.model.layers[0].self_attn.A_log.dtype == torch.float32
     for name, t in again.state_dict().items():

@@ -293,3 +293,18 @@ def test_local_judge_runs_the_same_templates_in_process(store, llama_model, chat
     assert store.query("SELECT count(*) AS n FROM judgements WHERE judge LIKE 'local:llama-random%'")[0]["n"] == 4
     with pytest.raises(MixlabError, match="judge spec"):
         get_judge("locl:/x")
+
+
+def test_eval_through_the_openai_backend_matches_in_process(served_tiny, store):
+    """`mixlab eval tiny --backend openai` against `mixlab serve tiny` stores the same answers as the torch backend."""
+    remote = evaluate("tiny", ["proc-chat"], backend="openai", backend_opts={"base_url": served_tiny}, limit=3,
+                      store=store, progress=False, gen_config={"max_new_tokens": 10})
+    local = evaluate("tiny", ["proc-chat"], backend="torch", backend_opts={"device": "cpu"}, limit=3, store=store,
+                     progress=False, gen_config={"max_new_tokens": 10})
+    assert remote.ok and local.ok
+    assert remote["proc-chat"].eval_id != local["proc-chat"].eval_id  # the backend is part of the key
+    rows = store.query("SELECT r.backend, s.item_id, s.output, s.output_tokens FROM eval_samples s "
+                       "JOIN eval_runs r ON s.eval_id = r.eval_id ORDER BY s.item_id, r.backend")
+    by_backend = {b: [(r["item_id"], r["output"]) for r in rows if r["backend"] == b] for b in ("openai", "torch")}
+    assert by_backend["openai"] == by_backend["torch"] and len(by_backend["torch"]) == 3
+    assert all(r["output_tokens"] is not None for r in rows)

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 TIER_ORDER = ["front", "within CI of front", "dominated"]
+MAX_LABELS = 12
 TIER_OPACITY = [1.0, 0.75, 0.28]
 PICK = "pick"  # the selection's name; Streamlit reports clicks under it
 
@@ -24,6 +25,7 @@ def tradeoff(points: pd.DataFrame, front: pd.DataFrame, *, x_title: str, y_title
     `points` comes from `aggregates.tradeoff_points`; `tooltip_metrics` are (column, title) pairs shown on hover.
     Clicking a point selects its `run_id` under the selection named `PICK`.
     """
+    points = points.assign(show_label=front_labels(points))
     x_scale = alt.Scale(domain=_padded(points["x_lo"], points["x_hi"]), nice=False, zero=False)
     y_scale = alt.Scale(domain=_padded(points["y_lo"], points["y_hi"]), nice=False, zero=False)
     colour = alt.Color(f"{color}:N", title=color_title, scale=alt.Scale(scheme="tableau10"),
@@ -64,13 +66,21 @@ def tradeoff(points: pd.DataFrame, front: pd.DataFrame, *, x_title: str, y_title
                                            strokeDash=[6, 3], opacity=0.8).encode(
             x=alt.X("x:Q", scale=x_scale), y=alt.Y("y:Q", scale=y_scale), order="x:Q")
         layers.append(stair)
-    labels = base.transform_filter(alt.datum.on_front).mark_text(
+    labels = base.transform_filter(alt.datum.show_label).mark_text(
         align="left", dx=9, dy=-9, fontSize=11, fontWeight="bold", color="#1f2933").encode(
         x=alt.X("x:Q", scale=x_scale), y=alt.Y("y:Q", scale=y_scale), text="mixture_name:N")
     layers += [dots, labels]
     return alt.layer(*layers).properties(height=height).configure_axis(
         labelFontSize=12, titleFontSize=13, titleFontWeight="normal").configure_legend(
         labelFontSize=12, titleFontSize=12).configure_view(strokeOpacity=0)
+
+
+def front_labels(points: pd.DataFrame) -> pd.Series:
+    """Which front points get a text label: one per mixture (its first along the front), at most MAX_LABELS,
+    so that a crowded front stays readable; hover still names every point."""
+    front = points[points["on_front"]].sort_values("x")
+    first = front.drop_duplicates("mixture_name").head(MAX_LABELS).index
+    return points.index.isin(first)
 
 
 def composition(comp: pd.DataFrame, height_per_mixture: int = 46) -> alt.Chart:

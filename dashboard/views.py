@@ -176,6 +176,9 @@ To explore the views on synthetic-but-consistent data first:
 def page_tradeoff(runs: pd.DataFrame) -> None:
     cat = catalog()
     st.title("Leaderboard vs usability")
+    st.caption("Which data mixtures sit on the Pareto front between leaderboard score (math/code benchmarks) and "
+               "usability (judges, instruction following, style)? Runs that no other run beats on both axes form the "
+               "front; CI whiskers say whether a gap is larger than noise.")
     if cat.empty:
         st.info("No evaluation metrics recorded yet: the trade-off appears once runs are evaluated (`mixlab eval`).")
         return

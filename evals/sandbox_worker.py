@@ -176,7 +176,7 @@ def _run_user_code(req: dict, workdir: str, fds: tuple[int, int, int], drop: boo
             os.execve(python, [python, "-s", "main.py"], env)
         os.environ.clear()
         os.environ.update(env)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGCHLD):  # SIGPIPE stays ignored and SIGINT raises, as in python
             signal.signal(sig, signal.SIG_DFL)
         code = _exec_in_this_interpreter(req["code"], workdir)
     except BaseException:  # noqa: BLE001 - set-up failure inside the child: report on stderr, exit 1

@@ -208,3 +208,11 @@ def test_memory_of_all_processes_together_is_capped():
         pytest.skip("no writable memory/pids cgroup here: only per-process rlimits apply")
     assert result.status == "oom", result
     assert "cgroup" in result.reason
+
+
+def test_signal_dispositions_match_a_normal_python():
+    import signal
+
+    code = "import signal\nprint(int(signal.getsignal(signal.SIGPIPE)), signal.getsignal(signal.SIGINT).__name__)"
+    fork, exec_ = run_code(code).stdout, run_code(code, mode="exec").stdout
+    assert fork == exec_ == f"{int(signal.SIG_IGN)} default_int_handler\n"

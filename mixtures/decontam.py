@@ -109,21 +109,25 @@ class Hit:
     field: str
 
 
-def check(index: EvalIndex, texts: list[str], text_row: list[int], text_field: list[str]) -> list[Hit]:
-    """One hit per (row, benchmark): the first overlapping n-gram found. `texts` are the rows' fields."""
-    tokens = tokenize(texts, keep_words=True)
-    hashes, text_of, start = ngram_hashes(tokens, index.n, short="whole")
-    owners = index.lookup(hashes)
+def check(index: EvalIndex, texts: list[str], text_row: list[int], text_field: list[str],
+          batch: int = 100_000) -> list[Hit]:
+    """One hit per (row, benchmark): the first overlapping n-gram found. `texts` are the rows' fields.
+    Texts go through in batches so the n-gram arrays stay a few hundred MB at a million rows."""
     hits: list[Hit] = []
     seen: set[tuple[int, str]] = set()
-    for k in np.flatnonzero(owners >= 0):
-        t = int(text_of[k])
-        benchmark, item_id = index.items[int(owners[k])]
-        row = text_row[t]
-        if (row, benchmark) in seen:
-            continue
-        seen.add((row, benchmark))
-        hits.append(Hit(row, benchmark, item_id, window_text(tokens, t, int(start[k]), index.n), text_field[t]))
+    for begin in range(0, len(texts), batch):
+        tokens = tokenize(texts[begin : begin + batch], keep_words=True)
+        hashes, text_of, start = ngram_hashes(tokens, index.n, short="whole")
+        owners = index.lookup(hashes)
+        for k in np.flatnonzero(owners >= 0):
+            t = int(text_of[k])
+            benchmark, item_id = index.items[int(owners[k])]
+            row = text_row[begin + t]
+            if (row, benchmark) in seen:
+                continue
+            seen.add((row, benchmark))
+            hits.append(Hit(row, benchmark, item_id, window_text(tokens, t, int(start[k]), index.n),
+                            text_field[begin + t]))
     return hits
 
 

@@ -141,11 +141,10 @@ class MathVerifyTimeout(Exception):
 
 
 def call_with_timeout(fn: Callable[[], T], timeout_s: float) -> T:
-    """Run fn in a daemon thread and wait at most timeout_s.
+    """Run fn in a daemon thread and wait at most timeout_s (for pure-Python work that can be abandoned).
 
-    math-verify's built-in timeouts use signal.alarm, which works only in the main thread (and would clobber
-    pytest-timeout's alarm). This wrapper works from any thread; a runaway sympy call is abandoned (the daemon
-    thread finishes or dies with the process) and the caller gets MathVerifyTimeout.
+    Not enough for sympy: a huge integer power is one C call that holds the GIL, so the waiting thread cannot
+    even wake up. math-verify therefore runs in worker processes (`_VerifierPool`), which can be killed.
     """
     box: dict[str, Any] = {}
 
@@ -155,14 +154,99 @@ def call_with_timeout(fn: Callable[[], T], timeout_s: float) -> T:
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             box["error"] = exc
 
-    worker = threading.Thread(target=target, name="math-verify", daemon=True)
+    worker = threading.Thread(target=target, name="mixlab-timeout", daemon=True)
     worker.start()
     worker.join(timeout_s)
     if worker.is_alive():
-        raise MathVerifyTimeout(f"math-verify took longer than {timeout_s}s")
+        raise MathVerifyTimeout(f"call took longer than {timeout_s}s")
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+class _VerifierPool:
+    """A few long-lived math-verify worker processes, safe to call from any thread.
+
+    Each call borrows an idle worker, sends (mode, gold, prediction) and waits up to the timeout; a worker that
+    overruns is killed and replaced on next use, so a pathological answer (e.g. 9^{9^{9^9}}) costs one timeout,
+    not a hung evaluation. Workers come from a forkserver with math-verify preloaded: cheap to replace, and no
+    fork of a multi-threaded parent.
+    """
+
+    def __init__(self, size: int = 2) -> None:
+        import queue
+
+        self._idle: queue.Queue = queue.Queue()
+        for _ in range(size):
+            self._idle.put(None)  # None = spawn on first use
+        self._ctx = None
+        self._lock = threading.Lock()
+
+    def _context(self):
+        with self._lock:
+            if self._ctx is None:
+                import multiprocessing as mp
+
+                ctx = mp.get_context("forkserver")
+                ctx.set_forkserver_preload(["mixlab.evals.math_verify_worker"])
+                self._ctx = ctx
+            return self._ctx
+
+    def _spawn(self):
+        ctx = self._context()
+        parent, child = ctx.Pipe()
+        from mixlab.evals.math_verify_worker import worker_main
+
+        proc = ctx.Process(target=worker_main, args=(child,), daemon=True, name="mixlab-math-verify")
+        proc.start()
+        child.close()
+        return proc, parent
+
+    def call(self, mode: str, gold: str, predicted: str, timeout_s: float) -> bool:
+        worker = self._idle.get()
+        try:
+            if worker is None or not worker[0].is_alive():
+                worker = self._spawn()
+            proc, conn = worker
+            conn.send((mode, gold, predicted))
+            if not conn.poll(timeout_s):
+                proc.kill()
+                proc.join(1)
+                conn.close()
+                worker = None
+                raise MathVerifyTimeout(f"math-verify took longer than {timeout_s}s")
+            status, value = conn.recv()
+        except (EOFError, OSError, BrokenPipeError):
+            worker = None  # the worker died (e.g. out of memory): treat as not equal, respawn next time
+            return False
+        finally:
+            self._idle.put(worker)
+        return bool(value) if status == "ok" else False
+
+
+_POOL = _VerifierPool()
+
+_MAX_ANSWER_CHARS = 2000  # longer "answers" are junk and can make sympy crawl
+
+
+def math_equal(gold_answer: str, predicted: str, timeout_s: float = 5.0) -> bool:
+    """math-verify equivalence of two LaTeX answers (both wrapped in \\boxed{} so they always parse)."""
+    if not predicted.strip() or len(predicted) > _MAX_ANSWER_CHARS:
+        return False
+    try:
+        return _POOL.call("boxed", gold_answer, predicted, timeout_s)
+    except MathVerifyTimeout:
+        return False
+
+
+def math_verify_whole(gold_answer: str, output: str, timeout_s: float = 5.0) -> bool:
+    """math-verify's own extraction over the output's tail (its last LaTeX/expression answer)."""
+    if not output.strip():
+        return False
+    try:
+        return _POOL.call("whole", gold_answer, output[-4 * _MAX_ANSWER_CHARS :], timeout_s)
+    except MathVerifyTimeout:
+        return False
 
 
 def last_boxed(text: str) -> str | None:
@@ -188,47 +272,6 @@ def last_boxed(text: str) -> str | None:
             if depth == 0:
                 return text[i + 1 : j]
     return None  # unbalanced: truncated output
-
-
-_MAX_ANSWER_CHARS = 2000  # longer "answers" are junk and can make sympy crawl
-
-
-def math_equal(gold_answer: str, predicted: str, timeout_s: float = 5.0) -> bool:
-    """math-verify equivalence of two LaTeX answers (both wrapped in \\boxed{} so they always parse)."""
-    if not predicted.strip() or len(predicted) > _MAX_ANSWER_CHARS:
-        return False
-    from math_verify import parse, verify
-
-    def run() -> bool:
-        gold = parse(f"$\\boxed{{{gold_answer}}}$", parsing_timeout=None)
-        pred = parse(f"$\\boxed{{{predicted}}}$", parsing_timeout=None)
-        if not gold or not pred:
-            return False
-        return bool(verify(gold, pred, timeout_seconds=None))
-
-    try:
-        return call_with_timeout(run, timeout_s)
-    except Exception:  # noqa: BLE001 - parse failure or timeout: not equal
-        return False
-
-
-def math_verify_whole(gold_answer: str, output: str, timeout_s: float = 5.0) -> bool:
-    """math-verify's own extraction over the whole output (boxed first, else the last LaTeX/expression)."""
-    if not output.strip():
-        return False
-    from math_verify import parse, verify
-
-    tail = output[-4 * _MAX_ANSWER_CHARS :]
-
-    def run() -> bool:
-        gold = parse(f"$\\boxed{{{gold_answer}}}$", parsing_timeout=None)
-        pred = parse(tail, parsing_timeout=None)
-        return bool(gold and pred and verify(gold, pred, timeout_seconds=None))
-
-    try:
-        return call_with_timeout(run, timeout_s)
-    except Exception:  # noqa: BLE001
-        return False
 
 
 @register_task
@@ -265,7 +308,8 @@ class Math500(Task):
             text = output if isinstance(output, str) else str(output)
             boxed = last_boxed(text)
             boxed_ok = boxed is not None and math_equal(item.reference, boxed, self.timeout_s)
-            any_ok = boxed_ok or math_verify_whole(item.reference, text, self.timeout_s)
+            # math-verify's own extraction picks the box too when there is one; only box-less answers differ.
+            any_ok = boxed_ok if boxed is not None else math_verify_whole(item.reference, text, self.timeout_s)
         except Exception as exc:  # noqa: BLE001 - a scorer never crashes on model output
             return Score({m: 0.0 for m in self.metrics}, details={"error": f"{type(exc).__name__}: {exc}"})
         return Score(

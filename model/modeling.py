@@ -120,14 +120,19 @@ class KimiDeltaAttention(_Fp32ParamsMixin, nn.Module):
             outs.append(y.view(B, T, H, K))
             convs.append(c)
         q, k, v = outs
-        g = kda_gate(self.f_b_proj(self.f_a_proj(x)), self.A_log, self.dt_bias)  # fp32 [B, T, H, K]
-        beta = torch.sigmoid(self.b_proj(x).float())  # fp32 [B, T, H]
+        f = self.f_b_proj(self.f_a_proj(x))
+        beta_logits = self.b_proj(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            g = kda_gate(f, self.A_log, self.dt_bias)  # fp32 [B, T, H, K]
+            beta = torch.sigmoid(beta_logits.float())  # fp32 [B, T, H]
         scale = K**-0.5
-        if layout.has_past and T == 1:
-            o, new_state = recurrent_kda_step(q, k, v, g, beta, state, scale=scale, use_qk_l2norm=True)
-        else:
-            o, new_state = chunk_kda(q, k, v, g, beta, scale=scale, initial_state=state,
-                                     output_final_state=store, cu_seqlens=cu, use_qk_l2norm=True)
+        # The KDA core stays fp32 under a bf16 autocast too (the ops upcast their inputs themselves).
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if layout.has_past and T == 1:
+                o, new_state = recurrent_kda_step(q, k, v, g, beta, state, scale=scale, use_qk_l2norm=True)
+            else:
+                o, new_state = chunk_kda(q, k, v, g, beta, scale=scale, initial_state=state,
+                                         output_final_state=store, cu_seqlens=cu, use_qk_l2norm=True)
         if store:
             cache.update_kda(self.layer_idx, tuple(convs), new_state)
         gate = self.g_b_proj(self.g_a_proj(x)).view(B, T, H, K)
@@ -294,7 +299,8 @@ class KimiSparseMoeBlock(nn.Module):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         cfg = self.config
-        logits = F.linear(flat.float(), self.gate.weight.float())  # router in fp32, as the HF gate
+        with torch.autocast(device_type=x.device.type, enabled=False):  # router in fp32, as the HF gate
+            logits = F.linear(flat.float(), self.gate.weight.float())
         idx, weight = moe_route(
             logits, self.gate.e_score_correction_bias, self.top_k, renormalize=cfg.moe_renormalize,
             scaling=cfg.routed_scaling_factor, weights_use_bias=cfg.router_weights_use_bias,

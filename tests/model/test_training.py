@@ -163,3 +163,25 @@ def test_trl_grpo_and_dpo_run_on_the_hybrid(tmp_path, make_model):
     dpo.train()
     losses = [h["loss"] for h in dpo.state.log_history if "loss" in h]
     assert abs(losses[0] - math.log(2)) < 1e-3 and losses[-1] < losses[0]  # starts at ln 2 (policy == reference)
+
+
+def test_router_and_gates_stay_fp32_under_autocast(make_model):
+    model = make_model(seed=8).train()
+    seen = {}
+    import mixlab.model.modeling as modeling
+
+    real_route = modeling.moe_route
+
+    def spy(logits, *a, **kw):
+        seen["router_logits"] = logits.dtype
+        return real_route(logits, *a, **kw)
+
+    modeling.moe_route = spy
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(torch.randint(0, 1000, (2, 12)), labels=torch.randint(0, 1000, (2, 12)))
+    finally:
+        modeling.moe_route = real_route
+    out.loss.backward()
+    assert out.logits.dtype == torch.bfloat16  # autocast is active for the projections ...
+    assert seen["router_logits"] == torch.float32  # ... but not for the router

@@ -43,6 +43,7 @@ class DbState:
     message: str
     n_runs: int = 0
     n_metrics: int = 0
+    n_mixtures: int = 0
 
 
 def db_state(path: str | Path) -> DbState:
@@ -55,12 +56,15 @@ def db_state(path: str | Path) -> DbState:
         if not {"runs", "eval_metrics", "schema_version"} <= tables:
             return DbState("not_mixlab", str(p), f"{p} is a DuckDB file without the mixlab schema")
         counts = _store(p).query(
-            "SELECT (SELECT count(*) FROM runs) AS runs, (SELECT count(*) FROM eval_metrics) AS metrics"
+            "SELECT (SELECT count(*) FROM runs) AS runs, (SELECT count(*) FROM eval_metrics) AS metrics, "
+            "(SELECT count(*) FROM mixtures) AS mixtures"
         )[0]
     except (MixlabError, duckdb.Error) as exc:
         return DbState("error", str(p), f"cannot read {p}: {exc}")
-    status = "ok" if counts["runs"] or counts["metrics"] else "empty"
-    return DbState(status, str(p), "" if status == "ok" else f"{p} holds no runs yet", counts["runs"], counts["metrics"])
+    # Built mixtures alone are worth showing (composition, contamination) before the first run finishes.
+    status = "ok" if counts["runs"] or counts["metrics"] or counts["mixtures"] else "empty"
+    return DbState(status, str(p), "" if status == "ok" else f"{p} holds no runs yet", counts["runs"],
+                   counts["metrics"], counts["mixtures"])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -180,7 +180,8 @@ def page_tradeoff(runs: pd.DataFrame) -> None:
                "usability (judges, instruction following, style)? Runs that no other run beats on both axes form the "
                "front; CI whiskers say whether a gap is larger than noise.")
     if cat.empty:
-        st.info("No evaluation metrics recorded yet: the trade-off appears once runs are evaluated (`mixlab eval`).")
+        st.info("No evaluation metrics recorded yet: the trade-off appears once runs are evaluated (`mixlab eval`, "
+                "or `make demo` for the whole loop). Built mixtures are already on the **Mixtures** page.")
         return
     directional = cat[cat["direction"] != "neutral"]
     by_cat = lambda c: directional[directional["category"] == c]["key"].tolist()  # noqa: E731
@@ -555,7 +556,7 @@ def main() -> None:
         return
     _init_from_query_params()
     st.sidebar.markdown("## ⚖️ mixlab")
-    st.sidebar.caption(f"`{path}` · {state.n_runs} runs · {state.n_metrics} metrics")
+    st.sidebar.caption(f"`{path}` · {state.n_runs} runs · {state.n_metrics} metrics · {state.n_mixtures} mixtures")
     view = st.sidebar.radio("View", VIEWS, key="view", label_visibility="collapsed")
     try:
         all_runs = load("runs")

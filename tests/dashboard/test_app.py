@@ -210,3 +210,23 @@ def test_runs_without_evals_are_explained(tmp_path, use_db):
     for view in ("Leaderboard", "Mixtures", "Run detail", "Contamination"):
         at.sidebar.radio(key="view").set_value(view).run()
         assert not at.exception, view
+
+
+def test_mixtures_without_runs_are_shown(tmp_path, use_db):
+    """Right after `mixlab mix build`, before any run: composition is viewable, the trade-off explains the wait."""
+    path = use_db(tmp_path / "mixlab.duckdb")
+    store = Store(path)
+    store.insert("mixtures", [{"mixture_id": "m1", "name": "demo-math-heavy", "family": "math-heavy"},
+                              {"mixture_id": "m2", "name": "demo-balanced", "family": "balanced"}])
+    store.insert("mixture_components", [
+        {"mixture_id": m, "source_id": s, "source_name": s, "target_share": t, "realised_share": t}
+        for m, shares in (("m1", (0.7, 0.15, 0.15)), ("m2", (1 / 3, 1 / 3, 1 / 3)))
+        for s, t in zip(("math", "code", "chat"), shares)])
+    at = run_app()
+    assert "No evaluation metrics" in at.info[0].value
+    at.sidebar.radio(key="view").set_value("Mixtures").run()
+    assert not at.exception
+    diff = at.dataframe[-1].value.set_index("source")
+    a, b = at.session_state["mix_a"], at.session_state["mix_b"]
+    share = {"m1": 0.7, "m2": 1 / 3}
+    assert diff.loc["math", "delta_realised_pp"] == pytest.approx(100 * (share[b] - share[a]))

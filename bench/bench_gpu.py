@@ -125,6 +125,7 @@ def part_b(results: dict) -> None:
         grads_ok = {
             name: bool(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0)
             for name, p in model.named_parameters()
+            if p.requires_grad
         }
         bad = sorted(n for n, ok in grads_ok.items() if not ok)
         kinds = {

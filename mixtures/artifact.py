@@ -44,7 +44,9 @@ def _sha256(path: Path) -> str:
 
 
 def write(builder: "_Builder", mixture_id: str, allocations, pool_index: dict[str, np.ndarray],
-          phase_order) -> "BuiltMixture":
+          phase_order, *, replace: bool = False) -> "BuiltMixture":
+    """Write the artifact. Without `replace`, a folder another process finished first is kept (same inputs,
+    same bytes) and ours is discarded, so readers never see the folder disappear."""
     from mixlab.mixtures.build import BuiltMixture, code_version, mixtures_dir
 
     spec = builder.spec
@@ -112,7 +114,7 @@ def write(builder: "_Builder", mixture_id: str, allocations, pool_index: dict[st
         components.append({
             "path": leaf.path, "name": leaf.component.name, "source_id": leaf.source_id,
             "origin": leaf.resolved.origin, "uri": leaf.resolved.uri, "revision": leaf.resolved.revision,
-            "adapter": leaf.adapter.name, "weight": leaf.component.weight, "max_epochs": caps[leaf.path],
+            "content_hash": leaf.resolved.content_hash, "adapter": leaf.adapter.name, "weight": leaf.component.weight, "max_epochs": caps[leaf.path],
             "loaded_rows": leaf.loaded_rows, "available_rows": int(len(pool)),
             "available_tokens": int(leaf.tokens[pool].sum()),
             "dropped": leaf.dropped,
@@ -189,13 +191,18 @@ def write(builder: "_Builder", mixture_id: str, allocations, pool_index: dict[st
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
         (tmp / "mixture.lock").write_text(json.dumps(lock, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
         (tmp / "mixture.yaml").write_text(builder.loaded.yaml_text)
-        if final.exists():
+        if final.exists() and not replace:
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif final.exists():
             old = final.parent / f".old-{mixture_id}-{os.getpid()}"
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except OSError:  # another process renamed its identical folder into place first
+                shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -214,7 +221,7 @@ def record_in_store(built: "BuiltMixture", loaded: "LoadedMixture", store=None, 
     store.insert("sources", [{
         "source_id": c["source_id"], "name": c["path"], "kind": c["origin"], "uri": c["uri"],
         "revision": c["revision"], "adapter": c["adapter"], "n_rows": c["loaded_rows"],
-        "content_hash": c["source_id"], "created_at": now,
+        "content_hash": c.get("content_hash"), "created_at": now,
     } for c in m["components"]], replace=True)
     store.insert("mixtures", [{
         "mixture_id": built.mixture_id, "name": m["name"], "kind": m["kind"], "family": m["family"],

@@ -415,7 +415,8 @@ def build(name_or_path: str | Path, data_root: str | Path | None = None, store=N
     builder.apply_dedup()
     allocations, pool_index = builder.allocate()
     progress("write artifact", 0, 1)
-    built = artifact.write(builder, mixture_id, allocations, pool_index, _phase_order(loaded.spec, allocations))
+    built = artifact.write(builder, mixture_id, allocations, pool_index, _phase_order(loaded.spec, allocations),
+                           replace=force)
     progress("write artifact", 1, 1)
     if record:
         artifact.record_in_store(built, loaded, store)

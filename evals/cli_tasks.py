@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -116,6 +117,6 @@ def check(
             for row in result.failures:
                 console.print(f"  {row['item_id']}: {row['score']} {json.dumps(row['details'])[:200]}")
     if min_score is not None and result.primary < min_score:
-        raise typer.Exit(1)
+        sys.exit(1)  # (typer.Exit codes are dropped by mixlab.cli.main in non-standalone mode)
     if max_score is not None and result.primary > max_score:
-        raise typer.Exit(1)
+        sys.exit(1)  # (typer.Exit codes are dropped by mixlab.cli.main in non-standalone mode)

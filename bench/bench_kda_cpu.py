@@ -83,13 +83,16 @@ class MHAMixer(nn.Module):
         return self.o_proj(F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, d))
 
 
+CLOCK = time.perf_counter  # --clock process: CPU time of this process (robust on a shared machine, 1 thread)
+
+
 def timed(fn, reps: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
     return statistics.median(times)
 
 
@@ -148,15 +151,30 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--quick", action="store_true", help="one shape, fewer reps, no naive loop")
+    ap.add_argument("--profile", action="store_true", help="print a torch.profiler op table of chunk_kda fwd+bwd")
+    ap.add_argument("--clock", choices=("wall", "process"), default="wall",
+                    help="'process' times CPU time of this process: use with --threads 1 on a busy machine")
     args = ap.parse_args()
+    global CLOCK
+    if args.clock == "process":
+        if args.threads != 1:
+            ap.error("--clock process needs --threads 1 (CPU time sums over threads)")
+        CLOCK = time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.profile:
+        _, fb = core_ops(32, 96, 4, 32, [32], naive=False)["chunk_kda_c32"]
+        fb()
+        with torch.profiler.profile() as prof:
+            for _ in range(5):
+                fb()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
     B, T, d = 32, 96, 128
     reps = 3 if args.quick else args.reps
     shapes = [(4, 32)] if args.quick else [(4, 32), (2, 64)]
     chunk_sizes = [16, 32, 64]
     results = {"core": [], "layer": [], "strong_decay": []}
-    header = f"B={B} T={T} width={d}, median of {reps}, threads={torch.get_num_threads()}"
+    header = f"B={B} T={T} width={d}, median of {reps}, threads={torch.get_num_threads()}, {args.clock} clock"
     for H, K in shapes:
         fwd, fb = measure(core_ops(B, T, H, K, chunk_sizes, naive=not args.quick), reps)
         table(f"core ops, H={H} K=V={K}; {header}", fwd, fb, "sdpa")
@@ -183,6 +201,7 @@ def main() -> None:
         "device": f"cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} logical cores)",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "clock": args.clock,
         "shape": {"B": B, "T": T, "width": d},
         "note": "wall-clock medians; core ops take projected inputs; chunk_kda includes the in-kernel q/k L2 norm",
         "results": results,

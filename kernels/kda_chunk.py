@@ -90,14 +90,14 @@ def _intra_chunk_scores(q, k, G, sub: int):
         return None, None
     if n_unsafe == unsafe.numel():
         return _scores_subblock(q, k, G, sub)
-    # Mask before exp: the factored form sees Γ = 0 on unsafe chunks (finite, then discarded by where()).
+    # Mask before exp: the factored form sees Γ = 0 on unsafe chunks (finite values, then overwritten, and
+    # index_copy sends no gradient to what it overwrites).
     Aqk, Akk = _scores_factored(q, k, G.masked_fill(unsafe[..., None, None], 0.0))
     idx = unsafe.flatten().nonzero().squeeze(-1)
     flat = lambda t: t.flatten(0, 1).index_select(0, idx)  # noqa: E731
     Aqk_x, Akk_x = _scores_subblock(flat(q), flat(k), flat(G), sub)
-    sel = unsafe[..., None, None]
-    Aqk = torch.where(sel, Aqk.flatten(0, 1).index_copy(0, idx, Aqk_x).view_as(Aqk), Aqk)
-    Akk = torch.where(sel, Akk.flatten(0, 1).index_copy(0, idx, Akk_x).view_as(Akk), Akk)
+    Aqk = Aqk.flatten(0, 1).index_copy(0, idx, Aqk_x).view_as(Aqk)
+    Akk = Akk.flatten(0, 1).index_copy(0, idx, Akk_x).view_as(Akk)
     return Aqk, Akk
 
 

@@ -12,10 +12,25 @@ def fp32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
+class _L2Norm(torch.autograd.Function):
+    """y = x · r, r = (Σx² + eps)^-½; backward dx = r (dy − y Σ(dy·y)): 4 passes instead of autograd's ~10."""
+
+    @staticmethod
+    def forward(ctx, x, eps):
+        r = torch.rsqrt(torch.linalg.vecdot(x, x).unsqueeze(-1) + eps)
+        y = x * r
+        ctx.save_for_backward(y, r)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        y, r = ctx.saved_tensors
+        return (dy - y * torch.linalg.vecdot(dy, y).unsqueeze(-1)) * r, None
+
+
 def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """x / sqrt(sum(x²) + eps) over the last dim, in fp32 (fla's `use_qk_l2norm_in_kernel`)."""
-    x = fp32(x)
-    return x * torch.rsqrt(x.square().sum(-1, keepdim=True) + eps)
+    return _L2Norm.apply(fp32(x), eps)
 
 
 def check_kda_args(op, q, k, v, g, beta, initial_state, cu_seqlens) -> None:

@@ -286,3 +286,10 @@ def test_bad_shapes_raise_mixlab_error():
         chunk_kda(q, k, v, g, beta, initial_state=s0[:1])
     with pytest.raises(MixlabError, match="cu_seqlens"):
         naive_recurrent_kda(q[:1], k[:1], v[:1], g[:1], beta[:1], cu_seqlens=torch.tensor([0, 5]))
+
+
+def test_l2norm_formula_and_gradcheck():
+    x = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(l2norm(x), x / torch.sqrt(x.square().sum(-1, keepdim=True) + 1e-6))
+    assert torch.autograd.gradcheck(l2norm, (x,))
+    assert l2norm(torch.randn(2, 4).bfloat16()).dtype == torch.float32

@@ -83,24 +83,56 @@ def front_labels(points: pd.DataFrame) -> pd.Series:
     return points.index.isin(first)
 
 
+# One hue family per top-level group (math, code, chat, ...), shades within it for its sources.
+_HUES = [
+    ["#2b6cb0", "#63a4e0", "#16427a", "#a3c9ef", "#4a88c7"],   # blues
+    ["#dd6b20", "#f6a25b", "#9c4215", "#fbc99a", "#e88a3c"],   # oranges
+    ["#2f855a", "#68c08f", "#1c5a3b", "#a6dcbc", "#48a774"],   # greens
+    ["#805ad5", "#b197ef", "#553c9a", "#d6c8f7", "#9a78e2"],   # purples
+    ["#c53030", "#f08080", "#822727", "#f6b3b3", "#dd5656"],   # reds
+    ["#4a5568", "#a0aec0", "#2d3748", "#cbd5e0", "#718096"],   # greys
+]
+
+
+def group_colours(keys: pd.DataFrame) -> dict[str, str]:
+    """source -> colour: sources of the same top-level group (first segment of group_path) share a hue."""
+    out: dict[str, str] = {}
+    groups: dict[str, int] = {}
+    used: dict[str, int] = {}
+    for group_path, source in zip(keys["group_path"], keys["source"]):
+        top = (group_path or source).split("/")[0]
+        g = groups.setdefault(top, len(groups))
+        k = used.get(top, 0)
+        used[top] = k + 1
+        palette = _HUES[g % len(_HUES)]
+        out.setdefault(source, palette[k % len(palette)])
+    return out
+
+
 def composition(comp: pd.DataFrame, height_per_mixture: int = 46) -> alt.Chart:
-    """Stacked bars: per mixture, its target share (pale) and realised share (solid) per source."""
+    """Stacked bars: per mixture, its target share (pale) and realised share (solid) per source.
+
+    Sources are stacked and coloured in group order (e.g. math/…, code/…, chat/…) so related sources sit together."""
     long = pd.concat([
         comp.assign(which="target", share=comp["target_share"]),
         comp.assign(which="realised", share=comp["realised_share"]),
     ])[["mixture", "source", "group_path", "which", "share", "realised_rows", "epochs"]]
-    n = max(1, long["mixture"].nunique())
+    keys = long[["group_path", "source"]].fillna("").drop_duplicates().sort_values(["group_path", "source"])
+    order = list(dict.fromkeys(keys["source"]))
+    long["source_rank"] = long["source"].map({s: i for i, s in enumerate(order)})
+    colours = group_colours(keys)
     return alt.Chart(long).mark_bar(stroke="white", strokeWidth=0.5).encode(
         y=alt.Y("mixture:N", title=None, sort=None),
         yOffset=alt.YOffset("which:N", sort=["target", "realised"]),
         x=alt.X("share:Q", stack="normalize", title="share of the mixture", axis=alt.Axis(format="%")),
-        color=alt.Color("source:N", scale=alt.Scale(scheme="tableau10"), title="source"),
-        opacity=alt.Opacity("which:N", scale=alt.Scale(domain=["target", "realised"], range=[0.45, 1.0]),
+        color=alt.Color("source:N", scale=alt.Scale(domain=order, range=[colours[s] for s in order]), title="source",
+                        sort=order),
+        opacity=alt.Opacity("which:N", scale=alt.Scale(domain=["target", "realised"], range=[0.4, 1.0]),
                             title="bar", sort=["target", "realised"]),
-        order=alt.Order("source:N"),
-        tooltip=["mixture:N", "source:N", "which:N", alt.Tooltip("share:Q", format=".1%"),
+        order=alt.Order("source_rank:Q"),
+        tooltip=["mixture:N", "source:N", "group_path:N", "which:N", alt.Tooltip("share:Q", format=".1%"),
                  alt.Tooltip("realised_rows:Q", format=","), alt.Tooltip("epochs:Q", format=".2f")],
-    ).properties(height=height_per_mixture * n)
+    ).properties(height=alt.Step(18))
 
 
 def mixture_delta(diff: pd.DataFrame, name_a: str, name_b: str) -> alt.Chart:
@@ -112,7 +144,7 @@ def mixture_delta(diff: pd.DataFrame, name_a: str, name_b: str) -> alt.Chart:
         tooltip=["source:N", alt.Tooltip("realised_share_a:Q", format=".1%", title=name_a),
                  alt.Tooltip("realised_share_b:Q", format=".1%", title=name_b),
                  alt.Tooltip("delta_realised_pp:Q", format="+.1f", title="Δ pp")],
-    ).properties(height=max(120, 26 * len(diff)))
+    ).properties(height=alt.Step(24))
 
 
 def curves(train: pd.DataFrame, names: list[str]) -> alt.FacetChart:
@@ -135,7 +167,7 @@ def imbalance_heatmap(imb: pd.DataFrame) -> alt.Chart:
         color=alt.Color("max_over_mean:Q", title="max / mean load", scale=alt.Scale(scheme="orangered", domainMin=1)),
         tooltip=["step:O", "layer:O", alt.Tooltip("max_over_mean:Q", format=".2f"), alt.Tooltip("cv:Q", format=".2f"),
                  "hottest_expert:O"],
-    ).properties(height=max(120, 28 * imb["layer"].nunique()))
+    ).properties(height=alt.Step(30))
 
 
 def expert_heatmap(load: pd.DataFrame, layer: int) -> alt.Chart:
@@ -146,21 +178,27 @@ def expert_heatmap(load: pd.DataFrame, layer: int) -> alt.Chart:
         y=alt.Y("expert:O", title=f"expert (layer {layer})"),
         color=alt.Color("load:Q", title="load share", scale=alt.Scale(scheme="viridis")),
         tooltip=["step:O", "expert:O", alt.Tooltip("load:Q", format=".3f"), alt.Tooltip("bias:Q", format=".4f")],
-    ).properties(height=max(120, 16 * df["expert"].nunique()))
+    ).properties(height=alt.Step(18 if df["expert"].nunique() <= 32 else 6))
 
 
 def metric_intervals(df: pd.DataFrame) -> alt.LayerChart:
-    """Dot-and-whisker per metric, one colour per run (two runs compared on the same axis)."""
+    """Dot-and-whisker per metric, one colour per run (two runs compared on the same axis).
+
+    `df` has key, run, mean, ci_low, ci_high, n and the position columns pos, pos_lo, pos_hi: the value mapped to
+    0–1 on the metric's own scale (see `aggregates.catalog`), so rates, 1–10 judge scores and percentages share an
+    axis; hover shows the raw numbers."""
     base = alt.Chart(df).encode(
-        y=alt.Y("key:N", title=None, sort=None),
+        y=alt.Y("key:N", title=None, sort="ascending", axis=alt.Axis(labelLimit=260)),
         yOffset=alt.YOffset("run:N"),
         color=alt.Color("run:N", scale=alt.Scale(scheme="tableau10"), legend=alt.Legend(orient="bottom")),
     )
-    rule = base.mark_rule(strokeWidth=2).encode(x=alt.X("ci_low:Q", title="value (95 % CI)"), x2="ci_high:Q")
-    dot = base.mark_circle(size=60, opacity=1).encode(
-        x="mean:Q", tooltip=["run:N", "key:N", alt.Tooltip("mean:Q", format=".3f"),
-                             alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"), "n:Q"])
-    return alt.layer(rule, dot).properties(height=max(160, 22 * df["key"].nunique() * max(1, df["run"].nunique())))
+    tooltip = ["run:N", "key:N", alt.Tooltip("mean:Q", format=".3f"), alt.Tooltip("ci_low:Q", format=".3f"),
+               alt.Tooltip("ci_high:Q", format=".3f"), "n:Q"]
+    rule = base.mark_rule(strokeWidth=2).encode(
+        x=alt.X("pos_lo:Q", title="on the metric's scale, 0 = worst … 1 = best (95 % CI)",
+                scale=alt.Scale(domain=[0, 1])), x2="pos_hi:Q", tooltip=tooltip)
+    dot = base.mark_circle(size=70, opacity=1).encode(x="pos:Q", tooltip=tooltip)
+    return alt.layer(rule, dot).properties(height=alt.Step(16 if df["run"].nunique() > 1 else 22))
 
 
 def contamination_heatmap(summary: pd.DataFrame) -> alt.LayerChart:
@@ -173,4 +211,4 @@ def contamination_heatmap(summary: pd.DataFrame) -> alt.LayerChart:
         text="flagged:Q",
         color=alt.condition(alt.datum.flagged > agg["flagged"].max() / 2 if len(agg) else 0, alt.value("white"),
                             alt.value("black")))
-    return alt.layer(rect, text).properties(height=max(120, 34 * agg["source"].nunique()))
+    return alt.layer(rect, text).properties(height=alt.Step(34))

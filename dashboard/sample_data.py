@@ -191,15 +191,15 @@ def build(
     mixtures: list[dict] = []
     components: list[dict] = []
     contamination: list[dict] = []
-    budget_rows = 20_000
+    budget_rows = 60_000
     for m in range(n_mixtures):
         family = family_names[m % len(family_names)]
         target = rng.dirichlet(FAMILIES[family])
         target[target < 0.005] = 0.0  # a YAML would not list a source at a fraction of a percent
         target /= target.sum()
-        # Small local sources are capped at 2 epochs; the solver moves the shortfall to the procedural sources.
+        # Small local sources are capped at 1 epoch; the solver moves the shortfall to the procedural sources.
         target_rows = target * budget_rows
-        caps = np.array([rows * 2 for *_, rows in SOURCES], dtype=float)
+        caps = np.array([rows * 1.0 for *_, rows in SOURCES], dtype=float)
         realised_rows = np.minimum(target_rows, caps)
         shortfall = target_rows.sum() - realised_rows.sum()
         procedural = np.array([kind == "procedural" for _, kind, _, _ in SOURCES])
@@ -211,7 +211,7 @@ def build(
         created = t0 + timedelta(hours=m)
         yaml_lines = [f"name: {name}", f"family: {family}", "kind: sft", f"budget: {{rows: {budget_rows}}}", "seed: 0",
                       "sources:"]
-        yaml_lines += [f"  - {{name: {s[0]}, weight: {w:.3f}, max_epochs: 2}}" for s, w in zip(SOURCES, target) if w > 0]
+        yaml_lines += [f"  - {{name: {s[0]}, weight: {w:.3f}, max_epochs: 1}}" for s, w in zip(SOURCES, target) if w > 0]
         mixtures.append({
             "mixture_id": mixture_id, "name": name, "kind": "sft", "family": family, "yaml": "\n".join(yaml_lines) + "\n",
             "artifact_path": f"runs/artifacts/mixtures/{mixture_id}", "manifest": {"budget_rows": budget_rows},

@@ -338,8 +338,17 @@ def page_mixtures() -> None:
     both = load("components", [a, b])
     diff = queries.mixture_diff(both, a, b)
     st.altair_chart(charts.mixture_delta(diff, names[a], names[b]), width="stretch")
-    st.dataframe(diff, hide_index=True, width="stretch", column_config={
-        c: st.column_config.NumberColumn(c, format="%.3f") for c in diff.columns if c != "source"})
+    fmt = {}
+    for c in diff.columns:
+        if "share" in c:
+            fmt[c] = st.column_config.NumberColumn(c.replace("_", " "), format="percent")
+        elif "rows" in c:
+            fmt[c] = st.column_config.NumberColumn(c.replace("_", " "), format="localized")
+        elif c.startswith("delta"):
+            fmt[c] = st.column_config.NumberColumn(c.replace("_", " "), format="%+.1f pp")
+        elif c != "source":
+            fmt[c] = st.column_config.NumberColumn(c.replace("_", " "), format="%.2f")
+    st.dataframe(diff, hide_index=True, width="stretch", column_config=fmt)
     yaml_a, yaml_b = (mixes.loc[mixes["mixture_id"] == m, "yaml"].iloc[0] or "" for m in (a, b))
     if yaml_a or yaml_b:
         udiff = "".join(difflib.unified_diff(yaml_a.splitlines(True), yaml_b.splitlines(True), names[a], names[b]))
@@ -422,6 +431,15 @@ def _run_metrics(run_id: str, other: str | None, labels: dict) -> None:
     if other:
         df = pd.concat([df, metrics[metrics["run_id"] == other].assign(run=labels[other])])
     df = df.assign(key=df["task"] + "/" + df["metric"])
+    scales = catalog().set_index("key")
+    df = df[df["key"].isin(scales.index)]
+    lo, hi = scales["scale_lo"].reindex(df["key"]).to_numpy(), scales["scale_hi"].reindex(df["key"]).to_numpy()
+    flip = (scales["direction"].reindex(df["key"]) == "lower").to_numpy()
+    for col, src in (("pos", "mean"), ("pos_lo", "ci_low"), ("pos_hi", "ci_high")):
+        v = ((df[src].to_numpy(float) - lo) / (hi - lo)).clip(0, 1)
+        df[col] = v
+    df.loc[flip, ["pos", "pos_lo", "pos_hi"]] = 1 - df.loc[flip, ["pos", "pos_hi", "pos_lo"]].to_numpy()
+    df = df[(scales["direction"].reindex(df["key"]) != "neutral").to_numpy()]  # lengths etc. have no "better"
     for category in ("leaderboard", "usability", "other"):
         part = df[df["category"] == category]
         if part.empty:
@@ -441,7 +459,9 @@ def _run_metrics(run_id: str, other: str | None, labels: dict) -> None:
             None if lo2 is None else bool(lo > hi2 or lo2 > hi)
             for lo, hi, lo2, hi2 in zip(table["ci_low"], table["ci_high"], o_lo, o_hi)
         ]
-    st.dataframe(table, hide_index=True, width="stretch")
+    st.dataframe(table, hide_index=True, width="stretch", column_config={
+        c: st.column_config.NumberColumn(c, format="%.3f") for c in ("mean", "ci_low", "ci_high", "compare mean",
+                                                                     "Δ (this − compare)")})
 
 
 def _run_samples(run_id: str) -> None:

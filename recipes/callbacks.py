@@ -3,7 +3,7 @@
 - `DuckDBLogger`: every `on_log` row TRL produces (loss, learning rate, grad norm, GRPO rewards, ...) plus
   tokens per second, and the MoE state per layer: expert load fractions and the router correction bias, with
   the bias drift from the start of the run (L2 and max-abs) as train metrics.
-- `RouterBalancer`: the aux-loss-free balancing update (`model.update_router_bias()`) between optimizer steps.
+(The aux-loss-free balancing update itself is `mixlab.model.training.RouterBiasCallback`.)
 - `PeriodicEval`: the recipe's eval suite every N steps on a temporary official-format checkpoint.
 """
 
@@ -44,21 +44,16 @@ def router_biases(model: Any) -> dict[int, torch.Tensor]:
 
 
 def expert_load_table(model: Any) -> dict[int, list[float]]:
-    """layer -> load fraction per expert, from `model.expert_load()` (dict or [layers, experts] tensor)."""
+    """layer -> load fraction per expert since the previous call (`model.expert_load(reset=True)`)."""
     fn = getattr(model, "expert_load", None)
     if fn is None:
         return {}
-    loads = fn()
-    if loads is None:
-        return {}
-    if isinstance(loads, dict):
-        items = loads.items()
-    else:  # a tensor or a list aligned with the MoE layers
-        items = enumerate(loads)
+    try:
+        loads = fn(reset=True)
+    except TypeError:
+        loads = fn()
     out: dict[int, list[float]] = {}
-    for layer, row in items:
-        if row is None:
-            continue
+    for layer, row in (loads or {}).items():
         values = row.detach().float().cpu().tolist() if isinstance(row, torch.Tensor) else list(row)
         out[int(layer)] = [float(v) for v in values]
     return out
@@ -77,6 +72,9 @@ class DuckDBLogger(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if model is not None and self._initial_bias is None:
             self._initial_bias = router_biases(unwrap(model))
+            reset = getattr(unwrap(model), "reset_expert_load", None)
+            if reset is not None:  # loads from before training (e.g. a previous stage's eval) are not this run's
+                reset()
         self._last_time = time.perf_counter()
         self._last_step = state.global_step
 
@@ -128,19 +126,6 @@ class DuckDBLogger(TrainerCallback):
         if rows:
             self.store.log_expert_load(self.run_id, step, rows)
         return drift
-
-
-class RouterBalancer(TrainerCallback):
-    """Aux-loss-free load balancing: nudge each router's correction bias towards uniform expert load after every
-    optimizer step (the model owns the rule and its rate; this only decides *when*)."""
-
-    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if model is None:
-            return
-        fn = getattr(unwrap(model), "update_router_bias", None)
-        if fn is not None:
-            with torch.no_grad():
-                fn()
 
 
 class PeriodicEval(TrainerCallback):

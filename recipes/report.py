@@ -9,7 +9,7 @@ from mixlab.store import Store
 
 def primary_metric(task: str) -> str | None:
     try:
-        from mixlab.evals.tasks import get_task
+        from mixlab.evals.tasks.base import get_task
 
         task_obj = get_task(task)
         return task_obj.metrics[0]

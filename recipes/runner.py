@@ -202,6 +202,8 @@ class RecipeRunner:
 
     def run(self, *, resume: bool = False) -> list[StageResult]:
         resolved = self.preflight()
+        if not self.progress:
+            _quiet_libraries()
         results: list[StageResult] = []
         previous: dict[str, Path] = {}
         parent: str | None = None
@@ -270,7 +272,11 @@ class RecipeRunner:
                 )
             )
         else:
-            self.store.update_run(item.run_id, status="running", error=None)
+            self.store.update_run(item.run_id, status="running", error=None, finished_at=None)
+            # Steps after the checkpoint are trained again; drop what the interrupted process logged for them.
+            done = int(resume_from.name.split("-")[1]) if resume_from else 0
+            for table in ("train_metrics", "expert_load"):
+                self.store.execute(f"DELETE FROM {table} WHERE run_id = ? AND step > ?", [item.run_id, done])
         _print(self.progress, f"[stage {stage.name}] run {item.run_id}: {stage.trainer} on {item.mixture_name}"
                + (f", resuming from {resume_from.name}" if resume_from else ""))
         t0 = time.perf_counter()
@@ -392,13 +398,17 @@ class RecipeRunner:
     def _build_trainer(self, item: ResolvedStage, model, tokenizer, output_dir: Path):
         import trl
 
-        from mixlab.recipes.callbacks import DuckDBLogger, PeriodicEval, RouterBalancer
+        from mixlab.model.training import RouterBiasCallback
+        from mixlab.recipes.callbacks import DuckDBLogger, PeriodicEval
         from mixlab.recipes.data import load_stage_dataset
 
         stage = item.stage
         args = self._trl_args(item, output_dir)
         dataset = load_stage_dataset(item.mixture_id, stage.trainer)
-        callbacks: list[Any] = [DuckDBLogger(self.store, item.run_id), RouterBalancer()]
+        callbacks: list[Any] = [
+            DuckDBLogger(self.store, item.run_id),
+            RouterBiasCallback(self.recipe.router_bias_update_rate),  # None: the model config's rate
+        ]
         spec = self.recipe.stage_eval(stage)
         if spec is not None and spec.every_n_steps:
             callbacks.append(
@@ -409,11 +419,18 @@ class RecipeRunner:
         if stage.trainer == "sft":
             return trl.SFTTrainer(**common)
         if stage.trainer == "dpo":
-            return trl.DPOTrainer(**common)
+            # TRL would rebuild the reference from config.architectures through the transformers namespace, which
+            # has its own KimiLinear class; the reference must be this model (a frozen copy of the start weights).
+            return trl.DPOTrainer(ref_model=_frozen_copy(model), **common)
         from mixlab.recipes.rewards import make_reward_funcs
 
         tokenizer.padding_side = "left"  # GRPO generates from left-padded prompts
-        return trl.GRPOTrainer(reward_funcs=make_reward_funcs(stage.rewards), **common)
+        start = _frozen_copy(model) if args.beta != 0.0 else None
+        trainer = trl.GRPOTrainer(reward_funcs=make_reward_funcs(stage.rewards), **common)
+        if start is not None and getattr(trainer, "ref_model", None) is not None:
+            # Same reason as DPO: replace the reference TRL loaded through the transformers namespace.
+            trainer.ref_model = trainer.accelerator.prepare_model(start, evaluation_mode=True)
+        return trainer
 
     def _save_final(self, trainer, tokenizer, output_dir: Path) -> Path:
         """Full merged weights, official names, written to a temp folder and renamed into place."""
@@ -429,21 +446,22 @@ class RecipeRunner:
         return final
 
     def _evaluate(self, checkpoint: Path, spec, run_id: str, *, step: int | None) -> None:
+        """The eval suite on a checkpoint; eval rows carry this run's id. Periodic evals (`step` given) also land
+        in train_metrics as `eval/<task>/<metric>` at that step, so the dashboard can plot them over training."""
         from mixlab.evals.runner import evaluate
 
-        params = inspect.signature(evaluate).parameters
-        wanted = {
-            "store": self.store,
-            "run_id": run_id,
-            "limit": spec.limit,
-            "backend": spec.backend,
-            "batch_size": spec.batch_size,
-            "max_new_tokens": spec.max_new_tokens,
-            "step": step,
-            "progress": self.progress,
-        }
-        kwargs = {k: v for k, v in wanted.items() if k in params and v is not None}
-        evaluate(str(checkpoint), spec.suite, **kwargs)
+        gen = {"max_new_tokens": spec.max_new_tokens} if spec.max_new_tokens else None
+        results = evaluate(
+            str(checkpoint), spec.suite, store=self.store, run_id=run_id, limit=spec.limit, backend=spec.backend,
+            gen_config=gen, chunk_size=spec.batch_size or 32, progress=self.progress,
+        )
+        failed = [t for t in results.tasks if t.status != "completed"]
+        if failed:
+            raise MixlabError("eval failed: " + "; ".join(f"{t.task}: {t.error}" for t in failed))
+        if step is not None:
+            self.store.log_train_metrics(run_id, step, {
+                f"eval/{t.task}/{m.metric}": m.mean for t in results.tasks for m in t.metrics
+            })
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -481,6 +499,24 @@ def _fresh_model(preset: str, overrides: dict[str, Any]):
     return KimiLinearForCausalLM(config)
 
 
+def _frozen_copy(model):
+    import copy
+
+    ref = copy.deepcopy(model)
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+def _quiet_libraries() -> None:
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def _check_checkpoint(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise MixlabError(f"{what}: checkpoint folder {path} does not exist")
@@ -493,19 +529,13 @@ def _check_checkpoint(path: Path, what: str) -> Path:
 
 def _check_suite(suite: str, where: str) -> None:
     try:
-        from mixlab.evals import runner as eval_runner
+        from mixlab.evals.suites import suite_tasks
     except ImportError as exc:
-        raise MixlabError(f"{where}: the evals runner is not available ({exc})") from None
-    names = None
-    for attr in ("suite_names", "SUITES"):
-        value = getattr(eval_runner, attr, None)
-        if value is not None:
-            names = list(value() if callable(value) else value)
-            break
-    if names is not None and suite not in names:
-        from mixlab.recipes.yamlio import did_you_mean
-
-        raise MixlabError(f"{where}: eval suite {suite!r} is unknown{did_you_mean(suite, names)}; suites: {names}")
+        raise MixlabError(f"{where}: the evals part is not available ({exc})") from None
+    try:
+        suite_tasks(suite, allow_missing=False)
+    except MixlabError as exc:
+        raise MixlabError(f"{where}: eval: {exc}") from None
 
 
 def _final_loss(trainer, train_output) -> float | None:

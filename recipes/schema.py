@@ -213,6 +213,9 @@ class Recipe(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     devices: int = Field(1, ge=1, description="number of accelerators (1 on CPU)")
     kernels: Literal["auto", "torch", "triton"] = "auto"
+    router_bias_update_rate: float | None = Field(
+        None, ge=0, description="aux-loss-free MoE balancing step per optimizer step (None: the model config's)"
+    )
     checkpoint_every: int | None = Field(None, ge=1, description="save a resumable checkpoint every N steps")
     keep_checkpoints: int | None = Field(None, ge=1, description="keep only the newest N step checkpoints")
     eval: EvalSpec | None = None

@@ -179,49 +179,71 @@ def expand(spec: SweepSpec, sweep_file: Path | None, sweep_id: str) -> list[tupl
 
 def run_sweep(path: str | Path, *, parallel: int | None = None, store: Store | None = None,
               progress: bool = True) -> dict[str, Any]:
+    spec, sweep_file = load_sweep(path)
+    sweep_id = new_sweep_id(spec.name)
+    members = expand(spec, sweep_file, sweep_id)
+    return run_members(spec.name, sweep_id, members, parallel=parallel or spec.parallel, store=store,
+                       progress=progress, sweep_yaml=Path(path).read_text(), recipe_ref=spec.recipe)
+
+
+def new_sweep_id(name: str) -> str:
+    return f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def run_members(name: str, sweep_id: str, members: list[tuple[str, Path]], *, parallel: int = 1,
+                store: Store | None = None, progress: bool = True, sweep_yaml: str | None = None,
+                recipe_ref: str | None = None) -> dict[str, Any]:
+    """Run expanded member recipes (sequentially in-process, or `parallel` subprocesses) as one sweep row."""
     from mixlab.recipes.provenance import device_description, git_sha, package_versions
     from mixlab.recipes.runner import RecipeRunner
 
-    spec, sweep_file = load_sweep(path)
     store = store or Store()
-    parallel = parallel or spec.parallel
-    sweep_id = f"{spec.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    members = expand(spec, sweep_file, sweep_id)
     # Preflight every member before any trains: a missing mixture fails the sweep up front.
     runners = {}
-    for name, recipe_path in members:
+    for member, recipe_path in members:
         recipe, text = load_recipe(recipe_path)
         runner = RecipeRunner(recipe, text, store=store, sweep_id=sweep_id, progress=progress)
         runner.preflight()
-        runners[name] = (runner, recipe_path)
+        runners[member] = (runner, recipe_path)
     store.create_run(RunRecord(
-        run_id=sweep_id, kind="sweep", name=spec.name, recipe_name=spec.recipe, recipe_yaml=Path(path).read_text(),
+        run_id=sweep_id, kind="sweep", name=name, recipe_name=recipe_ref, recipe_yaml=sweep_yaml,
         git_sha=git_sha(), packages=package_versions(), device=device_description(), status="running",
-        sweep_id=sweep_id, config={"members": [m for m, _ in members], "parallel": parallel},
+        sweep_id=sweep_id, config={"members": [m for m, _ in members], "parallel": parallel,
+                                   "invocations": {m: r.invocation for m, (r, _) in runners.items()}},
     ))
     failures: dict[str, str] = {}
     t0 = time.perf_counter()
     if parallel == 1:
-        for name, (runner, _) in runners.items():
+        for member, (runner, _) in runners.items():
             try:
                 runner.run()
             except MixlabError as exc:
-                failures[name] = str(exc)
+                failures[member] = str(exc)
     else:
         failures = _run_parallel(
-            [(name, recipe_path, runner.invocation) for name, (runner, recipe_path) in runners.items()],
-            parallel, sweep_id,
+            [(member, recipe_path, runner.invocation) for member, (runner, recipe_path) in runners.items()],
+            parallel, sweep_id, progress,
         )
     status = "completed" if not failures else "failed"
     store.update_run(sweep_id, status=status, finished_at=utcnow(),
                      error="; ".join(f"{k}: {v}" for k, v in failures.items()) or None)
     return {"sweep_id": sweep_id, "members": [m for m, _ in members], "failures": failures,
+            "invocations": {m: r.invocation for m, (r, _) in runners.items()},
             "wall_s": time.perf_counter() - t0}
 
 
-def _run_parallel(jobs: list[tuple[str, Path, str]], parallel: int, sweep_id: str) -> dict[str, str]:
-    """N member runs at once, each a `mixlab run` subprocess; torch threads split across them."""
-    threads = max(1, (os.cpu_count() or 1) // parallel)
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _run_parallel(jobs: list[tuple[str, Path, str]], parallel: int, sweep_id: str,
+                  progress: bool = True) -> dict[str, str]:
+    """N member runs at once, each a `mixlab run` subprocess; torch threads split across them (tiny models use
+    one thread poorly-parallel anyway, so N processes x 1 thread beats 1 process x N threads on a small CPU)."""
+    threads = max(1, _usable_cores() // parallel)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     pending = list(jobs)
     running: list[tuple[str, subprocess.Popen, Path]] = []
@@ -240,6 +262,11 @@ def _run_parallel(jobs: list[tuple[str, Path, str]], parallel: int, sweep_id: st
             name, proc, log = entry
             if proc.poll() is not None:
                 running.remove(entry)
+                if progress:
+                    from rich.console import Console
+
+                    Console(stderr=True).print(f"[sweep] {name}: {'done' if proc.returncode == 0 else 'FAILED'}"
+                                               f" (log {log})", markup=False)
                 if proc.returncode != 0:
                     tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
                     failures[name] = f"exit {proc.returncode}: {tail[0] if tail else ''} (log {log})"

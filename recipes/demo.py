@@ -1,0 +1,164 @@
+"""`make demo`: the whole lab on a laptop CPU, start to finish.
+
+1. builds the demo mixtures from mixlab's procedural sources (math-, code-, chat-heavy, balanced; RL prompts);
+2. trains a shared base (SFT of the `demo` preset on the balanced mixture);
+3. fine-tunes the base on each mixture (a sweep; `--parallel` processes) and adds one short GRPO stage after the
+   balanced SFT;
+4. evaluates every fine-tuned model on the held-out procedural suites (proc-math, proc-code, proc-chat);
+5. writes everything to runs/mixlab.duckdb, prints the result table with 95 % CIs and checks the trade-off:
+   math-heavy beats chat-heavy on proc-math and chat-heavy beats math-heavy on proc-chat, beyond the CIs.
+
+The knobs (steps, eval size, parallelism) default to what fits the 15-minute budget on 2 cores; see `--help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mixlab.paths import default_db_path, runs_dir
+
+SFT_MIXTURES = ["demo-math-heavy", "demo-code-heavy", "demo-chat-heavy", "demo-balanced"]
+GRPO_AFTER = "demo-balanced"
+REGISTRY = Path(__file__).parent / "registry"
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m mixlab.recipes.demo", description=__doc__.splitlines()[0])
+    p.add_argument("--base-steps", type=int, default=None, help="shared-base SFT steps (default: demo-base.yaml)")
+    p.add_argument("--sft-steps", type=int, default=None, help="per-mixture SFT steps (default: demo-sft.yaml)")
+    p.add_argument("--grpo-steps", type=int, default=None, help="GRPO steps (default: demo-grpo.yaml)")
+    p.add_argument("--eval-limit", type=int, default=None, help="held-out items per task (default: demo-sft.yaml)")
+    p.add_argument("--parallel", type=int, default=2, help="fine-tuning runs at once (processes)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def _load(name: str) -> dict[str, Any]:
+    return yaml.safe_load((REGISTRY / f"{name}.yaml").read_text())
+
+
+def _stage_args(data: dict[str, Any], **values: Any) -> dict[str, Any]:
+    for key, value in values.items():
+        if value is not None:
+            data["stages"][0]["args"][key] = value
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.console import Console
+
+    from mixlab.mixtures import build
+    from mixlab.recipes.report import print_table, results_rows
+    from mixlab.recipes.runner import RecipeRunner
+    from mixlab.recipes.schema import parse_recipe
+    from mixlab.recipes.sweep import new_sweep_id, run_members
+    from mixlab.store import Store
+
+    args = _parse(argv)
+    console = Console()
+    progress = not args.quiet
+    store = Store()
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    console.rule("[bold]mixlab demo[/bold]: does the data mixture trade leaderboard skill for usability?")
+    console.print(f"database: {default_db_path()}   cores: {len(os.sched_getaffinity(0))}")
+
+    # 1. mixtures ------------------------------------------------------------------------------------------------
+    t = time.perf_counter()
+    for name in [*SFT_MIXTURES, "demo-rl"]:
+        built = build(name)
+        console.print(f"mixture {name:<16} {built.mixture_id}  ({built.manifest.get('n_rows', '?')} rows"
+                      f"{', cached' if built.cache_hit else ''})")
+    timings["mixtures_s"] = time.perf_counter() - t
+
+    # 2. shared base ---------------------------------------------------------------------------------------------
+    t = time.perf_counter()
+    base_data = _stage_args(_load("demo-base"), max_steps=args.base_steps)
+    base_text = yaml.safe_dump(base_data, sort_keys=False)
+    base = RecipeRunner(parse_recipe(base_data, where="demo-base"), base_text, store=store, progress=progress)
+    base_run = base.run()[-1]
+    timings["base_s"] = time.perf_counter() - t
+    console.print(f"shared base: run {base_run.run_id}, {base_run.steps} steps, loss {base_run.final_loss:.4f}, "
+                  f"{timings['base_s']:.0f}s")
+
+    # 3. per-mixture SFT (+ GRPO after the balanced one) ---------------------------------------------------------
+    t = time.perf_counter()
+    sweep_id = new_sweep_id("demo")
+    out_dir = runs_dir() / "sweeps" / sweep_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    grpo = _stage_args(_load("demo-grpo"), max_steps=args.grpo_steps)
+    members = []
+    for mixture in sorted(SFT_MIXTURES, key=lambda m: m != GRPO_AFTER):  # the longest member starts first
+        data = _stage_args(_load("demo-sft"), max_steps=args.sft_steps)
+        data["name"] = f"demo-{mixture.removeprefix('demo-')}"
+        data["model"] = {"run": base_run.run_id}
+        data["stages"][0]["mixture"] = mixture
+        if args.eval_limit:
+            data["eval"]["limit"] = args.eval_limit
+        if mixture == GRPO_AFTER:
+            stage = dict(grpo["stages"][0])
+            stage["eval"] = {**grpo["eval"], **({"limit": args.eval_limit} if args.eval_limit else {})}
+            data["stages"].append(stage)
+        parse_recipe(data, where=data["name"])
+        path = out_dir / f"{data['name']}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        members.append((data["name"], path))
+    outcome = run_members("demo", sweep_id, members, parallel=args.parallel, store=store, progress=progress,
+                          recipe_ref="demo-sft")
+    timings["finetune_and_eval_s"] = time.perf_counter() - t
+    if outcome["failures"]:
+        for member, error in outcome["failures"].items():
+            console.print(f"[red]{member} failed:[/red] {error}")
+        return 1
+
+    # 4. results -------------------------------------------------------------------------------------------------
+    run_ids = [r["run_id"] for r in store.query(
+        "SELECT run_id FROM runs WHERE sweep_id = ? AND kind = 'train' ORDER BY mixture_name, created_at",
+        [sweep_id])]
+    rows, tasks = results_rows(store, run_ids)
+    timings["total_s"] = time.perf_counter() - t_start
+    print_table(rows, tasks, "held-out procedural suites (mean [95% CI], greedy)")
+    verdict = trade_off(rows)
+    for line in verdict["lines"]:
+        console.print(line)
+    console.print(
+        f"wall time: {timings['total_s']:.0f}s (mixtures {timings['mixtures_s']:.0f}s, base {timings['base_s']:.0f}s,"
+        f" fine-tune + GRPO + eval {timings['finetune_and_eval_s']:.0f}s)"
+    )
+    console.print(f"open the dashboard: [bold]make dashboard[/bold]   (reads {default_db_path()})")
+    summary = {"timings": timings, "base_run": base_run.run_id, "sweep_id": sweep_id, "trade_off": verdict,
+               "rows": [{k: v for k, v in r.items()} for r in rows], "cores": len(os.sched_getaffinity(0))}
+    (runs_dir() / "demo-summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return 0 if verdict["holds"] else 3
+
+
+def trade_off(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Math-heavy vs chat-heavy SFT: each must win its own suite with disjoint 95 % CIs."""
+    sft = {r["mixture"]: r for r in rows if r["trainer"] == "sft"}
+    math_r, chat_r = sft.get("demo-math-heavy"), sft.get("demo-chat-heavy")
+    checks = []
+    for task, winner, loser in (("proc-math", math_r, chat_r), ("proc-chat", chat_r, math_r)):
+        w = (winner or {}).get("metrics", {}).get(task)
+        l = (loser or {}).get("metrics", {}).get(task)
+        if not w or not l:
+            checks.append((task, False, f"{task}: missing scores"))
+            continue
+        ok = w[1] > l[2]  # winner's lower CI bound above the loser's upper bound
+        checks.append((task, ok, f"{task}: {winner['mixture']} {w[0]:.3f} [{w[1]:.3f}, {w[2]:.3f}] vs "
+                                 f"{loser['mixture']} {l[0]:.3f} [{l[1]:.3f}, {l[2]:.3f}] -> "
+                                 f"{'beyond the CIs' if ok else 'NOT separated'} (gap {w[0] - l[0]:+.3f})"))
+    holds = all(ok for _, ok, _ in checks)
+    lines = [("trade-off holds: " if holds else "trade-off NOT shown: ") +
+             "math-heavy wins math, chat-heavy wins chat-format"] + [text for _, _, text in checks]
+    return {"holds": holds, "lines": lines}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,15 +1,16 @@
 """A hardened sandbox for untrusted (model-generated) Python: `run_code` and the batched `run_many`.
 
-Every program runs in its own PID and mount namespace, inside an empty network namespace (see
+Every program runs in its own PID, mount and IPC namespace, inside an empty network namespace (see
 `sandbox_worker.py` for the process tree), as an unprivileged uid of its own (1e6 + worker pid * 100 + n, or
 65534 where such uids are not mapped; gid 65534) without capabilities and with no_new_privs. Limits: wall clock,
 CPU time, address space, file size, process count, open files, and a memory + pids cgroup that caps all of the
 sample's processes together (where a cgroup tree is writable; `result.cgroup` says which). It gets a scrubbed
 environment (PATH, LANG, HOME=its work dir, PYTHONHASHSEED=0 ...), a fresh tmpfs working directory (also /tmp,
-/var/tmp, /dev/shm) that vanishes with it, and the repository, runs folder, DuckDB file, data root and root's
-home hidden behind empty read-only mounts. When the wall clock runs out, PID 1 of the sample's namespace is
-killed and the kernel takes every descendant with it, whether it daemonised, called setsid() or ignores
-SIGTERM. Output is read with a byte cap (huge output is truncated, and killed past `kill_output_bytes`).
+/var/tmp, /dev/shm; an empty /run hides host daemons' unix sockets) that vanishes with it, and the repository,
+runs folder, DuckDB file, data root and root's home (plus `MIXLAB_SANDBOX_HIDE`) hidden behind empty read-only
+mounts. When the wall clock runs out, PID 1 of the sample's namespace is killed and the kernel takes every
+descendant with it, whether it daemonised, called setsid() or ignores SIGTERM. Output is read with a byte cap
+(huge output is truncated, and killed past `kill_output_bytes`).
 
 Speed: a pool of pre-started fork-server workers (one per core by default) forks each sample from a warm
 interpreter instead of starting Python per sample (`bench/bench_sandbox.py` measures it against
@@ -160,6 +161,8 @@ def _hidden_paths(python: str, prefix: str) -> list[str]:
     keep = [Path(os.path.realpath(python)), Path(os.path.realpath(prefix)), Path("/tmp"), Path("/proc")]
     wanted = [paths.REPO_ROOT, paths.runs_dir(), paths.default_db_path().parent, paths.data_root(),
               Path.home()]
+    # MIXLAB_SANDBOX_HIDE: more folders to hide, separated by ':' (e.g. other users' work trees, credentials).
+    wanted += [Path(p) for p in os.environ.get("MIXLAB_SANDBOX_HIDE", "").split(":") if p.strip()]
     hidden: list[str] = []
     for path in wanted:
         if path is None:

@@ -4,8 +4,8 @@ Started by `mixlab.evals.sandbox` as ``python -s sandbox_worker.py`` (root, scru
 length-prefixed JSON requests on stdin and answers on stdout. Each request runs in three forked processes:
 
     worker (root, its own empty network namespace: no interface is up, not even loopback)
-      └─ C1  unshare(PID | mount); waits for C2; dies with the worker (PDEATHSIG)
-          └─ C2  PID 1 of a fresh PID namespace: private mounts, /proc, tmpfs on /tmp /var/tmp /dev/shm, hidden
+      └─ C1  unshare(PID | mount | IPC); waits for C2; dies with the worker (PDEATHSIG)
+          └─ C2  PID 1 of a fresh PID namespace: private mounts, /proc, tmpfs on /run /tmp /var/tmp /dev/shm, hidden
               │  paths; reaps orphans; when C3 exits it reports and exits, and the kernel SIGKILLs every
               │  process left in the namespace (daemonised, setsid'd, SIGTERM-ignoring children included)
               └─ C3  rlimits (AS, CPU, FSIZE, NPROC, NOFILE, CORE), scrubbed env, uid/gid 65534 without
@@ -40,6 +40,7 @@ import time
 import traceback
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
@@ -247,6 +248,9 @@ def _namespace_init(req: dict, fds: tuple[int, int, int], status_w: int) -> None
         _mount("none", "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates back to the host
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         tmpfs_opts = f"size={req['disk_mb']}m,mode=1777"
+        if os.path.isdir("/run"):  # host daemons' unix sockets (dbus, journald, ...) live here: out of reach
+            _mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=1m,mode=0755")
+            os.makedirs("/run/lock", exist_ok=True)
         for target in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock"):
             if os.path.isdir(target):
                 _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, tmpfs_opts)
@@ -285,7 +289,9 @@ def _namespace_launcher(req: dict, fds: tuple[int, int, int], status_w: int) -> 
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         os.setsid()
         _join_cgroups(req)
-        _check(_libc.unshare(CLONE_NEWPID | CLONE_NEWNS | req.get("netns_flag", CLONE_NEWNET)), "unshare")
+        # A fresh IPC namespace too: SysV shared memory/semaphores/queues die with the sample, unseen by others.
+        flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | req.get("netns_flag", CLONE_NEWNET)
+        _check(_libc.unshare(flags), "unshare")
         init = os.fork()
         if init == 0:
             _namespace_init(req, fds, status_w)

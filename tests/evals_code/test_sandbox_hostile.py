@@ -285,3 +285,27 @@ def test_detached_children_do_not_survive(isolation):
         for leftover in marker_dir.iterdir():
             leftover.unlink()
         marker_dir.rmdir()
+
+
+def test_sysv_ipc_and_host_unix_sockets_are_out_of_reach(isolation):
+    if isolation != "namespaces":
+        pytest.skip("needs IPC and mount namespaces")
+    shm_key = 0x4D000000 + secrets.randbelow(0xFFFFFF)
+    path = Path("/run") / f"mixlab-sandbox-test-{secrets.token_hex(4)}.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    path.chmod(0o777)
+    server.listen(4)
+    server.settimeout(0.5)
+    try:
+        result = run_hostile("ipc_and_unix_sockets", {"shm_key": shm_key, "unix_path": str(path)})
+        outcomes = json.loads(result.stdout.splitlines()[0])
+        assert outcomes["shmid"] >= 0  # the segment was created — inside the sample's own IPC namespace
+        assert outcomes["unix"] != "CONNECTED"
+        with pytest.raises(OSError):
+            server.accept()
+        keys = [int(line.split()[0]) for line in Path("/proc/sysvipc/shm").read_text().splitlines()[1:]]
+        assert shm_key not in keys
+    finally:
+        server.close()
+        path.unlink(missing_ok=True)

@@ -23,6 +23,7 @@ LB_AGG, US_AGG = "Leaderboard score (aggregate)", "Usability score (aggregate)"
 COLOR_BY = {"mixture family": "mixture_family", "stage": "stage", "ladder rung": "rung", "base model": "base_model",
             "mixture": "mixture_name"}
 CACHE_TTL_S = 20
+LIVE_EVERY_S = 10
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -203,7 +204,7 @@ def page_tradeoff(runs: pd.DataFrame) -> None:
     x_name = c1.selectbox("x axis", list(axes), index=0, key="x_axis")
     y_name = c2.selectbox("y axis", list(axes), index=1, key="y_axis")
     colour_label = c3.selectbox("colour by", list(COLOR_BY), key="color_by")
-    partial = c4.toggle("include runs missing a metric", value=False, key="partial",
+    partial = c4.toggle("include partial runs", value=False, key="partial",
                         help="By default a run must have every metric of an aggregate: an average over fewer "
                         "metrics is not comparable.")
     x_axis, y_axis = axes[x_name], axes[y_name]
@@ -285,15 +286,16 @@ def page_leaderboard(runs: pd.DataFrame) -> None:
     on_front = agg.pareto.pareto_mask(full["x"], full["y"])
     table["front"] = table["run_id"].isin(set(full.index[on_front]))
     table = table.sort_values("leaderboard score", ascending=False, na_position="last")
-    meta = ["run_id", "front", "mixture_name", "mixture_family", "stage", "rung", "base_model", "seed", "created_at",
-            "n_flagged", "status"]
+    lead = ["run_id", "front", "mixture_name", "stage", "rung"]
+    tail = ["mixture_family", "base_model", "seed", "created_at", "n_flagged", "status"]
     score_cols = ["leaderboard score", "leaderboard ±", "usability score", "usability ±"]
     metric_cols = [c for k in keys for c in ([k, k + " ±"] if show_ci else [k]) if c in table.columns]
     if not show_ci:
         score_cols = ["leaderboard score", "usability score"]
-    cols = meta + score_cols + metric_cols
+    cols = lead + score_cols + metric_cols + tail
     config = {c: st.column_config.NumberColumn(c, format="%.3f") for c in score_cols + metric_cols}
     config.update({
+        "run_id": st.column_config.TextColumn("run", pinned=True),
         "front": st.column_config.CheckboxColumn("front", help="On the leaderboard-vs-usability Pareto front"),
         "n_flagged": st.column_config.NumberColumn("contam. rows", help="Training rows flagged against eval sets"),
         "created_at": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm"),
@@ -600,4 +602,14 @@ def main() -> None:
         st.query_params.clear()
         st.query_params["view"] = view
     st.sidebar.divider()
+    if st.sidebar.toggle("live: follow new writes", key="live", help=f"Re-check the database every {LIVE_EVERY_S} s "
+                         "and redraw when a run or eval has written to it."):
+        _watch_database(path, queries.db_stamp(path))
     st.sidebar.caption(f"read-only · refreshed on interaction (cache {CACHE_TTL_S} s) · {date.today():%Y-%m-%d}")
+
+
+@st.fragment(run_every=LIVE_EVERY_S)
+def _watch_database(path: str, stamp: tuple[int, int]) -> None:
+    """Live mode: a tiny fragment polls the file's stamp (no database open) and reruns the app when it moved."""
+    if queries.db_stamp(path) != stamp:
+        st.rerun(scope="app")

@@ -17,7 +17,7 @@ On the wall-clock deadline the worker SIGKILLs C1 and C2, which takes the whole 
 
 Without namespaces (no CAP_SYS_ADMIN) the worker runs "degraded": a new session and process group, the same
 rlimits and (when root) a uid of the sample's own, a host temp dir removed afterwards, and at the end the
-process group and every process of that uid killed (daemons included). The network is not cut, and files
+process group and every process of that uid killed (daemons included), its SysV IPC objects removed. The network is not cut, and files
 written to world-writable host folders (/tmp, /dev/shm) stay. Every result says which mode ran.
 
 This file must import only the standard library: it runs under an interpreter the sandbox uid can read,
@@ -567,6 +567,7 @@ class Worker:
                     pass
                 if private_uid:
                     _kill_uid(req["uid"])
+                    _remove_ipc_of(req["uid"])
             os.waitpid(launcher, 0)
             _reap_orphans()
             if workdir is not None:
@@ -700,6 +701,31 @@ def _kill_uid(uid: int) -> None:
             except OSError:
                 pass
         time.sleep(0.01)
+
+
+def _remove_ipc_of(uid: int) -> None:
+    """Degraded mode has no IPC namespace: remove SysV shm/semaphores/queues the sample's uid left behind."""
+    ctl = {"shm": _libc.shmctl, "sem": _libc.semctl, "msg": _libc.msgctl}
+    for kind, func in ctl.items():
+        try:
+            with open(f"/proc/sysvipc/{kind}") as fh:
+                header = fh.readline().split()
+                rows = [line.split() for line in fh]
+        except OSError:
+            continue
+        if "uid" not in header:
+            continue
+        id_col = 1  # key, id, ... in every /proc/sysvipc table
+        uid_col = header.index("uid")
+        for row in rows:
+            try:
+                if int(row[uid_col]) == uid:
+                    if kind == "sem":
+                        func(int(row[id_col]), 0, 0)  # IPC_RMID = 0
+                    else:
+                        func(int(row[id_col]), 0, None)
+            except (ValueError, IndexError):
+                continue
 
 
 def _reap_orphans() -> None:

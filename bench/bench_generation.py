@@ -8,7 +8,7 @@ the script checks that their outputs are identical, then reports generated token
 A random model rarely emits its end-of-turn token, so by default its logit is made to shadow one frequent token
 (`--no-eos-shadow` turns this off): rows then end at different steps, as real chat answers do.
 
-Writes bench/results/generation-<cpu|cuda>.json with the device name and prints the ratios.
+Writes bench/results/generation-<cpu|cuda>-<dtype>.json with the device name and prints the ratios.
 Run: `.venv/bin/python bench/bench_generation.py [--preset tiny] [--device cpu] [--prompts 32] [--batch 16]`.
 """
 
@@ -101,7 +101,7 @@ def main() -> None:
     outputs: dict[str, list[str]] = {}
     for name, backend in methods.items():
         backend.generate_detailed(batch[: min(4, len(batch))], cfg.replace(max_new_tokens=4))  # warm-up
-        times = []
+        times, runs = [], []
         for _ in range(args.repeats):
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
@@ -110,11 +110,14 @@ def main() -> None:
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
+            runs.append([g.text for g in gens])
         tokens = sum(g.output_tokens[0] for g in gens)
         best = min(times)
         outputs[name] = [g.text for g in gens]
+        # Whether repeating the same method reproduces its own outputs (bf16 MoE on GPU may not: index_add uses
+        # atomics whose summation order varies run to run).
         results[name] = {"seconds": best, "generated_tokens": tokens, "tokens_per_s": tokens / best,
-                         "all_seconds": times}
+                         "all_seconds": times, "repeats_identical": all(r == runs[0] for r in runs)}
         print(f"{name:16s} {tokens:6d} tokens  {best:7.3f} s  {tokens / best:9.1f} tok/s")
     identical = outputs["torch"] == outputs["hf"] == outputs["torch-nocompact"]
     lengths = [len(t) for t in outputs["torch"]]
@@ -138,7 +141,7 @@ def main() -> None:
     }
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
-    out = RESULTS_DIR / f"generation-{kind}.json"
+    out = RESULTS_DIR / f"generation-{kind}-{str(dtype).replace('torch.', '')}.json"
     out.write_text(json.dumps(payload, indent=2))
     print(f"wrote {out}")
 

@@ -490,21 +490,22 @@ def _progress(enabled: bool, console: Any):
 
 
 def results_table(results: EvalResults, *, style_metrics: bool = False):
-    """A rich table: task, metric, n, mean, 95 % CI, method (style metrics hidden unless asked)."""
+    """A rich table: task, metric, n, mean, 95 % CI, method (style metrics hidden unless asked; categories are
+    in the JSON output and the store)."""
     from rich.table import Table
 
     table = Table(title=f"mixlab eval · {Path(results.checkpoint).name} · run {results.run_id}")
-    for column, justify in (("task", "left"), ("category", "left"), ("metric", "left"), ("n", "right"),
-                            ("mean", "right"), ("95% CI", "right"), ("ci", "left")):
-        table.add_column(column, justify=justify)
+    for column, justify, wrap in (("task", "left", False), ("metric", "left", False), ("n", "right", False),
+                                  ("mean", "right", False), ("95% CI", "right", False), ("ci", "left", True)):
+        table.add_column(column, justify=justify, no_wrap=not wrap, overflow="fold")
     for task in results.tasks:
         if task.status != "completed":
-            table.add_row(task.task, task.category, "[red]failed", str(task.n_samples), "", "", task.error or "")
+            table.add_row(task.task, "[red]failed", str(task.n_samples), "", "", task.error or "")
             continue
         for m in task.metrics:
             if m.metric.startswith("style/") and not style_metrics:
                 continue
             ci = "" if math.isnan(m.ci_low) else f"[{m.ci_low:.3f}, {m.ci_high:.3f}]"
             mean = "nan" if math.isnan(m.mean) else f"{m.mean:.3f}"
-            table.add_row(task.task, m.category, m.metric, str(m.n), mean, ci, m.ci_method)
+            table.add_row(task.task, m.metric, str(m.n), mean, ci, m.ci_method)
     return table

@@ -141,6 +141,13 @@ def evaluate(
     backend_obj = backend if isinstance(backend, Backend) else get_backend_for(backend, checkpoint, backend_opts)
     backend_info = backend_obj.describe()
     checkpoint_id = _checkpoint_id(checkpoint)
+    # The eval key carries the weights' fingerprint, so a folder overwritten with new weights (periodic evals
+    # during training) never resumes from the old weights' samples. A live model object has no stable identity.
+    fingerprint = _checkpoint_fingerprint(checkpoint)
+    if fingerprint is None:
+        resume = False
+    if judge_obj is not None and getattr(judge_obj, "store", False) is None:
+        judge_obj.store = store  # cache the judgements of a judge built without a store
     run_id, created_run = _resolve_run(store, run_id, checkpoint_id, backend_info, suite)
 
     progress_ctx = _progress(progress, console)
@@ -151,7 +158,8 @@ def evaluate(
                 task.judge = judge_obj
             cfg = _task_config(task, gen_config)
             task_judge = judge_id if getattr(task, "needs_judge", False) else None
-            eval_id = _eval_id(checkpoint_id, task.name, backend_info.get("backend", "?"), cfg, task_judge)
+            eval_id = _eval_id(fingerprint or checkpoint_id, task.name, backend_info.get("backend", "?"), cfg,
+                               task_judge)
             result = _run_task(
                 task, eval_id=eval_id, run_id=run_id, checkpoint_id=checkpoint_id, suite=suite, backend=backend_obj,
                 backend_name=backend_info.get("backend", "?"), cfg=cfg, judge_id=task_judge, store=store,
@@ -400,6 +408,22 @@ def _checkpoint_id(checkpoint: Any) -> str:
         return str(path.resolve()) if path.exists() else str(checkpoint)
     name = getattr(getattr(checkpoint, "config", None), "_name_or_path", None)
     return f"object:{type(checkpoint).__name__}:{name or id(checkpoint)}"
+
+
+def _checkpoint_fingerprint(checkpoint: Any) -> str | None:
+    """A string that changes when the checkpoint's weights change: for a folder, its path plus the name, size and
+    mtime of every weight/config file; for a name (preset, served model), the name; None for a model object."""
+    if not isinstance(checkpoint, (str, Path)):
+        return None
+    path = Path(checkpoint)
+    if not path.is_dir():
+        return str(checkpoint)
+    parts = [str(path.resolve())]
+    for f in sorted(path.iterdir()):
+        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".pt"):
+            stat = f.stat()
+            parts.append(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return "|".join(parts)
 
 
 def _eval_id(checkpoint: str, task: str, backend: str, cfg: GenerationConfig, judge: str | None) -> str:

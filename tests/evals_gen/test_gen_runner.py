@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import sys
 from pathlib import Path
 from typing import ClassVar
@@ -165,3 +166,30 @@ def test_cli_eval_on_a_preset_checkpoint(monkeypatch, capsys, db_path):
     assert code == 0 and "proc-math" in out and "95% CI" in out
     code, out, err = _cli(monkeypatch, capsys, "eval", "tiny", "--suite", "nope", "--limit", "1")
     assert code == 2 and err.startswith("error: unknown suite or task 'nope'")
+
+
+def test_checkpoint_folder_rewritten_with_new_weights_is_a_new_evaluation(tmp_path, store, mixlab_tiny):
+    import copy
+
+    import torch
+
+    model, tokenizer = mixlab_tiny
+    folder = tmp_path / "ckpt"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    opts = {"device": "cpu", "batch_size": 4}
+    first = evaluate(str(folder), ["proc-math"], backend="torch", backend_opts=opts, limit=2, store=store,
+                     progress=False, gen_config={"max_new_tokens": 6})
+    same = evaluate(str(folder), ["proc-math"], backend="torch", backend_opts=opts, limit=2, store=store,
+                    progress=False, gen_config={"max_new_tokens": 6})
+    assert same["proc-math"].eval_id == first["proc-math"].eval_id and same["proc-math"].reused == 2
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.get_output_embeddings().weight.mul_(-1.0)
+    time.sleep(0.01)  # distinct mtimes even on coarse file systems
+    changed.save_pretrained(folder)
+    after = evaluate(str(folder), ["proc-math"], backend="torch", backend_opts=opts, limit=2, store=store,
+                     progress=False, gen_config={"max_new_tokens": 6})
+    assert after["proc-math"].eval_id != first["proc-math"].eval_id and after["proc-math"].reused == 0
+    rows = store.query("SELECT DISTINCT checkpoint FROM eval_runs")
+    assert rows == [{"checkpoint": str(folder.resolve())}]

@@ -20,6 +20,7 @@ __all__ = [
     "pass_at_k",
     "mean_pass_at_k",
     "mean_ci",
+    "summarize_metrics",
 ]
 
 
@@ -133,3 +134,21 @@ def mean_ci(values: Sequence[float] | np.ndarray, binary: bool, **bootstrap_kw) 
         return (mean, low, high, "wilson")
     low, high = bootstrap_ci(arr, **bootstrap_kw)
     return (mean, low, high, "bootstrap")
+
+
+def summarize_metrics(
+    per_item_values: Sequence[dict[str, float]], binary: bool, **bootstrap_kw
+) -> dict[str, tuple[float, float, float, str]]:
+    """mean_ci for every metric key seen, each over the items that carry it.
+
+    Tasks put breakdown keys (e.g. "accuracy/level:5") only on the items they concern, so a breakdown's n and
+    interval are those of its own subset.
+    """
+    seen: dict[str, None] = {}
+    for values in per_item_values:
+        seen.update(dict.fromkeys(values))
+    # Headline metrics first (as the task orders them), then breakdowns sorted by name.
+    keys = [k for k in seen if "/" not in k] + sorted(k for k in seen if "/" in k)
+    return {
+        key: mean_ci([v[key] for v in per_item_values if key in v], binary=binary, **bootstrap_kw) for key in keys
+    }

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mixlab.evals.stats import summarize_metrics
 from mixlab.evals.tasks._data import apply_limit, load_rows
 from mixlab.evals.tasks.base import EvalItem, Score, Task, register_task
 
@@ -312,8 +313,14 @@ class Math500(Task):
             any_ok = boxed_ok if boxed is not None else math_verify_whole(item.reference, text, self.timeout_s)
         except Exception as exc:  # noqa: BLE001 - a scorer never crashes on model output
             return Score({m: 0.0 for m in self.metrics}, details={"error": f"{type(exc).__name__}: {exc}"})
+        values = {"accuracy": float(boxed_ok), "accuracy_any_extraction": float(any_ok)}
+        # Breakdowns (evals-reference §3.2): each item carries its own subject and level key.
+        if item.meta.get("subject"):
+            values[f"accuracy/subject:{item.meta['subject']}"] = float(boxed_ok)
+        if item.meta.get("level") is not None:
+            values[f"accuracy/level:{item.meta['level']}"] = float(boxed_ok)
         return Score(
-            {"accuracy": float(boxed_ok), "accuracy_any_extraction": float(any_ok)},
+            values,
             details={
                 "gold": item.reference,
                 "extracted": boxed,
@@ -321,6 +328,10 @@ class Math500(Task):
                 "level": item.meta.get("level"),
             },
         )
+
+    def aggregate(self, scores: list[Score]) -> dict[str, tuple[float, float, float, str]]:
+        """accuracy, accuracy_any_extraction, then accuracy per subject and per level (each over its items)."""
+        return summarize_metrics([s.values for s in scores], binary=True)
 
     def reference_output(self, item: EvalItem) -> str:
         return item.meta["solution"]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mixlab.errors import MixlabError
+from mixlab.evals.stats import summarize_metrics
 from mixlab.evals.tasks.base import EvalItem, Score, Task, register_task
 
 
@@ -56,7 +57,14 @@ class ProceduralTask(Task):
         except Exception as exc:  # noqa: BLE001 - a scorer never crashes on model output
             return Score({m: 0.0 for m in self.metrics},
                          details={"error": f"{type(exc).__name__}: {exc}", "level": item.meta.get("level")})
-        return Score({self.metrics[0]: value}, details={"level": item.meta.get("level")})
+        values = {self.metrics[0]: value}
+        if item.meta.get("level") is not None:
+            values[f"{self.metrics[0]}/level:{item.meta['level']}"] = value
+        return Score(values, details={"level": item.meta.get("level")})
+
+    def aggregate(self, scores: list[Score]) -> dict[str, tuple[float, float, float, str]]:
+        """The task metrics, then the primary metric per difficulty level (each over its own items)."""
+        return summarize_metrics([s.values for s in scores], binary=self.binary_metrics)
 
     def reference_output(self, item: EvalItem) -> str:
         return item.meta["response"]
@@ -107,5 +115,7 @@ class ProcChat(ProceduralTask):
                          details={"error": f"{type(exc).__name__}: {exc}", "level": item.meta.get("level")})
         all_ok = float(bool(verdicts) and all(verdicts))
         frac = sum(verdicts) / len(verdicts) if verdicts else 0.0
-        return Score({"format_satisfied": all_ok, "constraint_acc": frac},
-                     details={"level": item.meta.get("level"), "constraints": verdicts})
+        values = {"format_satisfied": all_ok, "constraint_acc": frac}
+        if item.meta.get("level") is not None:
+            values[f"format_satisfied/level:{item.meta['level']}"] = all_ok
+        return Score(values, details={"level": item.meta.get("level"), "constraints": verdicts})

@@ -140,6 +140,8 @@ def test_real_data_loads(data_root):
 def test_check_subset(data_root, task_name):
     own = check_task(task_name, data_root=data_root, limit=150)
     assert own.n == 150
+    if task_name == "math500":  # per-subject and per-level breakdowns, each over its own items
+        assert {"accuracy/subject:Algebra", "accuracy/level:5"} <= set(own.metrics)
     assert all(summary.mean >= 0.99 for summary in own.metrics.values()), own.failures
     shuffled = check_task(task_name, data_root=data_root, limit=150, shuffle=True)
     assert shuffled.primary <= 0.05, shuffled.failures

@@ -50,13 +50,27 @@ def test_proc_code_reference_check():
     assert shuffled.primary <= 0.1, shuffled.failures
 
 
+def test_per_level_breakdown():
+    result = check_task("proc-math", limit=60)
+    levels = [k for k in result.metrics if k.startswith("accuracy/level:")]
+    assert list(result.metrics)[0] == "accuracy" and len(levels) >= 2
+    task = get_task("proc-math")
+    items = task.load(None, limit=60)
+    level = items[0].meta["level"]
+    scores = [task.score(i, task.reference_output(i) if i is items[0] else "wrong") for i in items]
+    summary = task.aggregate(scores)
+    n_level = sum(1 for i in items if i.meta["level"] == level)
+    assert summary[f"accuracy/level:{level}"][0] == pytest.approx(1 / n_level)
+    assert summary["accuracy"][0] == pytest.approx(1 / 60)
+
+
 def test_proc_chat_constraint_level_metric():
     task = get_task("proc-chat")
     item = next(i for i in task.load(None, limit=100) if len(i.reference["ground_truth"]) >= 2)
     score = task.score(item, "")
     assert score.values["format_satisfied"] == 0.0
     good = task.score(item, task.reference_output(item))
-    assert good.values == {"format_satisfied": 1.0, "constraint_acc": 1.0}
+    assert good.values["format_satisfied"] == 1.0 and good.values["constraint_acc"] == 1.0
 
 
 @pytest.mark.parametrize("name", ["proc-math", "proc-chat"])
@@ -65,4 +79,5 @@ def test_scorers_survive_junk(name):
     item = task.load(None, limit=1)[0]
     for junk in [*JUNK_OUTPUTS, None, 7]:
         score = task.score(item, junk)
-        assert set(score.values) <= set(task.metrics) and all(0 <= v <= 1 for v in score.values.values())
+        assert set(task.metrics) <= set(score.values) and all(0 <= v <= 1 for v in score.values.values())
+        assert all(k in task.metrics or k.startswith(task.metrics[0] + "/level:") for k in score.values)

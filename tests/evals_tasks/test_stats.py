@@ -15,6 +15,7 @@ from mixlab.evals.stats import (
     mean_pass_at_k,
     paired_bootstrap_ci,
     pass_at_k,
+    summarize_metrics,
     wilson_ci,
 )
 
@@ -116,3 +117,12 @@ def test_mean_ci_methods():
     # Declared binary but fractional values: bootstrap, not a wrong Wilson interval.
     assert mean_ci([0.5, 1.0], binary=True)[3] == "bootstrap"
     assert mean_ci([], binary=True)[3] == "none"
+
+
+def test_summarize_metrics_breakdowns_use_their_own_items():
+    values = [{"acc": 1.0, "acc/level:1": 1.0}, {"acc": 0.0, "acc/level:2": 0.0}, {"acc": 1.0, "acc/level:2": 1.0}]
+    summary = summarize_metrics(values, binary=True)
+    assert list(summary) == ["acc", "acc/level:1", "acc/level:2"]
+    assert summary["acc"][0] == pytest.approx(2 / 3) and summary["acc"][1:3] == wilson_ci(2, 3)
+    assert summary["acc/level:1"][:3] == (1.0, *wilson_ci(1, 1))
+    assert summary["acc/level:2"][0] == 0.5

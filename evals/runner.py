@@ -138,7 +138,7 @@ def evaluate(
             "(e.g. a model served by `mixlab serve`)"
         )
 
-    backend_obj = backend if isinstance(backend, Backend) else get_backend_for(backend, checkpoint, backend_opts)
+    backend_obj = backend if isinstance(backend, Backend) else get_backend_for(backend, checkpoint, backend_opts, chunk_size)
     backend_info = backend_obj.describe()
     checkpoint_id = _checkpoint_id(checkpoint)
     # The eval key carries the weights' fingerprint, so a folder overwritten with new weights (periodic evals
@@ -176,10 +176,13 @@ def evaluate(
     return EvalResults(run_id, checkpoint_id, backend_info, judge_id, results)
 
 
-def get_backend_for(name: str, checkpoint: Any, opts: dict[str, Any] | None) -> Backend:
+def get_backend_for(name: str, checkpoint: Any, opts: dict[str, Any] | None, chunk_size: int = 32) -> Backend:
     from mixlab.evals.backends import get_backend
 
-    return get_backend(name, checkpoint, **(opts or {}))
+    opts = dict(opts or {})
+    if name in ("torch", "hf"):
+        opts.setdefault("batch_size", chunk_size)  # one runner chunk = one generation batch unless told otherwise
+    return get_backend(name, checkpoint, **opts)
 
 
 # ---------------------------------------------------------------------------------------------------------------

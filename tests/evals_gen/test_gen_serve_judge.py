@@ -224,7 +224,7 @@ def test_parsed_verdicts_aggregate_to_known_win_rates(scripted_judge, store, ans
     # A second model (other decoding settings = another eval) on the same prompts: the LC fit now estimates
     # per-instruction difficulty jointly over both.
     second = evaluate("llama-random", ["alpaca-eval"], backend=answer_backend, judge=judge, limit=3, store=store,
-                      data_root=data_root, progress=False, gen_config={"max_new_tokens": 40})
+                      data_root=data_root, progress=False, gen_config={"max_new_tokens": 9})
     assert second.ok
     assert second["alpaca-eval"].metric("lc_win_rate").ci_method == "bootstrap-glm+difficulty(2 models)"
 

@@ -33,7 +33,7 @@ def results_rows(store: Store, run_ids: Iterable[str]) -> tuple[list[dict[str, A
         r["run_id"]: r
         for r in store.query(
             f"SELECT run_id, arg_max(value, step) AS loss, max(step) AS steps FROM train_metrics "
-            f"WHERE run_id IN ({marks}) AND name = 'loss' GROUP BY run_id",
+            f"WHERE run_id IN ({marks}) AND name IN ('loss', 'train_loss') GROUP BY run_id",
             run_ids,
         )
     }
@@ -78,18 +78,20 @@ def print_table(rows: list[dict[str, Any]], tasks: list[str], title: str) -> Non
     from rich.table import Table
 
     table = Table(title=title, show_lines=False)
-    for col in ("run", "trainer", "mixture", "status", "steps", "loss"):
+    for col in ("mixture", "trainer", "status", "steps", "loss"):
         table.add_column(col, overflow="fold")
     for task in tasks:
         metric = next((r["metrics"][task][4] for r in rows if task in r["metrics"]), "")
         table.add_column(f"{task}\n{metric} [95% CI]", justify="right")
     for r in rows:
         table.add_row(
-            r["run_id"], r["trainer"] or "", r["mixture"] or "", r["status"], str(r["steps"] or "-"),
+            r["mixture"] or "", r["trainer"] or "", r["status"], str(r["steps"] or "-"),
             f"{r['loss']:.4f}" if r["loss"] is not None else "-",
             *[format_ci(r["metrics"].get(t)) for t in tasks],
         )
-    Console().print(table)
+    console = Console(width=None if Console().is_terminal else 160)
+    console.print(table)
+    console.print("runs: " + ", ".join(r["run_id"] for r in rows), soft_wrap=True)
 
 
 def print_results(results, store: Store | None = None) -> None:

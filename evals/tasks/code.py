@@ -268,8 +268,11 @@ class CodeTask(Task):
         return summary
 
     def contamination_texts(self, item: EvalItem) -> list[str]:
+        """The problem statement, the canonical solution and (MBPP) the asserts: MBPP statements are often
+        shorter than a decontamination n-gram, its asserts and code are not."""
         ref = item.reference or {}
-        return [t for t in (item.meta.get("problem"), ref.get("canonical")) if t]
+        tests = "\n".join(ref.get("tests") or [])
+        return [t for t in (item.meta.get("problem"), ref.get("canonical"), tests) if t]
 
 
 def _item_check(task: str, rows: list[dict], required: Sequence[str], where: str) -> None:

@@ -19,11 +19,14 @@ from mixlab.dashboard import pareto
 
 Z95 = 1.959964
 
-_LOWER_BETTER = re.compile(r"refus|repetit|broken|error|invalid|timeout|loss|perplex|toxic|crash|fail", re.I)
-_NEUTRAL = re.compile(r"length|tokens|density|latency|words|chars|^n_|count|duration|seconds", re.I)
-# Which metric stands for a task in a default aggregate, best first.
-_PRIMARY = ["pass@1", "exact_match_strict", "exact_match", "accuracy", "prompt_strict", "constraint_satisfied",
-            "lc_win_rate", "score", "win_rate"]
+_LOWER_BETTER = re.compile(r"refus|repetit|broken|error|invalid|timeout|loss|perplex|toxic|crash|fail|empty", re.I)
+# No better side (lengths, densities) or a property of the judge rather than the model.
+_NEUTRAL = re.compile(r"length|tokens|density|latency|words|chars|^n_|count|duration|seconds|judge_|unparseable",
+                      re.I)
+# Which metric stands for a task in a default aggregate, best first (names as `mixlab.evals` writes them).
+_PRIMARY = ["pass@1", "exact_match_strict", "exact_match", "accuracy", "prompt_level_strict_acc", "prompt_strict",
+            "format_satisfied", "constraint_satisfied", "lc_win_rate", "score", "win_rate"]
+STYLE_PREFIX = "style/"  # per-answer style statistics the eval runner adds to every task
 
 
 def metric_key(task: str, metric: str) -> str:
@@ -67,8 +70,12 @@ def _scale(vmin: float, vmax: float, metric: str) -> tuple[float, float]:
 
 
 def default_metrics(cat: pd.DataFrame, category: str) -> list[str]:
-    """One primary, directional metric per task of a category (e.g. GSM8K strict, HumanEval pass@1)."""
-    rows = cat[(cat["category"] == category) & (cat["direction"] != "neutral")]
+    """One primary, directional metric per task whose home category is `category` (e.g. GSM8K strict, HumanEval
+    pass@1, IFEval prompt-level strict, MT-Bench score). A task's home category is that of its own metrics; the
+    style/* statistics the runner attaches to every task are left out (add them by hand if wanted)."""
+    own = cat[~cat["metric"].str.startswith(STYLE_PREFIX)]
+    home = own.groupby("task")["category"].agg(lambda c: c.value_counts().index[0])
+    rows = own[(own["task"].map(home) == category) & (own["direction"] != "neutral")]
     keys = []
     for task, group in rows.groupby("task", sort=True):
         names = list(group["metric"])

@@ -58,19 +58,23 @@ class TaskSpec:
     judged: bool = False
 
 
+# Task and metric names as `mixlab.evals.runner` writes them (style/* metrics ride along on every task).
 TASKS = [
-    TaskSpec("proc-math", "leaderboard", "math", 300, ("exact_match",)),
+    TaskSpec("proc-math", "leaderboard", "math", 300, ("accuracy",)),
     TaskSpec("gsm8k", "leaderboard", "math", 1319, ("exact_match_strict", "exact_match_flexible")),
-    TaskSpec("math500", "leaderboard", "math", 500, ("accuracy",)),
+    TaskSpec("math500", "leaderboard", "math", 500, ("accuracy", "accuracy_any_extraction")),
     TaskSpec("proc-code", "leaderboard", "code", 200, ("pass@1",)),
     TaskSpec("humaneval", "leaderboard", "code", 164, ("pass@1", "pass@10")),
     TaskSpec("mbpp", "leaderboard", "code", 257, ("pass@1",)),
-    TaskSpec("proc-chat", "usability", "chat", 300, ("constraint_satisfied",), judged=True),
-    TaskSpec("ifeval", "usability", "chat", 541, ("prompt_strict", "prompt_loose", "inst_strict", "inst_loose")),
-    TaskSpec("mt-bench", "usability", "chat", 160, ("score",), judged=True),
-    TaskSpec("alpacaeval", "usability", "chat", 805, ("lc_win_rate", "win_rate"), judged=True),
-    TaskSpec("style", "usability", "chat", 300, ("refusal_rate", "repetition_rate", "mean_length", "markdown_density")),
+    TaskSpec("proc-chat", "usability", "chat", 300, ("format_satisfied", "constraint_acc")),
+    TaskSpec("ifeval", "usability", "chat", 541, ("prompt_level_strict_acc", "prompt_level_loose_acc",
+                                                  "inst_level_strict_acc", "inst_level_loose_acc")),
+    TaskSpec("mt-bench", "usability", "chat", 160, ("score", "score_turn1", "score_turn2", "judge_unparseable"),
+             judged=True),
+    TaskSpec("alpaca-eval", "usability", "chat", 805, ("lc_win_rate", "win_rate", "judge_unparseable",
+                                                       "length_chars"), judged=True),
 ]
+STYLE_KEYS = ("refusal", "repetition_3gram", "broken_format", "markdown_density", "chars")
 
 _PROMPTS = {
     "math": [
@@ -344,26 +348,30 @@ def build(
             })
             skill = sk[t.skill]
             difficulty = {"proc-math": 0.0, "gsm8k": 0.8, "math500": 1.8, "proc-code": 0.2, "humaneval": 1.0,
-                          "mbpp": 0.7, "proc-chat": 0.0, "ifeval": 0.5, "mt-bench": 0.0, "alpacaeval": 1.2,
-                          "style": 0.0}[t.task]
+                          "mbpp": 0.7, "proc-chat": 0.0, "ifeval": 0.5, "mt-bench": 0.0, "alpaca-eval": 1.2}[t.task]
             p = _sigmoid(2.2 * (skill - difficulty))
             for metric in t.metrics:
-                if t.task == "mt-bench":
-                    values = np.clip(rng.normal(1 + 8 * p, 1.8, t.n_items), 1, 10)
+                if t.task == "mt-bench" and metric.startswith("score"):
+                    values = np.clip(rng.normal(1 + 8 * p - (0.3 if metric == "score_turn2" else 0), 1.8, t.n_items), 1, 10)
                     mean, (lo, hi), method = float(values.mean()), _bootstrap(values, rng), "bootstrap"
-                elif t.task == "style":
-                    mean, lo, hi, method = _style_metric(metric, sk, rng, t.n_items)
+                elif metric == "length_chars":
+                    values = rng.gamma(4, (300 + 900 * p) / 4, t.n_items)
+                    mean, (lo, hi), method = float(values.mean()), _bootstrap(values, rng), "bootstrap"
                 else:
                     q = {"exact_match_flexible": min(0.99, p * 1.12), "pass@10": 1 - (1 - p) ** 4,
-                         "prompt_loose": min(0.99, p * 1.08), "inst_strict": min(0.99, p * 1.15 + 0.05),
-                         "inst_loose": min(0.99, p * 1.2 + 0.06), "lc_win_rate": p * 0.9 + 0.02,
-                         "win_rate": p * 0.85}.get(metric, p)
+                         "accuracy_any_extraction": min(0.99, p * 1.1), "constraint_acc": min(0.99, p * 1.1 + 0.05),
+                         "prompt_level_loose_acc": min(0.99, p * 1.08),
+                         "inst_level_strict_acc": min(0.99, p * 1.15 + 0.05),
+                         "inst_level_loose_acc": min(0.99, p * 1.2 + 0.06), "lc_win_rate": p * 0.9 + 0.02,
+                         "win_rate": p * 0.85, "judge_unparseable": 0.02}.get(metric, p)
                     k = int(rng.binomial(t.n_items, q))
                     (lo, hi), mean, method = _wilson(k, t.n_items), k / t.n_items, "wilson"
                 metrics.append(MetricRecord(eval_id, run.run_id, t.task, metric, t.category, t.n_items,
                                             float(mean), float(lo), float(hi), method, created_at=created))
-            if t.task == "style":
-                continue
+            for key in STYLE_KEYS:
+                mean, lo, hi, method = _style_metric(key, sk, rng, t.n_items)
+                metrics.append(MetricRecord(eval_id, run.run_id, t.task, f"style/{key}", "usability", t.n_items,
+                                            float(mean), float(lo), float(hi), method, created_at=created))
             for item in range(samples_per_task):
                 samples.append(_sample(eval_id, run.run_id, t, item, p, rng))
     store.insert("eval_runs", eval_runs, replace=True)
@@ -376,14 +384,14 @@ def build(
                         len(load_rows), len(contamination))
 
 
-def _style_metric(metric: str, sk: dict[str, float], rng: np.random.Generator, n: int) -> tuple[float, float, float, str]:
+def _style_metric(key: str, sk: dict[str, float], rng: np.random.Generator, n: int) -> tuple[float, float, float, str]:
     chatty = _sigmoid(sk["chat"])
-    if metric == "mean_length":
-        values = rng.gamma(4, (40 + 160 * chatty) / 4, n)
+    if key == "chars":
+        values = rng.gamma(4, (200 + 700 * chatty) / 4, n)
         lo, hi = _bootstrap(values, rng)
         return float(values.mean()), lo, hi, "bootstrap"
-    rate = {"refusal_rate": 0.02 + 0.06 * (1 - chatty), "repetition_rate": 0.25 * (1 - chatty) + 0.02,
-            "markdown_density": 0.05 + 0.3 * chatty}[metric]
+    rate = {"refusal": 0.02 + 0.06 * (1 - chatty), "repetition_3gram": 0.25 * (1 - chatty) + 0.02,
+            "broken_format": 0.15 * (1 - chatty) + 0.01, "markdown_density": 0.05 + 0.3 * chatty}[key]
     k = int(rng.binomial(n, min(rate, 0.99)))
     lo, hi = _wilson(k, n)
     return k / n, lo, hi, "wilson"

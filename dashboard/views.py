@@ -442,6 +442,8 @@ def _run_metrics(run_id: str, other: str | None, labels: dict) -> None:
         df[col] = v
     df.loc[flip, ["pos", "pos_lo", "pos_hi"]] = 1 - df.loc[flip, ["pos", "pos_hi", "pos_lo"]].to_numpy()
     df = df[(scales["direction"].reindex(df["key"]) != "neutral").to_numpy()]  # lengths etc. have no "better"
+    # Per-answer style statistics ride on every task; they stay in the table below, out of the interval charts.
+    df = df[~df["metric"].str.startswith(agg.STYLE_PREFIX)]
     for category in ("leaderboard", "usability", "other"):
         part = df[df["category"] == category]
         if part.empty:

@@ -62,7 +62,7 @@ def test_tradeoff_axes_colour_and_filters(sample_db, use_db):
     at = run_app()
     total = int(metric_values(at)["runs plotted"])
     at.selectbox(key="x_axis").set_value("gsm8k/exact_match_strict").run()
-    at.selectbox(key="y_axis").set_value("style/refusal_rate").run()
+    at.selectbox(key="y_axis").set_value("mt-bench/style/refusal").run()
     at.selectbox(key="color_by").set_value("ladder rung").run()
     assert not at.exception
     [(spec, tables)] = vega_charts(at)
@@ -85,10 +85,10 @@ def test_tradeoff_axes_colour_and_filters(sample_db, use_db):
 def test_aggregate_definition_changes_the_x_axis(sample_db, use_db):
     use_db(sample_db)
     at = run_app()
-    at.multiselect(key="agg_lb").set_value(["proc-math/exact_match"]).run()
+    at.multiselect(key="agg_lb").set_value(["proc-math/accuracy"]).run()
     points = max(vega_charts(at)[0][1], key=lambda t: t.num_rows).to_pandas()
     metrics = queries.latest_metrics(sample_db)
-    pm = metrics[(metrics["task"] == "proc-math") & (metrics["metric"] == "exact_match")].set_index("run_id")["mean"]
+    pm = metrics[(metrics["task"] == "proc-math") & (metrics["metric"] == "accuracy")].set_index("run_id")["mean"]
     assert points.set_index("run_id")["x"].sub(pm.reindex(points["run_id"])).abs().max() < 1e-12
 
 

@@ -64,16 +64,23 @@ def test_latest_metric_wins(tmp_path):
 
 def test_catalog_directions_scales_and_defaults(sample_db):
     cat = agg.catalog(queries.latest_metrics(sample_db)).set_index("key")
-    assert cat.loc["style/refusal_rate", "direction"] == "lower"
-    assert cat.loc["style/mean_length", "direction"] == "neutral"
+    assert cat.loc["gsm8k/style/refusal", "direction"] == "lower"
+    assert cat.loc["gsm8k/style/repetition_3gram", "direction"] == "lower"
+    assert cat.loc["mt-bench/style/chars", "direction"] == "neutral"
+    assert cat.loc["alpaca-eval/length_chars", "direction"] == "neutral"
+    assert cat.loc["mt-bench/judge_unparseable", "direction"] == "neutral"  # the judge's health, not the model's
     assert cat.loc["gsm8k/exact_match_strict", "direction"] == "higher"
     assert tuple(cat.loc["mt-bench/score", ["scale_lo", "scale_hi"]]) == (1.0, 10.0)
     assert tuple(cat.loc["humaneval/pass@1", ["scale_lo", "scale_hi"]]) == (0.0, 1.0)
+    # Style metrics ride on every task with category usability; they must not drag leaderboard tasks into the
+    # usability aggregate.
+    assert cat.loc["gsm8k/style/refusal", "category"] == "usability"
     lb = agg.default_metrics(cat.reset_index(), "leaderboard")
     assert lb == ["gsm8k/exact_match_strict", "humaneval/pass@1", "math500/accuracy", "mbpp/pass@1",
-                  "proc-code/pass@1", "proc-math/exact_match"]
+                  "proc-code/pass@1", "proc-math/accuracy"]
     us = agg.default_metrics(cat.reset_index(), "usability")
-    assert "mt-bench/score" in us and "ifeval/prompt_strict" in us and not any("mean_length" in k for k in us)
+    assert us == ["alpaca-eval/lc_win_rate", "ifeval/prompt_level_strict_acc", "mt-bench/score",
+                  "proc-chat/format_satisfied"]
 
 
 def _metrics(rows):

@@ -23,8 +23,9 @@ def run(
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Evaluate only the first N items per task."),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="Attach to this run (default: the training run "
                                          "whose checkpoint this is, else a new eval run)."),
-    judge: Optional[str] = typer.Option(None, "--judge", "-j", help="Judge for chat tasks: openai:MODEL[@BASE_URL], "
-                                        "local:PATH_OR_PRESET or rubric."),
+    judge: Optional[str] = typer.Option(None, "--judge", "-j", envvar="MIXLAB_JUDGE",
+                                        help="Judge for chat tasks: openai:MODEL or openai:MODEL@BASE_URL, "
+                                        "local:PATH_OR_PRESET, or rubric (env MIXLAB_JUDGE)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Override each task's default."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="0 = greedy (default)."),
     top_p: Optional[float] = typer.Option(None, "--top-p"),

@@ -132,6 +132,11 @@ def evaluate(
     judge_obj = _resolve_judge(judge, store)
     judge_id = getattr(judge_obj, "id", None) if judge_obj is not None else None
     missing_judge = [t.name for t in tasks if getattr(t, "needs_judge", False) and judge_obj is None]
+    if judge_obj is not None and not hasattr(judge_obj, "compare_to_baseline"):
+        judged = [t.name for t in tasks if getattr(t, "needs_judge", False)]
+        if judged:
+            raise MixlabError(f"tasks {judged} need an LLM judge (openai:MODEL or local:PATH), not "
+                              f"{getattr(judge_obj, 'name', judge_obj)!r}")
     if missing_judge:
         raise MixlabError(
             f"tasks {missing_judge} need a judge: pass --judge openai:MODEL[@BASE_URL] or --judge local:PATH "

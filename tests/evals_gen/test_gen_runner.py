@@ -130,6 +130,8 @@ def test_bad_input(store, backend):
         evaluate("x", "procedrual", backend=backend, store=store, progress=False)
     with pytest.raises(MixlabError, match="need a judge"):
         evaluate("x", ["mt-bench"], backend=backend, store=store, progress=False)
+    with pytest.raises(MixlabError, match="need an LLM judge"):
+        evaluate("x", ["mt-bench"], backend=backend, store=store, judge="rubric", progress=False)
     with pytest.raises(MixlabError, match="judge spec"):
         evaluate("x", ["mt-bench"], backend=backend, store=store, judge="gpt4", progress=False)
 

@@ -3,22 +3,24 @@
 Started by `mixlab.evals.sandbox` as ``python -s sandbox_worker.py`` (root, scrubbed environment). It reads
 length-prefixed JSON requests on stdin and answers on stdout. Each request runs in three forked processes:
 
-    worker (root, its own empty network namespace: no interface is up, not even loopback)
-      └─ C1  unshare(PID | mount | IPC); waits for C2; dies with the worker (PDEATHSIG)
-          └─ C2  PID 1 of a fresh PID namespace: private mounts, /proc, tmpfs on /run /tmp /var/tmp /dev/shm, hidden
-              │  paths; reaps orphans; when C3 exits it reports and exits, and the kernel SIGKILLs every
+    worker (root, its own empty network namespace: no interface is up, not even loopback; a cgroup)
+      └─ C1  joins the worker's memory+pids cgroup; unshare(PID | mount | IPC); waits for C2; dies with the
+          │  worker (PDEATHSIG)
+          └─ C2  PID 1 of a fresh PID namespace: private mounts, /proc, tmpfs on /run /tmp /var/tmp /dev/shm,
+              │  hidden paths; reaps orphans; when C3 exits it reports and exits, and the kernel SIGKILLs every
               │  process left in the namespace (daemonised, setsid'd, SIGTERM-ignoring children included)
-              └─ C3  rlimits (AS, CPU, FSIZE, NPROC, NOFILE, CORE), scrubbed env, uid/gid 65534 without
-                     capabilities, no_new_privs, cwd = a fresh tmpfs; runs the code (exec() in this
+              └─ C3  rlimits (AS, CPU, FSIZE, NPROC, NOFILE, CORE), scrubbed env, a uid of its own (gid 65534),
+                     no capabilities, no_new_privs, cwd = a fresh tmpfs; runs the code (exec() in this
                      pre-warmed interpreter, or execve of a fresh interpreter in "exec" mode)
 
-Forking a warm interpreter avoids ~20 ms of interpreter start-up per sample; the namespaces cost ~3 ms.
-On the wall-clock deadline the worker SIGKILLs C1 and C2, which takes the whole PID namespace down.
+Forking a warm interpreter avoids ~20-50 ms of interpreter start-up per sample; the namespaces cost ~3 ms.
+On the wall-clock deadline the worker SIGKILLs C2 (PID 1), which takes the whole PID namespace down.
 
 Without namespaces (no CAP_SYS_ADMIN) the worker runs "degraded": a new session and process group, the same
-rlimits and (when root) a uid of the sample's own, a host temp dir removed afterwards, and at the end the
-process group and every process of that uid killed (daemons included), its SysV IPC objects removed. The network is not cut, and files
-written to world-writable host folders (/tmp, /dev/shm) stay. Every result says which mode ran.
+rlimits and cgroup and (when root) a uid of the sample's own, a host temp dir removed afterwards, and at the
+end the process group and every process of that uid killed (daemons included) and its SysV IPC objects
+removed. The network is not cut, and files written to world-writable host folders (/tmp, /dev/shm) stay.
+Every result says which mode ran.
 
 This file must import only the standard library: it runs under an interpreter the sandbox uid can read,
 which is not necessarily the project's virtualenv.

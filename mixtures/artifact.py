@@ -190,7 +190,7 @@ def write(builder: "_Builder", mixture_id: str, allocations, pool_index: dict[st
         manifest["shards"] = shards
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
         (tmp / "mixture.lock").write_text(json.dumps(lock, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
-        (tmp / "mixture.yaml").write_text(builder.loaded.yaml_text)
+        (tmp / "mixture.yaml").write_text(resolved_yaml(builder.loaded))
         if final.exists() and not replace:
             shutil.rmtree(tmp, ignore_errors=True)
         elif final.exists():
@@ -207,6 +207,15 @@ def write(builder: "_Builder", mixture_id: str, allocations, pool_index: dict[st
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return BuiltMixture(mixture_id, spec.name, kind, spec.family, final, manifest, False)
+
+
+def resolved_yaml(loaded: "LoadedMixture") -> str:
+    """The merged YAML with `extends` already applied (so the artifact's copy stands alone)."""
+    import yaml
+
+    data = {k: v for k, v in loaded.data.items() if k != "extends"}
+    header = f"# resolved mixture (extends {loaded.spec.extends} merged in)\n" if loaded.spec.extends else ""
+    return header + yaml.safe_dump(data, sort_keys=False)
 
 
 def record_in_store(built: "BuiltMixture", loaded: "LoadedMixture", store=None, *, only_if_missing: bool = False) -> None:

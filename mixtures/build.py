@@ -397,6 +397,17 @@ def build(name_or_path: str | Path, data_root: str | Path | None = None, store=N
     from mixlab.mixtures import artifact
 
     progress = progress or _no_progress
+    existing = mixtures_dir() / str(name_or_path)
+    if (existing / "manifest.json").is_file() and (existing / "mixture.yaml").is_file():
+        # A built mixture id (recipes may pin one): the artifact is the source of truth.
+        manifest = json.loads((existing / "manifest.json").read_text())
+        built = BuiltMixture(manifest["mixture_id"], manifest["name"], manifest["kind"], manifest["family"], existing,
+                             manifest, True)
+        if record:
+            from mixlab.mixtures.registry_io import load_mixture as _load
+
+            artifact.record_in_store(built, _load(existing / "mixture.yaml"), store, only_if_missing=True)
+        return built
     loaded = load_mixture(name_or_path)
     root = default_data_root(data_root)
     builder = _Builder(loaded, root, progress)

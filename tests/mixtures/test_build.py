@@ -43,6 +43,8 @@ def test_cache_hit_and_byte_identical_rebuild(write_mix, store, isolated_runs):
     before = _digest(first.path)
     second = build(path, store=store)
     assert second.cache_hit and second.mixture_id == first.mixture_id
+    by_id = build(first.mixture_id, store=store)  # recipes may pin a built id
+    assert by_id.cache_hit and by_id.path == first.path and by_id.manifest == first.manifest
     third = build(path, store=store, force=True)
     assert not third.cache_hit and _digest(third.path) == before  # byte-identical
     assert not [p for p in first.path.parent.iterdir() if p.name.startswith(".")]  # no temp folders left

@@ -26,6 +26,8 @@ def run(
     judge: Optional[str] = typer.Option(None, "--judge", "-j", envvar="MIXLAB_JUDGE",
                                         help="Judge for chat tasks: openai:MODEL or openai:MODEL@BASE_URL, "
                                         "local:PATH_OR_PRESET, or rubric (env MIXLAB_JUDGE)."),
+    judge_max_tokens: int = typer.Option(1024, "--judge-max-tokens", help="Most tokens a judge may write per verdict "
+                                         "(part of the judge's identity in the cache)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Override each task's default."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="0 = greedy (default)."),
     top_p: Optional[float] = typer.Option(None, "--top-p"),
@@ -46,7 +48,9 @@ def run(
     from rich.console import Console
 
     from mixlab.errors import MixlabError
+    from mixlab.evals.judges import get_judge
     from mixlab.evals.runner import evaluate, results_table
+    from mixlab.store import Store
 
     if not suite:
         raise MixlabError("pass --suite NAME (a suite, a task, or a comma-separated list; see `mixlab eval list`)")
@@ -58,9 +62,12 @@ def run(
     overrides = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
                  "n": samples}
     console = Console(stderr=True)
+    store = Store()
+    judge_obj = get_judge(judge, store=store, max_new_tokens=judge_max_tokens) if judge and judge != "rubric" else judge
     results = evaluate(
-        checkpoint, suite, backend=backend, judge=judge, limit=limit, run_id=run_id, gen_config=overrides,
-        data_root=data_root, backend_opts=opts, resume=not no_resume, progress=not as_json, console=console,
+        checkpoint, suite, backend=backend, judge=judge_obj, store=store, limit=limit, run_id=run_id,
+        gen_config=overrides, data_root=data_root, backend_opts=opts, resume=not no_resume, progress=not as_json,
+        console=console,
     )
     if as_json:
         typer.echo(json.dumps(results.to_dict(), indent=2, default=str))

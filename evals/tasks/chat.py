@@ -14,6 +14,9 @@ parsed) makes the loss visible.
 Pairwise games are played twice with positions swapped (model as A, then as B); a sample's `win_rate` value is
 the model's mean outcome over the parsed games (win 1, tie 0.5, loss 0).
 
+`--limit N` takes a balanced prefix: MT-Bench items are interleaved across its 8 categories and AlpacaEval's
+across its 5 sources (the files are sorted by them).
+
 Data: MT-Bench from FastChat (Apache-2.0); AlpacaEval 2.0's 805 instructions with the gpt4_1106_preview baseline
 outputs (CC BY-NC 4.0: evaluation only, never training); Arena-Hard v0.1's 500 prompts with the gpt-4-0314
 baseline answers.
@@ -139,7 +142,7 @@ class MTBench(JudgedChatTask):
                     meta={"category": category, "turns": list(turns), "question_id": int(qid)},
                 )
             )
-        return apply_limit(items, limit)
+        return apply_limit(interleave(items, lambda i: i.meta["category"]), limit)
 
     def contamination_texts(self, item: EvalItem) -> list[str]:
         return list(item.meta["turns"]) + list(item.reference or [])
@@ -361,7 +364,7 @@ class AlpacaEval(PairwiseBaselineTask):
                     meta={"dataset": row.get("dataset"), "baseline": row.get("generator")},
                 )
             )
-        return apply_limit(items, limit)
+        return apply_limit(interleave(items, lambda i: i.meta["dataset"]), limit)
 
 
 @register_task
@@ -421,6 +424,21 @@ def _arena_answer(row: dict[str, Any]) -> str | None:
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def interleave(items: list[EvalItem], key: Callable[[EvalItem], Any]) -> list[EvalItem]:
+    """Round-robin over groups (in order of first appearance), keeping each group's order: the files are sorted
+    by category/source, so a plain `--limit 8` would be all "writing"; this way every prefix is balanced."""
+    groups: dict[Any, list[EvalItem]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    out: list[EvalItem] = []
+    queues = [list(g) for g in groups.values()]
+    while any(queues):
+        for queue in queues:
+            if queue:
+                out.append(queue.pop(0))
+    return out
 
 
 def _mean_ci_present(scores: Sequence[Score], metric: str) -> tuple[float, float, float, str]:

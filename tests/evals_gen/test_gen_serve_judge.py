@@ -218,6 +218,8 @@ def test_parsed_verdicts_aggregate_to_known_win_rates(scripted_judge, store, ans
     assert mt.metric("score").ci_method == "bootstrap"
     templates = {r["template"] for r in store.query("SELECT template FROM judgements")}
     assert "single@v1" in templates and "single-multiturn@v1" in templates
+    # The 3-item prefix is writing, roleplay, reasoning: the reasoning question is graded against its reference.
+    assert {"single-ref@v1", "single-ref-multiturn@v1"} <= templates
     samples = store.query("SELECT score, extra FROM eval_samples WHERE task = 'alpaca-eval'")
     assert [s["score"] for s in samples] == [0.0, 0.0, 0.0]  # per-item win_rate
     assert results["alpaca-eval"].metric("lc_win_rate").ci_method == "bootstrap-glm"
@@ -240,8 +242,13 @@ def test_mt_bench_uses_reference_answers_for_math_reasoning_coding(data_root):
     assert all(len(i.reference) == 2 for i in with_ref)
     arena = get_task("arena-hard").load(data_root)
     assert len(arena) == 500 and all(isinstance(i.reference, str) and i.reference for i in arena)
+    # --limit takes a balanced prefix: one question per category, one instruction per source.
+    first8 = get_task("mt-bench").load(data_root, limit=8)
+    assert len({i.meta["category"] for i in first8}) == 8
+    assert sorted(i.meta["question_id"] for i in items) == list(range(81, 161))
     alpaca = get_task("alpaca-eval").load(data_root, limit=5)
-    assert [i.item_id for i in alpaca] == [f"alpaca-eval-00{k}" for k in range(5)]
+    assert len({i.meta["dataset"] for i in alpaca}) == 5
+    assert len({i.item_id for i in get_task("alpaca-eval").load(data_root)}) == 805
 
 
 def test_chat_tasks_name_missing_data(tmp_path):
@@ -308,3 +315,23 @@ def test_eval_through_the_openai_backend_matches_in_process(served_tiny, store):
     by_backend = {b: [(r["item_id"], r["output"]) for r in rows if r["backend"] == b] for b in ("openai", "torch")}
     assert by_backend["openai"] == by_backend["torch"] and len(by_backend["torch"]) == 3
     assert all(r["output_tokens"] is not None for r in rows)
+
+
+def test_cli_eval_with_a_judge(scripted_judge, monkeypatch, capsys, db_path, data_root):
+    pytest.importorskip("mixlab.model")
+    from mixlab.cli import main
+    from mixlab.store import Store
+
+    server, url = scripted_judge
+    monkeypatch.setattr(sys, "argv", ["mixlab", "eval", "tiny", "--suite", "mt-bench", "--limit", "1",
+                                      "--max-new-tokens", "6", "--judge", f"openai:length-lover@{url}",
+                                      "--judge-max-tokens", "32", "--json"])
+    try:
+        main()
+    except SystemExit as exc:
+        assert not exc.code, capsys.readouterr().err[-2000:]
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["ok"] and payload["judge"] == "openai:length-lover|max_tokens=32"
+    metrics = {m["metric"]: m for m in payload["tasks"][0]["metrics"]}
+    assert metrics["score"]["n"] == 1 and 1 <= metrics["score"]["mean"] <= 10
+    assert Store(db_path).query("SELECT count(*) AS n FROM judgements")[0]["n"] == 2

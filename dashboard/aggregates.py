@@ -85,17 +85,15 @@ def default_metrics(cat: pd.DataFrame, category: str) -> list[str]:
 
 
 def wide(metrics_long: pd.DataFrame) -> pd.DataFrame:
-    """Runs × (key, key__lo, key__hi, key__n) table."""
+    """Runs × (key, key__lo, key__hi, key__n) table (one row per run; `latest_metrics` rows are unique per key)."""
     if metrics_long.empty:
         return pd.DataFrame(index=pd.Index([], name="run_id"))
-    df = metrics_long.assign(key=[metric_key(t, m) for t, m in zip(metrics_long["task"], metrics_long["metric"])])
-    parts = {
-        "": df.pivot_table(index="run_id", columns="key", values="mean", aggfunc="last"),
-        "__lo": df.pivot_table(index="run_id", columns="key", values="ci_low", aggfunc="last"),
-        "__hi": df.pivot_table(index="run_id", columns="key", values="ci_high", aggfunc="last"),
-        "__n": df.pivot_table(index="run_id", columns="key", values="n", aggfunc="last"),
-    }
-    out = pd.concat([p.add_suffix(sfx) for sfx, p in parts.items()], axis=1)
+    df = metrics_long.assign(key=metrics_long["task"] + "/" + metrics_long["metric"])
+    df = df.drop_duplicates(["run_id", "key"], keep="last")
+    flat = df.set_index(["run_id", "key"])[["mean", "ci_low", "ci_high", "n"]].astype(float).unstack("key")
+    parts = [flat[col].add_suffix(sfx) for col, sfx in (("mean", ""), ("ci_low", "__lo"), ("ci_high", "__hi"),
+                                                         ("n", "__n"))]
+    out = pd.concat(parts, axis=1)
     out.columns.name = None
     return out
 
@@ -158,10 +156,12 @@ def axis_maximize(cat: pd.DataFrame, axis: Axis) -> bool:
     return row.empty or row["direction"].iloc[0] != "lower"
 
 
-def axis_table(metrics_long: pd.DataFrame, x: Axis, y: Axis) -> pd.DataFrame:
-    """Per evaluated run: x and y values with CIs and coverage (no filtering, no Pareto yet)."""
-    cat = catalog(metrics_long)
-    w = wide(metrics_long)
+def axis_table(metrics_long: pd.DataFrame, x: Axis, y: Axis, *, cat: pd.DataFrame | None = None,
+               w: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per evaluated run: x and y values with CIs and coverage (no filtering, no Pareto yet). `cat` and `w`
+    (the `catalog` and `wide` of `metrics_long`) may be passed in when already computed."""
+    cat = catalog(metrics_long) if cat is None else cat
+    w = wide(metrics_long) if w is None else w
     xv, yv = axis_values(w, cat, x), axis_values(w, cat, y)
     return pd.DataFrame({
         "run_id": w.index, "x": xv["value"].to_numpy(), "x_lo": xv["lo"].to_numpy(), "x_hi": xv["hi"].to_numpy(),

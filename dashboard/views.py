@@ -63,7 +63,7 @@ def wide() -> pd.DataFrame:
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False, max_entries=64)
 def _axis_table(path: str, stamp: tuple[int, int], x: agg.Axis, y: agg.Axis) -> pd.DataFrame:
-    return agg.axis_table(_cached("latest_metrics", path, stamp), x, y)
+    return agg.axis_table(_cached("latest_metrics", path, stamp), x, y, cat=_catalog(path, stamp), w=_wide(path, stamp))
 
 
 def axis_table(x: agg.Axis, y: agg.Axis) -> pd.DataFrame:
@@ -400,7 +400,7 @@ def _run_training(run_id: str, other: str | None, labels: dict) -> None:
         st.info("No training metrics logged for this run.")
         return
     names = sorted(train["name"].unique())
-    priority = ("loss", "lr", "learning_rate", "tokens", "grad", "reward", "kl", "aux")
+    priority = ("loss", "learning_rate", "lr", "tokens_per_s", "grad_norm", "reward", "kl", "aux")
     rank = lambda n: next((i for i, p in enumerate(priority) if p in n.lower()), None)  # noqa: E731
     preferred = sorted((n for n in names if rank(n) is not None), key=lambda n: (rank(n), n))
     chosen = st.multiselect("Curves", names, default=preferred[:6] or names[:6], key="curve_names")

@@ -62,7 +62,8 @@ _register_domains()
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Non-standalone mode returns the code of `typer.Exit(code)` instead of exiting: pass it on.
+        code = app(standalone_mode=False)
     except MixlabError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -78,6 +79,8 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

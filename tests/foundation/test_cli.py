@@ -26,3 +26,14 @@ def test_version():
 def test_unknown_command_fails():
     out = _mixlab("no-such-command")
     assert out.returncode != 0
+
+
+def test_typer_exit_codes_pass_through():
+    # A command raising typer.Exit(3) must exit 3 through `main()` (click's non-standalone mode returns the code).
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.argv=['mixlab','_exit_probe'];"
+         "import typer; from mixlab import cli\n"
+         "@cli.app.command('_exit_probe')\ndef p():\n    raise typer.Exit(3)\ncli.main()"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 3, out.stderr

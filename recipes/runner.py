@@ -86,12 +86,29 @@ def _devices(recipe: Recipe) -> tuple[str, bool]:
             raise MixlabError(
                 f"recipe {recipe.name}: devices={recipe.devices} but {available} CUDA device(s) are visible"
             )
-        if int(os.environ.get("WORLD_SIZE", "1")) != recipe.devices:
-            raise MixlabError(
-                f"recipe {recipe.name}: devices={recipe.devices} needs one process per device; launch with "
-                f"`torchrun --nproc_per_node {recipe.devices} -m mixlab.recipes.launch RECIPE.yaml`"
-            )
+        # Multi-process launching (one rank per device, rank-0-only store writes) is not built yet: say so
+        # before anything trains instead of silently using one device.
+        raise MixlabError(
+            f"recipe {recipe.name}: devices={recipe.devices}: multi-device runs are not supported by `mixlab run` "
+            "yet; use devices: 1"
+        )
     return ("cuda" if cuda else "cpu"), cuda
+
+
+def _select_kernels(recipe: Recipe) -> str:
+    """`auto`: fla-core's Triton KDA kernels where a GPU and fla-core exist, else the pure-torch ops."""
+    import torch
+
+    from mixlab.kernels.dispatch import fla_available, set_backend
+
+    name = recipe.kernels
+    if name == "auto":
+        name = "triton" if torch.cuda.is_available() and fla_available() else "torch"
+    try:
+        set_backend(name)
+    except MixlabError as exc:
+        raise MixlabError(f"recipe {recipe.name}: kernels: {exc}") from None
+    return name
 
 
 def _precision(recipe: Recipe, cuda: bool) -> dict[str, bool]:
@@ -140,6 +157,7 @@ class RecipeRunner:
         if self._resolved is not None:
             return self._resolved
         _devices(self.recipe)
+        self.kernels = _select_kernels(self.recipe)
         self._base_path = self._resolve_base_model()
         from mixlab.mixtures import build
 
@@ -268,6 +286,7 @@ class RecipeRunner:
                         "output_dir": str(output_dir),
                         "init": str(init) if init else None,
                         "model": recipe.model.model_dump(exclude_none=True),
+                        "kernels": self.kernels,
                     },
                 )
             )

@@ -14,7 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mixlab.mixtures.decontam import summary as decontam_summary
 from mixlab.mixtures.dedup import lsh_params
+from mixlab.mixtures.solver import leaf_max_epochs
 
 if TYPE_CHECKING:
     from mixlab.mixtures.build import BuiltMixture, _Builder
@@ -92,7 +94,7 @@ def write(builder: "_Builder", mixture_id: str, allocations, pool_index: dict[st
     unit_of = {"samples": lambda leaf, idx: float(len(idx)), "tokens": lambda leaf, idx: float(leaf.tokens[idx].sum()),
                "trainable_tokens": lambda leaf, idx: float(leaf.trainable[idx].sum())}[unit]
     realised_total = sum(unit_of(leaves[a.path], pool_index[a.path][a.rows]) for a in allocations) or 1.0
-    caps = __import__("mixlab.mixtures.solver", fromlist=["x"]).leaf_max_epochs(spec)
+    caps = leaf_max_epochs(spec)
     components = []
     for leaf in builder.leaves:
         pool = pool_index[leaf.path]
@@ -145,7 +147,7 @@ def write(builder: "_Builder", mixture_id: str, allocations, pool_index: dict[st
                   "dropped_near": sum(l.dropped["dedup_near"] for l in builder.leaves),
                   "near_examples": builder.near_examples},
         "decontamination": None if builder.index is None else {
-            **__import__("mixlab.mixtures.decontam", fromlist=["x"]).summary(builder.index),
+            **decontam_summary(builder.index),
             "flagged_rows": sum(l.dropped["decontamination"] for l in builder.leaves),
             "hits": len(builder.hits), "by_benchmark": by_benchmark,
         },

@@ -15,8 +15,6 @@ import importlib
 import importlib.util
 import json
 import math
-import os
-import shutil
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mixlab.errors import MixlabError
-from mixlab.mixtures.textops import Tokens, ngram_hashes, tokenize, window_text
+from mixlab.mixtures.textops import ngram_hashes, tokenize, window_text
 
 
 @dataclass

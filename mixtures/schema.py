@@ -5,7 +5,6 @@ typos."""
 from __future__ import annotations
 
 import re
-import types
 import typing
 from typing import Any, Literal
 

@@ -131,8 +131,7 @@ def allocate(spec: MixtureSpec, pools: dict[str, LeafPool]) -> list[Allocation]:
     """Rows per (phase, leaf), or a MixlabError listing every leaf that cannot reach its target."""
     unit = spec.budget.unit
     targets = plan_targets(spec)
-    # Rows each leaf needs over all phases, taken in stream order.
-    needs: dict[str, list[tuple[str, float, float, int]]] = {}
+    # Each leaf's stream position advances across phases, so phases do not repeat rows while the pool lasts.
     position: dict[str, int] = {path: 0 for path in pools}
     allocations: list[Allocation] = []
     shortfalls: list[str] = []
@@ -177,15 +176,9 @@ def allocate(spec: MixtureSpec, pools: dict[str, LeafPool]) -> list[Allocation]:
         n = len(pool.units)
         if n == 0:
             continue
-        if unit == "samples":
-            epochs = position[path] / n
-        else:
-            epochs = used_units[path] / float(pool.units.sum())
+        epochs = position[path] / n if unit == "samples" else used_units[path] / float(pool.units.sum())
         if epochs > pool.max_epochs + 1e-9:
-            needs.setdefault(path, []).append(("", epochs, pool.max_epochs, n))
-    for path, entries in needs.items():
-        _, epochs, cap, n = entries[0]
-        shortfalls.append(f"{path} needs {epochs:.2f} epochs of its {n} rows (max_epochs {cap:g})")
+            shortfalls.append(f"{path} needs {epochs:.2f} epochs of its {n} rows (max_epochs {pool.max_epochs:g})")
     if shortfalls:
         fit = max_total(spec, pools)
         raise MixlabError(

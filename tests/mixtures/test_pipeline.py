@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pyarrow.parquet as pq
 import pytest
@@ -171,7 +172,7 @@ def test_filters_count_drops_per_filter(write_mix, store, local_data, mixdir):
     built = build(path, data_root=local_data, store=store)
     dropped = built.manifest["components"][0]["dropped"]["filters"]
     assert dropped == {"length": 1, "regex": 1, "repetition": 1, "language": 1, "min_answer": 1}
-    kept = {json.loads(r["messages"][1]["content"] and json.dumps(r["messages"][1]["content"])) for r in _rows(built)}
+    kept = {r["messages"][1]["content"] for r in _rows(built)}
     assert kept == {"A short answer.", "An ordinary English answer about apples in the garden."}
     (comp,) = store.query("SELECT dropped_filter FROM mixture_components")
     assert comp["dropped_filter"] == 5
@@ -315,8 +316,9 @@ def test_gate_covers_the_benchmarks(write_mix, store, tmp_path, data_root, task_
     assert built.manifest["components"][0]["dropped"]["decontamination"] == 1
     (hit,) = store.query("SELECT * FROM contamination WHERE mixture_id = ?", [built.mixture_id])
     assert hit["benchmark"] == task_name and hit["item_id"] == item.item_id and hit["row_id"] == "1"
-    assert hit["field"] == "prompt" and len(hit["ngram"].split()) in (13, len(hit["ngram"].split()))
-    assert hit["ngram"] in " ".join(__import__("re").findall(r"\w+", text.lower()))
+    words = re.findall(r"\w+", text.lower())
+    assert hit["field"] == "prompt" and len(hit["ngram"].split()) == min(13, len(words))
+    assert hit["ngram"] in " ".join(words)
 
 
 def test_decontamination_errors_and_threshold(write_mix, store):

@@ -29,7 +29,7 @@ import subprocess
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from mixlab.errors import MixlabError
 from mixlab.evals.backends.base import Backend, GenerationConfig

@@ -18,7 +18,6 @@ import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 

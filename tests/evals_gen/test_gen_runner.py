@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import time
 import sys
-from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
 from mixlab.errors import MixlabError
-from mixlab.evals.backends import GenerationConfig, get_backend
+from mixlab.evals.backends import get_backend
 from mixlab.evals.runner import evaluate
 from mixlab.evals.tasks.base import EvalItem, Score, Task
 

@@ -158,3 +158,21 @@ def test_sampler_matches_the_softmax_distribution_and_top_p():
     # The extreme draw u = 1 never selects a zero-probability token.
     edge = sample_next(logits.clone(), GenerationConfig(temperature=1.0, top_p=0.5), torch.tensor([1.0]))
     assert edge.item() == 0
+
+
+@pytest.mark.gpu
+def test_torch_equals_hf_greedy_on_gpu(prompts):
+    """On CUDA in fp32 (bf16 MoE sums are not bit-reproducible across batch shapes): same tokens as transformers.
+    Verified on an H200 with the 1b-a150m preset by bench/bench_generation.py (64 prompts, identical)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from mixlab.model import load_model, load_tokenizer
+
+    torch.manual_seed(0)
+    model = load_model("small", dtype=torch.float32, device="cuda").eval()
+    tokenizer = load_tokenizer()
+    torch_b, hf_b = _pair(model, tokenizer, batch_size=4)
+    cfg = GenerationConfig(max_new_tokens=32)
+    assert torch_b.generate(prompts, cfg) == hf_b.generate(prompts, cfg)

@@ -136,7 +136,9 @@ def write(builder: "_Builder", mixture_id: str, allocations, pool_index: dict[st
         "mixture_id": mixture_id, "name": spec.name, "kind": kind, "family": spec.family,
         "description": spec.description, "extends": spec.extends, "seed": spec.seed,
         "budget": spec.budget.model_dump(), "code_version": code_version(),
-        "tokenizer": {"name": spec.tokenizer, "fingerprint": builder.counter.fingerprint},
+        "tokenizer": {"name": spec.tokenizer, "fingerprint": builder.counter.fingerprint,
+                      # False: the template has no {% generation %} markers, so trainers cannot mask the prompt
+                      "assistant_masks": builder.counter.assistant_masks},
         "chat_template_hash": builder.counter.template_hash,
         "n_rows": table.num_rows, "n_tokens": int(sum(columns["n_tokens"])),
         "n_trainable_tokens": int(sum(columns["n_trainable_tokens"])),

@@ -80,6 +80,39 @@ def _manifest_for(ref: str, data_root: Optional[Path]) -> dict[str, Any]:
     return json.loads((artifact_path(ref, data_root) / "manifest.json").read_text())
 
 
+def preview_rows(manifest: dict[str, Any], path: Path, n: int):
+    """Rendered chat-template text of the first `n` rows, trainable (assistant-mask) tokens highlighted."""
+    import pyarrow.parquet as pq
+    from rich.text import Text
+
+    from mixlab.mixtures.tokens import TokenCounter
+
+    counter = TokenCounter(manifest["tokenizer"]["name"], manifest["spec"].get("chat_template"), path)
+    tok = counter.tokenizer
+    rows = pq.read_table(path / manifest["shards"][0]["file"]).slice(0, n).to_pylist() if manifest["shards"] else []
+    out = []
+    for row in rows:
+        if manifest["kind"] == "sft":
+            messages, gen = row["messages"], False
+        elif manifest["kind"] == "preference":
+            messages, gen = row["prompt"] + row["chosen"], False
+        else:
+            messages, gen = row["prompt"], True
+        plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+        enc = tok.apply_chat_template(plain, tokenize=True, return_dict=True, add_generation_prompt=gen,
+                                      return_assistant_tokens_mask=not gen)
+        ids, mask = enc["input_ids"], enc.get("assistant_masks") or [0] * len(enc["input_ids"])
+        text = Text(f"{row['group_path']} · row {row['row_id']} · {len(ids)} tokens, {sum(mask)} trainable\n",
+                    style="dim")
+        start = 0
+        for i in range(1, len(ids) + 1):
+            if i == len(ids) or mask[i] != mask[start]:
+                text.append(tok.decode(ids[start:i]), style="bold green" if mask[start] else "")
+                start = i
+        out.append(text)
+    return out
+
+
 def register(app: typer.Typer) -> None:
     mix_app = typer.Typer(help="Data mixtures: list, show, build, diff (YAML registry in mixtures/registry/).",
                           no_args_is_help=True)
@@ -106,7 +139,11 @@ def register(app: typer.Typer) -> None:
         _console().print(table)
 
     @mix_app.command("show")
-    def show_cmd(name: str = typer.Argument(..., help="registry name or YAML path")) -> None:
+    def show_cmd(
+        name: str = typer.Argument(..., help="registry name or YAML path"),
+        preview: int = typer.Option(0, "--preview", help="render the first N rows of the last build through the "
+                                    "chat template, trainable tokens highlighted"),
+    ) -> None:
         """The resolved mixture: component tree with target shares, sources, caps, phases; and its last build."""
         from rich.console import Console
         from rich.table import Table
@@ -141,6 +178,11 @@ def register(app: typer.Typer) -> None:
         latest = _latest_manifest(spec.name)
         if latest:
             console.print(composition_table(latest, title=f"last build {latest['mixture_id']}"))
+            if preview:
+                from mixlab.mixtures.build import mixtures_dir
+
+                for text in preview_rows(latest, mixtures_dir() / latest["mixture_id"], preview):
+                    console.print(text)
         else:
             console.print("not built yet: mixlab mix build " + spec.name)
 

@@ -95,10 +95,12 @@ class TokenCounter:
         gen = self._render([pair[0]], add_generation_prompt=True)["input_ids"]
         self.generation_prompt = len(gen) - len(self._render([pair[0]])["input_ids"])
         self.assistant_trainable_extra = 0
+        self.assistant_masks = False  # does the template mark assistant spans ({% generation %})?
         try:
             out = self._render(pair, return_assistant_tokens_mask=True)
             mask = out.get("assistant_masks")
             if mask is not None and sum(mask) > 0:
+                self.assistant_masks = True
                 self.assistant_trainable_extra = int(sum(mask)) - n_probe
         except Exception:  # noqa: BLE001 - no {% generation %} markers: count assistant content only
             pass

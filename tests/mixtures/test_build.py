@@ -47,6 +47,7 @@ def test_cache_hit_and_byte_identical_rebuild(write_mix, store, isolated_runs):
     third = build(path, store=store, force=True)
     assert not third.cache_hit and _digest(third.path) == before  # byte-identical
     assert not [p for p in first.path.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
+    assert first.manifest["tokenizer"]["assistant_masks"] is True  # mixlab-bpe marks assistant spans
     lock = json.loads((first.path / "mixture.lock").read_text())
     assert [s["path"] for s in lock["sources"]] == ["math", "chat"]
     assert all(len(s["row_hashes"]) == s["rows"] for s in lock["sources"])

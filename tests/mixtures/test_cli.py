@@ -106,6 +106,7 @@ def test_build_list_show_diff(monkeypatch, capsys, rows_dir, store):
     assert "+16.7" in out and "-16.7" in out and "weight: 2" in out
     code, out, _ = run_cli(monkeypatch, capsys, "mix", "list")
     assert code == 0 and "demo-balanced" in out and "real-sft" in out
-    code, out, _ = run_cli(monkeypatch, capsys, "mix", "show", str(path))
+    code, out, _ = run_cli(monkeypatch, capsys, "mix", "show", str(path), "--preview", "2")
     assert code == 0 and "phase main" in out and "last build good-" in out
+    assert out.count(" trainable\n") == 2 and "<|im_assistant|>assistant<|im_middle|>" in out
     assert store.query("SELECT count(*) AS n FROM mixtures")[0]["n"] == 2

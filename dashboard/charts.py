@@ -181,7 +181,7 @@ def expert_heatmap(load: pd.DataFrame, layer: int) -> alt.Chart:
     ).properties(height=alt.Step(18 if df["expert"].nunique() <= 32 else 6))
 
 
-def metric_intervals(df: pd.DataFrame) -> alt.LayerChart:
+def metric_intervals(df: pd.DataFrame, run_order: list[str] | None = None) -> alt.LayerChart:
     """Dot-and-whisker per metric, one colour per run (two runs compared on the same axis).
 
     `df` has key, run, mean, ci_low, ci_high, n and the position columns pos, pos_lo, pos_hi: the value mapped to
@@ -189,8 +189,9 @@ def metric_intervals(df: pd.DataFrame) -> alt.LayerChart:
     axis; hover shows the raw numbers."""
     base = alt.Chart(df).encode(
         y=alt.Y("key:N", title=None, sort="ascending", axis=alt.Axis(labelLimit=260)),
-        yOffset=alt.YOffset("run:N"),
-        color=alt.Color("run:N", scale=alt.Scale(scheme="tableau10"), legend=alt.Legend(orient="bottom")),
+        yOffset=alt.YOffset("run:N", sort=run_order),
+        color=alt.Color("run:N", scale=alt.Scale(domain=run_order, scheme="tableau10") if run_order else
+                        alt.Scale(scheme="tableau10"), legend=alt.Legend(orient="bottom"), sort=run_order),
     )
     tooltip = ["run:N", "key:N", alt.Tooltip("mean:Q", format=".3f"), alt.Tooltip("ci_low:Q", format=".3f"),
                alt.Tooltip("ci_high:Q", format=".3f"), "n:Q"]

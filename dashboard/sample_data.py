@@ -94,16 +94,30 @@ _PROMPTS = {
     ],
 }
 
+# (reference, a good answer, a bad answer) per chat prompt template above.
+_CHAT_ANSWERS = [
+    ("The sky looks blue because air scatters short wavelengths more strongly than long ones.",
+     "Air molecules scatter short blue wavelengths far more than red ones. Our eyes see that scattered glow from "
+     "every direction. So the daytime sky appears blue.",
+     "blue blue because of the the scattering. 42."),
+    ("- boils a litre in three minutes\n- cool-touch handle\n- switches off when empty",
+     "- boils a litre in three minutes\n- cool-touch handle\n- auto shut-off when dry\n- limescale filter",
+     "The Kettle 3000 is the BEST kettle. It boils water. Buy it today!"),
+    ('{"tips": ["research the company", "prepare examples", "ask questions"], "summary": "prepare and engage"}',
+     '{"tips": ["research the company", "practise answers with examples", "ask your own questions"], '
+     '"summary": "prepare, then engage"}',
+     'tips: research the company, prepare examples, ask questions (summary: be prepared'),
+]
+
 _RATIONALES_GOOD = [
     "The answer follows every constraint and is helpful; tone is natural.",
     "Accurate, well structured, and the requested format is respected.",
     "Directly answers the question with a correct, concise explanation.",
 ]
-_RATIONALES_BAD = [
-    "The answer ignores the sentence-count constraint and drifts into arithmetic.",
-    "The response is terse and repeats itself; it does not use the requested list format.",
-    "It answers with a bare number instead of prose; unhelpful for a chat user.",
-    "The JSON is malformed (missing closing brace) and the summary is off-topic.",
+_RATIONALES_BAD = [  # one per chat prompt template
+    "The answer ignores the sentence-count constraint and drifts into a bare number; unhelpful.",
+    "Not a lowercase bullet list as requested; reads like an advert and repeats itself.",
+    "The JSON is malformed (missing closing brace) and the summary is not a separate key.",
 ]
 
 
@@ -410,12 +424,9 @@ def _sample(eval_id: str, run_id: str, t: TaskSpec, item: int, p: float, rng: np
         reference = "def f(xs):\n    return sum(sorted(xs)[-%d:])\n" % a
         output = reference if passed else "def f(xs):\n    return sorted(xs)[:%d]\n" % a
     else:
-        reference = "The sky looks blue because air scatters short wavelengths more strongly than long ones."
-        output = (
-            "Air molecules scatter short blue wavelengths far more than red ones. Our eyes see that scattered glow "
-            "from every direction. So the daytime sky appears blue." if passed else
-            "blue blue because of the the scattering. 42."
-        )
+        template = item % 3
+        reference, good, bad = _CHAT_ANSWERS[template]
+        output = good if passed else bad
     if t.task == "mt-bench":
         score = float(np.clip(round(1 + 9 * p + rng.normal(0, 1.5)), 1, 10))
         passed = score >= 6
@@ -423,7 +434,7 @@ def _sample(eval_id: str, run_id: str, t: TaskSpec, item: int, p: float, rng: np
         score = 1.0 if passed else 0.0
     rationale = None
     if t.judged:
-        rationale = (_RATIONALES_GOOD if passed else _RATIONALES_BAD)[int(rng.integers(0, 3))]
+        rationale = _RATIONALES_GOOD[int(rng.integers(0, 3))] if passed else _RATIONALES_BAD[item % 3]
     return {
         "eval_id": eval_id, "run_id": run_id, "task": t.task, "item_id": f"{t.task}/{item:04d}", "prompt": prompt,
         "output": output, "reference": reference, "score": score, "passed": passed, "judge_rationale": rationale,

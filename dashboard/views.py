@@ -91,7 +91,7 @@ def _on_chart_select() -> None:
 
 
 def _init_from_query_params() -> None:
-    """Deep links: ?view=Run+detail&run=RUN_ID."""
+    """Deep links: ?view=Run+detail&run=RUN_ID[&compare=OTHER_RUN_ID]."""
     if "view" in st.session_state:
         return
     params = st.query_params
@@ -100,6 +100,8 @@ def _init_from_query_params() -> None:
         st.session_state["view"] = view
     if params.get("run"):
         st.session_state["run_id"] = params.get("run")
+    if params.get("compare"):
+        st.session_state["compare_id"] = params.get("compare")
 
 
 def sidebar_filters(runs: pd.DataFrame) -> pd.DataFrame:
@@ -369,9 +371,15 @@ def page_run(runs: pd.DataFrame) -> None:
         st.session_state["run_id"] = ids[0]
     c1, c2 = st.columns(2)
     run_id = c1.selectbox("Run", ids, format_func=lambda r: f"{labels[r]}  ({r})", key="run_id")
+    if st.session_state.get("compare_id") not in labels or st.session_state.get("compare_id") == run_id:
+        st.session_state["compare_id"] = None
     other = c2.selectbox("Compare with", [None] + [r for r in ids if r != run_id],
                          format_func=lambda r: "(none)" if r is None else f"{labels[r]}  ({r})", key="compare_id")
     st.query_params.update({"view": "Run detail", "run": run_id})
+    if other:
+        st.query_params["compare"] = other
+    elif "compare" in st.query_params:
+        del st.query_params["compare"]
     run = runs.set_index("run_id").loc[run_id]
     facts = {k: run.get(k) for k in ("mixture_name", "mixture_family", "stage", "rung", "base_model", "preset", "seed",
                                      "status", "git_sha", "device", "created_at", "checkpoint_path")}
@@ -449,7 +457,8 @@ def _run_metrics(run_id: str, other: str | None, labels: dict) -> None:
         if part.empty:
             continue
         st.markdown(f"**{category}**")
-        st.altair_chart(charts.metric_intervals(part), width="stretch")
+        order = [labels[run_id]] + ([labels[other]] if other else [])
+        st.altair_chart(charts.metric_intervals(part, order), width="stretch")
     table = mine[["task", "metric", "category", "n", "mean", "ci_low", "ci_high", "ci_method", "judge"]].copy()
     if other:
         theirs = metrics[metrics["run_id"] == other].set_index(["task", "metric"])

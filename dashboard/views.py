@@ -23,6 +23,10 @@ LB_AGG, US_AGG = "Leaderboard score (aggregate)", "Usability score (aggregate)"
 COLOR_BY = {"mixture family": "mixture_family", "stage": "stage", "ladder rung": "rung", "base model": "base_model",
             "mixture": "mixture_name"}
 CACHE_TTL_S = 20
+# Widget state Streamlit would drop while their page is not shown; kept so that a trip to Run detail and back
+# finds the same axes, aggregates and filters.
+PERSISTENT = ["agg_lb", "agg_us", "x_axis", "y_axis", "color_by", "partial", "lb_cols", "lb_ci", "f_stage", "f_rung",
+              "f_mixture_family", "f_base_model", "f_status", "f_date", "f_contam", "mix_sel", "mix_a", "mix_b"]
 LIVE_EVERY_S = 10
 
 
@@ -588,6 +592,9 @@ def main() -> None:
         page_empty(state)
         return
     _init_from_query_params()
+    for key in PERSISTENT:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
     st.sidebar.markdown("## ⚖️ mixlab")
     st.sidebar.caption(f"`{path}` · {state.n_runs} runs · {state.n_metrics} metrics · {state.n_mixtures} mixtures")
     view = st.sidebar.radio("View", VIEWS, key="view", label_visibility="collapsed")

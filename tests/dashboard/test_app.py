@@ -244,3 +244,17 @@ def test_live_mode_picks_up_new_writes(tmp_path, use_db):
     Store(path).create_run(RunRecord(run_id="new-run", stage="sft"))
     at.run()  # what the live fragment triggers when the stamp moves
     assert "7 runs" in at.sidebar.caption[0].value
+
+
+def test_choices_survive_a_trip_to_another_view(sample_db, use_db):
+    use_db(sample_db)
+    at = run_app()
+    at.selectbox(key="color_by").set_value("stage").run()
+    at.multiselect(key="agg_lb").set_value(["proc-math/accuracy"]).run()
+    at.sidebar.multiselect(key="f_stage").set_value(["sft"]).run()
+    at.sidebar.radio(key="view").set_value("Mixtures").run()
+    at.sidebar.radio(key="view").set_value("Trade-off").run()
+    assert not at.exception
+    assert at.selectbox(key="color_by").value == "stage"
+    assert at.multiselect(key="agg_lb").value == ["proc-math/accuracy"]
+    assert at.sidebar.multiselect(key="f_stage").value == ["sft"]

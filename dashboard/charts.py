@@ -50,7 +50,7 @@ def tradeoff(points: pd.DataFrame, front: pd.DataFrame, *, x_title: str, y_title
         alt.Tooltip("label:N", title="run"), alt.Tooltip("mixture_name:N", title="mixture"),
         alt.Tooltip("mixture_family:N", title="family"), alt.Tooltip("stage:N"), alt.Tooltip("rung:N"),
         alt.Tooltip("x_text:N", title=x_title), alt.Tooltip("y_text:N", title=y_title),
-        alt.Tooltip("tier:N", title="Pareto"),
+        alt.Tooltip("tier:N", title="Pareto"), alt.Tooltip("composition:N", title="mixture (realised)"),
     ] + [alt.Tooltip(f"{col}:N", title=title) for col, title in tooltip_metrics]
     dots = base.mark_circle(stroke="#1f2933").encode(
         x=x_enc, y=y_enc, color=colour, opacity=opacity,

@@ -229,6 +229,25 @@ def mixture_diff(comp: pd.DataFrame, mixture_a: str, mixture_b: str) -> pd.DataF
     return out.reindex(out["delta_realised_pp"].abs().sort_values(ascending=False).index).reset_index(drop=True)
 
 
+def composition_labels(comp: pd.DataFrame, top: int = 4) -> dict[str, str]:
+    """mixture_id -> 'proc-math 62% · gsm8k-train 12% · …' (realised shares, largest first), for hover text."""
+    out = {}
+    for mixture_id, part in comp.groupby("mixture_id"):
+        part = part.sort_values("realised_share", ascending=False)
+        items = [f"{s} {v:.0%}" for s, v in zip(part["source"], part["realised_share"]) if pd.notna(v)]
+        out[mixture_id] = " · ".join(items[:top]) + (" · …" if len(items) > top else "")
+    return out
+
+
+def flagged_for_item(path: str | Path, mixture_id: str, item_id: str) -> pd.DataFrame:
+    """Training rows of a mixture flagged as overlapping one eval item (the decontamination gate's record)."""
+    return _df(path, """
+        SELECT coalesce(s.name, c.source_id) AS source, c.row_id, c.benchmark, c.field, c.ngram
+        FROM contamination c LEFT JOIN sources s ON s.source_id = c.source_id
+        WHERE c.mixture_id = ? AND c.item_id = ? ORDER BY source, row_id LIMIT 50
+    """, [mixture_id, item_id])
+
+
 def contamination_summary(path: str | Path) -> pd.DataFrame:
     """Flagged rows per mixture × source × benchmark."""
     return _df(path, """

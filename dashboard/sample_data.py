@@ -254,7 +254,7 @@ def build(
                 b = bench[i % len(bench)]
                 contamination.append({
                     "mixture_id": mixture_id, "source_id": _hash("src", src), "row_id": f"{src}:{rng.integers(0, avail)}",
-                    "benchmark": b, "item_id": f"{b}/{rng.integers(0, 500)}",
+                    "benchmark": b, "item_id": f"{b}/{int(rng.integers(0, 40)):04d}",
                     "ngram": " ".join(rng.choice(
                         ["how", "many", "apples", "does", "she", "have", "left", "return", "the", "sum", "of",
                          "list", "write", "a", "function", "that", "answer", "in", "exactly", "three", "sentences"],

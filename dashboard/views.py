@@ -60,6 +60,16 @@ def _wide(path: str, stamp: tuple[int, int]) -> pd.DataFrame:
     return agg.wide(_cached("latest_metrics", path, stamp))
 
 
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False, max_entries=32)
+def _composition_labels_at(path: str, stamp: tuple[int, int]) -> dict[str, str]:
+    return queries.composition_labels(_cached("components", path, stamp))
+
+
+def _composition_labels() -> dict[str, str]:
+    path = st.session_state["_db"]
+    return _composition_labels_at(path, queries.db_stamp(path))
+
+
 def wide() -> pd.DataFrame:
     path = st.session_state["_db"]
     return _wide(path, queries.db_stamp(path))
@@ -229,6 +239,8 @@ def page_tradeoff(runs: pd.DataFrame) -> None:
         s = w[k].reindex(points["run_id"]).to_numpy()
         points["tip_" + k] = [("–" if pd.isna(v) else f"{v:.3f}") for v in s]
 
+    comp_labels = _composition_labels()
+    points["composition"] = points["mixture_id"].map(comp_labels).fillna("–")
     n_front = int(points["on_front"].sum())
     n_tied = int((points["tier"] == "within CI of front").sum())
     m1, m2, m3, m4 = st.columns(4)
@@ -237,7 +249,8 @@ def page_tradeoff(runs: pd.DataFrame) -> None:
     m3.metric("within CI of the front", n_tied, help="Dominated, but no front run beats them beyond both 95 % CIs")
     m4.metric("clearly dominated", len(points) - n_front - n_tied)
     chart_cols = ["run_id", "x", "x_lo", "x_hi", "y", "y_lo", "y_hi", "tier", "on_front", "label", "mixture_name",
-                  "mixture_family", "stage", "rung", "base_model", "x_text", "y_text"] + ["tip_" + k for k in tip_keys]
+                  "mixture_family", "stage", "rung", "base_model", "x_text", "y_text", "composition"] + [
+                      "tip_" + k for k in tip_keys]
     chart = charts.tradeoff(
         points[chart_cols], front, x_title=_axis_title(x_axis, maximize[0]), y_title=_axis_title(y_axis, maximize[1]),
         color=COLOR_BY[colour_label], color_title=colour_label,
@@ -385,6 +398,7 @@ def page_run(runs: pd.DataFrame) -> None:
     elif "compare" in st.query_params:
         del st.query_params["compare"]
     run = runs.set_index("run_id").loc[run_id]
+    st.session_state["_run_mixture"] = run.get("mixture_id")
     facts = {k: run.get(k) for k in ("mixture_name", "mixture_family", "stage", "rung", "base_model", "preset", "seed",
                                      "status", "git_sha", "device", "created_at", "checkpoint_path")}
     st.markdown(" · ".join(f"**{k.replace('_', ' ')}** {v}" for k, v in facts.items() if pd.notna(v) and v != "(none)"))
@@ -510,6 +524,13 @@ def _run_samples(run_id: str) -> None:
     if r["judge_rationale"]:
         c2.markdown("**judge rationale**")
         c2.info(r["judge_rationale"])
+    mixture_id = st.session_state.get("_run_mixture")
+    if isinstance(mixture_id, str):
+        flagged = load("flagged_for_item", mixture_id, item)
+        if not flagged.empty:
+            st.warning(f"{len(flagged)} training row(s) of this run's mixture overlapped this eval item "
+                       "(flagged by the decontamination gate):")
+            st.dataframe(flagged, hide_index=True, width="stretch")
 
 
 def _run_side_by_side(run_id: str, other: str | None, labels: dict) -> None:

@@ -53,7 +53,8 @@ def test_tradeoff_view_draws_pareto_front_with_cis(sample_db, use_db):
     front = min(tables, key=lambda t: t.num_rows).to_pandas()
     assert len(points) == n_plotted and points["on_front"].sum() == n_front == len(front)
     assert (points["x_lo"] <= points["x"]).all() and (points["y"] <= points["y_hi"]).all()
-    assert {"run_id", "mixture_name", "stage", "rung", "x_text", "y_text"} <= set(points.columns)
+    assert {"run_id", "mixture_name", "stage", "rung", "x_text", "y_text", "composition"} <= set(points.columns)
+    assert points["composition"].str.contains("%").all()  # hover shows the realised mixture
     assert len(at.dataframe[0].value) == n_front  # the "runs on the front" table
 
 
@@ -258,3 +259,22 @@ def test_choices_survive_a_trip_to_another_view(sample_db, use_db):
     assert at.selectbox(key="color_by").value == "stage"
     assert at.multiselect(key="agg_lb").value == ["proc-math/accuracy"]
     assert at.sidebar.multiselect(key="f_stage").value == ["sft"]
+
+
+def test_sample_inspector_links_contamination(sample_db, use_db):
+    """An eval item that the run's mixture overlapped (per the decontamination record) is flagged in place."""
+    use_db(sample_db)
+    hit = Store(sample_db, read_only=True).query("""
+        SELECT r.run_id, s.task, s.item_id, count(*) AS n
+        FROM contamination c JOIN runs r ON r.mixture_id = c.mixture_id
+        JOIN eval_samples s ON s.run_id = r.run_id AND s.item_id = c.item_id
+        GROUP BY ALL ORDER BY r.run_id, s.task, s.item_id LIMIT 1""")
+    assert hit, "sample data should contain an overlapped item"
+    run_id, task, item_id, n = hit[0]["run_id"], hit[0]["task"], hit[0]["item_id"], hit[0]["n"]
+    at = run_app("Run detail")
+    at.selectbox(key="run_id").set_value(run_id).run()
+    at.selectbox(key="sample_task").set_value(task).run()
+    at.selectbox(key="sample_item").set_value(item_id).run()
+    assert not at.exception
+    samples_tab = at.tabs[3]
+    assert samples_tab.warning and f"{n} training row(s)" in samples_tab.warning[0].value

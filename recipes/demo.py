@@ -36,12 +36,20 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--grpo-steps", type=int, default=None, help="GRPO steps (default: demo-grpo.yaml)")
     p.add_argument("--eval-limit", type=int, default=None, help="held-out items per task (default: demo-sft.yaml)")
     p.add_argument("--parallel", type=int, default=2, help="fine-tuning runs at once (processes)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+                   help="override the recipes' precision (auto = bf16 on a GPU, fp32 on CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
 
+_PRECISION: str | None = None
+
+
 def _load(name: str) -> dict[str, Any]:
-    return yaml.safe_load((REGISTRY / f"{name}.yaml").read_text())
+    data = yaml.safe_load((REGISTRY / f"{name}.yaml").read_text())
+    if _PRECISION:
+        data["precision"] = _PRECISION
+    return data
 
 
 def _stage_args(data: dict[str, Any], **values: Any) -> dict[str, Any]:
@@ -61,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     from mixlab.recipes.sweep import new_sweep_id, run_members
     from mixlab.store import Store
 
+    global _PRECISION
     args = _parse(argv)
+    _PRECISION = args.precision
     console = Console()
     progress = not args.quiet
     store = Store()

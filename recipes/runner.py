@@ -498,21 +498,25 @@ def _attr(obj: Any, *names: str) -> Any:
 
 
 def _fresh_model(preset: str, overrides: dict[str, Any]):
+    """A fresh init of a preset; `overrides` replace config keys (nested dicts such as linear_attn_config merge)."""
     from mixlab.model import KimiLinearForCausalLM, get_preset
 
     config = get_preset(preset)
     if overrides:
-        data = config.to_dict()
-        unknown = [k for k in overrides if k not in data]
+        known = config.to_dict()
+        unknown = [k for k in overrides if k not in known]
         if unknown:
             from mixlab.recipes.yamlio import did_you_mean
 
             raise MixlabError(
-                f"model.overrides: {unknown[0]!r} is not a field of the {preset} config{did_you_mean(unknown[0], data)}"
+                f"model.overrides: {unknown[0]!r} is not a field of the {preset} config{did_you_mean(unknown[0], known)}"
             )
-        data.update(overrides)
+        merged = {
+            k: ({**known[k], **v} if isinstance(v, dict) and isinstance(known.get(k), dict) else v)
+            for k, v in overrides.items()
+        }
         try:
-            config = type(config)(**{k: v for k, v in data.items() if k not in ("transformers_version",)})
+            config = get_preset(preset, **merged)
         except (ValueError, TypeError) as exc:
             raise MixlabError(f"model.overrides on preset {preset}: {exc}") from None
     return KimiLinearForCausalLM(config)

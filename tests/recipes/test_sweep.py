@@ -18,8 +18,8 @@ def _sweep(tmp_path, **extra):
     return path
 
 
-def test_sweep_of_two_mixtures(tmp_path, store):
-    outcome = run_sweep(_sweep(tmp_path), store=store, progress=False)
+def test_sweep_of_two_mixtures_in_two_processes(tmp_path, store):
+    outcome = run_sweep(_sweep(tmp_path, parallel=2), store=store, progress=False)
     assert not outcome["failures"]
     runs = store.query("SELECT * FROM runs WHERE sweep_id = ? ORDER BY kind, mixture_name", [outcome["sweep_id"]])
     train = [r for r in runs if r["kind"] == "train"]

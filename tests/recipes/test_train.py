@@ -23,7 +23,7 @@ def _runner(path: Path, store) -> RecipeRunner:
 def test_sft_grpo_dpo_chain_end_to_end(tmp_path, store):
     path = write_recipe(tmp_path, "chain", [
         {"name": "sft", "trainer": "sft", "mixture": "demo-balanced", "packing": True, "args": SFT_ARGS,
-         "eval": EVAL},
+         "eval": {**EVAL, "every_n_steps": 2}},
         {"name": "grpo", "trainer": "grpo", "mixture": "demo-rl",
          "args": {"max_steps": 2, "per_device_train_batch_size": 4, "num_generations": 2,
                   "max_completion_length": 8, "logging_steps": 1}},
@@ -65,6 +65,10 @@ def test_sft_grpo_dpo_chain_end_to_end(tmp_path, store):
     metrics = store.query("SELECT task, metric, n, mean, ci_low, ci_high FROM eval_metrics WHERE run_id = ? "
                           "AND metric = 'accuracy'", [sft["run_id"]])
     assert metrics and metrics[0]["n"] == 2 and metrics[0]["ci_low"] <= metrics[0]["mean"] <= metrics[0]["ci_high"]
+    # ... and every N steps during training, as train metrics at that step.
+    periodic = store.query("SELECT step FROM train_metrics WHERE run_id = ? AND name = 'eval/proc-math/accuracy'",
+                           [sft["run_id"]])
+    assert [r["step"] for r in periodic] == [2]
 
     # The final checkpoint is full official-format weights that reload bit-identically.
     from mixlab.model import load_model

@@ -37,6 +37,9 @@ class CheckResult:
     metrics: dict[str, MetricSummary]
     failures: list[dict[str, Any]] = field(default_factory=list)  # first few items scoring 0 (or >0 if shuffled)
     data_root: str | None = None
+    # Shuffled only: items whose donor has the *same* gold answer (e.g. two GSM8K problems answering 4). These
+    # score 1 legitimately, so a correct scorer's shuffled score is about identical_gold_pairs / n.
+    identical_gold_pairs: int | None = None
 
     @property
     def primary(self) -> float:
@@ -101,6 +104,12 @@ def check_task(
         unexpected = score.values.get(primary, 0.0) > 0 if shuffle else score.values.get(primary, 0.0) < 1
         if unexpected and len(failures) < max_failures:
             failures.append(_failure_row(item, references[source[i]], score))
+    identical = None
+    if shuffle:
+        identical = sum(
+            1 for i, item in enumerate(items)
+            if isinstance(item.reference, (str, int, float)) and item.reference == items[source[i]].reference
+        )
     return CheckResult(
         task=task_obj.name,
         n=len(items),
@@ -109,6 +118,7 @@ def check_task(
         metrics=metrics,
         failures=failures,
         data_root=str(data_root) if data_root is not None else None,
+        identical_gold_pairs=identical,
     )
 
 

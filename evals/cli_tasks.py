@@ -111,11 +111,16 @@ def check(
             table.add_row(name + (" *" if name == result.primary_metric else ""), f"{summary.mean:.4f}",
                           f"[{summary.low:.4f}, {summary.high:.4f}]", summary.method)
         console.print(table)
+        if result.identical_gold_pairs is not None:
+            console.print(f"items whose donor has the same gold answer (a legitimate match): "
+                          f"{result.identical_gold_pairs}/{result.n}")
         if result.failures:
             label = "scored > 0 though shuffled" if shuffle else "not scored 1"
             console.print(f"first items {label}:")
             for row in result.failures:
-                console.print(f"  {row['item_id']}: {row['score']} {json.dumps(row['details'])[:200]}")
+                primary = row["score"].get(result.primary_metric)
+                console.print(f"  {row['item_id']}: {result.primary_metric}={primary} "
+                              f"{json.dumps(row['details'])[:200]}")
     if min_score is not None and result.primary < min_score:
         sys.exit(1)  # (typer.Exit codes are dropped by mixlab.cli.main in non-standalone mode)
     if max_score is not None and result.primary > max_score:

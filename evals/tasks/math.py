@@ -165,13 +165,85 @@ def call_with_timeout(fn: Callable[[], T], timeout_s: float) -> T:
     return box["value"]
 
 
+class MathVerifyUnavailable(RuntimeError):
+    """The verifier process cannot start: an installation problem, never a 0 score for the model."""
+
+
+class _Worker:
+    """One `python -m mixlab.evals.math_verify_worker` process speaking JSON lines over stdin/stdout.
+
+    A plain subprocess (not multiprocessing) so the child never re-imports the parent's __main__ (the `mixlab`
+    script imports torch: seconds per worker).
+    """
+
+    STARTUP_TIMEOUT_S = 120.0
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mixlab.evals.math_verify_worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        )
+        self._buffer = b""
+        line = self._readline(self.STARTUP_TIMEOUT_S)
+        if line != "ready":
+            self.kill()
+            err = self.proc.stderr.read().decode(errors="replace")[-500:] if self.proc.stderr else ""
+            raise MathVerifyUnavailable(f"math-verify worker failed to start (got {line!r}): {err}")
+
+    def _readline(self, timeout_s: float) -> str | None:
+        import os
+        import select
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None  # timed out
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return None  # the worker died
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode()
+
+    def call(self, mode: str, gold: str, predicted: str, timeout_s: float) -> bool | None:
+        """True/False, or None when the worker overran the timeout or died (the caller then drops it)."""
+        import json
+
+        try:
+            self.proc.stdin.write((json.dumps({"mode": mode, "gold": gold, "pred": predicted}) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return None
+        line = self._readline(timeout_s)
+        if line is None:
+            return None
+        reply = json.loads(line)
+        return bool(reply.get("ok", False))
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
 class _VerifierPool:
     """A few long-lived math-verify worker processes, safe to call from any thread.
 
-    Each call borrows an idle worker, sends (mode, gold, prediction) and waits up to the timeout; a worker that
-    overruns is killed and replaced on next use, so a pathological answer (e.g. 9^{9^{9^9}}) costs one timeout,
-    not a hung evaluation. Workers come from a forkserver with math-verify preloaded: cheap to replace, and no
-    fork of a multi-threaded parent.
+    Each call borrows an idle worker and waits up to the timeout for its verdict; a worker that overruns is
+    killed and replaced on next use, so a pathological answer (e.g. 9^{9^{9^9}}, which keeps sympy inside one
+    C call that neither threads nor signals can interrupt) costs one timeout, not a hung evaluation.
     """
 
     def __init__(self, size: int = 2) -> None:
@@ -179,50 +251,21 @@ class _VerifierPool:
 
         self._idle: queue.Queue = queue.Queue()
         for _ in range(size):
-            self._idle.put(None)  # None = spawn on first use
-        self._ctx = None
-        self._lock = threading.Lock()
-
-    def _context(self):
-        with self._lock:
-            if self._ctx is None:
-                import multiprocessing as mp
-
-                ctx = mp.get_context("forkserver")
-                ctx.set_forkserver_preload(["mixlab.evals.math_verify_worker"])
-                self._ctx = ctx
-            return self._ctx
-
-    def _spawn(self):
-        ctx = self._context()
-        parent, child = ctx.Pipe()
-        from mixlab.evals.math_verify_worker import worker_main
-
-        proc = ctx.Process(target=worker_main, args=(child,), daemon=True, name="mixlab-math-verify")
-        proc.start()
-        child.close()
-        return proc, parent
+            self._idle.put(None)  # None = start on first use
 
     def call(self, mode: str, gold: str, predicted: str, timeout_s: float) -> bool:
         worker = self._idle.get()
         try:
-            if worker is None or not worker[0].is_alive():
-                worker = self._spawn()
-            proc, conn = worker
-            conn.send((mode, gold, predicted))
-            if not conn.poll(timeout_s):
-                proc.kill()
-                proc.join(1)
-                conn.close()
+            if worker is None or not worker.alive():
+                worker = _Worker()  # startup has its own (long) timeout, separate from the call's
+            verdict = worker.call(mode, gold, predicted, timeout_s)
+            if verdict is None:
+                worker.kill()
                 worker = None
-                raise MathVerifyTimeout(f"math-verify took longer than {timeout_s}s")
-            status, value = conn.recv()
-        except (EOFError, OSError, BrokenPipeError):
-            worker = None  # the worker died (e.g. out of memory): treat as not equal, respawn next time
-            return False
+                raise MathVerifyTimeout(f"math-verify took longer than {timeout_s}s (or its worker died)")
+            return verdict
         finally:
             self._idle.put(worker)
-        return bool(value) if status == "ok" else False
 
 
 _POOL = _VerifierPool()
@@ -311,6 +354,8 @@ class Math500(Task):
             boxed_ok = boxed is not None and math_equal(item.reference, boxed, self.timeout_s)
             # math-verify's own extraction picks the box too when there is one; only box-less answers differ.
             any_ok = boxed_ok if boxed is not None else math_verify_whole(item.reference, text, self.timeout_s)
+        except MathVerifyUnavailable:
+            raise  # a broken install must fail the run, not score the model 0
         except Exception as exc:  # noqa: BLE001 - a scorer never crashes on model output
             return Score({m: 0.0 for m in self.metrics}, details={"error": f"{type(exc).__name__}: {exc}"})
         values = {"accuracy": float(boxed_ok), "accuracy_any_extraction": float(any_ok)}

@@ -145,6 +145,8 @@ def test_check_subset(data_root, task_name):
     assert all(summary.mean >= 0.99 for summary in own.metrics.values()), own.failures
     shuffled = check_task(task_name, data_root=data_root, limit=150, shuffle=True)
     assert shuffled.primary <= 0.05, shuffled.failures
+    # Every shuffled match is a donor with the same gold answer: the scorer accepts nothing else.
+    assert round(shuffled.primary * shuffled.n) == shuffled.identical_gold_pairs
 
 
 @pytest.mark.slow
@@ -154,6 +156,7 @@ def test_check_full_set(data_root, task_name, n):
     assert own.n == n and own.primary >= 0.99, own.failures
     shuffled = check_task(task_name, data_root=data_root, shuffle=True)
     assert shuffled.primary <= 0.03, shuffled.failures
+    assert round(shuffled.primary * shuffled.n) == shuffled.identical_gold_pairs
 
 
 def test_runaway_sympy_is_killed_and_the_pool_recovers():

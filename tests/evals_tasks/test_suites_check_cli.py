@@ -133,9 +133,12 @@ def test_cli_check_json_and_thresholds(data_root):
     result = json.loads(proc.stdout)
     assert result["n"] == 60 and result["primary"] == 1.0 and result["metrics"]["exact_match_flexible"]["mean"] == 1.0
     # The real `mixlab` process: the exit status must reach the shell.
-    proc = run_cli("eval", "check", "gsm8k", "--json", "--limit", "60", "--shuffle", "--min-score", "0.99")
-    assert proc.returncode == 1
-    assert json.loads(proc.stdout)["primary"] < 0.1
+    # math500 also exercises the math-verify worker processes under the real console entry point.
+    proc = run_cli("eval", "check", "math500", "--json", "--limit", "40", "--shuffle", "--min-score", "0.99")
+    assert proc.returncode == 1, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["primary"] < 0.1 and result["n"] == 40
+    assert round(result["primary"] * 40) == result["identical_gold_pairs"]
 
 
 def test_cli_errors_are_one_line():

@@ -133,7 +133,8 @@ def sidebar_filters(runs: pd.DataFrame) -> pd.DataFrame:
     created = pd.to_datetime(runs["created_at"]).dropna()
     if not created.empty and created.dt.date.nunique() > 1:
         lo, hi = created.min().date(), created.max().date()
-        picked = st.sidebar.date_input("created between", value=(lo, hi), min_value=lo, max_value=hi, key="f_date")
+        picked = st.sidebar.date_input("created between", min_value=lo, max_value=hi, key="f_date",
+                                       **_kw("f_date", value=(lo, hi)))
         if isinstance(picked, (tuple, list)) and len(picked) == 2:
             day = pd.to_datetime(runs["created_at"]).dt.date
             mask &= day.between(picked[0], picked[1]) | day.isna()
@@ -145,6 +146,12 @@ def sidebar_filters(runs: pd.DataFrame) -> pd.DataFrame:
     elif contam == "flagged mixtures only":
         mask &= runs["n_flagged"] > 0
     return runs[mask]
+
+
+def _kw(key: str, **defaults):
+    """A widget's default only on first show: once its key holds a (kept) value, passing a default as well makes
+    Streamlit warn, and the kept value wins anyway."""
+    return {} if key in st.session_state else defaults
 
 
 def _fmt_ci(v: float, lo: float, hi: float) -> str:
@@ -205,11 +212,11 @@ def page_tradeoff(runs: pd.DataFrame) -> None:
     with st.expander("Aggregate definitions — which metrics make up each score", expanded=False):
         c1, c2 = st.columns(2)
         lb_keys = c1.multiselect("Leaderboard score averages", directional["key"].tolist(),
-                                 default=agg.default_metrics(cat, "leaderboard") or by_cat("leaderboard")[:1],
-                                 key="agg_lb")
+                                 key="agg_lb", **_kw("agg_lb", default=agg.default_metrics(cat, "leaderboard")
+                                                     or by_cat("leaderboard")[:1]))
         us_keys = c2.multiselect("Usability score averages", directional["key"].tolist(),
-                                 default=agg.default_metrics(cat, "usability") or by_cat("usability")[:1],
-                                 key="agg_us")
+                                 key="agg_us", **_kw("agg_us", default=agg.default_metrics(cat, "usability")
+                                                     or by_cat("usability")[:1]))
         st.caption("Each metric is mapped to [0, 1], higher = better (1–10 judge scores → (x−1)/9; refusal and "
                    "repetition rates flipped), then averaged. The aggregate's 95 % CI combines the metrics' CIs as "
                    "independent errors.")
@@ -217,10 +224,10 @@ def page_tradeoff(runs: pd.DataFrame) -> None:
     for key in cat["key"]:
         axes[key] = agg.Axis(key, [key])
     c1, c2, c3, c4 = st.columns([3, 3, 2, 2])
-    x_name = c1.selectbox("x axis", list(axes), index=0, key="x_axis")
-    y_name = c2.selectbox("y axis", list(axes), index=1, key="y_axis")
+    x_name = c1.selectbox("x axis", list(axes), key="x_axis")
+    y_name = c2.selectbox("y axis", list(axes), key="y_axis", **_kw("y_axis", index=1))
     colour_label = c3.selectbox("colour by", list(COLOR_BY), key="color_by")
-    partial = c4.toggle("include partial runs", value=False, key="partial",
+    partial = c4.toggle("include partial runs", key="partial",
                         help="By default a run must have every metric of an aggregate: an average over fewer "
                         "metrics is not comparable.")
     x_axis, y_axis = axes[x_name], axes[y_name]
@@ -289,8 +296,9 @@ def page_leaderboard(runs: pd.DataFrame) -> None:
         return
     lb = st.session_state.get("agg_lb") or agg.default_metrics(cat, "leaderboard")
     us = st.session_state.get("agg_us") or agg.default_metrics(cat, "usability")
-    keys = st.multiselect("Metric columns", cat["key"].tolist(), default=list(dict.fromkeys(lb + us)), key="lb_cols")
-    show_ci = st.toggle("show ± (95 % CI half-width) columns", value=True, key="lb_ci")
+    keys = st.multiselect("Metric columns", cat["key"].tolist(), key="lb_cols",
+                          **_kw("lb_cols", default=list(dict.fromkeys(lb + us))))
+    show_ci = st.toggle("show ± (95 % CI half-width) columns", key="lb_ci", **_kw("lb_ci", value=True))
     table = agg.leaderboard_table(runs, wide(), keys)
     if table.empty:
         st.info("No run passes the filters.")
@@ -334,8 +342,8 @@ def page_mixtures() -> None:
         return
     names = dict(zip(mixes["mixture_id"], mixes["name"]))
     ranked = mixes.sort_values("n_runs", ascending=False)["mixture_id"].tolist()
-    chosen = st.multiselect("Mixtures", list(names), default=ranked[: min(8, len(ranked))],
-                            format_func=lambda m: names[m], key="mix_sel")
+    chosen = st.multiselect("Mixtures", list(names), format_func=lambda m: names[m], key="mix_sel",
+                            **_kw("mix_sel", default=ranked[: min(8, len(ranked))]))
     comp = load("components", chosen)
     if comp.empty:
         st.info("The chosen mixtures have no recorded components.")
@@ -354,8 +362,8 @@ def page_mixtures() -> None:
         st.info("Only one mixture recorded: nothing to diff.")
         return
     c1, c2 = st.columns(2)
-    a = c1.selectbox("A", list(names), index=0, format_func=lambda m: names[m], key="mix_a")
-    b = c2.selectbox("B", list(names), index=1, format_func=lambda m: names[m], key="mix_b")
+    a = c1.selectbox("A", list(names), format_func=lambda m: names[m], key="mix_a")
+    b = c2.selectbox("B", list(names), format_func=lambda m: names[m], key="mix_b", **_kw("mix_b", index=1))
     both = load("components", [a, b])
     diff = queries.mixture_diff(both, a, b)
     st.altair_chart(charts.mixture_delta(diff, names[a], names[b]), width="stretch")
@@ -381,7 +389,12 @@ def page_run(runs: pd.DataFrame) -> None:
     if runs.empty:
         st.info("No runs recorded yet.")
         return
-    ordered = runs.sort_values("created_at", ascending=False, na_position="last")
+    # Sweep and ladder rows only group other runs: nothing to show on their own.
+    ordered = runs[~runs["kind"].isin(["sweep", "ladder"])].sort_values("created_at", ascending=False,
+                                                                          na_position="last")
+    if ordered.empty:
+        st.info("No training or evaluation runs recorded yet.")
+        return
     labels = dict(zip(ordered["run_id"], ordered["label"]))
     ids = ordered["run_id"].tolist()
     if st.session_state.get("run_id") not in labels:

@@ -19,7 +19,7 @@ SUITES: dict[str, tuple[str, ...]] = {
     # Everything that needs no judge model (rule- or execution-verified).
     "verifiable": ("proc-math", "proc-code", "proc-chat", "gsm8k", "math500", "humaneval", "mbpp", "ifeval"),
     "math": ("proc-math", "gsm8k", "math500"),
-    "code": ("proc-code", "humaneval", "mbpp"),
+    "code": ("proc-code", "humaneval", "mbpp", "mbpp-sanitized"),
 }
 ALL = "all"  # every registered task
 

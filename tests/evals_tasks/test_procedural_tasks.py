@@ -81,3 +81,12 @@ def test_scorers_survive_junk(name):
         score = task.score(item, junk)
         assert set(task.metrics) <= set(score.values) and all(0 <= v <= 1 for v in score.values.values())
         assert all(k in task.metrics or k.startswith(task.metrics[0] + "/level:") for k in score.values)
+
+
+def test_proc_code_scorer_survives_junk():
+    pytest.importorskip("mixlab.evals.sandbox")
+    task = get_task("proc-code")
+    item = task.load(None, limit=1)[0]
+    for junk in ["", "```python\ndef f(:\n", "import os; os._exit(1)", "{" * 2000, "\x00\x01", None]:
+        score = task.score(item, junk)
+        assert score.values["pass@1"] == 0.0

@@ -145,7 +145,9 @@ def axis_values(w: pd.DataFrame, cat: pd.DataFrame, axis: Axis) -> pd.DataFrame:
         value = np.nansum(means_a, axis=0) / k_present
         se = np.sqrt(np.nansum(np.where(present, ses_a, 0.0) ** 2, axis=0)) / k_present
     value = np.where(k_present > 0, value, np.nan)
-    return pd.DataFrame({"value": value, "lo": value - Z95 * se, "hi": value + Z95 * se,
+    # Every normalised metric lies in [0, 1], so their mean does too: clip the normal-approximation interval.
+    lo, hi = np.clip(value - Z95 * se, 0.0, 1.0), np.clip(value + Z95 * se, 0.0, 1.0)
+    return pd.DataFrame({"value": value, "lo": np.fmin(lo, value), "hi": np.fmax(hi, value),
                          "coverage": k_present / len(axis.metrics)}, index=index)
 
 

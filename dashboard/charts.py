@@ -150,7 +150,7 @@ def mixture_delta(diff: pd.DataFrame, name_a: str, name_b: str) -> alt.Chart:
 def curves(train: pd.DataFrame, names: list[str]) -> alt.FacetChart:
     """Small multiples of training curves, one panel per metric, one line per run."""
     df = train[train["name"].isin(names)]
-    return alt.Chart(df).mark_line(strokeWidth=1.8).encode(
+    return alt.Chart(df).mark_line(strokeWidth=1.8, point=alt.OverlayMarkDef(size=14)).encode(
         x=alt.X("step:Q", title="step"),
         y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
         color=alt.Color("run:N", title="run", scale=alt.Scale(scheme="tableau10"), legend=alt.Legend(orient="bottom")),

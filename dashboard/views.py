@@ -402,9 +402,9 @@ def page_run(runs: pd.DataFrame) -> None:
     c1, c2 = st.columns(2)
     run_id = c1.selectbox("Run", ids, format_func=lambda r: f"{labels[r]}  ({r})", key="run_id")
     if st.session_state.get("compare_id") not in labels or st.session_state.get("compare_id") == run_id:
-        st.session_state["compare_id"] = None
-    other = c2.selectbox("Compare with", [None] + [r for r in ids if r != run_id],
-                         format_func=lambda r: "(none)" if r is None else f"{labels[r]}  ({r})", key="compare_id")
+        st.session_state["compare_id"] = ""
+    other = c2.selectbox("Compare with", [""] + [r for r in ids if r != run_id],
+                         format_func=lambda r: "(none)" if not r else f"{labels[r]}  ({r})", key="compare_id") or None
     st.query_params.update({"view": "Run detail", "run": run_id})
     if other:
         st.query_params["compare"] = other

@@ -193,3 +193,9 @@ def test_contamination_summary_and_rows(sample_db):
     rows = queries.contamination_rows(sample_db, mixture_id=top["mixture_id"], source=top["source"],
                                       benchmark=top["benchmark"])
     assert len(rows) == top["flagged"] and rows["ngram"].str.split().str.len().eq(13).all()
+
+
+def test_aggregate_ci_stays_inside_the_normalised_range():
+    m = _metrics([("a", "t", "acc", "leaderboard", 5, 0.0, 0.0, 0.43), ("a", "u", "acc", "leaderboard", 5, 0.0, 0.0, 0.43)])
+    vals = agg.axis_values(agg.wide(m), agg.catalog(m), agg.Axis("lb", ["t/acc", "u/acc"], aggregate=True))
+    assert vals.loc["a", "value"] == 0.0 and vals.loc["a", "lo"] == 0.0 and 0.0 < vals.loc["a", "hi"] <= 1.0

@@ -63,15 +63,26 @@ class IFEval(Task):
                 details={"error": f"{type(exc).__name__}: {exc}", "n_instructions": len(ids)},
             )
         n = len(ids)
+        values = {
+            "prompt_level_strict_acc": float(all(strict)),
+            "inst_level_strict_acc": sum(strict) / n,
+            "prompt_level_loose_acc": float(all(loose)),
+            "inst_level_loose_acc": sum(loose) / n,
+        }
+        # Per instruction group (keywords, detectable_format, ...): which kinds of instruction a mixture breaks.
+        group_counts: dict[str, int] = {}
+        group_followed: dict[str, int] = {}
+        for instruction_id, ok in zip(ids, strict):
+            group = instruction_id.split(":", 1)[0]
+            group_counts[group] = group_counts.get(group, 0) + 1
+            group_followed[group] = group_followed.get(group, 0) + int(ok)
+        for group, count in group_counts.items():
+            values[f"inst_level_strict_acc/{group}"] = group_followed[group] / count
         return Score(
-            {
-                "prompt_level_strict_acc": float(all(strict)),
-                "inst_level_strict_acc": sum(strict) / n,
-                "prompt_level_loose_acc": float(all(loose)),
-                "inst_level_loose_acc": sum(loose) / n,
-            },
+            values,
             details={
                 "n_instructions": n,
+                "group_counts": group_counts,
                 "followed_strict": dict(zip(ids, strict)),
                 "followed_loose": dict(zip(ids, loose)),
             },
@@ -86,20 +97,32 @@ class IFEval(Task):
             k = sum(s.values.get(metric, 0.0) for s in scores)
             low, high = wilson_ci(k, len(scores))
             out[metric] = (k / len(scores), low, high, "wilson")
-        n_inst = np.array([s.details.get("n_instructions", 1) for s in scores], dtype=float)
+        n_inst = [s.details.get("n_instructions", 1) for s in scores]
         for metric in INST_METRICS:
-            followed = np.array([s.values.get(metric, 0.0) for s in scores]) * n_inst
-            ratio = float(followed.sum() / n_inst.sum())
-            # Ratio estimator over prompts: bootstrap prompts, recompute sum(followed)/sum(n).
-            rng = np.random.default_rng(0)
-            idx = rng.integers(0, len(scores), size=(2000, len(scores)))
-            boots = followed[idx].sum(axis=1) / n_inst[idx].sum(axis=1)
-            low, high = (float(x) for x in np.quantile(boots, [0.025, 0.975]))
-            out[metric] = (ratio, low, high, "bootstrap")
-        return {m: out[m] for m in self.metrics}
+            out[metric] = _ratio_ci([s.values.get(metric, 0.0) for s in scores], n_inst)
+        groups = sorted({k for s in scores for k in s.values if k.startswith("inst_level_strict_acc/")})
+        for key in groups:
+            group = key.split("/", 1)[1]
+            having = [s for s in scores if key in s.values]
+            out[key] = _ratio_ci([s.values[key] for s in having],
+                                 [s.details.get("group_counts", {}).get(group, 1) for s in having])
+        return {m: out[m] for m in [*self.metrics, *groups]}
 
     def contamination_texts(self, item: EvalItem) -> list[str]:
         return [item.prompt_text]
+
+
+def _ratio_ci(fractions: list[float], counts: list[int], n_boot: int = 2000) -> tuple[float, float, float, str]:
+    """sum(followed) / sum(instructions) over prompts, with a bootstrap over prompts (a cluster bootstrap:
+    instructions of one prompt share one answer, so they are not independent)."""
+    weights = np.asarray(counts, dtype=float)
+    followed = np.asarray(fractions, dtype=float) * weights
+    ratio = float(followed.sum() / weights.sum())
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(weights), size=(n_boot, len(weights)))
+    boots = followed[idx].sum(axis=1) / weights[idx].sum(axis=1)
+    low, high = (float(x) for x in np.quantile(boots, [0.025, 0.975]))
+    return (ratio, low, high, "bootstrap")
 
 
 # Used by tests and `eval list`: every id in the data must have a checker.

@@ -45,9 +45,9 @@ def kda_inputs(B, T, H, K, V, device, seed=0, g_scale=1.0):
 def grads(fn, inputs, seed=1):
     xs = [t.detach().clone().requires_grad_(True) for t in inputs]
     o, S = fn(*xs)
-    gen = torch.Generator(device=o.device).manual_seed(seed)
-    wo = torch.randn(o.shape, generator=gen, device=o.device)
-    ws = torch.randn(S.shape, generator=gen, device=o.device)
+    gen = torch.Generator().manual_seed(seed)  # on the CPU: the same weights whatever the device
+    wo = torch.randn(o.shape, generator=gen).to(o.device)
+    ws = torch.randn(S.shape, generator=gen).to(o.device)
     ((o.float() * wo).sum() + (S * ws).sum()).backward()
     return o.float(), S, [x.grad for x in xs]
 
@@ -135,17 +135,19 @@ def test_moe_on_cuda_matches_cpu():
 def test_fla_chunk_kda_matches_torch_reference(T):
     from fla.ops.kda import chunk_kda as fla_chunk_kda
 
-    ins = kda_inputs(2, T, 4, 64, 64, "cuda")
+    # bf16 q/k/v/beta as the model passes them (fla autotunes per dtype; bf16 is its main path), fp32 g and h0.
+    ins = [t.bfloat16() if i in (0, 1, 2, 4) else t for i, t in enumerate(kda_inputs(2, T, 4, 64, 64, "cuda"))]
     ours = lambda q, k, v, g, b, h: chunk_kda_torch(q, k, v, g, b, initial_state=h,  # noqa: E731
                                                     output_final_state=True, use_qk_l2norm=True)
     theirs = lambda q, k, v, g, b, h: fla_chunk_kda(q, k, v, g, b, initial_state=h,  # noqa: E731
                                                     output_final_state=True, use_qk_l2norm_in_kernel=True)
     o_r, S_r, g_r = grads(ours, ins)
     o_f, S_f, g_f = grads(theirs, ins)
-    # fla's kernels use tf32 tensor-core dots: compare at the tolerance of fla's own tests, relative to scale.
+    # fla computes with bf16 tensor-core dots: compare relative to each tensor's scale, as fla's own tests do.
     def close(a, b, name):
+        a, b = a.float(), b.float()
         err = (a - b).abs().max().item() / max(b.abs().max().item(), 1e-6)
-        assert err < 1e-2, f"{name}: max error / max value = {err:.2e}"
+        assert err < 2e-2, f"{name}: max error / max value = {err:.2e}"
 
     close(o_f, o_r, "o")
     close(S_f, S_r, "final state")
@@ -158,18 +160,20 @@ def test_fla_fused_recurrent_and_triton_backend():
     from fla.ops.kda import fused_recurrent_kda
 
     q, k, v, g, beta, h0 = kda_inputs(2, 3, 4, 64, 64, "cuda")
+    q, k, v, beta = (t.bfloat16() for t in (q, k, v, beta))
     o_f, S_f = fused_recurrent_kda(q, k, v, g, beta, initial_state=h0, output_final_state=True,
                                    use_qk_l2norm_in_kernel=True)
     o_r, S_r = naive_recurrent_kda(q, k, v, g, beta, initial_state=h0, output_final_state=True,
                                    use_qk_l2norm=True)
-    torch.testing.assert_close(o_f, o_r, atol=2e-3, rtol=2e-3)
-    torch.testing.assert_close(S_f, S_r, atol=2e-3, rtol=2e-3)
+    tol = dict(atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(o_f.float(), o_r.float(), **tol)
+    torch.testing.assert_close(S_f, S_r, **tol)
     before = get_backend()
     set_backend("triton")
     try:
         o_t, S_t = recurrent_kda_step(q, k, v, g, beta, h0, use_qk_l2norm=True)
-        torch.testing.assert_close(o_t, o_r, atol=2e-3, rtol=2e-3)
+        torch.testing.assert_close(o_t.float(), o_r.float(), **tol)
         o_c, S_c = chunk_kda(q, k, v, g, beta, initial_state=h0, output_final_state=True, use_qk_l2norm=True)
-        torch.testing.assert_close(S_c, S_r, atol=2e-3, rtol=2e-3)
+        torch.testing.assert_close(S_c, S_r, **tol)
     finally:
         set_backend(before)

@@ -7,12 +7,9 @@ sample keeps the extracted strings in `Score.details`.
 
 from __future__ import annotations
 
-import logging
+import atexit
 import re
-import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 from mixlab.evals.stats import summarize_metrics
 from mixlab.evals.tasks._data import apply_limit, load_rows
@@ -131,42 +128,25 @@ MATH_PROMPT = (
     "Solve the following math problem. Show your reasoning, then put the final answer in \\boxed{{}}.\n\n{problem}"
 )
 
-T = TypeVar("T")
-
-# math-verify logs a warning on every call when its signal timeouts are disabled; we enforce our own.
-logging.getLogger("math_verify").setLevel(logging.ERROR)
-
 
 class MathVerifyTimeout(Exception):
-    pass
-
-
-def call_with_timeout(fn: Callable[[], T], timeout_s: float) -> T:
-    """Run fn in a daemon thread and wait at most timeout_s (for pure-Python work that can be abandoned).
-
-    Not enough for sympy: a huge integer power is one C call that holds the GIL, so the waiting thread cannot
-    even wake up. math-verify therefore runs in worker processes (`_VerifierPool`), which can be killed.
-    """
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            box["error"] = exc
-
-    worker = threading.Thread(target=target, name="mixlab-timeout", daemon=True)
-    worker.start()
-    worker.join(timeout_s)
-    if worker.is_alive():
-        raise MathVerifyTimeout(f"call took longer than {timeout_s}s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    """math-verify overran its time budget on one answer (the answer scores 0; the worker is replaced)."""
 
 
 class MathVerifyUnavailable(RuntimeError):
     """The verifier process cannot start: an installation problem, never a 0 score for the model."""
+
+
+_LIVE_WORKERS: set = set()
+
+
+def _kill_live_workers() -> None:
+    # Idle workers exit by themselves when our end of their stdin closes; a busy one may be deep in sympy.
+    for worker in list(_LIVE_WORKERS):
+        worker.kill()
+
+
+atexit.register(_kill_live_workers)
 
 
 class _Worker:
@@ -184,8 +164,9 @@ class _Worker:
 
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mixlab.evals.math_verify_worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
+        _LIVE_WORKERS.add(self)
         self._buffer = b""
         line = self._readline(self.STARTUP_TIMEOUT_S)
         if line != "ready":
@@ -230,6 +211,7 @@ class _Worker:
         return self.proc.poll() is None
 
     def kill(self) -> None:
+        _LIVE_WORKERS.discard(self)
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()

@@ -300,12 +300,69 @@ def last_boxed(text: str) -> str | None:
     return None  # unbalanced: truncated output
 
 
+def _fix_fracs(text: str) -> str:
+    r"""\frac12 -> \frac{1}{2}, \frac1{2} -> \frac{1}{2} (single-character arguments given without braces)."""
+    parts = text.split("\\frac")
+    out = parts[0]
+    for part in parts[1:]:
+        out += "\\frac"
+        if not part or part[0] == "{":
+            out += part
+            continue
+        if len(part) < 2:
+            return text  # malformed: leave it alone
+        a, rest = part[0], part[1:]
+        if rest[0] == "{":
+            out += "{" + a + "}" + rest
+        else:
+            out += "{" + a + "}{" + rest[0] + "}" + rest[1:]
+    return out
+
+
+def hendrycks_normalize(answer: str) -> str:
+    """String normalisation in the spirit of Hendrycks et al.'s MATH `is_equiv` (lm-eval `hendrycks_math`).
+
+    Kept beside math-verify so scores can be compared with harnesses that use plain string matching.
+    """
+    s = answer.replace("\n", "").replace("\\!", "").replace("\\\\", "\\")
+    s = s.replace("tfrac", "frac").replace("dfrac", "frac").replace("\\left", "").replace("\\right", "")
+    s = s.replace("^{\\circ}", "").replace("^\\circ", "").replace("\\$", "").replace("$", "")
+    if "\\text{ " in s:  # trailing units: "5 \text{ cm}" -> "5"
+        s = s.split("\\text{ ")[0]
+    s = s.replace("\\%", "").replace("%", "")
+    s = s.replace(" .", " 0.").replace("{.", "{0.")
+    if s.startswith("."):
+        s = "0" + s
+    if s.count("=") == 1 and len(s.split("=")[0].strip()) <= 2:  # "k = 3" -> "3"
+        s = s.split("=")[1]
+    s = re.sub(r"\\sqrt(\w)", r"\\sqrt{\1}", s)
+    s = s.replace(" ", "")
+    s = _fix_fracs(s)
+    if s == "0.5":
+        s = "\\frac{1}{2}"
+    m = re.fullmatch(r"(-?\d+)/(\d+)", s)
+    if m:
+        s = f"\\frac{{{m.group(1)}}}{{{m.group(2)}}}"
+    return s
+
+
+def hendrycks_equal(gold: str, predicted: str | None) -> bool:
+    if predicted is None:
+        return False
+    try:
+        return hendrycks_normalize(gold) == hendrycks_normalize(predicted)
+    except Exception:  # noqa: BLE001 - odd strings compare raw
+        return gold == predicted
+
+
 @register_task
 class Math500(Task):
     name = "math500"
     category = "leaderboard"
     description = "MATH-500 (PRM800K split of MATH test), 0-shot chat, last \\boxed{} checked with math-verify"
-    metrics = ("accuracy", "accuracy_any_extraction")
+    # accuracy: math-verify on the last \boxed{}; accuracy_any_extraction: math-verify's own extraction when there
+    # is no box; accuracy_hendrycks: string match after Hendrycks-style normalisation (comparability).
+    metrics = ("accuracy", "accuracy_any_extraction", "accuracy_hendrycks")
     binary_metrics = True
     max_new_tokens = 1024
     data_path = "math500/test.jsonl"
@@ -340,7 +397,8 @@ class Math500(Task):
             raise  # a broken install must fail the run, not score the model 0
         except Exception as exc:  # noqa: BLE001 - a scorer never crashes on model output
             return Score({m: 0.0 for m in self.metrics}, details={"error": f"{type(exc).__name__}: {exc}"})
-        values = {"accuracy": float(boxed_ok), "accuracy_any_extraction": float(any_ok)}
+        values = {"accuracy": float(boxed_ok), "accuracy_any_extraction": float(any_ok),
+                  "accuracy_hendrycks": float(hendrycks_equal(item.reference, boxed))}
         # Breakdowns (evals-reference §3.2): each item carries its own subject and level key.
         if item.meta.get("subject"):
             values[f"accuracy/subject:{item.meta['subject']}"] = float(boxed_ok)

@@ -14,6 +14,7 @@ from mixlab.evals.tasks.base import EvalItem, get_task
 from mixlab.evals.tasks.math import (
     extract_flexible,
     extract_strict,
+    hendrycks_equal,
     last_boxed,
     math_equal,
     normalize_number,
@@ -77,6 +78,23 @@ def test_last_boxed():
 )
 def test_math_equal(gold, pred, equal):
     assert math_equal(gold, pred) is equal
+
+
+@pytest.mark.parametrize(
+    "gold,pred,equal",
+    [("\\frac{1}{2}", "\\dfrac12", True), ("\\frac{1}{2}", "0.5", True), ("\\frac{1}{2}", "1/2", True),
+     ("5", "5 \\text{ cm}", True), ("3", "k = 3", True), ("\\sqrt{2}", "\\sqrt2", True),
+     ("(1,2)", "\\left( 1, 2 \\right)", True), ("90", "90^\\circ", True), ("2", "3", False),
+     ("\\frac{1}{2}", "0.50", False), ("2", None, False)],
+)
+def test_hendrycks_string_equivalence(gold, pred, equal):
+    assert hendrycks_equal(gold, pred) is equal
+
+
+def test_math_verify_is_more_lenient_than_string_match():
+    item = EvalItem("m", [{"role": "user", "content": "p"}], reference="\\frac{1}{2}", meta={})
+    values = get_task("math500").score(item, "so \\boxed{0.50}").values
+    assert values["accuracy"] == 1.0 and values["accuracy_hendrycks"] == 0.0
 
 
 def test_math500_scorer_runs_in_worker_threads():

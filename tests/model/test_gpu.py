@@ -24,3 +24,36 @@ def test_1b_a150m_forward_backward_on_cuda():
     assert model.model.layers[0].self_attn.A_log.dtype == torch.float32
     print(f"{torch.cuda.get_device_name()}: loss {out.loss.item():.4f}, "
           f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+
+
+@pytest.mark.gpu
+def test_triton_backend_packing_and_cache_match_on_cuda():
+    """With fla's Triton kernels: packed == unpacked logits, and cached greedy decoding == full recomputation."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from mixlab.kernels import fla_available, get_backend, set_backend
+    from mixlab.model import load_model
+
+    if not fla_available():
+        pytest.skip("fla-core not installed")
+    previous = get_backend()
+    set_backend("triton")
+    try:
+        model = load_model("small", device="cuda", seed=0).eval()
+        g = torch.Generator(device="cuda").manual_seed(0)
+        lens = [70, 130, 33]
+        seqs = [torch.randint(0, 1000, (n,), device="cuda", generator=g) for n in lens]
+        with torch.no_grad():
+            ref = [model(s[None]).logits[0] for s in seqs]
+            pos = torch.cat([torch.arange(n, device="cuda") for n in lens])[None]
+            packed = model(torch.cat(seqs)[None], position_ids=pos).logits[0].split(lens)
+            for got, want in zip(packed, ref):
+                torch.testing.assert_close(got, want, atol=2e-3, rtol=2e-3)
+            prompt = seqs[0][None, :20]
+            out = model.generate(prompt, max_new_tokens=24, min_new_tokens=24, do_sample=False)
+            ids = prompt
+            for _ in range(24):
+                ids = torch.cat([ids, model(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)], 1)
+        assert torch.equal(out, ids)
+    finally:
+        set_backend(previous)

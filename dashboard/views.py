@@ -274,7 +274,7 @@ def page_tradeoff(runs: pd.DataFrame) -> None:
     show = table[["run_id", "mixture_name", "mixture_family", "stage", "rung", "x_text", "y_text", "n_flagged"]].rename(
         columns={"mixture_name": "mixture", "mixture_family": "family", "x_text": x_name, "y_text": y_name,
                  "n_flagged": "contam. rows"})
-    st.dataframe(show, hide_index=True, width="stretch")
+    st.table(show.set_index("run_id"))
     c1, c2 = st.columns([4, 1])
     labels = dict(zip(points["run_id"], points["label"]))
     choice = c1.selectbox("Open a run", points.sort_values(["on_front", "x"], ascending=False)["run_id"].tolist(),

@@ -55,7 +55,7 @@ def test_tradeoff_view_draws_pareto_front_with_cis(sample_db, use_db):
     assert (points["x_lo"] <= points["x"]).all() and (points["y"] <= points["y_hi"]).all()
     assert {"run_id", "mixture_name", "stage", "rung", "x_text", "y_text", "composition"} <= set(points.columns)
     assert points["composition"].str.contains("%").all()  # hover shows the realised mixture
-    assert len(at.dataframe[0].value) == n_front  # the "runs on the front" table
+    assert len(at.table[0].value) == n_front  # the "runs on the front" table
 
 
 def test_tradeoff_axes_colour_and_filters(sample_db, use_db):

@@ -2,7 +2,7 @@
 dispatcher, GPU kernels where available. Never imports mixlab.model."""
 
 from .dispatch import fla_available, get_backend, set_backend
-from .kda_chunk import DEFAULT_CHUNK_SIZE, chunk_kda, chunk_kda_torch
+from .kda_chunk import DEFAULT_CHUNK_SIZE, chunk_kda, chunk_kda_torch, default_chunk_size
 from .kda_common import l2norm
 from .kda_gate import kda_gate
 from .kda_naive import naive_recurrent_kda
@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "chunk_kda",
     "chunk_kda_torch",
+    "default_chunk_size",
     "fla_available",
     "gated_rms_norm",
     "get_backend",

@@ -31,8 +31,14 @@ from .dispatch import use_triton
 from .kda_chunk_fn import ChunkKDAFunction
 from .kda_common import check_kda_args, fp32, l2norm, pack_varlen, unpack_varlen
 
-# Measured on CPU (bench/bench_kda_cpu.py): chunk 16/32 are fastest at the demo size; see bench/results.
-DEFAULT_CHUNK_SIZE = 32
+# Chunk size when none is given, per device type. Measured (bench/bench_kda_cpu.py, bench/bench_kda_gpu.py):
+# on CPU at the demo size (B=32, T=96, H·K=128) 32 beats 16 and 64 for fwd+bwd; on an H200 at B=4, T=2048,
+# H=8, K=128 the torch path is faster with 64 than 32.
+DEFAULT_CHUNK_SIZE = {"cpu": 32, "cuda": 64}
+
+
+def default_chunk_size(device: torch.device) -> int:
+    return DEFAULT_CHUNK_SIZE.get(device.type, 32)
 
 
 def _scores_subblock(q, k, G, sub: int):
@@ -80,11 +86,11 @@ FACTOR_SAFE_RANGE = 60.0
 
 
 def _intra_chunk_scores(q, k, G, sub: int):
-    """Per chunk, the factored form where it is safe and the sub-block form elsewhere. [BH, N, C, K] inputs.
+    """Per chunk, the factored form where it is safe and the sub-block form elsewhere. [N, BH, C, K] inputs.
 
     Returns (None, None) when every chunk is safe: ChunkKDAFunction then computes the factored form itself.
     """
-    unsafe = -G[..., -1, :].detach().amin(-1) > FACTOR_SAFE_RANGE  # [BH, N]
+    unsafe = -G[..., -1, :].detach().amin(-1) > FACTOR_SAFE_RANGE  # [N, BH]
     n_unsafe = int(unsafe.sum())
     if n_unsafe == 0:
         return None, None
@@ -111,23 +117,24 @@ def _chunk_core(q, k, v, g, beta, scale: float, state: torch.Tensor | None, C: i
         beta = F.pad(beta, (0, 0, 0, pad))
     N = (T + pad) // C
 
-    def chunks(t):  # [B, Tp, H, D] -> [B*H, N, C, D], contiguous
-        return t.reshape(B, N, C, H, -1).permute(0, 3, 1, 2, 4).reshape(B * H, N, C, -1).contiguous()
+    def chunks(t):  # [B, Tp, H, D] -> [N, B*H, C, D], contiguous (chunk-major: see kda_chunk_fn._states)
+        return t.reshape(B, N, C, H, -1).permute(1, 0, 3, 2, 4).reshape(N, B * H, C, -1).contiguous()
 
     qc, kc, G = chunks(q * scale), chunks(k), chunks(g).cumsum(-2)
     Aqk, Akk = _intra_chunk_scores(qc, kc, G, sub_chunk)
     S0 = q.new_zeros(B * H, K, V) if state is None else state.to(q.dtype).reshape(B * H, K, V)
     o, S = ChunkKDAFunction.apply(qc, kc, chunks(v), G, chunks(beta.unsqueeze(-1))[..., 0], S0, Aqk, Akk)
-    o = o.view(B, H, N * C, V).transpose(1, 2)[:, :T]
+    o = o.view(N, B, H, C, V).permute(1, 0, 3, 2, 4).reshape(B, N * C, H, V)[:, :T]
     return o, S.view(B, H, K, V)
 
 
 def chunk_kda_torch(
     q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
-    use_qk_l2norm=False, chunk_size=DEFAULT_CHUNK_SIZE,
+    use_qk_l2norm=False, chunk_size=None,
 ):
     """Pure-torch `chunk_kda` (see that function); runs on any device."""
     check_kda_args("chunk_kda", q, k, v, g, beta, initial_state, cu_seqlens)
+    chunk_size = default_chunk_size(q.device) if chunk_size is None else chunk_size
     if chunk_size < 1:
         raise MixlabError(f"chunk_kda: chunk_size must be ≥ 1, got {chunk_size}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -158,14 +165,14 @@ def chunk_kda(
     output_final_state: bool = False,
     cu_seqlens: torch.Tensor | None = None,
     use_qk_l2norm: bool = False,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunked KDA, equal to `naive_recurrent_kda` (fp32) for any T; differentiable; never NaN gradients.
 
     q, k [B,T,H,K]; v [B,T,H,V]; g [B,T,H,K] log decay (≤ 0, fp32 preferred); beta [B,T,H];
     initial_state [N,H,K,V] fp32; cu_seqlens int [N+1] with B = 1 restarts the state per sequence.
-    Computes in fp32; returns (o in v.dtype, final state fp32 [N,H,K,V] or None).
-    On the "triton" backend with CUDA tensors this calls fla's `chunk_kda` (chunk size 64).
+    Computes in fp32; returns (o in v.dtype, final state fp32 [N,H,K,V] or None). chunk_size None picks the
+    measured best for the device (DEFAULT_CHUNK_SIZE). On the "triton" backend with CUDA tensors this calls fla's `chunk_kda` (chunk size 64).
     """
     if use_triton(q, k, v, g, beta, initial_state):
         from fla.ops.kda import chunk_kda as fla_chunk_kda

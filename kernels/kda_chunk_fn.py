@@ -2,7 +2,7 @@
 
 Given the intra-chunk score matrices (computed outside, with autograd, by `kda_chunk._intra_chunk_scores`), it
 does everything else: the UT transform, the chunk-to-chunk state recurrence and the outputs. The layout
-[BH, N, C, *] is contiguous, the unit-triangular inverse is computed once and reused, and the backward needs about a
+[N, BH, C, *] (chunk-major) is contiguous, the unit-triangular inverse is computed once and reused, and the backward needs about a
 dozen batched matmuls instead of the autograd graph of the forward. Gradients are tested against autograd through
 the naive recurrence (tests/kernels/test_kda.py).
 
@@ -20,7 +20,7 @@ from torch.autograd.function import once_differentiable
 
 
 def _b(x: torch.Tensor) -> torch.Tensor:
-    """[BH, N, R, C] (or a transposed view of a contiguous one) → [BH·N, R, C] view for baddbmm."""
+    """[N, BH, R, C] (or a transposed view of a contiguous one) → [N·BH, R, C] view for baddbmm."""
     return x.flatten(0, 1)
 
 
@@ -29,20 +29,23 @@ def _T(x: torch.Tensor) -> torch.Tensor:
 
 
 def _bmm_acc(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-    """out += alpha · a @ b on [BH, N, *, *] tensors, in place (out must be a fresh contiguous tensor)."""
+    """out += alpha · a @ b on [N, BH, *, *] tensors, in place (out must be a fresh contiguous tensor)."""
     assert out.is_contiguous(), "in-place accumulation needs a contiguous output (flatten would copy)"
     _b(out).baddbmm_(_b(a), _b(b), alpha=alpha)
     return out
 
 
 def _states(M, c, S0):
-    """S_{n+1} = M_n S_n + c_n over the chunk axis. Returns (starts [BH,N,K,V], final [BH,K,V])."""
+    """S_{n+1} = M_n S_n + c_n over the chunk axis (dim 0, so every S_n is contiguous and written in place).
+
+    Returns (starts [N,BH,K,V] = S_0 … S_{N-1}, final state [BH,K,V]).
+    """
+    N = c.shape[0]
     starts = torch.empty_like(c)
-    S = S0
-    for n in range(c.shape[1]):
-        starts[:, n] = S
-        S = torch.baddbmm(c[:, n], M[:, n], S)
-    return starts, S
+    starts[0] = S0
+    for n in range(N - 1):
+        torch.baddbmm(c[n], M[n], starts[n], out=starts[n + 1])
+    return starts, torch.baddbmm(c[N - 1], M[N - 1], starts[N - 1])
 
 
 # Written without torch.cat and with in-place accumulating matmuls: on CPU every extra pass over memory costs
@@ -50,11 +53,11 @@ def _states(M, c, S0):
 class ChunkKDAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, G, beta, S0, Aqk, Akk):
-        """q (already scaled), k, G: [BH,N,C,K]; v: [BH,N,C,V]; beta: [BH,N,C]; S0: [BH,K,V];
-        Aqk, Akk: [BH,N,C,C] (lower triangular incl. / excl. the diagonal), or both None to compute them here in
+        """Chunk-major layout: q (already scaled), k, G: [N,BH,C,K]; v: [N,BH,C,V]; beta: [N,BH,C]; S0: [BH,K,V];
+        Aqk, Akk: [N,BH,C,C] (lower triangular incl. / excl. the diagonal), or both None to compute them here in
         the factored form e^{Γ_t}·e^{−Γ_s} — only valid when every −Γ ≤ FACTOR_SAFE_RANGE (the caller checks).
 
-        Returns (o [BH,N,C,V], final state [BH,K,V]).
+        Returns (o [N,BH,C,V], final state [BH,K,V]).
         """
         C = q.shape[-2]
         E = G.exp()
@@ -74,9 +77,8 @@ class ChunkKDAFunction(torch.autograd.Function):
         u = T @ (b * v)
         w = T @ (b * kg)
         c = _T(kd) @ u
-        M = (_T(kd) @ w).neg_()
-        M.diagonal(dim1=-2, dim2=-1).add_(el.squeeze(-2))
-        qs = _bmm_acc(qg.clone(memory_format=torch.contiguous_format), Aqk, w, alpha=-1.0)
+        M = _bmm_acc(torch.diag_embed(el.squeeze(-2)), _T(kd), w, alpha=-1.0)
+        qs = torch.baddbmm(_b(qg), _b(Aqk), _b(w), alpha=-1.0).view_as(qg)
         starts, S = _states(M, c, S0)
         o = _bmm_acc(Aqk @ u, qs, starts)
         ctx.save_for_backward(k, v, beta, E, Ed, qg, kg, Aqk, Akk, T, u, w, M, qs, starts)
@@ -86,19 +88,21 @@ class ChunkKDAFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dO, dS_final):
         k, v, beta, E, Ed, qg, kg, Aqk, Akk, T, u, w, M, qs, starts = ctx.saved_tensors
-        N = qg.shape[1]
+        N = qg.shape[0]
         el = E[..., -1:, :]
         kd = k * Ed
         b = beta.unsqueeze(-1)
         dO = dO.contiguous()
         # Through the chunk-to-chunk state recurrence, backwards: dS_n = M_nᵀ dS_{n+1} + qs_nᵀ dO_n.
         X = _T(qs) @ dO
-        dS = torch.zeros_like(starts[:, 0]) if dS_final is None else dS_final.contiguous()
         dS_next = torch.empty_like(starts)  # gradient w.r.t. S_{n+1} (= dc_n)
-        for n in range(N - 1, -1, -1):
-            dS_next[:, n] = dS
-            dS = torch.baddbmm(X[:, n], _T(M[:, n]), dS)
-        dS0 = dS
+        if dS_final is None:
+            dS_next[N - 1].zero_()
+        else:
+            dS_next[N - 1] = dS_final
+        for n in range(N - 1, 0, -1):
+            torch.baddbmm(X[n], _T(M[n]), dS_next[n], out=dS_next[n - 1])
+        dS0 = torch.baddbmm(X[0], _T(M[0]), dS_next[0])
         dM = dS_next @ _T(starts)
         dqs = dO @ _T(starts)
         # Within chunks (o = qs S + Aqk u, qs = qg − Aqk w, c = kdᵀu, M = diag(el) − kdᵀw).

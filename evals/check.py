@@ -104,12 +104,9 @@ def check_task(
         unexpected = score.values.get(primary, 0.0) > 0 if shuffle else score.values.get(primary, 0.0) < 1
         if unexpected and len(failures) < max_failures:
             failures.append(_failure_row(item, references[source[i]], score))
-    identical = None
-    if shuffle:
-        identical = sum(
-            1 for i, item in enumerate(items)
-            if isinstance(item.reference, (str, int, float)) and item.reference == items[source[i]].reference
-        )
+    identical = None  # only meaningful where the gold is a plain answer (not tests or constraint lists)
+    if shuffle and all(isinstance(item.reference, (str, int, float)) for item in items):
+        identical = sum(1 for i, item in enumerate(items) if item.reference == items[source[i]].reference)
     return CheckResult(
         task=task_obj.name,
         n=len(items),

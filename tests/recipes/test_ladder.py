@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from mixlab.recipes.ladder import Gate, run_ladder
@@ -19,6 +20,7 @@ def test_gate_rules():
     assert not ok and "no score" in reason
 
 
+@pytest.mark.slow
 def test_two_rung_ladder_records_decisions(tmp_path, store):
     write_recipe(tmp_path, "lad", [{"name": "sft", "trainer": "sft", "mixture": "demo-balanced",
                                     "args": {**SFT_ARGS, "max_steps": 1}}], eval=EVAL)

@@ -39,11 +39,13 @@ def _only_run(store: Store) -> dict:
 
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, isolated_runs):
-    # Uninterrupted reference, in its own database.
-    ref_env = {"MIXLAB_RUNS": str(tmp_path / "ref"), "MIXLAB_DB": str(tmp_path / "ref" / "mixlab.duckdb")}
-    proc = mixlab("run", str(_recipe(tmp_path, "ref")), "--quiet", env=ref_env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    ref_store = Store(tmp_path / "ref" / "mixlab.duckdb")
+    # Uninterrupted reference (in this process, its own database).
+    from mixlab.recipes.runner import RecipeRunner
+    from mixlab.recipes.schema import load_recipe
+
+    ref_store = Store(tmp_path / "ref.duckdb")
+    recipe, text = load_recipe(_recipe(tmp_path, "ref"))
+    RecipeRunner(recipe, text, store=ref_store, progress=False).run()
     reference = _losses(ref_store, _only_run(ref_store)["run_id"])
     assert sorted(reference) == list(range(1, STEPS + 1))
 
@@ -54,7 +56,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, isolated_runs):
     checkpoints = Path(os.environ["MIXLAB_RUNS"]) / "checkpoints"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        done = list(checkpoints.glob("*/checkpoint-4/trainer_state.json"))
+        done = list(checkpoints.glob("killed-*/checkpoint-4/trainer_state.json"))
         if done or child.poll() is not None:
             break
         time.sleep(0.05)

@@ -15,16 +15,25 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     eval_app.command("check")(check)
 
 
-def _data_status(task, data_root: Path | None) -> str:
+def _status(task, data_root: Path | None) -> tuple[str, str]:
+    """(data available?, reference solutions for `eval check`?) from loading one item."""
     from mixlab.errors import MixlabError
 
     try:
-        task.load(data_root, limit=1)
+        items = task.load(data_root, limit=1)
     except MixlabError:
-        return "missing"
+        return "missing", "?"
     except Exception as exc:  # noqa: BLE001 - a broken loader is reported, not fatal for the listing
-        return f"error: {type(exc).__name__}"
-    return "yes"
+        return f"error: {type(exc).__name__}", "?"
+    if not items:
+        return "empty", "?"
+    try:
+        task.reference_output(items[0])
+    except MixlabError:
+        return "yes", "no"
+    except Exception:  # noqa: BLE001
+        return "yes", "error"
+    return "yes", "yes"
 
 
 def list_tasks(
@@ -32,7 +41,8 @@ def list_tasks(
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Benchmark data root (default: MIXLAB_DATA "
                                              "or ../shared/data)."),
 ) -> None:
-    """List evaluation tasks: category, metrics, and whether their data is available here."""
+    """List evaluation tasks: category, metrics, whether their data is available here, and whether
+    `mixlab eval check` can verify their scorer (the task ships reference solutions)."""
     from mixlab.evals.suites import SUITES
     from mixlab.evals.tasks.base import get_task, task_names
     from mixlab.paths import data_root as default_data_root
@@ -41,11 +51,13 @@ def list_tasks(
     rows = []
     for name in task_names():
         task = get_task(name)
+        data, checkable = _status(task, root)
         rows.append({
             "task": name,
             "category": task.category,
             "metrics": list(task.metrics),
-            "data": _data_status(task, root),
+            "data": data,
+            "references": checkable,  # can `mixlab eval check` run it?
             "description": task.description,
         })
     suites = {name: list(tasks) for name, tasks in SUITES.items()}
@@ -56,13 +68,13 @@ def list_tasks(
     from rich.table import Table
 
     table = Table(title=f"mixlab eval tasks (data root: {root or 'none; hub names'})")
-    for column in ("task", "category", "metrics", "data", "description"):
+    for column in ("task", "category", "metrics", "data", "check", "description"):
         table.add_column(column, overflow="fold")
     for row in rows:
         data = row["data"]
         style = "green" if data == "yes" else "red"
         table.add_row(row["task"], row["category"], ", ".join(row["metrics"]), f"[{style}]{data}[/{style}]",
-                      row["description"])
+                      row["references"], row["description"])
     console = Console()
     console.print(table)
     registered = set(task_names())

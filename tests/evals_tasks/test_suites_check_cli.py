@@ -106,6 +106,7 @@ def test_cli_list_json(data_root):
     assert rows["gsm8k"]["data"] == "yes" and rows["gsm8k"]["metrics"] == ["exact_match_strict",
                                                                          "exact_match_flexible"]
     assert rows["proc-chat"]["category"] == "usability"
+    assert rows["gsm8k"]["references"] == "yes" and rows["ifeval"]["references"] == "no"
     assert payload["suites"]["procedural"] == ["proc-math", "proc-code", "proc-chat"]
 
 

@@ -2,44 +2,38 @@
 
     from mixlab.model import KimiLinearConfig, KimiLinearForCausalLM, get_preset, PRESETS, load_tokenizer, load_model
 
-Importing this package registers `kimi_linear` with transformers' AutoConfig / AutoModel / AutoModelForCausalLM,
-so `AutoModelForCausalLM.from_pretrained(folder)` works on a folder mixlab saved (no remote code needed).
+Names are resolved lazily so that `mixlab --help` (which imports `mixlab.model.cli`) does not pay for torch and
+transformers. Importing `mixlab.model.modeling` — which every name below does — registers `kimi_linear` with
+transformers' AutoConfig / AutoModel / AutoModelForCausalLM, so `AutoModelForCausalLM.from_pretrained(folder)` works
+on a folder mixlab saved (no remote code needed).
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from __future__ import annotations
 
-from .cache import KimiLinearCache
-from .config import KimiLinearConfig
-from .loading import load_model
-from .modeling import KimiLinearForCausalLM, KimiLinearModel, KimiLinearPreTrainedModel
-from .presets import PRESETS, get_preset
-from .tokenizer import load_tokenizer
+import importlib
+from typing import Any
 
-
-def _register() -> None:
-    try:
-        AutoConfig.register("kimi_linear", KimiLinearConfig, exist_ok=True)
-    except TypeError:  # older signature without exist_ok
-        AutoConfig.register("kimi_linear", KimiLinearConfig)
-    for auto, cls in ((AutoModel, KimiLinearModel), (AutoModelForCausalLM, KimiLinearForCausalLM)):
-        try:
-            auto.register(KimiLinearConfig, cls, exist_ok=True)
-        except TypeError:
-            auto.register(KimiLinearConfig, cls)
-        except ValueError:  # already registered (module re-import)
-            pass
+_EXPORTS = {
+    "KimiLinearCache": "cache",
+    "KimiLinearConfig": "config",
+    "load_model": "loading",
+    "KimiLinearForCausalLM": "modeling",
+    "KimiLinearModel": "modeling",
+    "KimiLinearPreTrainedModel": "modeling",
+    "PRESETS": "presets",
+    "get_preset": "presets",
+    "load_tokenizer": "tokenizer",
+}
 
 
-_register()
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    importlib.import_module(f"{__name__}.modeling")  # registers the Auto classes
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
 
-__all__ = [
-    "PRESETS",
-    "KimiLinearCache",
-    "KimiLinearConfig",
-    "KimiLinearForCausalLM",
-    "KimiLinearModel",
-    "KimiLinearPreTrainedModel",
-    "get_preset",
-    "load_model",
-    "load_tokenizer",
-]
+
+__all__ = sorted(_EXPORTS)

@@ -688,3 +688,23 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batc
         return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
     total = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
     return total / torch.as_tensor(num_items_in_batch, device=total.device).clamp(min=1)
+
+
+def _register_auto_classes() -> None:
+    """Make `AutoConfig` / `AutoModel` / `AutoModelForCausalLM` know `kimi_linear` (idempotent)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    try:
+        AutoConfig.register("kimi_linear", KimiLinearConfig, exist_ok=True)
+    except TypeError:  # older signature without exist_ok
+        AutoConfig.register("kimi_linear", KimiLinearConfig)
+    for auto, cls in ((AutoModel, KimiLinearModel), (AutoModelForCausalLM, KimiLinearForCausalLM)):
+        try:
+            auto.register(KimiLinearConfig, cls, exist_ok=True)
+        except TypeError:
+            auto.register(KimiLinearConfig, cls)
+        except ValueError:  # already registered (module re-import)
+            pass
+
+
+_register_auto_classes()

@@ -48,13 +48,20 @@ def catalog(metrics_long: pd.DataFrame) -> pd.DataFrame:
     if metrics_long.empty:
         return pd.DataFrame(columns=cols)
     g = metrics_long.groupby(["task", "metric"], sort=True)
-    cat = g.agg(category=("category", "last"), vmin=("mean", "min"), vmax=("mean", "max"),
+    cat = g.agg(category=("category", _main_category), vmin=("mean", "min"), vmax=("mean", "max"),
                 n_runs=("run_id", "nunique")).reset_index()
     cat["key"] = [metric_key(t, m) for t, m in zip(cat["task"], cat["metric"])]
     cat["direction"] = cat["metric"].map(direction)
     lo, hi = zip(*(_scale(a, b, m) for a, b, m in zip(cat["vmin"], cat["vmax"], cat["metric"])))
     cat["scale_lo"], cat["scale_hi"] = lo, hi
     return cat[cols].reset_index(drop=True)
+
+
+def _main_category(values: pd.Series) -> str:
+    """The category most rows give a metric, preferring a real one (leaderboard, usability) over 'other'."""
+    counts = values.fillna("other").value_counts()
+    real = counts.drop("other", errors="ignore")
+    return str((real if len(real) else counts).index[0])
 
 
 def _scale(vmin: float, vmax: float, metric: str) -> tuple[float, float]:

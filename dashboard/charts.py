@@ -208,8 +208,8 @@ def contamination_heatmap(summary: pd.DataFrame) -> alt.LayerChart:
     base = alt.Chart(agg).encode(x=alt.X("benchmark:N", title="benchmark"), y=alt.Y("source:N", title="source"))
     rect = base.mark_rect().encode(color=alt.Color("flagged:Q", scale=alt.Scale(scheme="reds"), title="flagged rows"),
                                    tooltip=["source:N", "benchmark:N", "flagged:Q"])
+    threshold = float(agg["flagged"].max()) / 2 if len(agg) else 0.0
     text = base.mark_text(fontSize=12).encode(
         text="flagged:Q",
-        color=alt.condition(alt.datum.flagged > agg["flagged"].max() / 2 if len(agg) else 0, alt.value("white"),
-                            alt.value("black")))
+        color=alt.condition(alt.datum.flagged > threshold, alt.value("white"), alt.value("black")))
     return alt.layer(rect, text).properties(height=alt.Step(34))

@@ -251,8 +251,9 @@ def flagged_for_item(path: str | Path, mixture_id: str, item_id: str) -> pd.Data
 def contamination_summary(path: str | Path) -> pd.DataFrame:
     """Flagged rows per mixture × source × benchmark."""
     return _df(path, """
-        SELECT coalesce(x.name, c.mixture_id) AS mixture, c.mixture_id,
-               coalesce(s.name, c.source_id) AS source, c.benchmark, count(*) AS flagged,
+        SELECT coalesce(x.name, c.mixture_id, '(unknown)') AS mixture, c.mixture_id,
+               coalesce(s.name, c.source_id, '(unknown)') AS source, coalesce(c.benchmark, '(unknown)') AS benchmark,
+               count(*) AS flagged,
                count(DISTINCT c.item_id) AS benchmark_items
         FROM contamination c
         LEFT JOIN mixtures x ON x.mixture_id = c.mixture_id
@@ -264,8 +265,8 @@ def contamination_summary(path: str | Path) -> pd.DataFrame:
 def contamination_rows(path: str | Path, *, mixture_id: str | None = None, source: str | None = None,
                        benchmark: str | None = None, limit: int = 1000) -> pd.DataFrame:
     clauses, params = [], []
-    for column, value in (("c.mixture_id", mixture_id), ("coalesce(s.name, c.source_id)", source),
-                          ("c.benchmark", benchmark)):
+    for column, value in (("c.mixture_id", mixture_id), ("coalesce(s.name, c.source_id, '(unknown)')", source),
+                          ("coalesce(c.benchmark, '(unknown)')", benchmark)):
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(value)

@@ -278,3 +278,31 @@ def test_sample_inspector_links_contamination(sample_db, use_db):
     assert not at.exception
     samples_tab = at.tabs[3]
     assert samples_tab.warning and f"{n} training row(s)" in samples_tab.warning[0].value
+
+
+def test_sparse_and_odd_rows_never_crash_a_view(tmp_path, use_db):
+    """NULL categories and CIs, an eval without run or eval_runs row, unbounded metrics, NULL contamination fields."""
+    from mixlab.store import MetricRecord, RunRecord
+
+    path = use_db(tmp_path / "odd.duckdb")
+    store = Store(path)
+    store.create_run(RunRecord(run_id="a", created_at=None, updated_at=None))
+    store.create_run(RunRecord(run_id="b", stage="sft", mixture_id="no-such-mixture"))
+    rows = [("e1", "a", "t1", "acc", None, 0.5, None, None), ("e2", "b", "t1", "acc", "leaderboard", 0.7, 0.6, 0.8),
+            ("e3", "b", "c", "score", "usability", 7.0, 6.0, 8.0), ("e4", None, "c", "score", "usability", 5.0, 4.0, 6.0),
+            ("e5", "a", "c", "delta", "usability", -123.0, -200.0, -50.0),
+            ("e6", "b", "c", "delta", "usability", -100.0, -110.0, -90.0)]
+    store.insert("eval_metrics", [dict(zip(("eval_id", "run_id", "task", "metric", "category", "mean", "ci_low",
+                                            "ci_high"), r), n=10) for r in rows])
+    store.insert("eval_samples", [{"eval_id": "e2", "run_id": "b", "task": "t1", "item_id": "1"}])
+    store.insert("mixture_components", [{"mixture_id": "m", "source_id": "x", "realised_share": 0.5}])
+    store.insert("contamination", [{"mixture_id": None, "benchmark": None}])
+    at = run_app()
+    assert int(metric_values(at)["runs plotted"]) == 1  # only b has both aggregates (t1/acc counts as leaderboard)
+    for view in VIEWS_AFTER_FIRST:
+        at.sidebar.radio(key="view").set_value(view).run()
+        assert not at.exception, (view, at.exception)
+    assert metric_values(at)["flagged rows"] == "1"
+
+
+VIEWS_AFTER_FIRST = ["Leaderboard", "Mixtures", "Run detail", "Contamination"]

@@ -1,5 +1,18 @@
-"""mixlab.kernels: the ops the model calls, each with a pure-torch implementation (any device) and, through the
-dispatcher, GPU kernels where available. Never imports mixlab.model."""
+"""mixlab.kernels: the ops the model calls, each with a pure-torch implementation (any device, bf16 inputs computed
+in fp32 where the reference does) and, through the dispatcher, GPU kernels where available. Never imports
+mixlab.model.
+
+| op | file | notes |
+| --- | --- | --- |
+| kda_gate | kda_gate.py | g = -exp(A_log)·softplus(f + dt_bias), fp32 |
+| naive_recurrent_kda | kda_naive.py | token-loop oracle (tests only; slow) |
+| chunk_kda | kda_chunk.py, kda_chunk_fn.py | chunked WY/UT form, hand-written backward, cu_seqlens, any decay |
+| recurrent_kda_step | kda_recurrent.py | decode from an fp32 state |
+| short_conv | short_conv.py | causal depthwise conv + SiLU, cache, cu_seqlens |
+| rms_norm, gated_rms_norm | norm.py | fp32 compute |
+| moe_route, moe_experts (+ _naive) | moe.py | sigmoid+bias top-k (vLLM/HF weights), grouped SwiGLU |
+| get_backend, set_backend | dispatch.py | "torch" (default) or "triton" (fla-core on CUDA) |
+"""
 
 from .dispatch import fla_available, get_backend, set_backend
 from .kda_chunk import DEFAULT_CHUNK_SIZE, chunk_kda, chunk_kda_torch, default_chunk_size

@@ -14,8 +14,9 @@ batched matmul per chunk; that part, with a hand-written backward, is `kda_chunk
 Numerics. Every exponent outside the score matrices is ≤ 0 (Γ_t, Γ_C − Γ_s). The score matrices need
 e^{Γ_t − Γ_s} for s ≤ t; those with s > t would be positive and overflow for strongly negative g, so they never go
 through exp unmasked (transformers#48455: inf·0 = NaN gradients). Per chunk, one of two exact forms is used:
-- factored (fast, two matmuls): e^{Γ_t} · e^{−Γ_s}, only where the chunk's total decay −Γ_C ≤ FACTOR_SAFE_RANGE,
-  so e^{−Γ_s} stays finite; the upper triangle is discarded after the matmul.
+- factored (fast, two matmuls): e^{Γ_t − ref} · e^{ref − Γ_s} with ref the midpoint of the chunk's Γ range, only
+  where that range is ≤ 2·FACTOR_SAFE_RANGE (120: an average decay down to −3.75 per token at chunk 32), so both
+  factors stay within e^{±60}; the upper triangle is discarded after the matmul (a select, never a multiply).
 - sub-block (any decay): pairwise within sub-blocks (masked to −inf before exp) and, between sub-blocks, factors
   relative to the block boundary that are both ≤ 1. Chunks with g down to −20 per token take this path.
 """
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from mixlab.errors import MixlabError
 
 from .dispatch import use_triton
-from .kda_chunk_fn import ChunkKDAFunction
+from .kda_chunk_fn import FACTOR_SAFE_RANGE, ChunkKDAFunction, factor_reference, factor_safe
 from .kda_common import check_kda_args, fp32, l2norm, pack_varlen, unpack_varlen
 
 # Chunk size when none is given, per device type. Measured (bench/bench_kda_cpu.py, bench/bench_kda_gpu.py):
@@ -72,17 +73,13 @@ def _scores_subblock(q, k, G, sub: int):
 
 
 def _scores_factored(q, k, G):
-    """Score matrices as two matmuls, e^{Γ_t − Γ_s} = e^{Γ_t} · e^{−Γ_s}; needs −Γ ≤ FACTOR_SAFE_RANGE."""
-    E = G.exp()
-    ki = k * (-G).exp()
-    Aqk = ((q * E) @ ki.transpose(-1, -2)).tril()
-    Akk = ((k * E) @ ki.transpose(-1, -2)).tril(-1)
+    """Score matrices as two matmuls, e^{Γ_t − Γ_s} = e^{Γ_t − ref} · e^{ref − Γ_s}; only for `factor_safe` chunks."""
+    D = G - factor_reference(G)
+    Em = D.exp()
+    kim = k * (-D).exp()  # not k / Em: the autograd of a division squares Em, which underflows at e^-60
+    Aqk = ((q * Em) @ kim.transpose(-1, -2)).tril()
+    Akk = ((k * Em) @ kim.transpose(-1, -2)).tril(-1)
     return Aqk, Akk
-
-
-# Largest total decay of a chunk (per channel) for which the factored form is used: e^{60} ≈ 1e26 keeps every
-# factor, and every masked-out product, finite in fp32, and products with e^{-60} far from denormals.
-FACTOR_SAFE_RANGE = 60.0
 
 
 def _intra_chunk_scores(q, k, G, sub: int):
@@ -90,7 +87,7 @@ def _intra_chunk_scores(q, k, G, sub: int):
 
     Returns (None, None) when every chunk is safe: ChunkKDAFunction then computes the factored form itself.
     """
-    unsafe = -G[..., -1, :].detach().amin(-1) > FACTOR_SAFE_RANGE  # [N, BH]
+    unsafe = ~factor_safe(G)  # [N, BH]
     n_unsafe = int(unsafe.sum())
     if n_unsafe == 0:
         return None, None

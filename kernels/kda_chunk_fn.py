@@ -19,6 +19,25 @@ import torch
 from torch.autograd.function import once_differentiable
 
 
+# Largest |exponent| the factored score form may meet: e^{±60} keeps every factor (and every product of
+# factors that the causal mask later discards) finite in fp32, and products with e^{-60} far above denormals.
+FACTOR_SAFE_RANGE = 60.0
+
+
+def factor_reference(G: torch.Tensor) -> torch.Tensor:
+    """Per chunk and channel, the midpoint of Γ's range: |Γ_t − reference| ≤ (Γ_1 − Γ_C) / 2 for every t.
+
+    The factored score form writes e^{Γ_t − Γ_s} = e^{Γ_t − ref} · e^{ref − Γ_s}; with the midpoint both factors
+    stay within e^{±FACTOR_SAFE_RANGE} for chunks whose decay spread is up to 2·FACTOR_SAFE_RANGE.
+    """
+    return (0.5 * (G[..., :1, :] + G[..., -1:, :])).detach()
+
+
+def factor_safe(G: torch.Tensor) -> torch.Tensor:
+    """[..., C, K] → [...] bool: whether the factored score form is safe for each chunk."""
+    return (G[..., 0, :] - G[..., -1, :]).detach().abs().amax(-1) <= 2 * FACTOR_SAFE_RANGE
+
+
 def _b(x: torch.Tensor) -> torch.Tensor:
     """[N, BH, R, C] (or a transposed view of a contiguous one) → [N·BH, R, C] view for baddbmm."""
     return x.flatten(0, 1)
@@ -55,7 +74,7 @@ class ChunkKDAFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, G, beta, S0, Aqk, Akk):
         """Chunk-major layout: q (already scaled), k, G: [N,BH,C,K]; v: [N,BH,C,V]; beta: [N,BH,C]; S0: [BH,K,V];
         Aqk, Akk: [N,BH,C,C] (lower triangular incl. / excl. the diagonal), or both None to compute them here in
-        the factored form e^{Γ_t}·e^{−Γ_s} — only valid when every −Γ ≤ FACTOR_SAFE_RANGE (the caller checks).
+        the factored form (see `factor_reference`) — only valid when every chunk is `factor_safe` (the caller checks).
 
         Returns (o [N,BH,C,V], final state [BH,K,V]).
         """
@@ -64,10 +83,12 @@ class ChunkKDAFunction(torch.autograd.Function):
         el = E[..., -1:, :]
         qg, kg = q * E, k * E
         ctx.internal_scores = Aqk is None
+        Em = None
         if ctx.internal_scores:
-            ki = k * torch.reciprocal(E)
-            Aqk = (qg @ _T(ki)).tril_()
-            Akk = (kg @ _T(ki)).tril_(-1)
+            Em = (G - factor_reference(G)).exp()
+            kim = k / Em
+            Aqk = ((q * Em) @ _T(kim)).tril_()
+            Akk = ((k * Em) @ _T(kim)).tril_(-1)
         Ed = (G[..., -1:, :] - G).exp()
         kd = k * Ed
         b = beta.unsqueeze(-1)
@@ -81,13 +102,13 @@ class ChunkKDAFunction(torch.autograd.Function):
         qs = torch.baddbmm(_b(qg), _b(Aqk), _b(w), alpha=-1.0).view_as(qg)
         starts, S = _states(M, c, S0)
         o = _bmm_acc(Aqk @ u, qs, starts)
-        ctx.save_for_backward(k, v, beta, E, Ed, qg, kg, Aqk, Akk, T, u, w, M, qs, starts)
+        ctx.save_for_backward(q, k, v, beta, E, Ed, Em, qg, kg, Aqk, Akk, T, u, w, M, qs, starts)
         return o, S
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dO, dS_final):
-        k, v, beta, E, Ed, qg, kg, Aqk, Akk, T, u, w, M, qs, starts = ctx.saved_tensors
+        q, k, v, beta, E, Ed, Em, qg, kg, Aqk, Akk, T, u, w, M, qs, starts = ctx.saved_tensors
         N = qg.shape[0]
         el = E[..., -1:, :]
         kd = k * Ed
@@ -125,12 +146,13 @@ class ChunkKDAFunction(torch.autograd.Function):
         dG[..., -1:, :] += kd_dkd.sum(-2, keepdim=True) + torch.diagonal(dM, dim1=-2, dim2=-1).unsqueeze(-2) * el
         if not ctx.internal_scores:
             return dq, dk, b * dvb, dG, dbeta, dS0, dAqk, dAkk
-        # Through Aqk = tril(qg kiᵀ), Akk = stril(kg kiᵀ), ki = k e^{−Γ}.
-        ki = k / E
-        dqg_a = dAqk @ ki
-        dkg_a = dAkk @ ki
-        dki = _bmm_acc(_T(dAqk) @ qg, _T(dAkk), kg)
-        dq.addcmul_(dqg_a, E)
-        dk.addcmul_(dkg_a, E).addcmul_(dki, torch.reciprocal(E))
-        dG.addcmul_(qg, dqg_a).addcmul_(kg, dkg_a).addcmul_(ki, dki, value=-1.0)
+        # Through Aqk = tril(qm kimᵀ), Akk = stril(km kimᵀ): qm = q Em, km = k Em, kim = k / Em, Em = e^{Γ − Γ_ref}.
+        # The reference cancels in every product, so it is held constant (no gradient through it).
+        qm, km, kim = q * Em, k * Em, k / Em
+        dqm = dAqk @ kim
+        dkm = dAkk @ kim
+        dkim = _bmm_acc(_T(dAqk) @ qm, _T(dAkk), km)
+        dq.addcmul_(dqm, Em)
+        dk.addcmul_(dkm, Em).addcmul_(dkim, torch.reciprocal(Em))
+        dG.addcmul_(qm, dqm).addcmul_(km, dkm).addcmul_(kim, dkim, value=-1.0)
         return dq, dk, b * dvb, dG, dbeta, dS0, None, None

@@ -203,6 +203,47 @@ def tradeoff_points(runs: pd.DataFrame, metrics_long: pd.DataFrame, x: Axis, y: 
     return pareto_points(axis_table(metrics_long, x, y), runs, maximize, require_full_coverage=require_full_coverage)
 
 
+# Two-sided 95 % Student t quantiles by degrees of freedom (seeds − 1); 1.96 beyond the table.
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+SEED_GROUP = ["mixture_name", "stage", "rung", "base_model"]
+
+
+def _t95(dof: int) -> float:
+    if dof in _T95:
+        return _T95[dof]
+    larger = [d for d in _T95 if d > dof]
+    return _T95[min(larger)] if larger else Z95
+
+
+def collapse_seeds(points: pd.DataFrame, maximize: tuple[bool, bool] = (True, True)) -> pd.DataFrame:
+    """One point per mixture × stage × rung × base model: the mean over its seeds, re-tiered.
+
+    With k ≥ 2 seeds the CI is the t-interval of the mean across seeds (seed-to-seed spread already contains each
+    run's eval noise); a single seed keeps its own CI. `run_id` is the group's first run, so clicking still opens a
+    real run; `n_seeds` says how many were averaged."""
+    if points.empty:
+        return points.assign(n_seeds=pd.Series(dtype=int))
+    rows = []
+    for _, group in points.groupby(SEED_GROUP, dropna=False, sort=False):
+        row = group.iloc[0].copy()
+        k = len(group)
+        row["n_seeds"] = k
+        for ax in ("x", "y"):
+            values = group[ax].to_numpy(float)
+            mean = float(values.mean())
+            if k >= 2:
+                half = _t95(k - 1) * float(values.std(ddof=1)) / np.sqrt(k)
+                row[ax], row[ax + "_lo"], row[ax + "_hi"] = mean, mean - half, mean + half
+        if k >= 2:
+            row["label"] = f"{row['mixture_name']} {row['stage']} {row['rung']} (mean of {k} seeds)"
+        rows.append(row)
+    out = pd.DataFrame(rows).reset_index(drop=True)
+    out["tier"] = pareto.tiers(out["x"], out["x_lo"], out["x_hi"], out["y"], out["y_lo"], out["y_hi"], maximize)
+    out["on_front"] = out["tier"] == "front"
+    return out
+
+
 def front_line(points: pd.DataFrame, maximize: tuple[bool, bool] = (True, True)) -> pd.DataFrame:
     """The front's points in drawing order (x ascending), for the staircase line."""
     mask = points["on_front"].to_numpy(bool) if "on_front" in points else pareto.pareto_mask(points["x"], points["y"], maximize)

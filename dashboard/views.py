@@ -25,7 +25,7 @@ COLOR_BY = {"mixture family": "mixture_family", "stage": "stage", "ladder rung":
 CACHE_TTL_S = 20
 # Widget state Streamlit would drop while their page is not shown; kept so that a trip to Run detail and back
 # finds the same axes, aggregates and filters.
-PERSISTENT = ["agg_lb", "agg_us", "x_axis", "y_axis", "color_by", "partial", "lb_cols", "lb_ci", "f_stage", "f_rung",
+PERSISTENT = ["agg_lb", "agg_us", "x_axis", "y_axis", "color_by", "partial", "seeds", "lb_cols", "lb_ci", "f_stage", "f_rung",
               "f_mixture_family", "f_base_model", "f_status", "f_date", "f_contam", "mix_sel", "mix_a", "mix_b"]
 LIVE_EVERY_S = 10
 
@@ -224,24 +224,31 @@ def page_tradeoff(runs: pd.DataFrame) -> None:
     for key in cat["key"]:
         axes[key] = agg.Axis(key, [key])
     c1, c2, c3, c4 = st.columns([3, 3, 2, 2])
+    c4a, c4b = c4.container(), c4.container()
     x_name = c1.selectbox("x axis", list(axes), key="x_axis")
     y_name = c2.selectbox("y axis", list(axes), key="y_axis", **_kw("y_axis", index=1))
     colour_label = c3.selectbox("colour by", list(COLOR_BY), key="color_by")
-    partial = c4.toggle("include partial runs", key="partial",
-                        help="By default a run must have every metric of an aggregate: an average over fewer "
-                        "metrics is not comparable.")
+    partial = c4a.toggle("include partial runs", key="partial",
+                         help="By default a run must have every metric of an aggregate: an average over fewer "
+                         "metrics is not comparable.")
+    by_seeds = c4b.toggle("mean over seeds", key="seeds",
+                          help="One point per mixture × stage × rung × base model, averaged over its seeds, with "
+                          "a t-interval across seeds (seed-to-seed spread is the noise that matters).")
     x_axis, y_axis = axes[x_name], axes[y_name]
     maximize = (agg.axis_maximize(cat, x_axis), agg.axis_maximize(cat, y_axis))
     points = agg.pareto_points(axis_table(x_axis, y_axis), runs, maximize, require_full_coverage=not partial)
     if points.empty:
         st.info("No run (after filters) has values on both axes. Widen the filters or pick other metrics.")
         return
+    if by_seeds:
+        points = agg.collapse_seeds(points, maximize)
     front = agg.front_line(points, maximize)
     points["x_text"] = [_fmt_ci(*v) for v in zip(points["x"], points["x_lo"], points["x_hi"])]
     points["y_text"] = [_fmt_ci(*v) for v in zip(points["y"], points["y_lo"], points["y_hi"])]
     # Hover shows the raw metrics behind each aggregate.
     w = wide()
-    tip_keys = list(dict.fromkeys([k for k in (x_axis.metrics + y_axis.metrics) if k in w.columns]))[:8]
+    tip_keys = [] if by_seeds else list(dict.fromkeys([k for k in (x_axis.metrics + y_axis.metrics)
+                                                         if k in w.columns]))[:8]
     for k in tip_keys:
         s = w[k].reindex(points["run_id"]).to_numpy()
         points["tip_" + k] = [("–" if pd.isna(v) else f"{v:.3f}") for v in s]
@@ -257,11 +264,11 @@ def page_tradeoff(runs: pd.DataFrame) -> None:
     m4.metric("clearly dominated", len(points) - n_front - n_tied)
     chart_cols = ["run_id", "x", "x_lo", "x_hi", "y", "y_lo", "y_hi", "tier", "on_front", "label", "mixture_name",
                   "mixture_family", "stage", "rung", "base_model", "x_text", "y_text", "composition"] + [
-                      "tip_" + k for k in tip_keys]
+                      "tip_" + k for k in tip_keys] + (["n_seeds"] if by_seeds else [])
     chart = charts.tradeoff(
         points[chart_cols], front, x_title=_axis_title(x_axis, maximize[0]), y_title=_axis_title(y_axis, maximize[1]),
         color=COLOR_BY[colour_label], color_title=colour_label,
-        tooltip_metrics=[("tip_" + k, k) for k in tip_keys],
+        tooltip_metrics=[("tip_" + k, k) for k in tip_keys] + ([("n_seeds", "seeds averaged")] if by_seeds else []),
     )
     st.altair_chart(chart, key="tradeoff_chart", on_select=_on_chart_select, selection_mode=charts.PICK,
                     width="stretch")

@@ -83,6 +83,20 @@ def test_tradeoff_axes_colour_and_filters(sample_db, use_db):
         assert int(metric_values(at)["runs plotted"]) == len(clean)
 
 
+def test_mean_over_seeds_toggle(tmp_path, use_db):
+    from mixlab.dashboard import sample_data
+
+    path = use_db(tmp_path / "seeds.duckdb")
+    sample_data.build(path, n_runs=120, n_mixtures=5, samples_per_task=1, train_points=2, expert_snapshots=1)
+    at = run_app()
+    per_run = int(metric_values(at)["runs plotted"])
+    at.toggle(key="seeds").set_value(True).run()
+    assert not at.exception
+    points = max(vega_charts(at)[0][1], key=lambda t: t.num_rows).to_pandas()
+    assert len(points) < per_run and points["n_seeds"].max() >= 2
+    assert not points.duplicated(["mixture_name", "stage", "rung", "base_model"]).any()
+
+
 def test_aggregate_definition_changes_the_x_axis(sample_db, use_db):
     use_db(sample_db)
     at = run_app()

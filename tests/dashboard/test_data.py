@@ -199,3 +199,20 @@ def test_aggregate_ci_stays_inside_the_normalised_range():
     m = _metrics([("a", "t", "acc", "leaderboard", 5, 0.0, 0.0, 0.43), ("a", "u", "acc", "leaderboard", 5, 0.0, 0.0, 0.43)])
     vals = agg.axis_values(agg.wide(m), agg.catalog(m), agg.Axis("lb", ["t/acc", "u/acc"], aggregate=True))
     assert vals.loc["a", "value"] == 0.0 and vals.loc["a", "lo"] == 0.0 and 0.0 < vals.loc["a", "hi"] <= 1.0
+
+
+def test_collapse_seeds_averages_with_a_t_interval():
+    base = {"mixture_name": "m", "stage": "sft", "rung": "r0", "base_model": "b", "label": "x", "mixture_id": "mid"}
+    pts = pd.DataFrame([
+        dict(base, run_id="s0", x=0.50, x_lo=0.45, x_hi=0.55, y=0.30, y_lo=0.25, y_hi=0.35),
+        dict(base, run_id="s1", x=0.60, x_lo=0.55, x_hi=0.65, y=0.40, y_lo=0.35, y_hi=0.45),
+        dict(base, run_id="s2", x=0.55, x_lo=0.50, x_hi=0.60, y=0.35, y_lo=0.30, y_hi=0.40),
+        dict(base, mixture_name="other", run_id="o0", x=0.20, x_lo=0.1, x_hi=0.3, y=0.9, y_lo=0.85, y_hi=0.95),
+    ])
+    out = agg.collapse_seeds(pts).set_index("run_id")
+    assert list(out.index) == ["s0", "o0"] and out.loc["s0", "n_seeds"] == 3 and out.loc["o0", "n_seeds"] == 1
+    assert out.loc["s0", "x"] == pytest.approx(0.55)
+    half = 4.303 * np.std([0.50, 0.60, 0.55], ddof=1) / np.sqrt(3)
+    assert out.loc["s0", "x_hi"] - out.loc["s0", "x"] == pytest.approx(half)
+    assert out.loc["o0", "x_lo"] == 0.1  # one seed keeps its own CI
+    assert out["on_front"].all() and "3 seeds" in out.loc["s0", "label"]

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from mixlab.errors import MixlabError
 
 from .dispatch import use_triton
-from .kda_chunk_fn import FACTOR_SAFE_RANGE, ChunkKDAFunction, factor_reference, factor_safe
+from .kda_chunk_fn import FACTOR_SAFE_RANGE, ChunkKDAFunction, factor_reference, factor_safe  # noqa: F401
 from .kda_common import check_kda_args, fp32, l2norm, pack_varlen, unpack_varlen
 
 # Chunk size when none is given, per device type. Measured (bench/bench_kda_cpu.py, bench/bench_kda_gpu.py):

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mixlab.errors import MixlabError
 from mixlab.kernels import kda_chunk

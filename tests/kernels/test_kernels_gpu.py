@@ -14,7 +14,6 @@ from mixlab.kernels import (
     gated_rms_norm,
     get_backend,
     kda_gate,
-    l2norm,
     moe_experts,
     moe_route,
     naive_recurrent_kda,

@@ -341,17 +341,35 @@ def page_leaderboard(runs: pd.DataFrame) -> None:
                        "text/csv", key="lb_csv")
 
 
-def page_mixtures() -> None:
+def _front_mixtures(runs: pd.DataFrame) -> set[str]:
+    """Mixture ids of the runs on the default (or the user's) leaderboard-vs-usability front."""
+    cat = catalog()
+    if cat.empty or runs.empty:
+        return set()
+    lb = st.session_state.get("agg_lb") or agg.default_metrics(cat, "leaderboard")
+    us = st.session_state.get("agg_us") or agg.default_metrics(cat, "usability")
+    pts = agg.pareto_points(axis_table(agg.Axis(LB_AGG, lb, True), agg.Axis(US_AGG, us, True)), runs)
+    return set(pts.loc[pts["on_front"], "mixture_id"].dropna())
+
+
+def page_mixtures(runs: pd.DataFrame) -> None:
     st.title("Mixture composition")
     mixes = load("mixtures")
     if mixes.empty:
         st.info("No mixtures recorded yet (`mixlab mix build NAME` records them).")
         return
-    names = dict(zip(mixes["mixture_id"], mixes["name"]))
-    ranked = mixes.sort_values("n_runs", ascending=False)["mixture_id"].tolist()
+    on_front = _front_mixtures(runs)
+    names = {m: (f"★ {n}" if m in on_front else n) for m, n in zip(mixes["mixture_id"], mixes["name"])}
+    # Mixtures of the runs on the leaderboard-vs-usability front first, then the most used ones.
+    ranked = sorted(mixes["mixture_id"], key=lambda m: (m not in on_front,
+                                                        -int(mixes.set_index("mixture_id").loc[m, "n_runs"])))
     chosen = st.multiselect("Mixtures", list(names), format_func=lambda m: names[m], key="mix_sel",
                             **_kw("mix_sel", default=ranked[: min(8, len(ranked))]))
+    if on_front:
+        st.caption("★ = a run trained on this mixture sits on the Pareto front of the Trade-off view "
+                   "(with its current aggregate definitions).")
     comp = load("components", chosen)
+    comp["mixture"] = comp["mixture_id"].map(names).fillna(comp["mixture"])
     if comp.empty:
         st.info("The chosen mixtures have no recorded components.")
     else:
@@ -649,7 +667,7 @@ def main() -> None:
         elif view == "Leaderboard":
             page_leaderboard(runs)
         elif view == "Mixtures":
-            page_mixtures()
+            page_mixtures(all_runs)
         elif view == "Run detail":
             page_run(all_runs)
         else:

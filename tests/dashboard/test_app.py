@@ -154,6 +154,10 @@ def test_mixtures_view(sample_db, use_db):
     assert len(specs) == 2  # composition + diff
     comp = max(specs[0][1], key=lambda t: t.num_rows).to_pandas()
     assert set(comp["which"]) == {"target", "realised"}
+    # Mixtures behind the Pareto front are starred and selected first.
+    assert any("★" in c.value for c in at.caption)
+    starred = [m for m in comp["mixture"].unique() if m.startswith("★ ")]
+    assert starred
     assert specs[0][0]["encoding"]["x"]["stack"] == "normalize"
     diff = at.dataframe[-1].value
     assert abs(diff["delta_realised_pp"].sum()) < 1e-6

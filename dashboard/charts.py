@@ -122,7 +122,7 @@ def composition(comp: pd.DataFrame, height_per_mixture: int = 46) -> alt.Chart:
     long["source_rank"] = long["source"].map({s: i for i, s in enumerate(order)})
     colours = group_colours(keys)
     return alt.Chart(long).mark_bar(stroke="white", strokeWidth=0.5).encode(
-        y=alt.Y("mixture:N", title=None, sort=None),
+        y=alt.Y("mixture:N", title=None, sort=None, axis=alt.Axis(labelLimit=260)),
         yOffset=alt.YOffset("which:N", sort=["target", "realised"]),
         x=alt.X("share:Q", stack="normalize", title="share of the mixture", axis=alt.Axis(format="%")),
         color=alt.Color("source:N", scale=alt.Scale(domain=order, range=[colours[s] for s in order]), title="source",

@@ -25,7 +25,15 @@ def _device() -> str:
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"cpu {platform.processor() or platform.machine()} x{len(os.sched_getaffinity(0))} ({torch.get_num_threads()} threads)"
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu {name}, {len(os.sched_getaffinity(0))} cores ({torch.get_num_threads()} torch threads)"
 
 
 def _measure(model, tokenizer, dataset, *, packing: bool, steps: int, batch: int) -> dict:

@@ -291,7 +291,8 @@ def page_tradeoff(runs: pd.DataFrame) -> None:
 
 def _axis_title(axis: agg.Axis, maximize: bool) -> str:
     if axis.aggregate:
-        return f"{axis.label.replace(' (aggregate)', '')}  (mean of {len(axis.metrics)} metrics, 0–1)"
+        n = len(axis.metrics)
+        return f"{axis.label.replace(' (aggregate)', '')}  (mean of {n} metric{'s' if n != 1 else ''}, 0–1)"
     return axis.label + ("" if maximize else "  (lower is better)")
 
 

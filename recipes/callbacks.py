@@ -112,7 +112,7 @@ class DuckDBLogger(TrainerCallback):
         drift: dict[str, float] = {}
         for layer in sorted(set(loads) | set(biases)):
             bias = biases.get(layer)
-            load = loads.get(layer) or ([math.nan] * len(bias) if bias is not None else [])
+            load = loads.get(layer) or []  # empty when nothing was routed since the last log (e.g. train end)
             for expert, fraction in enumerate(load):
                 b = float(bias[expert]) if bias is not None and expert < len(bias) else None
                 rows.append((layer, expert, fraction, b))

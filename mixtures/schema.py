@@ -144,7 +144,7 @@ class DecontamSpec(_Strict):
     tasks: Literal["all"] | list[str] = "all"  # registered eval tasks to check against
     exclude: list[str] = Field(default_factory=list)
     fields: list[Literal["prompt", "response"]] = Field(default_factory=lambda: ["prompt", "response"])
-    min_short_tokens: int = Field(6, ge=1)  # eval texts shorter than n but this long are matched whole
+    min_short_tokens: int = Field(5, ge=1)  # eval texts shorter than n but this long are matched whole
     max_flagged_fraction: float | None = Field(None, ge=0, le=1)  # fail the build above this share
 
 

@@ -1,9 +1,13 @@
 """Arithmetic word problems with worked steps and a final answer, levels 1-4.
 
-Level 1 is what a ~1M-parameter model learns in two CPU minutes: 2-digit addition/subtraction, prompt ≤ 60
-characters, response like "37+45=82. Answer: 82". Higher levels chain 2-4 operations (×, ÷ exact, %).
-The split key is the operation and numbers; the person's name comes from a split-partitioned pool and recurs at
-least every 12 words, so no 13-word window of a held-out prompt appears in train text.
+Level 1 is what a ~1M-parameter model learns in two CPU minutes: 2-digit addition/subtraction asked in one fixed
+short sentence ("What is 37 plus 45?") with the response "37+45=82. Answer: 82". (Measured: a 0.83M-parameter
+char-level transformer, 600 steps at 80 % math, reached 8.5 % held-out exact match with this form against 1.7 %
+with 50-character "Ann has 37 pens and gets 45 more." word problems: the numbers must be easy to find.)
+Levels 2-4 are word problems chaining 2-4 operations (×, ÷ exact, %) with worked steps.
+The split key is the operation and numbers. Level-1 prompts are shorter than 13 words, so the gate matches them
+whole; from level 2 the person's name comes from a split-partitioned pool and recurs at least every 12 words, so
+no 13-word window of a held-out prompt appears in train text.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from mixlab.evals.procedural._split import partition
 
 LEVELS = (1, 2, 3, 4)
 
-# ≤ 6 characters each, so level-1 prompts stay ≤ 60 characters.
 NAMES = (
     "Ann Ben Cara Dan Eve Finn Gia Hugo Ivy Jack Kate Leo Mia Ned Olga Paul Quin Rosa Sam Tara Uma Vic Wes Xena "
     "Yara Zoe Abe Bea Cole Dora Eli Faye Gus Hana Ian Jill Kai Lena Max Nora Otto Pia Ray Sara Tom Una Vera Will "
@@ -62,10 +65,10 @@ def _render(template: str, nums: list[int], name: str, obj: str) -> tuple[str, s
     n = name
     if template == "add":
         a, b = nums
-        return f"{n} has {a} {obj} and gets {b} more. How many now?", f"{a}+{b}={a + b}. Answer: {a + b}", str(a + b)
+        return f"What is {a} plus {b}?", f"{a}+{b}={a + b}. Answer: {a + b}", str(a + b)
     if template == "sub":
         a, b = nums
-        return f"{n} has {a} {obj} and gives away {b}. How many left?", f"{a}-{b}={a - b}. Answer: {a - b}", str(a - b)
+        return f"What is {a} minus {b}?", f"{a}-{b}={a - b}. Answer: {a - b}", str(a - b)
     if template == "buy_packs":
         a, b, c = nums
         r = a + b * c

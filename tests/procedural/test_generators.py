@@ -57,7 +57,8 @@ def test_split_hash_is_stable_and_about_twenty_percent():
 
 def test_level1_math_is_short_two_digit_add_sub():
     items = generate("math", "train", 2000, level=1)
-    assert max(len(x["prompt"]) for x in items) <= 60
+    assert max(len(x["prompt"]) for x in items) <= 25
+    assert all(re.fullmatch(r"What is \d\d (plus|minus) \d\d\?", x["prompt"]) for x in items)
     for x in items:
         m = re.fullmatch(r"(\d\d)([+-])(\d\d)=(\d+)\. Answer: (\d+)", x["response"])
         assert m, x["response"]

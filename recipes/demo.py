@@ -4,7 +4,8 @@
 2. trains a shared base (SFT of the `demo` preset on the balanced mixture);
 3. fine-tunes the base on each mixture (a sweep; `--parallel` processes) and adds one short GRPO stage after the
    balanced SFT;
-4. evaluates every fine-tuned model on the held-out procedural suites (proc-math, proc-code, proc-chat);
+4. evaluates every fine-tuned model on held-out level-1 procedural tasks (proc-math-l1, proc-code-l1,
+   proc-chat-l1: the level the demo mixtures train on; see `demo_tasks.py`);
 5. writes everything to runs/mixlab.duckdb, prints the result table with 95 % CIs and checks the trade-off:
    math-heavy beats chat-heavy on proc-math and chat-heavy beats math-heavy on proc-chat, beyond the CIs.
 
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         [sweep_id])]
     rows, tasks = results_rows(store, run_ids)
     timings["total_s"] = time.perf_counter() - t_start
-    print_table(rows, tasks, "held-out procedural suites (mean [95% CI], greedy)")
+    print_table(rows, tasks, "held-out level-1 procedural tasks (mean [95% CI], greedy, 300 items each)")
     verdict = trade_off(rows)
     for line in verdict["lines"]:
         console.print(line)
@@ -154,7 +155,7 @@ def trade_off(rows: list[dict[str, Any]]) -> dict[str, Any]:
     sft = {r["mixture"]: r for r in rows if r["trainer"] == "sft"}
     math_r, chat_r = sft.get("demo-math-heavy"), sft.get("demo-chat-heavy")
     checks = []
-    for task, winner, loser in (("proc-math", math_r, chat_r), ("proc-chat", chat_r, math_r)):
+    for task, winner, loser in (("proc-math-l1", math_r, chat_r), ("proc-chat-l1", chat_r, math_r)):
         w = (winner or {}).get("metrics", {}).get(task)
         l = (loser or {}).get("metrics", {}).get(task)
         if not w or not l:

@@ -91,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. shared base ---------------------------------------------------------------------------------------------
     t = time.perf_counter()
+    import torch
+
+    # One thread: a few dozen steps of a ~1M model gain little from a second thread on 2 cores, and on a busy
+    # machine a 2-thread process was measured 8x slower per step than a 1-thread one.
+    torch.set_num_threads(1)
     base_data = _stage_args(_load("demo-base"), max_steps=args.base_steps)
     base_text = yaml.safe_dump(base_data, sort_keys=False)
     base = RecipeRunner(parse_recipe(base_data, where="demo-base"), base_text, store=store, progress=progress)

@@ -225,7 +225,7 @@ class RecipeRunner:
             _quiet_libraries()
         results: list[StageResult] = []
         previous: dict[str, Path] = {}
-        parent: str | None = None
+        parent: str | None = self.recipe.model.run  # a recipe started from an earlier run descends from it
         for item in resolved:
             stage = item.stage
             existing = self.store.get_run(item.run_id) if resume else None

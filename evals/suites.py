@@ -14,6 +14,7 @@ from mixlab.errors import MixlabError
 SUITES: dict[str, tuple[str, ...]] = {
     # Tiny CPU models have signal here; the demo's trade-off is measured on these.
     "procedural": ("proc-math", "proc-code", "proc-chat"),
+    "procedural-l1": ("proc-math-l1", "proc-code-l1", "proc-chat-l1"),
     "leaderboard": ("gsm8k", "math500", "humaneval", "mbpp"),
     "usability": ("ifeval", "mt-bench", "alpaca-eval", "arena-hard"),
     # Everything that needs no judge model (rule- or execution-verified).

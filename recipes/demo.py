@@ -5,7 +5,7 @@
 3. fine-tunes the base on each mixture (a sweep; `--parallel` processes) and adds one short GRPO stage after the
    balanced SFT;
 4. evaluates every fine-tuned model on held-out level-1 procedural tasks (proc-math-l1, proc-code-l1,
-   proc-chat-l1: the level the demo mixtures train on; see `demo_tasks.py`);
+   proc-chat-l1: the level the demo mixtures train on; suite `procedural-l1`);
 5. writes everything to runs/mixlab.duckdb, prints the result table with 95 % CIs and checks the trade-off:
    math-heavy beats chat-heavy on proc-math and chat-heavy beats math-heavy on proc-chat, beyond the CIs.
 

@@ -27,7 +27,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import mixlab.recipes.demo_tasks  # noqa: F401 - registers the level-1 procedural tasks the demo evaluates on
 from mixlab.errors import MixlabError
 from mixlab.paths import checkpoints_dir
 from mixlab.recipes.schema import Recipe, Stage, load_recipe, recipe_from_text, trl_config_class

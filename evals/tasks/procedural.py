@@ -119,3 +119,36 @@ class ProcChat(ProceduralTask):
         if item.meta.get("level") is not None:
             values[f"format_satisfied/level:{item.meta['level']}"] = all_ok
         return Score(values, details={"level": item.meta.get("level"), "constraints": verdicts})
+
+
+class _LevelOne:
+    """Restricts a procedural task to level 1: the level a ~1M-parameter CPU model learns in minutes.
+
+    Levels 2-4 stay near zero for such models and dilute a mixture's effect below the CIs, so the CPU demo scores
+    on these (same generators, verifiers and held-out split; 300 level-1 items each).
+    """
+
+    level: ClassVar[int] = 1
+
+    def _generate(self, n: int) -> list[dict[str, Any]]:
+        from mixlab.evals import procedural
+
+        return procedural.generate(self.kind, self.split, n, seed=self.seed, level=self.level)  # type: ignore[attr-defined]
+
+
+@register_task
+class ProcMathL1(_LevelOne, ProcMath):
+    name = "proc-math-l1"
+    description = "Procedural math, level 1 only (held-out split, 300 items), final-answer match"
+
+
+@register_task
+class ProcCodeL1(_LevelOne, ProcCode):
+    name = "proc-code-l1"
+    description = "Procedural Python functions, level 1 only (held-out split, 300 items), asserts in the sandbox"
+
+
+@register_task
+class ProcChatL1(_LevelOne, ProcChat):
+    name = "proc-chat-l1"
+    description = "Procedural format-constrained chat, level 1 only (held-out split, 300 items)"

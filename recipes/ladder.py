@@ -34,7 +34,7 @@ from mixlab.errors import MixlabError
 from mixlab.paths import runs_dir
 from mixlab.recipes.schema import _format_loc, load_recipe, parse_recipe
 from mixlab.recipes.sweep import _raise_validation, resolve_recipe_path
-from mixlab.recipes.yamlio import load_yaml
+from mixlab.yamlio import load_yaml
 from mixlab.store import RunRecord, Store, utcnow
 
 

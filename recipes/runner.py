@@ -189,7 +189,7 @@ class RecipeRunner:
             from mixlab.model import PRESETS
 
             if spec.preset not in PRESETS:
-                from mixlab.recipes.yamlio import did_you_mean
+                from mixlab.yamlio import did_you_mean
 
                 raise MixlabError(
                     f"recipe {self.recipe.name}: model.preset {spec.preset!r} is not a preset"
@@ -506,7 +506,7 @@ def _fresh_model(preset: str, overrides: dict[str, Any]):
         known = config.to_dict()
         unknown = [k for k in overrides if k not in known]
         if unknown:
-            from mixlab.recipes.yamlio import did_you_mean
+            from mixlab.yamlio import did_you_mean
 
             raise MixlabError(
                 f"model.overrides: {unknown[0]!r} is not a field of the {preset} config{did_you_mean(unknown[0], known)}"

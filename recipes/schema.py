@@ -38,7 +38,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from mixlab.errors import MixlabError
-from mixlab.recipes.yamlio import LineMap, did_you_mean, load_yaml
+from mixlab.yamlio import Where, did_you_mean, load_yaml
 
 TrainerName = Literal["sft", "grpo", "dpo"]
 
@@ -287,9 +287,9 @@ def _format_loc(loc: tuple) -> str:
     return out
 
 
-def parse_recipe(data: Any, *, where: str = "<recipe>", lines: LineMap | None = None) -> Recipe:
+def parse_recipe(data: Any, *, where: str = "<recipe>", lines: Where | None = None) -> Recipe:
     """Validate plain data into a `Recipe`; errors are one line: `file:line: field: message`."""
-    lines = lines or LineMap({})
+    lines = lines or Where()
     if not isinstance(data, dict):
         raise MixlabError(f"{where}: a recipe must be a YAML mapping, got {type(data).__name__}")
     try:

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from mixlab.errors import MixlabError
 from mixlab.paths import runs_dir
 from mixlab.recipes.schema import load_recipe, parse_recipe
-from mixlab.recipes.yamlio import LineMap, load_yaml
+from mixlab.yamlio import Where, load_yaml
 from mixlab.store import RunRecord, Store, utcnow
 
 REGISTRY = Path(__file__).parent / "registry"
@@ -74,7 +74,7 @@ def resolve_recipe_path(ref: str, relative_to: Path | None = None) -> Path:
     for c in candidates:
         if c.is_file():
             return c
-    from mixlab.recipes.yamlio import did_you_mean
+    from mixlab.yamlio import did_you_mean
 
     raise MixlabError(f"recipe {ref!r} not found (looked in {', '.join(str(c) for c in candidates)})"
                       f"{did_you_mean(ref, [p.stem for p in REGISTRY.glob('*.yaml')])}")
@@ -102,10 +102,10 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, Path]:
         raise
 
 
-def _raise_validation(exc: Exception, path: Path, lines: LineMap, model: type[BaseModel], fmt) -> None:
+def _raise_validation(exc: Exception, path: Path, lines: Where, model: type[BaseModel], fmt) -> None:
     from pydantic import ValidationError
 
-    from mixlab.recipes.yamlio import did_you_mean
+    from mixlab.yamlio import did_you_mean
 
     if not isinstance(exc, ValidationError):
         raise exc
@@ -153,7 +153,7 @@ def expand(spec: SweepSpec, sweep_file: Path | None, sweep_id: str) -> list[tupl
     stage_index = len(stages) - 1 if spec.stage is None else None
     if spec.stage is not None:
         if spec.stage not in stage_names:
-            from mixlab.recipes.yamlio import did_you_mean
+            from mixlab.yamlio import did_you_mean
 
             raise MixlabError(f"sweep {spec.name}: stage {spec.stage!r} is not in recipe {recipe_path}"
                               f"{did_you_mean(spec.stage, stage_names)}")

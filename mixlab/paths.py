@@ -9,11 +9,14 @@ import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# A source checkout (editable install) has the project file beside the packages; a regular install does not.
+IS_CHECKOUT = (REPO_ROOT / "pyproject.toml").is_file()
 
 
 def runs_dir() -> Path:
-    """Root for everything mixlab writes (`MIXLAB_RUNS`, default `<repo>/runs`)."""
-    return Path(os.environ.get("MIXLAB_RUNS", REPO_ROOT / "runs"))
+    """Root for everything mixlab writes (`MIXLAB_RUNS`, default `<repo>/runs`, or `./runs` for a regular install)."""
+    default = REPO_ROOT / "runs" if IS_CHECKOUT else Path.cwd() / "runs"
+    return Path(os.environ.get("MIXLAB_RUNS", default))
 
 
 def default_db_path() -> Path:
@@ -47,5 +50,9 @@ def data_root(explicit: str | os.PathLike | None = None) -> Path | None:
 
 
 def tokenizers_dir() -> Path:
-    """Tokenizers trained here and shipped with the code (one folder per name)."""
-    return REPO_ROOT / "model" / "tokenizers"
+    """Tokenizers trained here and shipped with the code as package data of `mixlab.model` (one folder per name)."""
+    import importlib.util
+
+    # find_spec imports only the parent package `mixlab`, not torch-heavy `mixlab.model`.
+    spec = importlib.util.find_spec("mixlab.model")
+    return Path(next(iter(spec.submodule_search_locations))) / "tokenizers"

@@ -44,3 +44,23 @@ def load_stage_dataset(mixture: str, trainer: str):
     else:
         keep = [c for c in ("prompt", "chosen", "rejected") if c in dataset.column_names]
     return dataset.select_columns(keep)
+
+
+def phase_count(mixture: str, trainer: str) -> int:
+    """How many curriculum phases the built mixture holds (rows are stored phase after phase)."""
+    from mixlab.mixtures import load_dataset
+
+    dataset = load_dataset(mixture, kind=KIND_FOR_TRAINER[trainer])
+    return len(set(dataset["phase"])) if "phase" in dataset.column_names else 1
+
+
+def keep_curriculum_order(args: Any, n_phases: int) -> None:
+    """A mixture with phases must be read in stored order (phase after phase), not shuffled by the Trainer."""
+    if n_phases <= 1:
+        return
+    if not hasattr(args, "train_sampling_strategy"):
+        raise MixlabError(
+            f"this mixture has {n_phases} curriculum phases, which need sequential sampling; the installed "
+            "transformers has no `train_sampling_strategy` (upgrade transformers)"
+        )
+    args.train_sampling_strategy = "sequential"

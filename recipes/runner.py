@@ -419,11 +419,12 @@ class RecipeRunner:
 
         from mixlab.model.training import RouterBiasCallback
         from mixlab.recipes.callbacks import DuckDBLogger, PeriodicEval
-        from mixlab.recipes.data import load_stage_dataset
+        from mixlab.recipes.data import keep_curriculum_order, load_stage_dataset, phase_count
 
         stage = item.stage
         args = self._trl_args(item, output_dir)
         dataset = load_stage_dataset(item.mixture_id, stage.trainer)
+        keep_curriculum_order(args, phase_count(item.mixture_id, stage.trainer))
         callbacks: list[Any] = [
             DuckDBLogger(self.store, item.run_id),
             RouterBiasCallback(self.recipe.router_bias_update_rate),  # None: the model config's rate

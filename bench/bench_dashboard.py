@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -32,6 +31,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from _device import cpu_name  # bench/ helper (this folder is on sys.path when run as a script)
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "dashboard.json"
 APP = ROOT / "dashboard" / "app.py"
@@ -39,13 +40,7 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 def device_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical CPUs)"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs)"
+    return f"{cpu_name()} ({os.cpu_count()} logical CPUs)"
 
 
 _COLD = r"""

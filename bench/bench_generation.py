@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
+
+from _device import cpu_name  # bench/ helper (this folder is on sys.path when run as a script)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -41,15 +42,7 @@ def device_name(device: str) -> str:
 
     if device.startswith("cuda"):
         return f"cuda: {torch.cuda.get_device_name(0)}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {cpu} ({torch.get_num_threads()} threads)"
+    return f"cpu: {cpu_name()} ({torch.get_num_threads()} threads)"
 
 
 def shadow_eos(model, tokenizer, sample_prompts, max_new_tokens: int) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import re
 import shutil
@@ -23,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _device import cpu_name  # bench/ helper (this folder is on sys.path when run as a script)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -34,13 +35,7 @@ N_GRAM, NUM_PERM, SHINGLE, THRESHOLD, MAX_TOKENS = 13, 128, 5, 0.85, 2048
 
 
 def device_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical CPUs visible)"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return f"{cpu_name()} ({os.cpu_count()} logical CPUs visible)"
 
 
 def eval_texts(data_root: Path | None) -> list[tuple[str, str, str]]:

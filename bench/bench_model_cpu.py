@@ -12,22 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+from _device import cpu_name  # bench/ helper (this folder is on sys.path when run as a script)
 
 
 def main() -> None:
@@ -67,7 +58,7 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t0)
     tokens = args.batch * args.seqlen
     result = {
-        "device": f"cpu: {_cpu_name()} ({args.threads} threads)",
+        "device": f"cpu: {cpu_name()} ({args.threads} threads)",
         "torch": torch.__version__,
         "shape": [args.batch, args.seqlen],
         "params": {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()},

@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
+
+from _device import cpu_name  # bench/ helper (this folder is on sys.path when run as a script)
 
 
 def _device() -> str:
@@ -25,15 +26,7 @@ def _device() -> str:
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu {name}, {len(os.sched_getaffinity(0))} cores ({torch.get_num_threads()} torch threads)"
+    return f"cpu {cpu_name()}, {len(os.sched_getaffinity(0))} cores ({torch.get_num_threads()} torch threads)"
 
 
 def _measure(model, tokenizer, dataset, *, packing: bool, steps: int, batch: int) -> dict:

@@ -31,17 +31,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from _device import cpu_name  # bench/ helper (this folder is on sys.path when run as a script)
+
 RESULTS = Path(__file__).resolve().parent / "results" / "sandbox.json"
 
 
 def device_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical CPUs visible)"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return f"{cpu_name()} ({os.cpu_count()} logical CPUs visible)"
 
 
 def workload(kind: str) -> tuple[str, list[str]]:

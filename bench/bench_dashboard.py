@@ -31,7 +31,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _device import cpu_name  # bench/ helper (this folder is on sys.path when run as a script)
+from mixlab.device import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "dashboard.json"

@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from _device import cpu_name  # bench/ helper (this folder is on sys.path when run as a script)
+from mixlab.device import cpu_name
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _device import cpu_name  # bench/ helper (this folder is on sys.path when run as a script)
+from mixlab.device import cpu_name
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from _device import cpu_name  # bench/ helper (this folder is on sys.path when run as a script)
+from mixlab.device import cpu_name
 
 
 def main() -> None:

@@ -13,20 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
-from _device import cpu_name  # bench/ helper (this folder is on sys.path when run as a script)
-
-
-def _device() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"cpu {cpu_name()}, {len(os.sched_getaffinity(0))} cores ({torch.get_num_threads()} torch threads)"
+from mixlab.device import describe_device
 
 
 def _measure(model, tokenizer, dataset, *, packing: bool, steps: int, batch: int) -> dict:
@@ -86,9 +77,9 @@ def main() -> None:
               f"  x{r['ratio_vs_peer']:.2f} vs peer")
     out = Path(__file__).parent / "results" / "recipes.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"device": _device(), "batch": opts.batch, "steps": opts.steps, "results": results},
+    out.write_text(json.dumps({"device": describe_device(), "batch": opts.batch, "steps": opts.steps, "results": results},
                               indent=2))
-    print(f"device: {_device()}  -> {out}")
+    print(f"device: {describe_device()}  -> {out}")
 
 
 if __name__ == "__main__":

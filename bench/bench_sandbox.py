@@ -31,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _device import cpu_name  # bench/ helper (this folder is on sys.path when run as a script)
+from mixlab.device import cpu_name
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sandbox.json"
 

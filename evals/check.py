@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mixlab.evals.stats import mean_ci
 from mixlab.evals.tasks.base import EvalItem, Score, Task, get_task
 from mixlab.errors import MixlabError
+from mixlab.paths import data_root as default_data_root
 
 
 @dataclass
@@ -76,8 +76,6 @@ def check_task(
     """Score every item's reference solution (or, with shuffle, another item's) with the task's own scorer."""
     task_obj = get_task(task) if isinstance(task, str) else task
     if data_root is None:
-        from mixlab.paths import data_root as default_data_root
-
         data_root = default_data_root()
     items = task_obj.load(data_root, limit=limit)
     if not items:
@@ -96,7 +94,7 @@ def check_task(
                 progress(1)
 
     metric_names = list(task_obj.metrics)
-    metrics = {name: MetricSummary(*summary) for name, summary in aggregate_scores(task_obj, scores).items()}
+    metrics = {name: MetricSummary(*summary) for name, summary in task_obj.aggregate(scores).items()}
 
     primary = metric_names[0]
     failures = []
@@ -117,18 +115,6 @@ def check_task(
         data_root=str(data_root) if data_root is not None else None,
         identical_gold_pairs=identical,
     )
-
-
-def aggregate_scores(task: Task, scores: list[Score]) -> dict[str, tuple[float, float, float, str]]:
-    """(mean, low, high, method) per metric: the task's own `aggregate` when it has one (e.g. IFEval's
-    instruction-level ratio), else the per-item mean with a Wilson or bootstrap interval."""
-    custom = getattr(task, "aggregate", None)
-    if callable(custom):
-        return custom(scores)
-    return {
-        name: mean_ci([s.values.get(name, 0.0) for s in scores], binary=task.binary_metrics)
-        for name in task.metrics
-    }
 
 
 def _failure_row(item: EvalItem, reference: str, score: Score) -> dict[str, Any]:

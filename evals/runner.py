@@ -31,9 +31,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
 from mixlab.errors import MixlabError
+from mixlab.evals.backends import get_backend
 from mixlab.evals.backends.base import Backend, GenerationConfig
-from mixlab.evals.tasks.base import EvalItem, Score, Task, get_task
+from mixlab.evals.judges import get_judge
+from mixlab.evals.stats import mean_ci
+from mixlab.evals.style import style_stats
+from mixlab.evals.suites import resolve_suite
+from mixlab.evals.tasks.base import Completion, EvalItem, Score, Task, get_task
+from mixlab.evals.tasks.chat import join_turns
+from mixlab.paths import data_root as default_data_root
 from mixlab.store import MetricRecord, RunRecord, Store, utcnow
 
 STYLE_METRICS = ("chars", "words", "repetition_3gram", "repetition_line", "refusal", "markdown_density",
@@ -120,8 +130,6 @@ def evaluate(
     suite name / task names / Task objects. `gen_config`: a GenerationConfig used for every task, or a dict of
     overrides on each task's defaults (max_new_tokens, stop). `judge`: a judge object or spec
     (`openai:MODEL[@URL]`, `local:PATH`, `rubric`), needed by judged tasks."""
-    from mixlab.paths import data_root as default_data_root
-
     store = store or Store()
     tasks = _resolve_tasks(suite_or_tasks)
     suite = suite_or_tasks if isinstance(suite_or_tasks, str) else None
@@ -131,9 +139,9 @@ def evaluate(
 
     judge_obj = _resolve_judge(judge, store)
     judge_id = getattr(judge_obj, "id", None) if judge_obj is not None else None
-    missing_judge = [t.name for t in tasks if getattr(t, "needs_judge", False) and judge_obj is None]
+    missing_judge = [t.name for t in tasks if t.needs_judge and judge_obj is None]
     if judge_obj is not None and not hasattr(judge_obj, "compare_to_baseline"):
-        judged = [t.name for t in tasks if getattr(t, "needs_judge", False)]
+        judged = [t.name for t in tasks if t.needs_judge]
         if judged:
             raise MixlabError(f"tasks {judged} need an LLM judge (openai:MODEL or local:PATH), not "
                               f"{getattr(judge_obj, 'name', judge_obj)!r}")
@@ -159,10 +167,10 @@ def evaluate(
     results: list[TaskResult] = []
     with progress_ctx as bar:
         for task in tasks:
-            if judge_obj is not None and getattr(task, "needs_judge", False):
+            if judge_obj is not None and task.needs_judge:
                 task.judge = judge_obj
             cfg = _task_config(task, gen_config)
-            task_judge = judge_id if getattr(task, "needs_judge", False) else None
+            task_judge = judge_id if task.needs_judge else None
             eval_id = _eval_id(fingerprint or checkpoint_id, task.name, backend_info.get("backend", "?"), cfg,
                                task_judge)
             result = _run_task(
@@ -182,8 +190,6 @@ def evaluate(
 
 
 def get_backend_for(name: str, checkpoint: Any, opts: dict[str, Any] | None, chunk_size: int = 32) -> Backend:
-    from mixlab.evals.backends import get_backend
-
     opts = dict(opts or {})
     if name in ("torch", "hf"):
         opts.setdefault("batch_size", chunk_size)  # one runner chunk = one generation batch unless told otherwise
@@ -225,7 +231,7 @@ def _run_task(task: Task, *, eval_id: str, run_id: str, checkpoint_id: str, suit
             bar.update(bar_id, total=len(items), completed=reused)
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start : start + chunk_size]
-            completions = _generate(task, backend, chunk, cfg)
+            completions = task.generate(backend, chunk, cfg)
             chunk_scores = _score(task, chunk, completions, bar)
             _write_samples(store, eval_id, run_id, task, chunk, completions, chunk_scores)
             for item, comp, score in zip(chunk, completions, chunk_scores):
@@ -234,9 +240,8 @@ def _run_task(task: Task, *, eval_id: str, run_id: str, checkpoint_id: str, suit
             if bar is not None:
                 bar.update(bar_id, completed=n_done)
         ordered = [scores[item.item_id] for item in items]
-        prepare = getattr(task, "prepare_aggregate", None)
-        if callable(prepare):  # e.g. pairwise tasks read other models' judgements for instruction difficulty
-            prepare(store=store, eval_id=eval_id, judge_id=judge_id)
+        # e.g. pairwise tasks read other models' judgements for instruction difficulty
+        task.prepare_aggregate(store=store, eval_id=eval_id, judge_id=judge_id)
         metrics = _metrics(task, eval_id, run_id, ordered, [outputs[item.item_id] for item in items])
         store.execute("DELETE FROM eval_metrics WHERE eval_id = ?", [eval_id])
         store.record_metrics(metrics)
@@ -261,55 +266,21 @@ def _mark_failed(store: Store, eval_id: str, message: str, n_done: int) -> None:
     )
 
 
-def _generate(task: Task, backend: Backend, items: list[EvalItem], cfg: GenerationConfig):
-    from mixlab.evals.tasks.chat import Completion
-
-    custom = getattr(task, "generate", None)
-    if callable(custom):
-        return custom(backend, items, cfg)
-    gens = backend.generate_detailed([item.messages for item in items], cfg)
-    return [
-        Completion(
-            text=g.texts[0],
-            prompt_tokens=g.prompt_tokens,
-            output_tokens=g.output_tokens[0] if g.output_tokens else None,
-            finish_reason=g.finish_reasons[0] if g.finish_reasons else None,
-            extra={"samples": g.texts[1:]} if len(g.texts) > 1 else {},
-        )
-        for g in gens
-    ]
-
-
-def _score(task: Task, items: list[EvalItem], completions, bar) -> list[Score]:
-    batch = getattr(task, "score_batch", None)
-    if callable(batch):
-        judge_bar = None
-        if bar is not None:
-            per_item = getattr(task, "judgements_per_item", lambda: 1)()
-            judge_bar = bar.add_task(f"  scoring {task.name}", total=len(items) * per_item)
-        try:
-            return batch(items, completions, (lambda k: bar.advance(judge_bar, k)) if judge_bar is not None else None)
-        finally:
-            if judge_bar is not None:
-                bar.remove_task(judge_bar)
-    scores = []
-    for item, comp in zip(items, completions):
-        try:
-            scores.append(task.score(item, comp.text))
-        except Exception as exc:  # noqa: BLE001 - the contract says scorers never raise; if one does, score 0
-            scores.append(Score({task.metrics[0]: 0.0}, details={"scorer_error": f"{type(exc).__name__}: {exc}"}))
-    return scores
+def _score(task: Task, items: list[EvalItem], completions: list[Completion], bar) -> list[Score]:
+    if bar is None:
+        return task.score_batch(items, completions, None)
+    score_bar = bar.add_task(f"  scoring {task.name}", total=len(items) * task.judgements_per_item())
+    try:
+        return task.score_batch(items, completions, lambda k: bar.advance(score_bar, k))
+    finally:
+        bar.remove_task(score_bar)
 
 
 def _write_samples(store: Store, eval_id: str, run_id: str, task: Task, items, completions, scores) -> None:
-    from mixlab.evals.style import style_stats
-
     rows = []
     for item, comp, score in zip(items, completions, scores):
         style = style_stats(comp.text)
-        # The sample's score: the task's primary metric, or the per-item metric it names when the primary exists
-        # only in aggregate (alpaca-eval: per-item win_rate vs aggregate lc_win_rate). None when unparseable.
-        value = score.values.get(getattr(task, "sample_metric", None) or task.metrics[0])
+        value = task.sample_score(score)
         turns = item.meta.get("turns") if isinstance(item.meta.get("turns"), list) else None
         rows.append({
             "eval_id": eval_id,
@@ -355,14 +326,7 @@ def _stored_samples(store: Store, eval_id: str) -> dict[str, tuple[Score, str]]:
 
 
 def _metrics(task: Task, eval_id: str, run_id: str, scores: list[Score], outputs: list[str]) -> list[MetricRecord]:
-    from mixlab.evals.stats import mean_ci
-    from mixlab.evals.style import style_stats
-
-    custom = getattr(task, "aggregate", None)
-    summary = custom(scores) if callable(custom) else {
-        m: mean_ci([s.values[m] for s in scores if m in s.values], binary=task.binary_metrics)
-        for m in task.metrics
-    }
+    summary = task.aggregate(scores)
     records = []
     for name, (mean, low, high, method) in summary.items():
         n = sum(1 for s in scores if name in s.values) or len(scores)
@@ -382,8 +346,6 @@ def _metrics(task: Task, eval_id: str, run_id: str, scores: list[Score], outputs
 
 def _resolve_tasks(spec: str | Sequence[str | Task]) -> list[Task]:
     if isinstance(spec, str):
-        from mixlab.evals.suites import resolve_suite
-
         present, missing = resolve_suite(spec)
         if missing:
             raise MixlabError(f"suite {spec!r}: tasks not available in this install: {missing}")
@@ -397,8 +359,6 @@ def _resolve_tasks(spec: str | Sequence[str | Task]) -> list[Task]:
 def _resolve_judge(judge: Any, store: Store):
     if judge is None or not isinstance(judge, str):
         return judge
-    from mixlab.evals.judges import get_judge
-
     return get_judge(judge, store=store)
 
 
@@ -486,8 +446,6 @@ def _packages() -> dict[str, str]:
 
 def _prompt_text(item: EvalItem, turns: list[str] | None) -> str:
     if turns and len(turns) > 1:
-        from mixlab.evals.tasks.chat import join_turns
-
         return join_turns(turns)
     return item.prompt_text
 
@@ -513,8 +471,6 @@ class _NoProgress:
 def _progress(enabled: bool, console: Any):
     if not enabled:
         return _NoProgress()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TimeRemainingColumn(), console=console, transient=False,
@@ -524,8 +480,6 @@ def _progress(enabled: bool, console: Any):
 def results_table(results: EvalResults, *, style_metrics: bool = False):
     """A rich table: task, metric, n, mean, 95 % CI, method (style metrics hidden unless asked; categories are
     in the JSON output and the store)."""
-    from rich.table import Table
-
     table = Table(title=f"mixlab eval · {Path(results.checkpoint).name} · run {results.run_id}")
     for column, justify, wrap in (("task", "left", False), ("metric", "left", False), ("n", "right", False),
                                   ("mean", "right", False), ("95% CI", "right", False), ("ci", "left", True)):

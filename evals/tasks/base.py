@@ -3,6 +3,10 @@
 A task = a loader (data root or hub name), a chat prompt format, and a scorer. Generation and judging live
 elsewhere (`evals/backends`, `evals/judges`); the runner glues them. Decontamination in `mixtures/` reads every
 registered task's items through `contamination_texts`.
+
+`Task` declares every hook the eval runner calls, each with a default, in the order the runner calls them:
+`load` → `generate` → `score_batch` (→ `score`) → `prepare_aggregate` → `aggregate`; `needs_judge` / `judge`,
+`judgements_per_item` (progress) and `sample_metric` (the per-sample score column) complete it.
 """
 
 from __future__ import annotations
@@ -10,9 +14,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 from mixlab.errors import MixlabError
+from mixlab.evals.stats import mean_ci
+from mixlab.yamlio import did_you_mean
+
+# metric -> (mean, ci_low, ci_high, ci_method)
+Summary = dict[str, tuple[float, float, float, str]]
 
 
 @dataclass
@@ -40,6 +49,17 @@ class Score:
         return next(iter(self.values.values())) if self.values else 0.0
 
 
+@dataclass
+class Completion:
+    """A model's answer to one item (all turns for multi-turn items), with token counts for the sample row."""
+
+    text: str
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    finish_reason: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
 class Task(ABC):
     name: ClassVar[str]
     category: ClassVar[str]  # leaderboard | usability
@@ -48,6 +68,11 @@ class Task(ABC):
     binary_metrics: ClassVar[bool] = True  # Wilson CIs when True, bootstrap otherwise
     max_new_tokens: ClassVar[int] = 512
     stop: ClassVar[tuple[str, ...]] = ()
+    needs_judge: ClassVar[bool] = False  # the runner refuses to start without a judge and attaches it as `judge`
+    # The metric stored as a sample's score: the primary one unless that exists only in aggregate
+    # (alpaca-eval: per-item win_rate vs aggregate lc_win_rate).
+    sample_metric: ClassVar[str | None] = None
+    judge: Any = None
 
     @abstractmethod
     def load(self, data_root: Path | None, limit: int | None = None) -> list[EvalItem]:
@@ -68,6 +93,52 @@ class Task(ABC):
             texts.append(item.reference)
         return texts
 
+    # -- hooks of the eval runner ---------------------------------------------------------------------------
+
+    def generate(self, backend: Any, items: Sequence[EvalItem], cfg: Any) -> list[Completion]:
+        """One completion per item (`cfg.n` > 1 keeps the extra samples in `extra["samples"]`). Multi-turn tasks
+        override it (MT-Bench asks turn 2 after the model's own turn-1 answer)."""
+        gens = backend.generate_detailed([item.messages for item in items], cfg)
+        return [
+            Completion(
+                text=g.texts[0],
+                prompt_tokens=g.prompt_tokens,
+                output_tokens=g.output_tokens[0] if g.output_tokens else None,
+                finish_reason=g.finish_reasons[0] if g.finish_reasons else None,
+                extra={"samples": g.texts[1:]} if len(g.texts) > 1 else {},
+            )
+            for g in gens
+        ]
+
+    def score_batch(self, items: Sequence[EvalItem], completions: Sequence[Completion],
+                    progress: Callable[[int], None] | None = None) -> list[Score]:
+        """Scores of a chunk; `progress(k)` reports k more judgements done. Judged and sandboxed tasks batch."""
+        scores = []
+        for item, comp in zip(items, completions):
+            try:
+                scores.append(self.score(item, comp.text))
+            except Exception as exc:  # noqa: BLE001 - the contract says scorers never raise; if one does, score 0
+                scores.append(Score({self.metrics[0]: 0.0}, details={"scorer_error": f"{type(exc).__name__}: {exc}"}))
+            if progress is not None:
+                progress(1)
+        return scores
+
+    def judgements_per_item(self) -> int:
+        """Scoring steps per item, for the progress bar (pairwise games are played twice)."""
+        return 1
+
+    def prepare_aggregate(self, *, store: Any, eval_id: str, judge_id: str | None) -> None:
+        """Read what `aggregate` needs beyond this run's scores (pairwise tasks: other models' judgements)."""
+
+    def aggregate(self, scores: Sequence[Score]) -> Summary:
+        """Per metric mean and 95 % CI: Wilson for 0/1 metrics, bootstrap otherwise."""
+        return {m: mean_ci([s.values[m] for s in scores if m in s.values], binary=self.binary_metrics)
+                for m in self.metrics}
+
+    def sample_score(self, score: Score) -> float | None:
+        """The value stored as the sample's score; None when it could not be parsed."""
+        return score.values.get(self.sample_metric or self.metrics[0])
+
 
 _REGISTRY: dict[str, type[Task]] = {}
 
@@ -79,22 +150,15 @@ def register_task(cls: type[Task]) -> type[Task]:
     return cls
 
 
-def _load_builtin_tasks() -> None:
-    # Importing the package registers every built-in task (see tasks/__init__.py).
-    import mixlab.evals.tasks  # noqa: F401
+# The built-in tasks register themselves when the package `mixlab.evals.tasks` is imported, which Python does
+# before any of its modules (this one included), so the registry below is complete once `base` is importable.
 
 
 def get_task(name: str) -> Task:
-    _load_builtin_tasks()
     if name not in _REGISTRY:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise MixlabError(f"unknown task {name!r}{hint}; known: {sorted(_REGISTRY)}")
+        raise MixlabError(f"unknown task {name!r}{did_you_mean(name, _REGISTRY)}; known: {sorted(_REGISTRY)}")
     return _REGISTRY[name]()
 
 
 def task_names() -> list[str]:
-    _load_builtin_tasks()
     return sorted(_REGISTRY)

@@ -1,7 +1,7 @@
 """Judge-based chat tasks: MT-Bench (1-10 grades, two turns), AlpacaEval and Arena-Hard (pairwise vs a baseline).
 
 These tasks need a judge (`--judge openai:MODEL[@URL]` or `local:PATH`); the runner attaches it as `task.judge`.
-They extend the task contract with three hooks the runner uses when present:
+They override three hooks of the task contract (`evals/tasks/base.py`):
 - `generate(backend, items, cfg) -> list[Completion]`: MT-Bench asks turn 2 in the same conversation, after the
   model's own turn-1 answer;
 - `score_batch(items, completions, progress) -> list[Score]`: judging is batched (and cached in DuckDB);
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -35,20 +34,9 @@ import numpy as np
 from mixlab.errors import MixlabError
 from mixlab.evals.stats import mean_ci
 from mixlab.evals.tasks._data import apply_limit, load_rows, read_jsonl
-from mixlab.evals.tasks.base import EvalItem, Score, Task, register_task
+from mixlab.evals.tasks.base import Completion, EvalItem, Score, Task, register_task
 
 TURN_SEPARATOR = "\n\n<<<mixlab:turn {n}>>>\n\n"
-
-
-@dataclass
-class Completion:
-    """A model's answer to one item (all turns for multi-turn items), with token counts for the sample row."""
-
-    text: str
-    prompt_tokens: int | None = None
-    output_tokens: int | None = None
-    finish_reason: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def join_turns(turns: Sequence[str]) -> str:
@@ -73,7 +61,6 @@ class JudgedChatTask(Task):
     binary_metrics = False
     max_new_tokens = 1024
     needs_judge: ClassVar[bool] = True
-    judge: Any = None  # attached by the runner
 
     def _require_judge(self):
         if self.judge is None:
@@ -92,9 +79,6 @@ class JudgedChatTask(Task):
         self, items: Sequence[EvalItem], completions: Sequence[Completion], progress: Callable[[int], None] | None = None
     ) -> list[Score]:
         raise NotImplementedError
-
-    def judgements_per_item(self) -> int:
-        return 1
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import pytest
 
 from mixlab.errors import MixlabError
 from mixlab.evals import ifeval_instructions as ifi
-from mixlab.evals.check import aggregate_scores
 from mixlab.evals.tasks.base import EvalItem, get_task
 
 from .junk import JUNK_OUTPUTS
@@ -130,7 +129,7 @@ def test_task_metrics_and_instruction_level_ratio():
                         "prompt_level_loose_acc": 1.0, "inst_level_loose_acc": 1.0,
                         "inst_level_strict_acc/punctuation": 1.0, "inst_level_strict_acc/startend": 1.0}
     assert b.values["prompt_level_strict_acc"] == 0.0 and c.values["inst_level_strict_acc"] == pytest.approx(1 / 3)
-    agg = aggregate_scores(task, [a, b, c])
+    agg = task.aggregate([a, b, c])
     assert agg["prompt_level_strict_acc"][0] == pytest.approx(1 / 3)
     # Instruction level is followed / total = (2 + 0 + 1) / 6, not the mean of per-prompt fractions (0.444).
     assert agg["inst_level_strict_acc"][0] == pytest.approx(3 / 6)

@@ -1,5 +1,6 @@
 """The one `mixlab` command. Each domain folder owns its commands in its own `cli.py` exposing
-`register(app)`; this module only wires them together and turns `MixlabError` into a one-line error.
+`register(app)`; this module only wires them together (explicitly, below) and turns `MixlabError` into a
+one-line error.
 
 Domain CLI modules keep heavy imports (torch, transformers, streamlit) inside the command functions so that
 `mixlab --help` stays fast.
@@ -7,12 +8,17 @@ Domain CLI modules keep heavy imports (torch, transformers, streamlit) inside th
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import typer
 
+from mixlab import __version__
+from mixlab.dashboard import cli as dashboard_cli
 from mixlab.errors import MixlabError
+from mixlab.evals import cli as evals_cli
+from mixlab.mixtures import cli as mixtures_cli
+from mixlab.model import cli as model_cli
+from mixlab.recipes import cli as recipes_cli
 
 app = typer.Typer(
     name="mixlab",
@@ -23,16 +29,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Order is the order of `mixlab --help`.
-_DOMAIN_CLIS = [
-    "mixlab.model.cli",
-    "mixlab.mixtures.cli",
-    "mixlab.recipes.cli",
-    "mixlab.evals.cli",
-    "mixlab.dashboard.cli",
-]
-
-
 @app.callback()
 def _root() -> None:
     """Post-training data-mixture lab for Kimi Linear-style hybrid LLMs."""
@@ -41,23 +37,12 @@ def _root() -> None:
 @app.command("version")
 def version() -> None:
     """Print the mixlab version."""
-    from mixlab import __version__
-
     typer.echo(__version__)
 
 
-def _register_domains() -> None:
-    for name in _DOMAIN_CLIS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # that domain has no CLI yet
-                continue
-            raise
-        module.register(app)
-
-
-_register_domains()
+# The order is the order of `mixlab --help`.
+for _domain in (model_cli, mixtures_cli, recipes_cli, evals_cli, dashboard_cli):
+    _domain.register(app)
 
 
 def main() -> None:

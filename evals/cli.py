@@ -6,10 +6,10 @@ that is not a subcommand name is routed to `run`.
 
 from __future__ import annotations
 
-import importlib
-
 import typer
 from typer.core import TyperGroup
+
+from mixlab.evals import cli_run, cli_sandbox, cli_tasks
 
 
 class _DefaultToRun(TyperGroup):
@@ -25,17 +25,7 @@ eval_app = typer.Typer(
     no_args_is_help=True,
 )
 
-# Each module exposes register(app, eval_app).
-_PARTS = ("cli_tasks", "cli_run", "cli_sandbox")
-
-
 def register(app: typer.Typer) -> None:
-    for part in _PARTS:
-        try:
-            module = importlib.import_module(f"mixlab.evals.{part}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"mixlab.evals.{part}":
-                raise
-            continue
-        module.register(app, eval_app)
+    for part in (cli_tasks, cli_run, cli_sandbox):
+        part.register(app, eval_app)
     app.add_typer(eval_app, name="eval")

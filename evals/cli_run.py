@@ -56,6 +56,9 @@ def run(
         raise MixlabError("pass --suite NAME (a suite, a task, or a comma-separated list; see `mixlab eval list`)")
     opts: dict = {}
     if backend in ("torch", "hf"):
+        from mixlab.device import resolve_device
+
+        resolve_device(device)  # refuse `--device tpu` before any data or model is loaded
         opts = {"batch_size": batch_size, "device": device}
     elif backend == "openai":
         opts = {"base_url": base_url}

@@ -45,10 +45,31 @@ for _domain in (model_cli, mixtures_cli, recipes_cli, evals_cli, dashboard_cli):
     _domain.register(app)
 
 
+def _usage_error_line(exc: Exception) -> str:
+    """A click/typer usage error as one line: `error: <command path>: <problem> (try '<command> --help')`."""
+    ctx = getattr(exc, "ctx", None)
+    command = getattr(ctx, "command_path", None) or "mixlab"
+    message = " ".join(str(exc.format_message()).split())  # type: ignore[attr-defined]
+    return f"error: {command}: {message} (try '{command} --help')"
+
+
+def _is_click_exception(exc: BaseException) -> bool:
+    # typer >= 0.29 bundles its own click (`typer._click`), whose ClickException derives from the public
+    # `typer.TyperException`; a standalone click may also be in play through a plugin.
+    if isinstance(exc, typer.TyperException) and hasattr(exc, "format_message"):
+        return True
+    try:
+        import click
+    except ImportError:
+        return False
+    return isinstance(exc, click.exceptions.ClickException)
+
+
 def main() -> None:
     try:
-        # Non-standalone mode returns the code of `typer.Exit(code)` instead of exiting: pass it on.
-        code = app(standalone_mode=False)
+        # Non-standalone mode returns the code of `typer.Exit(code)` instead of exiting, and raises parse errors
+        # instead of printing them: both are handled here so every failure is one line and a known exit code.
+        code = app(prog_name="mixlab", standalone_mode=False)
     except MixlabError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -57,13 +78,14 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except Exception as exc:
+        if not _is_click_exception(exc):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `mixlab` or `mixlab eval` alone: the help is the answer
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(0)
+        typer.echo(_usage_error_line(exc), err=True)
+        sys.exit(2)
     if isinstance(code, int) and code != 0:
         sys.exit(code)
 

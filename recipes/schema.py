@@ -38,7 +38,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from mixlab.errors import MixlabError
-from mixlab.yamlio import Where, did_you_mean, load_yaml
+from mixlab.yamlio import Where, did_you_mean, load_yaml, read_yaml_text
 
 TrainerName = Literal["sft", "grpo", "dpo"]
 
@@ -330,7 +330,7 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
                 return load_recipe(candidate)
             hint = did_you_mean(path.name, [p.stem for p in registry.glob("*.yaml")])
         raise MixlabError(f"{path}: recipe file not found{hint}")
-    text = path.read_text()
+    text = read_yaml_text(path)  # size-capped, UTF-8 checked
     data, lines = load_yaml(path, text=text)
     return parse_recipe(data, where=str(path), lines=lines), text
 

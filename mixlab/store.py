@@ -1,10 +1,22 @@
 """The DuckDB store: one database file shared by training, eval and sweep processes and the dashboard.
 
-Concurrency design. DuckDB allows one read-write process per file and no read-only open while a writer holds
-it. mixlab therefore never keeps a connection open: every write is a short open → transaction → close, and every
-open retries with jittered exponential backoff while another process holds the file lock. Writers hold the lock
-for milliseconds, so a reader (the dashboard) or another writer gets in within a few retries. Within one process a
-lock serialises threads, because DuckDB shares one database instance per file per process.
+The store owns the schema: every write is a typed method here (start/finish/fail a run, training metrics, an eval
+task with its samples and metrics, a mixture build, a ladder decision, the judgement cache), and every read other
+modules need is one too. SQL lives only in this module and in the dashboard's read-only `dashboard/queries.py`.
+
+Concurrency. DuckDB allows one read-write process per file and no read-only open while a writer holds it.
+mixlab never keeps a connection open:
+- a write is one short open → transaction → close; while another process holds the file it retries with jittered
+  exponential backoff for at most `write_wait_s` (`MIXLAB_DB_WRITE_WAIT_S`, default 30 s);
+- if the file is still held then (a reader keeping it open for minutes), the write is spooled instead: its
+  operations go, as one JSON file written atomically, to `<db>.spool/` beside the database (under `runs/` by
+  default). The next write that gets the file ingests every spooled file first, in order, each in one transaction
+  that also records the file's name in `spool_ingested`, so a crash between commit and unlink never applies it
+  twice. No row is lost;
+- reads open the file read-only (coexisting with other readers) and retry with backoff for `lock_timeout_s`; while
+  spooled writes are pending, a read runs over an in-memory overlay (the file attached read-only plus the spooled
+  operations replayed), so every process, the dashboard included, sees every row already written;
+- within one process a lock serialises threads, because DuckDB shares one database instance per file per process.
 
 Schema. Versioned migrations in `MIGRATIONS`, applied in order by the first read-write open; later features add a
 new entry at the end (never edit an applied one). `schema_version` records what ran.
@@ -12,7 +24,11 @@ new entry at the end (never edit an applied one). `schema_version` records what 
 
 from __future__ import annotations
 
+import atexit
+import functools
+import itertools
 import json
+import os
 import random
 import threading
 import time
@@ -23,7 +39,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import duckdb
+import pyarrow as pa
 
+from mixlab import provenance
 from mixlab.errors import MixlabError
 from mixlab.paths import default_db_path
 
@@ -112,14 +130,37 @@ _V1 = [
     "CREATE INDEX eval_samples_eval ON eval_samples(eval_id)",
 ]
 
+_V2 = ["CREATE TABLE spool_ingested (name VARCHAR PRIMARY KEY, ingested_at TIMESTAMP)"]
+
 # (version, statements). Append new versions; never edit an applied one.
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1)]
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _JSON_COLUMNS = {"packages", "config", "manifest", "gen_config", "gates", "extra"}
+_DEFAULT_WRITE_WAIT_S = 30.0
+
+
+@functools.cache
+def _schema() -> dict[str, tuple[str, ...]]:
+    """{table: columns in order} of the current schema, from the migrations run in memory (no file needed)."""
+    con = duckdb.connect(":memory:")
+    try:
+        for _, statements in MIGRATIONS:
+            for sql in statements:
+                con.execute(sql)
+        rows = con.execute(
+            "SELECT table_name, column_name FROM information_schema.columns ORDER BY table_name, ordinal_position"
+        ).fetchall()
+    finally:
+        con.close()
+    out: dict[str, list[str]] = {}
+    for table, column in rows:
+        out.setdefault(table, []).append(column)
+    return {t: tuple(c) for t, c in out.items()}
+
 
 # ---------------------------------------------------------------------------------------------------------------
-# Typed records for the tables every feature writes
+# Typed records
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -130,7 +171,7 @@ def utcnow() -> datetime:
 @dataclass
 class RunRecord:
     run_id: str
-    kind: str = "train"
+    kind: str = "train"  # train | eval | sweep | ladder
     name: str | None = None
     trainer: str | None = None
     stage: str | None = None
@@ -174,11 +215,239 @@ class MetricRecord:
     created_at: datetime = field(default_factory=utcnow)
 
 
+@dataclass
+class EvalRunRecord:
+    """One task evaluated on one checkpoint (the `eval_runs` row)."""
+
+    eval_id: str
+    run_id: str | None
+    checkpoint: str
+    task: str
+    suite: str | None = None
+    backend: str | None = None
+    gen_config: dict[str, Any] | None = None
+    judge: str | None = None
+    status: str = "running"
+    error: str | None = None
+    n_samples: int = 0
+    created_at: datetime = field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+
+@dataclass
+class SampleRecord:
+    """One evaluated item: prompt, output, score and everything needed to recompute metrics (`extra`)."""
+
+    eval_id: str
+    run_id: str | None
+    task: str
+    item_id: str
+    prompt: str | None = None
+    output: str | None = None
+    reference: str | None = None
+    score: float | None = None
+    passed: bool | None = None
+    judge_rationale: str | None = None
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    extra: dict[str, Any] | None = None
+
+
+@dataclass
+class JudgementRecord:
+    """A cached judge verdict, keyed by everything that determines it."""
+
+    cache_key: str
+    judge: str | None
+    template: str | None
+    prompt_hash: str | None
+    answer_hash: str | None
+    verdict: str | None
+    score: float | None
+    rationale: str | None
+    raw: str | None
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass
+class SourceRecord:
+    source_id: str
+    name: str | None = None
+    kind: str | None = None
+    uri: str | None = None
+    revision: str | None = None
+    adapter: str | None = None
+    n_rows: int | None = None
+    content_hash: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass
+class MixtureRecord:
+    mixture_id: str
+    name: str | None = None
+    kind: str | None = None
+    family: str | None = None
+    yaml: str | None = None
+    artifact_path: str | None = None
+    manifest: dict[str, Any] | None = None
+    n_rows: int | None = None
+    n_tokens: int | None = None
+    seed: int | None = None
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass
+class ComponentRecord:
+    """One source (or one phase of a source) in a built mixture."""
+
+    mixture_id: str
+    source_id: str
+    source_name: str | None = None
+    group_path: str | None = None
+    phase: str | None = None
+    target_share: float | None = None
+    realised_share: float | None = None
+    target_rows: int | None = None
+    realised_rows: int | None = None
+    tokens: int | None = None
+    trainable_tokens: int | None = None
+    epochs: float | None = None
+    dropped_filter: int | None = None
+    dropped_dedup: int | None = None
+    dropped_contamination: int | None = None
+
+
+@dataclass
+class ContaminationRecord:
+    mixture_id: str
+    source_id: str | None
+    row_id: str | None
+    benchmark: str | None
+    item_id: str | None
+    ngram: str | None
+    field: str | None
+
+
+@dataclass
+class LadderDecision:
+    ladder_id: str
+    rung: str
+    mixture_name: str
+    run_id: str
+    baseline_run_id: str | None
+    gates: list[dict[str, Any]]
+    passed: bool
+    reason: str
+    decided_at: datetime = field(default_factory=utcnow)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Write operations: what a transaction does, in a form that can be spooled to JSON and replayed
+# ---------------------------------------------------------------------------------------------------------------
+# {"op": "insert", "table": t, "rows": [...], "replace": bool}
+# {"op": "delete", "table": t, "where": [[column, operator, value], ...]}
+# {"op": "update", "table": t, "set": {column: value}, "where": [...]}
+# operators: "=", ">", "in" (value is a list), "is" (IS NOT DISTINCT FROM)
+
+_OPERATORS = {"=": "{c} = ?", ">": "{c} > ?", "in": "list_contains(?, {c})", "is": "{c} IS NOT DISTINCT FROM ?"}
+
+
+def _check_columns(table: str, columns: Iterable[str]) -> tuple[str, ...]:
+    schema = _schema()
+    if table not in schema:
+        raise MixlabError(f"unknown table {table!r}; known: {sorted(schema)}")
+    unknown = sorted(set(columns) - set(schema[table]))
+    if unknown:
+        raise MixlabError(f"table {table}: unknown column(s) {unknown}; known: {list(schema[table])}")
+    return schema[table]
+
+
+def _insert(table: str, rows: Iterable[Mapping[str, Any] | Any], *, replace: bool = False) -> dict[str, Any]:
+    rows = [asdict(r) if not isinstance(r, Mapping) else dict(r) for r in rows]
+    _check_columns(table, {k for r in rows for k in r})
+    return {"op": "insert", "table": table, "rows": [{k: _encode(k, v) for k, v in r.items()} for r in rows],
+            "replace": replace}
+
+
+def _delete(table: str, *where: tuple[str, str, Any]) -> dict[str, Any]:
+    _check_columns(table, [w[0] for w in where])
+    return {"op": "delete", "table": table, "where": [list(w) for w in where]}
+
+
+def _update(table: str, values: Mapping[str, Any], *where: tuple[str, str, Any]) -> dict[str, Any]:
+    _check_columns(table, [*values, *(w[0] for w in where)])
+    return {"op": "update", "table": table, "set": {k: _encode(k, v) for k, v in values.items()},
+            "where": [list(w) for w in where]}
+
+
+def _where(conditions: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+    parts, params = [], []
+    for column, operator, value in conditions:
+        parts.append(_OPERATORS[operator].format(c=f'"{column}"'))
+        params.append(value)
+    return (" WHERE " + " AND ".join(parts)) if parts else "", params
+
+
+def _apply(con: duckdb.DuckDBPyConnection, ops: Sequence[Mapping[str, Any]]) -> None:
+    """Run `ops` on `con` (inside the caller's transaction)."""
+    for op in ops:
+        table = op["table"]
+        if op["op"] == "insert":
+            rows = op["rows"]
+            if not rows:
+                continue
+            given = {k for r in rows for k in r}
+            cols = [c for c in _schema()[table] if c in given]
+            arrow = pa.table({c: [r.get(c) for r in rows] for c in cols})
+            verb = "INSERT OR REPLACE" if op["replace"] else "INSERT"
+            col_list = ", ".join(f'"{c}"' for c in cols)
+            con.register("_mixlab_rows", arrow)
+            try:
+                con.execute(f"{verb} INTO {table} ({col_list}) SELECT {col_list} FROM _mixlab_rows")
+            finally:
+                con.unregister("_mixlab_rows")
+        elif op["op"] == "delete":
+            clause, params = _where(op["where"])
+            con.execute(f"DELETE FROM {table}{clause}", params)
+        elif op["op"] == "update":
+            clause, params = _where(op["where"])
+            assignments = ", ".join(f'"{k}" = ?' for k in op["set"])
+            con.execute(f"UPDATE {table} SET {assignments}{clause}", [*op["set"].values(), *params])
+        else:
+            raise MixlabError(f"unknown store operation {op['op']!r}")
+
+
+def _encode(column: str, value: Any) -> Any:
+    if column in _JSON_COLUMNS and value is not None and not isinstance(value, str):
+        return json.dumps(value, sort_keys=True, default=str)
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"$datetime": value.isoformat()}
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    raise TypeError(f"cannot spool a {type(value).__name__}")
+
+
+def _json_hook(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and "$datetime" in obj:
+        return datetime.fromisoformat(obj["$datetime"])
+    return obj
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Store
 # ---------------------------------------------------------------------------------------------------------------
 
 _PROCESS_LOCK = threading.RLock()
+_SPOOL_COUNTER = itertools.count()
+
+
+class _Busy(Exception):
+    """Another process held the file past the wait we allowed."""
 
 
 def _is_lock_error(exc: Exception) -> bool:
@@ -186,44 +455,72 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in text or "conflicting" in text or "being used by another process" in text
 
 
-class Store:
-    """Short-lived connections with retry; see the module docstring for why."""
+def _write_wait_default() -> float:
+    try:
+        return float(os.environ.get("MIXLAB_DB_WRITE_WAIT_S", _DEFAULT_WRITE_WAIT_S))
+    except ValueError:
+        raise MixlabError(f"MIXLAB_DB_WRITE_WAIT_S={os.environ['MIXLAB_DB_WRITE_WAIT_S']!r} is not a number") from None
 
-    def __init__(self, path: str | Path | None = None, *, read_only: bool = False, lock_timeout_s: float = 120.0):
+
+class Store:
+    """Short-lived connections with retry, spooling and typed methods; see the module docstring for why."""
+
+    def __init__(self, path: str | Path | None = None, *, read_only: bool = False, lock_timeout_s: float = 120.0,
+                 write_wait_s: float | None = None):
         self.path = Path(path) if path is not None else default_db_path()
         self.read_only = read_only
         self.lock_timeout_s = lock_timeout_s
+        self.write_wait_s = _write_wait_default() if write_wait_s is None else write_wait_s
         self._migrated = False
 
-    # -- connections ------------------------------------------------------------------------------------------
+    # -- files and connections --------------------------------------------------------------------------------
 
     def exists(self) -> bool:
         return self.path.is_file()
 
+    @property
+    def spool_dir(self) -> Path:
+        return self.path.with_name(self.path.name + ".spool")
+
+    def pending_spool(self) -> list[Path]:
+        """Spooled write files not yet ingested, oldest first."""
+        try:
+            return sorted(p for p in self.spool_dir.iterdir() if p.suffix == ".json")
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def _open(self, *, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnection:
+        """Open the file, retrying while another process holds its lock; `_Busy` after `wait_s`."""
+        deadline = time.monotonic() + wait_s
+        delay = 0.005
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only)
+            except (duckdb.IOException, duckdb.ConnectionException) as exc:
+                if not _is_lock_error(exc):
+                    raise MixlabError(f"cannot open {self.path}: {exc}") from exc
+                if time.monotonic() > deadline:
+                    raise _Busy(str(exc)) from exc
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.25)
+
     @contextmanager
     def connect(self, *, write: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
-        """Open, yield, close. Retries while another process holds the file lock."""
+        """Open, yield, close (migrating on the first read-write open). Retries while the file is locked."""
         if write and self.read_only:
             raise MixlabError(f"store {self.path} was opened read-only; refusing to write")
-        read_only = self.read_only
-        if read_only and not self.exists():
+        if not write and not self.exists():
             raise MixlabError(f"no mixlab database at {self.path} (run `make demo` to produce one)")
-        if not read_only:
+        if write:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + self.lock_timeout_s
-        delay = 0.005
         with _PROCESS_LOCK:
-            while True:
-                try:
-                    con = duckdb.connect(str(self.path), read_only=read_only)
-                    break
-                except (duckdb.IOException, duckdb.ConnectionException) as exc:
-                    if not _is_lock_error(exc) or time.monotonic() > deadline:
-                        raise MixlabError(f"cannot open {self.path}: {exc}") from exc
-                    time.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, 0.25)
             try:
-                if not read_only and not self._migrated:
+                con = self._open(read_only=not write, wait_s=self.lock_timeout_s)
+            except _Busy as exc:
+                raise MixlabError(f"{self.path} stayed locked by another process for {self.lock_timeout_s:.0f}s: "
+                                  f"{exc}") from exc
+            try:
+                if write and not self._migrated:
                     self._migrate(con)
                 yield con
             finally:
@@ -250,111 +547,430 @@ class Store:
                 raise
         self._migrated = True
 
-    def schema_version(self) -> int:
-        with self.connect(write=not self.read_only) as con:
-            return con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+    # -- the write path: transaction, or spool when the file stays held -----------------------------------------
 
-    # -- generic helpers --------------------------------------------------------------------------------------
+    def _write(self, ops: Sequence[Mapping[str, Any]]) -> None:
+        """Apply `ops` in one transaction after landing earlier spooled writes; spool them if the file stays held."""
+        ops = [op for op in ops if op["op"] != "insert" or op["rows"]]
+        if not ops:
+            return
+        if self.read_only:
+            raise MixlabError(f"store {self.path} was opened read-only; refusing to write")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _PROCESS_LOCK:
+            try:
+                con = self._open(read_only=False, wait_s=self.write_wait_s)
+            except _Busy:
+                self._spool(ops)
+                return
+            try:
+                if not self._migrated:
+                    self._migrate(con)
+                self._ingest(con)
+                self._transaction(con, ops)
+            finally:
+                con.close()
 
-    def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
-        with self.connect() as con:
-            con.execute(sql, params or [])
+    @staticmethod
+    def _transaction(con: duckdb.DuckDBPyConnection, ops: Sequence[Mapping[str, Any]], spool_name: str | None = None):
+        con.execute("BEGIN TRANSACTION")
+        try:
+            _apply(con, ops)
+            if spool_name is not None:
+                con.execute("INSERT INTO spool_ingested VALUES (?, ?)", [spool_name, utcnow()])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def _spool(self, ops: Sequence[Mapping[str, Any]]) -> Path:
+        """Write `ops` as one spool file, atomically (temp file + rename), named so that names sort by time."""
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        name = f"{time.time_ns():020d}-{os.getpid()}-{next(_SPOOL_COUNTER):06d}.json"
+        tmp = self.spool_dir / f".{name}.tmp"
+        tmp.write_text(json.dumps(ops, default=_json_default))
+        os.replace(tmp, self.spool_dir / name)
+        _flush_at_exit(self)
+        return self.spool_dir / name
+
+    @staticmethod
+    def _load_spool(path: Path) -> list[dict[str, Any]] | None:
+        try:
+            return json.loads(path.read_text(), object_hook=_json_hook)
+        except FileNotFoundError:  # another process ingested it meanwhile
+            return None
+
+    def _ingest(self, con: duckdb.DuckDBPyConnection) -> int:
+        """Land every pending spool file, each in its own transaction; returns how many were applied."""
+        applied = 0
+        for path in self.pending_spool():
+            done = con.execute("SELECT count(*) FROM spool_ingested WHERE name = ?", [path.name]).fetchone()[0]
+            if not done:
+                ops = self._load_spool(path)
+                if ops is None:
+                    continue
+                self._transaction(con, ops, spool_name=path.name)
+                applied += 1
+            path.unlink(missing_ok=True)
+        return applied
+
+    def flush(self, wait_s: float | None = None) -> int:
+        """Land spooled writes now (waiting up to `wait_s` for the file). Returns the number of files applied;
+        raises MixlabError if the file stayed held."""
+        if not self.pending_spool():
+            return 0
+        with _PROCESS_LOCK:
+            try:
+                con = self._open(read_only=False, wait_s=self.write_wait_s if wait_s is None else wait_s)
+            except _Busy as exc:
+                raise MixlabError(f"{self.path} is held by another process; {len(self.pending_spool())} spooled "
+                                  f"write(s) stay in {self.spool_dir}") from exc
+            try:
+                if not self._migrated:
+                    self._migrate(con)
+                return self._ingest(con)
+            finally:
+                con.close()
+
+    # -- the read path --------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection that sees every write: the file read-only, or an overlay while spooled writes wait."""
+        if not self.read_only and self.pending_spool():
+            try:
+                self.flush(wait_s=min(1.0, self.write_wait_s))
+            except MixlabError:
+                pass  # still held: read through the overlay
+        if self.pending_spool():
+            with _PROCESS_LOCK:
+                con = self._overlay()
+                try:
+                    yield con
+                finally:
+                    con.close()
+            return
+        if not self.exists() and not self.read_only:
+            with self.connect(write=True) as con:  # a fresh file: create it with its schema
+                yield con
+            return
+        with self.connect(write=False) as con:
+            yield con
+
+    def _overlay(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory database whose tables are the file's (attached read-only) with the spooled writes replayed."""
+        con = duckdb.connect(":memory:")
+        try:
+            for _, statements in MIGRATIONS:
+                for sql in statements:
+                    con.execute(sql)
+            ingested: set[str] = set()
+            if self.exists():
+                deadline = time.monotonic() + self.lock_timeout_s
+                delay = 0.005
+                quoted = str(self.path).replace("'", "''")
+                while True:
+                    try:
+                        con.execute(f"ATTACH '{quoted}' AS db (READ_ONLY)")
+                        break
+                    except (duckdb.IOException, duckdb.ConnectionException, duckdb.BinderException) as exc:
+                        if not _is_lock_error(exc) or time.monotonic() > deadline:
+                            raise MixlabError(f"cannot read {self.path}: {exc}") from exc
+                        time.sleep(delay * (0.5 + random.random()))
+                        delay = min(delay * 2, 0.25)
+                on_file = {r[0] for r in con.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'db'").fetchall()}
+                if "spool_ingested" in on_file:
+                    ingested = {r[0] for r in con.execute("SELECT name FROM db.spool_ingested").fetchall()}
+            pending = [(p, self._load_spool(p)) for p in self.pending_spool() if p.name not in ingested]
+            pending = [(p, ops) for p, ops in pending if ops is not None]
+            if self.exists():
+                touched = {op["table"] for _, ops in pending for op in ops}
+                for table in _schema():
+                    if table not in on_file:
+                        continue
+                    if table in touched:  # a copy the spooled writes can change
+                        con.execute(f"INSERT INTO main.{table} BY NAME SELECT * FROM db.main.{table}")
+                    else:  # untouched: read the file directly
+                        con.execute(f"DROP TABLE main.{table}")
+                        con.execute(f"CREATE VIEW main.{table} AS SELECT * FROM db.main.{table}")
+            for _, ops in pending:
+                _apply(con, ops)
+            return con
+        except BaseException:
+            con.close()
+            raise
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
-        with self.connect(write=not self.read_only) as con:
+        """Read-only SQL for `dashboard/queries.py` and tests; other modules use the typed reads below."""
+        with self._reader() as con:
             cur = con.execute(sql, params or [])
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row)) for row in cur.fetchall()]
 
     def query_df(self, sql: str, params: Sequence[Any] | None = None):
         """The same as `query`, as a pandas DataFrame (the dashboard's form)."""
-        with self.connect(write=not self.read_only) as con:
+        with self._reader() as con:
             return con.execute(sql, params or []).df()
 
+    def schema_version(self) -> int:
+        if not self.read_only:
+            with self.connect(write=True):  # creates and migrates the file
+                pass
+        return self.query("SELECT coalesce(max(version), 0) AS v FROM schema_version")[0]["v"]
+
+    # -- raw access (migrations, tests, generated sample data) ----------------------------------------------------
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        """Raw SQL on the file, not spooled. For tests of the schema machinery only."""
+        with self.connect() as con:
+            con.execute(sql, params or [])
+
     def columns(self, table: str) -> list[str]:
-        with self.connect(write=not self.read_only) as con:
-            rows = con.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
-                [table],
-            ).fetchall()
-        if not rows:
-            raise MixlabError(f"unknown table {table!r} in {self.path}")
-        return [r[0] for r in rows]
+        return list(_check_columns(table, []))
 
     def insert(self, table: str, rows: Iterable[Mapping[str, Any]], *, replace: bool = False) -> int:
-        """Insert dict rows in one transaction; unknown columns are an error, missing ones are NULL.
+        """Bulk-load dict rows into `table` in one transaction (unknown columns are an error, missing ones NULL;
+        `replace=True` upserts on the primary key). For generated sample data and test fixtures: the lab's own
+        code writes through the typed methods."""
+        op = _insert(table, rows, replace=replace)
+        self._write([op])
+        return len(op["rows"])
 
-        `replace=True` upserts on the table's primary key (INSERT OR REPLACE).
-        """
-        rows = [dict(r) for r in rows]
-        if not rows:
-            return 0
-        known = self.columns(table)
-        given = sorted({k for r in rows for k in r})
-        unknown = [c for c in given if c not in known]
-        if unknown:
-            raise MixlabError(f"table {table}: unknown column(s) {unknown}; known: {known}")
-        cols = [c for c in known if c in given]
-        data = {c: [_encode(c, r.get(c)) for r in rows] for c in cols}
-        import pyarrow as pa
+    # -- runs -----------------------------------------------------------------------------------------------------
 
-        arrow = pa.table(data)
-        verb = "INSERT OR REPLACE" if replace else "INSERT"
-        col_list = ", ".join(f'"{c}"' for c in cols)
-        with self.connect() as con:
-            con.register("_mixlab_rows", arrow)
-            try:
-                con.execute(f"{verb} INTO {table} ({col_list}) SELECT {col_list} FROM _mixlab_rows")
-            finally:
-                con.unregister("_mixlab_rows")
-        return len(rows)
-
-    # -- typed helpers ----------------------------------------------------------------------------------------
+    def start_run(self, run: RunRecord) -> RunRecord:
+        """Record a run (train, eval, sweep or ladder) as it starts, with this process's provenance filled in
+        where the record leaves it empty. Returns the record as stored."""
+        if run.git_sha is None or run.packages is None or run.device is None:
+            prov = provenance.collect(seed=run.seed)
+            run.git_sha = run.git_sha or prov.git_sha
+            run.packages = run.packages or prov.packages
+            run.device = run.device or prov.device
+        self._write([_insert("runs", [run], replace=True)])
+        return run
 
     def create_run(self, run: RunRecord) -> None:
-        self.insert("runs", [asdict(run)], replace=True)
+        """Store a run row exactly as given (sample data, fixtures); the lab's runs go through `start_run`."""
+        self._write([_insert("runs", [run], replace=True)])
+
+    def restart_run(self, run_id: str, *, after_step: int) -> None:
+        """A run resumes from the checkpoint of `after_step`: running again, and the training metrics and expert
+        loads it logged after that step are dropped (those steps are trained again)."""
+        self._write([
+            _update("runs", {"status": "running", "error": None, "finished_at": None, "updated_at": utcnow()},
+                    ("run_id", "=", run_id)),
+            _delete("train_metrics", ("run_id", "=", run_id), ("step", ">", after_step)),
+            _delete("expert_load", ("run_id", "=", run_id), ("step", ">", after_step)),
+        ])
+
+    def set_checkpoint(self, run_id: str, checkpoint_path: str) -> None:
+        self.update_run(run_id, checkpoint_path=checkpoint_path)
+
+    def finish_run(self, run_id: str, *, error: str | None = None) -> None:
+        """`completed`, or `failed` with `error`."""
+        self.update_run(run_id, status="failed" if error else "completed", error=error, finished_at=utcnow())
+
+    def fail_run(self, run_id: str, error: str) -> None:
+        self.finish_run(run_id, error=error or "failed")
 
     def update_run(self, run_id: str, **fields: Any) -> None:
-        """Set some columns of a run (status, error, checkpoint_path, finished_at, ...)."""
+        """Set some columns of a run row."""
         if not fields:
             return
-        fields["updated_at"] = utcnow()
-        known = set(self.columns("runs"))
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise MixlabError(f"table runs: unknown column(s) {unknown}")
-        assignments = ", ".join(f'"{k}" = ?' for k in fields)
-        values = [_encode(k, v) for k, v in fields.items()]
-        self.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", values + [run_id])
+        self._write([_update("runs", {**fields, "updated_at": utcnow()}, ("run_id", "=", run_id))])
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         rows = self.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
         return rows[0] if rows else None
 
+    def get_runs(self, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        rows = self.query("SELECT * FROM runs WHERE list_contains(?, run_id)", [list(run_ids)]) if run_ids else []
+        return {r["run_id"]: r for r in rows}
+
+    def runs_of_invocation(self, invocation: str) -> list[dict[str, Any]]:
+        """The stage runs one `mixlab run` invocation started, oldest first."""
+        return self.query(
+            "SELECT * FROM runs WHERE json_extract_string(config, '$.invocation') = ? ORDER BY created_at", [invocation]
+        )
+
+    def run_for_checkpoint(self, checkpoint_path: str) -> str | None:
+        """The newest training (non-eval) run that wrote `checkpoint_path`."""
+        rows = self.query(
+            "SELECT run_id FROM runs WHERE checkpoint_path = ? AND kind <> 'eval' ORDER BY created_at DESC LIMIT 1",
+            [checkpoint_path],
+        )
+        return rows[0]["run_id"] if rows else None
+
+    def sweep_train_runs(self, sweep_id: str, *, by_mixture: bool = False) -> list[str]:
+        """Training runs of a sweep (or ladder), in start order, or by mixture name first."""
+        order = "mixture_name, created_at" if by_mixture else "created_at"
+        rows = self.query(f"SELECT run_id FROM runs WHERE sweep_id = ? AND kind = 'train' ORDER BY {order}",
+                          [sweep_id])
+        return [r["run_id"] for r in rows]
+
+    # -- training metrics -------------------------------------------------------------------------------------------
+
     def log_train_metrics(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
         now = utcnow()
-        self.insert(
+        self._write([_insert(
             "train_metrics",
             [{"run_id": run_id, "step": step, "name": k, "value": float(v), "ts": now} for k, v in metrics.items()],
-        )
+        )])
 
-    def log_expert_load(
-        self, run_id: str, step: int, loads: Iterable[tuple[int, int, float, float | None]]
-    ) -> None:
+    def log_expert_load(self, run_id: str, step: int, loads: Iterable[tuple[int, int, float, float | None]]) -> None:
         """`loads`: (layer, expert, load fraction, router bias) tuples."""
-        self.insert(
+        self._write([_insert(
             "expert_load",
-            [
-                {"run_id": run_id, "step": step, "layer": l, "expert": e, "load": float(x), "bias": b}
-                for l, e, x, b in loads
-            ],
+            [{"run_id": run_id, "step": step, "layer": l, "expert": e, "load": float(x), "bias": b}
+             for l, e, x, b in loads],
+        )])
+
+    def last_train_metric(self, run_id: str, name: str = "loss") -> tuple[float, int] | None:
+        """(value, step) of the latest logged value of `name`."""
+        rows = self.query("SELECT value, step FROM train_metrics WHERE run_id = ? AND name = ? ORDER BY step DESC "
+                          "LIMIT 1", [run_id, name])
+        return (rows[0]["value"], rows[0]["step"]) if rows else None
+
+    def final_losses(self, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """{run_id: {"loss": last logged loss, "steps": last step}} over the `loss` / `train_loss` curves."""
+        if not run_ids:
+            return {}
+        rows = self.query(
+            "SELECT run_id, arg_max(value, step) AS loss, max(step) AS steps FROM train_metrics "
+            "WHERE list_contains(?, run_id) AND name IN ('loss', 'train_loss') GROUP BY run_id",
+            [list(run_ids)],
         )
+        return {r["run_id"]: {"loss": r["loss"], "steps": r["steps"]} for r in rows}
+
+    # -- evaluations ----------------------------------------------------------------------------------------------
+
+    def start_eval(self, record: EvalRunRecord, *, keep_samples: bool = True) -> None:
+        """Record (or restart) one task's evaluation; `keep_samples=False` drops samples of an earlier attempt."""
+        ops = [_insert("eval_runs", [record], replace=True)]
+        if not keep_samples:
+            ops.append(_delete("eval_samples", ("eval_id", "=", record.eval_id)))
+        self._write(ops)
+
+    def record_eval_samples(self, eval_id: str, samples: Sequence[SampleRecord]) -> None:
+        """Store finished samples, replacing earlier rows of the same items (a resumed run re-scoring them)."""
+        if not samples:
+            return
+        self._write([
+            _delete("eval_samples", ("eval_id", "=", eval_id), ("item_id", "in", [s.item_id for s in samples])),
+            _insert("eval_samples", samples),
+        ])
+
+    def finish_eval(self, eval_id: str, metrics: Sequence[MetricRecord], n_samples: int) -> None:
+        """Replace the task's metrics and mark it completed, in one transaction."""
+        self._write([
+            _delete("eval_metrics", ("eval_id", "=", eval_id)),
+            _insert("eval_metrics", metrics),
+            _update("eval_runs", {"status": "completed", "n_samples": n_samples, "finished_at": utcnow(),
+                                  "error": None}, ("eval_id", "=", eval_id)),
+        ])
+
+    def fail_eval(self, eval_id: str, error: str, n_samples: int) -> None:
+        self._write([_update("eval_runs", {"status": "failed", "error": error, "n_samples": n_samples,
+                                           "finished_at": utcnow()}, ("eval_id", "=", eval_id))])
 
     def record_metrics(self, metrics: Iterable[MetricRecord]) -> None:
-        self.insert("eval_metrics", [asdict(m) for m in metrics])
+        """Append aggregate metrics (outside a task's evaluation: imported results, sample data)."""
+        self._write([_insert("eval_metrics", metrics)])
+
+    def eval_samples(self, eval_id: str) -> list[dict[str, Any]]:
+        """item_id, output, judge_rationale and extra (JSON text) of an evaluation's stored samples."""
+        return self.query("SELECT item_id, output, judge_rationale, extra FROM eval_samples WHERE eval_id = ?",
+                          [eval_id])
+
+    def peer_samples(self, task: str, judge: str | None, *, exclude_eval_id: str) -> list[dict[str, Any]]:
+        """eval_id, item_id and extra of every other completed evaluation of `task` by the same judge."""
+        return self.query(
+            "SELECT s.eval_id, s.item_id, s.extra FROM eval_samples s JOIN eval_runs r ON s.eval_id = r.eval_id "
+            "WHERE r.task = ? AND r.judge IS NOT DISTINCT FROM ? AND r.status = 'completed' AND r.eval_id <> ?",
+            [task, judge, exclude_eval_id],
+        )
+
+    def run_metrics(self, run_id: str) -> list[dict[str, Any]]:
+        """task, metric, n, mean, ci_low, ci_high of a run's evaluations, by task and metric."""
+        return self.query("SELECT task, metric, n, mean, ci_low, ci_high FROM eval_metrics WHERE run_id = ? "
+                          "ORDER BY task, metric", [run_id])
+
+    def metrics_of_runs(self, run_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Every eval metric row of `run_ids`, oldest first (so later evaluations win when folded)."""
+        if not run_ids:
+            return []
+        return self.query(
+            "SELECT run_id, task, metric, n, mean, ci_low, ci_high, created_at FROM eval_metrics "
+            "WHERE list_contains(?, run_id) ORDER BY created_at",
+            [list(run_ids)],
+        )
+
+    def metric_mean(self, run_id: str, task: str, metric: str | None = None) -> float | None:
+        """The latest mean of `metric` (any metric of the task when None) for a run's evaluation of `task`."""
+        sql = "SELECT mean FROM eval_metrics WHERE run_id = ? AND task = ?"
+        params: list[Any] = [run_id, task]
+        if metric:
+            sql += " AND metric = ?"
+            params.append(metric)
+        rows = self.query(sql + " ORDER BY created_at DESC LIMIT 1", params)
+        return rows[0]["mean"] if rows else None
+
+    # -- judgement cache ------------------------------------------------------------------------------------------
+
+    def get_judgements(self, cache_keys: Iterable[str]) -> dict[str, JudgementRecord]:
+        keys = sorted(set(cache_keys))
+        if not keys:
+            return {}
+        rows = self.query("SELECT * FROM judgements WHERE list_contains(?, cache_key)", [keys])
+        return {r["cache_key"]: JudgementRecord(**r) for r in rows}
+
+    def put_judgements(self, records: Sequence[JudgementRecord]) -> None:
+        self._write([_insert("judgements", records, replace=True)])
+
+    # -- mixtures -------------------------------------------------------------------------------------------------
+
+    def record_mixture(self, mixture: MixtureRecord, sources: Sequence[SourceRecord],
+                       components: Sequence[ComponentRecord], contamination: Sequence[ContaminationRecord]) -> None:
+        """A built mixture with its sources, components and contamination flags, replacing an earlier record of
+        the same mixture id, in one transaction."""
+        self._write([
+            _insert("sources", sources, replace=True),
+            _insert("mixtures", [mixture], replace=True),
+            _delete("mixture_components", ("mixture_id", "=", mixture.mixture_id)),
+            _insert("mixture_components", components),
+            _delete("contamination", ("mixture_id", "=", mixture.mixture_id)),
+            _insert("contamination", contamination),
+        ])
+
+    def has_mixture(self, mixture_id: str) -> bool:
+        return bool(self.query("SELECT 1 FROM mixtures WHERE mixture_id = ?", [mixture_id]))
+
+    # -- ladders --------------------------------------------------------------------------------------------------
+
+    def record_ladder_decision(self, decision: LadderDecision) -> None:
+        self._write([_insert("ladder_decisions", [decision])])
+
+    def ladder_decisions(self, ladder_id: str) -> list[dict[str, Any]]:
+        return self.query("SELECT * FROM ladder_decisions WHERE ladder_id = ? ORDER BY decided_at", [ladder_id])
 
 
-def _encode(column: str, value: Any) -> Any:
-    if column in _JSON_COLUMNS and value is not None and not isinstance(value, str):
-        return json.dumps(value, sort_keys=True, default=str)
-    return value
+# ---------------------------------------------------------------------------------------------------------------
+# A process that spooled writes tries once more to land them before it exits.
+# ---------------------------------------------------------------------------------------------------------------
+
+_SPOOLED: dict[Path, Store] = {}
+
+
+def _flush_at_exit(store: Store) -> None:
+    if not _SPOOLED:
+        atexit.register(_flush_spooled)
+    _SPOOLED.setdefault(store.path, store)
+
+
+def _flush_spooled() -> None:
+    for store in _SPOOLED.values():
+        try:
+            store.flush()
+        except MixlabError:
+            pass  # still held: the next writer (or read overlay) picks the files up

@@ -1,7 +1,8 @@
 """The one place that decides which device and which precision a model runs in (recipes, evals, serve, bench).
 
     resolve_device("auto")            -> "cuda" when a GPU is visible, else "cpu"; "cuda:1" is checked
-    resolve_precision("auto", device) -> "bf16" on a GPU that supports it, else "fp32"; bf16/fp16 need a GPU
+    resolve_precision("auto", device) -> "bf16" on a GPU that supports it, else "fp32"; bf16/fp16 need a GPU (training)
+    resolve_dtype(None, device)       -> the same default as a torch dtype; explicit dtypes pass through (inference)
     torch_dtype("bf16")               -> torch.bfloat16
     describe_device()                 -> what run rows record ("1x NVIDIA H100 ...", "cpu (<model>, 2 cores, ...)")
     cpu_name()                        -> the processor model benchmarks record beside their numbers
@@ -53,6 +54,18 @@ def resolve_precision(precision: str | torch.dtype | None, device: str) -> str:
 
 def torch_dtype(precision: str) -> torch.dtype:
     return _DTYPES[precision]
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    """Inference weights: `None`/"auto" as `resolve_precision`; an explicit dtype is kept (bf16 inference runs on CPU)."""
+    if dtype is None or str(dtype) == "auto":
+        return torch_dtype(resolve_precision("auto", device))
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = _DTYPE_NAMES.get(dtype, dtype)
+    if name not in _DTYPES:
+        raise MixlabError(f"dtype {dtype!r}: expected float32, bfloat16 or float16 (or fp32, bf16, fp16)")
+    return _DTYPES[name]
 
 
 def count_devices(requested: int) -> int:

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from mixlab.errors import MixlabError
 from mixlab.evals.backends.base import Backend, Generation, GenerationConfig, Messages, truncate_at_stop, validate_prompts
 from mixlab.evals.backends.torch_backend import encode_chat, eos_token_ids
+from mixlab.model.loading import load_model_and_tokenizer
 
 
 class HFBackend(Backend):
@@ -26,10 +27,8 @@ class HFBackend(Backend):
         dtype: Any = None,
         batch_size: int = 16,
     ):
-        from mixlab.evals.backends.loading import load_model_for, load_tokenizer_for
-
-        self.model, self.model_desc = load_model_for(model_or_path, device=device, dtype=dtype)
-        self.tokenizer = load_tokenizer_for(model_or_path, tokenizer)
+        loaded = load_model_and_tokenizer(model_or_path, tokenizer, device=device, dtype=dtype, seed=0)
+        self.model, self.tokenizer, self.model_desc = loaded.model.eval(), loaded.tokenizer, loaded.description
         if self.tokenizer.pad_token_id is None:
             raise MixlabError("tokenizer has no pad token; left-padded batching needs one")
         self.batch_size = batch_size

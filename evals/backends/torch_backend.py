@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from mixlab.errors import MixlabError
 from mixlab.evals.backends.base import Backend, Generation, GenerationConfig, Messages, truncate_at_stop, validate_prompts
+from mixlab.model.loading import load_model_and_tokenizer
 
 
 def _row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
@@ -93,10 +94,8 @@ class TorchBackend(Backend):
         compact: bool = True,
         progress: bool = False,
     ):
-        from mixlab.evals.backends.loading import load_model_for, load_tokenizer_for
-
-        self.model, self.model_desc = load_model_for(model_or_path, device=device, dtype=dtype)
-        self.tokenizer = load_tokenizer_for(model_or_path, tokenizer)
+        loaded = load_model_and_tokenizer(model_or_path, tokenizer, device=device, dtype=dtype, seed=0)
+        self.model, self.tokenizer, self.model_desc = loaded.model.eval(), loaded.tokenizer, loaded.description
         if self.tokenizer.pad_token_id is None:
             raise MixlabError("tokenizer has no pad token; left-padded batching needs one")
         if batch_size < 1:

@@ -24,8 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import platform
-import subprocess
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +42,7 @@ from mixlab.evals.suites import resolve_suite
 from mixlab.evals.tasks.base import Completion, EvalItem, Score, Task, get_task
 from mixlab.evals.tasks.chat import join_turns
 from mixlab.paths import data_root as default_data_root
-from mixlab.store import MetricRecord, RunRecord, Store, utcnow
+from mixlab.store import EvalRunRecord, MetricRecord, RunRecord, SampleRecord, Store, utcnow
 
 STYLE_METRICS = ("chars", "words", "repetition_3gram", "repetition_line", "refusal", "markdown_density",
                  "broken_format", "empty")
@@ -182,10 +180,7 @@ def evaluate(
 
     if created_run:
         failed = [r for r in results if r.status != "completed"]
-        store.update_run(
-            run_id, status="failed" if failed else "completed", finished_at=utcnow(),
-            error="; ".join(f"{r.task}: {r.error}" for r in failed) or None,
-        )
+        store.finish_run(run_id, error="; ".join(f"{r.task}: {r.error}" for r in failed) or None)
     return EvalResults(run_id, checkpoint_id, backend_info, judge_id, results)
 
 
@@ -204,12 +199,9 @@ def get_backend_for(name: str, checkpoint: Any, opts: dict[str, Any] | None, chu
 def _run_task(task: Task, *, eval_id: str, run_id: str, checkpoint_id: str, suite: str | None, backend: Backend,
               backend_name: str, cfg: GenerationConfig, judge_id: str | None, store: Store, data_root: Path | None,
               limit: int | None, chunk_size: int, resume: bool, bar) -> TaskResult:
-    now = utcnow()
-    store.insert("eval_runs", [{
-        "eval_id": eval_id, "run_id": run_id, "checkpoint": checkpoint_id, "task": task.name, "suite": suite,
-        "backend": backend_name, "gen_config": cfg.to_dict(), "judge": judge_id, "status": "running",
-        "error": None, "n_samples": 0, "created_at": now, "finished_at": None,
-    }], replace=True)
+    store.start_eval(EvalRunRecord(eval_id=eval_id, run_id=run_id, checkpoint=checkpoint_id, task=task.name,
+                                   suite=suite, backend=backend_name, gen_config=cfg.to_dict(), judge=judge_id),
+                     keep_samples=resume)
     bar_id = bar.add_task(f"{task.name}", total=None) if bar is not None else None
     n_done = reused = 0
     try:
@@ -217,8 +209,6 @@ def _run_task(task: Task, *, eval_id: str, run_id: str, checkpoint_id: str, suit
         if not items:
             raise MixlabError(f"task {task.name}: no items (limit={limit})")
         previous = _stored_samples(store, eval_id) if resume else {}
-        if not resume:
-            store.execute("DELETE FROM eval_samples WHERE eval_id = ?", [eval_id])
         scores: dict[str, Score] = {}
         outputs: dict[str, str] = {}
         for item in items:
@@ -243,27 +233,15 @@ def _run_task(task: Task, *, eval_id: str, run_id: str, checkpoint_id: str, suit
         # e.g. pairwise tasks read other models' judgements for instruction difficulty
         task.prepare_aggregate(store=store, eval_id=eval_id, judge_id=judge_id)
         metrics = _metrics(task, eval_id, run_id, ordered, [outputs[item.item_id] for item in items])
-        store.execute("DELETE FROM eval_metrics WHERE eval_id = ?", [eval_id])
-        store.record_metrics(metrics)
-        store.execute(
-            "UPDATE eval_runs SET status = 'completed', n_samples = ?, finished_at = ?, error = NULL WHERE eval_id = ?",
-            [len(items), utcnow(), eval_id],
-        )
+        store.finish_eval(eval_id, metrics, n_samples=len(items))
         return TaskResult(eval_id, task.name, task.category, "completed", len(items), metrics, reused=reused)
     except KeyboardInterrupt:
-        _mark_failed(store, eval_id, "interrupted", n_done)
+        store.fail_eval(eval_id, "interrupted", n_done)
         raise
     except Exception as exc:  # noqa: BLE001 - a failed task is recorded and the suite goes on
         message = str(exc) if isinstance(exc, MixlabError) else f"{type(exc).__name__}: {exc}"
-        _mark_failed(store, eval_id, message, n_done)
+        store.fail_eval(eval_id, message, n_done)
         return TaskResult(eval_id, task.name, task.category, "failed", n_done, error=message, reused=reused)
-
-
-def _mark_failed(store: Store, eval_id: str, message: str, n_done: int) -> None:
-    store.execute(
-        "UPDATE eval_runs SET status = 'failed', error = ?, n_samples = ?, finished_at = ? WHERE eval_id = ?",
-        [message, n_done, utcnow(), eval_id],
-    )
 
 
 def _score(task: Task, items: list[EvalItem], completions: list[Completion], bar) -> list[Score]:
@@ -282,37 +260,33 @@ def _write_samples(store: Store, eval_id: str, run_id: str, task: Task, items, c
         style = style_stats(comp.text)
         value = task.sample_score(score)
         turns = item.meta.get("turns") if isinstance(item.meta.get("turns"), list) else None
-        rows.append({
-            "eval_id": eval_id,
-            "run_id": run_id,
-            "task": task.name,
-            "item_id": item.item_id,
-            "prompt": _prompt_text(item, turns),
-            "output": comp.text,
-            "reference": _as_text(item.reference),
-            "score": value,
-            "passed": (value == 1.0) if (value is not None and task.binary_metrics) else None,
-            "judge_rationale": score.rationale,
-            "prompt_tokens": comp.prompt_tokens,
-            "output_tokens": comp.output_tokens,
-            "extra": {
+        rows.append(SampleRecord(
+            eval_id=eval_id,
+            run_id=run_id,
+            task=task.name,
+            item_id=item.item_id,
+            prompt=_prompt_text(item, turns),
+            output=comp.text,
+            reference=_as_text(item.reference),
+            score=value,
+            passed=(value == 1.0) if (value is not None and task.binary_metrics) else None,
+            judge_rationale=score.rationale,
+            prompt_tokens=comp.prompt_tokens,
+            output_tokens=comp.output_tokens,
+            extra={
                 "scores": score.values,
                 "details": score.details,
                 "style": {k: style[k] for k in STYLE_METRICS},
                 "finish_reason": comp.finish_reason,
                 **comp.extra,
             },
-        })
-    # Replace rows of the same items (a resumed run re-scoring them) rather than duplicating them.
-    store.execute(
-        "DELETE FROM eval_samples WHERE eval_id = ? AND item_id IN (SELECT unnest(?::VARCHAR[]))",
-        [eval_id, [item.item_id for item in items]],
-    )
-    store.insert("eval_samples", rows)
+        ))
+    # Replaces rows of the same items (a resumed run re-scoring them) rather than duplicating them.
+    store.record_eval_samples(eval_id, rows)
 
 
 def _stored_samples(store: Store, eval_id: str) -> dict[str, tuple[Score, str]]:
-    rows = store.query("SELECT item_id, output, judge_rationale, extra FROM eval_samples WHERE eval_id = ?", [eval_id])
+    rows = store.eval_samples(eval_id)
     out = {}
     for row in rows:
         try:
@@ -407,41 +381,17 @@ def _resolve_run(store: Store, run_id: str | None, checkpoint: str, backend: dic
         if store.get_run(run_id) is not None:
             return run_id, False
     else:
-        rows = store.query(
-            "SELECT run_id FROM runs WHERE checkpoint_path = ? AND kind <> 'eval' ORDER BY created_at DESC LIMIT 1",
-            [checkpoint],
-        )
-        if rows:
-            return rows[0]["run_id"], False
+        trained = store.run_for_checkpoint(checkpoint)
+        if trained is not None:
+            return trained, False
         run_id = f"eval-{utcnow():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-    store.create_run(RunRecord(
+    # Provenance (git sha, packages, device) comes from the store, the same record training rows carry; the
+    # backend's own device is in `config`.
+    store.start_run(RunRecord(
         run_id=run_id, kind="eval", name=f"eval {Path(checkpoint).name}", checkpoint_path=checkpoint,
-        git_sha=_git_sha(), packages=_packages(), device=str(backend.get("device") or platform.machine()),
         status="running", config={"backend": backend, "suite": suite},
     ))
     return run_id, True
-
-
-def _git_sha() -> str | None:
-    from mixlab.paths import REPO_ROOT
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def _packages() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("mixlab", "torch", "transformers", "duckdb", "vllm"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return out
 
 
 def _prompt_text(item: EvalItem, turns: list[str] | None) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 from mixlab.errors import MixlabError
 from mixlab.paths import checkpoints_dir
 from mixlab.recipes.schema import Recipe, Stage, load_recipe, recipe_from_text, trl_config_class
-from mixlab.store import RunRecord, Store, utcnow
+from mixlab.store import RunRecord, Store
 
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -252,13 +252,11 @@ class RecipeRunner:
     def _run_stage(self, item: ResolvedStage, init: Path | None, parent: str | None, *, resume: bool) -> StageResult:
         from transformers import set_seed
 
-        from mixlab.recipes.provenance import device_description, git_sha, package_versions
-
         stage, recipe = item.stage, self.recipe
         output_dir = checkpoints_dir() / item.run_id
         resume_from = latest_checkpoint(output_dir) if resume else None
         if not resume:
-            self.store.create_run(
+            self.store.start_run(  # fills git sha, packages and device from mixlab.provenance
                 RunRecord(
                     run_id=item.run_id,
                     kind="train",
@@ -274,9 +272,6 @@ class RecipeRunner:
                     preset=recipe.model.preset,
                     rung=self.rung,
                     seed=recipe.seed,
-                    git_sha=git_sha(),
-                    packages=package_versions(),
-                    device=device_description(),
                     status="running",
                     parent_run_id=parent,
                     sweep_id=self.sweep_id,
@@ -291,11 +286,9 @@ class RecipeRunner:
                 )
             )
         else:
-            self.store.update_run(item.run_id, status="running", error=None, finished_at=None)
             # Steps after the checkpoint are trained again; drop what the interrupted process logged for them.
             done = int(resume_from.name.split("-")[1]) if resume_from else 0
-            for table in ("train_metrics", "expert_load"):
-                self.store.execute(f"DELETE FROM {table} WHERE run_id = ? AND step > ?", [item.run_id, done])
+            self.store.restart_run(item.run_id, after_step=done)
         _print(self.progress, f"[stage {stage.name}] run {item.run_id}: {stage.trainer} on {item.mixture_name}"
                + (f", resuming from {resume_from.name}" if resume_from else ""))
         t0 = time.perf_counter()
@@ -308,7 +301,7 @@ class RecipeRunner:
             step = trainer.state.global_step
             train_s = time.perf_counter() - t0
             final_dir = self._save_final(trainer, tokenizer, output_dir)
-            self.store.update_run(item.run_id, checkpoint_path=str(final_dir))
+            self.store.set_checkpoint(item.run_id, str(final_dir))
             final_loss = _final_loss(trainer, train_output)
             self.store.log_train_metrics(item.run_id, step, {"train_wall_s": train_s})
             del trainer, model
@@ -319,20 +312,14 @@ class RecipeRunner:
             eval_s = time.perf_counter() - t1
         except BaseException as exc:  # noqa: BLE001 - every failure, including OOM and Ctrl-C, marks the run
             message = _describe_failure(exc)
-            self.store.update_run(
-                item.run_id, status="failed", error=message + "\n" + traceback.format_exc(limit=8)[-4000:],
-                finished_at=utcnow(),
-            )
+            self.store.fail_run(item.run_id, message + "\n" + traceback.format_exc(limit=8)[-4000:])
             kept = latest_checkpoint(output_dir)
             hint = f"; checkpoint {kept} kept, continue with `mixlab run --resume {item.run_id}`" if kept else ""
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             raise MixlabError(f"run {item.run_id} (stage {stage.name}) failed: {message}{hint}") from exc
-        self.store.update_run(item.run_id, status="completed", finished_at=utcnow())
-        metrics = self.store.query(
-            "SELECT task, metric, n, mean, ci_low, ci_high FROM eval_metrics WHERE run_id = ? ORDER BY task, metric",
-            [item.run_id],
-        )
+        self.store.finish_run(item.run_id)
+        metrics = self.store.run_metrics(item.run_id)
         return StageResult(
             run_id=item.run_id, stage=stage.name, trainer=stage.trainer, mixture_name=item.mixture_name,
             status="completed", checkpoint=str(final_dir), final_loss=final_loss, steps=step, train_s=train_s,
@@ -340,18 +327,12 @@ class RecipeRunner:
         )
 
     def _result_from_store(self, item: ResolvedStage, row: dict[str, Any]) -> StageResult:
-        metrics = self.store.query(
-            "SELECT task, metric, n, mean, ci_low, ci_high FROM eval_metrics WHERE run_id = ? ORDER BY task, metric",
-            [item.run_id],
-        )
-        loss = self.store.query(
-            "SELECT value, step FROM train_metrics WHERE run_id = ? AND name = 'loss' ORDER BY step DESC LIMIT 1",
-            [item.run_id],
-        )
+        metrics = self.store.run_metrics(item.run_id)
+        loss = self.store.last_train_metric(item.run_id, "loss")
         return StageResult(
             run_id=item.run_id, stage=item.stage.name, trainer=item.stage.trainer, mixture_name=item.mixture_name,
-            status=row["status"], checkpoint=row["checkpoint_path"], final_loss=loss[0]["value"] if loss else None,
-            steps=loss[0]["step"] if loss else 0, metrics=metrics,
+            status=row["status"], checkpoint=row["checkpoint_path"], final_loss=loss[0] if loss else None,
+            steps=loss[1] if loss else 0, metrics=metrics,
         )
 
     # -- pieces -----------------------------------------------------------------------------------------------
@@ -602,9 +583,7 @@ def resume(run_id: str, *, store: Store | None = None, progress: bool = True) ->
     store = store or Store()
     row = store.get_run(run_id)
     if row is None:
-        rows = store.query(
-            "SELECT * FROM runs WHERE json_extract_string(config, '$.invocation') = ? ORDER BY created_at", [run_id]
-        )
+        rows = store.runs_of_invocation(run_id)
         if not rows:
             raise MixlabError(f"--resume {run_id}: no such run in {store.path}")
         row = rows[0]

@@ -23,7 +23,7 @@ from mixlab.errors import MixlabError
 from mixlab.evals.backends.base import Backend, GenerationConfig
 from mixlab.evals.judges.parse import is_strong, outcome_for, parse_pairwise, parse_rating
 from mixlab.evals.judges.templates import JudgeTemplate, get_template, single_template
-from mixlab.store import Store, utcnow
+from mixlab.store import JudgementRecord, Store, utcnow
 
 UNPARSEABLE = "unparseable"
 
@@ -194,36 +194,19 @@ class LLMJudge:
     def _cache_get(self, keys: list[str]) -> dict[str, Judgement]:
         if self.store is None or not keys:
             return {}
-        rows = self.store.query(
-            "SELECT cache_key, verdict, score, raw, template FROM judgements WHERE cache_key IN "
-            "(SELECT unnest(?::VARCHAR[]))",
-            [list(set(keys))],
-        )
-        return {r["cache_key"]: Judgement(r["verdict"], r["score"], r["raw"] or "", r["template"], cached=True) for r in rows}
+        found = self.store.get_judgements(keys)
+        return {k: Judgement(r.verdict, r.score, r.raw or "", r.template, cached=True) for k, r in found.items()}
 
     def _cache_put(self, entries: list[tuple[str, JudgeRequest, Judgement]]) -> None:
         if self.store is None or not entries:
             return
         now = utcnow()
-        self.store.insert(
-            "judgements",
-            [
-                {
-                    "cache_key": key,
-                    "judge": self.id,
-                    "template": req.template.key,
-                    "prompt_hash": req.prompt_hash,
-                    "answer_hash": req.answer_hash,
-                    "verdict": j.verdict,
-                    "score": j.score,
-                    "rationale": _short_rationale(j.raw),
-                    "raw": j.raw,
-                    "created_at": now,
-                }
-                for key, req, j in entries
-            ],
-            replace=True,
-        )
+        self.store.put_judgements([
+            JudgementRecord(cache_key=key, judge=self.id, template=req.template.key, prompt_hash=req.prompt_hash,
+                            answer_hash=req.answer_hash, verdict=j.verdict, score=j.score,
+                            rationale=_short_rationale(j.raw), raw=j.raw, created_at=now)
+            for key, req, j in entries
+        ])
 
     # -- task-facing helpers -------------------------------------------------------------------------------------
 

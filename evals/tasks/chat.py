@@ -214,11 +214,7 @@ class PairwiseBaselineTask(JudgedChatTask):
     history: list[tuple[str, str, float, float]] | None = None
 
     def prepare_aggregate(self, *, store, eval_id: str, judge_id: str | None) -> None:
-        rows = store.query(
-            "SELECT s.eval_id, s.item_id, s.extra FROM eval_samples s JOIN eval_runs r ON s.eval_id = r.eval_id "
-            "WHERE r.task = ? AND r.judge IS NOT DISTINCT FROM ? AND r.status = 'completed' AND r.eval_id <> ?",
-            [self.name, judge_id, eval_id],
-        )
+        rows = store.peer_samples(self.name, judge_id, exclude_eval_id=eval_id)
         history = []
         for row in rows:
             try:

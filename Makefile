@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 # The CPU build of torch lies on the CI/dev machines' disk; installing it first keeps pip from pulling a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# The repo root is never on sys.path: our top-level `kernels/` would shadow the PyPI `kernels` that transformers
+# imports. Python >= 3.11 then prepends neither cwd (`-m`, `-c`) nor a script's folder.
+export PYTHONSAFEPATH := 1
 
 .PHONY: install test test-all test-e2e e2e-deps demo dashboard bench clean
 
@@ -34,7 +37,7 @@ test-e2e: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m e2e; rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m mixlab.recipes.demo
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/mixlab demo
 
 dashboard: $(STAMP)
 	$(VENV)/bin/mixlab dashboard

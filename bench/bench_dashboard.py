@@ -25,12 +25,12 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
+from mixlab import procs
 from mixlab.device import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ print(json.dumps({"seconds": dt, "plotted": int({m.label: m.value for m in at.me
 
 
 def apptest_cold(db: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", _COLD, str(db), str(APP)], capture_output=True, text=True, check=True)
+    out = procs.run(["-c", _COLD, str(db), str(APP)], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -130,11 +130,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def browser_visits(cmd: list[str], port: int, expected_points: int, visits: int = 3) -> dict:
+def browser_visits(args: list[str], port: int, expected_points: int, visits: int = 3) -> dict:
     """Start a server, then time navigation → every point drawn, for `visits` fresh pages."""
     from playwright.sync_api import sync_playwright
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = procs.popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         t_start = time.perf_counter()
         while True:
@@ -175,7 +175,7 @@ def browser_first_view(db: Path, expected_points: int) -> dict | None:
     from mixlab.dashboard import queries
 
     port = _free_port()
-    ours = browser_visits([sys.executable, "-m", "mixlab", "dashboard", "--db", str(db), "--port", str(port)],
+    ours = browser_visits(procs.mixlab_args("dashboard", "--db", str(db), "--port", str(port)),
                           port, expected_points)
     metrics = queries.latest_metrics(db)
     cat = agg.catalog(metrics)
@@ -185,7 +185,7 @@ def browser_first_view(db: Path, expected_points: int) -> dict | None:
     pts[["run_id", "x", "y", "mixture_family"]].to_parquet(work / "points.parquet")
     (work / "app.py").write_text(_FLOOR_APP.format(points=str(work / "points.parquet")))
     port = _free_port()
-    floor = browser_visits([sys.executable, "-m", "streamlit", "run", str(work / "app.py"), "--server.port", str(port),
+    floor = browser_visits(["-m", "streamlit", "run", str(work / "app.py"), "--server.port", str(port),
                             "--server.address", "127.0.0.1", "--server.headless", "true",
                             "--browser.gatherUsageStats", "false"], port, len(pts))
     return {"mixlab": ours, "floor_streamlit_altair_only": floor,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from mixlab import procs
 from mixlab.errors import MixlabError
 
 APP = Path(__file__).with_name("app.py")
@@ -15,13 +16,13 @@ APP = Path(__file__).with_name("app.py")
 
 def streamlit_command(db: Path, port: int, host: str) -> tuple[list[str], dict[str, str]]:
     """The `streamlit run` command line and environment: local-only, headless, no usage statistics."""
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", str(APP),
+    cmd = procs.argv([
+        "-m", "streamlit", "run", str(APP),
         "--server.address", host, "--server.port", str(port), "--server.headless", "true",
         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
         "--theme.base", "light", "--client.toolbarMode", "viewer",
-    ]
-    env = dict(os.environ, MIXLAB_DB=str(db.resolve()), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    ])
+    env = procs.env(MIXLAB_DB=str(db.resolve()), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
     return cmd, env
 
 

@@ -71,3 +71,28 @@ def register(app: typer.Typer) -> None:
 
         outcome = run_ladder(ladder, progress=not quiet)
         print_ladder(outcome["ladder_id"])
+
+    @app.command("demo")
+    def demo_cmd(
+        base_steps: Optional[int] = typer.Option(None, "--base-steps", min=1,
+                                                 help="shared-base SFT steps (default: demo-base.yaml)"),
+        sft_steps: Optional[int] = typer.Option(None, "--sft-steps", min=1,
+                                                help="per-mixture SFT steps (default: demo-sft.yaml)"),
+        grpo_steps: Optional[int] = typer.Option(None, "--grpo-steps", min=1, help="GRPO steps (default: demo-grpo.yaml)"),
+        eval_limit: Optional[int] = typer.Option(None, "--eval-limit", min=1,
+                                                 help="held-out items per task (default: demo-sft.yaml)"),
+        parallel: int = typer.Option(2, "--parallel", min=1, help="fine-tuning runs at once (processes)"),
+        precision: Optional[str] = typer.Option(None, "--precision",
+                                                help="auto, fp32 or bf16: override the recipes' precision "
+                                                     "(auto = bf16 on a GPU, fp32 on CPU)"),
+        quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    ) -> None:
+        """The whole lab on a laptop CPU: build mixtures, train, fine-tune per mixture, GRPO, evaluate, compare."""
+        from mixlab.recipes.demo import main as demo_main
+
+        if precision not in (None, "auto", "fp32", "bf16"):
+            raise MixlabError(f"--precision {precision!r}: expected auto, fp32 or bf16")
+        code = demo_main(base_steps=base_steps, sft_steps=sft_steps, grpo_steps=grpo_steps, eval_limit=eval_limit,
+                         parallel=parallel, precision=precision, quiet=quiet)
+        if code:
+            raise typer.Exit(code)

@@ -1,4 +1,4 @@
-"""`make demo`: the whole lab on a laptop CPU, start to finish.
+"""`mixlab demo` (`make demo`): the whole lab on a laptop CPU, start to finish.
 
 1. builds the demo mixtures from mixlab's procedural sources (math-, code-, chat-heavy, balanced; RL prompts);
 2. trains a shared base (SFT of the `demo` preset on the balanced mixture);
@@ -9,12 +9,12 @@
 5. writes everything to runs/mixlab.duckdb, prints the result table with 95 % CIs and checks the trade-off:
    math-heavy beats chat-heavy on proc-math and chat-heavy beats math-heavy on proc-chat, beyond the CIs.
 
-The knobs (steps, eval size, parallelism) default to what fits the 15-minute budget on 2 cores; see `--help`.
+The knobs (steps, eval size, parallelism) default to what fits the 15-minute budget on 2 cores; see
+`mixlab demo --help` (the command is registered in recipes/cli.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -24,30 +24,18 @@ from typing import Any
 import yaml
 
 from mixlab.paths import default_db_path, runs_dir
+from mixlab.yamlio import load_yaml
 
 SFT_MIXTURES = ["demo-math-heavy", "demo-code-heavy", "demo-chat-heavy", "demo-balanced"]
 GRPO_AFTER = "demo-balanced"
 REGISTRY = Path(__file__).parent / "registry"
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m mixlab.recipes.demo", description=__doc__.splitlines()[0])
-    p.add_argument("--base-steps", type=int, default=None, help="shared-base SFT steps (default: demo-base.yaml)")
-    p.add_argument("--sft-steps", type=int, default=None, help="per-mixture SFT steps (default: demo-sft.yaml)")
-    p.add_argument("--grpo-steps", type=int, default=None, help="GRPO steps (default: demo-grpo.yaml)")
-    p.add_argument("--eval-limit", type=int, default=None, help="held-out items per task (default: demo-sft.yaml)")
-    p.add_argument("--parallel", type=int, default=2, help="fine-tuning runs at once (processes)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
-                   help="override the recipes' precision (auto = bf16 on a GPU, fp32 on CPU)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
-
-
 _PRECISION: str | None = None
 
 
 def _load(name: str) -> dict[str, Any]:
-    data = yaml.safe_load((REGISTRY / f"{name}.yaml").read_text())
+    data, _ = load_yaml(REGISTRY / f"{name}.yaml")
     if _PRECISION:
         data["precision"] = _PRECISION
     return data
@@ -60,7 +48,9 @@ def _stage_args(data: dict[str, Any], **values: Any) -> dict[str, Any]:
     return data
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(base_steps: int | None = None, sft_steps: int | None = None, grpo_steps: int | None = None,
+         eval_limit: int | None = None, parallel: int = 2, precision: str | None = None, quiet: bool = False) -> int:
+    """Runs the demo; returns 0 when the trade-off holds, 3 when it does not, 1 when a member run failed."""
     from rich.console import Console
 
     from mixlab.mixtures import build
@@ -71,10 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     from mixlab.store import Store
 
     global _PRECISION
-    args = _parse(argv)
-    _PRECISION = args.precision
+    _PRECISION = precision
     console = Console()
-    progress = not args.quiet
+    progress = not quiet
     store = Store()
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -96,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     # One thread: a few dozen steps of a ~1M model gain little from a second thread on 2 cores, and on a busy
     # machine a 2-thread process was measured 8x slower per step than a 1-thread one.
     torch.set_num_threads(1)
-    base_data = _stage_args(_load("demo-base"), max_steps=args.base_steps)
+    base_data = _stage_args(_load("demo-base"), max_steps=base_steps)
     base_text = yaml.safe_dump(base_data, sort_keys=False)
     base = RecipeRunner(parse_recipe(base_data, where="demo-base"), base_text, store=store, progress=progress)
     base_run = base.run()[-1]
@@ -109,24 +98,24 @@ def main(argv: list[str] | None = None) -> int:
     sweep_id = new_sweep_id("demo")
     out_dir = runs_dir() / "sweeps" / sweep_id
     out_dir.mkdir(parents=True, exist_ok=True)
-    grpo = _stage_args(_load("demo-grpo"), max_steps=args.grpo_steps)
+    grpo = _stage_args(_load("demo-grpo"), max_steps=grpo_steps)
     members = []
     for mixture in sorted(SFT_MIXTURES, key=lambda m: m != GRPO_AFTER):  # the longest member starts first
-        data = _stage_args(_load("demo-sft"), max_steps=args.sft_steps)
+        data = _stage_args(_load("demo-sft"), max_steps=sft_steps)
         data["name"] = f"demo-{mixture.removeprefix('demo-')}"
         data["model"] = {"run": base_run.run_id}
         data["stages"][0]["mixture"] = mixture
-        if args.eval_limit:
-            data["eval"]["limit"] = args.eval_limit
+        if eval_limit:
+            data["eval"]["limit"] = eval_limit
         if mixture == GRPO_AFTER:
             stage = dict(grpo["stages"][0])
-            stage["eval"] = {**grpo["eval"], **({"limit": args.eval_limit} if args.eval_limit else {})}
+            stage["eval"] = {**grpo["eval"], **({"limit": eval_limit} if eval_limit else {})}
             data["stages"].append(stage)
         parse_recipe(data, where=data["name"])
         path = out_dir / f"{data['name']}.yaml"
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         members.append((data["name"], path))
-    outcome = run_members("demo", sweep_id, members, parallel=args.parallel, store=store, progress=progress,
+    outcome = run_members("demo", sweep_id, members, parallel=parallel, store=store, progress=progress,
                           recipe_ref="demo-sft")
     timings["finetune_and_eval_s"] = time.perf_counter() - t
     if outcome["failures"]:
@@ -175,6 +164,3 @@ def trade_off(rows: list[dict[str, Any]]) -> dict[str, Any]:
              "math-heavy wins math, chat-heavy wins chat-format"] + [text for _, _, text in checks]
     return {"holds": holds, "lines": lines}
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -22,7 +22,6 @@ import copy
 import os
 import secrets
 import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mixlab import procs
 from mixlab.errors import MixlabError
 from mixlab.paths import runs_dir
 from mixlab.recipes.schema import load_recipe, parse_recipe
@@ -253,10 +253,10 @@ def _run_parallel(jobs: list[tuple[str, Path, str]], parallel: int, sweep_id: st
         while pending and len(running) < parallel:
             name, recipe_path, invocation = pending.pop(0)
             log = logs / f"{name}.log"
-            cmd = [sys.executable, "-m", "mixlab", "run", str(recipe_path), "--sweep-id", sweep_id,
-                   "--invocation", invocation, "--quiet"]
+            cmd = procs.mixlab_args("run", str(recipe_path), "--sweep-id", sweep_id, "--invocation", invocation,
+                                    "--quiet")
             handle = open(log, "w")
-            running.append((name, subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env), log))
+            running.append((name, procs.popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env_base=env), log))
         time.sleep(0.5)
         for entry in list(running):
             name, proc, log = entry

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
+# The repo root must never be importable as a folder of top-level packages: its `kernels/` would shadow the PyPI
+# `kernels` that transformers imports. `python -m pytest` without PYTHONSAFEPATH=1 prepends cwd; drop it here,
+# before anything imports transformers (`make test` and CI set PYTHONSAFEPATH=1, so this is only a safety net).
+_REPO = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _REPO]
+os.environ["PYTHONSAFEPATH"] = "1"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Without a GPU, mixlab's Triton kernels are tested in the interpreter; triton reads this when a kernel is defined,
+# so it must be set before anything imports mixlab.kernels.
+if not os.path.exists("/dev/nvidia0"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 

@@ -11,6 +11,7 @@ import atexit
 import re
 from pathlib import Path
 
+from mixlab import procs
 from mixlab.evals.stats import summarize_metrics
 from mixlab.evals.tasks._data import apply_limit, load_rows
 from mixlab.evals.tasks.base import EvalItem, Score, Task, register_task
@@ -160,10 +161,9 @@ class _Worker:
 
     def __init__(self) -> None:
         import subprocess
-        import sys
 
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mixlab.evals.math_verify_worker"],
+        self.proc = procs.popen(
+            ["-m", "mixlab.evals.math_verify_worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         _LIVE_WORKERS.add(self)

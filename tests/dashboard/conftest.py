@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from mixlab import procs
 from mixlab.dashboard import sample_data
 
 
@@ -56,8 +55,8 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout_s: float = 90) -> No
 
 
 def start_dashboard(db: Path, port: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mixlab", "dashboard", "--db", str(db), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    return procs.popen(procs.mixlab_args("dashboard", "--db", str(db), "--port", str(port)),
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from mixlab import procs
 from mixlab.errors import MixlabError
 from mixlab.evals.backends import GenerationConfig, get_backend
 from mixlab.evals.judges import get_judge
@@ -37,9 +38,9 @@ from mixlab.evals.runner import evaluate
 def served_tiny():
     pytest.importorskip("mixlab.model")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mixlab", "serve", "tiny", "--port", "0", "--batch-size", "8"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    proc = procs.popen(
+        procs.mixlab_args("serve", "tiny", "--port", "0", "--batch-size", "8"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env_base=env,
     )
     deadline = time.monotonic() + 240
     url = None

@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
+from mixlab import procs
 from mixlab.errors import MixlabError
 from mixlab.evals.check import check_task, derangement
 from mixlab.evals.suites import SUITES, resolve_suite, suite_tasks
 from mixlab.evals.tasks.base import EvalItem, Score, Task, task_names
 
-MIXLAB = [sys.executable, "-c", "from mixlab.cli import main; main()"]
+MIXLAB = procs.argv(["-c", "from mixlab.cli import main; main()"])
 
 
 def _local_cli():
@@ -32,7 +32,7 @@ def _local_cli():
 
 def run_cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([*MIXLAB, *args], capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run([*MIXLAB, *args], capture_output=True, text=True, timeout=300, env=procs.env(env))
 
 
 def test_resolve_suite_present_missing_and_mixes():

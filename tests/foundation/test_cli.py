@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import sys
+
+from mixlab import procs
 
 
 def _mixlab(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mixlab", *args], capture_output=True, text=True, timeout=120)
+    return procs.run(procs.mixlab_args(*args), capture_output=True, text=True, timeout=120)
 
 
 def test_help_lists_commands():
@@ -30,8 +31,8 @@ def test_unknown_command_fails():
 
 def test_typer_exit_codes_pass_through():
     # A command raising typer.Exit(3) must exit 3 through `main()` (click's non-standalone mode returns the code).
-    out = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.argv=['mixlab','_exit_probe'];"
+    out = procs.run(
+        ["-c", "import sys; sys.argv=['mixlab','_exit_probe'];"
          "import typer; from mixlab import cli\n"
          "@cli.app.command('_exit_probe')\ndef p():\n    raise typer.Exit(3)\ncli.main()"],
         capture_output=True, text=True, timeout=120,

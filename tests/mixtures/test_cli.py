@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
+
+from mixlab import procs
 
 BASE = """\
 name: bad
@@ -82,8 +83,8 @@ def test_real_process_exit_code(tmp_path, rows_dir):
     path = rows_dir / "bad.yaml"
     path.write_text(BASE.replace("budget:", "budjet:"))
     env = {**__import__("os").environ, "MIXLAB_RUNS": str(tmp_path / "runs")}
-    proc = subprocess.run([sys.executable, "-c", "from mixlab.cli import main; main()", "mix", "build", str(path)],
-                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    proc = procs.run(["-c", "from mixlab.cli import main; main()", "mix", "build", str(path)],
+                     capture_output=True, text=True, cwd=tmp_path, env_base=env, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: {path}:2: budjet: unknown field 'budjet' (did you mean 'budget'?)"]
     assert not (tmp_path / "runs" / "artifacts").exists()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import pytest
 
+from mixlab import procs
 from mixlab.errors import MixlabError
 from mixlab.paths import tokenizers_dir
 
@@ -63,5 +62,5 @@ def test_loadable_without_mixlab_model_and_unknown_names_fail():
 
 def test_build_script_reproduces_the_committed_tokenizer():
     script = tokenizers_dir() / "build_mixlab_bpe.py"
-    proc = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=300)
+    proc = procs.run([str(script), "--check"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "identical" in proc.stdout, proc.stdout + proc.stderr

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
+
+from mixlab import procs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,5 +26,4 @@ def write_recipe(tmp_path: Path, name: str, stages: list[dict], **top) -> Path:
 
 def mixlab(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "mixlab", *args], cwd=REPO, env=full_env, capture_output=True,
-                          text=True, **kw)
+    return procs.run(procs.mixlab_args(*args), cwd=REPO, env_base=full_env, capture_output=True, text=True, **kw)

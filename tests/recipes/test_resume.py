@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from mixlab import procs
 from mixlab.store import Store
 
 from .helpers import REPO, mixlab, write_recipe
@@ -51,8 +51,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, isolated_runs):
 
     # The same recipe, killed with SIGKILL once a mid-run checkpoint is on disk.
     recipe = _recipe(tmp_path, "killed")
-    child = subprocess.Popen([sys.executable, "-m", "mixlab", "run", str(recipe), "--quiet"], cwd=REPO,
-                             env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = procs.popen(procs.mixlab_args("run", str(recipe), "--quiet"), cwd=REPO,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     checkpoints = Path(os.environ["MIXLAB_RUNS"]) / "checkpoints"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -81,8 +81,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, isolated_runs):
 @pytest.mark.slow
 def test_interrupt_marks_failed_keeps_checkpoints_and_resumes(tmp_path):
     recipe = _recipe(tmp_path, "interrupted")
-    child = subprocess.Popen([sys.executable, "-m", "mixlab", "run", str(recipe), "--quiet"], cwd=REPO,
-                             env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    child = procs.popen(procs.mixlab_args("run", str(recipe), "--quiet"), cwd=REPO,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     checkpoints = Path(os.environ["MIXLAB_RUNS"]) / "checkpoints"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and not list(checkpoints.glob("*/checkpoint-2/trainer_state.json")):

@@ -1,29 +1,28 @@
-"""mixlab's own batched generation: a plain decode loop over the model's cache.
+"""mixlab's own generation: the continuous-batching engine for Kimi Linear models, a plain decode loop otherwise.
 
-Why our own loop rather than `model.generate`: it is small enough to read, works the same for the hybrid cache
-(KDA conv + recurrent state, compressed MLA KV) and for any transformers causal LM, gives per-row seeded sampling
-(a row's sample does not depend on which other prompts share its batch), and drops finished rows from the batch
-when the cache supports it, so long-tail answers do not keep short ones' compute alive.
+Kimi Linear checkpoints (the hybrid KDA + MLA model) go through `mixlab.evals.engine.Engine` by default: requests
+join and leave one running batch, prefill runs the chunked forward, decode runs over a paged cache (KDA slot per
+sequence, MLA latent blocks), as CUDA graphs on GPU. Any other transformers causal LM (e.g. a judge model), or
+`engine=False`, uses the decode loop below: small enough to read, per-row seeded sampling (a row's sample does not
+depend on which other prompts share its batch), and it drops finished rows from the batch when the cache supports
+it, so long-tail answers do not keep short ones' compute alive.
 
-Per batch: left-pad the chat-templated prompts, prefill once (only the last position's logits), then one token per
-step for every unfinished row. A row finishes on an end-of-turn token, on a stop string, or at `max_new_tokens`.
-Position ids follow the attention mask (as transformers' `generate` does), so left padding changes nothing.
+Loop, per batch: left-pad the chat-templated prompts, prefill once (only the last position's logits), then one token
+per step for every unfinished row. A row finishes on an end-of-turn token, on a stop string, or at
+`max_new_tokens`. Position ids follow the attention mask (as transformers' `generate` does), so left padding
+changes nothing. Both paths draw sampled tokens from the same per-row uniform streams (`engine/sampling.py`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 from typing import Any, Sequence
 
 from mixlab.errors import MixlabError
 from mixlab.evals.backends.base import Backend, Generation, GenerationConfig, Messages, truncate_at_stop, validate_prompts
+from mixlab.evals.engine import Engine
+from mixlab.evals.engine.sampling import row_uniforms
 from mixlab.model.loading import load_model_and_tokenizer
-
-
-def _row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
-    digest = hashlib.sha256(f"{seed}:{prompt_index}:{sample_index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def encode_chat(tokenizer, conversation: Messages) -> list[int]:
@@ -69,17 +68,6 @@ def sample_next(logits, cfg: GenerationConfig, uniforms=None):
     return torch.searchsorted(cdf, target).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
 
 
-def row_uniforms(keys: list[tuple[int, int]], seed: int, steps: int):
-    """[rows, steps] uniforms in (0, 1], one CPU-seeded stream per (prompt, sample): identical on CPU and GPU."""
-    import torch
-
-    streams = []
-    for p, j in keys:
-        g = torch.Generator().manual_seed(_row_seed(seed, p, j))
-        streams.append(1.0 - torch.rand(steps, generator=g, dtype=torch.float64))
-    return torch.stack(streams)
-
-
 class TorchBackend(Backend):
     name = "torch"
 
@@ -93,7 +81,13 @@ class TorchBackend(Backend):
         batch_size: int = 16,
         compact: bool = True,
         progress: bool = False,
+        engine: bool | None = None,
+        cache_bytes: int | None = None,
+        cuda_graphs: bool | None = None,
+        max_context: int | None = None,
     ):
+        """`engine`: use the continuous-batching engine (default: yes for Kimi Linear models); `batch_size` is then
+        the most sequences decoding at once, `cache_bytes` the engine's cache budget (default: see engine.py)."""
         loaded = load_model_and_tokenizer(model_or_path, tokenizer, device=device, dtype=dtype, seed=0)
         self.model, self.tokenizer, self.model_desc = loaded.model.eval(), loaded.tokenizer, loaded.description
         if self.tokenizer.pad_token_id is None:
@@ -109,6 +103,21 @@ class TorchBackend(Backend):
         self._takes_logits_to_keep = "logits_to_keep" in params
         # transformers >= 5.2x renamed `past_key_values` to `cache` on its own models; mixlab's keeps the old name.
         self._cache_kwarg = "cache" if "cache" in params and "past_key_values" not in params else "past_key_values"
+        is_kimi = getattr(self.model.config, "model_type", None) == "kimi_linear"
+        if engine and not is_kimi:
+            raise MixlabError(f"the generation engine serves Kimi Linear models, not {type(self.model).__name__}")
+        self.use_engine = is_kimi if engine is None else bool(engine)
+        self._engine_opts = {"cache_bytes": cache_bytes, "cuda_graphs": cuda_graphs, "max_context": max_context}
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, built on first use (it allocates its whole cache budget up front)."""
+        if self._engine is None:
+            self._engine = Engine(self.model, eos_ids=self.eos_ids, max_batch=self.batch_size,
+                                  decode_text=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
+                                  **self._engine_opts)
+        return self._engine
 
     @property
     def device(self):
@@ -121,6 +130,7 @@ class TorchBackend(Backend):
             "device": str(self.device),
             "dtype": str(next(self.model.parameters()).dtype),
             "batch_size": self.batch_size,
+            "engine": self.use_engine,
         }
 
     # -- public -------------------------------------------------------------------------------------------------
@@ -128,6 +138,8 @@ class TorchBackend(Backend):
     def generate_detailed(self, prompts: Sequence[Messages], cfg: GenerationConfig) -> list[Generation]:
         validate_prompts(prompts)
         encoded = [encode_chat(self.tokenizer, conv) for conv in prompts]
+        if self.use_engine:
+            return self._generate_engine(encoded, cfg)
         # One row per (prompt, sample); longest first so batches pad little.
         rows = [(p, j) for p in range(len(prompts)) for j in range(cfg.n)]
         rows.sort(key=lambda r: -len(encoded[r[0]]))
@@ -148,6 +160,19 @@ class TorchBackend(Backend):
                     finish_reasons=[s[2] for s in samples],
                 )
             )
+        return out
+
+    def _generate_engine(self, encoded: list[list[int]], cfg: GenerationConfig) -> list[Generation]:
+        outputs = self.engine.generate(encoded, cfg)
+        out = []
+        for ids, samples in zip(encoded, outputs):
+            texts, reasons = [], []
+            for tokens, reason in samples:
+                text, stopped = truncate_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), cfg.stop)
+                texts.append(text)
+                reasons.append("stop" if reason == "stop" or stopped else "length")
+            out.append(Generation(texts=texts, prompt_tokens=len(ids), output_tokens=[len(t) for t, _ in samples],
+                                  finish_reasons=reasons))
         return out
 
     # -- the decode loop ------------------------------------------------------------------------------------------

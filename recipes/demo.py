@@ -124,10 +124,7 @@ def main(base_steps: int | None = None, sft_steps: int | None = None, grpo_steps
         return 1
 
     # 4. results -------------------------------------------------------------------------------------------------
-    run_ids = [r["run_id"] for r in store.query(
-        "SELECT run_id FROM runs WHERE sweep_id = ? AND kind = 'train' ORDER BY mixture_name, created_at",
-        [sweep_id])]
-    rows, tasks = results_rows(store, run_ids)
+    rows, tasks = results_rows(store, store.sweep_train_runs(sweep_id, by_mixture=True))
     timings["total_s"] = time.perf_counter() - t_start
     print_table(rows, tasks, "held-out level-1 procedural tasks (mean [95% CI], greedy, 300 items each)")
     verdict = trade_off(rows)

@@ -35,7 +35,7 @@ from mixlab.paths import runs_dir
 from mixlab.recipes.schema import _format_loc, load_recipe, parse_recipe
 from mixlab.recipes.sweep import _raise_validation, resolve_recipe_path
 from mixlab.yamlio import load_yaml
-from mixlab.store import RunRecord, Store, utcnow
+from mixlab.store import LadderDecision, RunRecord, Store
 
 
 class Rung(BaseModel):
@@ -101,14 +101,7 @@ def load_ladder(path: str | Path) -> LadderSpec:
 def _metric(store: Store, run_id: str, task: str, metric: str | None) -> float | None:
     from mixlab.recipes.report import primary_metric
 
-    metric = metric or primary_metric(task)
-    sql = "SELECT mean FROM eval_metrics WHERE run_id = ? AND task = ?"
-    params: list[Any] = [run_id, task]
-    if metric:
-        sql += " AND metric = ?"
-        params.append(metric)
-    rows = store.query(sql + " ORDER BY created_at DESC LIMIT 1", params)
-    return rows[0]["mean"] if rows else None
+    return store.metric_mean(run_id, task, metric or primary_metric(task))
 
 
 def run_ladder(path: str | Path, *, store: Store | None = None, progress: bool = True) -> dict[str, Any]:
@@ -148,7 +141,7 @@ def run_ladder(path: str | Path, *, store: Store | None = None, progress: bool =
         for mixture in [spec.baseline, *spec.mixtures]:
             member(rung, mixture).preflight()
 
-    store.create_run(RunRecord(run_id=ladder_id, kind="ladder", name=spec.name, recipe_name=spec.recipe,
+    store.start_run(RunRecord(run_id=ladder_id, kind="ladder", name=spec.name, recipe_name=spec.recipe,
                                recipe_yaml=Path(path).read_text(), status="running", sweep_id=ladder_id,
                                config=spec.model_dump()))
     alive = list(spec.mixtures)
@@ -164,11 +157,11 @@ def run_ladder(path: str | Path, *, store: Store | None = None, progress: bool =
             reason = "; ".join(text for _, text in verdicts)
             if i == len(spec.rungs) - 1:
                 reason += " (top rung)"
-            store.insert("ladder_decisions", [{
-                "ladder_id": ladder_id, "rung": rung.name, "mixture_name": mixture, "run_id": cand_run,
-                "baseline_run_id": baseline_run, "gates": [g.model_dump(exclude_none=True) for g in spec.gates],
-                "passed": passed, "reason": reason, "decided_at": utcnow(),
-            }])
+            store.record_ladder_decision(LadderDecision(
+                ladder_id=ladder_id, rung=rung.name, mixture_name=mixture, run_id=cand_run,
+                baseline_run_id=baseline_run, gates=[g.model_dump(exclude_none=True) for g in spec.gates],
+                passed=passed, reason=reason,
+            ))
             history.append({"rung": rung.name, "mixture": mixture, "run_id": cand_run, "passed": passed,
                             "reason": reason})
             if passed:
@@ -176,5 +169,5 @@ def run_ladder(path: str | Path, *, store: Store | None = None, progress: bool =
         alive = promoted
         if not alive:
             break
-    store.update_run(ladder_id, status="completed", finished_at=utcnow())
+    store.finish_run(ladder_id)
     return {"ladder_id": ladder_id, "decisions": history, "survivors": alive}

@@ -22,21 +22,9 @@ def results_rows(store: Store, run_ids: Iterable[str]) -> tuple[list[dict[str, A
     run_ids = list(run_ids)
     if not run_ids:
         return [], []
-    marks = ", ".join("?" for _ in run_ids)
-    runs = {r["run_id"]: r for r in store.query(f"SELECT * FROM runs WHERE run_id IN ({marks})", run_ids)}
-    metrics = store.query(
-        f"SELECT run_id, task, metric, n, mean, ci_low, ci_high, created_at FROM eval_metrics "
-        f"WHERE run_id IN ({marks}) ORDER BY created_at",
-        run_ids,
-    )
-    losses = {
-        r["run_id"]: r
-        for r in store.query(
-            f"SELECT run_id, arg_max(value, step) AS loss, max(step) AS steps FROM train_metrics "
-            f"WHERE run_id IN ({marks}) AND name IN ('loss', 'train_loss') GROUP BY run_id",
-            run_ids,
-        )
-    }
+    runs = store.get_runs(run_ids)
+    metrics = store.metrics_of_runs(run_ids)
+    losses = store.final_losses(run_ids)
     tasks: list[str] = []
     by_run: dict[str, dict[str, tuple]] = {}
     for m in metrics:
@@ -102,9 +90,7 @@ def print_results(results, store: Store | None = None) -> None:
 
 def print_sweep(sweep_id: str, store: Store | None = None) -> None:
     store = store or Store()
-    ids = [r["run_id"] for r in store.query(
-        "SELECT run_id FROM runs WHERE sweep_id = ? AND kind = 'train' ORDER BY created_at", [sweep_id])]
-    rows, tasks = results_rows(store, ids)
+    rows, tasks = results_rows(store, store.sweep_train_runs(sweep_id))
     print_table(rows, tasks, f"sweep {sweep_id}")
 
 
@@ -113,7 +99,7 @@ def print_ladder(ladder_id: str, store: Store | None = None) -> None:
     from rich.table import Table
 
     store = store or Store()
-    decisions = store.query("SELECT * FROM ladder_decisions WHERE ladder_id = ? ORDER BY decided_at", [ladder_id])
+    decisions = store.ladder_decisions(ladder_id)
     table = Table(title=f"ladder {ladder_id}")
     for col in ("rung", "mixture", "run", "baseline", "promoted", "reason"):
         table.add_column(col, overflow="fold")

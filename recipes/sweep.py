@@ -35,7 +35,7 @@ from mixlab.errors import MixlabError
 from mixlab.paths import runs_dir
 from mixlab.recipes.schema import load_recipe, parse_recipe
 from mixlab.yamlio import Where, load_yaml
-from mixlab.store import RunRecord, Store, utcnow
+from mixlab.store import RunRecord, Store
 
 REGISTRY = Path(__file__).parent / "registry"
 
@@ -194,7 +194,6 @@ def run_members(name: str, sweep_id: str, members: list[tuple[str, Path]], *, pa
                 store: Store | None = None, progress: bool = True, sweep_yaml: str | None = None,
                 recipe_ref: str | None = None) -> dict[str, Any]:
     """Run expanded member recipes (sequentially in-process, or `parallel` subprocesses) as one sweep row."""
-    from mixlab.recipes.provenance import device_description, git_sha, package_versions
     from mixlab.recipes.runner import RecipeRunner
 
     store = store or Store()
@@ -205,9 +204,8 @@ def run_members(name: str, sweep_id: str, members: list[tuple[str, Path]], *, pa
         runner = RecipeRunner(recipe, text, store=store, sweep_id=sweep_id, progress=progress)
         runner.preflight()
         runners[member] = (runner, recipe_path)
-    store.create_run(RunRecord(
-        run_id=sweep_id, kind="sweep", name=name, recipe_name=recipe_ref, recipe_yaml=sweep_yaml,
-        git_sha=git_sha(), packages=package_versions(), device=device_description(), status="running",
+    store.start_run(RunRecord(
+        run_id=sweep_id, kind="sweep", name=name, recipe_name=recipe_ref, recipe_yaml=sweep_yaml, status="running",
         sweep_id=sweep_id, config={"members": [m for m, _ in members], "parallel": parallel,
                                    "invocations": {m: r.invocation for m, (r, _) in runners.items()}},
     ))
@@ -224,9 +222,7 @@ def run_members(name: str, sweep_id: str, members: list[tuple[str, Path]], *, pa
             [(member, recipe_path, runner.invocation) for member, (runner, recipe_path) in runners.items()],
             parallel, sweep_id, progress,
         )
-    status = "completed" if not failures else "failed"
-    store.update_run(sweep_id, status=status, finished_at=utcnow(),
-                     error="; ".join(f"{k}: {v}" for k, v in failures.items()) or None)
+    store.finish_run(sweep_id, error="; ".join(f"{k}: {v}" for k, v in failures.items()) or None)
     return {"sweep_id": sweep_id, "members": [m for m, _ in members], "failures": failures,
             "invocations": {m: r.invocation for m, (r, _) in runners.items()},
             "wall_s": time.perf_counter() - t0}

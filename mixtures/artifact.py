@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from mixlab.mixtures.decontam import summary as decontam_summary
 from mixlab.mixtures.dedup import lsh_params
 from mixlab.mixtures.solver import leaf_max_epochs
+from mixlab.store import ComponentRecord, ContaminationRecord, MixtureRecord, SourceRecord, Store, utcnow
 
 if TYPE_CHECKING:
     from mixlab.mixtures.build import BuiltMixture, _Builder
@@ -224,45 +225,41 @@ def resolved_yaml(loaded: "LoadedMixture") -> str:
 
 def record_in_store(built: "BuiltMixture", loaded: "LoadedMixture", store=None, *, only_if_missing: bool = False) -> None:
     """sources, mixtures, mixture_components and contamination rows for a built mixture."""
-    from mixlab.store import Store, utcnow
-
     store = store or Store()
     m = built.manifest
-    if only_if_missing and store.query("SELECT 1 FROM mixtures WHERE mixture_id = ?", [built.mixture_id]):
+    if only_if_missing and store.has_mixture(built.mixture_id):
         return
     now = utcnow()
-    store.insert("sources", [{
-        "source_id": c["source_id"], "name": c["path"], "kind": c["origin"], "uri": c["uri"],
-        "revision": c["revision"], "adapter": c["adapter"], "n_rows": c["loaded_rows"],
-        "content_hash": c.get("content_hash"), "created_at": now,
-    } for c in m["components"]], replace=True)
-    store.insert("mixtures", [{
-        "mixture_id": built.mixture_id, "name": m["name"], "kind": m["kind"], "family": m["family"],
-        "yaml": loaded.yaml_text, "artifact_path": str(built.path), "manifest": {k: v for k, v in m.items() if k != "spec"},
-        "n_rows": m["n_rows"], "n_tokens": m["n_tokens"], "seed": m["seed"], "created_at": now,
-    }], replace=True)
-    store.execute("DELETE FROM mixture_components WHERE mixture_id = ?", [built.mixture_id])
-    rows = []
+    sources = [SourceRecord(
+        source_id=c["source_id"], name=c["path"], kind=c["origin"], uri=c["uri"], revision=c["revision"],
+        adapter=c["adapter"], n_rows=c["loaded_rows"], content_hash=c.get("content_hash"), created_at=now,
+    ) for c in m["components"]]
+    mixture = MixtureRecord(
+        mixture_id=built.mixture_id, name=m["name"], kind=m["kind"], family=m["family"], yaml=loaded.yaml_text,
+        artifact_path=str(built.path), manifest={k: v for k, v in m.items() if k != "spec"}, n_rows=m["n_rows"],
+        n_tokens=m["n_tokens"], seed=m["seed"], created_at=now,
+    )
+    components = []
     for c in m["components"]:
         for k, ph in enumerate(c["phases"] or [None]):
             first = k == 0
-            rows.append({
-                "mixture_id": built.mixture_id, "source_id": c["source_id"], "source_name": c["path"],
-                "group_path": c["path"], "phase": ph["phase"] if ph else None,
-                "target_share": ph["target_share"] if ph else c["target_share"],
-                "realised_share": ph["realised_share"] if ph else c["realised_share"],
-                "target_rows": int(round(ph["target_units"])) if ph and m["budget"]["unit"] == "samples" else None,
-                "realised_rows": ph["rows"] if ph else c["realised_rows"],
-                "tokens": ph["tokens"] if ph else c["tokens"],
-                "trainable_tokens": ph["trainable_tokens"] if ph else c["trainable_tokens"],
-                "epochs": ph["epochs"] if ph else c["epochs"],
-                "dropped_filter": sum(c["dropped"]["filters"].values()) + c["dropped"].get("invalid", 0) if first else 0,
-                "dropped_dedup": c["dropped"]["dedup_exact"] + c["dropped"]["dedup_near"] if first else 0,
-                "dropped_contamination": c["dropped"]["decontamination"] if first else 0,
-            })
-    store.insert("mixture_components", rows)
-    store.execute("DELETE FROM contamination WHERE mixture_id = ?", [built.mixture_id])
-    contamination = pq.read_table(built.path / "contamination.parquet").to_pylist()
-    store.insert("contamination", [{"mixture_id": built.mixture_id, **{k: r[k] for k in
-                                    ("source_id", "row_id", "benchmark", "item_id", "ngram", "field")}}
-                                   for r in contamination])
+            components.append(ComponentRecord(
+                mixture_id=built.mixture_id, source_id=c["source_id"], source_name=c["path"],
+                group_path=c["path"], phase=ph["phase"] if ph else None,
+                target_share=ph["target_share"] if ph else c["target_share"],
+                realised_share=ph["realised_share"] if ph else c["realised_share"],
+                target_rows=int(round(ph["target_units"])) if ph and m["budget"]["unit"] == "samples" else None,
+                realised_rows=ph["rows"] if ph else c["realised_rows"],
+                tokens=ph["tokens"] if ph else c["tokens"],
+                trainable_tokens=ph["trainable_tokens"] if ph else c["trainable_tokens"],
+                epochs=ph["epochs"] if ph else c["epochs"],
+                dropped_filter=sum(c["dropped"]["filters"].values()) + c["dropped"].get("invalid", 0) if first else 0,
+                dropped_dedup=c["dropped"]["dedup_exact"] + c["dropped"]["dedup_near"] if first else 0,
+                dropped_contamination=c["dropped"]["decontamination"] if first else 0,
+            ))
+    contamination = [
+        ContaminationRecord(mixture_id=built.mixture_id, **{k: r[k] for k in
+                            ("source_id", "row_id", "benchmark", "item_id", "ngram", "field")})
+        for r in pq.read_table(built.path / "contamination.parquet").to_pylist()
+    ]
+    store.record_mixture(mixture, sources, components, contamination)

@@ -18,13 +18,16 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from mixlab.errors import MixlabError
 
 from .config import KimiLinearConfig
+from .modeling import KimiLinearForCausalLM
 from .state_dict_adapter import diff_inventory, official_shapes, stacked_target, to_official
 
 WEIGHTS_NAME = "model.safetensors"
@@ -136,11 +139,15 @@ def _weight_files(folder: Path) -> list[Path]:
     index = folder / INDEX_NAME
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError) as exc:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (ValueError, KeyError, TypeError) as exc:
             raise MixlabError(f"{index}: not a safetensors index (needs a 'weight_map'): {exc}") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise MixlabError(f"{index}: 'weight_map' must map tensor names to shard file names")
         files = sorted(set(weight_map.values()))
         for f in files:
+            if Path(f).name != f:  # a shard outside the folder ("../x") is never read
+                raise MixlabError(f"{index}: shard {f!r} in weight_map is not a file name inside {folder}")
             if not (folder / f).is_file():
                 raise MixlabError(f"{index}: shard {f} listed in weight_map does not exist")
         return [folder / f for f in files]
@@ -150,23 +157,73 @@ def _weight_files(folder: Path) -> list[Path]:
     raise MixlabError(f"{folder}: no {WEIGHTS_NAME} or {INDEX_NAME} (only safetensors checkpoints are supported)")
 
 
+@contextmanager
+def _open_shard(path: Path, device: str | None = None):
+    """`safe_open` whose failures (truncated file, corrupt header) become one line naming the file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        handle = safe_open(str(path), framework="pt", **({"device": device} if device else {}))
+    except (SafetensorError, OSError) as exc:
+        raise MixlabError(f"{path}: not a valid safetensors file ({_one_line(exc)})") from None
+    with handle as fh:
+        try:
+            yield fh
+        except (SafetensorError, OSError) as exc:
+            raise MixlabError(f"{path}: cannot read tensors ({_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def checkpoint_files(folder: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], Path]]:
+    """Tensor name → (shape, shard file) of a safetensors checkpoint, from the headers only. Every shard is opened,
+    so a truncated or corrupt file fails here, before any tensor is allocated."""
+    folder = Path(folder)
+    found: dict[str, tuple[tuple[int, ...], Path]] = {}
+    for f in _weight_files(folder):
+        with _open_shard(f) as fh:
+            for k in fh.keys():
+                if k in found:
+                    raise MixlabError(f"{f}: tensor {k} is also in {found[k][1].name}")
+                found[k] = (tuple(fh.get_slice(k).get_shape()), f)
+    index = folder / INDEX_NAME
+    if index.is_file():  # the index must describe the shards as they are
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        for k, fname in weight_map.items():
+            if k not in found or found[k][1].name != fname:
+                where = found[k][1].name if k in found else "no shard"
+                raise MixlabError(f"{index}: tensor {k} is listed in {fname} but found in {where}")
+    return found
+
+
 def checkpoint_inventory(folder: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     """Tensor name → shape of a safetensors checkpoint, from the headers only."""
-    from safetensors import safe_open
+    return {k: shape for k, (shape, _) in checkpoint_files(folder).items()}
 
-    inventory: dict[str, tuple[int, ...]] = {}
-    for f in _weight_files(Path(folder)):
-        with safe_open(str(f), framework="pt") as fh:
-            for k in fh.keys():
-                inventory[k] = tuple(fh.get_slice(k).get_shape())
-    return inventory
+
+def validate_checkpoint(folder: str | os.PathLike, config: KimiLinearConfig, expected=None) -> dict[str, Any]:
+    """Check every shard's header and every tensor's name and shape against `config` (meta device, no weights
+    read). Raises one line naming the shard (or the folder, when the mismatch spans several files)."""
+    folder = Path(folder)
+    if expected is None:
+        with torch.device("meta"):
+            expected = official_shapes(KimiLinearForCausalLM(config).state_dict())
+    found = checkpoint_files(folder)
+    provided = {k: shape for k, (shape, _) in found.items()}
+    bad = {k for k in provided if k not in expected or tuple(expected[k]) != provided[k]}
+    files = {found[k][1] for k in bad}
+    where = str(next(iter(files))) if len(files) == 1 else str(folder)
+    diff_inventory(expected, provided, f"{where} vs {folder / 'config.json'}")
+    shards = sorted({f.name for _, f in found.values()})
+    return {"tensors": len(found), "shards": shards,
+            "bytes": sum((folder / name).stat().st_size for name in shards)}
 
 
 def load_official(cls, path, config: KimiLinearConfig | None = None, dtype=None, torch_dtype=None,
                   device=None, device_map=None, **_ignored):
     """`KimiLinearForCausalLM.from_pretrained(folder)`; see the module docstring."""
-    from safetensors import safe_open
-
     folder = Path(path)
     if not folder.is_dir():
         raise MixlabError(f"{path}: not a checkpoint folder (mixlab loads local official-format folders only)")
@@ -189,15 +246,13 @@ def load_official(cls, path, config: KimiLinearConfig | None = None, dtype=None,
             model = cls(config)
     finally:
         torch.set_default_dtype(previous)
-    expected = official_shapes(model.state_dict())
-    provided = checkpoint_inventory(folder)
-    diff_inventory(expected, provided, str(folder))
+    validate_checkpoint(folder, config, expected=official_shapes(model.state_dict()))
 
     model.to_empty(device=device)
     params = dict(model.state_dict(keep_vars=True))
     with torch.no_grad():
         for f in _weight_files(folder):
-            with safe_open(str(f), framework="pt", device="cpu") as fh:
+            with _open_shard(f, device="cpu") as fh:
                 for k in fh.keys():
                     t = fh.get_tensor(k)
                     target = stacked_target(k)

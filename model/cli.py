@@ -14,14 +14,16 @@ def register(app: typer.Typer) -> None:
                                              "a checkpoint folder or a config.json"),
         as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     ) -> None:
-        """Layer map, total and active parameters and tensor count, computed from the config on the meta device."""
+        """Layer map, total and active parameters and tensor count, computed from the config on the meta device;
+        for a checkpoint folder, also every shard's header and tensor shapes checked against the config."""
         import json
 
-        from mixlab.model.info import model_info, resolve_config
+        from mixlab.model.info import checkpoint_weights, model_info, resolve_config
 
         config, source = resolve_config(preset_or_path)
         facts = model_info(config)
         facts["source"] = source
+        facts["weights"] = checkpoint_weights(preset_or_path, config)  # a folder's tensors must match its config
         if as_json:
             typer.echo(json.dumps(facts, indent=2))
             return
@@ -36,6 +38,10 @@ def register(app: typer.Typer) -> None:
         console.print(f"active params  {facts['active_params']:,} ({_human(facts['active_params'])}; "
                       f"{_human(facts['active_params_excluding_embeddings'])} without embeddings / LM head)")
         console.print(f"tensors        {facts['tensor_count']:,} (official checkpoint names)")
+        if facts["weights"] is not None:
+            w = facts["weights"]
+            console.print(f"weights        {w['tensors']:,} tensors in {len(w['shards'])} shard(s), "
+                          f"{_human(w['bytes'])}B: names and shapes match the config")
         table = Table("layer (1-based)", "attention", "ffn", "params")
         for row in facts["layers"]:
             table.add_row(str(row["number"]), row["attention"].upper(), row["ffn"], f"{row['params']:,}")

@@ -12,6 +12,7 @@ import torch
 
 from mixlab.errors import MixlabError
 
+from .checkpoint import INDEX_NAME, WEIGHTS_NAME, validate_checkpoint
 from .config import KimiLinearConfig
 from .presets import PRESETS, get_preset
 
@@ -81,3 +82,15 @@ def model_info(config: KimiLinearConfig) -> dict[str, Any]:
         "kda_state_bytes_per_sequence_fp32": 4 * config.kda_num_heads * config.kda_head_dim**2
         * sum(1 for a, _ in config.layer_kinds() if a == "kda"),
     }
+
+
+def checkpoint_weights(preset_or_path: str | os.PathLike, config: KimiLinearConfig) -> dict[str, Any] | None:
+    """For a checkpoint folder: every shard's header and every tensor's name and shape checked against the config
+    (no tensor data read). None for a preset or a bare config.json; a folder without weights is an error."""
+    folder = Path(preset_or_path)
+    if not folder.is_dir():
+        return None
+    if not ((folder / WEIGHTS_NAME).is_file() or (folder / INDEX_NAME).is_file()):
+        raise MixlabError(f"{folder}: no {WEIGHTS_NAME} or {INDEX_NAME} (pass FOLDER/config.json for the config "
+                          "alone)")
+    return validate_checkpoint(folder, config)

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mixlab.errors import MixlabError
@@ -36,42 +37,44 @@ def artifact_path(name_or_id: str, data_root: str | Path | None = None, build_if
     return build(text, data_root=data_root).path
 
 
-def _strip(messages: list[dict] | None, keep_train: bool) -> list[dict] | None:
-    if messages is None or keep_train:
-        return messages
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
+_MESSAGE_FIELDS = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+TRL_COLUMNS = {"sft": ("messages",), "preference": ("prompt", "chosen", "rejected"),
+               "rl": ("prompt", "ground_truth", "verifier", "task")}
+MESSAGE_COLUMNS = ("messages", "prompt", "chosen", "rejected")
 
 
-def load_dataset(name_or_id: str, kind: str | None = None, *, data_root: str | Path | None = None,
-                 phase: str | None = None, keep_train_flags: bool = False):
-    """`kind` (sft | preference | rl), when given, must match the mixture's kind."""
-    import datasets
-
+def load_table(name_or_id: str, kind: str | None = None, *, data_root: str | Path | None = None,
+               phase: str | None = None, keep_train_flags: bool = False) -> tuple[pa.Table, dict]:
+    """The artifact's rows in TRL's columns as one Arrow table (Parquet shards read through memory maps, no Python
+    row objects), and its manifest. `kind` (sft | preference | rl), when given, must match the mixture's kind."""
     path = artifact_path(name_or_id, data_root)
     manifest = json.loads((path / "manifest.json").read_text())
     actual = manifest["kind"]
     if kind is not None and kind != actual:
         raise MixlabError(f"mixture {manifest['name']} ({manifest['mixture_id']}) is a {actual} mixture, "
                           f"not {kind}")
-    shards = [path / s["file"] for s in manifest["shards"]]
-    table = pa.concat_tables([pq.read_table(s) for s in shards]) if shards else None
+    table = pa.concat_tables([pq.read_table(path / s["file"], memory_map=True) for s in manifest["shards"]])
     if phase is not None:
         phases = [p["name"] for p in manifest["phases"]]
         if phase not in phases:
             raise MixlabError(f"mixture {manifest['name']} has no phase {phase!r}; phases: {phases}")
-        import pyarrow.compute as pc
-
         table = table.filter(pc.equal(table["phase"], phase))
-    rows = table.to_pylist()
-    if actual == "sft":
-        data = {"messages": [_strip(r["messages"], keep_train_flags) for r in rows]}
-    elif actual == "preference":
-        data = {k: [_strip(r[k], keep_train_flags) for r in rows] for k in ("prompt", "chosen", "rejected")}
-    else:
-        data = {"prompt": [_strip(r["prompt"], keep_train_flags) for r in rows],
-                **{k: [r[k] for r in rows] for k in ("ground_truth", "verifier", "task")}}
-    for k in PROVENANCE:
-        data[k] = [r[k] for r in rows]
-    dataset = datasets.Dataset.from_dict(data)
+    table = table.select(list(TRL_COLUMNS[actual]) + list(PROVENANCE))
+    if not keep_train_flags:  # the per-message `train` flag is build metadata; trainers want {role, content}
+        for name in MESSAGE_COLUMNS:
+            if name in table.column_names:
+                index = table.column_names.index(name)
+                table = table.set_column(index, name, table[name].cast(_MESSAGE_FIELDS))
+    return table, manifest
+
+
+def load_dataset(name_or_id: str, kind: str | None = None, *, data_root: str | Path | None = None,
+                 phase: str | None = None, keep_train_flags: bool = False):
+    """`load_table` as a `datasets.Dataset` over the same Arrow buffers."""
+    import datasets  # heavy; `mixlab mix` commands that never load a dataset should not pay for it
+
+    table, manifest = load_table(name_or_id, kind, data_root=data_root, phase=phase,
+                                 keep_train_flags=keep_train_flags)
+    dataset = datasets.Dataset(table)
     dataset.info.description = f"mixlab mixture {manifest['name']} ({manifest['mixture_id']})"
     return dataset

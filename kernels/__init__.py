@@ -1,26 +1,33 @@
 """mixlab.kernels: the ops the model calls, each with a pure-torch implementation (any device, bf16 inputs computed
-in fp32 where the reference does) and, through the dispatcher, GPU kernels where available. Never imports
-mixlab.model.
+in fp32 where the reference does) and, through the dispatcher, GPU kernels where available: on CUDA tensors the
+fast path is taken automatically (backend "auto"), CPU tensors run the references. Never imports mixlab.model.
 
 | op | file | notes |
 | --- | --- | --- |
-| kda_gate | kda_gate.py | g = -exp(A_log)·softplus(f + dt_bias), fp32 |
+| kda_gate | kda_gate.py (+ kda_gate_triton.py) | g = -exp(A_log)·softplus(f + dt_bias), fp32; fused on CUDA |
 | naive_recurrent_kda | kda_naive.py | token-loop oracle (tests only; slow) |
 | chunk_kda | kda_chunk.py, kda_chunk_fn.py | chunked WY/UT form, hand-written backward, cu_seqlens, any decay |
 | recurrent_kda_step | kda_recurrent.py | decode from an fp32 state |
 | short_conv | short_conv.py | causal depthwise conv + SiLU, cache, cu_seqlens |
-| rms_norm, gated_rms_norm | norm.py | fp32 compute |
-| moe_route, moe_experts (+ _naive) | moe.py | sigmoid+bias top-k (vLLM/HF weights), grouped SwiGLU |
-| get_backend, set_backend | dispatch.py | "torch" (default) or "triton" (fla-core on CUDA) |
+| rms_norm, gated_rms_norm | norm.py (+ norm_triton.py) | fp32 compute; one fused launch each way on CUDA |
+| moe_route, moe_experts (+ _grouped, _reference, _naive), expert_counts | moe.py (+ moe_triton.py) | sigmoid+bias top-k (vLLM/HF weights); grouped GEMMs + fused SwiGLU / combine on CUDA |
+| get_backend, set_backend, set_fused | dispatch.py | "auto" (default: fast path on CUDA), "torch" (references), "triton" (auto, fla required) |
 """
 
-from .dispatch import fla_available, get_backend, set_backend
+from .dispatch import fla_available, get_backend, set_backend, set_fused
 from .kda_chunk import DEFAULT_CHUNK_SIZE, chunk_kda, chunk_kda_torch, default_chunk_size
 from .kda_common import l2norm
 from .kda_gate import kda_gate
 from .kda_naive import naive_recurrent_kda
 from .kda_recurrent import recurrent_kda_step
-from .moe import moe_experts, moe_experts_naive, moe_route
+from .moe import (
+    expert_counts,
+    moe_experts,
+    moe_experts_grouped,
+    moe_experts_naive,
+    moe_experts_reference,
+    moe_route,
+)
 from .norm import gated_rms_norm, rms_norm
 from .short_conv import short_conv
 
@@ -29,17 +36,21 @@ __all__ = [
     "chunk_kda",
     "chunk_kda_torch",
     "default_chunk_size",
+    "expert_counts",
     "fla_available",
     "gated_rms_norm",
     "get_backend",
     "kda_gate",
     "l2norm",
     "moe_experts",
+    "moe_experts_grouped",
     "moe_experts_naive",
+    "moe_experts_reference",
     "moe_route",
     "naive_recurrent_kda",
     "recurrent_kda_step",
     "rms_norm",
     "set_backend",
+    "set_fused",
     "short_conv",
 ]

@@ -1,9 +1,14 @@
 """Backend choice for the ops in `mixlab.kernels`.
 
-"torch" (default) runs the pure-torch references on any device. "triton" routes the KDA ops to fla-core's Triton
-kernels (`chunk_kda`, `fused_recurrent_kda`) for CUDA tensors; it can only be selected when fla-core imports and a
-CUDA device exists. CPU tensors always take the torch path (fla's kernels do not run on CPU, not even interpreted).
-The environment variable MIXLAB_KERNEL_BACKEND sets the initial choice.
+- "auto" (default): CUDA tensors take the fast path — grouped-GEMM MoE (`torch._grouped_mm`), mixlab's own fused
+  Triton kernels (gate, gated norm, SwiGLU, ...) and fla-core's KDA kernels when fla-core imports; CPU tensors take
+  the pure-torch references. So a model on a GPU is fast without any setting, and CPU CI runs the references.
+- "torch": the pure-torch references on any device (the oracle; the GPU reference path of the loss-agreement run).
+- "triton": as "auto", but refuses to start unless a CUDA device and fla-core exist (explicit opt-in with a check).
+
+`set_fused(False)` keeps the fast path but turns mixlab's own fused Triton kernels off: that is the off-the-shelf
+composition (fla KDA + grouped_mm MoE + SDPA) the benchmarks measure against. The environment variables
+MIXLAB_KERNEL_BACKEND and MIXLAB_FUSED_KERNELS (0/1) set the initial choices.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import torch
 
 from mixlab.errors import MixlabError
 
-BACKENDS = ("torch", "triton")
+BACKENDS = ("auto", "torch", "triton")
 _backend: str | None = None
+_fused: bool | None = None
 
 
 @functools.cache
@@ -30,6 +36,17 @@ def fla_available() -> bool:
     return True
 
 
+@functools.cache
+def triton_available() -> bool:
+    """True when triton imports (mixlab's own kernels; on CPU only useful under TRITON_INTERPRET=1)."""
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
 def _check(name: str) -> str:
     if name not in BACKENDS:
         close = difflib.get_close_matches(name, BACKENDS, n=1)
@@ -37,7 +54,7 @@ def _check(name: str) -> str:
         raise MixlabError(f"unknown kernel backend {name!r}{hint}; choose one of {', '.join(BACKENDS)}")
     if name == "triton":
         if not torch.cuda.is_available():
-            raise MixlabError("kernel backend 'triton' not available: no CUDA device (use 'torch')")
+            raise MixlabError("kernel backend 'triton' not available: no CUDA device (use 'auto' or 'torch')")
         if not fla_available():
             raise MixlabError(
                 "kernel backend 'triton' not available: fla-core is not importable "
@@ -47,19 +64,42 @@ def _check(name: str) -> str:
 
 
 def get_backend() -> str:
-    """The active backend name ("torch" or "triton")."""
+    """The active backend name ("auto", "torch" or "triton")."""
     global _backend
     if _backend is None:
-        _backend = _check(os.environ.get("MIXLAB_KERNEL_BACKEND", "torch"))
+        _backend = _check(os.environ.get("MIXLAB_KERNEL_BACKEND", "auto"))
     return _backend
 
 
 def set_backend(name: str) -> None:
-    """Select "torch" or "triton"; raises MixlabError when "triton" cannot run here."""
+    """Select "auto", "torch" or "triton"; raises MixlabError when "triton" cannot run here."""
     global _backend
     _backend = _check(name)
 
 
+def fused_enabled() -> bool:
+    global _fused
+    if _fused is None:
+        _fused = os.environ.get("MIXLAB_FUSED_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
+    return _fused
+
+
+def set_fused(enabled: bool) -> None:
+    """Turn mixlab's own fused Triton kernels on or off (the fast path's other parts are unaffected)."""
+    global _fused
+    _fused = bool(enabled)
+
+
+def fast_path(*tensors: torch.Tensor | None) -> bool:
+    """Whether an op on these tensors takes a GPU fast path (backend not "torch", every tensor on CUDA)."""
+    return get_backend() != "torch" and all(t is None or t.is_cuda for t in tensors)
+
+
 def use_triton(*tensors: torch.Tensor | None) -> bool:
-    """Whether an op called on these tensors should take the Triton path."""
-    return get_backend() == "triton" and all(t is None or t.is_cuda for t in tensors)
+    """Whether a KDA op on these tensors should call fla-core's Triton kernels."""
+    return fast_path(*tensors) and fla_available()
+
+
+def use_fused(*tensors: torch.Tensor | None) -> bool:
+    """Whether an op on these tensors should call mixlab's own fused Triton kernel."""
+    return fast_path(*tensors) and fused_enabled() and triton_available()

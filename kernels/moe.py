@@ -1,4 +1,13 @@
-"""MoE routing (sigmoid scores + correction bias, top-k) and grouped SwiGLU expert compute."""
+"""MoE routing (sigmoid scores + correction bias, top-k) and grouped SwiGLU expert compute.
+
+Two expert implementations of one contract (`moe_experts`):
+- `moe_experts_reference`: sort by expert, then one SwiGLU per expert over its slice (a host sync for the group
+  sizes, ~3 launches per expert and their backward). The CPU path and the oracle of the fast one.
+- `moe_experts_grouped`: the fast path. Token permutation by expert (a stable sort), three grouped GEMMs over all
+  experts at once (`torch._grouped_mm`, group offsets from a device-side count: no host sync), SwiGLU, and the
+  un-permutation as a weighted gather-sum (no atomics, deterministic). On CUDA the SwiGLU and the gather-sum are
+  fused Triton kernels (`moe_triton`); the permutation's backward is a gather-sum too instead of an index_add.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from mixlab.errors import MixlabError
+
+from .dispatch import fast_path, use_fused
+
+try:  # triton is optional (gpu / dev extras); without it the torch forms below run
+    from .moe_triton import combine_triton, swiglu_triton
+except ImportError:
+    combine_triton = swiglu_triton = None
 
 
 def moe_route(
@@ -64,6 +80,13 @@ def _check(x, w1, w3, w2, topk_idx, topk_weight):
         )
 
 
+def expert_counts(topk_idx: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Token-slots per expert, int64 [E], computed on the device without a host sync (bincount syncs on CUDA)."""
+    flat = topk_idx.reshape(-1)
+    return torch.zeros(num_experts, dtype=torch.int64, device=flat.device).scatter_add_(
+        0, flat, torch.ones_like(flat, dtype=torch.int64))
+
+
 def moe_experts(
     x: torch.Tensor,
     w1: torch.Tensor,
@@ -74,9 +97,75 @@ def moe_experts(
 ) -> torch.Tensor:
     """Σ_k topk_weight[n,k] · Expert_{topk_idx[n,k]}(x[n]) → [N, D] in x.dtype (weighted sum in fp32).
 
-    Assignments are sorted by expert and each expert that received tokens runs once on its whole group
-    (grouped GEMM, not per token). Differentiable w.r.t. x, the expert weights and topk_weight.
+    x [N, D]; w1, w3 [E, I, D]; w2 [E, D, I] (nn.Linear layout); topk_idx int [N, k]; topk_weight [N, k].
+    Differentiable w.r.t. x, the expert weights and topk_weight. CUDA bf16 tensors take `moe_experts_grouped`
+    (grouped GEMMs, no host sync), everything else `moe_experts_reference`.
     """
+    if fast_path(x, w1) and x.dtype == torch.bfloat16 and w1.dtype == w3.dtype == w2.dtype == torch.bfloat16:
+        return moe_experts_grouped(x, w1, w3, w2, topk_idx, topk_weight)
+    return moe_experts_reference(x, w1, w3, w2, topk_idx, topk_weight)
+
+
+class _PermuteRows(torch.autograd.Function):
+    """xs = x[order // k] (each token copied to its k expert slots). Backward: dx[n] = Σ_j dxs[inv[n,j]] in fp32,
+    a gather-sum instead of index_select's atomic index_add (deterministic, one rounding)."""
+
+    @staticmethod
+    def forward(ctx, x, token_of, inv):
+        ctx.save_for_backward(inv)
+        return x.index_select(0, token_of)
+
+    @staticmethod
+    def backward(ctx, dxs):
+        (inv,) = ctx.saved_tensors
+        N, k = inv.shape
+        return dxs.index_select(0, inv.reshape(-1)).view(N, k, -1).sum(1, dtype=torch.float32).to(dxs.dtype), None, None
+
+
+def _combine_torch(y: torch.Tensor, inv: torch.Tensor, w: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    N, k = inv.shape
+    y_tok = y.index_select(0, inv.reshape(-1)).view(N, k, -1).float()
+    return torch.bmm(w.float().unsqueeze(1), y_tok).squeeze(1).to(out_dtype)
+
+
+def moe_experts_grouped(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    w3: torch.Tensor,
+    w2: torch.Tensor,
+    topk_idx: torch.Tensor,
+    topk_weight: torch.Tensor,
+    fused: bool | None = None,
+) -> torch.Tensor:
+    """`moe_experts` through grouped GEMMs; `fused` (default: on for CUDA) uses the Triton SwiGLU and combine."""
+    _check(x, w1, w3, w2, topk_idx, topk_weight)
+    N, k = topk_idx.shape
+    E = w1.shape[0]
+    if fused is None:
+        fused = use_fused(x)
+    flat = topk_idx.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    inv = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device)).view(N, k)
+    offs = expert_counts(topk_idx, E).cumsum(0).to(torch.int32)
+    xs = _PermuteRows.apply(x, order // k, inv)
+    h1 = torch._grouped_mm(xs, w1.transpose(-2, -1), offs=offs)
+    h3 = torch._grouped_mm(xs, w3.transpose(-2, -1), offs=offs)
+    a = swiglu_triton(h1, h3) if fused else F.silu(h1) * h3
+    y = torch._grouped_mm(a, w2.transpose(-2, -1), offs=offs)
+    combine = combine_triton if fused else _combine_torch
+    return combine(y, inv, topk_weight, x.dtype)
+
+
+def moe_experts_reference(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    w3: torch.Tensor,
+    w2: torch.Tensor,
+    topk_idx: torch.Tensor,
+    topk_weight: torch.Tensor,
+) -> torch.Tensor:
+    """Reference `moe_experts`: assignments sorted by expert, each expert that received tokens runs once on its
+    whole slice (a per-expert loop; needs the group sizes on the host)."""
     _check(x, w1, w3, w2, topk_idx, topk_weight)
     N, k = topk_idx.shape
     E = w1.shape[0]

@@ -24,6 +24,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from mixlab.errors import MixlabError
 from mixlab.kernels import (
     chunk_kda,
+    expert_counts,
     gated_rms_norm,
     kda_gate,
     moe_experts,
@@ -309,7 +310,7 @@ class KimiSparseMoeBlock(nn.Module):
         y = moe_experts(flat, self.experts.w1, self.experts.w3, self.experts.w2, idx, weight)
         if self.shared_experts is not None:
             y = y + self.shared_experts(flat)
-        counts = torch.bincount(idx.flatten(), minlength=self.experts.num_experts).detach()
+        counts = expert_counts(idx.detach(), self.experts.num_experts)  # device-side: no host sync
         aux = None
         if self.training and cfg.seq_aux_loss_coef > 0 and torch.is_grad_enabled():
             aux = sequence_aux_loss(logits, idx, layout.group_ids(x.device), cfg.moe_router_activation_func,
@@ -398,9 +399,12 @@ class KimiLinearModel(KimiLinearPreTrainedModel):
         self.layers = nn.ModuleList(KimiDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = KimiRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.gradient_checkpointing = False
-        # Expert-load accounting: counts since the last reset (logging) and since the last bias update.
-        self._load_counts: dict[int, torch.Tensor] = {}
-        self._bias_counts: dict[int, torch.Tensor] = {}
+        # Expert-load accounting: int64 [n_moe, E] device tensors, counts since the last reset (logging) and since
+        # the last bias update. One in-place add per forward (no host sync, no per-layer Python state that
+        # torch.compile would specialise on); None until the first forward.
+        self._moe_layer_ids = [i for i in range(config.num_hidden_layers) if config.is_moe_layer(i)]
+        self._load_buf: torch.Tensor | None = None
+        self._bias_buf: torch.Tensor | None = None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -447,6 +451,7 @@ class KimiLinearModel(KimiLinearPreTrainedModel):
         h = layout.pack(inputs_embeds)
         all_hidden = [] if output_hidden_states else None
         aux_losses = []
+        layer_counts = []
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for layer in self.layers:
             if all_hidden is not None:
@@ -457,9 +462,11 @@ class KimiLinearModel(KimiLinearPreTrainedModel):
             else:
                 h, counts, aux = layer(h, layout)
             if counts is not None:
-                self._record_load(layer.layer_idx, counts)
+                layer_counts.append(counts)
             if aux is not None:
                 aux_losses.append(aux)
+        if layer_counts:
+            self._record_load(torch.stack(layer_counts))
         h = self.norm(h)
         h = layout.unpack(h)
         if all_hidden is not None:
@@ -474,26 +481,39 @@ class KimiLinearModel(KimiLinearPreTrainedModel):
 
     # ----------------------------------------------------------------------------------------------- MoE load
     @torch.no_grad()
-    def _record_load(self, layer_idx: int, counts: torch.Tensor) -> None:
-        counts = counts.float()
-        prev = self._load_counts.get(layer_idx)
-        self._load_counts[layer_idx] = counts if prev is None else prev + counts
+    def _record_load(self, counts: torch.Tensor) -> None:
+        """counts: int64 [n_moe, E], every MoE layer of one forward, in layer order."""
+        if self._load_buf is None or self._load_buf.device != counts.device:
+            self._load_buf = torch.zeros_like(counts)
+        self._load_buf.add_(counts)
         if self.training:
-            prev = self._bias_counts.get(layer_idx)
-            self._bias_counts[layer_idx] = counts if prev is None else prev + counts
+            if self._bias_buf is None or self._bias_buf.device != counts.device:
+                self._bias_buf = torch.zeros_like(counts)
+            self._bias_buf.add_(counts)
+
+    def _as_dict(self, buf: torch.Tensor | None) -> dict[int, torch.Tensor]:
+        return {} if buf is None else dict(zip(self._moe_layer_ids, buf.unbind(0)))
+
+    @property
+    def _load_counts(self) -> dict[int, torch.Tensor]:
+        """layer index -> int64 counts per expert since the last reset ({} before any forward)."""
+        return self._as_dict(self._load_buf)
 
     def moe_blocks(self) -> dict[int, KimiSparseMoeBlock]:
         return {layer.layer_idx: layer.block_sparse_moe for layer in self.layers if layer.is_moe}
 
     def expert_load(self, reset: bool = False) -> dict[int, torch.Tensor]:
         """Per MoE layer: fraction of routed token-slots each expert received since the last reset (sums to 1)."""
-        loads = {i: (c / c.sum().clamp(min=1)).cpu() for i, c in sorted(self._load_counts.items())}
+        loads = {}
+        if self._load_buf is not None:
+            c = self._load_buf.double().cpu()  # one transfer for all layers
+            loads = dict(zip(self._moe_layer_ids, (c / c.sum(-1, keepdim=True).clamp(min=1)).float().unbind(0)))
         if reset:
-            self._load_counts = {}
+            self._load_buf = None
         return loads
 
     def reset_expert_load(self) -> None:
-        self._load_counts = {}
+        self._load_buf = None
 
     @torch.no_grad()
     def update_router_bias(self, rate: float | None = None) -> dict[int, float]:
@@ -501,7 +521,8 @@ class KimiLinearModel(KimiLinearPreTrainedModel):
         training forwards since the previous call. No-op in eval mode or with rate 0 (the default, frozen).
         Returns the max |load/mean − 1| per layer before the update (an imbalance measure)."""
         rate = self.config.router_bias_update_rate if rate is None else rate
-        counts, self._bias_counts = self._bias_counts, {}
+        counts, self._bias_buf = self._as_dict(self._bias_buf), None
+        counts = {i: c.float() for i, c in counts.items()}
         if not self.training or rate <= 0:
             return {}
         blocks = self.moe_blocks()

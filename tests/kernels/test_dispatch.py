@@ -1,4 +1,5 @@
-"""The backend dispatcher: torch by default, triton refused with a clear error where it cannot run."""
+"""The backend dispatcher: auto by default (fast path on CUDA tensors, references on CPU), triton refused with a clear
+error where it cannot run."""
 
 from __future__ import annotations
 
@@ -9,8 +10,20 @@ from mixlab.errors import MixlabError
 from mixlab.kernels import dispatch, fla_available, get_backend, set_backend
 
 
-def test_default_backend_is_torch():
-    assert get_backend() == "torch"
+def test_default_backend_is_auto_and_cpu_tensors_take_the_references(monkeypatch):
+    monkeypatch.setattr(dispatch, "_backend", None)
+    monkeypatch.delenv("MIXLAB_KERNEL_BACKEND", raising=False)
+    assert get_backend() == "auto"
+    x = torch.ones(2)
+    assert not dispatch.fast_path(x) and not dispatch.use_fused(x) and not dispatch.use_triton(x)
+
+
+def test_fused_switch(monkeypatch):
+    monkeypatch.setattr(dispatch, "_fused", None)
+    monkeypatch.setenv("MIXLAB_FUSED_KERNELS", "0")
+    assert not dispatch.fused_enabled()
+    dispatch.set_fused(True)
+    assert dispatch.fused_enabled()
 
 
 def test_unknown_backend_suggests_closest():
@@ -20,9 +33,10 @@ def test_unknown_backend_suggests_closest():
 
 @pytest.mark.skipif(torch.cuda.is_available() and fla_available(), reason="triton can run here")
 def test_triton_backend_not_available_here():
+    before = get_backend()
     with pytest.raises(MixlabError, match="not available"):
         set_backend("triton")
-    assert get_backend() == "torch"
+    assert get_backend() == before
 
 
 def test_env_var_selects_initial_backend(monkeypatch):

@@ -1,0 +1,128 @@
+"""Fused Triton pieces of the grouped MoE (forward + backward); references in moe.py.
+
+- SwiGLU `silu(h1) · h3` on the expert-sorted rows: one launch each way instead of silu, mul and their backward.
+- Combine (un-permutation): out[n] = Σ_j w[n,j] · y[inv[n,j]] accumulated in fp32 — a gather, so no atomics and a
+  deterministic sum. Backward: dy[inv[n,j]] = w[n,j] · dout[n] (a permutation: each row written once) and
+  dw[n,j] = ⟨dout[n], y[inv[n,j]]⟩, in one launch.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _swiglu_fwd(A, B, Y, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    a = tl.load(A + offs, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(B + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(Y + offs, (a * tl.sigmoid(a) * b).to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _swiglu_bwd(A, B, DY, DA, DB, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    a = tl.load(A + offs, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(B + offs, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+    s = tl.sigmoid(a)
+    tl.store(DA + offs, (dy * b * s * (1.0 + a * (1.0 - s))).to(DA.dtype.element_ty), mask=mask)
+    tl.store(DB + offs, (dy * a * s).to(DB.dtype.element_ty), mask=mask)
+
+
+_EW_BLOCK = 1024
+
+
+class _SwiGLUFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        a, b = a.contiguous(), b.contiguous()
+        y = torch.empty_like(a)
+        n = a.numel()
+        _swiglu_fwd[(triton.cdiv(n, _EW_BLOCK),)](a, b, y, n, BLOCK=_EW_BLOCK)
+        ctx.save_for_backward(a, b)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        a, b = ctx.saved_tensors
+        dy = dy.contiguous()
+        da, db = torch.empty_like(a), torch.empty_like(b)
+        n = a.numel()
+        _swiglu_bwd[(triton.cdiv(n, _EW_BLOCK),)](a, b, dy, da, db, n, BLOCK=_EW_BLOCK)
+        return da, db
+
+
+def swiglu_triton(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return _SwiGLUFn.apply(a, b)
+
+
+@triton.jit
+def _combine_fwd(Y, INV, W, OUT, N, D, KTOP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    rmask = rows < N
+    mask = rmask[:, None] & (cols < D)[None, :]
+    acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
+    for j in tl.static_range(KTOP):
+        src = tl.load(INV + rows * KTOP + j, mask=rmask, other=0).to(tl.int64)
+        w = tl.load(W + rows * KTOP + j, mask=rmask, other=0.0).to(tl.float32)
+        y = tl.load(Y + src[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        acc += w[:, None] * y
+    tl.store(OUT + rows[:, None].to(tl.int64) * D + cols[None, :], acc.to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _combine_bwd(Y, INV, W, DOUT, DY, DW, N, D, KTOP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = rows < N
+    for j in tl.static_range(KTOP):
+        src = tl.load(INV + rows * KTOP + j, mask=rmask, other=0).to(tl.int64)
+        w = tl.load(W + rows * KTOP + j, mask=rmask, other=0.0).to(tl.float32)
+        dw = tl.zeros([BLOCK_R], dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            cols = d0 + tl.arange(0, BLOCK_D)
+            mask = rmask[:, None] & (cols < D)[None, :]
+            do = tl.load(DOUT + rows[:, None].to(tl.int64) * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            y = tl.load(Y + src[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            dw += tl.sum(do * y, 1)
+            tl.store(DY + src[:, None] * D + cols[None, :], (w[:, None] * do).to(DY.dtype.element_ty), mask=mask)
+        tl.store(DW + rows * KTOP + j, dw, mask=rmask)
+
+
+class _CombineFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, inv, w, out_dtype):
+        N, k = inv.shape
+        D = y.shape[1]
+        y = y.contiguous()
+        inv = inv.contiguous()
+        w = w.contiguous()
+        out = torch.empty(N, D, dtype=out_dtype, device=y.device)
+        BLOCK_R, BLOCK_D = 16, min(256, triton.next_power_of_2(D))
+        _combine_fwd[(triton.cdiv(N, BLOCK_R), triton.cdiv(D, BLOCK_D))](
+            y, inv, w, out, N, D, KTOP=k, BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D)
+        ctx.save_for_backward(y, inv, w)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        y, inv, w = ctx.saved_tensors
+        N, k = inv.shape
+        D = y.shape[1]
+        dout = dout.contiguous()
+        dy = torch.empty_like(y)
+        dw = torch.empty(N, k, dtype=torch.float32, device=y.device)
+        BLOCK_R, BLOCK_D = 16, min(256, triton.next_power_of_2(D))
+        _combine_bwd[(triton.cdiv(N, BLOCK_R),)](y, inv, w, dout, dy, dw, N, D, KTOP=k, BLOCK_R=BLOCK_R,
+                                                 BLOCK_D=BLOCK_D)
+        return dy, None, dw.to(w.dtype), None
+
+
+def combine_triton(y: torch.Tensor, inv: torch.Tensor, w: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """y [N·k, D] expert outputs in sorted order, inv [N, k] their rows, w [N, k] → Σ_j w·y [N, D] in out_dtype."""
+    return _CombineFn.apply(y, inv, w, out_dtype)

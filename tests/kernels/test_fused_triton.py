@@ -1,0 +1,111 @@
+"""mixlab's own fused Triton kernels against their pure-torch references, outputs and gradients.
+
+Without a GPU these run in the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1): small shapes, CPU
+tensors. The interpreter rounds fp32→bf16 by truncation (the GPU rounds to nearest), so bf16 cases compare at a
+few bf16 ulps and fp32 cases tightly.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from mixlab.kernels import kda_gate
+from mixlab.kernels.dispatch import triton_available
+from mixlab.kernels.norm import gated_rms_norm_torch, rms_norm_torch
+
+if not triton_available() or not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+    pytest.skip("needs triton (GPU, or TRITON_INTERPRET=1 on CPU)", allow_module_level=True)
+
+from mixlab.kernels.kda_gate_triton import kda_gate_triton  # noqa: E402
+from mixlab.kernels.moe import _combine_torch  # noqa: E402
+from mixlab.kernels.moe_triton import combine_triton, swiglu_triton  # noqa: E402
+from mixlab.kernels.norm_triton import gated_rms_norm_triton, rms_norm_triton  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _run(fn, inputs, seed):
+    leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+    out = fn(*leaves)
+    gen = torch.Generator(device=DEV).manual_seed(seed)
+    proj = torch.randn(out.shape, generator=gen, device=DEV)
+    grads = torch.autograd.grad((out.float() * proj).sum(), [t for t in leaves if t.requires_grad])
+    return [out.detach()] + list(grads)
+
+
+def _rel(a, b):
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+
+
+def _compare(got, want, names, tol):
+    assert len(got) == len(want)
+    for name, a, b in zip(names, got, want):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        assert torch.isfinite(a).all(), name
+        assert _rel(a, b) < tol, (name, _rel(a, b))
+
+
+def _randn(*shape, dtype=torch.float32, scale=1.0, seed=0):
+    gen = torch.Generator(device=DEV).manual_seed(seed)
+    return (torch.randn(*shape, generator=gen, device=DEV) * scale).to(dtype)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_rms_norm(dtype, tol):
+    x = _randn(3, 7, 96, dtype=dtype, seed=1)  # 96: not a power of two (masked columns)
+    w = (torch.rand(96, device=DEV) + 0.5).to(dtype)
+    got = _run(lambda x, w: rms_norm_triton(x, w, 1e-6), [x, w], seed=2)
+    want = _run(lambda x, w: rms_norm_torch(x, w, 1e-6), [x, w], seed=2)
+    _compare(got, want, ["y", "dx", "dw"], tol)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "silu"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_gated_rms_norm(activation, dtype, tol):
+    x = _randn(2, 9, 3, 64, dtype=dtype, seed=3)
+    g = _randn(2, 9, 3, 64, dtype=dtype, seed=4, scale=2.0)
+    w = torch.rand(64, device=DEV) + 0.5  # fp32 weight with bf16 activations, as in the model
+    got = _run(lambda x, w, g: gated_rms_norm_triton(x, w, g, 1e-5, activation), [x, w, g], seed=5)
+    want = _run(lambda x, w, g: gated_rms_norm_torch(x, w, g, 1e-5, activation), [x, w, g], seed=5)
+    _compare(got, want, ["y", "dx", "dw", "dgate"], tol)
+
+
+@pytest.mark.parametrize("with_dt", [True, False])
+def test_kda_gate(with_dt):
+    H, K = 3, 32
+    f = _randn(2, 11, H * K, dtype=torch.bfloat16, scale=8.0, seed=6)  # wide range: both softplus branches
+    f[0, 0, :4] = torch.tensor([30.0, -30.0, 19.9, 20.1])
+    A_log = torch.log(torch.empty(1, 1, H, 1, device=DEV).uniform_(1, 16))
+    dt = _randn(H * K, seed=7) * 2 - 3
+    inputs = [f, A_log] + ([dt] if with_dt else [])
+
+    def ours(f, A, dt=None):
+        return kda_gate_triton(f, A, dt, H, K)
+
+    got = _run(ours, inputs, seed=8)
+    want = _run(kda_gate, inputs, seed=8)
+    assert got[0].dtype == torch.float32 and got[0].shape == (2, 11, H, K)
+    _compare(got, want, ["g", "df", "dA_log", "ddt_bias"][: len(got)], 1e-5 if DEV == "cuda" else 1e-2)
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)  # the fp32 forward is exact to rounding
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)])
+def test_swiglu(dtype, tol):
+    a = _randn(37, 50, dtype=dtype, scale=3.0, seed=9)
+    b = _randn(37, 50, dtype=dtype, seed=10)
+    got = _run(swiglu_triton, [a, b], seed=11)
+    want = _run(lambda a, b: torch.nn.functional.silu(a) * b, [a, b], seed=11)
+    _compare(got, want, ["y", "da", "db"], tol)
+
+
+def test_moe_combine():
+    N, k, D = 19, 3, 40
+    y = _randn(N * k, D, seed=12)
+    inv = torch.randperm(N * k, generator=torch.Generator().manual_seed(0)).to(DEV).view(N, k)
+    w = torch.rand(N, k, device=DEV)
+    got = _run(lambda y, w: combine_triton(y, inv, w, torch.float32), [y, w], seed=13)
+    want = _run(lambda y, w: _combine_torch(y, inv, w, torch.float32), [y, w], seed=13)
+    _compare(got, want, ["out", "dy", "dw"], 1e-6)

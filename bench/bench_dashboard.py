@@ -31,6 +31,7 @@ import urllib.request
 from pathlib import Path
 
 from mixlab import procs
+from mixlab.dashboard import queries
 from mixlab.device import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,13 +84,10 @@ def apptest_warm(db: Path, repeats: int) -> tuple[list[float], list[float], int]
 
 
 def peer_full_scan(db: Path) -> float:
-    from mixlab.store import Store
-
     t = time.perf_counter()
-    store = Store(db, read_only=True)
-    runs = store.query_df("SELECT * FROM runs")
-    metrics = store.query_df("SELECT * FROM eval_metrics")
-    samples = store.query_df("SELECT * FROM eval_samples")
+    runs = queries.full_table(db, "runs")
+    metrics = queries.full_table(db, "eval_metrics")
+    samples = queries.full_table(db, "eval_samples")
     table = metrics.pivot_table(index="run_id", columns=["task", "metric"], values="mean")
     table.columns = [f"{t}/{m}" for t, m in table.columns]
     table = table.join(
@@ -212,12 +210,7 @@ def main() -> None:
         summary = sample_data.build(db, n_runs=args.runs, samples_per_task=per_task, expert_load_runs=200)
         build_s = time.perf_counter() - t
         print(f"built {db} in {build_s:.1f} s: {summary.to_json()}")
-    from mixlab.store import Store
-
-    counts = Store(db, read_only=True).query(
-        "SELECT (SELECT count(*) FROM runs) AS runs, (SELECT count(*) FROM eval_samples) AS eval_samples, "
-        "(SELECT count(*) FROM eval_metrics) AS eval_metrics, (SELECT count(*) FROM train_metrics) AS train_metrics, "
-        "(SELECT count(*) FROM expert_load) AS expert_load")[0]
+    counts = queries.table_counts(db, ["runs", "eval_samples", "eval_metrics", "train_metrics", "expert_load"])
     load_avg = os.getloadavg()
 
     cold = apptest_cold(db)

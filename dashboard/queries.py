@@ -1,8 +1,9 @@
 """Read-only queries over the mixlab DuckDB file, returned as pandas DataFrames.
 
 Every call goes through `Store(path, read_only=True)`, which opens the file, runs one query and closes it, retrying
-while a training or eval process holds the write lock — so the dashboard never blocks writers for longer than a
-query and never keeps a connection open. No function here writes.
+with backoff while a training or eval process holds the write lock — so the dashboard never blocks writers for longer
+than a query and never keeps a connection open. Writes that a writer had to spool (the file was held too long) are
+seen too: the store reads through an overlay of them until they land. No function here writes.
 """
 
 from __future__ import annotations
@@ -28,12 +29,27 @@ def _df(path: str | Path, sql: str, params: list | None = None) -> pd.DataFrame:
     return _store(path).query_df(sql, params or [])
 
 
-def db_stamp(path: str | Path) -> tuple[int, int]:
-    """Changes whenever the database changes: mtimes of the file and of its write-ahead log (DuckDB writes the
-    WAL first and folds it into the file at checkpoints, so the file's mtime alone lags behind)."""
+def db_stamp(path: str | Path) -> tuple[int, int, int]:
+    """Changes whenever the database changes: mtimes of the file, of its write-ahead log (DuckDB writes the WAL
+    first and folds it into the file at checkpoints, so the file's mtime alone lags behind) and of the store's
+    spool folder (writes waiting for the file)."""
     p = Path(path)
-    wal = p.with_name(p.name + ".wal")
-    return (p.stat().st_mtime_ns if p.exists() else 0, wal.stat().st_mtime_ns if wal.exists() else 0)
+    stamps = [p, p.with_name(p.name + ".wal"), Store(p, read_only=True).spool_dir]
+    return tuple(f.stat().st_mtime_ns if f.exists() else 0 for f in stamps)  # type: ignore[return-value]
+
+
+def table_counts(path: str | Path, tables: list[str]) -> dict[str, int]:
+    """Row counts of `tables` (names from the store's schema)."""
+    for table in tables:
+        _store(path).columns(table)  # the names go into SQL: unknown ones raise MixlabError
+    sql = ", ".join(f"(SELECT count(*) FROM {t}) AS {t}" for t in tables)
+    return _store(path).query(f"SELECT {sql}")[0]
+
+
+def full_table(path: str | Path, table: str) -> pd.DataFrame:
+    """Every row of one table (the naive dashboard's first step, which `bench/bench_dashboard.py` measures)."""
+    _store(path).columns(table)  # unknown names raise MixlabError
+    return _df(path, f"SELECT * FROM {table}")
 
 
 @dataclass

@@ -12,7 +12,7 @@ load, metrics with CIs, samples, contamination). Measured in the same run:
                    drawn; first visit (imports, cold cache) and later visitors (skipped without /usr/bin/chromium).
 - browser floor  : the same browser measurement on a minimal Streamlit app that only plots the same points from a
                    parquet file — what Streamlit + Vega cost by themselves (JS bundle, websocket, chart chunk).
-- peer_full_scan : the usual hand-built notebook dashboard's first step: `SELECT *` of the tables the view needs
+- peer_full_scan : the usual hand-built notebook dashboard's first step: every row of the tables the view needs
                    (runs, eval_metrics, eval_samples) into pandas, then a pivot — no plotting.
 
 Writes bench/results/dashboard.json with the device name. Run: `.venv/bin/python bench/bench_dashboard.py`.
@@ -253,7 +253,7 @@ def main() -> None:
             print(f"browser, {name}: server start {b['server_start_s']:.2f} s; navigation → all {plotted} points "
                   f"drawn: first visit {b['first_visit_s']:.2f} s, later visits {b['best_later_visit_s']:.2f} s")
         print(f"ratio mixlab / floor (later visits): {browser['ratio_mixlab_over_floor_later_visit']:.2f}×")
-    print(f"peer (SELECT * + pivot, no chart): {best(peer):.2f} s → ratio peer / dashboard fresh = "
+    print(f"peer (full table reads + pivot, no chart): {best(peer):.2f} s → ratio peer / dashboard fresh = "
           f"{result['ratio_peer_over_fresh']:.2f}×")
     print(f"wrote {RESULTS}")
 

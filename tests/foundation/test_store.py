@@ -1,17 +1,36 @@
-"""The DuckDB store: migrations, typed helpers, bad input, and concurrent writers with a concurrent reader."""
+"""The DuckDB store: migrations, typed writes and reads, bad input, concurrent writers with a concurrent reader.
+
+Spooling while a reader holds the file: test_store_concurrency.py."""
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import time
+from pathlib import Path
 
 import pytest
 
+from mixlab import procs
 from mixlab.errors import MixlabError
-from mixlab.store import MIGRATIONS, SCHEMA_VERSION, MetricRecord, RunRecord, Store
+from mixlab.store import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    ComponentRecord,
+    ContaminationRecord,
+    EvalRunRecord,
+    JudgementRecord,
+    LadderDecision,
+    MetricRecord,
+    MixtureRecord,
+    RunRecord,
+    SampleRecord,
+    SourceRecord,
+    Store,
+)
 
 N_WRITERS = 4
-ROWS_PER_WRITER = 60
+RUNS_PER_WRITER = 2
+STEPS = 10
+WORKER = str(Path(__file__).with_name("store_worker.py"))
 
 
 def test_migrations_apply_once_and_record_version(db_path):
@@ -64,56 +83,94 @@ def test_read_only_store_refuses_writes_and_missing_file(tmp_path):
         ro.insert("runs", [{"run_id": "x"}])
 
 
-def _writer(path: str, writer_id: int, start, errors) -> None:
-    try:
-        store = Store(path)
-        start.wait()
-        store.create_run(RunRecord(run_id=f"w{writer_id}", trainer="sft"))
-        for step in range(ROWS_PER_WRITER):
-            store.log_train_metrics(f"w{writer_id}", step, {"loss": 1.0 / (step + 1)})
-        store.update_run(f"w{writer_id}", status="completed")
-    except BaseException as exc:  # reported to the parent, which fails the test
-        errors.put(f"writer {writer_id}: {exc!r}")
+def test_restart_drops_metrics_after_the_checkpoint_step(store):
+    store.create_run(RunRecord(run_id="r"))
+    for step in (1, 2, 3):
+        store.log_train_metrics("r", step, {"loss": 1.0})
+        store.log_expert_load("r", step, [(1, 0, 1.0, None)])
+    store.fail_run("r", "killed")
+    assert store.get_run("r")["status"] == "failed"
+    store.restart_run("r", after_step=2)
+    run = store.get_run("r")
+    assert run["status"] == "running" and run["error"] is None and run["finished_at"] is None
+    assert store.last_train_metric("r") == (1.0, 2)
+    assert store.query("SELECT max(step) AS s FROM expert_load")[0]["s"] == 2
+    store.set_checkpoint("r", "/ckpt")
+    store.finish_run("r")
+    assert store.get_run("r")["status"] == "completed" and store.get_run("r")["checkpoint_path"] == "/ckpt"
 
 
-def _reader(path: str, start, stop, errors, counts) -> None:
-    try:
-        store = Store(path, read_only=True)
-        start.wait()
-        while not stop.is_set():
-            counts.put(store.query("SELECT count(*) AS n FROM train_metrics")[0]["n"])
-            time.sleep(0.01)
-    except BaseException as exc:
-        errors.put(f"reader: {exc!r}")
+def test_eval_lifecycle_replaces_samples_and_metrics(store):
+    store.start_run(RunRecord(run_id="r", git_sha="g", packages={"x": "1"}, device="cpu"))
+    store.start_eval(EvalRunRecord(eval_id="e", run_id="r", checkpoint="/c", task="t", gen_config={"n": 1}))
+    store.record_eval_samples("e", [SampleRecord("e", "r", "t", f"i{k}", output="old", extra={"scores": {}})
+                                    for k in range(3)])
+    store.record_eval_samples("e", [SampleRecord("e", "r", "t", "i1", output="new")])  # a re-scored item
+    assert sorted((r["item_id"], r["output"]) for r in store.eval_samples("e")) == [
+        ("i0", "old"), ("i1", "new"), ("i2", "old")]
+    metric = MetricRecord("e", "r", "t", "acc", "leaderboard", 3, 0.5, 0.1, 0.9, "wilson")
+    store.finish_eval("e", [metric], n_samples=3)
+    store.finish_eval("e", [metric], n_samples=3)  # a re-run replaces, never duplicates
+    assert store.run_metrics("r") == [{"task": "t", "metric": "acc", "n": 3, "mean": 0.5, "ci_low": 0.1,
+                                       "ci_high": 0.9}]
+    assert store.metric_mean("r", "t", "acc") == 0.5 and store.metric_mean("r", "t", "nope") is None
+    assert store.peer_samples("t", None, exclude_eval_id="other")[0]["eval_id"] == "e"
+    assert store.peer_samples("t", None, exclude_eval_id="e") == []
+    store.start_eval(EvalRunRecord(eval_id="e", run_id="r", checkpoint="/c", task="t"), keep_samples=False)
+    assert store.eval_samples("e") == []
+    store.fail_eval("e", "judge down", 0)
+    assert store.query("SELECT status, error FROM eval_runs")[0] == {"status": "failed", "error": "judge down"}
 
 
-def test_four_concurrent_writers_and_a_reader_lose_nothing(db_path):
+def test_mixture_ladder_judgements_and_run_lookups(store):
+    record = MixtureRecord("m1", name="mix", family="math-heavy", manifest={"n_rows": 2})
+    comps = [ComponentRecord("m1", "s1", realised_share=1.0)]
+    flags = [ContaminationRecord("m1", "s1", "row", "gsm8k", "item", "a b c", "content")]
+    store.record_mixture(record, [SourceRecord("s1", name="src")], comps, flags)
+    store.record_mixture(record, [SourceRecord("s1", name="src")], comps, flags)  # rebuild: replaced, not doubled
+    assert store.has_mixture("m1") and not store.has_mixture("m2")
+    assert store.query("SELECT (SELECT count(*) FROM mixture_components) AS c, (SELECT count(*) FROM contamination)"
+                       " AS f, (SELECT count(*) FROM mixtures) AS m")[0] == {"c": 1, "f": 1, "m": 1}
+
+    store.record_ladder_decision(LadderDecision("L", "r0", "mix", "run", None, [{"task": "t"}], True, "ok"))
+    assert [d["reason"] for d in store.ladder_decisions("L")] == ["ok"]
+
+    j = JudgementRecord("k1", "judge", "tpl", "p", "a", "7", 7.0, "fine", "raw text")
+    store.put_judgements([j])
+    store.put_judgements([j])
+    assert store.get_judgements(["k1", "k2", "k1"]) == {"k1": j}
+
+    for i, (sweep, mix) in enumerate([("s", "b"), ("s", "a"), ("t", "a")]):
+        store.create_run(RunRecord(run_id=f"r{i}", sweep_id=sweep, mixture_name=mix, checkpoint_path="/ck",
+                                   config={"invocation": "inv"}))
+        store.log_train_metrics(f"r{i}", 5, {"loss": float(i)})
+    store.create_run(RunRecord(run_id="ev", kind="eval", checkpoint_path="/ck"))
+    assert store.sweep_train_runs("s") == ["r0", "r1"]
+    assert store.sweep_train_runs("s", by_mixture=True) == ["r1", "r0"]
+    assert store.run_for_checkpoint("/ck") == "r2" and store.run_for_checkpoint("/none") is None
+    assert [r["run_id"] for r in store.runs_of_invocation("inv")] == ["r0", "r1", "r2"]
+    assert set(store.get_runs(["r0", "r2", "zz"])) == {"r0", "r2"}
+    assert store.final_losses(["r1"]) == {"r1": {"loss": 1.0, "steps": 5}}
+
+
+def test_four_concurrent_writers_and_a_reader_lose_nothing(db_path, tmp_path):
+    """Writers contend for the lock (short transactions, retry); a reader polls all along. Nothing is lost."""
     Store(db_path).schema_version()  # create the file so the reader can open it read-only
-    ctx = mp.get_context("spawn")
-    start, stop = ctx.Event(), ctx.Event()
-    errors, counts = ctx.Queue(), ctx.Queue()
-    reader = ctx.Process(target=_reader, args=(str(db_path), start, stop, errors, counts))
-    writers = [ctx.Process(target=_writer, args=(str(db_path), i, start, errors)) for i in range(N_WRITERS)]
-    for p in [reader, *writers]:
-        p.start()
-    start.set()
-    for p in writers:
-        p.join(timeout=240)
-    stop.set()
-    reader.join(timeout=60)
-
-    problems = []
-    while not errors.empty():
-        problems.append(errors.get())
-    assert not problems, problems
-    assert all(p.exitcode == 0 for p in [reader, *writers])
-    seen = []
-    while not counts.empty():
-        seen.append(counts.get())
+    stop, counts_file = tmp_path / "stop", tmp_path / "counts"
+    reader = procs.popen([WORKER, "reader", str(db_path), str(stop), str(counts_file)])
+    writers = [procs.popen([WORKER, "writer", str(db_path), str(i), str(RUNS_PER_WRITER), str(STEPS), "5"])
+               for i in range(N_WRITERS)]
+    try:
+        assert [w.wait(timeout=300) for w in writers] == [0] * N_WRITERS
+    finally:
+        stop.touch()
+        assert reader.wait(timeout=120) == 0
+    seen = [int(n) for n in counts_file.read_text().split()]
     assert seen, "the reader never got a read in while writers were running"
     assert seen == sorted(seen), "reader saw rows disappear"
 
     store = Store(db_path)
-    assert store.query("SELECT count(*) AS n FROM train_metrics")[0]["n"] == N_WRITERS * ROWS_PER_WRITER
+    assert store.pending_spool() == []  # nobody held the file long: every write landed directly
+    assert store.query("SELECT count(*) AS n FROM train_metrics")[0]["n"] == N_WRITERS * RUNS_PER_WRITER * STEPS
     done = store.query("SELECT run_id FROM runs WHERE status = 'completed' ORDER BY run_id")
-    assert [r["run_id"] for r in done] == [f"w{i}" for i in range(N_WRITERS)]
+    assert [r["run_id"] for r in done] == [f"w{i}-r{r}" for i in range(N_WRITERS) for r in range(RUNS_PER_WRITER)]

@@ -1,9 +1,10 @@
 """`mixlab serve`: a small OpenAI-compatible HTTP server over the torch backend.
 
-Endpoints: `GET /v1/models`, `POST /v1/chat/completions` (non-streaming), `GET /health`. Concurrent greedy requests
-with the same decoding settings are micro-batched into one left-padded batch (the judge and the openai backend send
-requests from several threads), so a local judge or demo gets the batch speed-up for free. Sampled requests run
-alone, so a request's `seed` alone determines its samples.
+Endpoints: `GET /v1/models`, `POST /v1/chat/completions` (non-streaming), `GET /health`. For a Kimi Linear model
+every request joins the generation engine's running batch as it arrives and leaves it when done (continuous
+batching, `mixlab.evals.engine`), whatever its decoding settings: each sequence samples from its own seeded stream,
+so a request's `seed` alone determines its samples. Other models (the torch backend's plain loop) micro-batch
+concurrent greedy requests with equal settings into one left-padded batch; their sampled requests run alone.
 
 Uses stdlib `ThreadingHTTPServer`: no extra dependency, fine for a lab-scale server; production serving of
 official-size checkpoints is `vllm serve`.
@@ -22,7 +23,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from mixlab.errors import MixlabError
-from mixlab.evals.backends.base import Backend, GenerationConfig, validate_prompts
+from mixlab.evals.backends.base import Backend, Generation, GenerationConfig, truncate_at_stop, validate_prompts
+from mixlab.evals.backends.torch_backend import encode_chat
+from mixlab.evals.engine import CapacityError, EngineWorker
 
 
 class RequestError(Exception):
@@ -85,6 +88,42 @@ class MicroBatcher:
                 j.future.set_result(g)
 
 
+class EngineBatcher:
+    """Requests go straight into the engine's running batch (a worker thread steps it)."""
+
+    def __init__(self, backend) -> None:
+        self.backend = backend
+        self.worker = EngineWorker(backend.engine)
+
+    def submit(self, messages: list[dict[str, str]], cfg: GenerationConfig) -> Future:
+        tok = self.backend.tokenizer
+        ids = encode_chat(tok, messages)
+        try:
+            inner = self.worker.submit(ids, cfg)
+        except CapacityError as exc:
+            raise RequestError(400, str(exc), "max_tokens") from None
+        outer: Future = Future()
+
+        def finish(f: Future) -> None:
+            try:
+                samples = f.result()
+            except Exception as exc:  # noqa: BLE001 - handed to the waiting request
+                outer.set_exception(exc)
+                return
+            texts, reasons = [], []
+            for tokens, reason in samples:
+                text, stopped = truncate_at_stop(tok.decode(tokens, skip_special_tokens=True), cfg.stop)
+                texts.append(text)
+                reasons.append("stop" if reason == "stop" or stopped else "length")
+            outer.set_result(Generation(texts, len(ids), [len(t) for t, _ in samples], reasons))
+
+        inner.add_done_callback(finish)
+        return outer
+
+    def close(self) -> None:
+        self.worker.close()
+
+
 def _parse_config(body: dict[str, Any], max_tokens_cap: int) -> GenerationConfig:
     def number(name: str, default: float, kind=float) -> Any:
         value = body.get(name, default)
@@ -123,7 +162,10 @@ def make_server(
     backend: Backend, *, host: str = "127.0.0.1", port: int = 8000, model_name: str = "mixlab", max_tokens_cap: int = 2048,
     max_batch: int = 16,
 ) -> ThreadingHTTPServer:
-    batcher = MicroBatcher(backend, max_batch=max_batch)
+    if getattr(backend, "use_engine", False):
+        batcher = EngineBatcher(backend)
+    else:
+        batcher = MicroBatcher(backend, max_batch=max_batch)
     created = int(time.time())
 
     class Handler(BaseHTTPRequestHandler):

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mixlab.atomic import swap_in, sweep_stale, temp_path
 from mixlab.mixtures.decontam import summary as decontam_summary
 from mixlab.mixtures.dedup import lsh_params
 from mixlab.mixtures.solver import leaf_max_epochs
@@ -180,7 +181,8 @@ def write(builder: "_Builder", mixture_id: str, allocations, pool_index: dict[st
     # -- write: temp folder, then rename -------------------------------------------------------------------------
     final = mixtures_dir() / mixture_id
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{mixture_id}-{os.getpid()}"
+    sweep_stale(final.parent)  # leftovers of builds killed mid-write
+    tmp = temp_path(final.parent, mixture_id)  # names host and pid, so later runs know when it is stale
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -199,10 +201,7 @@ def write(builder: "_Builder", mixture_id: str, allocations, pool_index: dict[st
         if final.exists() and not replace:
             shutil.rmtree(tmp, ignore_errors=True)
         elif final.exists():
-            old = final.parent / f".old-{mixture_id}-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
+            swap_in(tmp, final, mixture_id)  # --force: atomic exchange, the old artifact is never missing
         else:
             try:
                 os.replace(tmp, final)

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from mixlab.atomic import sweep_stale
 from mixlab.errors import MixlabError
 from mixlab.mixtures import adapters as adapters_mod
 from mixlab.mixtures import decontam, dedup, filters as filters_mod, solver, sources
@@ -395,6 +396,7 @@ def build(name_or_path: str | Path, data_root: str | Path | None = None, store=N
     from mixlab.mixtures import artifact
 
     progress = progress or _no_progress
+    sweep_stale(mixtures_dir())  # temp folders of builds killed mid-write (kill -9 runs no cleanup)
     existing = mixtures_dir() / str(name_or_path)
     if (existing / "manifest.json").is_file() and (existing / "mixture.yaml").is_file():
         # A built mixture id (recipes may pin one): the artifact is the source of truth.

@@ -17,13 +17,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mixlab.atomic import sweep_stale, temp_path
 from mixlab.errors import MixlabError
 
 from .config import KimiLinearConfig
@@ -86,7 +86,10 @@ def save_official(model, save_directory, state_dict=None, max_shard_size: int | 
         shards[-1].append(name)
         size += nbytes
 
-    tmp = Path(tempfile.mkdtemp(prefix=".mixlab-save-", dir=out_dir))
+    sweep_stale(out_dir)  # temp folders of saves killed mid-write
+    tmp = temp_path(out_dir, "save")  # names host and pid, so a later save can tell when it is stale
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     try:
         n = len(shards)
         weight_map = {}

@@ -1,0 +1,210 @@
+"""The `1b-a150m` training step (forward + backward, bf16, one GPU) on mixlab's fast path against the off-the-shelf
+composition, in the same run.
+
+Modes (same model weights, same batch):
+- peer        : fla-core KDA + `torch._grouped_mm` MoE + SDPA, eager, torch elementwise ops (mixlab's fused Triton
+                kernels off) — the composition issue 11 measures against.
+- fast        : mixlab's fast path, eager: the peer plus fused Triton RMSNorm / gated norm / KDA gate / SwiGLU /
+                MoE combine, and no host sync in the step.
+- fast_graph  : `fast` with the whole forward + backward captured once as a CUDA graph and replayed (possible
+                because the step has static shapes and no host syncs); removes the launch gaps.
+
+Per mode and batch: tokens/s (median of timed steps), ratio to the peer, MFU (6 · active non-embedding params · tok/s
+plus causal MLA attention FLOPs, over the 780 TFLOP/s measured bf16 peak; KDA's own FLOPs are not counted), GPU busy %
+(union of kernel intervals from a profiled step over the unprofiled median step time), peak memory, loss.
+
+Usage: python bench/bench_step.py [--tokens 8192,16384] [--seq 2048] [--modes peer,fast,fast_graph]
+                                  [--out bench/results/step.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from mixlab.kernels import fla_available, set_backend, set_fused
+from mixlab.model import get_preset, load_model
+from mixlab.model.info import model_info
+
+PEAK_TFLOPS = 780.0  # measured bf16 matmul peak on an H100 (issue 11)
+
+
+def flops_per_token(cfg, T: int) -> float:
+    info = model_info(cfg)
+    dense = 6.0 * (info["active_params"] - cfg.vocab_size * cfg.hidden_size)  # input embedding is a lookup
+    mla = info["mla_layers"]
+    # causal SDPA: QK^T and PV, average key length T/2, fwd 2 FLOPs per MAC, bwd 2x fwd
+    attn = 3 * 2 * (T / 2) * cfg.num_attention_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim)
+    return dense + mla * attn
+
+
+def _events_busy(prof, steps: int) -> float | None:
+    """GPU time per step in ms: the union of kernel/memcpy/memset intervals of the profiled region / steps."""
+    spans = []
+    for evt in prof.events():
+        if evt.device_type == torch.autograd.DeviceType.CUDA and evt.time_range.elapsed_us() > 0:
+            spans.append((evt.time_range.start, evt.time_range.end))
+    if not spans:
+        return None
+    spans.sort()
+    total, cur_s, cur_e = 0.0, *spans[0]
+    for s, e in spans[1:]:
+        if s > cur_e:
+            total += cur_e - cur_s
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    total += cur_e - cur_s
+    return total / 1e3 / steps
+
+
+class Runner:
+    def __init__(self, model, ids, mode: str):
+        self.model, self.ids, self.mode = model, ids, mode
+        self.graph = None
+        self.loss = None
+
+    def eager(self):
+        self.model.zero_grad(set_to_none=True)
+        out = self.model(input_ids=self.ids, labels=self.ids)
+        out.loss.backward()
+        self.loss = out.loss.detach()
+
+    def capture(self):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.eager()
+        torch.cuda.current_stream().wait_stream(side)
+        self.model.zero_grad(set_to_none=True)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            out = self.model(input_ids=self.ids, labels=self.ids)
+            out.loss.backward()
+            self.loss = out.loss.detach()
+
+    def step(self):
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self.eager()
+
+
+def run_mode(model, ids, mode: str, iters: int) -> dict:
+    set_backend("auto")
+    set_fused(mode != "peer")
+    r = Runner(model, ids, mode)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    r.eager()  # first call: fla autotune / triton compile
+    torch.cuda.synchronize()
+    first_s = time.perf_counter() - t0
+    if mode.endswith("_graph"):
+        r.capture()
+    for _ in range(2):
+        r.step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        r.step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    ms = statistics.median(times)
+    busy_ms = None
+    try:
+        steps = 3
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                r.step()
+            torch.cuda.synchronize()
+        busy_ms = _events_busy(prof, steps)
+    except Exception as exc:  # profiling is best-effort; the timing above stands
+        print(f"[{mode}] profiler failed: {exc!r}")
+    tokens = ids.numel()
+    rec = {
+        "mode": mode,
+        "step_ms_median": ms,
+        "step_ms_min": min(times),
+        "step_ms_max": max(times),
+        "tokens_per_s": tokens / (ms / 1e3),
+        "first_step_s": first_s,
+        "gpu_busy_pct": None if busy_ms is None else min(100.0, 100.0 * busy_ms / ms),
+        "gpu_kernel_ms_per_step": busy_ms,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "loss": float(r.loss),
+    }
+    del r
+    torch.cuda.empty_cache()
+    return rec
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--preset", default="1b-a150m")
+    parser.add_argument("--tokens", default="8192,16384")
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--modes", default="peer,fast,fast_graph")
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--out", default="bench/results/step.json")
+    args = parser.parse_args()
+    assert torch.cuda.is_available(), "bench_step needs a CUDA GPU"
+    if not fla_available():
+        print("WARNING: fla-core not importable: KDA runs the torch reference in every mode (not the peer)")
+    cfg = get_preset(args.preset)
+    model = load_model(args.preset, dtype=torch.bfloat16, device="cuda", seed=0).train()
+    results = {
+        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "fla_available": fla_available(),
+        "preset": args.preset, "dtype": "bf16", "what": "forward+backward (no optimizer step)",
+        "peak_tflops": PEAK_TFLOPS, "rows": [],
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for tokens in [int(t) for t in args.tokens.split(",")]:
+        B = tokens // args.seq
+        gen = torch.Generator(device="cuda").manual_seed(tokens)
+        ids = torch.randint(0, cfg.vocab_size, (B, args.seq), device="cuda", generator=gen)
+        fpt = flops_per_token(cfg, args.seq)
+        peer_tps = None
+        for mode in args.modes.split(","):
+            try:
+                rec = run_mode(model, ids, mode, args.iters)
+            except Exception as exc:
+                traceback.print_exc()
+                rec = {"mode": mode, "error": repr(exc)[:500]}
+                torch.cuda.empty_cache()
+            rec.update(tokens_per_batch=tokens, batch=B, seq=args.seq)
+            if "tokens_per_s" in rec:
+                rec["mfu_pct"] = 100.0 * rec["tokens_per_s"] * fpt / (PEAK_TFLOPS * 1e12)
+                if mode == "peer":
+                    peer_tps = rec["tokens_per_s"]
+                if peer_tps:
+                    rec["speedup_vs_peer"] = rec["tokens_per_s"] / peer_tps
+            results["rows"].append(rec)
+            print(json.dumps(rec), flush=True)
+            out.write_text(json.dumps(results, indent=2))
+    set_fused(True)
+    print(f"\n{results['device']}  {args.preset}  fwd+bwd bf16")
+    print(f"{'tokens':>7} {'mode':>11} {'tok/s':>9} {'x peer':>7} {'MFU%':>6} {'busy%':>6} {'GiB':>6} {'loss':>8}")
+    for r in results["rows"]:
+        if "error" in r:
+            print(f"{r['tokens_per_batch']:>7} {r['mode']:>11}  ERROR {r['error'][:80]}")
+            continue
+        busy = r["gpu_busy_pct"]
+        print(f"{r['tokens_per_batch']:>7} {r['mode']:>11} {r['tokens_per_s']:>9.0f} {r.get('speedup_vs_peer', 0):>7.2f} "
+              f"{r['mfu_pct']:>6.2f} {busy if busy is not None else float('nan'):>6.1f} {r['peak_mem_gib']:>6.2f} "
+              f"{r['loss']:>8.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,57 +1,42 @@
-"""A built mixture as the dataset each TRL trainer expects (post-training-anchors §2.1).
+"""A built mixture as the dataset a stage's trainer expects (post-training-anchors §2.1).
 
-- sft: conversational language modelling, `messages` (assistant-only loss comes from the chat template markers);
-- grpo: prompt-only, `prompt` as a message list, plus the `verifier` and `ground_truth` columns TRL forwards to the
-  reward functions;
-- dpo: `prompt` / `chosen` / `rejected`.
-`source_id` and `row_id` are kept where the trainer tolerates extra columns (GRPO forwards them to rewards).
+The trainer's registered spec (`recipes/trainers.py`) names the mixture kind and the columns it keeps: sft trains on
+`messages`; dpo and kto on `prompt` / `chosen` / `rejected`; grpo on `prompt` (a message list) plus the `verifier`
+and `ground_truth` columns TRL forwards to the reward functions (with `source_id` and `row_id`).
+
+The artifact's Parquet shards are opened once per stage as Arrow (memory-mapped reads, no Python row objects), and
+the curriculum phases come from its manifest.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import datasets
+
 from mixlab.errors import MixlabError
-
-KIND_FOR_TRAINER = {"sft": "sft", "grpo": "rl", "dpo": "preference"}
-REQUIRED_COLUMNS = {"sft": ["messages"], "grpo": ["prompt", "verifier", "ground_truth"], "dpo": ["chosen", "rejected"]}
-
-
-def _as_messages(value: Any) -> list[dict[str, str]]:
-    if isinstance(value, str):
-        return [{"role": "user", "content": value}]
-    return value
+from mixlab.mixtures.loader import load_table
+from mixlab.recipes.trainers import TrainerSpec
 
 
-def load_stage_dataset(mixture: str, trainer: str):
-    from mixlab.mixtures import load_dataset
+@dataclass
+class StageData:
+    dataset: datasets.Dataset
+    n_phases: int  # curriculum phases with rows, in stored order
 
-    kind = KIND_FOR_TRAINER[trainer]
-    dataset = load_dataset(mixture, kind=kind)
-    missing = [c for c in REQUIRED_COLUMNS[trainer] if c not in dataset.column_names]
+
+def load_stage_dataset(mixture: str, spec: TrainerSpec) -> StageData:
+    table, manifest = load_table(mixture, kind=spec.dataset_kind)
+    missing = [c for c in spec.columns if c not in table.column_names]
     if missing:
         raise MixlabError(
-            f"mixture {mixture}: a {trainer} stage needs columns {REQUIRED_COLUMNS[trainer]}, the {kind} dataset lacks "
-            f"{missing} (has {dataset.column_names}); is it a {kind} mixture?"
+            f"mixture {mixture}: a {spec.name} stage needs columns {list(spec.columns)}, the {spec.dataset_kind} "
+            f"dataset lacks {missing} (has {table.column_names})"
         )
-    if trainer == "sft":
-        keep = ["messages"]
-    elif trainer == "grpo":
-        keep = ["prompt", "verifier", "ground_truth"] + [c for c in ("source_id", "row_id") if c in dataset.column_names]
-        if isinstance(dataset[0]["prompt"], str):
-            dataset = dataset.map(lambda row: {"chat_prompt": _as_messages(row["prompt"])}, remove_columns=["prompt"])
-            dataset = dataset.rename_column("chat_prompt", "prompt")
-    else:
-        keep = [c for c in ("prompt", "chosen", "rejected") if c in dataset.column_names]
-    return dataset.select_columns(keep)
-
-
-def phase_count(mixture: str, trainer: str) -> int:
-    """How many curriculum phases the built mixture holds (rows are stored phase after phase)."""
-    from mixlab.mixtures import load_dataset
-
-    dataset = load_dataset(mixture, kind=KIND_FOR_TRAINER[trainer])
-    return len(set(dataset["phase"])) if "phase" in dataset.column_names else 1
+    keep = list(spec.columns) + [c for c in spec.optional_columns if c in table.column_names]
+    n_phases = sum(1 for phase in manifest["phases"] if phase["rows"])
+    return StageData(datasets.Dataset(table.select(keep)), n_phases)
 
 
 def keep_curriculum_order(args: Any, n_phases: int) -> None:

@@ -14,7 +14,6 @@ an uninterrupted run.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import re
@@ -27,10 +26,28 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import datasets
+import torch
+import transformers
+from huggingface_hub import snapshot_download
+from rich.console import Console
+
+from mixlab.device import count_devices, resolve_device, resolve_precision
 from mixlab.errors import MixlabError
+from mixlab.evals.runner import evaluate
+from mixlab.evals.suites import suite_tasks
+from mixlab.kernels.dispatch import fla_available, set_backend
+from mixlab.mixtures import build
+from mixlab.model.loading import load_model_and_tokenizer
+from mixlab.model.presets import PRESETS
+from mixlab.model.training import RouterBiasCallback
 from mixlab.paths import checkpoints_dir
-from mixlab.recipes.schema import Recipe, Stage, load_recipe, recipe_from_text, trl_config_class
+from mixlab.recipes.callbacks import DuckDBLogger, PeriodicEval
+from mixlab.recipes.data import keep_curriculum_order, load_stage_dataset
+from mixlab.recipes.schema import EvalSpec, Recipe, Stage, recipe_from_text
+from mixlab.recipes.trainers import BuildContext
 from mixlab.store import RunRecord, Store
+from mixlab.yamlio import did_you_mean
 
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -76,34 +93,27 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _devices(recipe: Recipe) -> tuple[str, bool]:
-    import torch
-
-    cuda = torch.cuda.is_available()
+def _device(recipe: Recipe) -> str:
+    """The training device; multi-device runs are refused before anything trains."""
+    try:
+        count_devices(recipe.devices)
+    except MixlabError as exc:
+        raise MixlabError(f"recipe {recipe.name}: {exc}") from None
     if recipe.devices > 1:
-        available = torch.cuda.device_count() if cuda else 0
-        if recipe.devices > available:
-            raise MixlabError(
-                f"recipe {recipe.name}: devices={recipe.devices} but {available} CUDA device(s) are visible"
-            )
         # Multi-process launching (one rank per device, rank-0-only store writes) is not built yet: say so
         # before anything trains instead of silently using one device.
         raise MixlabError(
             f"recipe {recipe.name}: devices={recipe.devices}: multi-device runs are not supported by `mixlab run` "
             "yet; use devices: 1"
         )
-    return ("cuda" if cuda else "cpu"), cuda
+    return resolve_device("auto")
 
 
-def _select_kernels(recipe: Recipe) -> str:
+def _select_kernels(recipe: Recipe, device: str) -> str:
     """`auto`: fla-core's Triton KDA kernels where a GPU and fla-core exist, else the pure-torch ops."""
-    import torch
-
-    from mixlab.kernels.dispatch import fla_available, set_backend
-
     name = recipe.kernels
     if name == "auto":
-        name = "triton" if torch.cuda.is_available() and fla_available() else "torch"
+        name = "triton" if device.startswith("cuda") and fla_available() else "torch"
     try:
         set_backend(name)
     except MixlabError as exc:
@@ -111,15 +121,11 @@ def _select_kernels(recipe: Recipe) -> str:
     return name
 
 
-def _precision(recipe: Recipe, cuda: bool) -> dict[str, bool]:
-    import torch
-
-    precision = recipe.precision
-    if precision == "auto":
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-    if precision in ("bf16", "fp16") and not cuda:
-        raise MixlabError(f"recipe {recipe.name}: precision {precision} needs a GPU; use fp32 (or auto) on CPU")
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+def _precision(recipe: Recipe, device: str) -> str:
+    try:
+        return resolve_precision(recipe.precision, device)
+    except MixlabError as exc:
+        raise MixlabError(f"recipe {recipe.name}: {exc}") from None
 
 
 class RecipeRunner:
@@ -132,7 +138,6 @@ class RecipeRunner:
         invocation: str | None = None,
         sweep_id: str | None = None,
         rung: str | None = None,
-        family: str | None = None,
         progress: bool = True,
         data_root: str | None = None,
     ):
@@ -142,7 +147,6 @@ class RecipeRunner:
         self.invocation = invocation or new_invocation_id(recipe.name)
         self.sweep_id = sweep_id
         self.rung = rung
-        self.family = family or recipe.family
         self.progress = progress
         self.data_root = data_root
         self._resolved: list[ResolvedStage] | None = None
@@ -156,26 +160,18 @@ class RecipeRunner:
     def preflight(self) -> list[ResolvedStage]:
         if self._resolved is not None:
             return self._resolved
-        _devices(self.recipe)
-        self.kernels = _select_kernels(self.recipe)
+        self.device = _device(self.recipe)
+        self.precision = _precision(self.recipe, self.device)
+        self.kernels = _select_kernels(self.recipe, self.device)
         self._base_path = self._resolve_base_model()
-        from mixlab.mixtures import build
-
         resolved = []
         for stage in self.recipe.stages:
             try:
                 built = build(stage.mixture, data_root=self.data_root)
             except MixlabError as exc:
                 raise MixlabError(f"recipe {self.recipe.name}, stage {stage.name}: mixture {stage.mixture!r}: {exc}") from None
-            resolved.append(
-                ResolvedStage(
-                    stage=stage,
-                    run_id=self.stage_run_id(stage),
-                    mixture_id=_attr(built, "mixture_id", "id"),
-                    mixture_name=_attr(built, "name") or stage.mixture,
-                    mixture_family=_attr(built, "family"),
-                )
-            )
+            resolved.append(ResolvedStage(stage=stage, run_id=self.stage_run_id(stage), mixture_id=built.mixture_id,
+                                          mixture_name=built.name, mixture_family=built.family))
         for stage in self.recipe.stages:
             spec = self.recipe.stage_eval(stage)
             if spec is not None:
@@ -186,11 +182,7 @@ class RecipeRunner:
     def _resolve_base_model(self) -> Path | None:
         spec = self.recipe.model
         if spec.preset:
-            from mixlab.model import PRESETS
-
             if spec.preset not in PRESETS:
-                from mixlab.yamlio import did_you_mean
-
                 raise MixlabError(
                     f"recipe {self.recipe.name}: model.preset {spec.preset!r} is not a preset"
                     f"{did_you_mean(spec.preset, list(PRESETS))}; presets: {sorted(PRESETS)}"
@@ -208,8 +200,6 @@ class RecipeRunner:
                 )
             return _check_checkpoint(Path(row["checkpoint_path"]), f"recipe {self.recipe.name}: model.run {spec.run}")
         # Hub id: only the local cache when offline; a clear error otherwise.
-        from huggingface_hub import snapshot_download
-
         try:
             folder = snapshot_download(spec.hub, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
         except Exception as exc:
@@ -250,66 +240,18 @@ class RecipeRunner:
         return previous[stage.init]
 
     def _run_stage(self, item: ResolvedStage, init: Path | None, parent: str | None, *, resume: bool) -> StageResult:
-        from transformers import set_seed
-
-        stage, recipe = item.stage, self.recipe
+        stage = item.stage
         output_dir = checkpoints_dir() / item.run_id
         resume_from = latest_checkpoint(output_dir) if resume else None
-        if not resume:
-            self.store.start_run(  # fills git sha, packages and device from mixlab.provenance
-                RunRecord(
-                    run_id=item.run_id,
-                    kind="train",
-                    name=f"{recipe.name}/{stage.name}",
-                    trainer=stage.trainer,
-                    stage=stage.name,
-                    recipe_name=recipe.name,
-                    recipe_yaml=self.recipe_yaml,
-                    mixture_id=item.mixture_id,
-                    mixture_name=item.mixture_name,
-                    mixture_family=self.family or item.mixture_family or item.mixture_name,
-                    base_model=str(init) if init else recipe.model.source,
-                    preset=recipe.model.preset,
-                    rung=self.rung,
-                    seed=recipe.seed,
-                    status="running",
-                    parent_run_id=parent,
-                    sweep_id=self.sweep_id,
-                    config={
-                        "invocation": self.invocation,
-                        "stage_index": recipe.stages.index(stage),
-                        "output_dir": str(output_dir),
-                        "init": str(init) if init else None,
-                        "model": recipe.model.model_dump(exclude_none=True),
-                        "kernels": self.kernels,
-                    },
-                )
-            )
-        else:
+        if resume:
             # Steps after the checkpoint are trained again; drop what the interrupted process logged for them.
-            done = int(resume_from.name.split("-")[1]) if resume_from else 0
-            self.store.restart_run(item.run_id, after_step=done)
+            self.store.restart_run(item.run_id, after_step=int(resume_from.name.split("-")[1]) if resume_from else 0)
+        else:
+            self.store.start_run(self._run_record(item, init, parent, output_dir))  # provenance filled by the store
         _print(self.progress, f"[stage {stage.name}] run {item.run_id}: {stage.trainer} on {item.mixture_name}"
                + (f", resuming from {resume_from.name}" if resume_from else ""))
-        t0 = time.perf_counter()
-        step = 0
         try:
-            set_seed(recipe.seed)
-            model, tokenizer = self._load_model(init)
-            trainer = self._build_trainer(item, model, tokenizer, output_dir)
-            train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-            step = trainer.state.global_step
-            train_s = time.perf_counter() - t0
-            final_dir = self._save_final(trainer, tokenizer, output_dir)
-            self.store.set_checkpoint(item.run_id, str(final_dir))
-            final_loss = _final_loss(trainer, train_output)
-            self.store.log_train_metrics(item.run_id, step, {"train_wall_s": train_s})
-            del trainer, model
-            t1 = time.perf_counter()
-            spec = recipe.stage_eval(stage)
-            if spec is not None:
-                self._evaluate(final_dir, spec, item.run_id, step=None)
-            eval_s = time.perf_counter() - t1
+            result = self._train_and_evaluate(item, init, output_dir, resume_from)
         except BaseException as exc:  # noqa: BLE001 - every failure, including OOM and Ctrl-C, marks the run
             message = _describe_failure(exc)
             self.store.fail_run(item.run_id, message + "\n" + traceback.format_exc(limit=8)[-4000:])
@@ -319,11 +261,62 @@ class RecipeRunner:
                 raise
             raise MixlabError(f"run {item.run_id} (stage {stage.name}) failed: {message}{hint}") from exc
         self.store.finish_run(item.run_id)
-        metrics = self.store.run_metrics(item.run_id)
+        result.metrics = self.store.run_metrics(item.run_id)
+        return result
+
+    def _run_record(self, item: ResolvedStage, init: Path | None, parent: str | None, output_dir: Path) -> RunRecord:
+        stage, recipe = item.stage, self.recipe
+        return RunRecord(
+            run_id=item.run_id,
+            kind="train",
+            name=f"{recipe.name}/{stage.name}",
+            trainer=stage.trainer,
+            stage=stage.name,
+            recipe_name=recipe.name,
+            recipe_yaml=self.recipe_yaml,
+            mixture_id=item.mixture_id,
+            mixture_name=item.mixture_name,
+            mixture_family=recipe.family or item.mixture_family or item.mixture_name,
+            base_model=str(init) if init else recipe.model.source,
+            preset=recipe.model.preset,
+            rung=self.rung,
+            seed=recipe.seed,
+            status="running",
+            parent_run_id=parent,
+            sweep_id=self.sweep_id,
+            config={
+                "invocation": self.invocation,
+                "stage_index": recipe.stages.index(stage),
+                "output_dir": str(output_dir),
+                "init": str(init) if init else None,
+                "model": recipe.model.model_dump(exclude_none=True),
+                "kernels": self.kernels,
+            },
+        )
+
+    def _train_and_evaluate(self, item: ResolvedStage, init: Path | None, output_dir: Path,
+                            resume_from: Path | None) -> StageResult:
+        stage = item.stage
+        t0 = time.perf_counter()
+        transformers.set_seed(self.recipe.seed)
+        model, tokenizer = self._load_model(init)
+        trainer = self._build_trainer(item, model, tokenizer, output_dir)
+        train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        step = trainer.state.global_step
+        train_s = time.perf_counter() - t0
+        final_dir = self._save_final(trainer, tokenizer, output_dir)
+        self.store.set_checkpoint(item.run_id, str(final_dir))
+        final_loss = _final_loss(trainer, train_output)
+        self.store.log_train_metrics(item.run_id, step, {"train_wall_s": train_s})
+        del trainer, model
+        t1 = time.perf_counter()
+        spec = self.recipe.stage_eval(stage)
+        if spec is not None:
+            self._evaluate(final_dir, spec, item.run_id, step=None)
         return StageResult(
             run_id=item.run_id, stage=stage.name, trainer=stage.trainer, mixture_name=item.mixture_name,
             status="completed", checkpoint=str(final_dir), final_loss=final_loss, steps=step, train_s=train_s,
-            eval_s=eval_s, metrics=metrics,
+            eval_s=time.perf_counter() - t1,
         )
 
     def _result_from_store(self, item: ResolvedStage, row: dict[str, Any]) -> StageResult:
@@ -338,34 +331,27 @@ class RecipeRunner:
     # -- pieces -----------------------------------------------------------------------------------------------
 
     def _load_model(self, init: Path | None):
-        from mixlab.model import load_model, load_tokenizer
-
+        """The stage's start weights (a fresh preset init, or a checkpoint) in fp32 on CPU: master weights stay fp32,
+        bf16/fp16 are autocast by the Trainer, which also moves the model to the device."""
         spec = self.recipe.model
-        if init is None:  # fresh init from a preset (with overrides)
-            model = _fresh_model(spec.preset, spec.overrides)  # type: ignore[arg-type]
-            tokenizer = load_tokenizer(spec.tokenizer or getattr(model.config, "tokenizer_name", None) or "mixlab-bpe")
-        else:
-            model = load_model(str(init))
-            has_tok = any((init / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json"))
-            tokenizer = load_tokenizer(spec.tokenizer or (str(init) if has_tok else "mixlab-bpe"))
-        model.float()  # master weights in fp32; bf16/fp16 are autocast by the Trainer
-        return model, tokenizer
+        source = spec.preset if init is None else init
+        overrides = spec.overrides if init is None else None
+        loaded = load_model_and_tokenizer(source, spec.tokenizer, device="cpu", dtype=torch.float32,
+                                          overrides=overrides)
+        return loaded.model, loaded.tokenizer
 
     def _trl_args(self, item: ResolvedStage, output_dir: Path) -> Any:
-        stage, recipe = item.stage, self.recipe
-        device, cuda = _devices(recipe)
-        spec = recipe.stage_eval(stage)
-        kwargs: dict[str, Any] = {
-            "logging_steps": 10,
-            "per_device_train_batch_size": 8,
-            "num_train_epochs": 1,
-        }
+        """The method's TRL config: mixlab's defaults < the spec's defaults < the stage's `args` < settings mixlab
+        owns (recipe fields) < the spec's stage-field values and required values."""
+        stage, recipe, spec = item.stage, self.recipe, item.stage.spec
+        kwargs: dict[str, Any] = {"logging_steps": 10, "per_device_train_batch_size": 8, "num_train_epochs": 1}
+        kwargs.update(spec.defaults)
         kwargs.update(stage.args)
         kwargs.update(
             output_dir=str(output_dir),
             seed=recipe.seed,
             data_seed=recipe.seed,
-            use_cpu=not cuda,
+            use_cpu=not self.device.startswith("cuda"),
             report_to="none",
             save_strategy="steps" if recipe.checkpoint_every else "no",
             save_steps=recipe.checkpoint_every or 500,
@@ -373,39 +359,22 @@ class RecipeRunner:
             save_only_model=False,  # optimizer, scheduler and RNG state are what makes resume exact
             disable_tqdm=not self.progress,
             eval_strategy="no",
-            **_precision(recipe, cuda),
+            bf16=self.precision == "bf16",
+            fp16=self.precision == "fp16",
         )
-        if stage.trainer == "sft":
-            kwargs.update(
-                loss_type="nll",
-                packing=stage.packing,
-                assistant_only_loss=stage.assistant_only_loss,
-            )
-            if stage.packing:
-                kwargs.setdefault("packing_strategy", "bfd")
-        elif stage.trainer == "grpo":
-            kwargs.update(use_vllm=False)
-        elif stage.trainer == "dpo":
-            if stage.packing:
-                kwargs.update(padding_free=True)
-        del spec
-        cls = trl_config_class(stage.trainer)
+        kwargs.update(spec.stage_args(stage))
+        kwargs.update(spec.required)
+        cls = spec.config_class()
         try:
             return cls(**kwargs)
         except (ValueError, TypeError) as exc:
             raise MixlabError(f"recipe {recipe.name}, stage {stage.name}: invalid TRL {cls.__name__}: {exc}") from None
 
     def _build_trainer(self, item: ResolvedStage, model, tokenizer, output_dir: Path):
-        import trl
-
-        from mixlab.model.training import RouterBiasCallback
-        from mixlab.recipes.callbacks import DuckDBLogger, PeriodicEval
-        from mixlab.recipes.data import keep_curriculum_order, load_stage_dataset, phase_count
-
         stage = item.stage
         args = self._trl_args(item, output_dir)
-        dataset = load_stage_dataset(item.mixture_id, stage.trainer)
-        keep_curriculum_order(args, phase_count(item.mixture_id, stage.trainer))
+        data = load_stage_dataset(item.mixture_id, stage.spec)
+        keep_curriculum_order(args, data.n_phases)
         callbacks: list[Any] = [
             DuckDBLogger(self.store, item.run_id),
             RouterBiasCallback(self.recipe.router_bias_update_rate),  # None: the model config's rate
@@ -416,22 +385,8 @@ class RecipeRunner:
                 PeriodicEval(spec.every_n_steps, lambda ckpt, step: self._evaluate(ckpt, spec, item.run_id, step=step),
                              tokenizer)
             )
-        common = dict(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
-        if stage.trainer == "sft":
-            return trl.SFTTrainer(**common)
-        if stage.trainer == "dpo":
-            # TRL would rebuild the reference from config.architectures through the transformers namespace, which
-            # has its own KimiLinear class; the reference must be this model (a frozen copy of the start weights).
-            return trl.DPOTrainer(ref_model=_frozen_copy(model), **common)
-        from mixlab.recipes.rewards import make_reward_funcs
-
-        tokenizer.padding_side = "left"  # GRPO generates from left-padded prompts
-        start = _frozen_copy(model) if args.beta != 0.0 else None
-        trainer = trl.GRPOTrainer(reward_funcs=make_reward_funcs(stage.rewards), **common)
-        if start is not None and getattr(trainer, "ref_model", None) is not None:
-            # Same reason as DPO: replace the reference TRL loaded through the transformers namespace.
-            trainer.ref_model = trainer.accelerator.prepare_model(start, evaluation_mode=True)
-        return trainer
+        return stage.spec.build(BuildContext(model=model, tokenizer=tokenizer, args=args, dataset=data.dataset,
+                                             callbacks=callbacks, stage=stage))
 
     def _save_final(self, trainer, tokenizer, output_dir: Path) -> Path:
         """Full merged weights, official names, written to a temp folder and renamed into place."""
@@ -446,11 +401,9 @@ class RecipeRunner:
         os.replace(tmp, final)
         return final
 
-    def _evaluate(self, checkpoint: Path, spec, run_id: str, *, step: int | None) -> None:
+    def _evaluate(self, checkpoint: Path, spec: EvalSpec, run_id: str, *, step: int | None) -> None:
         """The eval suite on a checkpoint; eval rows carry this run's id. Periodic evals (`step` given) also land
         in train_metrics as `eval/<task>/<metric>` at that step, so the dashboard can plot them over training."""
-        from mixlab.evals.runner import evaluate
-
         gen = {"max_new_tokens": spec.max_new_tokens} if spec.max_new_tokens else None
         results = evaluate(
             str(checkpoint), spec.suite, store=self.store, run_id=run_id, limit=spec.limit, backend=spec.backend,
@@ -470,53 +423,7 @@ class RecipeRunner:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _attr(obj: Any, *names: str) -> Any:
-    for name in names:
-        if isinstance(obj, dict) and name in obj:
-            return obj[name]
-        if hasattr(obj, name):
-            return getattr(obj, name)
-    return None
-
-
-def _fresh_model(preset: str, overrides: dict[str, Any]):
-    """A fresh init of a preset; `overrides` replace config keys (nested dicts such as linear_attn_config merge)."""
-    from mixlab.model import KimiLinearForCausalLM, get_preset
-
-    config = get_preset(preset)
-    if overrides:
-        known = config.to_dict()
-        unknown = [k for k in overrides if k not in known]
-        if unknown:
-            from mixlab.yamlio import did_you_mean
-
-            raise MixlabError(
-                f"model.overrides: {unknown[0]!r} is not a field of the {preset} config{did_you_mean(unknown[0], known)}"
-            )
-        merged = {
-            k: ({**known[k], **v} if isinstance(v, dict) and isinstance(known.get(k), dict) else v)
-            for k, v in overrides.items()
-        }
-        try:
-            config = get_preset(preset, **merged)
-        except (ValueError, TypeError) as exc:
-            raise MixlabError(f"model.overrides on preset {preset}: {exc}") from None
-    return KimiLinearForCausalLM(config)
-
-
-def _frozen_copy(model):
-    import copy
-
-    ref = copy.deepcopy(model)
-    ref.eval()
-    ref.requires_grad_(False)
-    return ref
-
-
 def _quiet_libraries() -> None:
-    import datasets
-    import transformers
-
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
@@ -534,10 +441,6 @@ def _check_checkpoint(path: Path, what: str) -> Path:
 
 def _check_suite(suite: str, where: str) -> None:
     try:
-        from mixlab.evals.suites import suite_tasks
-    except ImportError as exc:
-        raise MixlabError(f"{where}: the evals part is not available ({exc})") from None
-    try:
         suite_tasks(suite, allow_missing=False)
     except MixlabError as exc:
         raise MixlabError(f"{where}: eval: {exc}") from None
@@ -551,8 +454,6 @@ def _final_loss(trainer, train_output) -> float | None:
 
 
 def _describe_failure(exc: BaseException) -> str:
-    import torch
-
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in str(exc).lower():
         return f"out of memory: {type(exc).__name__}: {exc}"
     if isinstance(exc, KeyboardInterrupt):
@@ -563,19 +464,12 @@ def _describe_failure(exc: BaseException) -> str:
 
 def _print(enabled: bool, text: str) -> None:
     if enabled:
-        from rich.console import Console
-
         Console(stderr=True).print(text, markup=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # entry points
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def run_recipe_file(path: str | Path, *, store: Store | None = None, progress: bool = True, **kw: Any) -> list[StageResult]:
-    recipe, text = load_recipe(path)
-    return RecipeRunner(recipe, text, store=store, progress=progress, **kw).run()
 
 
 def resume(run_id: str, *, store: Store | None = None, progress: bool = True) -> list[StageResult]:
@@ -594,6 +488,6 @@ def resume(run_id: str, *, store: Store | None = None, progress: bool = True) ->
     recipe = recipe_from_text(row["recipe_yaml"], where=f"<recipe of run {row['run_id']}>")
     runner = RecipeRunner(
         recipe, row["recipe_yaml"], store=store, invocation=invocation, sweep_id=row["sweep_id"], rung=row["rung"],
-        family=row["mixture_family"] if config.get("family_override") else None, progress=progress,
+        progress=progress,
     )
     return runner.run(resume=True)

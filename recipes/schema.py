@@ -3,7 +3,8 @@ hyperparameters), and what to measure afterwards (an eval suite).
 
 A recipe is a list of stages that chain: each stage starts from the previous stage's final checkpoint unless it says
 `init: base` or names an earlier stage. Trainer hyperparameters live in `args` and are checked against the fields of
-TRL's own config dataclass (`SFTConfig`, `GRPOConfig`, `DPOConfig`), so every TRL option is available and a typo gets
+TRL's own config dataclass (`SFTConfig`, `GRPOConfig`, `DPOConfig`, ...: one registered spec per method in
+`trainers.py`), so every TRL option is available and a typo gets
 the closest valid name. Settings mixlab owns (output dir, seed, precision, checkpointing, packing) are recipe fields,
 not `args`, so they are recorded uniformly in DuckDB.
 
@@ -38,9 +39,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from mixlab.errors import MixlabError
+from mixlab.recipes.trainers import TRAINERS, TrainerSpec, get_trainer
 from mixlab.yamlio import Where, did_you_mean, load_yaml, read_yaml_text
-
-TrainerName = Literal["sft", "grpo", "dpo"]
 
 # TrainingArguments fields that mixlab sets itself from recipe fields; a recipe naming them in `args` is told where
 # the setting lives instead.
@@ -68,27 +68,10 @@ RESERVED_ARGS: dict[str, str] = {
     "eval_steps": "use the recipe field `eval.every_n_steps`",
 }
 
-# Values mixlab requires for correctness with the hybrid model (post-training-anchors §2.5-2.6).
-REQUIRED_ARG_VALUES: dict[str, dict[str, Any]] = {
-    # The chunked default monkey-patches forward and bypasses the model's own loss and MoE aux terms.
-    "sft": {"loss_type": "nll"},
-    # vLLM cannot serve the hybrid model without a native implementation; GRPO generates with the model's cache.
-    "grpo": {"use_vllm": False},
-    "dpo": {},
-}
-
 
 @functools.cache
-def trl_config_class(trainer: str) -> type:
-    import trl
-
-    return {"sft": trl.SFTConfig, "grpo": trl.GRPOConfig, "dpo": trl.DPOConfig}[trainer]
-
-
-@functools.cache
-def trl_config_fields(trainer: str) -> dict[str, Any]:
-    """name -> resolved type hint (or None when it cannot be resolved) of every init field of the TRL config."""
-    cls = trl_config_class(trainer)
+def trl_config_fields(cls: type) -> dict[str, Any]:
+    """name -> resolved type hint (or None when it cannot be resolved) of every init field of a TRL config class."""
     try:
         hints = typing.get_type_hints(cls)
     except Exception:  # exotic forward references: names only, no type checks
@@ -96,7 +79,7 @@ def trl_config_fields(trainer: str) -> dict[str, Any]:
     return {f.name: hints.get(f.name) for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")}
 
 
-def _check_arg_type(trainer: str, name: str, value: Any, hint: Any) -> str | None:
+def _check_arg_type(cls: type, name: str, value: Any, hint: Any) -> str | None:
     if hint is None:
         return None
     try:
@@ -107,7 +90,7 @@ def _check_arg_type(trainer: str, name: str, value: Any, hint: Any) -> str | Non
         adapter.validate_python(value, strict=False)
     except ValidationError as exc:
         first = exc.errors()[0]
-        return f"{first['msg']} (TRL {trl_config_class(trainer).__name__}.{name}: {value!r})"
+        return f"{first['msg']} (TRL {cls.__name__}.{name}: {value!r})"
     except Exception:
         return None
     return None
@@ -153,7 +136,7 @@ class EvalSpec(_Strict):
 
 class Stage(_Strict):
     name: str
-    trainer: TrainerName
+    trainer: str = Field(description="a registered training method (recipes/trainers.py): sft, dpo, grpo, kto, ...")
     mixture: str = Field(description="mixture name (mixtures/registry), YAML path, or built mixture id")
     init: str = Field("previous", description="'previous' (default), 'base', or an earlier stage's name")
     packing: bool = Field(False, description="SFT: boundary-safe BFD packing (the model resets state per sample)")
@@ -171,26 +154,41 @@ class Stage(_Strict):
             raise ValueError(f"stage name {v!r} must be non-empty and use only letters, digits, '-', '_', '.'")
         return v
 
+    @field_validator("trainer")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        if v not in TRAINERS:
+            raise ValueError(f"unknown trainer {v!r}{did_you_mean(v, TRAINERS)}; trainers: {', '.join(TRAINERS)}")
+        return v
+
+    @property
+    def spec(self) -> TrainerSpec:
+        return get_trainer(self.trainer)
+
     @model_validator(mode="after")
     def _check_args(self) -> "Stage":
-        fields = trl_config_fields(self.trainer)
-        cls_name = trl_config_class(self.trainer).__name__
+        spec = self.spec
+        config_class = spec.config_class()
+        fields = trl_config_fields(config_class)
         for key, value in self.args.items():
             if key in RESERVED_ARGS:
                 raise _ArgError(key, f"set by mixlab: {RESERVED_ARGS[key]}")
             if key not in fields:
-                raise _ArgError(key, f"not a field of TRL's {cls_name}{did_you_mean(key, fields)}")
-            required = REQUIRED_ARG_VALUES[self.trainer]
-            if key in required and value != required[key]:
-                raise _ArgError(key, f"must be {required[key]!r} for the hybrid model (got {value!r})")
-            problem = _check_arg_type(self.trainer, key, value, fields[key])
+                raise _ArgError(key, f"not a field of TRL's {config_class.__name__}{did_you_mean(key, fields)}")
+            if key in spec.required and value != spec.required[key]:
+                raise _ArgError(key, f"must be {spec.required[key]!r} for the hybrid model (got {value!r})")
+            problem = _check_arg_type(config_class, key, value, fields[key])
             if problem:
                 raise _ArgError(key, problem)  # noqa: B904
-        if self.packing and self.trainer == "grpo":
-            raise ValueError("packing applies to sft and dpo stages, not grpo")
-        if self.rewards is not None and self.trainer != "grpo":
-            raise ValueError("`rewards` applies to grpo stages only")
+        if self.packing and not spec.packing:
+            raise ValueError(f"packing applies to {_methods_with('packing')} stages, not {self.trainer}")
+        if self.rewards is not None and not spec.rewards:
+            raise ValueError(f"`rewards` applies to {_methods_with('rewards')} stages only")
         return self
+
+
+def _methods_with(flag: str) -> str:
+    return ", ".join(name for name, spec in TRAINERS.items() if getattr(spec, flag))
 
 
 class _LocError(ValueError):

@@ -12,6 +12,23 @@ from pathlib import Path
 _REPO = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _REPO]
 os.environ["PYTHONSAFEPATH"] = "1"
+
+
+def _expose_tests_package() -> None:
+    """multiprocessing "spawn" children unpickle a test's worker function by module name (`tests.x.test_y`), which
+    importlib mode does not make importable. Expose the `tests` package alone (a symlink in a private folder put on
+    sys.path, which children inherit), never the repo root beside it."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="mixlab-tests-path-")
+    atexit.register(shutil.rmtree, folder, True)
+    os.symlink(_REPO / "tests", os.path.join(folder, "tests"))
+    sys.path.append(folder)
+
+
+_expose_tests_package()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

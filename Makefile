@@ -41,7 +41,7 @@ lock:
 	  echo "# Made by \`make lock\` on $$(date -u +%F); installed by \`make install\` with --no-deps. torch is the CPU build (+cpu)."; \
 	  .venv-lock/bin/pip freeze --all --exclude mixlab | sed 's/+cpu$$//'; } > $(LOCK).tmp
 	mv $(LOCK).tmp $(LOCK)
-	rm -rf .venv-lock
+	rm -rf .venv-lock build
 
 # pytest exits 5 when no test was collected; that is not a failure of the suite.
 test: $(STAMP)

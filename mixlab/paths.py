@@ -36,13 +36,14 @@ def checkpoints_dir() -> Path:
 def data_root(explicit: str | os.PathLike | None = None) -> Path | None:
     """Benchmark/SFT data root: explicit arg, then `MIXLAB_DATA`, then `../shared/data` when present.
 
-    Returns None when no root exists; callers then fall back to Hugging Face hub names.
+    Returns None when no root exists; callers then fall back to Hugging Face hub names. `MIXLAB_DATA=` (set but
+    empty) means "no data root" even where `../shared/data` exists: how tests check a clone with nothing beside it.
     """
     if explicit:
         return Path(explicit)
     env = os.environ.get("MIXLAB_DATA")
-    if env:
-        return Path(env)
+    if env is not None:
+        return Path(env) if env else None
     for candidate in (REPO_ROOT.parent / "shared" / "data", REPO_ROOT / "shared" / "data"):
         if candidate.is_dir():
             return candidate

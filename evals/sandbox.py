@@ -28,8 +28,12 @@ failed).
 
 from __future__ import annotations
 
+import ast
 import atexit
+import builtins
 import functools
+import importlib.util
+import json
 import os
 import queue
 import re
@@ -39,6 +43,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -55,6 +60,8 @@ STATUSES: tuple[str, ...] = ("passed", "failed", "timeout", "oom", "killed", "er
 SANDBOX_UID = int(os.environ.get("MIXLAB_SANDBOX_UID", "65534"))  # nobody
 SANDBOX_GID = int(os.environ.get("MIXLAB_SANDBOX_GID", "65534"))  # nogroup
 WORKER_SCRIPT = Path(__file__).with_name("sandbox_worker.py")
+_spec = importlib.util.find_spec("pyseccomp")  # optional: seccomp filter as defence in depth (Linux)
+_PYSECCOMP_DIR = str(Path(_spec.origin).parent) if _spec is not None and _spec.origin else ""
 _STDLIB_PROBE = "import collections, decimal, heapq, json, re, sys; print(sys.prefix)"
 
 
@@ -72,6 +79,8 @@ class SandboxResult:
     stdout_bytes: int = 0
     stderr_bytes: int = 0
     cgroup: str | None = None  # "v1"/"v2" when a memory+pids cgroup capped the whole sample, else None
+    seccomp: bool = False  # whether the seccomp filter was loaded for the sample's processes
+    verdict: dict | None = None  # with tests: the tester's {"passed", "reason", "calls"}
 
     @property
     def passed(self) -> bool:
@@ -154,29 +163,6 @@ def sandbox_python() -> tuple[str, str]:
     )
 
 
-def _hidden_paths(python: str, prefix: str) -> list[str]:
-    """Folders hidden from samples: the repo, runs/DuckDB, the data root, root's home — unless Python lives there."""
-    from mixlab import paths
-
-    keep = [Path(os.path.realpath(python)), Path(os.path.realpath(prefix)), Path("/tmp"), Path("/proc")]
-    wanted = [paths.REPO_ROOT, paths.runs_dir(), paths.default_db_path().parent, paths.data_root(),
-              Path.home()]
-    # MIXLAB_SANDBOX_HIDE: more folders to hide, separated by ':' (e.g. other users' work trees, credentials).
-    wanted += [Path(p) for p in os.environ.get("MIXLAB_SANDBOX_HIDE", "").split(":") if p.strip()]
-    hidden: list[str] = []
-    for path in wanted:
-        if path is None:
-            continue
-        real = Path(os.path.realpath(path))
-        if real == Path("/") or not real.is_dir():
-            continue
-        if any(k == real or real in k.parents for k in keep):  # hiding it would hide Python or /tmp
-            continue
-        if str(real) not in hidden:
-            hidden.append(str(real))
-    return hidden
-
-
 # ----------------------------------------------------------------------------------------------- workers
 
 
@@ -188,6 +174,8 @@ class _Worker:
                # "worker" (default): one empty network namespace per worker; "sample": one per sample
                "MIXLAB_SANDBOX_NETNS": os.environ.get("MIXLAB_SANDBOX_NETNS", "worker"),
                "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+        if _PYSECCOMP_DIR:
+            env["MIXLAB_SANDBOX_PYSECCOMP"] = _PYSECCOMP_DIR  # the worker may run another interpreter
         self.proc = subprocess.Popen(
             [python, "-s", str(WORKER_SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, env=env, cwd="/", start_new_session=True, bufsize=0,
@@ -201,6 +189,8 @@ class _Worker:
         self.python: str = hello.get("python", python)
         self.cgroup: str | None = hello.get("cgroup")
         self.cgroup_dirs: list[str] = hello.get("cgroup_dirs") or []
+        self.seccomp: bool = bool(hello.get("seccomp"))
+        self.seccomp_note: str = hello.get("seccomp_note", "")
 
     def _read_exact(self, n: int, deadline: float) -> bytes | None:
         fd = self.proc.stdout.fileno()
@@ -217,8 +207,6 @@ class _Worker:
         return b"".join(chunks)
 
     def _read(self, timeout_s: float) -> dict | None:
-        import json
-
         deadline = time.monotonic() + timeout_s
         header = self._read_exact(4, deadline)
         if header is None:
@@ -228,8 +216,6 @@ class _Worker:
 
     def request(self, message: dict) -> dict | None:
         """The worker's answer, or None when it died or overran the sample's own deadline by a wide margin."""
-        import json
-
         body = json.dumps(message).encode()
         try:
             self.proc.stdin.write(struct.pack(">I", len(body)) + body)
@@ -282,7 +268,8 @@ class SandboxPool:
             self.python, self.prefix = python, sys.prefix
         else:
             self.python, self.prefix = sandbox_python()
-        self.hide_paths = _hidden_paths(self.python, self.prefix)
+        # Tests reach the tester through root-only files here (0700), never through the worker's memory.
+        self._tests_dir = tempfile.mkdtemp(prefix="mixlab-sandbox-tests-")
         self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
@@ -311,11 +298,16 @@ class SandboxPool:
         worker.close()
 
     def run(self, code: str, *, stdin: str | None = None, files: dict[str, str] | None = None,
-            success_marker: str | None = None, limits: Limits | None = None) -> SandboxResult:
+            tests: str | None = None, entry_points: Sequence[str] = (), limits: Limits | None = None) -> SandboxResult:
+        """Run `code`. Without `tests`: passed = exit status 0. With `tests` (trusted Python: asserts, a
+        `check(f)` ...): passed = the tests ran to their end in the separate tester process, calling the program's
+        functions over the sandbox's data-only channel; the program's exit status and output do not count."""
         if self._closed:
             raise MixlabError("sandbox pool is closed")
         limits = limits or Limits()
         limits.validate()
+        if tests is not None and limits.mode != "fork":
+            raise MixlabError("sandbox: tests run only in 'fork' mode")
         request = {
             "code": code if isinstance(code, str) else str(code),
             "stdin": stdin,
@@ -333,10 +325,21 @@ class SandboxPool:
             "python": None,
             "uid": SANDBOX_UID,
             "gid": SANDBOX_GID,
-            "hide_paths": self.hide_paths,
+            "tests_path": None,
         }
-        worker = self._acquire()
-        raw = worker.request(request)
+        if tests is not None:
+            spec = {"tests": str(tests), "entry_points": list(entry_points),
+                    "names": sorted(set(entry_points) | set(free_names(str(tests))))}
+            fd, path = tempfile.mkstemp(dir=self._tests_dir, suffix=".json")
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(spec, fh)
+            request["tests_path"] = path
+        try:
+            worker = self._acquire()
+            raw = worker.request(request)
+        finally:
+            if request["tests_path"]:
+                Path(request["tests_path"]).unlink(missing_ok=True)  # normally the sample has unlinked it
         if raw is None:  # the worker died or hung: never the sample's fault, never a pass
             with self._lock:
                 if worker in self._all:
@@ -345,18 +348,20 @@ class SandboxPool:
             return SandboxResult("error", None, "", "", 0.0, reason="sandbox worker died or stopped answering",
                                  isolation="unknown")
         self._idle.put(worker)
-        return _classify(raw, request, success_marker)
+        return _classify(raw, request, tests is not None)
 
     def map(self, codes: Sequence[str], *, stdins: Sequence[str | None] | None = None,
-            success_markers: Sequence[str | None] | None = None, files: dict[str, str] | None = None,
-            limits: Limits | None = None, progress=None) -> list[SandboxResult]:
+            tests: Sequence[str | None] | None = None, entry_points: Sequence[Sequence[str]] | None = None,
+            files: dict[str, str] | None = None, limits: Limits | None = None, progress=None) -> list[SandboxResult]:
         stdins = list(stdins) if stdins is not None else [None] * len(codes)
-        markers = list(success_markers) if success_markers is not None else [None] * len(codes)
-        if len(stdins) != len(codes) or len(markers) != len(codes):
-            raise MixlabError("run_many: stdins/success_markers must have one entry per program")
+        tests = list(tests) if tests is not None else [None] * len(codes)
+        entries = list(entry_points) if entry_points is not None else [()] * len(codes)
+        if not len(stdins) == len(tests) == len(entries) == len(codes):
+            raise MixlabError("run_many: stdins/tests/entry_points must have one entry per program")
 
         def one(i: int) -> SandboxResult:
-            result = self.run(codes[i], stdin=stdins[i], files=files, success_marker=markers[i], limits=limits)
+            result = self.run(codes[i], stdin=stdins[i], files=files, tests=tests[i], entry_points=entries[i],
+                              limits=limits)
             if progress is not None:
                 progress(1)
             return result
@@ -371,6 +376,8 @@ class SandboxPool:
         for worker in workers:
             if os.getpid() == self._pid:
                 worker.close()
+        if os.getpid() == self._pid:
+            shutil.rmtree(self._tests_dir, ignore_errors=True)
 
     def __enter__(self) -> SandboxPool:
         return self
@@ -394,9 +401,10 @@ def _check_files(files: dict[str, str] | None) -> dict[str, str]:
 _MEMORY_ERROR = re.compile(r"^(?:\w+\.)*MemoryError\b", re.MULTILINE)
 
 
-def _classify(raw: dict, request: dict, success_marker: str | None) -> SandboxResult:
+def _classify(raw: dict, request: dict, with_tests: bool) -> SandboxResult:
     isolation = raw.get("isolation", "unknown")
     note = raw.get("isolation_note") or ""
+    verdict = raw.get("verdict") if with_tests else None
 
     def make(status: Status, returncode: int | None, reason: str) -> SandboxResult:
         if raw.get("cgroup_oom") and status in ("failed", "killed", "timeout"):
@@ -409,7 +417,8 @@ def _classify(raw: dict, request: dict, success_marker: str | None) -> SandboxRe
             status=status, returncode=returncode, stdout=raw.get("stdout", ""), stderr=raw.get("stderr", ""),
             duration_s=float(raw.get("duration_s", 0.0)), reason=reason, isolation=isolation,
             cpu_s=raw.get("cpu_s"), max_rss_kb=raw.get("maxrss_kb"), stdout_bytes=raw.get("stdout_bytes", 0),
-            stderr_bytes=raw.get("stderr_bytes", 0), cgroup=raw.get("cgroup"),
+            stderr_bytes=raw.get("stderr_bytes", 0), cgroup=raw.get("cgroup"), seccomp=bool(raw.get("seccomp")),
+            verdict=verdict,
         )
 
     wait_status = raw.get("wait_status")
@@ -422,26 +431,60 @@ def _classify(raw: dict, request: dict, success_marker: str | None) -> SandboxRe
         return make("killed", returncode, f"output exceeded {request['kill_output_bytes']} bytes")
     if raw.get("setup_error"):
         return make("error", returncode, f"sandbox set-up failed: {raw['setup_error']}")
+    if with_tests:
+        # Only the tester's verdict can pass a sample; the program's exit status and output never do.
+        if isinstance(verdict, dict) and verdict.get("passed") is True:
+            return make("passed", returncode, "")
+        why = (verdict or {}).get("reason") if isinstance(verdict, dict) else None
+        why = why or "the tests gave no verdict"
     if returncode is None:
+        if with_tests:
+            return make("failed", None, why)
         return make("error", None, "sandbox returned no exit status")
+    tail = (raw.get("stderr") or "")[-2000:]
     if returncode < 0:
         sig = -returncode
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
         cpu = raw.get("cpu_s") or 0.0
         if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= request["cpu_s"] - 0.05):
             return make("timeout", returncode, f"CPU-time limit of {request['cpu_s']:g}s exceeded ({name})")
-        return make("killed", returncode, f"killed by {name}")
-    tail = (raw.get("stderr") or "")[-2000:]
+        return make("killed", returncode, f"killed by {name}" + (f"; {why}" if with_tests else ""))
+    if _MEMORY_ERROR.search(tail) and (returncode != 0 or with_tests):
+        return make("oom", returncode, f"MemoryError under the {request['memory_mb']} MB address-space limit")
+    if with_tests:
+        return make("failed", returncode, why)
     if returncode != 0:
-        if _MEMORY_ERROR.search(tail):
-            return make("oom", returncode, f"MemoryError under the {request['memory_mb']} MB address-space limit")
         last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
         return make("failed", returncode, f"exit status {returncode}" + (f": {last[:200]}" if last else ""))
-    if success_marker is not None:
-        seen = (raw.get("stdout") or "") + (raw.get("stdout_tail") or "")
-        if success_marker not in seen:
-            return make("failed", returncode, "exited 0 before the end of the tests (success marker missing)")
     return make("passed", returncode, "")
+
+
+_BUILTIN_NAMES = frozenset(dir(builtins)) | {"__name__", "__file__", "__builtins__", "__doc__"}
+
+
+def free_names(tests: str) -> list[str]:
+    """Names the tests use but do not bind themselves (nor are builtins): the program's functions and classes,
+    and modules the tests use without importing them (bound in the tester from the stdlib)."""
+    try:
+        tree = ast.parse(tests)
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return []  # the tester reports the SyntaxError itself
+    loaded: set[str] = set()
+    bound: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.alias):
+            bound.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            bound.difference_update(node.names)
+    return sorted(loaded - bound - _BUILTIN_NAMES)
 
 
 # ------------------------------------------------------------------------------------------ module API
@@ -475,12 +518,31 @@ def run_code(
     cpu_s: float | None = None,
     stdin: str | None = None,
     files: dict[str, str] | None = None,
-    success_marker: str | None = None,
     **limits: Any,
 ) -> SandboxResult:
-    """Run one untrusted Python program; see the module docstring for statuses and guarantees."""
+    """Run one untrusted Python program; passed = exit status 0 (see the module docstring)."""
     lim = Limits(timeout_s=timeout_s, memory_mb=memory_mb, cpu_s=cpu_s, **limits)
-    return default_pool().run(code, stdin=stdin, files=files, success_marker=success_marker, limits=lim)
+    return default_pool().run(code, stdin=stdin, files=files, limits=lim)
+
+
+def run_tests(
+    code: str,
+    tests: str,
+    entry_points: Sequence[str] = (),
+    *,
+    timeout_s: float = 10.0,
+    memory_mb: int = 512,
+    cpu_s: float | None = None,
+    files: dict[str, str] | None = None,
+    **limits: Any,
+) -> SandboxResult:
+    """Verify untrusted `code` against trusted `tests`: the one mechanism every verifier uses.
+
+    `code` runs as the sandboxed program; `tests` run in the tester process and reach the program's names
+    (`entry_points`, plus any name the tests use without defining) only as calls over the data-only channel.
+    passed = the tests ran to their end; nothing the program does to itself, its output or its exit counts."""
+    lim = Limits(timeout_s=timeout_s, memory_mb=memory_mb, cpu_s=cpu_s, **limits)
+    return default_pool().run(code, files=files, tests=tests, entry_points=entry_points, limits=lim)
 
 
 def run_many(
@@ -491,20 +553,21 @@ def run_many(
     memory_mb: int = 512,
     cpu_s: float | None = None,
     stdins: Sequence[str | None] | None = None,
-    success_markers: Sequence[str | None] | None = None,
+    tests: Sequence[str | None] | None = None,
+    entry_points: Sequence[Sequence[str]] | None = None,
     files: dict[str, str] | None = None,
     progress=None,
     **limits: Any,
 ) -> list[SandboxResult]:
-    """Run many programs, `workers` at a time (one fork-server per worker); results in input order."""
+    """Run many programs, `workers` at a time (one fork-server per worker); results in input order.
+    With `tests` (one per program, None for a plain run), each is verified as `run_tests` does."""
     lim = Limits(timeout_s=timeout_s, memory_mb=memory_mb, cpu_s=cpu_s, **limits)
     pool = default_pool(workers)
+    kwargs = dict(stdins=stdins, tests=tests, entry_points=entry_points, files=files, limits=lim, progress=progress)
     if workers < pool.max_workers:
         with SandboxPool(workers=workers, isolation=pool.isolation) as own:
-            return own.map(codes, stdins=stdins, success_markers=success_markers, files=files, limits=lim,
-                           progress=progress)
-    return pool.map(codes, stdins=stdins, success_markers=success_markers, files=files, limits=lim,
-                    progress=progress)
+            return own.map(codes, **kwargs)
+    return pool.map(codes, **kwargs)
 
 
 def isolation_status() -> dict[str, str]:

@@ -28,13 +28,20 @@ which is not necessarily the project's virtualenv.
 
 from __future__ import annotations
 
+import collections
 import ctypes
+import decimal
+import errno
+import fcntl
+import fractions
+import functools
 import json
 import os
 import resource
 import select
 import shutil
 import signal
+import socket
 import struct
 import sys
 import tempfile
@@ -45,13 +52,16 @@ CLONE_NEWNS = 0x00020000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+CLONE_NEWUSER = 0x10000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 1, 2, 4, 8, 32, 4096
 MS_REC, MS_PRIVATE = 16384, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER = 1, 38, 36
+MNT_DETACH = 2
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER = 1, 4, 38, 36
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 SANDBOX_WORKDIR = "/tmp/sandbox"  # inside the sample's own tmpfs
 # Modules imported once here so that samples (forked from this process) do not pay for them.
@@ -93,11 +103,14 @@ def _read_exact(fd: int, n: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def read_message(fd: int) -> dict | None:
+def read_message(fd: int, limit: int | None = None) -> dict | None:
     header = _read_exact(fd, 4)
     if header is None:
         return None
-    body = _read_exact(fd, struct.unpack(">I", header)[0])
+    size = struct.unpack(">I", header)[0]
+    if limit is not None and size > limit:
+        raise ValueError(f"message of {size} bytes exceeds {limit}")
+    body = _read_exact(fd, size)
     return None if body is None else json.loads(body)
 
 
@@ -155,15 +168,21 @@ def _write_files(workdir: str, req: dict, uid: int | None, gid: int | None) -> N
                 os.chown(os.path.join(root, d), uid, gid)
 
 
-def _run_user_code(req: dict, workdir: str, fds: tuple[int, int, int], drop: bool) -> None:
-    """C3: become the sandboxed program. Never returns."""
+def _run_user_code(req: dict, workdir: str, fds: tuple[int, int, int], drop: bool, rpc_fd: int | None = None) -> None:
+    """C3: become the sandboxed program. Never returns.
+
+    With tests (`rpc_fd`), the program's only link to them is the RPC socket on fd 3: the tests themselves run
+    in the tester process (another uid, not dumpable), and only what it decides reaches the verdict.
+    """
     code = 1
     try:
         stdin_fd, out_fd, err_fd = fds
         os.dup2(stdin_fd, 0)
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
-        os.closerange(3, 65536)
+        if rpc_fd is not None:
+            os.dup2(rpc_fd, RPC_FD)
+        os.closerange(RPC_FD + 1 if rpc_fd is not None else 3, 65536)
         _set_limits(req)
         os.chdir(workdir)
         if drop:
@@ -172,16 +191,19 @@ def _run_user_code(req: dict, workdir: str, fds: tuple[int, int, int], drop: boo
             os.setresuid(req["uid"], req["uid"], req["uid"])  # clears every capability
         _prctl(PR_SET_NO_NEW_PRIVS, 1)  # setuid binaries cannot give root back
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # reset by the uid change; set again
+        _apply_seccomp(req)
         env = _scrubbed_env(workdir)
         if req["mode"] == "exec":
-            python = req["python"] or sys.executable
+            python = os.path.realpath(req["python"] or sys.executable)
             # No -E: the environment is ours (scrubbed) and its PYTHONHASHSEED=0 keeps set order reproducible.
             os.execve(python, [python, "-s", "main.py"], env)
         os.environ.clear()
         os.environ.update(env)
         for sig in (signal.SIGTERM, signal.SIGCHLD):  # SIGPIPE stays ignored and SIGINT raises, as in python
             signal.signal(sig, signal.SIG_DFL)
-        code = _exec_in_this_interpreter(req["code"], workdir)
+        source = req["code"]
+        req.clear()  # nothing of the request stays reachable from the program's frames
+        code = _exec_in_this_interpreter(source, workdir, RPC_FD if rpc_fd is not None else None)
     except BaseException:  # noqa: BLE001 - set-up failure inside the child: report on stderr, exit 1
         try:
             traceback.print_exc()
@@ -191,8 +213,10 @@ def _run_user_code(req: dict, workdir: str, fds: tuple[int, int, int], drop: boo
     os._exit(code)
 
 
-def _exec_in_this_interpreter(source: str, workdir: str) -> int:
-    """Run `source` as `python main.py` would: fresh __main__, script dir on sys.path, same exit codes."""
+def _exec_in_this_interpreter(source: str, workdir: str, rpc_fd: int | None = None) -> int:
+    """Run `source` as `python main.py` would: fresh __main__, script dir on sys.path, same exit codes.
+
+    With `rpc_fd`, the module then answers the tester's calls (see `_serve`) before the usual exit."""
     import atexit
     import builtins
     import types
@@ -208,13 +232,25 @@ def _exec_in_this_interpreter(source: str, workdir: str) -> int:
     main.__builtins__ = builtins
     sys.modules["__main__"] = main
     code = 0
+    unfinished = None
     try:
         exec(compile(source, main.__file__, "exec"), main.__dict__)
     except SystemExit as exc:
         code = _exit_code(exc)
-    except BaseException:  # noqa: BLE001 - an uncaught exception: traceback and exit status 1, like python
+        unfinished = f"the program exited (SystemExit {exc.code!r}) before the tests ran"
+    except BaseException as exc:  # noqa: BLE001 - an uncaught exception: traceback and exit status 1, like python
         traceback.print_exc()
         code = 1
+        unfinished = f"the program raised {type(exc).__name__}: {_safe_str(exc)}"
+    if rpc_fd is not None:
+        try:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            _serve(rpc_fd, main.__dict__, unfinished)
+        except SystemExit as exc:
+            code = _exit_code(exc)
+        except BaseException:  # noqa: BLE001 - the tester sees the broken channel and fails the tests
+            code = 1
     try:
         import threading
 
@@ -242,23 +278,753 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
-def _namespace_init(req: dict, fds: tuple[int, int, int], status_w: int) -> None:
+# ----------------------------------------------------------------- tests: data across the process boundary
+#
+# The tests never run in the candidate's process. The tester process executes them and calls the candidate's
+# functions over a socket; arguments and results cross it as plain data (None, bool, int, float, complex, str,
+# bytes, list, tuple, set, dict, range, a few collections/decimal/fractions types; iterators as their items).
+# Anything else the candidate returns stays in its process and reaches the tests as an opaque handle, equal only
+# to itself: a candidate object with an always-true __eq__ never meets the tests' comparisons.
+
+RPC_FD = 3
+MAX_MESSAGE = 64 << 20  # bytes of one message from the candidate
+MAX_DEPTH = 200
+MAX_ITEMS = 1_000_000  # items materialised from one iterator
+
+
+class _Unencodable(Exception):
+    pass
+
+
+def _iter_types() -> tuple[type, ...]:
+    import itertools
+    import types
+
+    samples = ([], (), {}, "", b"", bytearray(), set(), frozenset(), range(0), {}.keys(), {}.values(), {}.items())
+    found = {type(iter(x)) for x in samples} | {type(reversed([])), type(reversed(range(0))), type(reversed({}))}
+    found |= {types.GeneratorType, map, filter, zip, enumerate, reversed}
+    found |= {v for v in vars(itertools).values() if isinstance(v, type)}
+    return tuple(found)
+
+
+_ITERATORS = _iter_types()
+_DICT_VIEWS = (type({}.keys()), type({}.values()), type({}.items()))
+
+
+def encode(obj, table: dict | None, depth: int = 0):
+    """`obj` as JSON-able tagged data. `table` (candidate side): other objects become handles stored there;
+    None (tester side): only plain data and the candidate's own handles may be sent."""
+    if depth > MAX_DEPTH:
+        raise _Unencodable("data nested too deeply")
+    t = type(obj)
+    if obj is None or t is bool or t is str:
+        return obj
+    if t is int:
+        return obj if -(1 << 53) < obj < (1 << 53) else ["I", hex(obj)]
+    if t is float:
+        return ["f", float.__repr__(obj)]
+    rec = functools.partial(encode, table=table, depth=depth + 1)
+    if t is list:
+        return ["l", [rec(x) for x in obj]]
+    if t is tuple:
+        return ["t", [rec(x) for x in obj]]
+    if t is dict:
+        return ["d", [[rec(k), rec(v)] for k, v in obj.items()]]
+    if t is set or t is frozenset:
+        return ["s" if t is set else "fs", [rec(x) for x in obj]]
+    if t is bytes or t is bytearray:
+        return ["b" if t is bytes else "ba", obj.hex()]
+    if t is complex:
+        return ["c", float.__repr__(obj.real), float.__repr__(obj.imag)]
+    if t is range:
+        return ["r", rec(obj.start), rec(obj.stop), rec(obj.step)]
+    if isinstance(obj, Remote) and table is None:
+        return ["h", object.__getattribute__(obj, "_id")]
+    if table is None:
+        raise _Unencodable(f"a {t.__name__} cannot be passed to the candidate")
+    # Candidate side only from here: stdlib value types, subclasses of the builtins read through the base type
+    # (never the subclass's own methods), iterators as their items, anything else as a handle.
+    if t is collections.OrderedDict or t is collections.Counter:
+        return ["od" if t is collections.OrderedDict else "ctr", [[rec(k), rec(v)] for k, v in dict.items(obj)]]
+    if t is collections.deque:
+        return ["dq", [rec(x) for x in obj], obj.maxlen]
+    if t is decimal.Decimal:
+        return ["dec", decimal.Decimal.__str__(obj)]
+    if t is fractions.Fraction:
+        return ["fr", rec(obj.numerator), rec(obj.denominator)]
+    if isinstance(obj, _DICT_VIEWS):
+        return ["l", [rec(x) for x in obj]]
+    if isinstance(obj, _ITERATORS):
+        items = []
+        for item in obj:
+            items.append(rec(item))
+            if len(items) > MAX_ITEMS:
+                raise _Unencodable(f"iterator longer than {MAX_ITEMS} items")
+        return ["it", items]
+    if isinstance(obj, bool):
+        return bool(obj)
+    if isinstance(obj, int):
+        return rec(int.__index__(obj))
+    if isinstance(obj, float):
+        return rec(float.__float__(obj))
+    if isinstance(obj, str):
+        return str.__str__(obj)
+    if isinstance(obj, tuple):
+        return ["t", [rec(x) for x in tuple.__iter__(obj)]]
+    if isinstance(obj, list):
+        return ["l", [rec(x) for x in list.__iter__(obj)]]
+    if isinstance(obj, dict):
+        return ["d", [[rec(k), rec(v)] for k, v in dict.items(obj)]]
+    if isinstance(obj, (set, frozenset)):
+        kind = set if isinstance(obj, set) else frozenset
+        return ["s" if kind is set else "fs", [rec(x) for x in kind.__iter__(obj)]]
+    if isinstance(obj, (bytes, bytearray)):
+        return ["b" if isinstance(obj, bytes) else "ba", bytes(memoryview(obj)).hex()]
+    handle = len(table) + 1
+    table[handle] = obj
+    return ["h", handle, t.__name__[:100]]
+
+
+class ProtocolViolation(BaseException):
+    """The candidate broke the test protocol (died, sent garbage or non-data): the tests fail, whatever they
+    catch (a BaseException, so `except Exception` in a test cannot swallow it; the flag on the channel stays)."""
+
+
+class RemoteAbort(BaseException):
+    """The candidate's code raised SystemExit/KeyboardInterrupt/GeneratorExit (or os._exit'ed) during a call."""
+
+
+class RemoteError(Exception):
+    """An exception of the candidate's own type, raised during a call."""
+
+
+def decode(data, resolve, depth: int = 0):
+    """Tagged data -> exact builtin (and a few stdlib) types; handles through `resolve`. Raises ValueError."""
+    if depth > MAX_DEPTH + 2:
+        raise ValueError("data nested too deeply")
+    t = type(data)
+    if data is None or t is bool or t is int or t is str or t is float:
+        return data
+    if t is not list or not data or type(data[0]) is not str:
+        raise ValueError(f"malformed value of type {t.__name__}")
+    tag, args = data[0], data[1:]
+    rec = functools.partial(decode, resolve=resolve, depth=depth + 1)
+
+    def items(value) -> list:
+        if type(value) is not list:
+            raise ValueError(f"malformed {tag!r} value")
+        return [rec(x) for x in value]
+
+    def text(value) -> str:
+        if type(value) is not str:
+            raise ValueError(f"malformed {tag!r} value")
+        return value
+
+    def integer(value) -> int:
+        value = rec(value)
+        if type(value) is not int:
+            raise ValueError(f"malformed {tag!r} value")
+        return value
+
+    if tag == "I":
+        return int(text(args[0]), 16)
+    if tag == "f":
+        return float(text(args[0]))
+    if tag == "c":
+        return complex(float(text(args[0])), float(text(args[1])))
+    if tag in ("l", "t", "s", "fs", "it", "dq"):
+        values = items(args[0])
+        if tag == "dq":
+            maxlen = args[1] if len(args) > 1 else None
+            if maxlen is not None and type(maxlen) is not int:
+                raise ValueError("malformed deque")
+            return collections.deque(values, maxlen)
+        return {"l": list, "t": tuple, "s": set, "fs": frozenset, "it": iter}[tag](values)
+    if tag in ("d", "od", "ctr"):
+        if type(args[0]) is not list:
+            raise ValueError(f"malformed {tag!r} value")
+        pairs = []
+        for pair in args[0]:
+            if type(pair) is not list or len(pair) != 2:
+                raise ValueError("malformed mapping")
+            pairs.append((rec(pair[0]), rec(pair[1])))
+        if tag == "ctr":
+            return collections.Counter(dict(pairs))  # Counter(pairs) would count the pairs
+        return (dict if tag == "d" else collections.OrderedDict)(pairs)
+    if tag in ("b", "ba"):
+        return (bytes if tag == "b" else bytearray).fromhex(text(args[0]))
+    if tag == "r":
+        return range(integer(args[0]), integer(args[1]), integer(args[2]))
+    if tag == "dec":
+        return decimal.Decimal(text(args[0]))
+    if tag == "fr":
+        return fractions.Fraction(integer(args[0]), integer(args[1]))
+    if tag == "h":
+        if type(args[0]) is not int:
+            raise ValueError("malformed handle")
+        return resolve(args[0], args[1] if len(args) > 1 and type(args[1]) is str else "object")
+    raise ValueError(f"unknown tag {tag!r}")
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except BaseException:  # noqa: BLE001 - a hostile __str__
+        text = "<unprintable>"
+    return text[:1000]
+
+
+def _serve(fd: int, namespace: dict, unfinished: str | None) -> None:
+    """Candidate side: answer the tester's requests (get a name, call, attribute and container operations)."""
+    table: dict[int, object] = {}
+
+    def resolve(handle: int, _type: str):
+        if handle not in table:
+            raise ValueError(f"unknown handle {handle}")
+        return table[handle]
+
+    write_message(fd, ["ready", unfinished])
+    if unfinished:
+        return
+    while True:
+        msg = read_message(fd)
+        if msg is None or msg.get("op") == "exit":
+            return
+        try:
+            op = msg["op"]
+            if op == "get":
+                name = msg["name"]
+                if name not in namespace:
+                    raise NameError(f"name {name!r} is not defined")
+                result = namespace[name]
+            else:
+                target = resolve(msg["h"], "")
+                args = [decode(a, resolve) for a in msg.get("args", [])]
+                if op == "call":
+                    kwargs = {k: decode(v, resolve) for k, v in msg.get("kwargs", {}).items()}
+                    result = target(*args, **kwargs)
+                elif op == "getattr":
+                    result = getattr(target, msg["name"])
+                elif op == "setattr":
+                    setattr(target, msg["name"], args[0])
+                    result = None
+                elif op == "len":
+                    result = len(target)
+                elif op == "bool":
+                    result = bool(target)
+                elif op == "list":
+                    result = list(target)
+                elif op == "getitem":
+                    result = target[args[0]]
+                elif op == "contains":
+                    result = args[0] in target
+                elif op in ("repr", "str"):
+                    result = repr(target) if op == "repr" else str(target)
+                else:
+                    raise ValueError(f"unknown operation {op!r}")
+            try:
+                reply = ["ok", encode(result, table)]
+            except _Unencodable as exc:
+                reply = ["bad", str(exc)]
+        except BaseException as exc:  # noqa: BLE001 - the tester decides what an exception means for the tests
+            if isinstance(exc, RecursionError):
+                exc = RecursionError("maximum recursion depth exceeded")
+            reply = ["raise", type(exc).__name__, _safe_str(exc), not isinstance(exc, Exception)]
+        write_message(fd, reply)
+
+
+class _Channel:
+    """Tester side of the socket. Every failure of the candidate's side is recorded and fails the tests."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.calls = 0
+        self.violation: str | None = None
+        self.unfinished: str | None = None
+
+    def violate(self, why: str) -> None:
+        if self.violation is None:
+            self.violation = why
+        raise ProtocolViolation(self.violation)
+
+    def _receive(self):
+        try:
+            reply = read_message(self.fd, limit=MAX_MESSAGE)
+        except (OSError, ValueError, RecursionError, MemoryError) as exc:
+            self.violate(f"unreadable reply from the candidate ({type(exc).__name__})")
+        if reply is None:
+            self.violate("the candidate's process ended before the tests finished")
+        return reply
+
+    def start(self) -> None:
+        reply = self._receive()
+        if type(reply) is not list or len(reply) != 2 or reply[0] != "ready":
+            self.violate("the candidate did not start the test protocol")
+        if reply[1] is not None:
+            self.unfinished = str(reply[1])[:500]
+            self.violate(self.unfinished)
+
+    def request(self, msg: dict):
+        if self.violation is not None:
+            raise ProtocolViolation(self.violation)
+        self.calls += 1
+        try:
+            write_message(self.fd, msg)
+        except OSError:
+            self.violate("the candidate's process ended before the tests finished")
+        reply = self._receive()
+        if type(reply) is not list or not reply or reply[0] not in ("ok", "raise", "bad"):
+            self.violate("malformed reply from the candidate")
+        if reply[0] == "ok" and len(reply) == 2:
+            try:
+                return decode(reply[1], self.handle)
+            except (ValueError, TypeError, OverflowError, RecursionError, MemoryError, decimal.InvalidOperation) as exc:
+                self.violate(f"malformed value from the candidate ({type(exc).__name__}: {_safe_str(exc)[:200]})")
+        if reply[0] == "bad":
+            self.violate(f"the candidate returned what the sandbox does not pass as data: {str(reply[1:])[:200]}")
+        if len(reply) != 4 or type(reply[1]) is not str or type(reply[2]) is not str:
+            self.violate("malformed exception from the candidate")
+        name, message, base_only = reply[1], reply[2], reply[3]
+        if base_only is True:  # the program tried to leave (SystemExit ...): a failure, even if the tests catch it
+            self.violation = self.violation or f"the program raised {name} during a test call"
+            raise RemoteAbort(f"{name}: {message}")
+        import builtins
+
+        cls = getattr(builtins, name, None)
+        if isinstance(cls, type) and issubclass(cls, Exception) and name.isidentifier():
+            try:
+                exc = cls(message)
+            except BaseException:  # noqa: BLE001 - constructors with other signatures (UnicodeError ...)
+                exc = RemoteError(f"{name}: {message}")
+        else:
+            exc = RemoteError(f"{name}: {message}")
+        raise exc
+
+    def handle(self, handle: int, type_name: str) -> "Remote":
+        remote = object.__new__(Remote)
+        object.__setattr__(remote, "_ch", self)
+        object.__setattr__(remote, "_id", handle)
+        object.__setattr__(remote, "_type", type_name)
+        return remote
+
+    def op(self, op: str, remote: "Remote", *args, **fields):
+        encoded = [encode(a, None) for a in args]
+        return self.request({"op": op, "h": object.__getattribute__(remote, "_id"), "args": encoded, **fields})
+
+
+def _typed(value, kind: type, what: str):
+    if type(value) is not kind:
+        raise TypeError(f"{what} returned {type(value).__name__}, not {kind.__name__}")
+    return value
+
+
+class Remote:
+    """An object that lives in the candidate's process: calls and attribute/container operations go over the
+    socket; equality and hashing are by identity only."""
+
+    __slots__ = ("_ch", "_id", "_type")
+
+    def _call(self, op, *args, **fields):
+        return object.__getattribute__(self, "_ch").op(op, self, *args, **fields)
+
+    def __call__(self, *args, **kwargs):
+        return Remote._call(self, "call", *args, kwargs={k: encode(v, None) for k, v in kwargs.items()})
+
+    def __getattr__(self, name):
+        return Remote._call(self, "getattr", name=name)
+
+    def __setattr__(self, name, value):
+        Remote._call(self, "setattr", value, name=name)
+
+    def __len__(self):
+        return _typed(Remote._call(self, "len"), int, "len()")
+
+    def __bool__(self):
+        return _typed(Remote._call(self, "bool"), bool, "bool()")
+
+    def __iter__(self):
+        return iter(_typed(Remote._call(self, "list"), list, "iteration"))
+
+    def __getitem__(self, key):
+        return Remote._call(self, "getitem", key)
+
+    def __contains__(self, item):
+        return _typed(Remote._call(self, "contains", item), bool, "in")
+
+    def __repr__(self):
+        return _typed(Remote._call(self, "repr"), str, "repr()")
+
+    def __str__(self):
+        return _typed(Remote._call(self, "str"), str, "str()")
+
+    def __eq__(self, other):
+        return self is other
+
+    def __ne__(self, other):
+        return self is not other
+
+    __hash__ = object.__hash__
+
+
+def _describe_failure(exc: BaseException, tests: str) -> str:
+    """'AssertionError at tests line 7: assert f(3) == 4' — the failing line of the trusted test code."""
+    line_no = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<tests>":
+            line_no = tb.tb_lineno
+        tb = tb.tb_next
+    where = ""
+    if line_no is not None:
+        lines = tests.splitlines()
+        text = lines[line_no - 1].strip() if 0 < line_no <= len(lines) else ""
+        where = f" at tests line {line_no}" + (f": {text[:200]}" if text else "")
+    message = _safe_str(exc)
+    return f"{type(exc).__name__}{where}" + (f" ({message[:300]})" if message else "")
+
+
+def _run_tests(spec: dict, channel: _Channel) -> dict:
+    """Tester side: bind the candidate's names, then run the trusted tests; passed only if they ran to the end."""
+    import builtins
+    import importlib
+
+    tests = spec["tests"]
+    stdlib = getattr(sys, "stdlib_module_names", frozenset())
+    provided = set(spec.get("entry_points") or [])
+    env = {"__name__": "__main__", "__builtins__": builtins}
+    try:
+        channel.start()
+        for name in spec.get("names") or []:
+            if name not in provided and name in stdlib:
+                try:
+                    env[name] = importlib.import_module(name)
+                    continue
+                except ImportError:
+                    pass
+            try:
+                env[name] = channel.request({"op": "get", "name": name})
+            except NameError:
+                pass  # the tests meet the NameError where they use it, as in one program
+        exec(compile(tests, "<tests>", "exec"), env)
+    except BaseException as exc:  # noqa: BLE001 - any exception means the tests did not pass
+        reason = channel.violation or _describe_failure(exc, tests)
+        return {"passed": False, "reason": reason, "calls": channel.calls}
+    if channel.violation is not None:  # swallowed by a bare except in the tests: still a failure
+        return {"passed": False, "reason": channel.violation, "calls": channel.calls}
+    return {"passed": True, "reason": "", "calls": channel.calls}
+
+
+def _tester(req: dict, rpc_fd: int, tests_fd: int, verdict_fd: int, uid: int | None) -> None:
+    """T: runs the tests as a uid of its own, not dumpable, no capabilities. Never returns."""
+    verdict = {"passed": False, "reason": "the test harness failed before running the tests", "calls": 0}
+    try:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        devnull = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 1000) for fd in (rpc_fd, tests_fd, verdict_fd)]
+        for target, fd in zip((3, 4, 5), high):
+            os.dup2(fd, target)
+        os.closerange(6, 65536)
+        rpc_fd, tests_fd, verdict_fd = 3, 4, 5
+        _set_limits(dict(req, nproc=max(req["nproc"], 4)))
+        os.chdir("/")
+        if uid is not None:
+            os.setgroups([])
+            os.setresgid(req["gid"], req["gid"], req["gid"])
+            os.setresuid(uid, uid, uid)
+        _prctl(PR_SET_DUMPABLE, 0)  # no ptrace, no /proc/<pid>/mem or fd/ for anyone without CAP_SYS_PTRACE
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        _apply_seccomp(req)
+        with os.fdopen(tests_fd, "rb") as fh:
+            spec = json.loads(fh.read().decode("utf-8"))
+        verdict = _run_tests(spec, _Channel(rpc_fd))
+    except BaseException as exc:  # noqa: BLE001
+        verdict = {"passed": False, "reason": f"test harness error: {type(exc).__name__}: {_safe_str(exc)[:300]}",
+                   "calls": 0}
+    try:
+        write_message(verdict_fd, {"verdict": verdict})  # first: the program may exit as soon as it hears "exit"
+        write_message(rpc_fd, {"op": "exit"})  # the program may flush its output and leave
+    except BaseException:  # noqa: BLE001
+        pass
+    os._exit(0)
+
+
+# ---------------------------------------------------------------------------------------- defence in depth
+
+_SECCOMP = None  # the pyseccomp module when usable here
+SECCOMP_NOTE = "seccomp: not set up"
+DENIED_SYSCALLS = (
+    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd", "mount", "umount2", "pivot_root",
+    "chroot", "unshare", "setns", "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd",
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "open_by_handle_at",
+    "name_to_handle_at", "iopl", "ioperm", "swapon", "swapoff", "reboot", "acct", "quotactl", "fanotify_init",
+    "move_mount", "open_tree", "fsopen", "fsmount", "fsconfig", "fspick", "mount_setattr", "settimeofday",
+    "clock_settime", "adjtimex", "sethostname", "setdomainname", "vhangup", "syslog", "io_uring_setup",
+)
+
+
+def _load_seccomp() -> None:
+    """Import pyseccomp (over Debian's libseccomp2) from MIXLAB_SANDBOX_PYSECCOMP and check that a filter loads."""
+    global _SECCOMP, SECCOMP_NOTE
+    where = os.environ.get("MIXLAB_SANDBOX_PYSECCOMP", "")
+    if not where:
+        SECCOMP_NOTE = "seccomp off: pyseccomp is not installed"
+        return
+    sys.path.insert(0, where)
+    try:
+        import pyseccomp
+    except BaseException as exc:  # noqa: BLE001 - e.g. RuntimeError('Unable to find libseccomp')
+        SECCOMP_NOTE = f"seccomp off: pyseccomp unusable ({type(exc).__name__}: {exc})"
+        return
+    finally:
+        sys.path.remove(where)
+    _SECCOMP = pyseccomp
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _prctl(PR_SET_NO_NEW_PRIVS, 1)
+            _apply_seccomp({"seccomp": True})
+            os._exit(0)
+        except BaseException:  # noqa: BLE001
+            os._exit(1)
+    if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0:
+        _SECCOMP = None
+        SECCOMP_NOTE = "seccomp off: the kernel refused the filter"
+        return
+    SECCOMP_NOTE = ""
+
+
+def _apply_seccomp(req: dict) -> None:
+    """Deny debugging, namespace, mount, kernel-module and similar syscalls (EPERM), and every socket family
+    but AF_UNIX (EACCES). Needs no_new_privs (set before)."""
+    if _SECCOMP is None or not req.get("seccomp", True):
+        return
+    sc = _SECCOMP
+    flt = sc.SyscallFilter(sc.ALLOW)
+    for name in DENIED_SYSCALLS:
+        try:
+            flt.add_rule(sc.ERRNO(errno.EPERM), name)
+        except (OSError, ValueError):
+            pass  # not a syscall on this architecture
+    flt.add_rule(sc.ERRNO(errno.EACCES), "socket", sc.Arg(0, sc.NE, socket.AF_UNIX))
+    flt.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")  # its flags sit behind a pointer: make libc fall back to clone
+    flt.add_rule(sc.ERRNO(errno.EPERM), "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_NEWUSER, CLONE_NEWUSER))
+    flt.load()
+
+
+# --------------------------------------------------------------------------------------- the private root
+
+
+def allowed_paths() -> tuple[list[str], list[str], dict[str, str]]:
+    """(read-only binds, masked folders, top-level symlinks) of the sample's root: the interpreter, its stdlib
+    and lib-dynload, the shared libraries it maps, the dynamic loader's cache — nothing else of the host."""
+    import sysconfig
+
+    paths = {os.path.realpath(sys.executable)}
+    for key in ("stdlib", "platstdlib"):
+        p = sysconfig.get_path(key)
+        if p and os.path.isdir(p):
+            paths.add(os.path.realpath(p))
+    for p in sys.path:
+        if p and os.path.isdir(p) and not any(s in p for s in ("site-packages", "dist-packages")):
+            paths.add(os.path.realpath(p))
+    multiarch = sysconfig.get_config_var("MULTIARCH") or ""
+    for d in ("/lib64", "/usr/lib64", f"/lib/{multiarch}", f"/usr/lib/{multiarch}"):
+        if multiarch or d.endswith("64"):
+            if os.path.isdir(d):
+                paths.add(os.path.realpath(d))
+    with open("/proc/self/maps") as fh:  # libpython, libc, libffi ... as loaded by the pre-imported modules
+        for line in fh:
+            parts = line.split(maxsplit=5)
+            if len(parts) == 6 and parts[5].startswith("/") and os.path.isfile(parts[5].strip()):
+                paths.add(os.path.dirname(os.path.realpath(parts[5].strip())))
+    if os.path.isfile("/etc/ld.so.cache"):
+        paths.add("/etc/ld.so.cache")
+    paths.discard("/")
+    ordered = sorted(paths)
+    binds = [p for p in ordered if not any(p.startswith(q.rstrip("/") + "/") for q in ordered if q != p)]
+    masks = []
+    for b in binds:
+        if os.path.isdir(b):
+            for sub in ("site-packages", "dist-packages"):
+                if os.path.isdir(os.path.join(b, sub)):
+                    masks.append(os.path.join(b, sub))
+    links = {}
+    for name in os.listdir("/"):
+        full = os.path.join("/", name)
+        if os.path.islink(full):
+            links[full] = os.readlink(full)
+    return binds, masks, links
+
+
+def _build_root(req: dict) -> None:
+    """C2, in its own mount namespace: a fresh tmpfs becomes `/`, with the allow-list bound read-only, a tmpfs
+    work area (/tmp = /var/tmp = /dev/shm), a minimal /dev and the namespace's /proc; the host root is
+    detached. Falls back to chroot where pivot_root is missing."""
+    new = "/tmp"
+    _mount("none", "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates back to the host
+    _mount("tmpfs", new, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755")
+
+    def inside(path: str) -> str:
+        return new + path
+
+    for path in req["root_binds"]:
+        if not os.path.exists(path):
+            continue
+        target = inside(path)
+        if os.path.isdir(path):
+            os.makedirs(target, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            open(target, "w").close()
+        _mount(path, target, None, MS_BIND)  # not MS_REC: mounts below the path stay out
+        _mount("none", target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    for path in req["root_masks"]:
+        _mount("tmpfs", inside(path), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "size=4k,mode=0555")
+    for link, dest in req["root_links"].items():
+        if not os.path.lexists(inside(link)):
+            os.symlink(dest, inside(link))
+    for d in ("tmp", "var/tmp", "dev", "proc", "etc", ".oldroot"):
+        os.makedirs(inside("/" + d), exist_ok=True)
+    _mount("tmpfs", inside("/tmp"), "tmpfs", MS_NOSUID | MS_NODEV, f"size={req['disk_mb']}m,mode=1777")
+    _mount("tmpfs", inside("/dev"), "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=0755")
+    for node in ("null", "zero", "full", "random", "urandom"):
+        if os.path.exists(f"/dev/{node}"):
+            open(inside(f"/dev/{node}"), "w").close()
+            _mount(f"/dev/{node}", inside(f"/dev/{node}"), None, MS_BIND)
+    os.makedirs(inside("/dev/shm"))
+    _mount(inside("/tmp"), inside("/dev/shm"), None, MS_BIND)
+    _mount(inside("/tmp"), inside("/var/tmp"), None, MS_BIND)
+    for name, dest in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                       ("stderr", "/proc/self/fd/2")):
+        os.symlink(dest, inside(f"/dev/{name}"))
+    try:  # other uids' processes (the tester, PID 1) are invisible in /proc
+        _mount("proc", inside("/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible")
+    except OSError:
+        _mount("proc", inside("/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    number = {"x86_64": 155, "aarch64": 41}.get(os.uname().machine)
+    if number is not None and _libc.syscall(number, new.encode(), inside("/.oldroot").encode()) == 0:
+        os.chdir("/")
+        _check(_libc.umount2(b"/.oldroot", MNT_DETACH), "umount /.oldroot")
+        os.rmdir("/.oldroot")
+    else:
+        os.rmdir(inside("/.oldroot"))
+        os.chroot(new)
+        os.chdir("/")
+    _mount("none", "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+# --------------------------------------------------------------------------------------- the sample's tree
+
+
+def _start_sample(req: dict, fds: tuple[int, int, int], workdir: str, drop: bool, tests_fd: int | None,
+                  keep: tuple[int, ...]) -> tuple[int, int | None, int | None]:
+    """Fork the tester (with tests) and the candidate program. Returns (program pid, tester pid, verdict fd)."""
+    if tests_fd is None:
+        child = os.fork()
+        if child == 0:
+            for fd in keep:
+                os.close(fd)
+            _run_user_code(req, workdir, fds, drop=drop)
+        return child, None, None
+    rpc_t, rpc_c = (s.detach() for s in socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
+    verdict_r, verdict_w = os.pipe()
+    tester = os.fork()
+    if tester == 0:
+        for fd in (*keep, *fds, rpc_c, verdict_r):
+            os.close(fd)
+        _tester(req, rpc_t, tests_fd, verdict_w, req["tester_uid"] if drop else None)
+    os.close(tests_fd)  # the program never holds the tests, not even for a moment
+    os.close(verdict_w)
+    child = os.fork()
+    if child == 0:
+        for fd in (*keep, rpc_t, verdict_r):
+            os.close(fd)
+        _run_user_code(req, workdir, fds, drop=drop, rpc_fd=rpc_c)
+    os.close(rpc_t)
+    os.close(rpc_c)
+    return child, tester, verdict_r
+
+
+def _wait_sample(child: int, tester: int | None, verdict_r: int | None, status: dict) -> None:
+    """Reap until the program exits (no tests) or the tester has its verdict; the program then gets a moment to
+    finish writing its output. When the program's process ends first, the tester is stopped (a forked child of
+    the program may still hold the socket open) and the tests fail. Orphans are reaped on the way."""
+    verdict_buf = bytearray()
+    child_done = tester_done = False
+    grace_until = None
+    if verdict_r is not None:
+        os.set_blocking(verdict_r, False)
+
+    def drain() -> dict | None:
+        while True:
+            try:
+                chunk = os.read(verdict_r, 65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                break
+            if not chunk:
+                break
+            verdict_buf.extend(chunk)
+        messages = _parse_messages(bytearray(verdict_buf))
+        return messages[0]["verdict"] if messages else None
+
+    while True:
+        flags = 0 if grace_until is None else os.WNOHANG
+        try:
+            pid, wstatus, usage = os.wait4(-1, flags)
+        except ChildProcessError:
+            break
+        if pid == 0:  # waiting out the grace period
+            if time.monotonic() >= grace_until:
+                break
+            time.sleep(0.005)
+            continue
+        if pid == child:
+            child_done = True
+            status.update(wait_status=wstatus, cpu_s=usage.ru_utime + usage.ru_stime, maxrss_kb=usage.ru_maxrss)
+            if tester is not None and not tester_done and drain() is None:
+                try:
+                    os.kill(tester, signal.SIGKILL)
+                except OSError:
+                    pass
+                code = os.waitstatus_to_exitcode(wstatus)
+                how = f"exit status {code}" if code >= 0 else f"signal {-code}"
+                status["verdict"] = {"passed": False, "calls": 0,
+                                     "reason": f"the program ended ({how}) before the tests finished"}
+        elif pid == tester:
+            tester_done = True
+            status["verdict"] = drain() or status.get("verdict")
+            status["tester_status"] = wstatus
+        if tester is None and child_done:
+            break
+        if tester is not None and tester_done and child_done:
+            break
+        if tester is not None and tester_done and grace_until is None:
+            grace_until = time.monotonic() + 1.0
+    if verdict_r is not None:
+        os.close(verdict_r)
+
+
+def _open_tests(req: dict) -> int | None:
+    """The tests travel in a root-only file the parent wrote; opened (and unlinked) before anything else."""
+    path = req.get("tests_path")
+    if not path:
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    os.unlink(path)
+    return fd
+
+
+def _namespace_init(req: dict, fds: tuple[int, int, int], status_w: int, tests_fd: int | None) -> None:
     """C2: PID 1 of the sample's PID namespace. Never returns."""
     status = {"setup_error": None}
     try:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        _mount("none", "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates back to the host
-        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        tmpfs_opts = f"size={req['disk_mb']}m,mode=1777"
-        if os.path.isdir("/run"):  # host daemons' unix sockets (dbus, journald, ...) live here: out of reach
-            _mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=1m,mode=0755")
-            os.makedirs("/run/lock", exist_ok=True)
-        for target in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock"):
-            if os.path.isdir(target):
-                _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, tmpfs_opts)
-        for target in req.get("hide_paths") or []:
-            if os.path.isdir(target):  # an empty read-only tmpfs over the repo, the runs folder, the data ...
-                _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "size=4k,mode=0555")
+        _build_root(req)
         os.makedirs(SANDBOX_WORKDIR, mode=0o700)
         os.chown(SANDBOX_WORKDIR, req["uid"], req["gid"])
         _write_files(SANDBOX_WORKDIR, req, req["uid"], req["gid"])
@@ -266,21 +1032,11 @@ def _namespace_init(req: dict, fds: tuple[int, int, int], status_w: int) -> None
         status["setup_error"] = f"{type(exc).__name__}: {exc}"
         write_message(status_w, status)
         os._exit(0)
-    child = os.fork()
-    if child == 0:
-        os.close(status_w)
-        _run_user_code(req, SANDBOX_WORKDIR, fds, drop=True)
+    child, tester, verdict_r = _start_sample(req, fds, SANDBOX_WORKDIR, True, tests_fd, keep=(status_w,))
     for fd in fds:
         os.close(fd)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    while True:  # reap orphans re-parented to us until the sample itself exits
-        try:
-            pid, wstatus, usage = os.wait4(-1, 0)
-        except ChildProcessError:
-            break
-        if pid == child:
-            status.update(wait_status=wstatus, cpu_s=usage.ru_utime + usage.ru_stime, maxrss_kb=usage.ru_maxrss)
-            break
+    _wait_sample(child, tester, verdict_r, status)
     write_message(status_w, status)
     os._exit(0)  # PID 1 exits: the kernel kills whatever the sample left behind
 
@@ -290,15 +1046,18 @@ def _namespace_launcher(req: dict, fds: tuple[int, int, int], status_w: int) -> 
     try:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         os.setsid()
+        tests_fd = _open_tests(req)
         _join_cgroups(req)
         # A fresh IPC namespace too: SysV shared memory/semaphores/queues die with the sample, unseen by others.
         flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | req.get("netns_flag", CLONE_NEWNET)
         _check(_libc.unshare(flags), "unshare")
         init = os.fork()
         if init == 0:
-            _namespace_init(req, fds, status_w)
+            _namespace_init(req, fds, status_w, tests_fd)
         for fd in fds:
             os.close(fd)
+        if tests_fd is not None:
+            os.close(tests_fd)
         write_message(status_w, {"init_pid": init})
         os.waitpid(init, 0)
     except BaseException as exc:  # noqa: BLE001
@@ -315,15 +1074,12 @@ def _degraded_launcher(req: dict, fds: tuple[int, int, int], status_w: int, work
     try:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         os.setsid()
+        tests_fd = _open_tests(req)
         _join_cgroups(req)
-        child = os.fork()
-        if child == 0:
-            os.close(status_w)
-            _run_user_code(req, workdir, fds, drop=drop)
+        child, tester, verdict_r = _start_sample(req, fds, workdir, drop, tests_fd, keep=(status_w,))
         for fd in fds:
             os.close(fd)
-        _, wstatus, usage = os.wait4(child, 0)
-        status.update(wait_status=wstatus, cpu_s=usage.ru_utime + usage.ru_stime, maxrss_kb=usage.ru_maxrss)
+        _wait_sample(child, tester, verdict_r, status)
     except BaseException as exc:  # noqa: BLE001
         status["setup_error"] = f"{type(exc).__name__}: {exc}"
     write_message(status_w, status)
@@ -461,16 +1217,19 @@ class Worker:
             # its samples, which never overlap in time, share it instead of paying for a namespace each.
             if _libc.unshare(CLONE_NEWNET) == 0:
                 self.netns_flag = 0
+        # The sample's root: computed once, after the pre-imports, so every library they map is in it.
+        self.root = allowed_paths() if self.isolation == "namespaces" else ([], [], {})
 
     def _sample_uid(self, fallback: int) -> int:
-        """A uid no other sample uses now (1e6 + worker pid * 100 + counter % 100), if setresuid takes it.
+        """A uid no other sample uses now (1e6 + worker pid * 100 + counter % 50), if setresuid takes it; the
+        sample's tester gets that uid + 50.
 
         Per-sample uids make RLIMIT_NPROC per sample (a fork bomb elsewhere cannot starve this sample's
         processes) and, without namespaces, let the worker find and kill every process the sample left.
         """
         if self.private_uids is False:
             return fallback
-        self.counter = (getattr(self, "counter", -1) + 1) % 100
+        self.counter = (getattr(self, "counter", -1) + 1) % 50
         uid = 1_000_000 + os.getpid() * 100 + self.counter  # pids are unique among live workers
         if self.private_uids is None:  # probe once: a restricted user namespace may not map such uids
             pid = os.fork()
@@ -532,8 +1291,12 @@ class Worker:
             uid = self._sample_uid(req["uid"])
             private_uid = uid != req["uid"]
             req = dict(req, uid=uid)
+        # The tester never shares the program's uid (the program could signal it otherwise).
+        req = dict(req, tester_uid=req["uid"] + 50 if private_uid else req.get("tester_uid", req["uid"] - 1),
+                   seccomp=_SECCOMP is not None)
         if self.isolation == "namespaces":
-            req = dict(req, netns_flag=self.netns_flag)
+            binds, masks, links = self.root
+            req = dict(req, netns_flag=self.netns_flag, root_binds=binds, root_masks=masks, root_links=links)
             launcher = os.fork()
             if launcher == 0:
                 for fd in (stdin_w, out_r, err_r, status_r):
@@ -568,8 +1331,9 @@ class Worker:
                 except OSError:
                     pass
                 if private_uid:
-                    _kill_uid(req["uid"])
-                    _remove_ipc_of(req["uid"])
+                    for uid in (req["uid"], req["tester_uid"]):
+                        _kill_uid(uid)
+                        _remove_ipc_of(uid)
             os.waitpid(launcher, 0)
             _reap_orphans()
             if workdir is not None:
@@ -581,6 +1345,7 @@ class Worker:
         result["cgroup"] = self.cgroups.version if self.cgroups is not None else None
         result["isolation"] = self.isolation
         result["isolation_note"] = self.isolation_note
+        result["seccomp"] = _SECCOMP is not None
         return result
 
     def _supervise(self, req, start, launcher, stdin_w, out_r, err_r, status_r) -> dict:
@@ -662,6 +1427,7 @@ class Worker:
             "setup_error": status.get("setup_error"),
             "cpu_s": status.get("cpu_s"),
             "maxrss_kb": status.get("maxrss_kb"),
+            "verdict": status.get("verdict"),
         }
 
     def _kill(self, launcher: int, init_pid: int | None) -> None:
@@ -776,11 +1542,13 @@ def main() -> None:
             pass
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of a killed launcher come back here to be reaped
+    _load_seccomp()
     worker = Worker(os.environ.get("MIXLAB_SANDBOX_ISOLATION", "auto"))
     cgroup = worker.cgroups.version if worker.cgroups is not None else None
     write_message(proto_out, {"hello": True, "isolation": worker.isolation, "note": worker.isolation_note,
                               "cgroup": cgroup, "cgroup_dirs": sorted(set(worker.cgroups.dirs.values()))
                               if worker.cgroups is not None else [],
+                              "seccomp": _SECCOMP is not None, "seccomp_note": SECCOMP_NOTE,
                               "python": sys.executable, "version": sys.version.split()[0], "pid": os.getpid()})
     while True:
         req = read_message(proto_in)

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from mixlab.evals.sandbox import run_tests
+
 LEVELS = (1, 2, 3)
 
 
@@ -186,22 +188,12 @@ def extract_code(response: str) -> str:
 
 
 def verify(ground_truth: dict[str, Any], response: str, timeout_s: float = 10.0) -> float:
-    """1.0 when the answer defines the entry point and passes every assert in the sandbox."""
-    from mixlab.evals.sandbox import run_code  # lazy: evals owns the sandbox
+    """1.0 when the asserts, run in the sandbox's tester process against the answer's functions, all pass.
 
+    The answer runs as the sandboxed program and never sees the asserts: exiting early, printing, atexit hooks or
+    patched builtins in it cannot make this 1.0 (`mixlab.evals.sandbox.run_tests`)."""
     tests = ground_truth["tests"] if isinstance(ground_truth, dict) else list(ground_truth)
-    program = extract_code(response) + "\n\n" + "\n".join(tests) + "\n"
-    result = run_code(program, timeout_s=timeout_s)
-    return 1.0 if _passed(result) else 0.0
-
-
-def _passed(result: Any) -> bool:
-    for attr in ("passed", "ok", "success"):
-        value = getattr(result, attr, None)
-        if isinstance(value, bool):
-            return value
-    for attr in ("returncode", "exit_code", "rc"):
-        value = getattr(result, attr, None)
-        if value is not None:
-            return value == 0 and not getattr(result, "timed_out", False)
-    raise TypeError(f"unrecognised sandbox result {result!r}")
+    entry = ground_truth.get("entry_point") if isinstance(ground_truth, dict) else None
+    result = run_tests(extract_code(response), "\n".join(tests) + "\n", [entry] if entry else [],
+                       timeout_s=timeout_s)
+    return 1.0 if result.passed else 0.0

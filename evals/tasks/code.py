@@ -1,9 +1,9 @@
 """Code benchmarks: HumanEval, MBPP (full, original test split) and sanitized MBPP, scored in the sandbox.
 
-Each model answer is turned into one program — the answer's code, the benchmark's tests, and a random
-success marker printed after the last assert — and run by `mixlab.evals.sandbox` (one process per sample, all
-tests batched). A sample passes only if that program exits 0 *and* prints the marker, so `sys.exit(0)` or
-`os._exit(0)` before the asserts fails.
+Each model answer becomes the sandboxed program (for HumanEval: the prompt's header and the answer) and the
+benchmark's tests run beside it in the sandbox's tester process (`mixlab.evals.sandbox.run_tests`), calling the
+answer's functions over a data-only channel. A sample passes only when the tests ran to their end: exiting
+early, `atexit` hooks, printed markers, patched builtins or `unittest` in the answer's process count for nothing.
 
 Code extraction is forgiving: fenced blocks (```python, ```py, bare ```, an unterminated last fence), MBPP's
 `[BEGIN] ... [DONE]`, or raw text trimmed to the longest part that compiles; top-level demo code is dropped (`if __name__ ==
@@ -13,7 +13,8 @@ answer that defines the entry point is run after the prompt's header (imports an
 that does not is treated completion-style, as the body that continues the prompt.
 
 Known limits of the benchmarks themselves: MBPP shows its three asserts in the prompt (as the original does), so
-an answer that hard-codes them passes; an object whose `__eq__` always returns True passes `assert f(x) == y`.
+an answer that hard-codes them passes. (An object whose `__eq__` always returns True does not: results reach the
+tests as plain data, other objects as handles equal only to themselves.)
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import ast
 import gzip
 import json
 import re
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -184,16 +184,16 @@ class CodeTask(Task):
     timeout_s: ClassVar[float] = DEFAULT_TIMEOUT_S
     memory_mb: ClassVar[int] = 1024
 
-    def build_program(self, item: EvalItem, output: str) -> tuple[str, str]:
-        """(program without the marker, extracted code)."""
+    def build_program(self, item: EvalItem, output: str) -> tuple[str, str, list[str], str]:
+        """(untrusted program, trusted tests, entry points the tests call, extracted code)."""
         raise NotImplementedError
 
-    def _programs(self, item: EvalItem, output: str) -> tuple[str, str, str]:
+    def _programs(self, item: EvalItem, output: str) -> tuple[tuple[str, str, list[str]] | None, str, str]:
         try:
-            program, code = self.build_program(item, output)
+            program, tests, entries, code = self.build_program(item, output)
         except Exception as exc:  # noqa: BLE001 - malformed answers never crash the scorer
-            return "", "", f"could not build program: {type(exc).__name__}: {exc}"
-        return program, code, ""
+            return None, "", f"could not build program: {type(exc).__name__}: {exc}"
+        return (program, tests, entries), code, ""
 
     def _score_from(self, result: Any, code: str, error: str) -> Score:
         if error:
@@ -227,14 +227,12 @@ class CodeTask(Task):
         flat = [(i, text) for i, texts in enumerate(groups) for text in texts]
         built = [self._programs(items[i], text) for i, text in flat]
         runnable = [j for j, (_, _, error) in enumerate(built) if not error]
-        markers = {j: f"__mixlab_tests_passed_{secrets.token_hex(8)}__" for j in runnable}
-        programs = [f"{built[j][0]}\n\nprint({markers[j]!r})\n" for j in runnable]
         multi = any(len(g) > 1 for g in groups)
         results = run_many(
-            programs, workers=workers or default_pool().max_workers, timeout_s=self.timeout_s,
-            memory_mb=self.memory_mb, success_markers=[markers[j] for j in runnable],
-            progress=None if multi else progress,
-        ) if programs else []
+            [built[j][0][0] for j in runnable], workers=workers or default_pool().max_workers,
+            timeout_s=self.timeout_s, memory_mb=self.memory_mb, tests=[built[j][0][1] for j in runnable],
+            entry_points=[built[j][0][2] for j in runnable], progress=None if multi else progress,
+        ) if runnable else []
         by_index = dict(zip(runnable, results))
         per_sample = [self._score_from(by_index.get(j), built[j][1], built[j][2]) for j in range(len(flat))]
         scores: list[Score] = []
@@ -321,18 +319,19 @@ class HumanEval(CodeTask):
         ]
         return apply_limit(items, limit)
 
-    def build_program(self, item: EvalItem, output: str) -> tuple[str, str]:
+    def build_program(self, item: EvalItem, output: str) -> tuple[str, str, list[str], str]:
         ref = item.reference
         entry, prompt = ref["entry_point"], ref["prompt"]
         code = strip_main_guard(extract_code(output, entry), entry)
         defs = list(_def_pattern(entry).finditer(prompt))
         header = prompt[: defs[-1].start()] if defs else ""
         if _def_pattern(entry).search(code):
-            body = header + "\n" + code  # the prompt's imports and helpers, then the answer's function
+            program = header + "\n" + code  # the prompt's imports and helpers, then the answer's function
         else:
-            body = prompt + _indent_body(code)  # completion-style: the answer continues the signature
-        program = f"{body}\n\n{ref['test']}\n\ncheck({entry})\n"
-        return program, code
+            program = prompt + _indent_body(code)  # completion-style: the answer continues the signature
+        # The tests get the prompt's own helpers (e.g. encode_cyclic), never the answer's versions of them.
+        tests = f"{header}\n\n{ref['test']}\n\ncheck({entry})\n"
+        return program, tests, [entry], code
 
     def reference_output(self, item: EvalItem) -> str:
         return f"```python\n{item.reference['prompt']}{item.reference['canonical']}```"
@@ -377,13 +376,14 @@ class _MBPPBase(CodeTask):
             ))
         return apply_limit(items, limit)
 
-    def build_program(self, item: EvalItem, output: str) -> tuple[str, str]:
+    def build_program(self, item: EvalItem, output: str) -> tuple[str, str, list[str], str]:
         ref = item.reference
-        code = strip_main_guard(extract_code(output, ref.get("entry_point")), ref.get("entry_point"))
+        entry = ref.get("entry_point")
+        code = strip_main_guard(extract_code(output, entry), entry)
         setup = ref.get("setup") or ""
-        # As the original harness: the answer, then the test set-up (it may use the answer's classes), then asserts.
-        program = f"{code}\n\n{setup}\n" + "\n".join(ref["tests"]) + "\n"
-        return program, code
+        # As the original harness: the test set-up (it may use the answer's classes), then the asserts.
+        tests = f"{setup}\n" + "\n".join(ref["tests"]) + "\n"
+        return code, tests, [entry] if entry else [], code
 
     def reference_output(self, item: EvalItem) -> str:
         return f"```python\n{item.reference['canonical'].rstrip()}\n```"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mixlab.errors import MixlabError
-from mixlab.evals.sandbox import SandboxPool, Limits, run_code, run_many
+from mixlab.evals.sandbox import SandboxPool, Limits, run_code, run_many, run_tests, free_names
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="uid drop and namespaces need root")
 
@@ -39,10 +39,27 @@ def test_killed_by_a_signal():
     assert result.status == "killed" and result.returncode == -11
 
 
-def test_success_marker_required_when_given():
-    assert run_code("print('DONE-1')", success_marker="DONE-1").passed
-    missing = run_code("import sys; sys.exit(0)\nprint('DONE-1')", success_marker="DONE-1")
-    assert missing.status == "failed" and "marker" in missing.reason
+def test_tests_decide_and_name_the_failing_line():
+    code = "def f(x):\n    return x + 1\nprint('ran')\n"
+    ok = run_tests(code, "assert f(1) == 2\nassert f(2) == 3\n", ["f"])
+    assert ok.passed and ok.stdout == "ran\n" and ok.verdict["calls"] == 3  # one name lookup, two calls
+    bad = run_tests(code, "assert f(1) == 2\nassert f(2) == 4\n", ["f"])
+    assert bad.status == "failed" and "tests line 2: assert f(2) == 4" in bad.reason
+    missing = run_tests("def g():\n    pass\n", "assert f(1) == 2\n", ["f"])
+    assert missing.status == "failed" and "NameError" in missing.reason
+    raised = run_tests("raise ValueError('boom')\ndef f(x):\n    return x\n", "assert f(1) == 1\n", ["f"])
+    assert raised.status == "failed" and "ValueError: boom" in raised.reason
+    # Test-side modules the answer imported (MBPP's asserts use `math` without importing it) come from the stdlib.
+    assert run_tests("import math\ndef f():\n    return math.pi\n", "assert math.isclose(f(), 3.14159, rel_tol=1e-3)\n",
+                     ["f"]).passed
+    with pytest.raises(MixlabError):
+        run_tests(code, "assert f(1) == 2\n", ["f"], mode="exec")
+
+
+def test_free_names_are_the_free_names_of_the_tests():
+    tests = ("import random\nX = 3\ndef check(candidate):\n    for i in range(X):\n        assert candidate(i) == "
+             "helper(i)\n    assert math.floor(1.5) == 1\ncheck(solve)\n")
+    assert free_names(tests) == ["helper", "math", "solve"]
 
 
 def test_runs_as_main_script_with_stdin_and_files():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from mixlab.evals.sandbox import SandboxPool, SandboxResult, default_pool, run_code
+from mixlab.evals.sandbox import Limits, SandboxPool, SandboxResult, default_pool, run_code
 from mixlab.paths import REPO_ROOT
 
 HOSTILE = Path(__file__).with_name("hostile")
@@ -30,17 +30,12 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the hardened sandbox 
 
 def run_hostile(name: str, targets: dict | None = None, pool: SandboxPool | None = None,
                 **limits) -> SandboxResult:
-    code = (HOSTILE / f"{name}.py").read_text()
-    marker = f"__passed_{secrets.token_hex(6)}__"
+    """Run the program as a verifier does: it defines `probe`, the tests call it after the program ran."""
+    code = (HOSTILE / f"{name}.py").read_text() + "\ndef probe():\n    return 1\n"
     files = {"targets.json": json.dumps(targets or {})}
     limits.setdefault("timeout_s", TIMEOUT_S)
-    if pool is None:
-        result = run_code(f"{code}\nprint({marker!r})\n", files=files, success_marker=marker, **limits)
-    else:
-        from mixlab.evals.sandbox import Limits
-
-        result = pool.run(f"{code}\nprint({marker!r})\n", files=files, success_marker=marker,
-                          limits=Limits(**limits))
+    result = (pool or default_pool()).run(code, files=files, tests="assert probe() == 1\n", entry_points=["probe"],
+                                          limits=Limits(**limits))
     assert result.status != "passed", result
     assert result.status != "error", result
     assert result.duration_s < BOUND_S, result
@@ -143,7 +138,7 @@ def test_writes_outside_the_workdir_leave_repo_tmp_and_duckdb_untouched(tmp_path
             assert list(shared_dir.iterdir()) == []
         assert (REPO_ROOT / "tests" / "evals_code" / "hostile").is_dir()
         if isolation == "namespaces":
-            assert outcomes[f"list {REPO_ROOT}"] == []  # hidden behind an empty read-only mount
+            assert outcomes[f"list {REPO_ROOT}"] == "FileNotFoundError"  # not in the sample's root at all
             assert all(v != "DONE" for k, v in outcomes.items() if not k.startswith(f"create {shared_dir}"))
     finally:
         repo_canary.unlink(missing_ok=True)
@@ -256,7 +251,7 @@ def test_early_exit_zero_is_not_a_pass():
     result = run_hostile("early_exit")
     assert result.status == "failed"
     assert result.returncode == 0
-    assert "success marker" in result.reason
+    assert "before the tests" in result.reason
 
 
 def test_sigterm_ignoring_processes_are_killed(isolation):

@@ -45,9 +45,14 @@ EXPLOITS: dict[str, str] = {
     "prints every marker it can think of": WRONG + (
         "print('passed'); print('PASS'); print('OK'); print('__mixlab_tests_passed_0123456789abcdef__')\n"
         "import json; print(json.dumps({'verdict': {'passed': True, 'reason': '', 'calls': 4}}))\n"),
-    "echoes its own source (open(__file__))": WRONG + "print(open(__file__).read())\n",
+    # The issue's marker exploits: whatever the harness appends to the program is in its source and code object.
+    "echoes its own source (open(__file__))": WRONG + "import os\nprint(open(__file__).read(), flush=True)\nos._exit(0)\n",
     "echoes its source from an atexit hook": WRONG + (
-        "import atexit\natexit.register(lambda: print(open(__file__).read()))\n"),
+        "import atexit, os, sys\ndef _hook():\n    print(open(__file__).read(), flush=True)\n    os._exit(0)\n"
+        "atexit.register(_hook)\n"),
+    "echoes the code object's constants": WRONG + (
+        "import os, sys\nprint(*[c for c in sys._getframe().f_code.co_consts if isinstance(c, str)], flush=True)\n"
+        "os._exit(0)\n"),
     "replaced builtins": WRONG + (
         "import builtins\nbuiltins.AssertionError = type('AssertionError', (Exception,), {})\n"
         "builtins.isinstance = lambda *a: True\nbuiltins.abs = lambda x: 0\nbuiltins.len = lambda x: 0\n"
@@ -251,7 +256,7 @@ def _score_all(answers: list[str]) -> dict[str, list[float]]:
 # The exploits the issue reported, and the classes it lists, through every verifier (the full list runs above).
 ACROSS_VERIFIERS = ("sys.exit(0)", "os._exit(0)", "raise SystemExit(0)", "SIGKILL to itself",
                     "atexit prints markers", "echoes its own source (open(__file__))",
-                    "echoes its source from an atexit hook", "replaced builtins", "patched sys.exit and unittest",
+                    "echoes its source from an atexit hook", "echoes the code object's constants", "replaced builtins", "patched sys.exit and unittest",
                     "forked child lingers and prints", "forged verdicts on every file descriptor",
                     "__eq__ always true", "frames, gc and globals search for the tests")
 

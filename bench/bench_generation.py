@@ -1,20 +1,26 @@
-"""Generation throughput: mixlab's torch decode loop vs transformers `generate`, same model, prompts, run.
+"""Generation throughput: mixlab's engine vs transformers `generate`, same model, prompts and run.
 
-Both backends get the same chat-templated, left-padded batches of a mixlab preset (random init) and decode greedily;
-the script checks that their outputs are identical, then reports generated tokens/s for
-- torch         : `get_backend("torch")` (drops finished rows from the batch and cache)
-- torch-nocompact: the same loop keeping finished rows (fed padding, as transformers does)
-- hf            : `get_backend("hf")`, i.e. `model.generate` (the peer; ratios are against it)
+Methods (all greedy, same chat-templated prompts of a mixlab preset, random init):
+- engine : `get_backend("torch")`, i.e. the continuous-batching engine (CUDA graphs on GPU)
+- loop   : `get_backend("torch", engine=False)`, the plain batched decode loop (the previous default)
+- hf     : `get_backend("hf")`, i.e. `model.generate` (the peer; ratios are against it)
 A random model rarely emits its end-of-turn token, so by default its logit is made to shadow one frequent token
 (`--no-eos-shadow` turns this off): rows then end at different steps, as real chat answers do.
 
-Writes bench/results/generation-<cpu|cuda>-<dtype>.json with the device name and prints the ratios.
-Run: `.venv/bin/python bench/bench_generation.py [--preset tiny] [--device cpu] [--prompts 32] [--batch 16]`.
+`--agreement` (for bf16) compares the engine's and generate's token ids row by row and, at each first divergence,
+scores both candidate tokens with an fp32 copy of the model: if the fp32 logit gap between them is within the bf16
+error of that gap, the rows split on a rounding-level near-tie. It also runs generate at a second batch size to show
+whether generate agrees with itself.
+`--context-scan 1024,32768` times the engine's decode step with every row at that context (per generated token).
+
+Writes bench/results/generation-<cpu|cuda>-<dtype>[-tag].json with the device name and prints the ratios.
+Run: `.venv/bin/python bench/bench_generation.py [--preset small] [--device cpu] [--prompts 32] [--batch 16]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -59,16 +65,175 @@ def shadow_eos(model, tokenizer, sample_prompts, max_new_tokens: int) -> None:
         head[tokenizer.eos_token_id] = head[victim] * 1.2
 
 
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_methods(methods, batch, cfg, repeats, device):
+    results, outputs = {}, {}
+    for name, backend in methods.items():
+        backend.generate_detailed(batch[: min(4, len(batch))], cfg.replace(max_new_tokens=4))  # warm-up
+        times, runs = [], []
+        for _ in range(repeats):
+            sync(device)
+            start = time.perf_counter()
+            gens = backend.generate_detailed(batch, cfg)
+            sync(device)
+            times.append(time.perf_counter() - start)
+            runs.append([g.text for g in gens])
+        tokens = sum(g.output_tokens[0] for g in gens)
+        best = min(times)
+        outputs[name] = runs[0]
+        results[name] = {"seconds": best, "generated_tokens": tokens, "tokens_per_s": tokens / best,
+                         "all_seconds": times, "repeats_identical": all(r == runs[0] for r in runs)}
+        engine = getattr(backend, "_engine", None)
+        if engine is not None:
+            results[name]["engine_stats"] = dict(engine.stats)
+        print(f"{name:8s} {tokens:6d} tokens  {best:7.3f} s  {tokens / best:9.1f} tok/s", flush=True)
+    return results, outputs
+
+
+def hf_token_ids(model, encoded, pad, eos, batch_size, max_new):
+    """`model.generate` greedy token ids per prompt (left-padded batches in the given order), cut at EOS."""
+    import torch
+
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start : start + batch_size]
+        width = max(len(c) for c in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, c in enumerate(chunk):
+            ids[i, width - len(c) :] = torch.tensor(c)
+            mask[i, width - len(c) :] = 1
+        with torch.inference_mode():
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new,
+                                 do_sample=False, temperature=None, top_p=None, top_k=None, eos_token_id=sorted(eos),
+                                 pad_token_id=pad)
+        for row in gen[:, width:].tolist():
+            cut = next((k for k, t in enumerate(row) if t in eos), len(row))
+            out.append(row[:cut])
+    return out
+
+
+def agreement(model, tokenizer, backend, batch, cfg, hf_batch, hf_batch_alt):
+    """Row agreement engine vs generate (and generate vs itself), with an fp32 look at every first divergence."""
+    import torch
+
+    from mixlab.evals.backends.torch_backend import encode_chat
+
+    encoded = [encode_chat(tokenizer, p) for p in batch]
+    eos = backend.eos_ids
+    ours = [s[0][0] for s in backend.engine.generate(encoded, cfg)]
+    theirs = hf_token_ids(model, encoded, tokenizer.pad_token_id, eos, hf_batch, cfg.max_new_tokens)
+    theirs_alt = hf_token_ids(model, encoded, tokenizer.pad_token_id, eos, hf_batch_alt, cfg.max_new_tokens)
+    model32 = copy.deepcopy(model).float()
+    gaps = []
+    for prompt, a, b in zip(encoded, ours, theirs):
+        d = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), None)
+        if d is None:
+            continue
+        ctx = torch.tensor([prompt + a[:d]], device=next(model.parameters()).device)
+        with torch.no_grad():
+            l32 = model32(input_ids=ctx, use_cache=False).logits[0, -1].float()
+            l16 = model(input_ids=ctx, use_cache=False).logits[0, -1].float()
+        ta, tb = a[d], b[d]
+        gap32 = float(l32[ta] - l32[tb])
+        gap16 = float(l16[ta] - l16[tb])
+        top2 = l32.topk(2).values
+        gaps.append({"position": d, "fp32_gap_engine_minus_hf": gap32, "bf16_gap": gap16,
+                     "bf16_error_of_gap": abs(gap16 - gap32), "fp32_top2_margin": float(top2[0] - top2[1]),
+                     "fp32_argmax_is": "engine" if int(l32.argmax()) == ta else
+                     ("hf" if int(l32.argmax()) == tb else "neither")})
+
+    def rate(x, y):
+        return sum(p == q for p, q in zip(x, y)) / len(x)
+
+    def prefix(x, y):
+        return sum(next((k for k, (p, q) in enumerate(zip(a, b)) if p != q), min(len(a), len(b)))
+                   for a, b in zip(x, y)) / len(x)
+
+    out = {
+        "rows": len(encoded),
+        "engine_vs_hf_rows_identical": rate(ours, theirs),
+        "hf_vs_hf_other_batch_rows_identical": rate(theirs, theirs_alt),
+        "hf_batch_sizes": [hf_batch, hf_batch_alt],
+        "engine_vs_hf_mean_common_prefix_tokens": prefix(ours, theirs),
+        "divergences": gaps,
+    }
+    if gaps:
+        absgap = sorted(abs(g["fp32_gap_engine_minus_hf"]) for g in gaps)
+        err = sorted(g["bf16_error_of_gap"] for g in gaps)
+        out["median_abs_fp32_gap"] = absgap[len(absgap) // 2]
+        out["median_bf16_error_of_gap"] = err[len(err) // 2]
+        out["fp32_prefers"] = {k: sum(g["fp32_argmax_is"] == k for g in gaps) for k in ("engine", "hf", "neither")}
+    print(f"agreement: engine vs hf {out['engine_vs_hf_rows_identical']:.2f}, hf(batch {hf_batch}) vs "
+          f"hf(batch {hf_batch_alt}) {out['hf_vs_hf_other_batch_rows_identical']:.2f}", flush=True)
+    return out
+
+
+def context_scan(model, contexts, rows, steps, device):
+    """Per-token decode time with every row at each context length (random prompt ids, no EOS)."""
+    import torch
+
+    from mixlab.evals.backends import GenerationConfig
+    from mixlab.evals.engine import Engine
+
+    out = {}
+    for ctx in contexts:
+        engine = Engine(model, eos_ids=set(), max_batch=rows, max_context=ctx + steps + 16,
+                        cache_bytes=None)
+        g = torch.Generator().manual_seed(ctx)
+        cfg = GenerationConfig(max_new_tokens=steps + 8)
+        for _ in range(rows):
+            engine.submit(torch.randint(0, model.config.vocab_size - 8, (ctx,), generator=g).tolist(), cfg)
+        sync(device)
+        t0 = time.perf_counter()
+        engine.step()  # prefill (all rows) + the first decode step
+        sync(device)
+        prefill_s = time.perf_counter() - t0
+        for _ in range(3):  # graph capture for this shape happens here
+            engine.step()
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            engine.step()
+        sync(device)
+        per_step = (time.perf_counter() - t0) / steps
+        out[str(ctx)] = {"rows": rows, "step_ms": per_step * 1e3, "per_token_ms": per_step * 1e3 / rows,
+                         "tokens_per_s": rows / per_step, "prefill_s": prefill_s}
+        print(f"context {ctx:6d}: decode step {per_step * 1e3:8.3f} ms for {rows} rows "
+              f"({rows / per_step:9.1f} tok/s)", flush=True)
+        del engine
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    first, last = str(contexts[0]), str(contexts[-1])
+    out["ratio_last_vs_first"] = out[last]["per_token_ms"] / out[first]["per_token_ms"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on cuda, float32 on cpu")
     parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=16, help="engine: most rows at once; loop/hf: batch size")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--methods", default="engine,loop,hf")
     parser.add_argument("--no-eos-shadow", action="store_true")
+    parser.add_argument("--agreement", action="store_true")
+    parser.add_argument("--hf-batch-alt", type=int, default=8, help="--agreement: generate's second batch size")
+    parser.add_argument("--context-scan", default="", help="comma-separated context lengths, e.g. 1024,32768")
+    parser.add_argument("--scan-rows", default="1,8", help="comma-separated rows for --context-scan")
+    parser.add_argument("--scan-steps", type=int, default=32)
+    parser.add_argument("--tag", default="")
     args = parser.parse_args()
 
     import torch
@@ -76,6 +241,8 @@ def main() -> None:
     from mixlab.evals.backends import GenerationConfig, get_backend
     from mixlab.model import load_model, load_tokenizer
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else
                                                             torch.float32)
     torch.manual_seed(0)
@@ -85,56 +252,51 @@ def main() -> None:
     if not args.no_eos_shadow:
         shadow_eos(model, tokenizer, batch, args.max_new_tokens)
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens)
-    methods = {
-        "torch": get_backend("torch", model, tokenizer, batch_size=args.batch),
-        "torch-nocompact": get_backend("torch", model, tokenizer, batch_size=args.batch, compact=False),
-        "hf": get_backend("hf", model, tokenizer, batch_size=args.batch),
+    factories = {
+        "engine": lambda: get_backend("torch", model, tokenizer, batch_size=args.batch),
+        "loop": lambda: get_backend("torch", model, tokenizer, batch_size=args.batch, engine=False),
+        "hf": lambda: get_backend("hf", model, tokenizer, batch_size=args.batch),
     }
-    results: dict[str, dict] = {}
-    outputs: dict[str, list[str]] = {}
-    for name, backend in methods.items():
-        backend.generate_detailed(batch[: min(4, len(batch))], cfg.replace(max_new_tokens=4))  # warm-up
-        times, runs = [], []
-        for _ in range(args.repeats):
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            gens = backend.generate_detailed(batch, cfg)
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-            runs.append([g.text for g in gens])
-        tokens = sum(g.output_tokens[0] for g in gens)
-        best = min(times)
-        outputs[name] = [g.text for g in gens]
-        # Whether repeating the same method reproduces its own outputs (bf16 MoE on GPU may not: index_add uses
-        # atomics whose summation order varies run to run).
-        results[name] = {"seconds": best, "generated_tokens": tokens, "tokens_per_s": tokens / best,
-                         "all_seconds": times, "repeats_identical": all(r == runs[0] for r in runs)}
-        print(f"{name:16s} {tokens:6d} tokens  {best:7.3f} s  {tokens / best:9.1f} tok/s")
-    identical = outputs["torch"] == outputs["hf"] == outputs["torch-nocompact"]
-    lengths = [len(t) for t in outputs["torch"]]
-    ratios = {name: results[name]["tokens_per_s"] / results["hf"]["tokens_per_s"] for name in results}
-    for name, ratio in ratios.items():
-        print(f"{name:16s} x{ratio:.2f} vs hf")
-    print(f"greedy outputs identical across methods: {identical}")
     payload = {
-        "device": device_name(args.device),
-        "torch": torch.__version__,
-        "preset": args.preset,
-        "dtype": str(dtype),
-        "prompts": args.prompts,
-        "batch_size": args.batch,
-        "max_new_tokens": args.max_new_tokens,
+        "device": device_name(args.device), "torch": torch.__version__, "preset": args.preset, "dtype": str(dtype),
+        "prompts": args.prompts, "batch_size": args.batch, "max_new_tokens": args.max_new_tokens,
         "eos_shadow": not args.no_eos_shadow,
-        "answer_chars_min_max": [min(lengths), max(lengths)],
-        "results": results,
-        "ratio_vs_hf": ratios,
-        "outputs_identical": identical,
     }
+    names = [m for m in args.methods.split(",") if m]
+    if names:
+        methods = {name: factories[name]() for name in names}
+        results, outputs = time_methods(methods, batch, cfg, args.repeats, args.device)
+        payload["results"] = results
+        if "hf" in results:
+            ratios = {name: results[name]["tokens_per_s"] / results["hf"]["tokens_per_s"] for name in results}
+            payload["ratio_vs_hf"] = ratios
+            for name, ratio in ratios.items():
+                print(f"{name:8s} x{ratio:.2f} vs hf")
+        identical = all(outputs[n] == outputs[names[0]] for n in names)
+        payload["outputs_identical"] = identical
+        payload["rows_identical_vs_first"] = {
+            n: sum(a == b for a, b in zip(outputs[n], outputs[names[0]])) / len(batch) for n in names}
+        lengths = [len(t) for t in outputs[names[0]]]
+        payload["answer_chars_min_max"] = [min(lengths), max(lengths)]
+        print(f"greedy outputs identical across methods: {identical} {payload['rows_identical_vs_first']}")
+        if args.agreement and "engine" in methods:
+            payload["agreement"] = agreement(model, tokenizer, methods["engine"], batch, cfg, args.batch,
+                                             args.hf_batch_alt)
+        for backend in methods.values():
+            backend.close()
+        del methods
+    if args.context_scan:
+        contexts = [int(c) for c in args.context_scan.split(",")]
+        payload["context_scan"] = {
+            rows: context_scan(model, contexts, int(rows), args.scan_steps, args.device)
+            for rows in args.scan_rows.split(",")}
+        for rows, scan in payload["context_scan"].items():
+            print(f"rows {rows}: per-token decode at {contexts[-1]} vs {contexts[0]}: "
+                  f"x{scan['ratio_last_vs_first']:.2f}")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
-    out = RESULTS_DIR / f"generation-{kind}-{str(dtype).replace('torch.', '')}.json"
+    suffix = f"-{args.tag}" if args.tag else ""
+    out = RESULTS_DIR / f"generation-{kind}-{str(dtype).replace('torch.', '')}{suffix}.json"
     out.write_text(json.dumps(payload, indent=2))
     print(f"wrote {out}")
 

@@ -12,6 +12,8 @@ a step can be captured once per shape as a CUDA graph. Padding rows point at the
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -47,6 +49,12 @@ def moe_decode(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Te
 
 
 def moe_mode(device: torch.device, rows: int, top_k: int, num_experts: int) -> str:
+    """CPU: the kernel op (its host sync is free there). CUDA: a shape-static form, chosen by how many experts
+    the step can hit. MIXLAB_ENGINE_MOE=sparse|gather|dense overrides (sparse on CUDA is `moe_experts`, whose bf16
+    grouped-GEMM fast path has no host sync either)."""
+    forced = os.environ.get("MIXLAB_ENGINE_MOE", "").strip().lower()
+    if forced in ("sparse", "gather", "dense"):
+        return forced
     if device.type != "cuda":
         return "sparse"
     return "gather" if rows * top_k < num_experts else "dense"

@@ -103,7 +103,11 @@ class Engine:
         max_context: int | None = None,
         max_prefill_tokens: int | None = None,
         cuda_graphs: bool | None = None,
+        static_shapes: bool | None = None,
     ) -> None:
+        """`cuda_graphs` (default: on for CUDA) captures each decode shape once; `static_shapes` (default: as
+        cuda_graphs) runs decode through the fixed-shape buffers and row buckets the graphs use, also without
+        capturing (so that path is tested on CPU too)."""
         if getattr(model.config, "model_type", None) != "kimi_linear":
             raise MixlabError(f"the engine serves Kimi Linear models, got {type(model).__name__}")
         if max_batch < 1:
@@ -133,21 +137,25 @@ class Engine:
         self.use_graphs = (self.device.type == "cuda") if cuda_graphs is None else bool(cuda_graphs)
         if self.use_graphs and self.device.type != "cuda":
             raise MixlabError("cuda_graphs=True needs the model on a CUDA device")
+        self.static = self.use_graphs if static_shapes is None else bool(static_shapes)
+        if self.use_graphs and not self.static:
+            raise MixlabError("cuda_graphs=True needs static_shapes")
         self._incoming: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self._waiting: deque[Request] = deque()
         self._running: list[_Seq] = []
         self._ids = itertools.count()
         self._lock = threading.Lock()
-        self._graphs: dict[tuple[int, int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._graphs: dict[tuple[int, int, bool], tuple[torch.cuda.CUDAGraph | None, object]] = {}
         self._batch_buckets = _buckets(max_batch)
         self.stats = {"steps": 0, "prefills": 0, "decode_rows": 0, "graph_captures": 0, "prefill_s": 0.0,
                       "decode_s": 0.0}
-        if self.use_graphs:
+        if self.static:
             B, nbm = self._batch_buckets[-1], self.max_blocks_per_seq
             self._in_long = torch.zeros(3, B, dtype=torch.long, device=self.device)  # tokens, slots, positions
             self._in_table = torch.zeros(B, nbm, dtype=torch.long, device=self.device)
             self._in_float = torch.zeros(3, B, dtype=torch.float64, device=self.device)  # temperature, top_p, u
             self._in_greedy = torch.ones(B, dtype=torch.bool, device=self.device)
+        if self.use_graphs:
             self._pool = torch.cuda.graph_pool_handle()
 
     # ----------------------------------------------------------------------------------------------- requests
@@ -335,10 +343,10 @@ class Engine:
         B = len(seqs)
         bs = self.cache.block_size
         need = max(s.position // bs + 1 for s in seqs)
-        nb = 1
-        while nb < need:
-            nb *= 2
-        nb = min(nb, self.max_blocks_per_seq)
+        # Gathered-blocks bucket: up to 8 sizes per octave (at most 1/8 of the attention work wasted), so few
+        # graphs serve every context length.
+        grain = 1 << max(0, need.bit_length() - 4)
+        nb = min(-(-need // grain) * grain, self.max_blocks_per_seq)
         scratch_block = self.cache.scratch_block
         table = torch.full((B, nb), scratch_block, dtype=torch.long)
         for b, s in enumerate(seqs):
@@ -348,7 +356,7 @@ class Engine:
                              dtype=torch.long)
         greedy, temp, top_p, u = self._sampling_rows(seqs)
         sampled = not bool(greedy.all())
-        if self.use_graphs:
+        if self.static:
             toks = self._replay(B, nb, sampled, longs, table, greedy, torch.stack([temp, top_p, u]))
         else:
             dev = self.device
@@ -366,7 +374,8 @@ class Engine:
         Bp = next(b for b in self._batch_buckets if b >= B)
         key = (Bp, nb, sampled)
         if key not in self._graphs:
-            self._graphs[key] = self._capture(Bp, nb, sampled)
+            self._graphs[key] = (self._capture(Bp, nb, sampled) if self.use_graphs else
+                                 (None, self._graph_fn(Bp, nb, sampled)))
         graph, out = self._graphs[key]
         # Padding rows: scratch slot and block, token 0, greedy.
         self._in_long[0, :Bp].zero_()
@@ -378,6 +387,8 @@ class Engine:
         self._in_table[:B, :nb].copy_(table, non_blocking=True)
         self._in_float[:, :B].copy_(floats, non_blocking=True)
         self._in_greedy[:B].copy_(greedy, non_blocking=True)
+        if graph is None:
+            return out()[:B].tolist()  # static shapes without capture: run the same function eagerly
         graph.replay()
         return out[:B].tolist()
 

@@ -7,7 +7,8 @@
 """
 
 from mixlab.mixtures.adapters import register_adapter
-from mixlab.mixtures.build import BuiltMixture, build
+from mixlab.mixtures.artifact import BuiltMixture
+from mixlab.mixtures.build import build
 from mixlab.mixtures.filters import register_filter
 from mixlab.mixtures.loader import load_dataset
 from mixlab.mixtures.registry_io import component_weights, list_mixtures, load_mixture, write_variant

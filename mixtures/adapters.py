@@ -20,7 +20,8 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mixlab.errors import MixlabError
-from mixlab.mixtures.yamlio import did_you_mean
+from mixlab.evals.procedural.constraints import check_all
+from mixlab.yamlio import did_you_mean
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -411,8 +412,6 @@ def corrupt(item: dict[str, Any]) -> str:
             if old in response:
                 return response.replace(old, new, 1)
         return response.replace("return ", "return None and ", 1)
-    from mixlab.evals.procedural.constraints import check_all
-
     bad = _break_format(response, item["ground_truth"][0], rng)
     if all(check_all(item["ground_truth"], bad)):  # the breakage must show
         bad = bad + "\n" + bad

@@ -7,22 +7,27 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import yaml
 
 from mixlab.atomic import swap_in, sweep_stale, temp_path
+from mixlab.mixtures.decontam import EvalIndex, Hit
 from mixlab.mixtures.decontam import summary as decontam_summary
 from mixlab.mixtures.dedup import lsh_params
-from mixlab.mixtures.solver import leaf_max_epochs
+from mixlab.mixtures.registry_io import LoadedMixture
+from mixlab.mixtures.schema import Component, MixtureSpec
+from mixlab.mixtures.solver import Allocation, leaf_max_epochs
+from mixlab.mixtures.sources import ResolvedSource, procedural_version
+from mixlab.paths import artifacts_dir
 from mixlab.store import ComponentRecord, ContaminationRecord, MixtureRecord, SourceRecord, Store, utcnow
-
-if TYPE_CHECKING:
-    from mixlab.mixtures.build import BuiltMixture, _Builder
-    from mixlab.mixtures.registry_io import LoadedMixture
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("train", pa.bool_())])
 MESSAGES = pa.list_(MESSAGE)
@@ -47,24 +52,98 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write(builder: "_Builder", mixture_id: str, allocations, pool_index: dict[str, np.ndarray],
-          phase_order, *, replace: bool = False) -> "BuiltMixture":
+@dataclass
+class BuiltMixture:
+    mixture_id: str
+    name: str
+    kind: str
+    family: str | None
+    path: Path
+    manifest: dict[str, Any]
+    cache_hit: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.mixture_id
+
+
+class LeafRows(Protocol):
+    """What the writer reads of one leaf component after the build's filters, decontamination and dedup."""
+
+    path: str
+    component: Component
+    source_id: str
+    resolved: ResolvedSource
+    adapter: Any
+    rows: list[dict[str, Any]]
+    row_ids: list[str]
+    row_hashes: list[str]
+    tokens: np.ndarray
+    trainable: np.ndarray
+    dropped: dict[str, Any]
+    loaded_rows: int
+
+
+@dataclass
+class BuildOutput:
+    """Everything a finished build hands the writer: the mixture, its leaves, the row allocation (`pool_index`
+    maps a leaf to its surviving rows; allocations index into it), tokenizer facts and what was dropped."""
+
+    loaded: LoadedMixture
+    leaves: list[LeafRows]
+    allocations: list[Allocation]
+    pool_index: dict[str, np.ndarray]
+    tokenizer_fingerprint: str
+    assistant_masks: bool
+    chat_template_hash: str
+    index: EvalIndex | None
+    hits: list[tuple[LeafRows, int, Hit]]
+    near_examples: list[dict[str, str]]
+
+    @property
+    def spec(self) -> MixtureSpec:
+        return self.loaded.spec
+
+    def phase_order(self) -> list[tuple[str, list[Allocation]]]:
+        names = [p.name for p in self.spec.phases] if self.spec.phases else ["main"]
+        return [(name, [a for a in self.allocations if a.phase == name]) for name in names]
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """Hash of the transform code (this package + the procedural generators): a change gives new ids."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        if path.name != "cli.py":
+            h.update(path.name.encode() + b"\0" + path.read_bytes())
+    h.update(procedural_version().encode())
+    return h.hexdigest()[:16]
+
+
+def mixtures_dir() -> Path:
+    return artifacts_dir() / "mixtures"
+
+
+def write(out: BuildOutput, mixture_id: str, *, replace: bool = False) -> BuiltMixture:
     """Write the artifact. Without `replace`, a folder another process finished first is kept (same inputs,
     same bytes) and ours is discarded, so readers never see the folder disappear."""
-    from mixlab.mixtures.build import BuiltMixture, code_version, mixtures_dir
+    table, phase_stats = _rows_table(out)
+    manifest = _manifest(out, mixture_id, table, phase_stats)
+    final = mixtures_dir() / mixture_id
+    _write_folder(out, mixture_id, final, table, manifest, replace=replace)
+    return BuiltMixture(mixture_id, out.spec.name, out.spec.kind, out.spec.family, final, manifest, False)
 
-    spec = builder.spec
-    kind = spec.kind
-    unit = spec.budget.unit
-    leaves = {leaf.path: leaf for leaf in builder.leaves}
 
-    # -- assemble rows: phases in order, each shuffled ------------------------------------------------------------
+def _rows_table(out: BuildOutput) -> tuple[pa.Table, list[dict[str, Any]]]:
+    """The rows in training order (phases in order, each shuffled) and each phase's row and token counts."""
+    spec, kind = out.spec, out.spec.kind
+    leaves = {leaf.path: leaf for leaf in out.leaves}
     order: list[tuple[str, int, int, str]] = []  # (leaf path, row index in leaf, epoch, phase)
     phase_stats = []
-    for p, (phase, allocs) in enumerate(phase_order):
+    for p, (phase, allocs) in enumerate(out.phase_order()):
         entries = []
         for a in allocs:
-            pool = pool_index[a.path]
+            pool = out.pool_index[a.path]
             if not len(a.rows):
                 continue
             epochs = (a.epochs_from + np.arange(len(a.rows))) // len(pool)
@@ -90,17 +169,21 @@ def write(builder: "_Builder", mixture_id: str, allocations, pool_index: dict[st
         columns["n_trainable_tokens"].append(int(leaf.trainable[i]))
         for name, _ in KIND_COLUMNS[kind]:
             columns[name].append(row[name])
-    table = pa.table(columns, schema=schema_for(kind))
+    return pa.table(columns, schema=schema_for(kind)), phase_stats
 
-    # -- manifest ---------------------------------------------------------------------------------------------
+
+def _component_entries(out: BuildOutput) -> list[dict[str, Any]]:
+    """Per leaf: where it came from, what was dropped, target vs realised units, share and epochs (per phase too)."""
+    unit = out.spec.budget.unit
     unit_of = {"samples": lambda leaf, idx: float(len(idx)), "tokens": lambda leaf, idx: float(leaf.tokens[idx].sum()),
                "trainable_tokens": lambda leaf, idx: float(leaf.trainable[idx].sum())}[unit]
-    realised_total = sum(unit_of(leaves[a.path], pool_index[a.path][a.rows]) for a in allocations) or 1.0
-    caps = leaf_max_epochs(spec)
+    leaves = {leaf.path: leaf for leaf in out.leaves}
+    realised_total = sum(unit_of(leaves[a.path], out.pool_index[a.path][a.rows]) for a in out.allocations) or 1.0
+    caps = leaf_max_epochs(out.spec)
     components = []
-    for leaf in builder.leaves:
-        pool = pool_index[leaf.path]
-        allocs = [a for a in allocations if a.path == leaf.path]
+    for leaf in out.leaves:
+        pool = out.pool_index[leaf.path]
+        allocs = [a for a in out.allocations if a.path == leaf.path]
         chosen = np.concatenate([pool[a.rows] for a in allocs]) if allocs else np.zeros(0, np.int64)
         realised_units = unit_of(leaf, chosen)
         pool_units = unit_of(leaf, pool)
@@ -130,56 +213,71 @@ def write(builder: "_Builder", mixture_id: str, allocations, pool_index: dict[st
             "epochs": realised_units / pool_units if pool_units else 0.0,
             "phases": per_phase,
         })
+    return components
+
+
+def _manifest(out: BuildOutput, mixture_id: str, table: pa.Table, phase_stats: list[dict[str, Any]]) -> dict[str, Any]:
+    spec = out.spec
     by_benchmark: dict[str, int] = {}
-    for _, _, hit in builder.hits:
+    for _, _, hit in out.hits:
         by_benchmark[hit.benchmark] = by_benchmark.get(hit.benchmark, 0) + 1
     near = spec.dedup.near
-    manifest: dict[str, Any] = {
-        "mixture_id": mixture_id, "name": spec.name, "kind": kind, "family": spec.family,
+    return {
+        "mixture_id": mixture_id, "name": spec.name, "kind": spec.kind, "family": spec.family,
         "description": spec.description, "extends": spec.extends, "seed": spec.seed,
         "budget": spec.budget.model_dump(), "code_version": code_version(),
-        "tokenizer": {"name": spec.tokenizer, "fingerprint": builder.counter.fingerprint,
+        "tokenizer": {"name": spec.tokenizer, "fingerprint": out.tokenizer_fingerprint,
                       # False: the template has no {% generation %} markers, so trainers cannot mask the prompt
-                      "assistant_masks": builder.counter.assistant_masks},
-        "chat_template_hash": builder.counter.template_hash,
-        "n_rows": table.num_rows, "n_tokens": int(sum(columns["n_tokens"])),
-        "n_trainable_tokens": int(sum(columns["n_trainable_tokens"])),
-        "phases": phase_stats, "components": components,
+                      "assistant_masks": out.assistant_masks},
+        "chat_template_hash": out.chat_template_hash,
+        "n_rows": table.num_rows, "n_tokens": int(pc.sum(table["n_tokens"]).as_py() or 0),
+        "n_trainable_tokens": int(pc.sum(table["n_trainable_tokens"]).as_py() or 0),
+        "phases": phase_stats, "components": _component_entries(out),
         "dedup": {"exact": spec.dedup.exact, "scope": spec.dedup.scope,
                   "near": None if near is None else {**near.model_dump(), "bands_rows": list(lsh_params(near.threshold, near.num_perm))},
-                  "dropped_exact": sum(l.dropped["dedup_exact"] for l in builder.leaves),
-                  "dropped_near": sum(l.dropped["dedup_near"] for l in builder.leaves),
-                  "near_examples": builder.near_examples},
-        "decontamination": None if builder.index is None else {
-            **decontam_summary(builder.index),
-            "flagged_rows": sum(l.dropped["decontamination"] for l in builder.leaves),
-            "hits": len(builder.hits), "by_benchmark": by_benchmark,
+                  "dropped_exact": sum(l.dropped["dedup_exact"] for l in out.leaves),
+                  "dropped_near": sum(l.dropped["dedup_near"] for l in out.leaves),
+                  "near_examples": out.near_examples},
+        "decontamination": None if out.index is None else {
+            **decontam_summary(out.index),
+            "flagged_rows": sum(l.dropped["decontamination"] for l in out.leaves),
+            "hits": len(out.hits), "by_benchmark": by_benchmark,
         },
         "spec": spec.model_dump(mode="json"),
     }
-    lock = {
+
+
+def _lock(out: BuildOutput, mixture_id: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Resolved revisions, file checksums and row hashes of every source: what a rebuild must find again."""
+    return {
         "mixture_id": mixture_id, "code_version": code_version(),
-        "tokenizer": manifest["tokenizer"], "chat_template_hash": builder.counter.template_hash,
-        "eval_sets": builder.index.fingerprint if builder.index else None,
+        "tokenizer": manifest["tokenizer"], "chat_template_hash": out.chat_template_hash,
+        "eval_sets": out.index.fingerprint if out.index else None,
         "sources": [{
             "path": leaf.path, "source_id": leaf.source_id, "origin": leaf.resolved.origin, "uri": leaf.resolved.uri,
             "revision": leaf.resolved.revision, "content_hash": leaf.resolved.content_hash,
             "files": [{"path": f["path"], "sha256": f["sha256"]} for f in leaf.resolved.files],
             "params": leaf.resolved.params, "rows": leaf.loaded_rows, "row_hashes": leaf.row_hashes,
-        } for leaf in builder.leaves],
+        } for leaf in out.leaves],
     }
-    contamination = pa.table({
-        "source_id": [leaf.source_id for leaf, _, _ in builder.hits],
-        "source_name": [leaf.path for leaf, _, _ in builder.hits],
-        "row_id": [leaf.row_ids[r] for leaf, r, _ in builder.hits],
-        "benchmark": [h.benchmark for _, _, h in builder.hits],
-        "item_id": [h.item_id for _, _, h in builder.hits],
-        "ngram": [h.ngram for _, _, h in builder.hits],
-        "field": [h.field for _, _, h in builder.hits],
+
+
+def _contamination_table(out: BuildOutput) -> pa.Table:
+    return pa.table({
+        "source_id": [leaf.source_id for leaf, _, _ in out.hits],
+        "source_name": [leaf.path for leaf, _, _ in out.hits],
+        "row_id": [leaf.row_ids[r] for leaf, r, _ in out.hits],
+        "benchmark": [h.benchmark for _, _, h in out.hits],
+        "item_id": [h.item_id for _, _, h in out.hits],
+        "ngram": [h.ngram for _, _, h in out.hits],
+        "field": [h.field for _, _, h in out.hits],
     }, schema=CONTAMINATION)
 
-    # -- write: temp folder, then rename -------------------------------------------------------------------------
-    final = mixtures_dir() / mixture_id
+
+def _write_folder(out: BuildOutput, mixture_id: str, final: Path, table: pa.Table, manifest: dict[str, Any], *,
+                  replace: bool) -> None:
+    """Shards, contamination, manifest, lock and resolved YAML into a temp folder, then renamed into place."""
+    spec = out.spec
     final.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(final.parent)  # leftovers of builds killed mid-write
     tmp = temp_path(final.parent, mixture_id)  # names host and pid, so later runs know when it is stale
@@ -193,11 +291,12 @@ def write(builder: "_Builder", mixture_id: str, allocations, pool_index: dict[st
             part = table.slice(s * spec.shard_rows, spec.shard_rows)
             pq.write_table(part, tmp / name, compression="zstd")
             shards.append({"file": name, "rows": part.num_rows, "sha256": _sha256(tmp / name)})
-        pq.write_table(contamination, tmp / "contamination.parquet", compression="zstd")
+        pq.write_table(_contamination_table(out), tmp / "contamination.parquet", compression="zstd")
         manifest["shards"] = shards
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        lock = _lock(out, mixture_id, manifest)
         (tmp / "mixture.lock").write_text(json.dumps(lock, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
-        (tmp / "mixture.yaml").write_text(resolved_yaml(builder.loaded))
+        (tmp / "mixture.yaml").write_text(resolved_yaml(out.loaded))
         if final.exists() and not replace:
             shutil.rmtree(tmp, ignore_errors=True)
         elif final.exists():
@@ -210,19 +309,16 @@ def write(builder: "_Builder", mixture_id: str, allocations, pool_index: dict[st
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return BuiltMixture(mixture_id, spec.name, kind, spec.family, final, manifest, False)
 
 
-def resolved_yaml(loaded: "LoadedMixture") -> str:
+def resolved_yaml(loaded: LoadedMixture) -> str:
     """The merged YAML with `extends` already applied (so the artifact's copy stands alone)."""
-    import yaml
-
     data = {k: v for k, v in loaded.data.items() if k != "extends"}
     header = f"# resolved mixture (extends {loaded.spec.extends} merged in)\n" if loaded.spec.extends else ""
     return header + yaml.safe_dump(data, sort_keys=False)
 
 
-def record_in_store(built: "BuiltMixture", loaded: "LoadedMixture", store=None, *, only_if_missing: bool = False) -> None:
+def record_in_store(built: BuiltMixture, loaded: LoadedMixture, store=None, *, only_if_missing: bool = False) -> None:
     """sources, mixtures, mixture_components and contamination rows for a built mixture."""
     store = store or Store()
     m = built.manifest

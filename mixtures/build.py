@@ -16,7 +16,6 @@ import importlib.util
 import json
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,48 +23,20 @@ import numpy as np
 
 from mixlab.atomic import sweep_stale
 from mixlab.errors import MixlabError
+from mixlab.evals.procedural import generate
 from mixlab.mixtures import adapters as adapters_mod
-from mixlab.mixtures import decontam, dedup, filters as filters_mod, solver, sources
+from mixlab.mixtures import artifact, decontam, dedup, filters as filters_mod, solver, sources
+from mixlab.mixtures.artifact import BuildOutput, BuiltMixture, code_version, mixtures_dir
 from mixlab.mixtures.registry_io import LoadedMixture, load_mixture
 from mixlab.mixtures.schema import Component, MixtureSpec
 from mixlab.mixtures.tokens import TokenCounter
-from mixlab.paths import artifacts_dir, data_root as default_data_root
+from mixlab.paths import data_root as default_data_root
 
 ProgressFn = Callable[[str, int, int], None]
 
 
 def _no_progress(stage: str, done: int, total: int) -> None:
     return None
-
-
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """Hash of the transform code (this package + the procedural generators): a change gives new ids."""
-    h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        if path.name != "cli.py":
-            h.update(path.name.encode() + b"\0" + path.read_bytes())
-    h.update(sources.procedural_version().encode())
-    return h.hexdigest()[:16]
-
-
-def mixtures_dir() -> Path:
-    return artifacts_dir() / "mixtures"
-
-
-@dataclass
-class BuiltMixture:
-    mixture_id: str
-    name: str
-    kind: str
-    family: str | None
-    path: Path
-    manifest: dict[str, Any]
-    cache_hit: bool = False
-
-    @property
-    def id(self) -> str:
-        return self.mixture_id
 
 
 @dataclass
@@ -230,8 +201,6 @@ class _Builder:
         if self.spec.budget.unit == "samples":
             rows = target_units
         else:
-            from mixlab.evals.procedural import generate
-
             src = leaf.component.source
             probe = generate(src.procedural, src.split or "train", 256,
                              seed=src.seed if src.seed is not None else self.spec.seed, level=src.level)
@@ -384,17 +353,20 @@ class _Builder:
         except MixlabError as exc:
             raise _fail(self.loaded, ("budget",), "budget", str(exc)) from None
 
-
-def _phase_order(spec: MixtureSpec, allocs: list[solver.Allocation]) -> list[tuple[str, list[solver.Allocation]]]:
-    names = [p.name for p in spec.phases] if spec.phases else ["main"]
-    return [(name, [a for a in allocs if a.phase == name]) for name in names]
+    def output(self) -> BuildOutput:
+        """Allocate the budget over the surviving rows; what the artifact writer needs."""
+        allocations, pool_index = self.allocate()
+        return BuildOutput(
+            loaded=self.loaded, leaves=self.leaves, allocations=allocations, pool_index=pool_index,
+            tokenizer_fingerprint=self.counter.fingerprint, assistant_masks=self.counter.assistant_masks,
+            chat_template_hash=self.counter.template_hash, index=self.index, hits=self.hits,
+            near_examples=self.near_examples,
+        )
 
 
 def build(name_or_path: str | Path, data_root: str | Path | None = None, store=None, *, force: bool = False,
           progress: ProgressFn | None = None, record: bool = True) -> BuiltMixture:
     """Build (or fetch from cache) a mixture; see the module docstring. `store` defaults to mixlab's DuckDB."""
-    from mixlab.mixtures import artifact
-
     progress = progress or _no_progress
     sweep_stale(mixtures_dir())  # temp folders of builds killed mid-write (kill -9 runs no cleanup)
     existing = mixtures_dir() / str(name_or_path)
@@ -404,9 +376,7 @@ def build(name_or_path: str | Path, data_root: str | Path | None = None, store=N
         built = BuiltMixture(manifest["mixture_id"], manifest["name"], manifest["kind"], manifest["family"], existing,
                              manifest, True)
         if record:
-            from mixlab.mixtures.registry_io import load_mixture as _load
-
-            artifact.record_in_store(built, _load(existing / "mixture.yaml"), store, only_if_missing=True)
+            artifact.record_in_store(built, load_mixture(existing / "mixture.yaml"), store, only_if_missing=True)
         return built
     loaded = load_mixture(name_or_path)
     root = default_data_root(data_root)
@@ -424,10 +394,9 @@ def build(name_or_path: str | Path, data_root: str | Path | None = None, store=N
     builder.apply_filters()
     builder.apply_decontamination()
     builder.apply_dedup()
-    allocations, pool_index = builder.allocate()
+    output = builder.output()
     progress("write artifact", 0, 1)
-    built = artifact.write(builder, mixture_id, allocations, pool_index, _phase_order(loaded.spec, allocations),
-                           replace=force)
+    built = artifact.write(output, mixture_id, replace=force)
     progress("write artifact", 1, 1)
     if record:
         artifact.record_in_store(built, loaded, store)

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 
 from mixlab.errors import MixlabError
+from mixlab.evals.tasks.base import get_task, task_names
 from mixlab.mixtures.textops import ngram_hashes, tokenize, window_text
+from mixlab.yamlio import did_you_mean
 
 
 @dataclass
@@ -43,9 +45,6 @@ _CACHE: dict[tuple, EvalIndex] = {}
 
 
 def selected_tasks(tasks: str | list[str], exclude: list[str]) -> list[str]:
-    from mixlab.evals.tasks.base import task_names
-    from mixlab.mixtures.yamlio import did_you_mean
-
     known = task_names()
     for name in ([] if tasks == "all" else list(tasks)) + list(exclude):
         if name not in known:
@@ -58,8 +57,6 @@ def build_index(tasks: str | list[str], exclude: list[str], data_root: Path | No
                 min_short_tokens: int) -> EvalIndex:
     """Index every selected task's contamination texts. With `tasks: all`, a task whose data is absent is
     skipped and reported; a task named explicitly must load."""
-    from mixlab.evals.tasks.base import get_task
-
     names = selected_tasks(tasks, exclude)
     key = (tuple(names), str(data_root), n, min_short_tokens)
     if key in _CACHE:

@@ -47,7 +47,7 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     every candidate pair is verified on its full signature, so a false positive costs only a comparison while a
     false negative is a missed duplicate (at threshold 0.85, 128 perms: 11×11, recall 0.87 at J=0.85, 0.999 at 0.93;
     datasketch's equal weights give 8×16 and recall 0.46 at the threshold)."""
-    from datasketch.lsh import _optimal_param
+    from datasketch.lsh import _optimal_param  # datasketch pulls scipy: only MinHash-dedup builds pay for it
 
     return _optimal_param(threshold, num_perm, 0.1, 0.9)
 

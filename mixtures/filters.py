@@ -14,7 +14,7 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mixlab.errors import MixlabError
-from mixlab.mixtures.yamlio import did_you_mean
+from mixlab.yamlio import did_you_mean
 
 Part = Literal["all", "prompt", "response"]
 
@@ -180,6 +180,7 @@ def _language(view: RowView, p: LanguageParams) -> bool:
     letters = re.sub(r"[^\w\s]|\d|_", " ", text)
     if len(letters.strip()) < p.min_chars:
         return True
+    # langdetect loads its language profiles on import: only mixtures with a language filter pay for it
     from langdetect import DetectorFactory, detect_langs
     from langdetect.lang_detect_exception import LangDetectException
 

@@ -17,14 +17,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mixlab.errors import MixlabError
+from mixlab.mixtures.artifact import mixtures_dir
+from mixlab.mixtures.build import build
 
 PROVENANCE = ("source_id", "row_id", "phase")
 
 
 def artifact_path(name_or_id: str, data_root: str | Path | None = None, build_if_needed: bool = True) -> Path:
     """The artifact folder of a mixture id, or of a registry name / YAML path (built or fetched from cache)."""
-    from mixlab.mixtures.build import build, mixtures_dir
-
     text = str(name_or_id)
     direct = Path(text)
     if direct.is_dir() and (direct / "manifest.json").is_file():

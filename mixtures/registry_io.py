@@ -1,6 +1,6 @@
 """Find mixture YAML files (registry name or path), resolve `extends:` chains, validate.
 
-A child file deep-merges over its parent (see `yamlio.merge`): `components` and `phases` merge by `name`, so a
+A child file deep-merges over its parent (see `extends.merge`): `components` and `phases` merge by `name`, so a
 variant that only changes a weight is a few lines.
 """
 
@@ -14,7 +14,8 @@ import yaml
 
 from mixlab.errors import MixlabError
 from mixlab.mixtures.schema import MixtureSpec, parse_mixture
-from mixlab.mixtures.yamlio import Where, did_you_mean, load_yaml, merge
+from mixlab.mixtures.extends import merge
+from mixlab.yamlio import Where, did_you_mean, load_yaml
 
 REGISTRY_DIR = Path(__file__).resolve().parent / "registry"
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mixlab.errors import MixlabError
-from mixlab.mixtures.yamlio import Where, did_you_mean
+from mixlab.yamlio import Where, did_you_mean
 
 Kind = Literal["sft", "preference", "rl"]
 WeightUnit = Literal["samples", "tokens", "trainable_tokens"]

@@ -18,7 +18,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from mixlab.errors import MixlabError
+from mixlab.evals.procedural import generate
 from mixlab.mixtures.schema import SourceSpec
 
 
@@ -128,13 +131,11 @@ def _resolve_hub(spec: SourceSpec) -> ResolvedSource:
 def read(resolved: ResolvedSource) -> tuple[list[dict[str, Any]], list[str]]:
     """(rows, where) where `where[i]` says which file/line row i came from (for error messages)."""
     if resolved.origin == "procedural":
-        from mixlab.evals.procedural import generate
-
         p = resolved.params
         rows = generate(p["kind"], p["split"], p["n"], seed=p["seed"], level=p["level"])
         return rows, [f"{resolved.uri} item {i}" for i in range(len(rows))]
     if resolved.origin == "hub":
-        import datasets
+        import datasets  # heavy (~2 s); only hub sources need it
 
         p = resolved.params
         try:
@@ -164,8 +165,6 @@ def _read_file(path: Path, fmt: str | None) -> tuple[list[dict[str, Any]], list[
     if fmt is None:
         raise MixlabError(f"{path}: cannot tell the format from the extension; set source.format (jsonl|json|parquet)")
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
         try:
             rows = pq.read_table(path).to_pylist()
         except Exception as exc:  # noqa: BLE001

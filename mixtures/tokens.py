@@ -18,6 +18,7 @@ import numpy as np
 
 from mixlab.errors import MixlabError
 from mixlab.paths import tokenizers_dir
+from mixlab.yamlio import did_you_mean
 
 _CHUNK = re.compile(r"\s*\S+|\s+$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
@@ -31,14 +32,12 @@ def tokenizer_path(name: str) -> Path:
     if path.is_dir():
         return path
     known = sorted(p.name for p in tokenizers_dir().glob("*") if p.is_dir()) if tokenizers_dir().is_dir() else []
-    from mixlab.mixtures.yamlio import did_you_mean
-
     raise MixlabError(f"tokenizer: {name!r} not found in {tokenizers_dir()}{did_you_mean(name, known)} (known: {known})")
 
 
 class TokenCounter:
     def __init__(self, name: str, chat_template: str | None = None, yaml_dir: Path | None = None):
-        from transformers import PreTrainedTokenizerFast
+        from transformers import PreTrainedTokenizerFast  # ~2 s import: paid by builds that count tokens only
 
         self.name = name
         self.path = tokenizer_path(name)

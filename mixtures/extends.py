@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from mixlab.yamlio import Where, closest, did_you_mean, load_yaml  # noqa: F401 - re-exported for mixtures modules
+from mixlab.yamlio import Where
 
 
 def _named_list(value: Any) -> bool:

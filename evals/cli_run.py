@@ -28,6 +28,8 @@ def run(
                                         "local:PATH_OR_PRESET, or rubric (env MIXLAB_JUDGE)."),
     judge_max_tokens: int = typer.Option(1024, "--judge-max-tokens", help="Most tokens a judge may write per verdict "
                                          "(part of the judge's identity in the cache)."),
+    no_judge_cache: bool = typer.Option(False, "--no-judge-cache", help="Judge every answer again instead of reusing "
+                                        "cached verdicts (the fresh verdicts replace the cached ones)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Override each task's default."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="0 = greedy (default)."),
     top_p: Optional[float] = typer.Option(None, "--top-p"),
@@ -66,7 +68,8 @@ def run(
                  "n": samples}
     console = Console(stderr=True)
     store = Store()
-    judge_obj = get_judge(judge, store=store, max_new_tokens=judge_max_tokens) if judge and judge != "rubric" else judge
+    judge_obj = (get_judge(judge, store=store, max_new_tokens=judge_max_tokens, use_cache=not no_judge_cache)
+                 if judge and judge != "rubric" else judge)
     results = evaluate(
         checkpoint, suite, backend=backend, judge=judge_obj, store=store, limit=limit, run_id=run_id,
         gen_config=overrides, data_root=data_root, backend_opts=opts, resume=not no_resume, progress=not as_json,

@@ -25,11 +25,13 @@ def get_judge(spec: str, *, store: Store | None = None, **opts: Any) -> LLMJudge
     """Build a judge from `openai:MODEL[@BASE_URL]`, `local:PATH_OR_PRESET` or `rubric`.
 
     `opts` go to the backend (e.g. `max_retries`, `timeout_s`, `concurrency` for openai; `device`,
-    `batch_size` for local) except `max_new_tokens`, `chunk_size` and `use_cache`, which go to the judge.
+    `batch_size` for local) except `max_new_tokens`, `chunk_size`, `use_cache`, `verdict_retries`,
+    `verdict_backoff_s` and `warn`, which go to the judge.
     """
     from mixlab.evals.backends import get_backend
 
-    judge_opts = {k: opts.pop(k) for k in ("max_new_tokens", "chunk_size", "use_cache") if k in opts}
+    judge_opts = {k: opts.pop(k) for k in ("max_new_tokens", "chunk_size", "use_cache", "verdict_retries",
+                                           "verdict_backoff_s", "warn") if k in opts}
     if spec == "rubric":
         return RubricJudge()
     kind, _, rest = spec.partition(":")

@@ -3,19 +3,23 @@
 The model behind a judge is any generation backend: `openai` (an OpenAI-compatible endpoint: a hosted API,
 `vllm serve`, or `mixlab serve`) or `torch` (a causal LM from a local folder, run in-process = the "local judge").
 
-Caching: a judgement is keyed by sha256(judge id, template name@version, prompt hash, answer hash) and stored in
-the `judgements` table; a repeated evaluation only pays for new (prompt, answer) pairs. Judging runs in chunks and
-each finished chunk is written before the next starts, so when the endpoint dies mid-run the finished judgements
-stay cached and the error says how many were done.
+Caching: a judgement is keyed by sha256(judge id, endpoint URL and model, template name@version, prompt hash,
+answer hash) and stored in the `judgements` table; a repeated evaluation only pays for new (prompt, answer) pairs.
+Judging runs in chunks and each finished chunk is written before the next starts, so when the endpoint dies mid-run
+the finished judgements stay cached and the error says how many were done. `use_cache=False` (`--no-judge-cache`)
+re-judges everything; the fresh verdicts replace the cached ones.
 
-Unparseable verdicts are recorded (verdict "unparseable", score NULL, raw text kept) and counted by callers; they
-never raise.
+A reply with no verdict is asked again (`verdict_retries` more times, with backoff). One that still has none is
+returned as "unparseable" (score NULL, raw text kept), counted by callers, reported in one warning line, and NOT
+cached, so a re-run asks again; it never raises.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -110,6 +114,9 @@ class LLMJudge:
         max_new_tokens: int = 1024,
         chunk_size: int = 16,
         use_cache: bool = True,
+        verdict_retries: int = 2,
+        verdict_backoff_s: float = 1.0,
+        warn: Callable[[str], None] | None = None,
     ):
         self.backend = backend
         self.name = name
@@ -117,7 +124,10 @@ class LLMJudge:
         self.gen_config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
         self.chunk_size = chunk_size
         self.use_cache = use_cache
-        self.stats = {"requests": 0, "cache_hits": 0, "generated": 0, "unparseable": 0}
+        self.verdict_retries = max(0, verdict_retries)
+        self.verdict_backoff_s = verdict_backoff_s
+        self.warn = warn or _warn
+        self.stats = {"requests": 0, "cache_hits": 0, "generated": 0, "unparseable": 0, "verdict_retries": 0}
 
     @property
     def id(self) -> str:
@@ -126,8 +136,15 @@ class LLMJudge:
     def describe(self) -> dict[str, Any]:
         return {"judge": self.name, "max_new_tokens": self.gen_config.max_new_tokens, **self.backend.describe()}
 
+    @property
+    def endpoint(self) -> str:
+        """Where the verdicts come from: the same model name behind two URLs may be two different judges."""
+        info = self.backend.describe()
+        return f"{info.get('base_url') or ''}|{info.get('model') or ''}"
+
     def cache_key(self, request: JudgeRequest) -> str:
-        return sha(f"{self.id}\x00{request.template.key}\x00{request.prompt_hash}\x00{request.answer_hash}")
+        return sha(f"{self.id}\x00{self.endpoint}\x00{request.template.key}\x00{request.prompt_hash}\x00"
+                   f"{request.answer_hash}")
 
     # -- the core: cached, chunked judging ---------------------------------------------------------------------
 
@@ -154,15 +171,14 @@ class LLMJudge:
         for start in range(0, len(pending), self.chunk_size):
             chunk = pending[start : start + self.chunk_size]
             try:
-                texts = self.backend.generate([requests[i].messages() for i in chunk], self.gen_config)
+                fresh = self._judge_chunk(requests, chunk)
             except MixlabError as exc:
                 raise MixlabError(
                     f"judge {self.name} failed after {done} of {len(pending)} new judgements "
                     f"({len(results)} from cache; finished ones are cached): {exc}"
                 ) from exc
-            fresh = [self._parse(requests[i].template, text) for i, text in zip(chunk, texts)]
-            if self.use_cache:
-                self._cache_put([(keys[i], requests[i], j) for i, j in zip(chunk, fresh)])
+            # Only verdicts are final: an unparseable reply is asked again by the next run.
+            self._cache_put([(keys[i], requests[i], j) for i, j in zip(chunk, fresh) if j.parsed])
             for i, j in zip(chunk, fresh):
                 results[i] = j
             done += len(chunk)
@@ -176,8 +192,28 @@ class LLMJudge:
                 if progress:
                     progress(1)
         out = [results[i] for i in range(len(requests))]
-        self.stats["unparseable"] += sum(not j.parsed for j in out)
+        unparseable = sum(not j.parsed for j in out)
+        self.stats["unparseable"] += unparseable
+        if unparseable:
+            self.warn(f"judge {self.name}: no verdict in {unparseable} of {len(out)} replies after "
+                      f"{self.verdict_retries + 1} attempts each (kept as unparseable, not cached)")
         return out
+
+    def _judge_chunk(self, requests: Sequence[JudgeRequest], chunk: list[int]) -> list[Judgement]:
+        """Judge `chunk`; replies without a verdict are asked again, a bounded number of times with backoff."""
+        fresh: dict[int, Judgement] = {}
+        todo = list(chunk)
+        for attempt in range(self.verdict_retries + 1):
+            if attempt:
+                time.sleep(self.verdict_backoff_s * 2 ** (attempt - 1))
+                self.stats["verdict_retries"] += len(todo)
+            texts = self.backend.generate([requests[i].messages() for i in todo], self.gen_config)
+            for i, text in zip(todo, texts):
+                fresh[i] = self._parse(requests[i].template, text)
+            todo = [i for i in todo if not fresh[i].parsed]
+            if not todo:
+                break
+        return [fresh[i] for i in chunk]
 
     @staticmethod
     def _parse(template: JudgeTemplate, text: str) -> Judgement:
@@ -195,10 +231,11 @@ class LLMJudge:
         if self.store is None or not keys:
             return {}
         found = self.store.get_judgements(keys)
-        return {k: Judgement(r.verdict, r.score, r.raw or "", r.template, cached=True) for k, r in found.items()}
+        return {k: Judgement(r.verdict, r.score, r.raw or "", r.template, cached=True) for k, r in found.items()
+                if r.verdict != UNPARSEABLE}  # rows from before unparseable replies stopped being cached
 
     def _cache_put(self, entries: list[tuple[str, JudgeRequest, Judgement]]) -> None:
-        if self.store is None or not entries:
+        if self.store is None or not entries:  # (fresh verdicts are stored even with use_cache=False: a refresh)
             return
         now = utcnow()
         self.store.put_judgements([
@@ -252,6 +289,10 @@ class LLMJudge:
 
 def _verdict(j: Judgement) -> str | None:
     return j.verdict if j.parsed else None
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _short_rationale(raw: str, limit: int = 2000) -> str:

@@ -102,7 +102,10 @@ def test_failure_mid_run_keeps_finished_items_and_resumes(store, backend):
     assert result.status == "failed" and "judge endpoint went away" in result.error
     row = store.query("SELECT status, error, n_samples FROM eval_runs")[0]
     assert row["status"] == "failed" and "went away" in row["error"] and row["n_samples"] == 2
-    assert store.query("SELECT count(*) AS n FROM eval_samples")[0]["n"] == 2  # the first chunk is kept
+    # The first chunk is kept scored, the second chunk's answers unscored (the re-run judges them, no generation).
+    assert store.query("SELECT count(*) AS n FROM eval_samples")[0]["n"] == 4
+    extras = [json.loads(r["extra"]) for r in store.query("SELECT extra FROM eval_samples")]
+    assert sum("scores" in e for e in extras) == 2 and sum("unscored" in e for e in extras) == 2
     assert store.query("SELECT count(*) AS n FROM eval_metrics")[0]["n"] == 0
     assert store.get_run(failed.run_id)["status"] == "failed"
     FlakyJudgedTask.fail = False

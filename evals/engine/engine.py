@@ -51,6 +51,7 @@ class _Seq:
     position: int = 0  # tokens in the cache
     generated: list[int] = field(default_factory=list)
     finish: str | None = None
+    eos_token: int | None = None  # the end-of-sequence token that finished it (not in `generated`)
 
 
 @dataclass
@@ -314,7 +315,7 @@ class Engine:
     def _accept(self, seq: _Seq, tok: int) -> None:
         cfg = seq.request.cfg
         if tok in self.eos_ids:
-            seq.finish = "stop"
+            seq.finish, seq.eos_token = "stop", tok
             return
         seq.generated.append(tok)
         if cfg.stop and self.decode_text is not None:

@@ -8,6 +8,8 @@ parallelism (`--workers`, default 2 = the CPU machine's cores):
                  PID/mount/net namespaces, uid 65534, rlimits (the default)
 - mixlab fork, netns per sample: the same with a fresh network namespace per sample instead of per worker
 - mixlab exec  : same isolation, but each sample execve()s a fresh interpreter
+- mixlab tests : how verifiers run (`run_tests`): the solution is the sandboxed program, the unit tests run in the
+                 separate tester process and call it over the data-only channel (two processes per sample)
 - naive        : `subprocess.run([sys.executable, "-c", code])` per sample, no isolation at all (the usual
                  peer; ratios are against it), and the same with the sandbox's interpreter when that differs
 - naive+unshare: `unshare --pid --fork --net --mount-proc setpriv --reuid 65534 ... python -c code` per sample,
@@ -40,7 +42,8 @@ def device_name() -> str:
     return f"{cpu_name()} ({os.cpu_count()} logical CPUs visible)"
 
 
-def workload(kind: str) -> tuple[str, list[str]]:
+def workload(kind: str) -> tuple[str, list[str], list[tuple[str, str, list[str]]]]:
+    """(name, whole programs, (solution, tests, entry points) of the same problems)."""
     from mixlab.paths import data_root
 
     root = data_root()
@@ -50,10 +53,12 @@ def workload(kind: str) -> tuple[str, list[str]]:
             rows = [json.loads(line) for line in fh]
         programs = [f"{r['prompt']}{r['canonical_solution']}\n\n{r['test']}\n\ncheck({r['entry_point']})\n"
                     for r in rows]
-        return "humaneval-canonical", programs
-    programs = [f"def f(x):\n    return sum(i * i for i in range(x))\n\nassert f({i}) == {sum(k * k for k in range(i))}\n"
-                for i in range(164)]
-    return "synthetic", programs
+        split = [(f"{r['prompt']}{r['canonical_solution']}\n", f"{r['test']}\n\ncheck({r['entry_point']})\n",
+                  [r["entry_point"]]) for r in rows]
+        return "humaneval-canonical", programs, split
+    solution = "def f(x):\n    return sum(i * i for i in range(x))\n"
+    tests = [f"assert f({i}) == {sum(k * k for k in range(i))}\n" for i in range(164)]
+    return "synthetic", [f"{solution}\n{t}" for t in tests], [(solution, t, ["f"]) for t in tests]
 
 
 def run_parallel(fn, programs: list[str], workers: int) -> tuple[float, int]:
@@ -97,8 +102,9 @@ def main() -> None:
 
     from mixlab.evals.sandbox import SandboxPool, Limits, sandbox_python
 
-    name, programs = workload(args.workload)
+    name, programs, split = workload(args.workload)
     programs = programs * args.repeats
+    split = split * args.repeats
     n = len(programs)
     python, _ = sandbox_python()
     methods: dict[str, dict] = {}
@@ -120,6 +126,22 @@ def main() -> None:
             "pool_startup_s": startup, "isolation": results[0].isolation,
             "median_sample_s": sorted(r.duration_s for r in results)[n // 2],
         }
+
+    os.environ["MIXLAB_SANDBOX_NETNS"] = "worker"
+    t0 = time.perf_counter()
+    pool = SandboxPool(workers=args.workers)
+    pool.map(["pass"] * args.workers, limits=Limits(timeout_s=args.timeout))
+    startup = time.perf_counter() - t0
+    start = time.perf_counter()
+    results = pool.map([c for c, _, _ in split], tests=[t for _, t, _ in split], entry_points=[e for _, _, e in split],
+                       limits=Limits(timeout_s=args.timeout))
+    elapsed = time.perf_counter() - start
+    pool.close()
+    methods["mixlab-tests"] = {
+        "seconds": elapsed, "passed": sum(r.passed for r in results), "exec_per_s": n / elapsed,
+        "pool_startup_s": startup, "isolation": results[0].isolation, "seccomp": results[0].seccomp,
+        "median_sample_s": sorted(r.duration_s for r in results)[n // 2],
+    }
 
     elapsed, ok = run_parallel(naive(sys.executable, args.timeout), programs, args.workers)
     methods["naive-subprocess"] = {"seconds": elapsed, "passed": ok, "exec_per_s": n / elapsed,

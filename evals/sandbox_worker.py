@@ -194,7 +194,7 @@ def _run_user_code(req: dict, workdir: str, fds: tuple[int, int, int], drop: boo
         _apply_seccomp(req)
         env = _scrubbed_env(workdir)
         if req["mode"] == "exec":
-            python = os.path.realpath(req["python"] or sys.executable)
+            python = req["python"] or sys.executable
             # No -E: the environment is ours (scrubbed) and its PYTHONHASHSEED=0 keeps set order reproducible.
             os.execve(python, [python, "-s", "main.py"], env)
         os.environ.clear()
@@ -753,8 +753,9 @@ def _tester(req: dict, rpc_fd: int, tests_fd: int, verdict_fd: int, uid: int | N
 
 # ---------------------------------------------------------------------------------------- defence in depth
 
-_SECCOMP = None  # the pyseccomp module when usable here
+_SECCOMP = None  # the filter as a BPF program (bytes), compiled once by libseccomp, when usable here
 SECCOMP_NOTE = "seccomp: not set up"
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 DENIED_SYSCALLS = (
     "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd", "mount", "umount2", "pivot_root",
     "chroot", "unshare", "setns", "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd",
@@ -766,7 +767,8 @@ DENIED_SYSCALLS = (
 
 
 def _load_seccomp() -> None:
-    """Import pyseccomp (over Debian's libseccomp2) from MIXLAB_SANDBOX_PYSECCOMP and check that a filter loads."""
+    """Compile the filter once with pyseccomp (over Debian's libseccomp2), imported from MIXLAB_SANDBOX_PYSECCOMP,
+    and check that the kernel takes it; samples then load the compiled program with one prctl."""
     global _SECCOMP, SECCOMP_NOTE
     where = os.environ.get("MIXLAB_SANDBOX_PYSECCOMP", "")
     if not where:
@@ -775,33 +777,31 @@ def _load_seccomp() -> None:
     sys.path.insert(0, where)
     try:
         import pyseccomp
+
+        bpf = _compile_seccomp(pyseccomp)
     except BaseException as exc:  # noqa: BLE001 - e.g. RuntimeError('Unable to find libseccomp')
-        SECCOMP_NOTE = f"seccomp off: pyseccomp unusable ({type(exc).__name__}: {exc})"
+        SECCOMP_NOTE = f"seccomp off: pyseccomp/libseccomp unusable ({type(exc).__name__}: {exc})"
         return
     finally:
         sys.path.remove(where)
-    _SECCOMP = pyseccomp
     pid = os.fork()
     if pid == 0:
         try:
             _prctl(PR_SET_NO_NEW_PRIVS, 1)
-            _apply_seccomp({"seccomp": True})
+            _install_bpf(bpf)
             os._exit(0)
         except BaseException:  # noqa: BLE001
             os._exit(1)
     if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0:
-        _SECCOMP = None
         SECCOMP_NOTE = "seccomp off: the kernel refused the filter"
         return
+    _SECCOMP = bpf
     SECCOMP_NOTE = ""
 
 
-def _apply_seccomp(req: dict) -> None:
+def _compile_seccomp(sc) -> bytes:
     """Deny debugging, namespace, mount, kernel-module and similar syscalls (EPERM), and every socket family
-    but AF_UNIX (EACCES). Needs no_new_privs (set before)."""
-    if _SECCOMP is None or not req.get("seccomp", True):
-        return
-    sc = _SECCOMP
+    but AF_UNIX (EACCES); everything else is allowed (a deny-list: defence in depth behind the namespaces)."""
     flt = sc.SyscallFilter(sc.ALLOW)
     for name in DENIED_SYSCALLS:
         try:
@@ -811,7 +811,29 @@ def _apply_seccomp(req: dict) -> None:
     flt.add_rule(sc.ERRNO(errno.EACCES), "socket", sc.Arg(0, sc.NE, socket.AF_UNIX))
     flt.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")  # its flags sit behind a pointer: make libc fall back to clone
     flt.add_rule(sc.ERRNO(errno.EPERM), "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_NEWUSER, CLONE_NEWUSER))
-    flt.load()
+    export = sc._libseccomp.seccomp_export_bpf
+    export.argtypes = (ctypes.c_void_p, ctypes.c_int)
+    export.restype = ctypes.c_int
+    with tempfile.TemporaryFile() as fh:
+        sc._check_status(export(flt._filter, fh.fileno()))
+        fh.seek(0)
+        return fh.read()
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def _install_bpf(bpf: bytes) -> None:
+    buf = ctypes.create_string_buffer(bpf, len(bpf))
+    prog = _SockFprog(len(bpf) // 8, ctypes.addressof(buf))
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0), "seccomp")
+
+
+def _apply_seccomp(req: dict) -> None:
+    """Load the compiled filter into this process (no_new_privs is set before)."""
+    if _SECCOMP is not None and req.get("seccomp", True):
+        _install_bpf(_SECCOMP)
 
 
 # --------------------------------------------------------------------------------------- the private root
@@ -838,8 +860,10 @@ def allowed_paths() -> tuple[list[str], list[str], dict[str, str]]:
     with open("/proc/self/maps") as fh:  # libpython, libc, libffi ... as loaded by the pre-imported modules
         for line in fh:
             parts = line.split(maxsplit=5)
-            if len(parts) == 6 and parts[5].startswith("/") and os.path.isfile(parts[5].strip()):
-                paths.add(os.path.dirname(os.path.realpath(parts[5].strip())))
+            mapped = parts[5].strip() if len(parts) == 6 else ""
+            # Shared libraries' folders only: the executable's own folder (/usr/bin) stays out.
+            if mapped.startswith("/") and ".so" in os.path.basename(mapped) and os.path.isfile(mapped):
+                paths.add(os.path.dirname(os.path.realpath(mapped)))
     if os.path.isfile("/etc/ld.so.cache"):
         paths.add("/etc/ld.so.cache")
     paths.discard("/")
@@ -1293,7 +1317,8 @@ class Worker:
             req = dict(req, uid=uid)
         # The tester never shares the program's uid (the program could signal it otherwise).
         req = dict(req, tester_uid=req["uid"] + 50 if private_uid else req.get("tester_uid", req["uid"] - 1),
-                   seccomp=_SECCOMP is not None)
+                   seccomp=_SECCOMP is not None,
+                   python=os.path.realpath(req.get("python") or sys.executable))  # resolved here: links stay out
         if self.isolation == "namespaces":
             binds, masks, links = self.root
             req = dict(req, netns_flag=self.netns_flag, root_binds=binds, root_masks=masks, root_links=links)

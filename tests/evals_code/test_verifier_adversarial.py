@@ -187,6 +187,17 @@ def test_swallowing_exceptions_in_the_tests_does_not_help():
 
 
 @ROOT_ONLY
+def test_stop_iteration_from_the_program_cannot_end_a_test_loop_early():
+    tests = ("class Cases:\n    def __init__(self):\n        self.i = 0\n    def __iter__(self):\n        return self\n"
+             "    def __next__(self):\n        self.i += 1\n        if self.i > 3:\n            raise StopIteration\n"
+             "        return f(self.i)\n"
+             "for value in Cases():\n    assert value == 0\n")
+    assert run_tests("def f(x):\n    return 0\n", tests, ["f"]).passed
+    # Were it re-raised as StopIteration, the loop would end before its first assert and the tests would pass.
+    assert not run_tests("def f(x):\n    raise StopIteration\n", tests, ["f"]).passed
+
+
+@ROOT_ONLY
 def test_plain_data_crosses_and_candidate_objects_stay_handles():
     code = (
         "import collections, decimal, fractions\n"

@@ -48,8 +48,8 @@ def catalog(metrics_long: pd.DataFrame) -> pd.DataFrame:
     if metrics_long.empty:
         return pd.DataFrame(columns=cols)
     g = metrics_long.groupby(["task", "metric"], sort=True)
-    cat = g.agg(category=("category", _main_category), vmin=("mean", "min"), vmax=("mean", "max"),
-                n_runs=("run_id", "nunique")).reset_index()
+    cat = g.agg(vmin=("mean", "min"), vmax=("mean", "max"), n_runs=("run_id", "nunique")).reset_index()
+    cat = cat.merge(_main_categories(metrics_long), on=["task", "metric"], how="left")
     cat["key"] = [metric_key(t, m) for t, m in zip(cat["task"], cat["metric"])]
     cat["direction"] = cat["metric"].map(direction)
     lo, hi = zip(*(_scale(a, b, m) for a, b, m in zip(cat["vmin"], cat["vmax"], cat["metric"])))
@@ -57,11 +57,15 @@ def catalog(metrics_long: pd.DataFrame) -> pd.DataFrame:
     return cat[cols].reset_index(drop=True)
 
 
-def _main_category(values: pd.Series) -> str:
-    """The category most rows give a metric, preferring a real one (leaderboard, usability) over 'other'."""
-    counts = values.fillna("other").value_counts()
-    real = counts.drop("other", errors="ignore")
-    return str((real if len(real) else counts).index[0])
+def _main_categories(metrics_long: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, metric), the category most rows give it, preferring a real one (leaderboard, usability) over
+    'other'; ties go to the alphabetically first. One vectorised count (a per-group function cost 0.3 s cold)."""
+    df = metrics_long[["task", "metric"]].assign(category=metrics_long["category"].fillna("other"))
+    counts = df.value_counts(["task", "metric", "category"]).rename("count").reset_index()
+    counts["real"] = counts["category"] != "other"
+    counts = counts.sort_values(["task", "metric", "real", "count", "category"],
+                                ascending=[True, True, False, False, True])
+    return counts.drop_duplicates(["task", "metric"])[["task", "metric", "category"]]
 
 
 def _scale(vmin: float, vmax: float, metric: str) -> tuple[float, float]:

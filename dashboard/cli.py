@@ -15,9 +15,10 @@ APP = Path(__file__).with_name("app.py")
 
 
 def streamlit_command(db: Path, port: int, host: str) -> tuple[list[str], dict[str, str]]:
-    """The `streamlit run` command line and environment: local-only, headless, no usage statistics."""
+    """The `streamlit run` command line (through `server.py`, which loads the app's libraries first) and
+    environment: local-only, headless, no usage statistics."""
     cmd = procs.argv([
-        "-m", "streamlit", "run", str(APP),
+        "-m", "mixlab.dashboard.server", "run", str(APP),
         "--server.address", host, "--server.port", str(port), "--server.headless", "true",
         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
         "--theme.base", "light", "--client.toolbarMode", "viewer",

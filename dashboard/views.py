@@ -265,13 +265,13 @@ def page_tradeoff(runs: pd.DataFrame) -> None:
     chart_cols = ["run_id", "x", "x_lo", "x_hi", "y", "y_lo", "y_hi", "tier", "on_front", "label", "mixture_name",
                   "mixture_family", "stage", "rung", "base_model", "x_text", "y_text", "composition"] + [
                       "tip_" + k for k in tip_keys] + (["n_seeds"] if by_seeds else [])
-    chart = charts.tradeoff(
+    spec = _tradeoff_spec(
         points[chart_cols], front, x_title=_axis_title(x_axis, maximize[0]), y_title=_axis_title(y_axis, maximize[1]),
         color=COLOR_BY[colour_label], color_title=colour_label,
         tooltip_metrics=[("tip_" + k, k) for k in tip_keys] + ([("n_seeds", "seeds averaged")] if by_seeds else []),
     )
-    st.altair_chart(chart, key="tradeoff_chart", on_select=_on_chart_select, selection_mode=charts.PICK,
-                    width="stretch")
+    st.vega_lite_chart(spec=spec, key="tradeoff_chart", on_select=_on_chart_select, selection_mode=charts.PICK,
+                       width="stretch")
     st.caption("Each dot is a run with 95 % CI whiskers on both axes; the dashed staircase is the Pareto front "
                "(labelled, outlined). Faded runs are dominated beyond both CIs. Click a run to open it; "
                "double-click clears.")
@@ -287,6 +287,12 @@ def page_tradeoff(runs: pd.DataFrame) -> None:
     choice = c1.selectbox("Open a run", points.sort_values(["on_front", "x"], ascending=False)["run_id"].tolist(),
                           format_func=lambda r: f"{labels.get(r, r)}  ({r})", key="open_choice")
     c2.button("Open run detail", key="open_btn", on_click=open_run, args=(choice,), width="stretch")
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False, max_entries=32)
+def _tradeoff_spec(points: pd.DataFrame, front: pd.DataFrame, **kwargs) -> dict:
+    """The trade-off chart's Vega-Lite spec, built and validated once per data and settings (not per rerun)."""
+    return charts.vega_lite_spec(charts.tradeoff(points, front, **kwargs))
 
 
 def _axis_title(axis: agg.Axis, maximize: bool) -> str:

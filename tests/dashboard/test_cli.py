@@ -22,8 +22,8 @@ def test_help_lists_options():
 
 def test_streamlit_command_is_local_headless_and_private(tmp_path):
     cmd, env = streamlit_command(tmp_path / "x.duckdb", 8600, "127.0.0.1")
-    flags = dict(zip(cmd[5::2], cmd[6::2]))
-    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4].endswith("app.py")
+    flags = dict(zip(cmd[6::2], cmd[7::2]))
+    assert cmd[1:5] == ["-P", "-m", "mixlab.dashboard.server", "run"] and cmd[5].endswith("app.py")
     assert flags["--server.address"] == "127.0.0.1" and flags["--server.port"] == "8600"
     assert flags["--browser.gatherUsageStats"] == "false" and flags["--server.headless"] == "true"
     assert env["MIXLAB_DB"] == str((tmp_path / "x.duckdb").resolve())

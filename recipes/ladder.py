@@ -32,6 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mixlab.errors import MixlabError
 from mixlab.paths import runs_dir
+from mixlab.recipes.report import primary_metric
+from mixlab.recipes.runner import RecipeRunner
 from mixlab.recipes.schema import _format_loc, load_recipe, parse_recipe
 from mixlab.recipes.sweep import _raise_validation, resolve_recipe_path
 from mixlab.yamlio import load_yaml
@@ -99,14 +101,10 @@ def load_ladder(path: str | Path) -> LadderSpec:
 
 
 def _metric(store: Store, run_id: str, task: str, metric: str | None) -> float | None:
-    from mixlab.recipes.report import primary_metric
-
     return store.metric_mean(run_id, task, metric or primary_metric(task))
 
 
 def run_ladder(path: str | Path, *, store: Store | None = None, progress: bool = True) -> dict[str, Any]:
-    from mixlab.recipes.runner import RecipeRunner
-
     spec = load_ladder(path)
     store = store or Store()
     ladder_id = f"{spec.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from rich.console import Console
+from rich.table import Table
+
+from mixlab.errors import MixlabError
+from mixlab.evals.tasks.base import get_task
 from mixlab.store import Store
 
 
 def primary_metric(task: str) -> str | None:
+    """The metric a task reports first; None for a task this install does not know (e.g. a removed one)."""
     try:
-        from mixlab.evals.tasks.base import get_task
-
-        task_obj = get_task(task)
-        return task_obj.metrics[0]
-    except Exception:
+        metrics = get_task(task).metrics
+    except MixlabError:
         return None
+    return metrics[0] if metrics else None
 
 
 def results_rows(store: Store, run_ids: Iterable[str]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -62,9 +66,6 @@ def format_ci(value: tuple | None) -> str:
 
 
 def print_table(rows: list[dict[str, Any]], tasks: list[str], title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=title, show_lines=False)
     for col in ("mixture", "trainer", "status", "steps", "loss"):
         table.add_column(col, overflow="fold")
@@ -95,9 +96,6 @@ def print_sweep(sweep_id: str, store: Store | None = None) -> None:
 
 
 def print_ladder(ladder_id: str, store: Store | None = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     store = store or Store()
     decisions = store.ladder_decisions(ladder_id)
     table = Table(title=f"ladder {ladder_id}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
+from mixlab.evals.procedural import verify
+
 VERIFIERS = ("math", "code", "format")
 
 
@@ -35,8 +37,6 @@ def decode_ground_truth(value: Any, verifier: str) -> Any:
 
 
 def make_reward_funcs(verifiers: list[str] | None = None) -> list[Callable[..., list[float | None]]]:
-    from mixlab.evals.procedural import verify
-
     funcs = []
     for name in verifiers or list(VERIFIERS):
 

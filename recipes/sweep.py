@@ -27,15 +27,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from rich.console import Console
 
 from mixlab import procs
 from mixlab.errors import MixlabError
+from mixlab.mixtures import component_weights, write_variant
 from mixlab.paths import runs_dir
-from mixlab.recipes.schema import load_recipe, parse_recipe
-from mixlab.yamlio import Where, load_yaml
+from mixlab.recipes.runner import RecipeRunner
+from mixlab.recipes.schema import _format_loc, load_recipe, parse_recipe
 from mixlab.store import RunRecord, Store
+from mixlab.yamlio import Where, did_you_mean, load_yaml
 
 REGISTRY = Path(__file__).parent / "registry"
 
@@ -74,8 +78,6 @@ def resolve_recipe_path(ref: str, relative_to: Path | None = None) -> Path:
     for c in candidates:
         if c.is_file():
             return c
-    from mixlab.yamlio import did_you_mean
-
     raise MixlabError(f"recipe {ref!r} not found (looked in {', '.join(str(c) for c in candidates)})"
                       f"{did_you_mean(ref, [p.stem for p in REGISTRY.glob('*.yaml')])}")
 
@@ -91,8 +93,6 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 
 def load_sweep(path: str | Path) -> tuple[SweepSpec, Path]:
-    from mixlab.recipes.schema import _format_loc  # shared error formatting
-
     path = Path(path)
     data, lines = load_yaml(path)
     try:
@@ -103,10 +103,6 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, Path]:
 
 
 def _raise_validation(exc: Exception, path: Path, lines: Where, model: type[BaseModel], fmt) -> None:
-    from pydantic import ValidationError
-
-    from mixlab.yamlio import did_you_mean
-
     if not isinstance(exc, ValidationError):
         raise exc
     errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
@@ -125,10 +121,6 @@ def _raise_validation(exc: Exception, path: Path, lines: Where, model: type[Base
 
 def dirichlet_mixtures(spec: DirichletSpec, out_dir: Path) -> list[str]:
     """Write `samples` mixture YAML variants of `base` with Dirichlet-sampled component weights; return their paths."""
-    import numpy as np
-
-    from mixlab.mixtures import component_weights, write_variant  # the mixtures part owns its YAML format
-
     names, _ = zip(*component_weights(spec.base))
     alpha = spec.alpha if isinstance(spec.alpha, list) else [spec.alpha] * len(names)
     if len(alpha) != len(names):
@@ -153,8 +145,6 @@ def expand(spec: SweepSpec, sweep_file: Path | None, sweep_id: str) -> list[tupl
     stage_index = len(stages) - 1 if spec.stage is None else None
     if spec.stage is not None:
         if spec.stage not in stage_names:
-            from mixlab.yamlio import did_you_mean
-
             raise MixlabError(f"sweep {spec.name}: stage {spec.stage!r} is not in recipe {recipe_path}"
                               f"{did_you_mean(spec.stage, stage_names)}")
         stage_index = stage_names.index(spec.stage)
@@ -194,8 +184,6 @@ def run_members(name: str, sweep_id: str, members: list[tuple[str, Path]], *, pa
                 store: Store | None = None, progress: bool = True, sweep_yaml: str | None = None,
                 recipe_ref: str | None = None) -> dict[str, Any]:
     """Run expanded member recipes (sequentially in-process, or `parallel` subprocesses) as one sweep row."""
-    from mixlab.recipes.runner import RecipeRunner
-
     store = store or Store()
     # Preflight every member before any trains: a missing mixture fails the sweep up front.
     runners = {}
@@ -239,7 +227,8 @@ def _run_parallel(jobs: list[tuple[str, Path, str]], parallel: int, sweep_id: st
                   progress: bool = True) -> dict[str, str]:
     """N member runs at once, each a `mixlab run` subprocess; torch threads split across them (tiny models use
     one thread poorly-parallel anyway, so N processes x 1 thread beats 1 process x N threads on a small CPU)."""
-    threads = max(1, _usable_cores() // parallel)
+    # MIXLAB_THREADS fixes the count (`mixlab demo`: float sums in one order on any core count).
+    threads = int(os.environ.get("MIXLAB_THREADS") or max(1, _usable_cores() // parallel))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     pending = list(jobs)
     running: list[tuple[str, subprocess.Popen, Path]] = []
@@ -259,8 +248,6 @@ def _run_parallel(jobs: list[tuple[str, Path, str]], parallel: int, sweep_id: st
             if proc.poll() is not None:
                 running.remove(entry)
                 if progress:
-                    from rich.console import Console
-
                     Console(stderr=True).print(f"[sweep] {name}: {'done' if proc.returncode == 0 else 'FAILED'}"
                                                f" (log {log})", markup=False)
                 if proc.returncode != 0:

@@ -20,11 +20,17 @@ def sandbox(
     memory_mb: int = typer.Option(512, "--memory-mb", help="Address-space limit in MB (0: none)."),
     stdin_file: Optional[Path] = typer.Option(None, "--stdin", help="File whose content is fed to stdin."),
     mode: str = typer.Option("fork", "--mode", help="fork: warm fork-server interpreter; exec: a fresh python."),
+    tests_file: Optional[Path] = typer.Option(
+        None, "--tests", help="Trusted test file (asserts, check(f) ...) run in the sandbox's tester process against "
+        "FILE's functions: passed = the tests ran to their end (FILE's exit status and output do not count)."),
+    entry: list[str] = typer.Option([], "--entry", help="A name of FILE the tests call (repeatable; names the tests "
+                                                        "use without defining them are found anyway)."),
     as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
 ) -> None:
-    """Run FILE.py in the sandbox (namespaces, uid 65534, rlimits, no network); exit 0 only if it passed."""
+    """Run FILE.py in the sandbox (namespaces, private root, own uid, seccomp, rlimits, no network); exit 0 only
+    if it passed."""
     from mixlab.errors import MixlabError
-    from mixlab.evals.sandbox import run_code
+    from mixlab.evals.sandbox import run_code, run_tests
 
     def read(path: Path, what: str) -> str:
         try:
@@ -36,7 +42,12 @@ def sandbox(
 
     code = read(file, "sandbox file")
     stdin = read(stdin_file, "--stdin file") if stdin_file is not None else None
-    result = run_code(code, timeout_s=timeout, memory_mb=memory_mb, stdin=stdin, mode=mode)
+    if tests_file is not None:
+        if stdin is not None or mode != "fork":
+            raise MixlabError("--tests runs in fork mode without --stdin")
+        result = run_tests(code, read(tests_file, "--tests file"), entry, timeout_s=timeout, memory_mb=memory_mb)
+    else:
+        result = run_code(code, timeout_s=timeout, memory_mb=memory_mb, stdin=stdin, mode=mode)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
     else:

@@ -179,6 +179,15 @@ def test_cli_sandbox_verdicts(tmp_path, monkeypatch, capsys):
     assert verdict["status"] == "timeout" and verdict["returncode"] < 0
     code, _, err = _mixlab(monkeypatch, capsys, "sandbox", str(tmp_path / "absent.py"))
     assert code == 2 and "error:" in err and "absent.py" in err
+    tests = tmp_path / "tests.py"
+    tests.write_text("assert twice(3) == 6\n")
+    good, bad = tmp_path / "good.py", tmp_path / "bad.py"
+    good.write_text("def twice(x):\n    return 2 * x\n")
+    bad.write_text("def twice(x):\n    return 0\nimport os\nos._exit(0)\n")
+    code, out, _ = _mixlab(monkeypatch, capsys, "sandbox", str(good), "--tests", str(tests), "--json")
+    assert code == 0 and json.loads(out)["verdict"]["passed"] is True
+    code, out, _ = _mixlab(monkeypatch, capsys, "sandbox", str(bad), "--tests", str(tests), "--entry", "twice")
+    assert code == 1 and "failed" in out and "before the tests" in out
 
 
 @ROOT_ONLY

@@ -1,4 +1,8 @@
-"""`mixlab run`, `mixlab sweep`, `mixlab ladder` (heavy imports stay inside the commands)."""
+"""`mixlab run`, `mixlab sweep`, `mixlab ladder`.
+
+The recipes modules are imported inside the commands on purpose: they import torch, transformers and TRL (seconds),
+which `mixlab --help` and every other command must not pay for. This CLI entry point is the one place they are lazy.
+"""
 
 from __future__ import annotations
 

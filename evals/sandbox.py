@@ -1,29 +1,39 @@
-"""A hardened sandbox for untrusted (model-generated) Python: `run_code` and the batched `run_many`.
+"""A hardened sandbox for untrusted (model-generated) Python: `run_code`, `run_tests` and the batched `run_many`.
 
-Every program runs in its own PID, mount and IPC namespace, inside an empty network namespace (see
-`sandbox_worker.py` for the process tree), as an unprivileged uid of its own (1e6 + worker pid * 100 + n, or
-65534 where such uids are not mapped; gid 65534) without capabilities and with no_new_privs. Limits: wall clock,
-CPU time, address space, file size, process count, open files, and a memory + pids cgroup that caps all of the
-sample's processes together (where a cgroup tree is writable; `result.cgroup` says which). It gets a scrubbed
-environment (PATH, LANG, HOME=its work dir, PYTHONHASHSEED=0 ...), a fresh tmpfs working directory (also /tmp,
-/var/tmp, /dev/shm; an empty /run hides host daemons' unix sockets) that vanishes with it, and the repository,
-runs folder, DuckDB file, data root and root's home (plus `MIXLAB_SANDBOX_HIDE`) hidden behind empty read-only
-mounts. When the wall clock runs out, PID 1 of the sample's namespace is killed and the kernel takes every
-descendant with it, whether it daemonised, called setsid() or ignores SIGTERM. Output is read with a byte cap
-(huge output is truncated, and killed past `kill_output_bytes`).
+Verification (`run_tests`, used by every code verifier and reward): the untrusted code runs as the sandboxed
+program; the trusted tests run in a separate *tester* process of the same sample (another uid, not dumpable,
+seccomp'd) that reads them from a root-only file the program's process never saw, and calls the program's names
+over a socket carrying plain data only (see `sandbox_worker.py`: `encode`/`decode`, `Remote`). Only the tester's
+verdict, written to a pipe the program never holds, can pass a sample; the program's exit status, output and
+file descriptors cannot. So exiting early, atexit hooks, printed markers, patched builtins/`unittest`, forked
+children and objects whose `__eq__` is always true all fail.
+
+Every program runs in its own PID, mount and IPC namespace, inside an empty network namespace, as an unprivileged
+uid of its own (1e6 + worker pid * 100 + n, or 65534 where such uids are not mapped; gid 65534) without
+capabilities, with no_new_privs and a seccomp filter (pyseccomp over libseccomp, where available:
+`result.seccomp`). Its root is private: a tmpfs holding read-only binds of the interpreter, its stdlib, the
+shared-library folders it maps and /etc/ld.so.cache (site-packages masked), a tmpfs work dir (also /tmp, /var/tmp,
+/dev/shm), a minimal /dev and its own /proc (other uids' processes hidden); nothing else of the host. Limits:
+wall clock, CPU time, address space, file size, process count, open files, and a memory + pids cgroup that caps
+all of the sample's processes together (where a cgroup tree is writable; `result.cgroup` says which). It gets a
+scrubbed environment (PATH, LANG, HOME=its work dir, PYTHONHASHSEED=0 ...). When the wall clock runs out, PID 1 of
+the sample's namespace is killed and the kernel takes every descendant with it, whether it daemonised, called
+setsid() or ignores SIGTERM. Output is read with a byte cap (huge output is truncated, and killed past
+`kill_output_bytes`).
 
 Speed: a pool of pre-started fork-server workers (one per core by default) forks each sample from a warm
 interpreter instead of starting Python per sample (`bench/bench_sandbox.py` measures it against
 `subprocess.run([python, "-c", code])`).
 
 Where namespaces are unavailable (not root, or no CAP_SYS_ADMIN) results carry ``isolation="degraded"`` and a
-note in ``reason``: rlimits, cgroup, a new process group, and (as root) the per-sample uid still apply, and every
-process of that uid is killed afterwards; the network is not cut and world-writable host folders are writable.
+note in ``reason``: the tester, rlimits, cgroup, a new process group, and (as root) the per-sample uids still
+apply, and every process of those uids is killed afterwards; the filesystem is the host's, the network is not
+cut and world-writable host folders are writable.
 
-Statuses: passed (exit 0, and the success marker printed when one is required), failed (non-zero exit, or exit
-0 without the marker, e.g. ``os._exit(0)`` before the asserts), timeout (wall clock or CPU time), oom
-(MemoryError under the address-space limit, or the cgroup's OOM killer), killed (a signal, or too much output), error (the sandbox itself
-failed).
+Statuses: passed (`run_code`: exit 0; `run_tests`: the tests ran to their end), failed (non-zero exit; with
+tests: a failing test, a program that ended or broke the protocol before the tests finished), timeout (wall
+clock or CPU time), oom (MemoryError under the address-space limit, or the cgroup's OOM killer), killed (a
+signal, or too much output), error (the sandbox itself failed).
 """
 
 from __future__ import annotations

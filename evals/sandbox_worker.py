@@ -1,17 +1,25 @@
 """The sandbox fork-server: one long-lived, stdlib-only process per core that runs untrusted programs.
 
 Started by `mixlab.evals.sandbox` as ``python -s sandbox_worker.py`` (root, scrubbed environment). It reads
-length-prefixed JSON requests on stdin and answers on stdout. Each request runs in three forked processes:
+length-prefixed JSON requests on stdin and answers on stdout. Each request runs in these forked processes:
 
     worker (root, its own empty network namespace: no interface is up, not even loopback; a cgroup)
-      └─ C1  joins the worker's memory+pids cgroup; unshare(PID | mount | IPC); waits for C2; dies with the
-          │  worker (PDEATHSIG)
-          └─ C2  PID 1 of a fresh PID namespace: private mounts, /proc, tmpfs on /run /tmp /var/tmp /dev/shm,
-              │  hidden paths; reaps orphans; when C3 exits it reports and exits, and the kernel SIGKILLs every
-              │  process left in the namespace (daemonised, setsid'd, SIGTERM-ignoring children included)
-              └─ C3  rlimits (AS, CPU, FSIZE, NPROC, NOFILE, CORE), scrubbed env, a uid of its own (gid 65534),
-                     no capabilities, no_new_privs, cwd = a fresh tmpfs; runs the code (exec() in this
-                     pre-warmed interpreter, or execve of a fresh interpreter in "exec" mode)
+      └─ C1  opens and unlinks the tests file (root-only; never read here); joins the worker's memory+pids
+          │  cgroup; unshare(PID | mount | IPC); waits for C2; dies with the worker (PDEATHSIG)
+          └─ C2  PID 1 of a fresh PID namespace: builds the private root (tmpfs + read-only binds of the
+              │  allow-list, pivot_root, old root detached), reaps orphans; when the program exits (or, with
+              │  tests, the tester has its verdict) it reports and exits, and the kernel SIGKILLs every process
+              │  left in the namespace (daemonised, setsid'd, SIGTERM-ignoring children included)
+              ├─ T   with tests only: the tester. Its own uid, not dumpable, no capabilities, seccomp; reads the
+              │      tests from the file descriptor, runs them, calling the program over a socketpair (fd 3 on
+              │      both sides); writes its verdict to a pipe only C2 reads
+              └─ C3  the program: rlimits (AS, CPU, FSIZE, NPROC, NOFILE, CORE), scrubbed env, a uid of its own
+                     (gid 65534), no capabilities, no_new_privs, seccomp, cwd = a fresh tmpfs; runs the code
+                     (exec() in this pre-warmed interpreter, or execve of a fresh interpreter in "exec" mode),
+                     then, with tests, answers the tester's calls
+
+The tests never pass through the memory of any process the program is forked from (a forked program could read
+freed memory with ctypes), only through the file C1 opens for T.
 
 Forking a warm interpreter avoids ~20-50 ms of interpreter start-up per sample; the namespaces cost ~3 ms.
 On the wall-clock deadline the worker SIGKILLs C2 (PID 1), which takes the whole PID namespace down.
@@ -23,7 +31,8 @@ removed. The network is not cut, and files written to world-writable host folder
 Every result says which mode ran.
 
 This file must import only the standard library: it runs under an interpreter the sandbox uid can read,
-which is not necessarily the project's virtualenv.
+which is not necessarily the project's virtualenv. (pyseccomp, pure Python over libseccomp, is imported from the
+folder in MIXLAB_SANDBOX_PYSECCOMP when the parent found it.)
 """
 
 from __future__ import annotations

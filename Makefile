@@ -13,7 +13,7 @@ PYTEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # imports. Python >= 3.11 then prepends neither cwd (`-m`, `-c`) nor a script's folder.
 export PYTHONSAFEPATH := 1
 
-.PHONY: install test test-all test-e2e test-latest e2e-deps demo dashboard bench lock clean
+.PHONY: install test test-all test-e2e test-latest e2e-deps demo demo-readme dashboard bench lock clean
 
 # Installs exactly the lock (--no-deps: nothing resolved at install time), then mixlab itself, then checks that the
 # set is consistent. A lock that disagrees with pyproject's ranges fails `pip check`: run `make lock`.
@@ -73,6 +73,10 @@ test-e2e: $(STAMP)
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/mixlab demo
+
+# The demo, then its table (with the machine it ran on) spliced into README.md between the demo-table markers.
+demo-readme: $(STAMP)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/mixlab demo --readme README.md
 
 dashboard: $(STAMP)
 	$(VENV)/bin/mixlab dashboard

@@ -6,11 +6,13 @@ which `mixlab --help` and every other command must not pay for. This CLI entry p
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from mixlab import procs
 from mixlab.errors import MixlabError
 
 
@@ -90,13 +92,29 @@ def register(app: typer.Typer) -> None:
                                                 help="auto, fp32 or bf16: override the recipes' precision "
                                                      "(auto = bf16 on a GPU, fp32 on CPU)"),
         quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+        preset: Optional[str] = typer.Option(None, "--preset", help="model preset of the shared base (default: demo)"),
+        seed: Optional[int] = typer.Option(None, "--seed", help="seed of every run (default: the recipes' seed, 0)"),
+        readme: Optional[Path] = typer.Option(None, "--readme",
+                                              help="splice the result table into this file between its demo-table "
+                                                   "markers (`make demo-readme` passes README.md)"),
     ) -> None:
-        """The whole lab on a laptop CPU: build mixtures, train, fine-tune per mixture, GRPO, evaluate, compare."""
+        """The whole lab on a laptop CPU: build mixtures, train, fine-tune per mixture, GRPO, evaluate, compare.
+        Same seed on the same machine kind, same numbers."""
         from mixlab.recipes.demo import main as demo_main
 
         if precision not in (None, "auto", "fp32", "bf16"):
             raise MixlabError(f"--precision {precision!r}: expected auto, fp32 or bf16")
+        if readme is not None and not readme.is_file():
+            raise MixlabError(f"--readme {readme}: no such file")
+        if os.environ.get("PYTHONHASHSEED") != "0":
+            # String hashing (set order) is fixed only at interpreter start: run again with it fixed.
+            options = {"--base-steps": base_steps, "--sft-steps": sft_steps, "--grpo-steps": grpo_steps,
+                       "--eval-limit": eval_limit, "--parallel": parallel, "--precision": precision,
+                       "--preset": preset, "--seed": seed, "--readme": readme}
+            argv = [x for k, v in options.items() if v is not None for x in (k, str(v))] + (["--quiet"] * quiet)
+            procs.exec_(procs.mixlab_args("demo", *argv), env_base={**os.environ, "PYTHONHASHSEED": "0"})
         code = demo_main(base_steps=base_steps, sft_steps=sft_steps, grpo_steps=grpo_steps, eval_limit=eval_limit,
-                         parallel=parallel, precision=precision, quiet=quiet)
+                         parallel=parallel, precision=precision, quiet=quiet, preset=preset, seed=seed,
+                         readme=readme)
         if code:
             raise typer.Exit(code)

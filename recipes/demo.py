@@ -7,7 +7,12 @@
 4. evaluates every fine-tuned model on held-out level-1 procedural tasks (proc-math-l1, proc-code-l1,
    proc-chat-l1: the level the demo mixtures train on; suite `procedural-l1`);
 5. writes everything to runs/mixlab.duckdb, prints the result table with 95 % CIs and checks the trade-off:
-   math-heavy beats chat-heavy on proc-math and chat-heavy beats math-heavy on proc-chat, beyond the CIs.
+   math-heavy beats chat-heavy on proc-math and chat-heavy beats math-heavy on proc-chat, beyond the CIs;
+6. writes the table as markdown, naming the machine (runs/demo-results.md; `--readme README.md` splices it in).
+
+Reproducible: the same seed on the same machine kind gives identical numbers. Every process of the demo runs with
+one torch thread, deterministic algorithms and PYTHONHASHSEED=0 (`mixlab demo` re-executes itself to fix the
+latter); data order, sampling and generation are seeded by the recipes' seed.
 
 The knobs (steps, eval size, parallelism) default to what fits the 15-minute budget on 2 cores; see
 `mixlab demo --help` (the command is registered in recipes/cli.py).
@@ -23,12 +28,19 @@ from typing import Any
 
 import yaml
 
+from mixlab.device import cpu_name
+from mixlab.errors import MixlabError
 from mixlab.paths import default_db_path, runs_dir
 from mixlab.yamlio import load_yaml
 
 SFT_MIXTURES = ["demo-math-heavy", "demo-code-heavy", "demo-chat-heavy", "demo-balanced"]
 GRPO_AFTER = "demo-balanced"
 REGISTRY = Path(__file__).parent / "registry"
+README_START = "<!-- demo-table:start (written by `mixlab demo --readme README.md`; do not edit by hand) -->"
+README_END = "<!-- demo-table:end -->"
+# What every process of the demo runs under (children inherit it): see the module docstring.
+DETERMINISTIC_ENV = {"PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MIXLAB_THREADS": "1",
+                     "MIXLAB_DETERMINISTIC": "1"}
 
 
 _PRECISION: str | None = None
@@ -49,7 +61,8 @@ def _stage_args(data: dict[str, Any], **values: Any) -> dict[str, Any]:
 
 
 def main(base_steps: int | None = None, sft_steps: int | None = None, grpo_steps: int | None = None,
-         eval_limit: int | None = None, parallel: int = 2, precision: str | None = None, quiet: bool = False) -> int:
+         eval_limit: int | None = None, parallel: int = 2, precision: str | None = None, quiet: bool = False,
+         preset: str | None = None, seed: int | None = None, readme: Path | None = None) -> int:
     """Runs the demo; returns 0 when the trade-off holds, 3 when it does not, 1 when a member run failed."""
     from rich.console import Console
 
@@ -60,8 +73,15 @@ def main(base_steps: int | None = None, sft_steps: int | None = None, grpo_steps
     from mixlab.recipes.sweep import new_sweep_id, run_members
     from mixlab.store import Store
 
+    import torch
+
     global _PRECISION
     _PRECISION = precision
+    os.environ.update(DETERMINISTIC_ENV)
+    # One thread: a few dozen steps of a ~1M model gain little from a second thread on 2 cores (on a busy machine a
+    # 2-thread process was measured 8x slower per step), and a fixed count keeps float sums in one order.
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True, warn_only=True)
     console = Console()
     progress = not quiet
     store = Store()
@@ -80,12 +100,11 @@ def main(base_steps: int | None = None, sft_steps: int | None = None, grpo_steps
 
     # 2. shared base ---------------------------------------------------------------------------------------------
     t = time.perf_counter()
-    import torch
-
-    # One thread: a few dozen steps of a ~1M model gain little from a second thread on 2 cores, and on a busy
-    # machine a 2-thread process was measured 8x slower per step than a 1-thread one.
-    torch.set_num_threads(1)
     base_data = _stage_args(_load("demo-base"), max_steps=base_steps)
+    if preset:
+        base_data["model"] = {"preset": preset}
+    if seed is not None:
+        base_data["seed"] = seed
     base_text = yaml.safe_dump(base_data, sort_keys=False)
     base = RecipeRunner(parse_recipe(base_data, where="demo-base"), base_text, store=store, progress=progress)
     base_run = base.run()[-1]
@@ -99,12 +118,16 @@ def main(base_steps: int | None = None, sft_steps: int | None = None, grpo_steps
     out_dir = runs_dir() / "sweeps" / sweep_id
     out_dir.mkdir(parents=True, exist_ok=True)
     grpo = _stage_args(_load("demo-grpo"), max_steps=grpo_steps)
+    if seed is not None:
+        grpo["seed"] = seed
     members = []
     for mixture in sorted(SFT_MIXTURES, key=lambda m: m != GRPO_AFTER):  # the longest member starts first
         data = _stage_args(_load("demo-sft"), max_steps=sft_steps)
         data["name"] = f"demo-{mixture.removeprefix('demo-')}"
         data["model"] = {"run": base_run.run_id}
         data["stages"][0]["mixture"] = mixture
+        if seed is not None:
+            data["seed"] = seed
         if eval_limit:
             data["eval"]["limit"] = eval_limit
         if mixture == GRPO_AFTER:
@@ -126,7 +149,8 @@ def main(base_steps: int | None = None, sft_steps: int | None = None, grpo_steps
     # 4. results -------------------------------------------------------------------------------------------------
     rows, tasks = results_rows(store, store.sweep_train_runs(sweep_id, by_mixture=True))
     timings["total_s"] = time.perf_counter() - t_start
-    print_table(rows, tasks, "held-out level-1 procedural tasks (mean [95% CI], greedy, 300 items each)")
+    n_items = max((m[3] for r in rows for m in r["metrics"].values()), default=0)
+    print_table(rows, tasks, f"held-out level-1 procedural tasks (mean [95% CI], greedy, {n_items} items each)")
     verdict = trade_off(rows)
     for line in verdict["lines"]:
         console.print(line)
@@ -138,7 +162,58 @@ def main(base_steps: int | None = None, sft_steps: int | None = None, grpo_steps
     summary = {"timings": timings, "base_run": base_run.run_id, "sweep_id": sweep_id, "trade_off": verdict,
                "rows": [{k: v for k, v in r.items()} for r in rows], "cores": len(os.sched_getaffinity(0))}
     (runs_dir() / "demo-summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    block = results_markdown(rows, tasks, verdict, wall_s=timings["total_s"], n_items=n_items,
+                             seed=base_data["seed"], preset=base_data["model"].get("preset", "?"))
+    (runs_dir() / "demo-results.md").write_text(block)
+    console.print(f"markdown table: {runs_dir() / 'demo-results.md'}")
+    if readme is not None:
+        splice_readme(Path(readme), block)
+        console.print(f"spliced into {readme}")
     return 0 if verdict["holds"] else 3
+
+
+def machine_name() -> str:
+    """The machine kind the numbers belong to (same seed + same kind = same numbers)."""
+    return f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores"
+
+
+def results_markdown(rows: list[dict[str, Any]], tasks: list[str], verdict: dict[str, Any], *, wall_s: float,
+                     n_items: int, seed: int, preset: str) -> str:
+    """The result table as markdown (best mean per column in bold), with the machine and the trade-off verdict."""
+    import torch
+
+    means = {t: [r["metrics"][t][0] for r in rows if t in r["metrics"]] for t in tasks}
+    best = {t: max(v) if v and max(v) > min(v) else None for t, v in means.items()}  # no bold on a tie
+    metric = {t: next((r["metrics"][t][4] for r in rows if t in r["metrics"]), "") for t in tasks}
+    lines = [f"Measured by `mixlab demo` (preset `{preset}`, seed {seed}, {n_items} held-out items per task, greedy, "
+             f"Wilson 95 % CIs) on {machine_name()}, torch {torch.__version__} (1 thread per process): "
+             f"{wall_s:.0f} s wall.", "",
+             "| mixture | trainer | " + " | ".join(f"{t} {metric[t]}" for t in tasks) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in tasks) + " |"]
+    for r in rows:
+        name = r["mixture"] or "-"
+        if r["trainer"] == "grpo":
+            name += f" (after {GRPO_AFTER.removeprefix('demo-')})"
+        cells = []
+        for t in tasks:
+            m = r["metrics"].get(t)
+            cell = "-" if m is None else f"{m[0]:.3f} [{m[1]:.3f}, {m[2]:.3f}]"
+            cells.append(f"**{cell}**" if m is not None and m[0] == best[t] else cell)
+        lines.append(f"| {name} | {r['trainer']} | " + " | ".join(cells) + " |")
+    lines += [""] + [f"- {line}" if i else f"{line}." for i, line in enumerate(verdict["lines"])]
+    return "\n".join(lines) + "\n"
+
+
+def splice_readme(readme: Path, block: str) -> None:
+    """Replace what lies between the demo-table markers of `readme` with `block` (written atomically)."""
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise MixlabError(f"{readme}: no demo-table markers ({README_START} ... {README_END})")
+    new = text[: start + len(README_START)] + "\n" + block.rstrip("\n") + "\n" + text[end:]
+    tmp = readme.with_name(f".{readme.name}.tmp-{os.getpid()}")
+    tmp.write_text(new)
+    os.replace(tmp, readme)
 
 
 def trade_off(rows: list[dict[str, Any]]) -> dict[str, Any]:

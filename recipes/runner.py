@@ -299,6 +299,8 @@ class RecipeRunner:
         stage = item.stage
         t0 = time.perf_counter()
         transformers.set_seed(self.recipe.seed)
+        if os.environ.get("MIXLAB_DETERMINISTIC") == "1":  # set by `mixlab demo`: same seed, same numbers
+            torch.use_deterministic_algorithms(True, warn_only=True)
         model, tokenizer = self._load_model(init)
         trainer = self._build_trainer(item, model, tokenizer, output_dir)
         train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

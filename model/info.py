@@ -11,10 +11,13 @@ from typing import Any
 import torch
 
 from mixlab.errors import MixlabError
+from mixlab.yamlio import did_you_mean
 
 from .checkpoint import INDEX_NAME, WEIGHTS_NAME, validate_checkpoint
 from .config import KimiLinearConfig
+from .modeling import KimiLinearForCausalLM
 from .presets import PRESETS, get_preset
+from .state_dict_adapter import official_shapes
 
 
 def resolve_config(preset_or_path: str | os.PathLike) -> tuple[KimiLinearConfig, str]:
@@ -35,17 +38,11 @@ def resolve_config(preset_or_path: str | os.PathLike) -> tuple[KimiLinearConfig,
             return KimiLinearConfig(**data), str(path)
         except MixlabError as exc:
             raise MixlabError(f"{path}: {exc}") from None
-    import difflib
-
-    close = difflib.get_close_matches(name, PRESETS, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(name, PRESETS)
     raise MixlabError(f"{name}: neither a model preset ({', '.join(PRESETS)}) nor a config.json / folder{hint}")
 
 
 def model_info(config: KimiLinearConfig) -> dict[str, Any]:
-    from .modeling import KimiLinearForCausalLM
-    from .state_dict_adapter import official_shapes
-
     with torch.device("meta"):
         model = KimiLinearForCausalLM(config)
     shapes = official_shapes(model.state_dict())

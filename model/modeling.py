@@ -37,6 +37,7 @@ from mixlab.kernels import (
 from .cache import KimiLinearCache
 from .config import KimiLinearConfig
 from .layout import SeqLayout, build_layout
+from .state_dict_adapter import diff_inventory, is_official, official_shapes, stacked_target
 
 FP32_PARAM_NAMES = ("A_log", "dt_bias", "e_score_correction_bias")
 
@@ -640,13 +641,13 @@ class KimiLinearForCausalLM(KimiLinearPreTrainedModel, GenerationMixin):
 
     # ----------------------------------------------------------------------------------------------- checkpoints
     def save_pretrained(self, save_directory, *args, **kwargs):  # noqa: D102 - documented in checkpoint.py
-        from .checkpoint import save_official
+        from .checkpoint import save_official  # checkpoint.py imports this module: a top-level import is a cycle
 
         return save_official(self, save_directory, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):  # noqa: D102
-        from .checkpoint import load_official
+        from .checkpoint import load_official  # checkpoint.py imports this module: a top-level import is a cycle
 
         return load_official(cls, pretrained_model_name_or_path, **kwargs)
 
@@ -654,8 +655,6 @@ class KimiLinearForCausalLM(KimiLinearPreTrainedModel, GenerationMixin):
         """Also accepts official per-expert names, even a partial set (Trainer resumes shard by shard with
         strict=False): expert tensors are copied into their slice of the stacked parameter."""
         from torch.nn.modules.module import _IncompatibleKeys
-
-        from .state_dict_adapter import diff_inventory, is_official, official_shapes, stacked_target
 
         if not is_official(state_dict, self.config):
             return super().load_state_dict(state_dict, strict=strict, assign=assign)

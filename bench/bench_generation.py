@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import time
 from pathlib import Path
@@ -209,6 +210,7 @@ def context_scan(model, contexts, rows, steps, device):
         print(f"context {ctx:6d}: decode step {per_step * 1e3:8.3f} ms for {rows} rows "
               f"({rows / per_step:9.1f} tok/s)", flush=True)
         del engine
+        gc.collect()
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
     first, last = str(contexts[0]), str(contexts[-1])
@@ -285,6 +287,7 @@ def main() -> None:
         for backend in methods.values():
             backend.close()
         del methods
+        gc.collect()
     if args.context_scan:
         contexts = [int(c) for c in args.context_scan.split(",")]
         payload["context_scan"] = {

@@ -15,6 +15,7 @@ changes nothing. Both paths draw sampled tokens from the same per-row uniform st
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Sequence
 
@@ -115,7 +116,7 @@ class TorchBackend(Backend):
         """The engine, built on first use (it allocates its whole cache budget up front)."""
         if self._engine is None:
             self._engine = Engine(self.model, eos_ids=self.eos_ids, max_batch=self.batch_size,
-                                  decode_text=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
+                                  decode_text=functools.partial(self.tokenizer.decode, skip_special_tokens=True),
                                   **self._engine_opts)
         return self._engine
 

@@ -120,9 +120,15 @@ class Engine:
         self.eos_ids = set(eos_ids)
         self.decode_text = decode_text
         self.max_batch = max_batch
-        budget = default_cache_bytes(self.device) if cache_bytes is None else int(cache_bytes)
         slot_bytes = PagedHybridCache.bytes_per_slot(self.config, self.dtype) * (max_batch + 1)
         block_bytes = PagedHybridCache.bytes_per_block(self.config, block_size, self.dtype)
+        if cache_bytes is None:
+            # No more than max_batch sequences at full context can use (waiting requests hold no cache).
+            ctx = max_context or self.config.model_max_length
+            full = slot_bytes + block_bytes * (max_batch * -(-ctx // block_size) + 1)
+            budget = min(default_cache_bytes(self.device), full)
+        else:
+            budget = int(cache_bytes)
         num_blocks = (budget - slot_bytes) // max(block_bytes, 1)
         if num_blocks < 1:
             raise CapacityError(

@@ -2,7 +2,7 @@
 
 `chat_tokenizer` is a small byte-level BPE with mixlab's chat template (trained here in milliseconds, no network);
 `llama_model` a 2-layer random transformers Llama over it; `mixlab_tiny` the `tiny` preset of mixlab's own hybrid
-model with its tokenizer (skipped until mixlab.model provides it).
+model with its tokenizer.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+
+from mixlab.model import load_model, load_tokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -101,14 +103,8 @@ def llama_model(chat_tokenizer):
 @pytest.fixture(scope="session")
 def mixlab_tiny():
     """(model, tokenizer) of mixlab's tiny preset, random init."""
-    model_mod = pytest.importorskip("mixlab.model")
-    if not hasattr(model_mod, "load_model"):
-        pytest.skip("mixlab.model.load_model not available yet")
-    import torch
-
-    torch.manual_seed(0)
-    model = model_mod.load_model("tiny", dtype=torch.float32, device="cpu").eval()
-    return model, model_mod.load_tokenizer()
+    model = load_model("tiny", dtype="float32", device="cpu", seed=0).eval()
+    return model, load_tokenizer()
 
 
 CHAT_PROMPTS = [

@@ -153,7 +153,6 @@ def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
 
 
 def test_cli_eval_on_a_preset_checkpoint(monkeypatch, capsys, db_path):
-    pytest.importorskip("mixlab.model")
     code, out, err = _cli(monkeypatch, capsys, "eval", "tiny", "--suite", "proc-math", "--limit", "3",
                           "--max-new-tokens", "8", "--json")
     assert code == 0, err[-2000:]

@@ -36,7 +36,6 @@ from mixlab.evals.runner import evaluate
 
 @pytest.fixture(scope="module")
 def served_tiny():
-    pytest.importorskip("mixlab.model")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = procs.popen(
         procs.mixlab_args("serve", "tiny", "--port", "0", "--batch-size", "8"),
@@ -322,7 +321,6 @@ def test_eval_through_the_openai_backend_matches_in_process(served_tiny, store):
 
 
 def test_cli_eval_with_a_judge(scripted_judge, monkeypatch, capsys, db_path, data_root):
-    pytest.importorskip("mixlab.model")
     from mixlab.cli import main
     from mixlab.store import Store
 

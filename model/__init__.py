@@ -1,6 +1,7 @@
 """mixlab.model: the Kimi Linear hybrid (KDA + MLA + MoE) as a trainable transformers model.
 
     from mixlab.model import KimiLinearConfig, KimiLinearForCausalLM, get_preset, PRESETS, load_tokenizer, load_model
+    from mixlab.model import load_model_and_tokenizer    # the one loader: model + tokenizer on the resolved device
 
 Names are resolved lazily so that `mixlab --help` (which imports `mixlab.model.cli`) does not pay for torch and
 transformers. Importing `mixlab.model.modeling` — which every name below does — registers `kimi_linear` with
@@ -17,6 +18,7 @@ _EXPORTS = {
     "KimiLinearCache": "cache",
     "KimiLinearConfig": "config",
     "load_model": "loading",
+    "load_model_and_tokenizer": "loading",
     "KimiLinearForCausalLM": "modeling",
     "KimiLinearModel": "modeling",
     "KimiLinearPreTrainedModel": "modeling",

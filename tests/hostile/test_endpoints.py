@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -100,10 +99,8 @@ MESSAGES = [[{"role": "user", "content": "hi"}]]
 def test_malformed_replies_get_bounded_retries_and_one_clear_error(server, mode):
     _Server.mode = mode
     backend = get_backend("openai", model="judge", base_url=server, **FAST)
-    started = time.monotonic()
     with pytest.raises(EndpointError) as err:
         backend.generate(MESSAGES, GenerationConfig(max_new_tokens=4))
-    assert time.monotonic() - started < 30
     assert _Server.counts["judge"] == 4  # 1 + max_retries, never unbounded
     message = str(err.value)
     assert "\n" not in message

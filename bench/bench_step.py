@@ -6,8 +6,9 @@ Modes (same model weights, same batch):
                 kernels off) — the composition issue 11 measures against.
 - fast        : mixlab's fast path, eager: the peer plus fused Triton RMSNorm / gated norm / KDA gate / SwiGLU /
                 MoE combine, and no host sync in the step.
-- fast_graph  : `fast` with the whole forward + backward captured once as a CUDA graph and replayed (possible
-                because the step has static shapes and no host syncs); removes the launch gaps.
+- fast_graph  : `fast` with the whole forward + backward captured once as a CUDA graph and replayed
+                (`mixlab.kernels.step_graph.CapturedStep`; possible because the step has static shapes and no host
+                syncs); removes the launch gaps.
 
 Per mode and batch: tokens/s (median of timed steps), ratio to the peer, MFU (6 · active non-embedding params · tok/s
 plus causal MLA attention FLOPs, over the 780 TFLOP/s measured bf16 peak; KDA's own FLOPs are not counted), GPU busy %
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 
 from mixlab.kernels import fla_available, set_backend, set_fused
+from mixlab.kernels.step_graph import CapturedStep
 from mixlab.model import get_preset, load_model
 from mixlab.model.info import model_info
 
@@ -67,32 +69,24 @@ def _events_busy(prof, steps: int) -> float | None:
 class Runner:
     def __init__(self, model, ids, mode: str):
         self.model, self.ids, self.mode = model, ids, mode
-        self.graph = None
+        self.captured = None
         self.loss = None
+
+    def _fwd_bwd(self):
+        loss = self.model(input_ids=self.ids, labels=self.ids).loss
+        loss.backward()
+        return loss
 
     def eager(self):
         self.model.zero_grad(set_to_none=True)
-        out = self.model(input_ids=self.ids, labels=self.ids)
-        out.loss.backward()
-        self.loss = out.loss.detach()
+        self.loss = self._fwd_bwd().detach()
 
     def capture(self):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self.eager()
-        torch.cuda.current_stream().wait_stream(side)
-        self.model.zero_grad(set_to_none=True)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            out = self.model(input_ids=self.ids, labels=self.ids)
-            out.loss.backward()
-            self.loss = out.loss.detach()
+        self.captured = CapturedStep(self._fwd_bwd, self.model.zero_grad)
 
     def step(self):
-        if self.graph is not None:
-            self.graph.replay()
+        if self.captured is not None:
+            self.loss = self.captured()
         else:
             self.eager()
 

@@ -11,6 +11,7 @@ fast path is taken automatically (backend "auto"), CPU tensors run the reference
 | short_conv | short_conv.py | causal depthwise conv + SiLU, cache, cu_seqlens |
 | rms_norm, gated_rms_norm | norm.py (+ norm_triton.py) | fp32 compute; one fused launch each way on CUDA |
 | moe_route, moe_experts (+ _grouped, _reference, _naive), expert_counts | moe.py (+ moe_triton.py) | sigmoid+bias top-k (vLLM/HF weights); grouped GEMMs + fused SwiGLU / combine on CUDA |
+| CapturedStep | step_graph.py | a whole fwd+bwd step as one CUDA graph (static shapes, no host sync) |
 | get_backend, set_backend, set_fused | dispatch.py | "auto" (default: fast path on CUDA), "torch" (references), "triton" (auto, fla required) |
 """
 

@@ -110,10 +110,12 @@ def _device(recipe: Recipe) -> str:
 
 
 def _select_kernels(recipe: Recipe, device: str) -> str:
-    """`auto`: fla-core's Triton KDA kernels where a GPU and fla-core exist, else the pure-torch ops."""
+    """`auto`: on a GPU the kernels' fast path (grouped-GEMM MoE, fused Triton kernels, and fla-core's KDA where it
+    is installed: "triton"), else the pure-torch ops."""
     name = recipe.kernels
     if name == "auto":
-        name = "triton" if device.startswith("cuda") and fla_available() else "torch"
+        cuda = device.startswith("cuda")
+        name = "triton" if cuda and fla_available() else ("auto" if cuda else "torch")
     try:
         set_backend(name)
     except MixlabError as exc:

@@ -43,3 +43,12 @@ def test_env_var_selects_initial_backend(monkeypatch):
     monkeypatch.setattr(dispatch, "_backend", None)
     monkeypatch.setenv("MIXLAB_KERNEL_BACKEND", "torch")
     assert get_backend() == "torch"
+
+
+def test_captured_step_needs_cuda():
+    from mixlab.kernels.step_graph import CapturedStep
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: covered by test_fast_path_gpu.py")
+    with pytest.raises(MixlabError, match="CUDA"):
+        CapturedStep(lambda: torch.zeros(()), lambda **_: None)

@@ -80,9 +80,11 @@ def run(
     else:
         Console().print(results_table(results, style_metrics=show_style))
     if not results.ok:
-        failed = [t.task for t in results.tasks if t.status != "completed"]
-        typer.echo(f"error: tasks failed: {failed} (finished samples are kept; re-run to resume)", err=True)
-        raise typer.Exit(1)
+        # One line that says why, for each failed task (the table above wraps the reason over many lines).
+        failed = "; ".join(f"task {t.task} failed: {' '.join(str(t.error).split())}"
+                           for t in results.tasks if t.status != "completed")
+        typer.echo(f"error: {failed} (finished samples and answers are kept; re-run to resume)", err=True)
+        raise typer.Exit(2)
 
 
 def serve(

@@ -64,8 +64,15 @@ def store(db_path):
 
 
 @pytest.fixture(scope="session")
+def bench_slices():
+    """Small committed slices of the benchmarks (tests/fixtures/data; origin and licences in its SOURCE.txt): the
+    same on every machine, with or without ../shared. Use `data_root` only for checks that need the full sets."""
+    return Path(__file__).parent / "fixtures" / "data"
+
+
+@pytest.fixture(scope="session")
 def data_root():
-    """The benchmark data root (../shared/data); tests needing real data skip when it is absent."""
+    """The full benchmark data root (../shared/data or MIXLAB_DATA); tests needing it skip when it is absent."""
     root = _data_root()
     if root is None or not root.is_dir():
         pytest.skip("benchmark data root absent (set MIXLAB_DATA)")

@@ -64,11 +64,12 @@ def test_strip_main_guard_removes_demo_code_only():
 
 
 @pytest.fixture(scope="module")
-def loaded(data_root):
-    return {name: get_task(name).load(data_root) for name in CODE_TASKS}
+def loaded(bench_slices):
+    return {name: get_task(name).load(bench_slices) for name in CODE_TASKS}
 
 
-def test_item_counts_and_prompts(loaded):
+def test_item_counts_and_prompts(data_root):
+    loaded = {name: get_task(name).load(data_root) for name in CODE_TASKS}
     for name, items in loaded.items():
         assert len(items) == EXPECTED_SIZES[name], name
         assert len({it.item_id for it in items}) == len(items)
@@ -81,10 +82,10 @@ def test_item_counts_and_prompts(loaded):
 
 
 @pytest.mark.parametrize("name", CODE_TASKS)
-def test_eval_check_subset(name, data_root):
-    refs = check_task(name, data_root=data_root, limit=40)
+def test_eval_check_subset(name, bench_slices):
+    refs = check_task(name, data_root=bench_slices, limit=40)
     assert refs.n == 40 and refs.primary >= 0.99, refs.failures
-    shuffled = check_task(name, data_root=data_root, limit=40, shuffle=True)
+    shuffled = check_task(name, data_root=bench_slices, limit=40, shuffle=True)
     assert shuffled.primary <= 0.05, shuffled.failures
 
 

@@ -143,13 +143,13 @@ def test_real_data_loads(data_root):
 
 
 @pytest.mark.parametrize("task_name", ["gsm8k", "math500"])
-def test_check_subset(data_root, task_name):
-    own = check_task(task_name, data_root=data_root, limit=150)
-    assert own.n == 150
+def test_check_subset(bench_slices, task_name):
+    own = check_task(task_name, data_root=bench_slices, limit=60)
+    assert own.n == 60
     if task_name == "math500":  # per-subject and per-level breakdowns, each over its own items
         assert {"accuracy/subject:Algebra", "accuracy/level:5"} <= set(own.metrics)
     assert all(summary.mean >= 0.99 for summary in own.metrics.values()), own.failures
-    shuffled = check_task(task_name, data_root=data_root, limit=150, shuffle=True)
+    shuffled = check_task(task_name, data_root=bench_slices, limit=60, shuffle=True)
     assert shuffled.primary <= 0.05, shuffled.failures
     # Every shuffled match is a donor with the same gold answer: the scorer accepts nothing else.
     assert round(shuffled.primary * shuffled.n) == shuffled.identical_gold_pairs

@@ -92,13 +92,13 @@ def test_check_exposes_a_scorer_that_accepts_anything():
     assert len(shuffled.failures) == 10 and shuffled.failures[0]["item_id"] == "i0"
 
 
-def test_check_of_task_without_references_is_a_clear_error():
+def test_check_of_task_without_references_is_a_clear_error(bench_slices):
     with pytest.raises(MixlabError, match="ifeval has no reference solutions"):
-        check_task("ifeval", limit=3)
+        check_task("ifeval", data_root=bench_slices, limit=3)
 
 
-def test_cli_list_json(data_root):
-    proc = _local_cli()("eval", "list", "--json")
+def test_cli_list_json(bench_slices):
+    proc = _local_cli()("eval", "list", "--json", "--data-root", str(bench_slices))
     assert proc.exit_code == 0, proc.output
     payload = json.loads(proc.stdout)
     rows = {row["task"]: row for row in payload["tasks"]}
@@ -116,26 +116,28 @@ def test_cli_list_reports_missing_data(tmp_path):
     assert rows["gsm8k"]["data"] == "missing" and rows["proc-math"]["data"] == "yes"
 
 
-def test_cli_table_output(data_root):
+def test_cli_table_output(bench_slices):
     cli = _local_cli()
-    proc = cli("eval", "check", "gsm8k", "--limit", "20")
+    proc = cli("eval", "check", "gsm8k", "--limit", "20", "--data-root", str(bench_slices))
     assert proc.exit_code == 0, proc.output
     assert "exact_match_strict" in proc.stdout and "1.0000" in proc.stdout
-    proc = cli("eval", "check", "math500", "--limit", "20", "--json")
+    proc = cli("eval", "check", "math500", "--limit", "20", "--json", "--data-root", str(bench_slices))
     result = json.loads(proc.stdout)
     assert result["n"] == 20 and result["primary"] == 1.0 and result["metrics"]["accuracy"]["method"] == "wilson"
     listing = cli("eval", "list")
     assert "gsm8k" in listing.stdout and "suite procedural" in listing.stdout
 
 
-def test_cli_check_json_and_thresholds(data_root):
-    proc = _local_cli()("eval", "check", "gsm8k", "--json", "--limit", "60", "--min-score", "0.99")
+def test_cli_check_json_and_thresholds(bench_slices):
+    proc = _local_cli()("eval", "check", "gsm8k", "--json", "--limit", "60", "--min-score", "0.99",
+                        "--data-root", str(bench_slices))
     assert proc.exit_code == 0, proc.output
     result = json.loads(proc.stdout)
     assert result["n"] == 60 and result["primary"] == 1.0 and result["metrics"]["exact_match_flexible"]["mean"] == 1.0
     # The real `mixlab` process: the exit status must reach the shell.
     # math500 also exercises the math-verify worker processes under the real console entry point.
-    proc = run_cli("eval", "check", "math500", "--json", "--limit", "40", "--shuffle", "--min-score", "0.99")
+    proc = run_cli("eval", "check", "math500", "--json", "--limit", "40", "--shuffle", "--min-score", "0.99",
+                   "--data-root", str(bench_slices))
     assert proc.returncode == 1, proc.stderr
     result = json.loads(proc.stdout)
     assert result["primary"] < 0.1 and result["n"] == 40

@@ -299,7 +299,8 @@ def _plant(task_name: str, data_root):
 
 
 @pytest.mark.parametrize("task_name", ["gsm8k", "math500", "humaneval", "mbpp", "ifeval", "mt-bench"])
-def test_gate_covers_the_benchmarks(write_mix, store, tmp_path, data_root, task_name):
+def test_gate_covers_the_benchmarks(write_mix, store, tmp_path, bench_slices, task_name):
+    data_root = bench_slices  # the first item of each benchmark is in the committed slices (mt-bench: skipped)
     item, text = _plant(task_name, data_root)
     rows = [{"instruction": "Please help me with this.", "output": "Sure, here is a plan."},
             {"instruction": f"Copied: {text}", "output": "An answer."},

@@ -1013,10 +1013,11 @@ def _wait_sample(child: int, tester: int | None, verdict_r: int | None, status: 
             pid, wstatus, usage = os.wait4(-1, flags)
         except ChildProcessError:
             break
-        if pid == 0:  # waiting out the grace period
-            if time.monotonic() >= grace_until:
+        if pid == 0:  # waiting out the grace period: sleep until the program exits, or at most until its end
+            left = grace_until - time.monotonic()
+            if left <= 0:
                 break
-            time.sleep(0.005)
+            _wait_exit(child, left)
             continue
         if pid == child:
             child_done = True
@@ -1042,6 +1043,19 @@ def _wait_sample(child: int, tester: int | None, verdict_r: int | None, status: 
             grace_until = time.monotonic() + 1.0
     if verdict_r is not None:
         os.close(verdict_r)
+
+
+def _wait_exit(pid: int, timeout_s: float) -> None:
+    """Block until `pid` exits or `timeout_s` passes (a pidfd where the kernel has them, else a short sleep)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        time.sleep(min(timeout_s, 0.005))
+        return
+    try:
+        select.select([fd], [], [], timeout_s)
+    finally:
+        os.close(fd)
 
 
 def _open_tests(req: dict) -> int | None:
@@ -1223,7 +1237,34 @@ class Cgroups:
             pass
         return None
 
+    def join_self(self) -> bool:
+        """Move this worker into its cgroup once, so samples are born in it: moving a process per sample costs
+        ~10 ms (cgroup attach waits for an RCU grace period). Samples raise their oom_score_adj (see
+        `_namespace_launcher`), so the cgroup's OOM killer takes them, not the worker."""
+        if not self.version:
+            return False
+        try:
+            self._home = {c: f"/sys/fs/cgroup/{c}{p}/cgroup.procs" if self.version == "v1"
+                          else f"/sys/fs/cgroup{p}/cgroup.procs" for c, p in self._own_paths().items()
+                          if c in (("memory", "pids") if self.version == "v1" else ("",))}
+            for path in self.procs_files():
+                with open(path, "w") as fh:
+                    fh.write("0")
+        except OSError:
+            self.leave()
+            return False
+        return True
+
+    def leave(self) -> None:
+        for path in getattr(self, "_home", {}).values():
+            try:
+                with open(path, "w") as fh:
+                    fh.write("0")
+            except OSError:
+                pass
+
     def remove(self) -> None:
+        self.leave()
         for path in sorted(set(self.dirs.values())):
             try:
                 os.rmdir(path)
@@ -1235,6 +1276,11 @@ def _join_cgroups(req: dict) -> None:
     for path in req.get("cgroup_procs") or []:
         with open(path, "w") as fh:
             fh.write("0")  # this process; its descendants follow
+    try:  # the OOM killer's first choice, before the worker that may share the cgroup (raising needs no privilege)
+        with open("/proc/self/oom_score_adj", "w") as fh:
+            fh.write("1000")
+    except OSError:
+        pass
 
 
 # ----------------------------------------------------------------------------------------- the worker
@@ -1252,6 +1298,7 @@ class Worker:
             # its samples, which never overlap in time, share it instead of paying for a namespace each.
             if _libc.unshare(CLONE_NEWNET) == 0:
                 self.netns_flag = 0
+        self.in_cgroup = self.cgroups.join_self() if self.cgroups is not None else False
         # The sample's root: computed once, after the pre-imports, so every library they map is in it.
         self.root = allowed_paths() if self.isolation == "namespaces" else ([], [], {})
 
@@ -1318,8 +1365,10 @@ class Worker:
             # Everything the sample starts shares one memory budget (its address-space limit plus its tmpfs)
             # and one process budget (its nproc plus C1/C2/C3).
             memory = (req["memory_mb"] + req["disk_mb"]) << 20 if req["memory_mb"] else None
-            self.cgroups.configure(memory, req["nproc"] + 3)
-            req = dict(req, cgroup_procs=self.cgroups.procs_files())
+            # + C1, C2, the tester and (when it sits in the cgroup) this worker
+            self.cgroups.configure(memory, req["nproc"] + 4 + self.in_cgroup)
+            if not self.in_cgroup:
+                req = dict(req, cgroup_procs=self.cgroups.procs_files())
             oom_before = self.cgroups.oom_kills()
         private_uid = False
         if self.is_root and req.get("private_uid", True):

@@ -20,9 +20,11 @@ import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from mixlab.errors import MixlabError
+from mixlab.evals.backends import get_backend
 from mixlab.evals.backends.base import Backend, Generation, GenerationConfig, truncate_at_stop, validate_prompts
 from mixlab.evals.backends.torch_backend import encode_chat
 from mixlab.evals.engine import CapacityError, EngineWorker
@@ -259,10 +261,6 @@ def serve(
     announce=print,
 ) -> None:
     """Load the checkpoint (folder or preset) and serve until interrupted."""
-    from pathlib import Path
-
-    from mixlab.evals.backends import get_backend
-
     backend = get_backend("torch", checkpoint, tokenizer, device=device, batch_size=batch_size)
     name = model_name or Path(str(checkpoint).rstrip("/")).name
     try:

@@ -7,9 +7,9 @@ names are present and which are missing; callers decide whether missing ones are
 
 from __future__ import annotations
 
-import difflib
-
 from mixlab.errors import MixlabError
+from mixlab.evals.tasks.base import task_names
+from mixlab.yamlio import did_you_mean
 
 SUITES: dict[str, tuple[str, ...]] = {
     # Tiny CPU models have signal here; the demo's trade-off is measured on these.
@@ -34,8 +34,6 @@ def resolve_suite(spec: str) -> tuple[list[str], list[str]]:
 
     Unknown names raise MixlabError with the closest suite/task name.
     """
-    from mixlab.evals.tasks.base import task_names
-
     registered = task_names()
     wanted: list[str] = []
     for part in (p.strip() for p in spec.split(",")):
@@ -49,8 +47,7 @@ def resolve_suite(spec: str) -> tuple[list[str], list[str]]:
             wanted.append(part)
         else:
             known = [*suite_names(), *registered]
-            close = difflib.get_close_matches(part, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(part, known)
             raise MixlabError(f"unknown suite or task {part!r}{hint}; suites: {suite_names()}")
     if not wanted:
         raise MixlabError(f"suite spec {spec!r} names no tasks")

@@ -13,13 +13,13 @@ MIXLAB_KERNEL_BACKEND and MIXLAB_FUSED_KERNELS (0/1) set the initial choices.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import os
 
 import torch
 
 from mixlab.errors import MixlabError
+from mixlab.yamlio import did_you_mean
 
 BACKENDS = ("auto", "torch", "triton")
 _backend: str | None = None
@@ -49,8 +49,7 @@ def triton_available() -> bool:
 
 def _check(name: str) -> str:
     if name not in BACKENDS:
-        close = difflib.get_close_matches(name, BACKENDS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(name, BACKENDS)
         raise MixlabError(f"unknown kernel backend {name!r}{hint}; choose one of {', '.join(BACKENDS)}")
     if name == "triton":
         if not torch.cuda.is_available():

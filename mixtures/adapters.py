@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mixlab.errors import MixlabError
 from mixlab.evals.procedural.constraints import check_all
+from mixlab.validation import dotted, first_error
 from mixlab.yamlio import did_you_mean
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -86,12 +87,8 @@ def resolve_adapter(raw: str | dict[str, Any] | None, default: str | None, kind:
     try:
         options = adapter.options.model_validate(opts)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown option {field!r}{did_you_mean(field, adapter.options.model_fields)}"
-        else:
-            msg = f"{field}: {err['msg']}"
+        err = first_error(exc, adapter.options, unknown="option")
+        msg = err.message if err.type == "extra_forbidden" else f"{dotted(err.loc)}: {err.message}"
         raise MixlabError(f"adapter.{name}: {msg}") from None
     return adapter, options
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mixlab.errors import MixlabError
+from mixlab.validation import dotted, first_error
 from mixlab.yamlio import did_you_mean
 
 Part = Literal["all", "prompt", "response"]
@@ -106,12 +107,8 @@ def bind(raw: dict[str, Any]) -> tuple[FilterDef, Any]:
     try:
         return definition, definition.params.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown parameter {field!r}{did_you_mean(field, definition.params.model_fields)}"
-        else:
-            msg = f"{field}: {err['msg'].removeprefix('Value error, ')}"
+        err = first_error(exc, definition.params, unknown="parameter")
+        msg = err.message if err.type == "extra_forbidden" else f"{dotted(err.loc)}: {err.message}"
         raise MixlabError(f"filter {name}: {msg}") from None
 
 

@@ -5,12 +5,12 @@ typos."""
 from __future__ import annotations
 
 import re
-import typing
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mixlab.errors import MixlabError
+from mixlab.validation import dotted, first_error
 from mixlab.yamlio import Where, did_you_mean
 
 Kind = Literal["sft", "preference", "rl"]
@@ -208,56 +208,13 @@ def iter_components(components: list[Component], prefix: str = ""):
 # Validation errors → one line with file:line and the closest valid name
 
 
-def _unwrap(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, str):
-        annotation = {"Component": Component}.get(annotation.strip("'\""), None)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    out = []
-    for arg in typing.get_args(annotation):
-        out += _unwrap(arg)
-    return out
-
-
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = MixtureSpec
-    for key in loc:
-        if isinstance(key, int) or model is None:
-            continue
-        field = model.model_fields.get(key)
-        if field is None:
-            return None
-        candidates = _unwrap(field.annotation)
-        model = candidates[0] if candidates else None
-    return model
-
-
-def format_loc(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc)
-
-
 def parse_mixture(data: Any, where: Where) -> MixtureSpec:
     if not isinstance(data, dict):
         raise MixlabError(f"{where.prefix(())}: a mixture file must be a mapping with name, budget and components")
     try:
         spec = MixtureSpec.model_validate(data)
     except ValidationError as exc:
-        errors = sorted(exc.errors(), key=lambda e: (e["type"] != "extra_forbidden", len(e["loc"])))
-        err = errors[0]
-        loc = tuple(err["loc"])
-        if err["type"] == "extra_forbidden":
-            model = _model_at(loc[:-1])
-            fields = list(model.model_fields) if model else []
-            message = f"unknown field {loc[-1]!r}{did_you_mean(str(loc[-1]), fields)}"
-        elif err["type"] == "literal_error":
-            message = f"{err['msg']}, got {err.get('input')!r}"
-            expected = re.findall(r"'([^']+)'", err["msg"])
-            if isinstance(err.get("input"), str):
-                message += did_you_mean(err["input"], expected)
-        elif err["type"] == "missing":
-            message = "required field missing"
-        else:
-            message = err["msg"].removeprefix("Value error, ")
-        field = f" {format_loc(loc)}:" if loc else ""
-        raise MixlabError(f"{where.prefix(loc)}:{field} {message}") from None
+        err = first_error(exc, MixtureSpec)
+        field = f" {dotted(err.loc)}:" if err.loc else ""
+        raise MixlabError(f"{where.prefix(err.loc)}:{field} {err.message}") from None
     return spec

@@ -15,12 +15,12 @@ mixlab-only keys (saved in config.json; vLLM and the HF remote code ignore them)
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from transformers import PretrainedConfig
 
 from mixlab.errors import MixlabError
+from mixlab.yamlio import did_you_mean
 
 # The 48B-A3B layer layout (1-based): six repeats of KDA,KDA,KDA,MLA then KDA,KDA,MLA.
 _KDA_48B = [1, 2, 3, 5, 6, 7, 9, 10, 11, 13, 14, 15, 17, 18, 19, 21, 22, 23, 25, 26]
@@ -224,8 +224,7 @@ class KimiLinearConfig(PretrainedConfig):
                 kind = key[: -len("_layers")]
                 raise _fail(f"linear_attn_config.{key}", f"unknown layer type {kind!r}; known layer lists: "
                             f"{', '.join(LAYER_TYPE_KEYS)}")
-            close = difflib.get_close_matches(key, LINEAR_ATTN_KEYS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(key, LINEAR_ATTN_KEYS)
             raise _fail(f"linear_attn_config.{key}", f"unknown key{hint}; known: {', '.join(LINEAR_ATTN_KEYS)}")
         for key in ("kda_layers", "full_attn_layers"):
             if lac.get(key) is None:

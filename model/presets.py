@@ -15,10 +15,10 @@ Parameter counts come from `mixlab model info PRESET` (computed on the meta devi
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from mixlab.errors import MixlabError
+from mixlab.yamlio import did_you_mean
 
 from .config import KimiLinearConfig
 
@@ -64,8 +64,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def get_preset(name: str, **overrides: Any) -> KimiLinearConfig:
     """A fresh `KimiLinearConfig` for a preset name; keyword overrides replace single keys."""
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, PRESETS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(name, PRESETS)
         raise MixlabError(f"unknown model preset {name!r}{hint}; choose one of {', '.join(PRESETS)}")
     kwargs = {**PRESETS[name], **overrides}
     config = KimiLinearConfig(**kwargs)

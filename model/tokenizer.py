@@ -7,12 +7,12 @@ chat template whose assistant turns carry `{% generation %}` markers (TRL `assis
 
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 
 from mixlab.errors import MixlabError
 from mixlab.paths import tokenizers_dir
+from mixlab.yamlio import did_you_mean
 
 DEFAULT_TOKENIZER = "mixlab-bpe"
 
@@ -25,8 +25,7 @@ def tokenizer_path(name_or_path: str | os.PathLike = DEFAULT_TOKENIZER) -> Path:
     if shipped.is_dir():
         return shipped
     names = sorted(p.name for p in tokenizers_dir().iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
-    close = difflib.get_close_matches(str(name_or_path), names, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(str(name_or_path), names)
     raise MixlabError(f"tokenizer {str(name_or_path)!r} is neither a folder nor one of {names}{hint}")
 
 

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from mixlab.errors import MixlabError
 from mixlab.recipes.trainers import TRAINERS, TrainerSpec, get_trainer
+from mixlab.validation import LocatedError, file_error
 from mixlab.yamlio import Where, did_you_mean, load_yaml, read_yaml_text
 
 # TrainingArguments fields that mixlab sets itself from recipe fields; a recipe naming them in `args` is told where
@@ -191,16 +192,8 @@ def _methods_with(flag: str) -> str:
     return ", ".join(name for name, spec in TRAINERS.items() if getattr(spec, flag))
 
 
-class _LocError(ValueError):
-    """Carries a location below the validator's own (e.g. an `args` key) so the error names its line."""
-
-    def __init__(self, loc: tuple, message: str):
-        super().__init__(message)
-        self.loc = loc
-
-
-def _ArgError(key: str, message: str) -> _LocError:
-    return _LocError(("args", key), message)
+def _ArgError(key: str, message: str) -> LocatedError:
+    return LocatedError(("args", key), message)
 
 
 class Recipe(_Strict):
@@ -231,9 +224,9 @@ class Recipe(_Strict):
         seen: list[str] = []
         for i, stage in enumerate(self.stages):
             if stage.name in seen:
-                raise _LocError(("stages", i, "name"), f"duplicate stage name {stage.name!r}")
+                raise LocatedError(("stages", i, "name"), f"duplicate stage name {stage.name!r}")
             if stage.init not in ("previous", "base") and stage.init not in seen:
-                raise _LocError(
+                raise LocatedError(
                     ("stages", i, "init"),
                     f"{stage.init!r} is not an earlier stage"
                     f"{did_you_mean(stage.init, seen + ['previous', 'base'])}",
@@ -252,32 +245,6 @@ class Recipe(_Strict):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Valid field names at an error location (for 'did you mean')."""
-    current: Any = model
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
-            return []
-        ann = current.model_fields[part].annotation
-        nested = [a for a in _flatten_annotation(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
-        current = nested[0] if nested else None
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
-
-
-def _flatten_annotation(ann: Any) -> list[Any]:
-    args = typing.get_args(ann)
-    if not args:
-        return [ann]
-    out = []
-    for a in args:
-        out.extend(_flatten_annotation(a))
-    return out
-
-
 def _format_loc(loc: tuple) -> str:
     out = ""
     for part in loc:
@@ -293,27 +260,7 @@ def parse_recipe(data: Any, *, where: str = "<recipe>", lines: Where | None = No
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        # A typo'd key also shows up as a missing required one; report the typo (it carries the fix).
-        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-        err = errors[0]
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        # Union branches show up as extra loc parts (e.g. 'EvalSpec'); drop type names pydantic inserts.
-        loc = tuple(p for p in loc if not (isinstance(p, str) and (p[:1].isupper() or p.startswith("literal["))))
-        ctx = err.get("ctx") or {}
-        inner = ctx.get("error")
-        if isinstance(inner, _LocError):
-            loc = loc + inner.loc
-            message = str(inner)
-        elif err["type"] == "extra_forbidden":
-            message = f"unknown field {loc[-1]!r}{did_you_mean(loc[-1], _fields_at(Recipe, loc))}"
-        elif err["type"] == "missing":
-            message = f"missing required field {loc[-1]!r}"
-        else:
-            message = err["msg"].removeprefix("Value error, ")
-        line = lines.line(loc)
-        at = f"{where}:{line}" if line else where
-        field = _format_loc(loc)
-        raise MixlabError(f"{at}: {field + ': ' if field else ''}{message}") from None
+        raise file_error(exc, Recipe, where, lines, fmt=_format_loc) from None
 
 
 def load_recipe(path: str | Path) -> tuple[Recipe, str]:

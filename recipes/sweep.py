@@ -39,6 +39,7 @@ from mixlab.paths import runs_dir
 from mixlab.recipes.runner import RecipeRunner
 from mixlab.recipes.schema import _format_loc, load_recipe, parse_recipe
 from mixlab.store import RunRecord, Store
+from mixlab.validation import file_error
 from mixlab.yamlio import Where, did_you_mean, load_yaml
 
 REGISTRY = Path(__file__).parent / "registry"
@@ -105,18 +106,7 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, Path]:
 def _raise_validation(exc: Exception, path: Path, lines: Where, model: type[BaseModel], fmt) -> None:
     if not isinstance(exc, ValidationError):
         raise exc
-    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    err = errors[0]
-    loc = tuple(err["loc"])
-    if err["type"] == "extra_forbidden":
-        fields = list(model.model_fields) if len(loc) == 1 else []
-        if len(loc) == 2 and loc[0] == "dirichlet":
-            fields = list(DirichletSpec.model_fields)
-        message = f"unknown field {loc[-1]!r}{did_you_mean(str(loc[-1]), fields)}"
-    else:
-        message = err["msg"].removeprefix("Value error, ")
-    line = lines.line(loc)
-    raise MixlabError(f"{path}{':' + str(line) if line else ''}: {fmt(loc) + ': ' if loc else ''}{message}") from None
+    raise file_error(exc, model, str(path), lines, fmt=fmt) from None
 
 
 def dirichlet_mixtures(spec: DirichletSpec, out_dir: Path) -> list[str]:

@@ -9,12 +9,12 @@ Backends: `torch` (mixlab's own decode loop over the model's cache), `hf` (trans
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from typing import Any
 
 from mixlab.errors import MixlabError
 from mixlab.evals.backends.base import Backend, Generation, GenerationConfig, Messages, truncate_at_stop
+from mixlab.yamlio import did_you_mean
 
 __all__ = ["Backend", "Generation", "GenerationConfig", "Messages", "get_backend", "BACKENDS", "truncate_at_stop"]
 
@@ -28,8 +28,7 @@ BACKENDS: dict[str, str] = {
 
 def get_backend(name: str, model_or_path: Any = None, tokenizer: Any = None, **opts: Any) -> Backend:
     if name not in BACKENDS:
-        close = difflib.get_close_matches(name, list(BACKENDS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(name, list(BACKENDS))
         raise MixlabError(f"unknown backend {name!r}{hint}; known: {sorted(BACKENDS)}")
     module_name, cls_name = BACKENDS[name].split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)

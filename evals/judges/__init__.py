@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from mixlab.errors import MixlabError
+from mixlab.evals.backends import get_backend
 from mixlab.evals.judges.llm import Judgement, JudgeRequest, LLMJudge, PairwiseResult
 from mixlab.evals.judges.rubric import RubricJudge
 from mixlab.store import Store
@@ -28,8 +29,6 @@ def get_judge(spec: str, *, store: Store | None = None, **opts: Any) -> LLMJudge
     `batch_size` for local) except `max_new_tokens`, `chunk_size`, `use_cache`, `verdict_retries`,
     `verdict_backoff_s` and `warn`, which go to the judge.
     """
-    from mixlab.evals.backends import get_backend
-
     judge_opts = {k: opts.pop(k) for k in ("max_new_tokens", "chunk_size", "use_cache", "verdict_retries",
                                            "verdict_backoff_s", "warn") if k in opts}
     if spec == "rubric":

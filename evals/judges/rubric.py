@@ -13,7 +13,9 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from mixlab.errors import MixlabError
+from mixlab.evals import ifeval_instructions as ifi
 from mixlab.evals.judges.llm import Judgement
+from mixlab.evals.procedural import constraints
 
 TEMPLATE = "rubric@v1"
 
@@ -28,16 +30,12 @@ class RubricJudge:
     def grade_rubric(self, rubric: Any, answer: str) -> Judgement:
         text = answer if isinstance(answer, str) else ("" if answer is None else str(answer))
         if isinstance(rubric, dict) and "instruction_id_list" in rubric:
-            from mixlab.evals import ifeval_instructions as ifi
-
             ids = list(rubric["instruction_id_list"])
             kwargs = list(rubric.get("kwargs") or [{}] * len(ids))
             strict, loose = ifi.follows(ids, kwargs, text)
             lines = [f"{'PASS' if s else 'FAIL'} {i} (loose: {'pass' if l else 'fail'})" for i, s, l in zip(ids, strict, loose)]
             followed, total = sum(strict), len(ids)
         elif isinstance(rubric, list) and all(isinstance(c, dict) and "type" in c for c in rubric):
-            from mixlab.evals.procedural import constraints
-
             verdicts = constraints.check_all(rubric, text)
             lines = [f"{'PASS' if ok else 'FAIL'} {constraints.instruction(c)}" for c, ok in zip(rubric, verdicts)]
             followed, total = sum(verdicts), len(rubric)

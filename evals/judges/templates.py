@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mixlab.errors import MixlabError
+from mixlab.yamlio import did_you_mean
 
 SYSTEM = (
     "You are a meticulous, impartial evaluator of AI assistant answers. You follow the grading instructions "
@@ -122,10 +123,7 @@ TEMPLATES: dict[str, JudgeTemplate] = {
 
 def get_template(name: str) -> JudgeTemplate:
     if name not in TEMPLATES:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(TEMPLATES), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(name, list(TEMPLATES))
         raise MixlabError(f"unknown judge template {name!r}{hint}; known: {sorted(TEMPLATES)}")
     return TEMPLATES[name]
 

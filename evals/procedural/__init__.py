@@ -17,6 +17,7 @@ from typing import Any
 from mixlab.errors import MixlabError
 from mixlab.evals.procedural import chat_format, code_tasks, math_problems
 from mixlab.evals.procedural._split import SPLITS, item_id, split_of
+from mixlab.yamlio import did_you_mean
 
 GENERATORS = {"math": math_problems, "code": code_tasks, "chat": chat_format}
 KINDS = tuple(GENERATORS)
@@ -27,11 +28,8 @@ __all__ = ["generate", "verify", "KINDS", "SPLITS", "LEVELS", "VERIFIERS", "spli
 
 
 def _check_args(kind: str, split: str, n: int, level: int | None) -> None:
-    import difflib
-
     if kind not in GENERATORS:
-        close = difflib.get_close_matches(str(kind), KINDS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(str(kind), KINDS)
         raise MixlabError(f"unknown procedural kind {kind!r}{hint}; known: {list(KINDS)}")
     if split not in SPLITS:
         raise MixlabError(f"unknown procedural split {split!r}; known: {list(SPLITS)}")

@@ -32,7 +32,9 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 
 from mixlab.errors import MixlabError
+from mixlab.evals.lc_winrate import instruction_difficulty, lc_win_rate
 from mixlab.evals.stats import mean_ci
+from mixlab.evals.style import style_stats
 from mixlab.evals.tasks._data import apply_limit, load_rows, read_jsonl
 from mixlab.evals.tasks.base import Completion, EvalItem, Score, Task, register_task
 
@@ -270,8 +272,6 @@ class PairwiseBaselineTask(JudgedChatTask):
         return scores
 
     def aggregate(self, scores: list[Score]) -> dict[str, tuple[float, float, float, str]]:
-        from mixlab.evals.lc_winrate import lc_win_rate
-
         out = {m: _mean_ci_present(scores, m) for m in self.metrics if m != "lc_win_rate"}
         judged = [s for s in scores if "win_rate" in s.values]
         prefs = [s.values["win_rate"] for s in judged]
@@ -300,8 +300,6 @@ class PairwiseBaselineTask(JudgedChatTask):
     def _difficulty(self, judged: list[Score], len_m: list[float], len_b: list[float]) -> list[float] | None:
         """Per-instruction difficulty from a joint fit over this and the other models' judgements, when there
         are other models on shared instructions (one model alone cannot separate difficulty from quality)."""
-        from mixlab.evals.lc_winrate import instruction_difficulty
-
         ids = [s.details.get("item_id") for s in judged]
         history = [h for h in (self.history or []) if h[1] in set(ids)]
         if not history or None in ids:
@@ -431,8 +429,6 @@ def _mean_ci_present(scores: Sequence[Score], metric: str) -> tuple[float, float
 
 def _markdown_density(text: str) -> list[float]:
     """Headers, list items and bold spans per character (Arena-Hard's style features, code blocks removed)."""
-    from mixlab.evals.style import style_stats
-
     stats = style_stats(text)
     length = stats["chars"] + 1.0
     return [stats["md_headers"] / length, stats["md_list_items"] / length, stats["md_bold"] / length]

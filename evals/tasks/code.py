@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mixlab.errors import MixlabError
+from mixlab.evals.sandbox import default_pool, run_many
+from mixlab.evals.stats import mean_ci, pass_at_k
 from mixlab.evals.tasks._data import apply_limit, load_rows
 from mixlab.evals.tasks.base import EvalItem, Score, Task, register_task
 
@@ -144,16 +146,6 @@ def _indent_body(code: str) -> str:
 # ------------------------------------------------------------------------------------------ scoring
 
 
-def _pass_at_k(n: int, c: int, k: int) -> float:
-    try:
-        from mixlab.evals.stats import pass_at_k
-    except ImportError:  # pragma: no cover - stats is part of evals; kept for a partial checkout
-        import math
-
-        return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
-    return pass_at_k(n, c, k)
-
-
 def _sample_texts(output: Any) -> list[str]:
     """All samples of one output: a string, or a completion with `.text` and optional `extra["samples"]`."""
     if output is None or isinstance(output, str):
@@ -168,7 +160,7 @@ def _sample_texts(output: Any) -> list[str]:
 
 def _combine_samples(scores: Sequence[Score], ks: Sequence[int] = PASS_AT_K) -> Score:
     n, c = len(scores), int(sum(s.values.get("pass@1", 0.0) for s in scores))
-    values = {f"pass@{k}": _pass_at_k(n, c, k) for k in ks if k <= n}
+    values = {f"pass@{k}": pass_at_k(n, c, k) for k in ks if k <= n}
     first = scores[0].details if scores else {}
     return Score(values, rationale=f"{c}/{n} samples passed",
                  details={**first, "n": n, "c": c, "statuses": [s.details.get("status") for s in scores]})
@@ -219,8 +211,6 @@ class CodeTask(Task):
         An output is a string or a runner `Completion`; a completion carrying extra samples
         (`extra["samples"]`, from generation with n > 1) is scored with the unbiased pass@k over all its samples.
         """
-        from mixlab.evals.sandbox import default_pool, run_many
-
         if len(items) != len(outputs):
             raise MixlabError(f"task {self.name}: {len(items)} items but {len(outputs)} outputs")
         groups = [_sample_texts(out) for out in outputs]
@@ -253,8 +243,6 @@ class CodeTask(Task):
 
     def aggregate(self, scores: Sequence[Score]) -> dict[str, tuple[float, float, float, str]]:
         """Mean and 95 % CI of every pass@k present (Wilson for 0/1 per-item values, bootstrap otherwise)."""
-        from mixlab.evals.stats import mean_ci
-
         names: list[str] = list(self.metrics)
         for score in scores:
             names += [k for k in score.values if k not in names]

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mixlab.errors import MixlabError
+from mixlab.evals import procedural
+from mixlab.evals.procedural import chat_format
 from mixlab.evals.stats import summarize_metrics
 from mixlab.evals.tasks.base import EvalItem, Score, Task, register_task
 
@@ -21,14 +23,11 @@ class ProceduralTask(Task):
     n_items: ClassVar[int] = 300  # fixed size: scores stay comparable across runs (Wilson half-width <= 0.057)
     seed: ClassVar[int] = 0
     split: ClassVar[str] = "heldout"
+    level: ClassVar[int | None] = None  # None: all levels, mixed uniformly
     binary_metrics = True
 
     def _generate(self, n: int) -> list[dict[str, Any]]:
-        try:
-            from mixlab.evals import procedural
-        except ImportError as exc:
-            raise MixlabError(f"task {self.name}: procedural generators unavailable ({exc})") from None
-        return procedural.generate(self.kind, self.split, n, seed=self.seed)
+        return procedural.generate(self.kind, self.split, n, seed=self.seed, level=self.level)
 
     def load(self, data_root: Path | None, limit: int | None = None) -> list[EvalItem]:
         if limit is not None and limit < 0:
@@ -46,8 +45,6 @@ class ProceduralTask(Task):
         ]
 
     def _verify(self, item: EvalItem, output: str) -> float:
-        from mixlab.evals import procedural
-
         return float(procedural.verify(item.reference, response=output))
 
     def score(self, item: EvalItem, output: str) -> Score:
@@ -106,8 +103,6 @@ class ProcChat(ProceduralTask):
     def score(self, item: EvalItem, output: str) -> Score:
         text = output if isinstance(output, str) else ("" if output is None else str(output))
         try:
-            from mixlab.evals.procedural import chat_format
-
             constraints = item.reference["ground_truth"]
             verdicts = [bool(v) for v in chat_format.check_all(constraints, text)] if constraints else []
         except Exception as exc:  # noqa: BLE001
@@ -128,12 +123,7 @@ class _LevelOne:
     on these (same generators, verifiers and held-out split; 300 level-1 items each).
     """
 
-    level: ClassVar[int] = 1
-
-    def _generate(self, n: int) -> list[dict[str, Any]]:
-        from mixlab.evals import procedural
-
-        return procedural.generate(self.kind, self.split, n, seed=self.seed, level=self.level)  # type: ignore[attr-defined]
+    level: ClassVar[int | None] = 1
 
 
 @register_task

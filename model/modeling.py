@@ -269,14 +269,16 @@ class _AttachAuxLoss(torch.autograd.Function):
 
 
 def sequence_aux_loss(logits: torch.Tensor, topk_idx: torch.Tensor, groups: torch.Tensor, activation: str,
-                      top_k: int) -> torch.Tensor:
+                      top_k: int, num_groups: int | None = None) -> torch.Tensor:
     """DeepSeek-V3 sequence-wise balance loss, mean over sequences: Σ_i f_i P_i with
-    f_i = E/(k·T_s) · #tokens of s routed to i,  P_i = mean_t s'_{t,i}  (s' = scores normalised per token)."""
+    f_i = E/(k·T_s) · #tokens of s routed to i,  P_i = mean_t s'_{t,i}  (s' = scores normalised per token).
+    With `num_groups` given (the layout knows it) nothing here syncs with the host."""
     N, E = logits.shape
     scores = torch.sigmoid(logits) if activation == "sigmoid" else torch.softmax(logits, -1)
     probs = scores / (scores.sum(-1, keepdim=True) + 1e-20)
-    G = int(groups.max()) + 1
-    tokens = torch.bincount(groups, minlength=G).clamp(min=1).float()[:, None]
+    G = int(groups.max()) + 1 if num_groups is None else num_groups
+    tokens = torch.zeros(G, device=logits.device).index_add(0, groups, torch.ones(N, device=logits.device))
+    tokens = tokens.clamp(min=1)[:, None]
     sel = torch.zeros(N, E, device=logits.device).scatter_(1, topk_idx, 1.0)
     f = torch.zeros(G, E, device=logits.device).index_add(0, groups, sel) * (E / top_k) / tokens
     P = torch.zeros(G, E, device=logits.device).index_add(0, groups, probs) / tokens
@@ -315,7 +317,7 @@ class KimiSparseMoeBlock(nn.Module):
         aux = None
         if self.training and cfg.seq_aux_loss_coef > 0 and torch.is_grad_enabled():
             aux = sequence_aux_loss(logits, idx, layout.group_ids(x.device), cfg.moe_router_activation_func,
-                                    self.top_k)
+                                    self.top_k, num_groups=layout.num_seqs)
             n_moe = sum(cfg.is_moe_layer(i) for i in range(cfg.num_hidden_layers))
             y = _AttachAuxLoss.apply(y, aux * (cfg.seq_aux_loss_coef / n_moe))
         return y.view(shape), counts, aux

@@ -16,67 +16,69 @@ from mixlab import procs
 from mixlab.errors import MixlabError
 
 
+def run_cmd(
+    recipe: Optional[Path] = typer.Argument(None, help="recipe YAML (or a name in recipes/registry)"),
+    resume: Optional[str] = typer.Option(None, "--resume", help="continue run RUN_ID from its last checkpoint"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate and preflight (mixtures, checkpoints) only"),
+    sweep_id: Optional[str] = typer.Option(None, "--sweep-id", hidden=True),
+    invocation: Optional[str] = typer.Option(None, "--invocation", hidden=True),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+) -> None:
+    """Fine-tune a model with a recipe (TRL SFT / DPO / GRPO / KTO stages), evaluate it, record it in DuckDB."""
+    from mixlab.recipes.report import print_results
+    from mixlab.recipes.runner import RecipeRunner, resume as resume_run
+    from mixlab.recipes.schema import load_recipe
+
+    if resume:
+        if recipe is not None:
+            raise MixlabError("--resume RUN_ID takes the recipe from the run row; do not also pass a recipe")
+        results = resume_run(resume, progress=not quiet)
+    else:
+        if recipe is None:
+            raise MixlabError("give a recipe YAML, or --resume RUN_ID")
+        loaded, text = load_recipe(recipe)
+        runner = RecipeRunner(loaded, text, sweep_id=sweep_id, invocation=invocation, progress=not quiet)
+        if dry_run:
+            stages = runner.preflight()
+            for s in stages:
+                typer.echo(f"ok  stage {s.stage.name}: {s.stage.trainer} on {s.mixture_name} ({s.mixture_id})")
+            return
+        results = runner.run()
+    print_results(results)
+
+def sweep_cmd(
+    sweep: Path = typer.Argument(..., help="sweep YAML: recipe × mixtures (or Dirichlet samples) × seeds"),
+    parallel: Optional[int] = typer.Option(None, "--parallel", min=1, help="runs at once (processes)"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Run a recipe across mixtures and seeds; each member is its own run row, tagged with the sweep id."""
+    from mixlab.recipes.report import print_sweep
+    from mixlab.recipes.sweep import run_sweep
+
+    outcome = run_sweep(sweep, parallel=parallel, progress=not quiet)
+    print_sweep(outcome["sweep_id"])
+    if outcome["failures"]:
+        raise MixlabError(
+            f"sweep {outcome['sweep_id']}: {len(outcome['failures'])} member(s) failed: "
+            + "; ".join(f"{k}: {v}" for k, v in outcome["failures"].items())
+        )
+
+def ladder_cmd(
+    ladder: Path = typer.Argument(..., help="ladder YAML: rungs (presets) with promotion gates"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Scaling ladder: train mixtures at rung 1, promote those passing the gates against the baseline."""
+    from mixlab.recipes.ladder import run_ladder
+    from mixlab.recipes.report import print_ladder
+
+    outcome = run_ladder(ladder, progress=not quiet)
+    print_ladder(outcome["ladder_id"])
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("run")
-    def run_cmd(
-        recipe: Optional[Path] = typer.Argument(None, help="recipe YAML (or a name in recipes/registry)"),
-        resume: Optional[str] = typer.Option(None, "--resume", help="continue run RUN_ID from its last checkpoint"),
-        dry_run: bool = typer.Option(False, "--dry-run", help="validate and preflight (mixtures, checkpoints) only"),
-        sweep_id: Optional[str] = typer.Option(None, "--sweep-id", hidden=True),
-        invocation: Optional[str] = typer.Option(None, "--invocation", hidden=True),
-        quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
-    ) -> None:
-        """Fine-tune a model with a recipe (TRL SFT / GRPO / DPO stages), evaluate it, record everything in DuckDB."""
-        from mixlab.recipes.report import print_results
-        from mixlab.recipes.runner import RecipeRunner, resume as resume_run
-        from mixlab.recipes.schema import load_recipe
-
-        if resume:
-            if recipe is not None:
-                raise MixlabError("--resume RUN_ID takes the recipe from the run row; do not also pass a recipe")
-            results = resume_run(resume, progress=not quiet)
-        else:
-            if recipe is None:
-                raise MixlabError("give a recipe YAML, or --resume RUN_ID")
-            loaded, text = load_recipe(recipe)
-            runner = RecipeRunner(loaded, text, sweep_id=sweep_id, invocation=invocation, progress=not quiet)
-            if dry_run:
-                stages = runner.preflight()
-                for s in stages:
-                    typer.echo(f"ok  stage {s.stage.name}: {s.stage.trainer} on {s.mixture_name} ({s.mixture_id})")
-                return
-            results = runner.run()
-        print_results(results)
-
-    @app.command("sweep")
-    def sweep_cmd(
-        sweep: Path = typer.Argument(..., help="sweep YAML: recipe × mixtures (or Dirichlet samples) × seeds"),
-        parallel: Optional[int] = typer.Option(None, "--parallel", min=1, help="runs at once (processes)"),
-        quiet: bool = typer.Option(False, "--quiet"),
-    ) -> None:
-        """Run a recipe across mixtures and seeds; each member is its own run row, tagged with the sweep id."""
-        from mixlab.recipes.report import print_sweep
-        from mixlab.recipes.sweep import run_sweep
-
-        outcome = run_sweep(sweep, parallel=parallel, progress=not quiet)
-        print_sweep(outcome["sweep_id"])
-        if outcome["failures"]:
-            raise MixlabError(
-                f"sweep {outcome['sweep_id']}: {len(outcome['failures'])} member(s) failed: "
-                + "; ".join(f"{k}: {v}" for k, v in outcome["failures"].items())
-            )
-
-    @app.command("ladder")
-    def ladder_cmd(
-        ladder: Path = typer.Argument(..., help="ladder YAML: rungs (presets) with promotion gates"),
-        quiet: bool = typer.Option(False, "--quiet"),
-    ) -> None:
-        """Scaling ladder: train mixtures at rung 1, promote those passing the gates against the baseline."""
-        from mixlab.recipes.ladder import run_ladder
-        from mixlab.recipes.report import print_ladder
-
-        outcome = run_ladder(ladder, progress=not quiet)
-        print_ladder(outcome["ladder_id"])
+    app.command("run")(run_cmd)
+    app.command("sweep")(sweep_cmd)
+    app.command("ladder")(ladder_cmd)
 
     @app.command("demo")
     def demo_cmd(

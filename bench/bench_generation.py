@@ -74,26 +74,37 @@ def sync(device: str) -> None:
 
 
 def time_methods(methods, batch, cfg, repeats, device):
+    """Best of `repeats` rounds, methods interleaved within each round (so load changes on a shared machine hit
+    all of them alike). Also records process CPU time: with one torch thread it is robust to other processes."""
     results, outputs = {}, {}
-    for name, backend in methods.items():
+    for backend in methods.values():
         backend.generate_detailed(batch[: min(4, len(batch))], cfg.replace(max_new_tokens=4))  # warm-up
-        times, runs = [], []
-        for _ in range(repeats):
+    times = {name: [] for name in methods}
+    cpu = {name: [] for name in methods}
+    runs = {name: [] for name in methods}
+    gens = {}
+    for _ in range(repeats):
+        for name, backend in methods.items():
             sync(device)
-            start = time.perf_counter()
-            gens = backend.generate_detailed(batch, cfg)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            gens[name] = backend.generate_detailed(batch, cfg)
             sync(device)
-            times.append(time.perf_counter() - start)
-            runs.append([g.text for g in gens])
-        tokens = sum(g.output_tokens[0] for g in gens)
-        best = min(times)
-        outputs[name] = runs[0]
-        results[name] = {"seconds": best, "generated_tokens": tokens, "tokens_per_s": tokens / best,
-                         "all_seconds": times, "repeats_identical": all(r == runs[0] for r in runs)}
+            times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+            runs[name].append([g.text for g in gens[name]])
+    for name, backend in methods.items():
+        tokens = sum(g.output_tokens[0] for g in gens[name])
+        best, best_cpu = min(times[name]), min(cpu[name])
+        outputs[name] = runs[name][0]
+        results[name] = {"seconds": best, "cpu_seconds": best_cpu, "generated_tokens": tokens,
+                         "tokens_per_s": tokens / best, "tokens_per_cpu_s": tokens / best_cpu,
+                         "all_seconds": times[name], "all_cpu_seconds": cpu[name],
+                         "repeats_identical": all(r == runs[name][0] for r in runs[name])}
         engine = getattr(backend, "_engine", None)
         if engine is not None:
             results[name]["engine_stats"] = dict(engine.stats)
-        print(f"{name:8s} {tokens:6d} tokens  {best:7.3f} s  {tokens / best:9.1f} tok/s", flush=True)
+        print(f"{name:8s} {tokens:6d} tokens  {best:7.3f} s  {tokens / best:9.1f} tok/s  "
+              f"(cpu {best_cpu:7.3f} s, {tokens / best_cpu:9.1f} tok/cpu-s)", flush=True)
     return results, outputs
 
 
@@ -225,6 +236,8 @@ def main() -> None:
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on cuda, float32 on cpu")
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--batch", type=int, default=16, help="engine: most rows at once; loop/hf: batch size")
+    parser.add_argument("--engine-batch", type=int, default=None, help="engine rows (default --batch); "
+                        "method hf-engine-batch runs generate at this batch size")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -254,14 +267,17 @@ def main() -> None:
     if not args.no_eos_shadow:
         shadow_eos(model, tokenizer, batch, args.max_new_tokens)
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    engine_batch = args.engine_batch or args.batch
     factories = {
-        "engine": lambda: get_backend("torch", model, tokenizer, batch_size=args.batch),
+        "engine": lambda: get_backend("torch", model, tokenizer, batch_size=engine_batch),
         "loop": lambda: get_backend("torch", model, tokenizer, batch_size=args.batch, engine=False),
         "hf": lambda: get_backend("hf", model, tokenizer, batch_size=args.batch),
+        "hf-engine-batch": lambda: get_backend("hf", model, tokenizer, batch_size=engine_batch),
     }
     payload = {
         "device": device_name(args.device), "torch": torch.__version__, "preset": args.preset, "dtype": str(dtype),
-        "prompts": args.prompts, "batch_size": args.batch, "max_new_tokens": args.max_new_tokens,
+        "prompts": args.prompts, "batch_size": args.batch, "engine_batch": engine_batch,
+        "max_new_tokens": args.max_new_tokens,
         "eos_shadow": not args.no_eos_shadow,
     }
     names = [m for m in args.methods.split(",") if m]
@@ -272,8 +288,10 @@ def main() -> None:
         if "hf" in results:
             ratios = {name: results[name]["tokens_per_s"] / results["hf"]["tokens_per_s"] for name in results}
             payload["ratio_vs_hf"] = ratios
+            payload["cpu_time_ratio_vs_hf"] = {
+                name: results[name]["tokens_per_cpu_s"] / results["hf"]["tokens_per_cpu_s"] for name in results}
             for name, ratio in ratios.items():
-                print(f"{name:8s} x{ratio:.2f} vs hf")
+                print(f"{name:16s} x{ratio:.2f} vs hf (wall), x{payload['cpu_time_ratio_vs_hf'][name]:.2f} (cpu time)")
         identical = all(outputs[n] == outputs[names[0]] for n in names)
         payload["outputs_identical"] = identical
         payload["rows_identical_vs_first"] = {

@@ -7,16 +7,16 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 ||
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))"
 PY="python3 -P"
 step() { local t=$1; shift; echo "=== $*"; timeout "$t" "$@" 2>&1 | grep -v -i "warn" | tail -${TAIL:-25}; save; }
-step 90 python3 -m pytest -p no:cacheprovider --import-mode=importlib -q -m gpu tests/evals_engine -x
-step 150 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --prompts 64 --batch 64 --max-new-tokens 128 \
+step 80 python3 -m pytest -p no:cacheprovider --import-mode=importlib -q -m gpu tests/evals_engine -x
+step 130 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --prompts 64 --batch 64 --max-new-tokens 128 \
   --repeats 2 --methods engine,hf --agreement --hf-batch-alt 32
-step 70 $PY bench/bench_serve.py --preset 1b-a150m --device cuda --requests 64 --sequential-requests 16 \
+step 60 $PY bench/bench_serve.py --preset 1b-a150m --device cuda --requests 64 --sequential-requests 16 \
   --concurrency 64 --max-tokens 128
-step 90 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" --context-scan 1024,32768 \
+step 70 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" --context-scan 1024,32768 \
   --scan-rows 1,4 --scan-steps 32 --tag ctx
-step 60 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --dtype float32 --prompts 16 --batch 16 \
+step 40 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --dtype float32 --prompts 16 --batch 16 \
   --max-new-tokens 32 --repeats 1 --methods engine,hf
 export MIXLAB_ENGINE_MOE=sparse
-step 50 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --prompts 64 \
+step 30 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --prompts 64 \
   --batch 64 --max-new-tokens 128 --repeats 2 --methods engine --tag grouped
 ls "$OUT"

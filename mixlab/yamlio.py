@@ -144,7 +144,16 @@ def _walk(node: yaml.Node, path: tuple, file: str, lines: dict, loader: _Loader)
     lines.setdefault(path, (file, node.start_mark.line + 1))
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
+        merged: dict[Any, Any] = {}  # YAML 1.1 merge keys (`<<: *base`): explicit keys win over merged ones
         for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for source in sources:
+                    if not isinstance(source, yaml.MappingNode):
+                        raise MixlabError(f"{file}:{source.start_mark.line + 1}: '<<' merges mappings only")
+                    for k, v in _walk(source, path, file, {}, loader).items():
+                        merged.setdefault(k, v)
+                continue
             key = _scalar(key_node, file, loader)
             try:
                 hash(key)
@@ -154,6 +163,10 @@ def _walk(node: yaml.Node, path: tuple, file: str, lines: dict, loader: _Loader)
                 raise MixlabError(f"{file}:{key_node.start_mark.line + 1}: duplicate key {key!r}")
             lines[path + (key,)] = (file, key_node.start_mark.line + 1)
             out[key] = _walk(value_node, path + (key,), file, lines, loader)
+        for key, value in merged.items():
+            if key not in out:
+                lines.setdefault(path + (key,), lines[path])
+                out[key] = value
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_walk(child, path + (i,), file, lines, loader) for i, child in enumerate(node.value)]

@@ -134,3 +134,13 @@ def test_every_yaml_cli_refuses_in_one_line(tmp_path, monkeypatch, capsys, comma
     out = capsys.readouterr()
     assert (exit_info.value.code, out.out, out.err) == (2, "", expected + "\n")
     assert not any((tmp_path / "runs").rglob("*.parquet"))  # nothing written
+
+
+def test_merge_keys_work_and_explicit_keys_win(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: &b {lr: 1e-3, steps: 10}\nextra: &e {seed: 1}\nrun:\n  <<: [*b, *e]\n  steps: 20\n")
+    data, where = load_yaml(path)
+    assert data["run"] == {"lr": 1e-3, "steps": 20, "seed": 1}
+    assert where.line(("run", "steps")) == 5
+    path.write_text("run:\n  <<: 3\n")
+    assert _refused(path) == f"{path}:2: '<<' merges mappings only"

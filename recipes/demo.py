@@ -26,11 +26,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
+from rich.console import Console
 
 from mixlab.device import cpu_name
 from mixlab.errors import MixlabError
+from mixlab.mixtures import build
 from mixlab.paths import default_db_path, runs_dir
+from mixlab.recipes.report import print_table, results_rows
+from mixlab.recipes.runner import RecipeRunner
+from mixlab.recipes.schema import parse_recipe
+from mixlab.recipes.sweep import new_sweep_id, run_members
+from mixlab.store import Store
 from mixlab.yamlio import load_yaml
 
 SFT_MIXTURES = ["demo-math-heavy", "demo-code-heavy", "demo-chat-heavy", "demo-balanced"]
@@ -64,17 +72,6 @@ def main(base_steps: int | None = None, sft_steps: int | None = None, grpo_steps
          eval_limit: int | None = None, parallel: int = 2, precision: str | None = None, quiet: bool = False,
          preset: str | None = None, seed: int | None = None, readme: Path | None = None) -> int:
     """Runs the demo; returns 0 when the trade-off holds, 3 when it does not, 1 when a member run failed."""
-    from rich.console import Console
-
-    from mixlab.mixtures import build
-    from mixlab.recipes.report import print_table, results_rows
-    from mixlab.recipes.runner import RecipeRunner
-    from mixlab.recipes.schema import parse_recipe
-    from mixlab.recipes.sweep import new_sweep_id, run_members
-    from mixlab.store import Store
-
-    import torch
-
     global _PRECISION
     _PRECISION = precision
     os.environ.update(DETERMINISTIC_ENV)

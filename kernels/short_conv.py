@@ -7,12 +7,23 @@ packed sequences, and decode / chunked prefill continue exactly from the cache.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
 from mixlab.errors import MixlabError
 
+from .dispatch import use_fused
 from .kda_common import fp32
+
+try:  # triton is optional (gpu / dev extras); without it the reference runs
+    from .short_conv_triton import short_conv_triton
+except ImportError:
+    short_conv_triton = None
+
+# The fused kernel is tested against this reference (interpreter and GPU) but not yet timed on a GPU: opt-in.
+FUSED_SHORT_CONV = os.environ.get("MIXLAB_FUSED_SHORT_CONV", "0") == "1"
 
 ACTIVATIONS = ("silu", "swish", None, "identity")
 
@@ -52,6 +63,8 @@ def short_conv(
         lens = (cu_seqlens[1:] - cu_seqlens[:-1]).to(x.device)
     if cache is not None and cache.shape != (n, D, W - 1):
         raise MixlabError(f"short_conv: cache must be [{n}, {D}, {W - 1}] (N, D, W-1), got {tuple(cache.shape)}")
+    if FUSED_SHORT_CONV and cache is None and not output_final_state and use_fused(x, weight):
+        return short_conv_triton(x, weight, cu_seqlens, activation), None
 
     xf = fp32(x).transpose(1, 2)  # [B, D, T]
     w = weight.to(xf.dtype)

@@ -109,3 +109,30 @@ def test_moe_combine():
     got = _run(lambda y, w: combine_triton(y, inv, w, torch.float32), [y, w], seed=13)
     want = _run(lambda y, w: _combine_torch(y, inv, w, torch.float32), [y, w], seed=13)
     _compare(got, want, ["out", "dy", "dw"], 1e-6)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("activation", ["silu", None])
+def test_short_conv(packed, activation):
+    from mixlab.kernels.short_conv import short_conv
+    from mixlab.kernels.short_conv_triton import short_conv_triton
+
+    D, W = 40, 4
+    if packed:  # three packed sequences, one shorter than the kernel: nothing may leak across them
+        x = _randn(1, 23, D, seed=14)
+        cu = torch.tensor([0, 2, 13, 23], device=DEV)
+    else:
+        x = _randn(3, 9, D, seed=14)
+        cu = None
+    w = _randn(D, 1, W, seed=15) * 0.5
+
+    got = _run(lambda x, w: short_conv_triton(x, w, cu, activation), [x, w], seed=16)
+    want = _run(lambda x, w: short_conv(x, w, cu_seqlens=cu, activation=activation)[0], [x, w], seed=16)
+    _compare(got, want, ["y", "dx", "dw"], 1e-5)
+    if packed:  # the second sequence's first output sees only its own first token
+        y = got[0]
+        torch.testing.assert_close(y[0, 2], _act(x[0, 2] * w[:, 0, W - 1], activation), atol=1e-5, rtol=1e-5)
+
+
+def _act(z, activation):
+    return torch.nn.functional.silu(z) if activation == "silu" else z

@@ -9,6 +9,8 @@ Modes (same model weights, same batch):
 - fast_graph  : `fast` with the whole forward + backward captured once as a CUDA graph and replayed
                 (`mixlab.kernels.step_graph.CapturedStep`; possible because the step has static shapes and no host
                 syncs); removes the launch gaps.
+- fast_sc, fast_sc_graph : the same with the opt-in fused short convolution (MIXLAB_FUSED_SHORT_CONV), not in the
+                default list (not yet measured).
 
 Per mode and batch: tokens/s (median of timed steps), ratio to the peer, MFU (6 · active non-embedding params · tok/s
 plus causal MLA attention FLOPs, over the 780 TFLOP/s measured bf16 peak; KDA's own FLOPs are not counted), GPU busy %
@@ -21,6 +23,7 @@ Usage: python bench/bench_step.py [--tokens 8192,16384] [--seq 2048] [--modes pe
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import statistics
 import time
@@ -34,6 +37,8 @@ from mixlab.kernels.step_graph import CapturedStep
 from mixlab.model import get_preset, load_model
 from mixlab.model.info import model_info
 
+# the module (the package attribute of that name is the function)
+short_conv_module = importlib.import_module("mixlab.kernels.short_conv")
 PEAK_TFLOPS = 780.0  # measured bf16 matmul peak on an H100 (issue 11)
 
 
@@ -94,6 +99,7 @@ class Runner:
 def run_mode(model, ids, mode: str, iters: int) -> dict:
     set_backend("auto")
     set_fused(mode != "peer")
+    short_conv_module.FUSED_SHORT_CONV = "_sc" in mode
     r = Runner(model, ids, mode)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from mixlab.kernels import fla_available, set_backend, set_fused
+from mixlab.kernels import dispatch, set_backend, set_fused
 from mixlab.kernels.step_graph import CapturedStep
 from mixlab.model import get_preset, load_model
 from mixlab.model.info import model_info
@@ -157,14 +157,18 @@ def main() -> None:
     parser.add_argument("--modes", default="peer,fast,fast_graph")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--out", default="bench/results/step.json")
+    parser.add_argument("--no-fla", action="store_true",
+                        help="KDA on the torch reference in every mode (quick kernel comparisons, no fla autotuning)")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "bench_step needs a CUDA GPU"
-    if not fla_available():
+    if args.no_fla:
+        dispatch.fla_available = lambda: False  # use_triton looks the name up at call time
+    if not dispatch.fla_available():
         print("WARNING: fla-core not importable: KDA runs the torch reference in every mode (not the peer)")
     cfg = get_preset(args.preset)
     model = load_model(args.preset, dtype=torch.bfloat16, device="cuda", seed=0).train()
     results = {
-        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "fla_available": fla_available(),
+        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "fla_available": dispatch.fla_available(),
         "preset": args.preset, "dtype": "bf16", "what": "forward+backward (no optimizer step)",
         "peak_tflops": PEAK_TFLOPS, "rows": [],
     }

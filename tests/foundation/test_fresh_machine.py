@@ -66,13 +66,16 @@ def test_transformers_kernels_integration_and_model_from_repo_root():
 
 
 def test_the_hazard_is_real_without_the_helper():
-    """Control: the same probe started the unsafe way (`python -c` from the repo root) picks up our `kernels/`.
-    Deliberately bypasses mixlab.procs; if this ever passes cleanly the tripwire above proves nothing."""
+    """Control: started the unsafe way (`python -c` from the repo root), `import kernels` finds our folder, which
+    refuses with a message that says what to do. Deliberately bypasses mixlab.procs: if this import ever worked,
+    the tripwire above would prove nothing."""
     _needs_real_kernels()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
-    out = subprocess.run([sys.executable, "-c", "import kernels; print(kernels.__file__)"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and Path(out.stdout.strip()).resolve() == REPO / "kernels" / "__init__.py"
+    out = subprocess.run([sys.executable, "-c", "import transformers.integrations.hub_kernels"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith("ImportError: mixlab's kernels/ folder shadows the PyPI")
+    assert f'"{REPO / "kernels" / "__init__.py"}"' in out.stderr
 
 
 @pytest.mark.parametrize("args", [

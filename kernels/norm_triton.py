@@ -117,7 +117,7 @@ class _RMSNormFn(torch.autograd.Function):
             x2, weight, g2, y, rstd, M, N, eps, x2.stride(0), g2.stride(0), y.stride(0),
             HAS_GATE=gate is not None, ACT=act, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
         )
-        ctx.save_for_backward(x2, weight, gate if gate is None else g2, rstd)
+        ctx.save_for_backward(x2, weight, g2 if gate is not None else None, rstd)
         ctx.has_gate, ctx.act, ctx.shape, ctx.gate_dtype = gate is not None, act, shape, (
             None if gate is None else gate.dtype)
         return y.view(shape)

@@ -8,9 +8,7 @@ enters the mixture id; `read` parses rows only when the build is not a cache hit
 from __future__ import annotations
 
 import glob
-import gzip
 import hashlib
-import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ import pyarrow.parquet as pq
 
 from mixlab.errors import MixlabError
 from mixlab.evals.procedural import generate
+from mixlab.jsonl import iter_jsonl, open_text
 from mixlab.mixtures.schema import SourceSpec
 
 
@@ -152,12 +151,6 @@ def read(resolved: ResolvedSource) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, where
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
 def _read_file(path: Path, fmt: str | None) -> tuple[list[dict[str, Any]], list[str]]:
     name = path.name[:-3] if path.name.endswith(".gz") else path.name
     fmt = fmt or ("jsonl" if name.endswith(".jsonl") else "json" if name.endswith(".json") else
@@ -171,7 +164,7 @@ def _read_file(path: Path, fmt: str | None) -> tuple[list[dict[str, Any]], list[
             raise MixlabError(f"{path}: not a readable parquet file ({exc})") from None
         return rows, [f"{path} row {i}" for i in range(len(rows))]
     if fmt == "json":
-        with _open_text(path) as fh:
+        with open_text(path) as fh:
             try:
                 data = json.load(fh)
             except json.JSONDecodeError as exc:
@@ -180,14 +173,7 @@ def _read_file(path: Path, fmt: str | None) -> tuple[list[dict[str, Any]], list[
             raise MixlabError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
         return data, [f"{path} row {i}" for i in range(len(data))]
     rows, where = [], []
-    loads = json.loads
-    with _open_text(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(loads(line))
-            except json.JSONDecodeError as exc:
-                raise MixlabError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            where.append(f"{path}:{lineno}")
+    for lineno, row in iter_jsonl(path):
+        rows.append(row)
+        where.append(f"{path}:{lineno}")
     return rows, where

@@ -6,26 +6,12 @@ hub dataset that would have been used with a network.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from mixlab.errors import MixlabError
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            # Split on '\n' only: some benchmark prompts contain U+2028, which str.splitlines() would break.
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise MixlabError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-    return rows
+from mixlab.jsonl import read_jsonl
 
 
 def load_rows(

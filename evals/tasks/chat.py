@@ -35,7 +35,8 @@ from mixlab.errors import MixlabError
 from mixlab.evals.lc_winrate import instruction_difficulty, lc_win_rate
 from mixlab.evals.stats import mean_ci
 from mixlab.evals.style import style_stats
-from mixlab.evals.tasks._data import apply_limit, load_rows, read_jsonl
+from mixlab.evals.tasks._data import apply_limit, load_rows
+from mixlab.jsonl import read_jsonl
 from mixlab.evals.tasks.base import Completion, EvalItem, Score, Task, register_task
 
 TURN_SEPARATOR = "\n\n<<<mixlab:turn {n}>>>\n\n"

@@ -20,7 +20,6 @@ tests as plain data, other objects as handles equal only to themselves.)
 from __future__ import annotations
 
 import ast
-import gzip
 import json
 import re
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from mixlab.evals.sandbox import default_pool, run_many
 from mixlab.evals.stats import mean_ci, pass_at_k
 from mixlab.evals.tasks._data import apply_limit, load_rows
 from mixlab.evals.tasks.base import EvalItem, Score, Task, register_task
+from mixlab.jsonl import read_jsonl
 
 DEFAULT_TIMEOUT_S = 10.0  # per program (all of one sample's tests); generous so slow CPUs do not fail samples
 PASS_AT_K = (1, 5, 10, 100)
@@ -287,9 +287,8 @@ class HumanEval(CodeTask):
         path = Path(data_root) / self.rel_path if data_root is not None else None
         if path is not None and path.is_file():
             try:
-                with gzip.open(path, "rt", encoding="utf-8") as fh:
-                    rows = [json.loads(line) for line in fh if line.strip()]
-            except (OSError, json.JSONDecodeError) as exc:
+                rows = read_jsonl(path)
+            except OSError as exc:
                 raise MixlabError(f"task {self.name}: cannot read {path}: {exc}") from None
         else:
             rows = load_rows(self.name, data_root, self.rel_path, self.hub)

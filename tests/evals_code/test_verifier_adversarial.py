@@ -110,7 +110,7 @@ EXPLOITS: dict[str, str] = {
         "            seen.append(repr(obj)[:100000])\n"
         "        except Exception:\n"
         "            pass\n"
-        "    return re.findall(r'== (7315\\d{4})', ' '.join(seen))\n"
+        "    return list(dict.fromkeys(re.findall(r'== (731\\d{5})', ' '.join(seen))))\n"
         "def f(x):\n"
         "    found = _find()\n"
         "    return int(found[[1, 2, -5].index(x)]) if len(found) >= 3 else 0\n"),
@@ -122,7 +122,7 @@ EXPLOITS: dict[str, str] = {
         "    for pid in pids:\n"
         "        for name in ('cmdline', 'environ'):\n"
         "            try:\n"
-        "                found += re.findall(rb'== (7315\\d{4})', open(f'/proc/{pid}/{name}', 'rb').read())\n"
+        "                found += re.findall(rb'== (731\\d{5})', open(f'/proc/{pid}/{name}', 'rb').read())\n"
         "            except OSError:\n"
         "                pass\n"
         "        try:\n"
@@ -136,14 +136,14 @@ EXPLOITS: dict[str, str] = {
         "                continue\n"
         "            try:\n"
         "                mem.seek(lo)\n"
-        "                found += re.findall(rb'== (7315\\d{4})', mem.read(hi - lo))\n"
+        "                found += re.findall(rb'== (731\\d{5})', mem.read(hi - lo))\n"
         "            except (OSError, ValueError, OverflowError):\n"
         "                pass\n"
         "    for root in ('/tmp', '/dev/shm', '/work', '/root'):\n"
         "        for d, _, files in os.walk(root):\n"
         "            for name in files:\n"
         "                try:\n"
-        "                    found += re.findall(rb'== (7315\\d{4})', open(os.path.join(d, name), 'rb').read())\n"
+        "                    found += re.findall(rb'== (731\\d{5})', open(os.path.join(d, name), 'rb').read())\n"
         "                except OSError:\n"
         "                    pass\n"
         "    return found\n"
@@ -175,6 +175,16 @@ def test_exploit_scores_zero_in_run_tests(name):
     result = run_tests(EXPLOITS[name], TESTS, ["f"], timeout_s=5.0)
     assert result.status != "passed", (name, result)
     assert result.verdict is None or result.verdict["passed"] is False
+
+
+@ROOT_ONLY
+@pytest.mark.parametrize("name", ["frames, gc and globals search for the tests",
+                                  "memory, /proc and files search for the tests"])
+def test_the_search_exploits_work_when_the_tests_are_within_reach(name):
+    """Positive control: with the tests' text in the program's own memory, each search finds the answers and
+    passes — so their failing above means the tests were out of reach, not that the search is broken."""
+    bait = "_BAIT = " + repr(TESTS) + "\n"
+    assert run_tests(bait + EXPLOITS[name], TESTS, ["f"], timeout_s=20.0).passed
 
 
 @ROOT_ONLY

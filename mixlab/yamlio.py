@@ -116,7 +116,8 @@ def _check_graph(root: yaml.Node, file: str) -> None:
             return sizes[key]
         line = node.start_mark.line + 1
         if node.tag not in _ALLOWED_TAGS:
-            raise MixlabError(f"{file}:{line}: YAML tag {node.tag!r} is not allowed (only plain data)")
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            raise MixlabError(f"{file}:{line}: YAML tag {tag} is not allowed (plain data only)")
         if depth > MAX_DEPTH:
             raise MixlabError(f"{file}:{line}: YAML nested deeper than {MAX_DEPTH} levels")
         if key in active:

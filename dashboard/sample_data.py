@@ -183,57 +183,75 @@ def build(
     store = Store(path)
     t0 = datetime(2026, 11, 2, 9, 0, 0)
     n_mixtures = n_mixtures or max(5, min(60, n_runs // 4))
+    # The order of the steps below is the order of draws from `rng`: it fixes every number in the database.
+    store.insert("sources", _sources(t0), replace=True)
+    mixtures, components, contamination = _mixtures(rng, n_mixtures, seed, t0)
+    store.insert("mixtures", mixtures, replace=True)
+    store.insert("mixture_components", components)
+    store.insert("contamination", contamination)
+    runs, run_skill = _runs(rng, mixtures, components, n_runs, seed, t0)
+    store.insert("runs", [asdict(r) for r in runs], replace=True)
+    train_rows, load_rows = _training(rng, runs, train_points, expert_snapshots, n_layers, n_experts, expert_load_runs)
+    store.insert("train_metrics", train_rows)
+    if load_rows:
+        store.insert("expert_load", load_rows)
+    eval_runs, metrics, samples = _evaluations(rng, runs, run_skill, samples_per_task)
+    store.insert("eval_runs", eval_runs, replace=True)
+    store.record_metrics(metrics)
+    # Insert samples in slices so one transaction never holds the file lock for long.
+    for start in range(0, len(samples), 50_000):
+        store.insert("eval_samples", samples[start:start + 50_000])
+    return BuildSummary(str(path), len(mixtures), len(runs), len(metrics), len(samples), len(train_rows),
+                        len(load_rows), len(contamination))
 
-    # -- sources ------------------------------------------------------------------------------------------------
-    store.insert(
-        "sources",
-        [
-            {
-                "source_id": _hash("src", name),
-                "name": name,
-                "kind": "sft",
-                "uri": f"procedural://{name[5:]}" if kind == "procedural" else f"data/{name}/train.jsonl",
-                "revision": "v1" if kind == "procedural" else "sha256:" + _hash("rev", name),
-                "adapter": "procedural" if kind == "procedural" else "alpaca",
-                "n_rows": rows,
-                "content_hash": _hash("content", name),
-                "created_at": t0,
-            }
-            for name, kind, _, rows in SOURCES
-        ],
-        replace=True,
-    )
 
-    # -- mixtures and their realised composition ---------------------------------------------------------------
+def _sources(t0: datetime) -> list[dict]:
+    return [
+        {
+            "source_id": _hash("src", name),
+            "name": name,
+            "kind": "sft",
+            "uri": f"procedural://{name[5:]}" if kind == "procedural" else f"data/{name}/train.jsonl",
+            "revision": "v1" if kind == "procedural" else "sha256:" + _hash("rev", name),
+            "adapter": "procedural" if kind == "procedural" else "alpaca",
+            "n_rows": rows,
+            "content_hash": _hash("content", name),
+            "created_at": t0,
+        }
+        for name, kind, _, rows in SOURCES
+    ]
+
+
+BUDGET_ROWS = 60_000
+_BENCHMARKS_OF = {"math": ["gsm8k", "math500"], "code": ["humaneval", "mbpp"], "chat": ["ifeval", "mt-bench"]}
+_NGRAM_WORDS = ["how", "many", "apples", "does", "she", "have", "left", "return", "the", "sum", "of", "list", "write",
+                "a", "function", "that", "answer", "in", "exactly", "three", "sentences"]
+
+
+def _mixtures(rng: np.random.Generator, n_mixtures: int, seed: int,
+              t0: datetime) -> tuple[list[dict], list[dict], list[dict]]:
+    """Mixtures (rows of `mixtures`), their realised composition and the eval-set overlaps their builds flagged."""
     family_names = list(FAMILIES)
     mixtures: list[dict] = []
     components: list[dict] = []
     contamination: list[dict] = []
-    budget_rows = 60_000
     for m in range(n_mixtures):
         family = family_names[m % len(family_names)]
         target = rng.dirichlet(FAMILIES[family])
         target[target < 0.005] = 0.0  # a YAML would not list a source at a fraction of a percent
         target /= target.sum()
-        # Small local sources are capped at 1 epoch; the solver moves the shortfall to the procedural sources.
-        target_rows = target * budget_rows
-        caps = np.array([rows * 1.0 for *_, rows in SOURCES], dtype=float)
-        realised_rows = np.minimum(target_rows, caps)
-        shortfall = target_rows.sum() - realised_rows.sum()
-        procedural = np.array([kind == "procedural" for _, kind, _, _ in SOURCES])
-        realised_rows[procedural] += shortfall * target[procedural] / target[procedural].sum()
-        realised_rows = np.round(realised_rows).astype(int)
+        target_rows, realised_rows = _realised_rows(target)
         realised = realised_rows / realised_rows.sum()
         name = f"{family}-{m // len(family_names) + 1:02d}"
         mixture_id = _hash("mix", name, seed)
-        created = t0 + timedelta(hours=m)
-        yaml_lines = [f"name: {name}", f"family: {family}", "kind: sft", f"budget: {{rows: {budget_rows}}}", "seed: 0",
+        yaml_lines = [f"name: {name}", f"family: {family}", "kind: sft", f"budget: {{rows: {BUDGET_ROWS}}}", "seed: 0",
                       "sources:"]
         yaml_lines += [f"  - {{name: {s[0]}, weight: {w:.3f}, max_epochs: 1}}" for s, w in zip(SOURCES, target) if w > 0]
         mixtures.append({
             "mixture_id": mixture_id, "name": name, "kind": "sft", "family": family, "yaml": "\n".join(yaml_lines) + "\n",
-            "artifact_path": f"runs/artifacts/mixtures/{mixture_id}", "manifest": {"budget_rows": budget_rows},
-            "n_rows": int(realised_rows.sum()), "n_tokens": int(realised_rows.sum() * 180), "seed": 0, "created_at": created,
+            "artifact_path": f"runs/artifacts/mixtures/{mixture_id}", "manifest": {"budget_rows": BUDGET_ROWS},
+            "n_rows": int(realised_rows.sum()), "n_tokens": int(realised_rows.sum() * 180), "seed": 0,
+            "created_at": t0 + timedelta(hours=m),
         })
         for (src, kind, skill, avail), tw, rw, rr, tr in zip(SOURCES, target, realised, realised_rows, target_rows):
             if tw == 0:
@@ -249,23 +267,40 @@ def build(
                 "dropped_filter": int(rng.poisson(rr * 0.01)), "dropped_dedup": int(rng.poisson(rr * 0.004)),
                 "dropped_contamination": flagged,
             })
-            bench = {"math": ["gsm8k", "math500"], "code": ["humaneval", "mbpp"], "chat": ["ifeval", "mt-bench"]}[skill]
-            for i in range(flagged):
-                b = bench[i % len(bench)]
-                contamination.append({
-                    "mixture_id": mixture_id, "source_id": _hash("src", src), "row_id": f"{src}:{rng.integers(0, avail)}",
-                    "benchmark": b, "item_id": f"{b}/{int(rng.integers(0, 40)):04d}",
-                    "ngram": " ".join(rng.choice(
-                        ["how", "many", "apples", "does", "she", "have", "left", "return", "the", "sum", "of",
-                         "list", "write", "a", "function", "that", "answer", "in", "exactly", "three", "sentences"],
-                        size=13)),
-                    "field": "prompt" if i % 3 else "response",
-                })
-    store.insert("mixtures", mixtures, replace=True)
-    store.insert("mixture_components", components)
-    store.insert("contamination", contamination)
+            contamination += _flagged_rows(rng, mixture_id, src, skill, avail, flagged)
+    return mixtures, components, contamination
 
-    # -- runs: a ladder of rungs × stages × mixtures × seeds -----------------------------------------------------
+
+def _realised_rows(target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Target rows per source, and the rows a build realises: small local sources are capped at 1 epoch and the
+    solver moves the shortfall to the procedural sources."""
+    target_rows = target * BUDGET_ROWS
+    caps = np.array([rows * 1.0 for *_, rows in SOURCES], dtype=float)
+    realised_rows = np.minimum(target_rows, caps)
+    shortfall = target_rows.sum() - realised_rows.sum()
+    procedural = np.array([kind == "procedural" for _, kind, _, _ in SOURCES])
+    realised_rows[procedural] += shortfall * target[procedural] / target[procedural].sum()
+    return target_rows, np.round(realised_rows).astype(int)
+
+
+def _flagged_rows(rng: np.random.Generator, mixture_id: str, src: str, skill: str, avail: int,
+                  flagged: int) -> list[dict]:
+    bench = _BENCHMARKS_OF[skill]
+    rows = []
+    for i in range(flagged):
+        b = bench[i % len(bench)]
+        rows.append({
+            "mixture_id": mixture_id, "source_id": _hash("src", src), "row_id": f"{src}:{rng.integers(0, avail)}",
+            "benchmark": b, "item_id": f"{b}/{int(rng.integers(0, 40)):04d}",
+            "ngram": " ".join(rng.choice(_NGRAM_WORDS, size=13)),
+            "field": "prompt" if i % 3 else "response",
+        })
+    return rows
+
+
+def _runs(rng: np.random.Generator, mixtures: list[dict], components: list[dict], n_runs: int, seed: int,
+          t0: datetime) -> tuple[list[RunRecord], dict[str, dict[str, float]]]:
+    """A ladder of rungs × stages × mixtures × seeds, and each run's latent math / code / chat skill."""
     skills_of = {}
     for mix in mixtures:
         shares = {"math": 0.0, "code": 0.0, "chat": 0.0}
@@ -304,46 +339,68 @@ def build(
             config={"lr": 2e-3, "steps": 600}, created_at=created, updated_at=created,
             finished_at=created + timedelta(minutes=14),
         ))
-    store.insert("runs", [asdict(r) for r in runs], replace=True)
+    return runs, run_skill
 
-    # -- training curves and expert load ------------------------------------------------------------------------
+
+N_STEPS = 600
+
+
+def _training(rng: np.random.Generator, runs: list[RunRecord], train_points: int, expert_snapshots: int,
+              n_layers: int, n_experts: int, expert_load_runs: int | None) -> tuple[list[dict], list[dict]]:
+    """Training curves of every run, and expert load for the first `expert_load_runs` runs."""
     train_rows: list[dict] = []
     load_rows: list[dict] = []
-    n_steps = 600
     for k, run in enumerate(runs):
-        base_loss = 2.3 - 0.3 * {"r0": 0, "r1": 1, "r2": 2}[run.rung] + rng.normal(0, 0.03)
-        tps = {"tiny": 15_500, "small": 6_200, "1b-a150m": 1_900}[run.preset] * rng.uniform(0.9, 1.05)
-        for p in range(train_points):
-            step = int((p + 1) * n_steps / train_points)
-            if run.status == "failed" and step > 412:
-                break
-            warm = min(1.0, step / 60)
-            lr = 2e-3 * warm * (0.5 * (1 + math.cos(math.pi * min(1.0, step / n_steps))))
-            loss = base_loss * (0.35 + 0.65 * math.exp(-step / 140)) + 0.02 * rng.normal()
-            ts = run.created_at + timedelta(seconds=step * 1.3)
-            for name, value in (("loss", loss), ("lr", lr), ("tokens_per_s", tps * rng.uniform(0.95, 1.05)),
-                                ("grad_norm", 1.5 * math.exp(-step / 300) + 0.2 + 0.05 * abs(rng.normal())),
-                                ("aux_loss", 0.02 * math.exp(-step / 200) + 0.001)):
-                train_rows.append({"run_id": run.run_id, "step": step, "name": name, "value": float(value), "ts": ts})
-        if expert_load_runs is not None and k >= expert_load_runs:
-            continue
-        # Router imbalance decays as the aux-loss-free bias adapts; one layer stays stubborn.
-        hot = rng.integers(0, n_experts, size=n_layers)
-        for s in range(expert_snapshots):
-            step = int((s + 1) * n_steps / expert_snapshots)
-            for layer in range(1, n_layers + 1):
-                skew = 2.5 * math.exp(-step / (180 if layer != 2 else 900))
-                logits = rng.normal(0, 0.15, n_experts)
-                logits[hot[layer - 1]] += skew
-                load = np.exp(logits) / np.exp(logits).sum()
-                for e in range(n_experts):
-                    load_rows.append({"run_id": run.run_id, "step": step, "layer": layer, "expert": e,
-                                      "load": float(load[e]), "bias": float(-0.01 * s * (load[e] - 1 / n_experts))})
-    store.insert("train_metrics", train_rows)
-    if load_rows:
-        store.insert("expert_load", load_rows)
+        train_rows += _train_curve(rng, run, train_points)
+        if expert_load_runs is None or k < expert_load_runs:
+            load_rows += _expert_load(rng, run, expert_snapshots, n_layers, n_experts)
+    return train_rows, load_rows
 
-    # -- evaluations: metrics with CIs and per-sample rows --------------------------------------------------------
+
+def _train_curve(rng: np.random.Generator, run: RunRecord, train_points: int) -> list[dict]:
+    rows = []
+    base_loss = 2.3 - 0.3 * {"r0": 0, "r1": 1, "r2": 2}[run.rung] + rng.normal(0, 0.03)
+    tps = {"tiny": 15_500, "small": 6_200, "1b-a150m": 1_900}[run.preset] * rng.uniform(0.9, 1.05)
+    for p in range(train_points):
+        step = int((p + 1) * N_STEPS / train_points)
+        if run.status == "failed" and step > 412:
+            break
+        warm = min(1.0, step / 60)
+        lr = 2e-3 * warm * (0.5 * (1 + math.cos(math.pi * min(1.0, step / N_STEPS))))
+        loss = base_loss * (0.35 + 0.65 * math.exp(-step / 140)) + 0.02 * rng.normal()
+        ts = run.created_at + timedelta(seconds=step * 1.3)
+        for name, value in (("loss", loss), ("lr", lr), ("tokens_per_s", tps * rng.uniform(0.95, 1.05)),
+                            ("grad_norm", 1.5 * math.exp(-step / 300) + 0.2 + 0.05 * abs(rng.normal())),
+                            ("aux_loss", 0.02 * math.exp(-step / 200) + 0.001)):
+            rows.append({"run_id": run.run_id, "step": step, "name": name, "value": float(value), "ts": ts})
+    return rows
+
+
+def _expert_load(rng: np.random.Generator, run: RunRecord, snapshots: int, n_layers: int,
+                 n_experts: int) -> list[dict]:
+    """Router imbalance decays as the aux-loss-free bias adapts; one layer stays stubborn."""
+    rows = []
+    hot = rng.integers(0, n_experts, size=n_layers)
+    for s in range(snapshots):
+        step = int((s + 1) * N_STEPS / snapshots)
+        for layer in range(1, n_layers + 1):
+            skew = 2.5 * math.exp(-step / (180 if layer != 2 else 900))
+            logits = rng.normal(0, 0.15, n_experts)
+            logits[hot[layer - 1]] += skew
+            load = np.exp(logits) / np.exp(logits).sum()
+            for e in range(n_experts):
+                rows.append({"run_id": run.run_id, "step": step, "layer": layer, "expert": e,
+                             "load": float(load[e]), "bias": float(-0.01 * s * (load[e] - 1 / n_experts))})
+    return rows
+
+
+_DIFFICULTY = {"proc-math": 0.0, "gsm8k": 0.8, "math500": 1.8, "proc-code": 0.2, "humaneval": 1.0, "mbpp": 0.7,
+               "proc-chat": 0.0, "ifeval": 0.5, "mt-bench": 0.0, "alpaca-eval": 1.2}
+
+
+def _evaluations(rng: np.random.Generator, runs: list[RunRecord], run_skill: dict[str, dict[str, float]],
+                 samples_per_task: int) -> tuple[list[dict], list[MetricRecord], list[dict]]:
+    """Per completed run and task: the eval_runs row, metrics with CIs (style/* included) and per-sample rows."""
     eval_runs: list[dict] = []
     metrics: list[MetricRecord] = []
     samples: list[dict] = []
@@ -354,32 +411,15 @@ def build(
         for t in TASKS:
             eval_id = _hash("eval", run.run_id, t.task)
             created = run.finished_at + timedelta(minutes=1)
-            judge = "mixlab-local-judge@v1" if t.judged else None
             eval_runs.append({
                 "eval_id": eval_id, "run_id": run.run_id, "checkpoint": f"runs/checkpoints/{run.run_id}/final",
                 "task": t.task, "suite": "demo", "backend": "torch", "gen_config": {"temperature": 0.0, "max_new_tokens": 256},
-                "judge": judge, "status": "completed", "n_samples": t.n_items, "created_at": created, "finished_at": created,
+                "judge": "mixlab-local-judge@v1" if t.judged else None, "status": "completed",
+                "n_samples": t.n_items, "created_at": created, "finished_at": created,
             })
-            skill = sk[t.skill]
-            difficulty = {"proc-math": 0.0, "gsm8k": 0.8, "math500": 1.8, "proc-code": 0.2, "humaneval": 1.0,
-                          "mbpp": 0.7, "proc-chat": 0.0, "ifeval": 0.5, "mt-bench": 0.0, "alpaca-eval": 1.2}[t.task]
-            p = _sigmoid(2.2 * (skill - difficulty))
+            p = _sigmoid(2.2 * (sk[t.skill] - _DIFFICULTY[t.task]))
             for metric in t.metrics:
-                if t.task == "mt-bench" and metric.startswith("score"):
-                    values = np.clip(rng.normal(1 + 8 * p - (0.3 if metric == "score_turn2" else 0), 1.8, t.n_items), 1, 10)
-                    mean, (lo, hi), method = float(values.mean()), _bootstrap(values, rng), "bootstrap"
-                elif metric == "length_chars":
-                    values = rng.gamma(4, (300 + 900 * p) / 4, t.n_items)
-                    mean, (lo, hi), method = float(values.mean()), _bootstrap(values, rng), "bootstrap"
-                else:
-                    q = {"exact_match_flexible": min(0.99, p * 1.12), "pass@10": 1 - (1 - p) ** 4,
-                         "accuracy_any_extraction": min(0.99, p * 1.1), "constraint_acc": min(0.99, p * 1.1 + 0.05),
-                         "prompt_level_loose_acc": min(0.99, p * 1.08),
-                         "inst_level_strict_acc": min(0.99, p * 1.15 + 0.05),
-                         "inst_level_loose_acc": min(0.99, p * 1.2 + 0.06), "lc_win_rate": p * 0.9 + 0.02,
-                         "win_rate": p * 0.85, "judge_unparseable": 0.02}.get(metric, p)
-                    k = int(rng.binomial(t.n_items, q))
-                    (lo, hi), mean, method = _wilson(k, t.n_items), k / t.n_items, "wilson"
+                mean, lo, hi, method = _task_metric(rng, t, metric, p)
                 metrics.append(MetricRecord(eval_id, run.run_id, t.task, metric, t.category, t.n_items,
                                             float(mean), float(lo), float(hi), method, created_at=created))
             for key in STYLE_KEYS:
@@ -388,14 +428,29 @@ def build(
                                             float(mean), float(lo), float(hi), method, created_at=created))
             for item in range(samples_per_task):
                 samples.append(_sample(eval_id, run.run_id, t, item, p, rng))
-    store.insert("eval_runs", eval_runs, replace=True)
-    store.record_metrics(metrics)
-    # Insert samples in slices so one transaction never holds the file lock for long.
-    for start in range(0, len(samples), 50_000):
-        store.insert("eval_samples", samples[start:start + 50_000])
+    return eval_runs, metrics, samples
 
-    return BuildSummary(str(path), len(mixtures), len(runs), len(metrics), len(samples), len(train_rows),
-                        len(load_rows), len(contamination))
+
+# Per-metric success rate relative to the task's primary rate p (looser metrics pass more often).
+_RATE = {"exact_match_flexible": lambda p: min(0.99, p * 1.12), "pass@10": lambda p: 1 - (1 - p) ** 4,
+         "accuracy_any_extraction": lambda p: min(0.99, p * 1.1), "constraint_acc": lambda p: min(0.99, p * 1.1 + 0.05),
+         "prompt_level_loose_acc": lambda p: min(0.99, p * 1.08),
+         "inst_level_strict_acc": lambda p: min(0.99, p * 1.15 + 0.05),
+         "inst_level_loose_acc": lambda p: min(0.99, p * 1.2 + 0.06), "lc_win_rate": lambda p: p * 0.9 + 0.02,
+         "win_rate": lambda p: p * 0.85, "judge_unparseable": lambda p: 0.02}
+
+
+def _task_metric(rng: np.random.Generator, t: TaskSpec, metric: str, p: float) -> tuple[float, float, float, str]:
+    """(mean, ci_low, ci_high, method): judge scores and lengths with bootstrap CIs, rates with Wilson CIs."""
+    if t.task == "mt-bench" and metric.startswith("score"):
+        values = np.clip(rng.normal(1 + 8 * p - (0.3 if metric == "score_turn2" else 0), 1.8, t.n_items), 1, 10)
+        return (float(values.mean()), *_bootstrap(values, rng), "bootstrap")
+    if metric == "length_chars":
+        values = rng.gamma(4, (300 + 900 * p) / 4, t.n_items)
+        return (float(values.mean()), *_bootstrap(values, rng), "bootstrap")
+    q = _RATE.get(metric, lambda p: p)(p)
+    k = int(rng.binomial(t.n_items, q))
+    return (k / t.n_items, *_wilson(k, t.n_items), "wilson")
 
 
 def _style_metric(key: str, sk: dict[str, float], rng: np.random.Generator, n: int) -> tuple[float, float, float, str]:

@@ -18,6 +18,12 @@ WeightUnit = Literal["samples", "tokens", "trainable_tokens"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
+def _checked_name(name: str, what: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(f"{what} name {name!r} must match {_NAME.pattern}")
+    return name
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -81,9 +87,7 @@ class Component(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError(f"component name {v!r} must match {_NAME.pattern}")
-        return v
+        return _checked_name(v, "component")
 
     @model_validator(mode="after")
     def _leaf_or_group(self) -> "Component":
@@ -170,9 +174,7 @@ class MixtureSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError(f"mixture name {v!r} must match {_NAME.pattern}")
-        return v
+        return _checked_name(v, "mixture")
 
     @model_validator(mode="after")
     def _tree(self) -> "MixtureSpec":

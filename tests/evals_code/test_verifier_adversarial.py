@@ -15,7 +15,7 @@ import os
 import pytest
 
 from mixlab.evals.procedural import verify as procedural_verify
-from mixlab.evals.sandbox import default_pool, run_tests
+from mixlab.evals.sandbox import Limits, SandboxPool, default_pool, run_tests
 from mixlab.evals.tasks.base import EvalItem
 from mixlab.evals.tasks.code import MBPP, HumanEval
 from mixlab.recipes.rewards import make_reward_funcs
@@ -185,6 +185,17 @@ def test_the_search_exploits_work_when_the_tests_are_within_reach(name):
     passes — so their failing above means the tests were out of reach, not that the search is broken."""
     bait = "_BAIT = " + repr(TESTS) + "\n"
     assert run_tests(bait + EXPLOITS[name], TESTS, ["f"], timeout_s=20.0).passed
+
+
+@ROOT_ONLY
+def test_exploits_score_zero_in_degraded_mode_too():
+    """Without namespaces the host filesystem is visible, but the verdict still comes from the tester alone."""
+    names = sorted(EXPLOITS)
+    with SandboxPool(workers=2, isolation="degraded") as pool:
+        results = pool.map([CORRECT] + [EXPLOITS[n] for n in names], tests=[TESTS] * (len(names) + 1),
+                           entry_points=[["f"]] * (len(names) + 1), limits=Limits(timeout_s=5.0))
+    assert results[0].passed and results[0].isolation == "degraded", results[0]
+    assert [n for n, r in zip(names, results[1:]) if r.passed] == []
 
 
 @ROOT_ONLY

@@ -44,6 +44,7 @@ import errno
 import fcntl
 import fractions
 import functools
+import glob
 import json
 import os
 import resource
@@ -860,8 +861,10 @@ def allowed_paths() -> tuple[list[str], list[str], dict[str, str]]:
         p = sysconfig.get_path(key)
         if p and os.path.isdir(p):
             paths.add(os.path.realpath(p))
-    for p in sys.path:
-        if p and os.path.isdir(p) and not any(s in p for s in ("site-packages", "dist-packages")):
+    # lib-dynload and the stdlib zip; not sys.path as a whole (a .pth file could have put anything on it)
+    for p in (sysconfig.get_config_var("DESTSHARED"), os.path.join(sysconfig.get_path("platstdlib"), "lib-dynload"),
+              *(q for q in sys.path if q.endswith(".zip"))):
+        if p and os.path.exists(p):
             paths.add(os.path.realpath(p))
     multiarch = sysconfig.get_config_var("MULTIARCH") or ""
     for d in ("/lib64", "/usr/lib64", f"/lib/{multiarch}", f"/usr/lib/{multiarch}"):
@@ -880,12 +883,16 @@ def allowed_paths() -> tuple[list[str], list[str], dict[str, str]]:
     paths.discard("/")
     ordered = sorted(paths)
     binds = [p for p in ordered if not any(p.startswith(q.rstrip("/") + "/") for q in ordered if q != p)]
-    masks = []
-    for b in binds:
+    import site
+
+    candidates = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib"), *site.getsitepackages()}
+    for b in binds:  # e.g. prefix/lib bound for libpython: prefix/lib/python3.X/site-packages sits inside it
         if os.path.isdir(b):
-            for sub in ("site-packages", "dist-packages"):
-                if os.path.isdir(os.path.join(b, sub)):
-                    masks.append(os.path.join(b, sub))
+            for sub in ("", "*/", "*/*/"):
+                candidates.update(glob.glob(os.path.join(b, sub + "site-packages")))
+                candidates.update(glob.glob(os.path.join(b, sub + "dist-packages")))
+    masks = sorted({os.path.realpath(m) for m in candidates if m and os.path.isdir(m)
+                    and any(os.path.realpath(m).startswith(b.rstrip("/") + "/") for b in binds)})
     links = {}
     for name in os.listdir("/"):
         full = os.path.join("/", name)

@@ -182,3 +182,20 @@ def test_degraded_mode_still_keeps_the_verdict_out_of_reach():
                       tests="assert f(1) == 2\n", entry_points=["f"])
     assert good.passed and good.isolation == "degraded"
     assert not hack.passed and not eq.passed
+
+
+def test_the_projects_own_interpreter_works_inside_the_root_without_its_packages(isolation):
+    """With the interpreter under a private home (e.g. pyenv in /root), only its path reaches the sample: the
+    stdlib works, its site-packages (this project's venv base) is masked empty, nothing else of /root is there."""
+    import sys
+
+    python = os.path.realpath(sys.executable)
+    with SandboxPool(workers=1, python=python) as pool:
+        probe = pool.run("import json, os, sys, sysconfig\n"
+                         "site = sysconfig.get_path('purelib')\n"
+                         "print(json.dumps([sys.executable, os.path.isdir(site) and os.listdir(site)]))\n")
+        verified = pool.run("def f(x):\n    return x + 1\n", tests="assert f(1) == 2\n", entry_points=["f"])
+    assert probe.passed, probe.stderr
+    executable, site = json.loads(probe.stdout)
+    assert os.path.realpath(executable) == python and not site
+    assert verified.passed, verified

@@ -207,22 +207,7 @@ def page_tradeoff(runs: pd.DataFrame) -> None:
         st.info("No evaluation metrics recorded yet: the trade-off appears once runs are evaluated (`mixlab eval`, "
                 "or `make demo` for the whole loop). Built mixtures are already on the **Mixtures** page.")
         return
-    directional = cat[cat["direction"] != "neutral"]
-    by_cat = lambda c: directional[directional["category"] == c]["key"].tolist()  # noqa: E731
-    with st.expander("Aggregate definitions — which metrics make up each score", expanded=False):
-        c1, c2 = st.columns(2)
-        lb_keys = c1.multiselect("Leaderboard score averages", directional["key"].tolist(),
-                                 key="agg_lb", **_kw("agg_lb", default=agg.default_metrics(cat, "leaderboard")
-                                                     or by_cat("leaderboard")[:1]))
-        us_keys = c2.multiselect("Usability score averages", directional["key"].tolist(),
-                                 key="agg_us", **_kw("agg_us", default=agg.default_metrics(cat, "usability")
-                                                     or by_cat("usability")[:1]))
-        st.caption("Each metric is mapped to [0, 1], higher = better (1–10 judge scores → (x−1)/9; refusal and "
-                   "repetition rates flipped), then averaged. The aggregate's 95 % CI combines the metrics' CIs as "
-                   "independent errors.")
-    axes = {LB_AGG: agg.Axis(LB_AGG, lb_keys, aggregate=True), US_AGG: agg.Axis(US_AGG, us_keys, aggregate=True)}
-    for key in cat["key"]:
-        axes[key] = agg.Axis(key, [key])
+    axes = _axes(cat)
     c1, c2, c3, c4 = st.columns([3, 3, 2, 2])
     c4a, c4b = c4.container(), c4.container()
     x_name = c1.selectbox("x axis", list(axes), key="x_axis")
@@ -276,6 +261,11 @@ def page_tradeoff(runs: pd.DataFrame) -> None:
                "(labelled, outlined). Faded runs are dominated beyond both CIs. Click a run to open it; "
                "double-click clears.")
 
+    _front_table(points, x_name, y_name)
+
+
+def _front_table(points: pd.DataFrame, x_name: str, y_name: str) -> None:
+    """The front's runs as a table, and a picker that opens any plotted run."""
     st.subheader("Runs on the front")
     table = points[points["on_front"]].sort_values("x")
     show = table[["run_id", "mixture_name", "mixture_family", "stage", "rung", "x_text", "y_text", "n_flagged"]].rename(
@@ -287,6 +277,27 @@ def page_tradeoff(runs: pd.DataFrame) -> None:
     choice = c1.selectbox("Open a run", points.sort_values(["on_front", "x"], ascending=False)["run_id"].tolist(),
                           format_func=lambda r: f"{labels.get(r, r)}  ({r})", key="open_choice")
     c2.button("Open run detail", key="open_btn", on_click=open_run, args=(choice,), width="stretch")
+
+
+def _axes(cat: pd.DataFrame) -> dict[str, agg.Axis]:
+    """The plottable axes: the two aggregates (their metrics chosen in an expander) and every single metric."""
+    directional = cat[cat["direction"] != "neutral"]
+    by_cat = lambda c: directional[directional["category"] == c]["key"].tolist()  # noqa: E731
+    with st.expander("Aggregate definitions — which metrics make up each score", expanded=False):
+        c1, c2 = st.columns(2)
+        lb_keys = c1.multiselect("Leaderboard score averages", directional["key"].tolist(),
+                                 key="agg_lb", **_kw("agg_lb", default=agg.default_metrics(cat, "leaderboard")
+                                                     or by_cat("leaderboard")[:1]))
+        us_keys = c2.multiselect("Usability score averages", directional["key"].tolist(),
+                                 key="agg_us", **_kw("agg_us", default=agg.default_metrics(cat, "usability")
+                                                     or by_cat("usability")[:1]))
+        st.caption("Each metric is mapped to [0, 1], higher = better (1–10 judge scores → (x−1)/9; refusal and "
+                   "repetition rates flipped), then averaged. The aggregate's 95 % CI combines the metrics' CIs as "
+                   "independent errors.")
+    axes = {LB_AGG: agg.Axis(LB_AGG, lb_keys, aggregate=True), US_AGG: agg.Axis(US_AGG, us_keys, aggregate=True)}
+    for key in cat["key"]:
+        axes[key] = agg.Axis(key, [key])
+    return axes
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False, max_entries=32)

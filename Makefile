@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 LOCK := requirements/cpu.lock
 LATEST := .venv-latest
 PYTEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+# Extra pytest arguments, e.g. `make test-latest PYTEST_ARGS=tests/foundation`.
+PYTEST_ARGS ?=
 # The repo root is never on sys.path: our top-level `kernels/` would shadow the PyPI `kernels` that transformers
 # imports. Python >= 3.11 then prepends neither cwd (`-m`, `-c`) nor a script's folder.
 export PYTHONSAFEPATH := 1
@@ -45,7 +47,7 @@ lock:
 
 # pytest exits 5 when no test was collected; that is not a failure of the suite.
 test: $(STAMP)
-	$(PYTEST_ENV) $(PY) -m pytest -q; rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
+	$(PYTEST_ENV) $(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
 
 # The default suite on the newest versions pyproject's ranges admit, in a venv of its own (torch stays the CPU
 # build on disk). Prints what differs from the lock first.
@@ -57,7 +59,7 @@ test-latest:
 	$(LATEST)/bin/pip install -q -e ".[dev]"
 	@$(LATEST)/bin/pip freeze --all --exclude mixlab | sed 's/+cpu$$//' | sort > $(LATEST)/freeze.txt
 	@echo "newest allowed versions that differ from $(LOCK):"; grep -v '^#' $(LOCK) | sort | comm -13 - $(LATEST)/freeze.txt || true
-	$(PYTEST_ENV) $(LATEST)/bin/python -m pytest -q; rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
+	$(PYTEST_ENV) $(LATEST)/bin/python -m pytest -q $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
 
 # The browser test drives Debian's Chromium through Playwright (no browser download).
 e2e-deps:

@@ -68,7 +68,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     return _DTYPES[name]
 
 
-def count_devices(requested: int) -> int:
+def check_device_count(requested: int) -> int:
     """Checks that `requested` accelerators are visible (1 is always fine: a GPU or the CPU)."""
     if requested > 1:
         available = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -32,7 +32,7 @@ import transformers
 from huggingface_hub import snapshot_download
 from rich.console import Console
 
-from mixlab.device import count_devices, resolve_device, resolve_precision
+from mixlab.device import check_device_count, resolve_device, resolve_precision
 from mixlab.errors import MixlabError
 from mixlab.evals.runner import evaluate
 from mixlab.evals.suites import suite_tasks
@@ -96,7 +96,7 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 def _device(recipe: Recipe) -> str:
     """The training device; multi-device runs are refused before anything trains."""
     try:
-        count_devices(recipe.devices)
+        check_device_count(recipe.devices)
     except MixlabError as exc:
         raise MixlabError(f"recipe {recipe.name}: {exc}") from None
     if recipe.devices > 1:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import trl
 
 from mixlab.errors import MixlabError
@@ -72,3 +73,18 @@ def test_a_new_method_is_one_registered_entry(tmp_path, store):
     assert ctx.args.loss_type == "nll" and ctx.args.packing is True
     assert ctx.args.max_length == SFT_ARGS["max_length"]  # the stage's args beat the spec's defaults
     assert store.get_run(result.run_id)["trainer"] == "sft-plugin"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only errors")
+def test_device_and_precision_are_resolved_in_preflight(tmp_path, store):
+    stages = [{"name": "s", "trainer": "sft", "mixture": "demo-math-heavy", "args": SFT_ARGS}]
+    for top, message in (({"precision": "bf16"}, "recipe bad: precision bf16 needs a GPU"),
+                         ({"devices": 2}, "recipe bad: devices=2 but 0 CUDA device")):
+        recipe, text = load_recipe(write_recipe(tmp_path, "bad", stages, **top))
+        with pytest.raises(MixlabError, match=message):
+            RecipeRunner(recipe, text, store=store, progress=False).preflight()
+    assert store.query("SELECT count(*) AS n FROM runs")[0]["n"] == 0
+    recipe, text = load_recipe(write_recipe(tmp_path, "ok", stages))
+    runner = RecipeRunner(recipe, text, store=store, progress=False)
+    runner.preflight()
+    assert (runner.device, runner.precision) == ("cpu", "fp32")

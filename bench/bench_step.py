@@ -9,8 +9,8 @@ Modes (same model weights, same batch):
 - fast_graph  : `fast` with the whole forward + backward captured once as a CUDA graph and replayed
                 (`mixlab.kernels.step_graph.CapturedStep`; possible because the step has static shapes and no host
                 syncs); removes the launch gaps.
-- fast_sc, fast_sc_graph : the same with the opt-in fused short convolution (MIXLAB_FUSED_SHORT_CONV), not in the
-                default list (not yet measured).
+- fast_nosc, fast_nosc_graph : the same without the fused short convolution (not in the default list; the
+                first H100 numbers in BENCHMARKS.md were taken before that kernel existed, i.e. in this configuration).
 
 Per mode and batch: tokens/s (median of timed steps), ratio to the peer, MFU (6 · active non-embedding params · tok/s
 plus causal MLA attention FLOPs, over the 780 TFLOP/s measured bf16 peak; KDA's own FLOPs are not counted), GPU busy %
@@ -99,7 +99,7 @@ class Runner:
 def run_mode(model, ids, mode: str, iters: int) -> dict:
     set_backend("auto")
     set_fused(mode != "peer")
-    short_conv_module.FUSED_SHORT_CONV = "_sc" in mode
+    short_conv_module.FUSED_SHORT_CONV = mode != "peer" and "_nosc" not in mode
     r = Runner(model, ids, mode)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()

@@ -8,7 +8,7 @@ fast path is taken automatically (backend "auto"), CPU tensors run the reference
 | naive_recurrent_kda | kda_naive.py | token-loop oracle (tests only; slow) |
 | chunk_kda | kda_chunk.py, kda_chunk_fn.py | chunked WY/UT form, hand-written backward, cu_seqlens, any decay |
 | recurrent_kda_step | kda_recurrent.py | decode from an fp32 state |
-| short_conv | short_conv.py (+ short_conv_triton.py) | causal depthwise conv + SiLU, cache, cu_seqlens; fused kernel opt-in (MIXLAB_FUSED_SHORT_CONV=1, not yet timed on a GPU) |
+| short_conv | short_conv.py (+ short_conv_triton.py) | causal depthwise conv + SiLU, cache, cu_seqlens; fused on CUDA for training calls (no cache) |
 | rms_norm, gated_rms_norm | norm.py (+ norm_triton.py) | fp32 compute; one fused launch each way on CUDA |
 | moe_route, moe_experts (+ _grouped, _reference, _naive), expert_counts | moe.py (+ moe_triton.py) | sigmoid+bias top-k (vLLM/HF weights); grouped GEMMs + fused SwiGLU / combine on CUDA |
 | CapturedStep | step_graph.py | a whole fwd+bwd step as one CUDA graph (static shapes, no host sync) |

@@ -22,8 +22,9 @@ try:  # triton is optional (gpu / dev extras); without it the reference runs
 except ImportError:
     short_conv_triton = None
 
-# The fused kernel is tested against this reference (interpreter and GPU) but not yet timed on a GPU: opt-in.
-FUSED_SHORT_CONV = os.environ.get("MIXLAB_FUSED_SHORT_CONV", "0") == "1"
+# The fused kernel (tested against this reference in the interpreter and on an H100) cut the 1b-a150m step's GPU
+# time by 16 % and its peak memory by 10 % (BENCHMARKS.md); MIXLAB_FUSED_SHORT_CONV=0 turns it off.
+FUSED_SHORT_CONV = os.environ.get("MIXLAB_FUSED_SHORT_CONV", "1") != "0"
 
 ACTIVATIONS = ("silu", "swish", None, "identity")
 

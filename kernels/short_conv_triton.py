@@ -5,7 +5,8 @@ The reference runs cast, transpose, concat, conv1d, SiLU, transpose and cast (an
 here one launch forward and two backward (dz, then dx and the weight-gradient partials). Sequences are handled by
 each row's sequence start: row r of the flattened [B·T] input sees inputs r-W+1 … r that lie at or after its start
 (b·T without cu_seqlens, its cu_seqlens entry with them), so nothing leaks across rows or packed sequences.
-Opt-in (MIXLAB_FUSED_SHORT_CONV=1) until it has been measured on a GPU.
+On by default on CUDA (MIXLAB_FUSED_SHORT_CONV=0 turns it off); the cached / state-returning calls (decode, chunked
+prefill) keep the reference.
 """
 
 from __future__ import annotations

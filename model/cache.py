@@ -15,6 +15,8 @@ The cache does not use `transformers`' per-layer `CacheLayerMixin` machinery (it
 
 from __future__ import annotations
 
+import heapq
+
 import torch
 from transformers import Cache
 
@@ -162,7 +164,8 @@ class PagedHybridCache:
                 self.state[i] = torch.zeros(num_slots + 1, H, K, K, dtype=torch.float32, device=self.device)
             else:
                 self.latent[i] = torch.zeros(num_blocks + 1, block_size, C, dtype=dtype, device=self.device)
-        self._free_slots = list(range(num_slots - 1, -1, -1))
+        self._free_slots = list(range(num_slots))  # a heap: the lowest free slot goes first, so a full batch
+        # occupies slots 0..B-1 and the engine can update their state in place (no gather/scatter)
         self._free_blocks = list(range(num_blocks - 1, -1, -1))
 
     # ----------------------------------------------------------------------------------------------- sizing
@@ -203,10 +206,11 @@ class PagedHybridCache:
         """`slots` sequences with `blocks_each` blocks each, or None (nothing taken) when they do not fit now."""
         if slots > len(self._free_slots) or slots * blocks_each > len(self._free_blocks):
             return None
-        return [(self._free_slots.pop(), [self._free_blocks.pop() for _ in range(blocks_each)]) for _ in range(slots)]
+        return [(heapq.heappop(self._free_slots), [self._free_blocks.pop() for _ in range(blocks_each)])
+                for _ in range(slots)]
 
     def free(self, slot: int, blocks: list[int]) -> None:
-        self._free_slots.append(slot)
+        heapq.heappush(self._free_slots, slot)
         self._free_blocks.extend(reversed(blocks))
 
     # ----------------------------------------------------------------------------------------------- copies

@@ -17,7 +17,8 @@ import os
 import torch
 import torch.nn.functional as F
 
-from mixlab.kernels import gated_rms_norm, kda_gate, moe_experts, moe_route, recurrent_kda_step
+from mixlab.kernels import gated_rms_norm, kda_gate, l2norm, moe_experts, moe_route, recurrent_kda_step
+from mixlab.kernels.kda_common import fp32
 from mixlab.model.cache import PagedHybridCache
 
 
@@ -60,12 +61,28 @@ def moe_mode(device: torch.device, rows: int, top_k: int, num_experts: int) -> s
     return "gather" if rows * top_k < num_experts else "dense"
 
 
-def _kda(attn, x: torch.Tensor, cache: PagedHybridCache, slots: torch.Tensor) -> torch.Tensor:
+def kda_step_inplace(q, k, v, g, beta, state: torch.Tensor, scale: float) -> torch.Tensor:
+    """One KDA token per row with the fp32 state [B, H, K, V] updated in place (`recurrent_kda_step`'s math for
+    T = 1 and L2-normalised q/k, in 2 read-write and 2 read passes over the state instead of ~6 plus copies).
+    q, k, g [B, H, K], v [B, H, V], beta [B, H]; returns o [B, H, V] fp32."""
+    B, H, K, V = state.shape
+    q, k, v, g, beta = (fp32(t) for t in (q, k, v, g, beta))
+    q, k = l2norm(q), l2norm(k)
+    state.mul_(g.exp().unsqueeze(-1))
+    flat = state.view(B * H, K, V)
+    pred = torch.bmm(k.reshape(B * H, 1, K), flat)  # [BH, 1, V]
+    delta = (v.reshape(B * H, 1, V) - pred) * beta.reshape(B * H, 1, 1)
+    flat.baddbmm_(k.reshape(B * H, K, 1), delta)
+    return torch.bmm((q * scale).reshape(B * H, 1, K), flat).view(B, H, V)
+
+
+def _kda(attn, x: torch.Tensor, cache: PagedHybridCache, slots: torch.Tensor | None) -> torch.Tensor:
+    """slots None: the rows are slots 0..B-1 in order, so their state is updated in place (CPU eager path)."""
     B = x.shape[0]
     H, K = attn.num_heads, attn.head_dim
     i = attn.layer_idx
     conv_pool, state_pool = cache.conv[i], cache.state[i]
-    window = conv_pool.index_select(0, slots)  # [B, 3, P, W-1]
+    window = conv_pool[:B] if slots is None else conv_pool.index_select(0, slots)  # [B, 3, P, W-1]
     outs, new_windows = [], []
     for j, (proj, conv) in enumerate(((attn.q_proj, attn.q_conv1d), (attn.k_proj, attn.k_conv1d),
                                       (attn.v_proj, attn.v_conv1d))):
@@ -74,16 +91,23 @@ def _kda(attn, x: torch.Tensor, cache: PagedHybridCache, slots: torch.Tensor) ->
         y = F.silu((ext * conv.weight[:, 0].float()).sum(-1)).to(x.dtype)
         outs.append(y.view(B, 1, H, K))
         new_windows.append(ext[..., 1:].to(conv_pool.dtype))
-    conv_pool.index_copy_(0, slots, torch.stack(new_windows, 1))
+    if slots is None:
+        conv_pool[:B].copy_(torch.stack(new_windows, 1))
+    else:
+        conv_pool.index_copy_(0, slots, torch.stack(new_windows, 1))
     q, k, v = outs
     f = attn.f_b_proj(attn.f_a_proj(x))
     beta_logits = attn.b_proj(x)
     with torch.autocast(device_type=x.device.type, enabled=False):
         g = kda_gate(f, attn.A_log, attn.dt_bias).view(B, 1, H, K)
         beta = torch.sigmoid(beta_logits.float()).view(B, 1, H)
-        o, new_state = recurrent_kda_step(q, k, v, g, beta, state_pool.index_select(0, slots), scale=K**-0.5,
-                                          use_qk_l2norm=True)
-    state_pool.index_copy_(0, slots, new_state.float())
+        if slots is None:
+            o = kda_step_inplace(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], state_pool[:B], K**-0.5)
+            o = o.to(v.dtype).unsqueeze(1)
+        else:
+            o, new_state = recurrent_kda_step(q, k, v, g, beta, state_pool.index_select(0, slots), scale=K**-0.5,
+                                              use_qk_l2norm=True)
+            state_pool.index_copy_(0, slots, new_state.float())
     gate = attn.g_b_proj(attn.g_a_proj(x)).view(B, 1, H, K)
     o = gated_rms_norm(o, attn.o_norm.weight, gate, attn.o_norm.eps, activation="sigmoid")
     return attn.o_proj(o.reshape(B, H * K))
@@ -127,11 +151,12 @@ def _moe(block, x: torch.Tensor, mode: str) -> torch.Tensor:
     return y
 
 
-def decode_step(model, cache: PagedHybridCache, tokens: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor,
+def decode_step(model, cache: PagedHybridCache, tokens: torch.Tensor, slots: torch.Tensor | None, positions: torch.Tensor,
                 table: torch.Tensor, moe: str | None = None) -> torch.Tensor:
     """Feed one token per row; returns next-token logits [B, V] in fp32 and updates the cache in place.
 
     tokens, slots, positions [B] int64: the token, its sequence's slot, its position (= tokens already cached);
+    slots None means row b is slot b (then the KDA state is updated in place);
     table [B, nb] int64: the sequence's first nb blocks (scratch-padded), nb · block_size > every position."""
     inner = model.model
     cfg = model.config

@@ -346,6 +346,8 @@ class Engine:
         self._running = keep
 
     def _decode(self) -> None:
+        if not self.static:
+            self._running.sort(key=lambda s: s.slot)  # a full batch is then slots 0..B-1: in-place state updates
         seqs = self._running
         B = len(seqs)
         bs = self.cache.block_size
@@ -367,8 +369,9 @@ class Engine:
             toks = self._replay(B, nb, sampled, longs, table, greedy, torch.stack([temp, top_p, u]))
         else:
             dev = self.device
+            in_place = [s.slot for s in seqs] == list(range(B))
             longs, table = longs.to(dev), table.to(dev)
-            logits = decode_step(self.model, self.cache, longs[0], longs[1], longs[2], table)
+            logits = decode_step(self.model, self.cache, longs[0], None if in_place else longs[1], longs[2], table)
             toks = sample_rows(logits, greedy.to(dev), temp.to(dev), top_p.to(dev), u.to(dev), sampled)[:B].tolist()
         self.stats["decode_rows"] += B
         for seq, tok in zip(seqs, toks):

@@ -164,6 +164,23 @@ def test_weights_updated_in_place_are_seen(tiny, prompt_ids):
     assert after == make_engine(model, tok).generate(prompt_ids[:2], cfg)
 
 
+def test_inplace_kda_step_equals_kernel():
+    from mixlab.evals.engine.decode import kda_step_inplace
+    from mixlab.kernels import recurrent_kda_step
+
+    torch.manual_seed(0)
+    B, H, K = 3, 2, 8
+    q, k, v = (torch.randn(B, 1, H, K, dtype=torch.float64) for _ in range(3))
+    g = -torch.rand(B, 1, H, K, dtype=torch.float64)
+    beta = torch.rand(B, 1, H, dtype=torch.float64)
+    state = torch.randn(B, H, K, K, dtype=torch.float64)
+    want_o, want_state = recurrent_kda_step(q, k, v, g, beta, state, scale=K**-0.5, use_qk_l2norm=True)
+    got_state = state.clone()
+    got_o = kda_step_inplace(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], got_state, K**-0.5)
+    torch.testing.assert_close(got_o, want_o[:, 0].to(got_o.dtype), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got_state, want_state.to(got_state.dtype), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("mode", ["gather", "dense"])
 def test_moe_decode_forms_equal_kernel(mode):
     torch.manual_seed(0)

@@ -11,6 +11,8 @@ Two expert implementations of one contract (`moe_experts`):
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -101,9 +103,22 @@ def moe_experts(
     Differentiable w.r.t. x, the expert weights and topk_weight. CUDA bf16 tensors take `moe_experts_grouped`
     (grouped GEMMs, no host sync), everything else `moe_experts_reference`.
     """
-    if fast_path(x, w1) and x.dtype == torch.bfloat16 and w1.dtype == w3.dtype == w2.dtype == torch.bfloat16:
+    if (fast_path(x, w1) and x.dtype == torch.bfloat16 and w1.dtype == w3.dtype == w2.dtype == torch.bfloat16
+            and _grouped_mm_works(x.device)):
         return moe_experts_grouped(x, w1, w3, w2, topk_idx, topk_weight)
     return moe_experts_reference(x, w1, w3, w2, topk_idx, topk_weight)
+
+
+@functools.cache
+def _grouped_mm_works(device: torch.device) -> bool:
+    """One tiny bf16 `torch._grouped_mm` per device (measured on Hopper; other GPUs may lack a kernel for it)."""
+    try:
+        a = torch.ones(4, 16, dtype=torch.bfloat16, device=device)
+        b = torch.ones(2, 16, 16, dtype=torch.bfloat16, device=device)
+        torch._grouped_mm(a, b, offs=torch.tensor([2, 4], dtype=torch.int32, device=device))
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+    return True
 
 
 class _PermuteRows(torch.autograd.Function):

@@ -56,6 +56,17 @@ def catalog() -> pd.DataFrame:
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False, max_entries=32)
+def _default_metrics_at(path: str, stamp: tuple[int, int], category: str) -> list[str]:
+    return agg.default_metrics(_catalog(path, stamp), category)
+
+
+def default_metrics(category: str) -> list[str]:
+    """The metrics an aggregate axis averages by default (computed once per database state, not per rerun)."""
+    path = st.session_state["_db"]
+    return _default_metrics_at(path, queries.db_stamp(path), category)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False, max_entries=32)
 def _wide(path: str, stamp: tuple[int, int]) -> pd.DataFrame:
     return agg.wide(_cached("latest_metrics", path, stamp))
 
@@ -286,10 +297,10 @@ def _axes(cat: pd.DataFrame) -> dict[str, agg.Axis]:
     with st.expander("Aggregate definitions — which metrics make up each score", expanded=False):
         c1, c2 = st.columns(2)
         lb_keys = c1.multiselect("Leaderboard score averages", directional["key"].tolist(),
-                                 key="agg_lb", **_kw("agg_lb", default=agg.default_metrics(cat, "leaderboard")
+                                 key="agg_lb", **_kw("agg_lb", default=default_metrics("leaderboard")
                                                      or by_cat("leaderboard")[:1]))
         us_keys = c2.multiselect("Usability score averages", directional["key"].tolist(),
-                                 key="agg_us", **_kw("agg_us", default=agg.default_metrics(cat, "usability")
+                                 key="agg_us", **_kw("agg_us", default=default_metrics("usability")
                                                      or by_cat("usability")[:1]))
         st.caption("Each metric is mapped to [0, 1], higher = better (1–10 judge scores → (x−1)/9; refusal and "
                    "repetition rates flipped), then averaged. The aggregate's 95 % CI combines the metrics' CIs as "
@@ -319,8 +330,8 @@ def page_leaderboard(runs: pd.DataFrame) -> None:
     if cat.empty:
         st.info("No evaluation metrics recorded yet.")
         return
-    lb = st.session_state.get("agg_lb") or agg.default_metrics(cat, "leaderboard")
-    us = st.session_state.get("agg_us") or agg.default_metrics(cat, "usability")
+    lb = st.session_state.get("agg_lb") or default_metrics("leaderboard")
+    us = st.session_state.get("agg_us") or default_metrics("usability")
     keys = st.multiselect("Metric columns", cat["key"].tolist(), key="lb_cols",
                           **_kw("lb_cols", default=list(dict.fromkeys(lb + us))))
     show_ci = st.toggle("show ± (95 % CI half-width) columns", key="lb_ci", **_kw("lb_ci", value=True))
@@ -364,8 +375,8 @@ def _front_mixtures(runs: pd.DataFrame) -> set[str]:
     cat = catalog()
     if cat.empty or runs.empty:
         return set()
-    lb = st.session_state.get("agg_lb") or agg.default_metrics(cat, "leaderboard")
-    us = st.session_state.get("agg_us") or agg.default_metrics(cat, "usability")
+    lb = st.session_state.get("agg_lb") or default_metrics("leaderboard")
+    us = st.session_state.get("agg_us") or default_metrics("usability")
     pts = agg.pareto_points(axis_table(agg.Axis(LB_AGG, lb, True), agg.Axis(US_AGG, us, True)), runs)
     return set(pts.loc[pts["on_front"], "mixture_id"].dropna())
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-from mixlab.evals.procedural import verify
+from mixlab.evals.procedural import code_tasks, verify
 
 VERIFIERS = ("math", "code", "format")
 
@@ -36,6 +36,23 @@ def decode_ground_truth(value: Any, verifier: str) -> Any:
     return value
 
 
+def _code_rewards(completions, verifier, ground_truth) -> list[float | None]:
+    """The `code` rows of a step in one batch: their programs run in parallel in the sandbox, each verified by
+    its tester process (`mixlab.evals.sandbox.run_tests`); a row whose ground truth is malformed scores 0."""
+    out: list[float | None] = [None] * len(completions)
+    rows, truths, texts = [], [], []
+    for i, (completion, row_verifier, truth) in enumerate(zip(completions, verifier, ground_truth)):
+        if row_verifier != "code":
+            continue
+        rows.append(i)
+        truths.append(decode_ground_truth(truth, "code"))
+        texts.append(completion_text(completion))
+    if rows:
+        for i, score in zip(rows, code_tasks.verify_many(truths, texts)):
+            out[i] = score
+    return out
+
+
 def make_reward_funcs(verifiers: list[str] | None = None) -> list[Callable[..., list[float | None]]]:
     funcs = []
     for name in verifiers or list(VERIFIERS):
@@ -44,6 +61,8 @@ def make_reward_funcs(verifiers: list[str] | None = None) -> list[Callable[..., 
             if verifier is None or ground_truth is None:
                 raise ValueError("the GRPO dataset needs `verifier` and `ground_truth` columns")
             out: list[float | None] = []
+            if _name == "code":
+                return _code_rewards(completions, verifier, ground_truth)
             for completion, row_verifier, truth in zip(completions, verifier, ground_truth):
                 if row_verifier != _name:
                     out.append(None)

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from mixlab.evals.sandbox import run_tests
+from mixlab.evals.sandbox import default_pool, run_many, run_tests
 
 LEVELS = (1, 2, 3)
 
@@ -187,13 +187,34 @@ def extract_code(response: str) -> str:
     return "\n\n".join(blocks) if blocks else (response or "")
 
 
+def _spec(ground_truth: Any, response: str) -> tuple[str, str, list[str]]:
+    tests = ground_truth["tests"] if isinstance(ground_truth, dict) else list(ground_truth)
+    entry = ground_truth.get("entry_point") if isinstance(ground_truth, dict) else None
+    return extract_code(response), "\n".join(tests) + "\n", [entry] if entry else []
+
+
+def verify_many(ground_truths: list[Any], responses: list[str], timeout_s: float = 10.0) -> list[float]:
+    """`verify` for a batch (e.g. a GRPO step's completions), the programs running in parallel sandbox workers.
+    A row whose ground truth is malformed scores 0 without running."""
+    scores = [0.0] * len(responses)
+    rows, specs = [], []
+    for i, (gt, response) in enumerate(zip(ground_truths, responses, strict=True)):
+        try:
+            specs.append(_spec(gt, response))
+        except (TypeError, KeyError, AttributeError):
+            continue
+        rows.append(i)
+    results = run_many([c for c, _, _ in specs], workers=default_pool().max_workers, timeout_s=timeout_s,
+                       tests=[t for _, t, _ in specs], entry_points=[e for _, _, e in specs]) if specs else []
+    for i, result in zip(rows, results):
+        scores[i] = 1.0 if result.passed else 0.0
+    return scores
+
+
 def verify(ground_truth: dict[str, Any], response: str, timeout_s: float = 10.0) -> float:
     """1.0 when the asserts, run in the sandbox's tester process against the answer's functions, all pass.
 
     The answer runs as the sandboxed program and never sees the asserts: exiting early, printing, atexit hooks or
     patched builtins in it cannot make this 1.0 (`mixlab.evals.sandbox.run_tests`)."""
-    tests = ground_truth["tests"] if isinstance(ground_truth, dict) else list(ground_truth)
-    entry = ground_truth.get("entry_point") if isinstance(ground_truth, dict) else None
-    result = run_tests(extract_code(response), "\n".join(tests) + "\n", [entry] if entry else [],
-                       timeout_s=timeout_s)
-    return 1.0 if result.passed else 0.0
+    code, tests, entries = _spec(ground_truth, response)
+    return 1.0 if run_tests(code, tests, entries, timeout_s=timeout_s).passed else 0.0

@@ -301,3 +301,16 @@ def test_every_verifier_rejects_the_exploits_and_accepts_the_answer():
         assert values[0] == 1.0, (verifier, "the correct answer must pass")
         hacked = {name: v for name, v in zip(ACROSS_VERIFIERS, values[1:]) if v != 0.0}
         assert hacked == {}, (verifier, hacked)
+
+
+@ROOT_ONLY
+def test_grpo_code_reward_batches_rows_and_scores_malformed_truth_zero():
+    import json
+
+    truth = {"entry_point": "f", "tests": TESTS.strip().split("\n")}
+    reward = make_reward_funcs(["code"])[0]
+    completions = [[{"role": "assistant", "content": _fenced(CORRECT)}], _fenced(CORRECT),
+                   _fenced(EXPLOITS["sys.exit(0)"]), _fenced(CORRECT), _fenced(CORRECT)]
+    scores = reward(completions, verifier=["code", "math", "code", "code", "code"],
+                    ground_truth=[json.dumps(truth), "73150010", truth, {"tests": [1, 2]}, "not json"])
+    assert scores == [1.0, None, 0.0, 0.0, 0.0]

@@ -1,7 +1,7 @@
 """Small Python function-writing tasks with unit tests, levels 1-3.
 
 "Write add3(x) returning x+3" → "def add3(x):\n    return x + 3". The ground truth is the entry point plus
-assert strings; `verify` runs the answer and the asserts in mixlab's sandbox. The function name encodes the
+assert strings; `verify` runs the answer in mixlab's sandbox and the asserts in its tester process (`run_tests`). The function name encodes the
 template and its parameters, and the split key is that pair, so every held-out prompt window names a held-out
 function.
 """

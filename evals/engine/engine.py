@@ -189,6 +189,10 @@ class Engine:
         """Queue a request (any thread). Raises CapacityError at once if it can never fit."""
         prompt_ids = [int(t) for t in prompt_ids]
         self.check_fits(len(prompt_ids), cfg)
+        vocab = self.config.vocab_size
+        bad = next((t for t in prompt_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise MixlabError(f"prompt token id {bad} is outside the model's vocabulary [0, {vocab})")
         req = Request(next(self._ids), prompt_ids, cfg, seed_key)
         self._incoming.put(req)
         return req
@@ -198,6 +202,8 @@ class Engine:
 
     def generate(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig) -> list[list[tuple[list[int], str]]]:
         """Run prompts to completion (prompt i uses seed stream i); returns each prompt's `outputs`."""
+        for p in prompts:  # refuse before queueing any, so a refused batch leaves nothing behind
+            self.check_fits(len(p), cfg)
         reqs = [self.submit(p, cfg, seed_key=i) for i, p in enumerate(prompts)]
         self.run_until(lambda: all(r.done for r in reqs))
         return [r.outputs for r in reqs]
@@ -215,6 +221,7 @@ class Engine:
         with self._lock:
             while not self._incoming.empty():
                 self._waiting.append(self._incoming.get())
+            admitted = []
             try:
                 admitted = self._admit()
                 if admitted:
@@ -226,15 +233,21 @@ class Engine:
                     self._decode()
                     self.stats["decode_s"] += time.perf_counter() - t0
             except Exception as exc:  # fail the affected requests, keep the engine usable
-                self._fail_all(exc)
+                self._fail_all(exc, admitted)
                 raise
             self.stats["steps"] += 1
 
-    def _fail_all(self, exc: Exception) -> None:
+    def _fail_all(self, exc: Exception, admitted) -> None:
         reqs = {id(s.request): s.request for s in self._running}
+        running = {(s.slot, tuple(s.blocks)) for s in self._running}
         for s in self._running:
             self.cache.free(s.slot, s.blocks)
         self._running = []
+        for req, alloc in admitted:  # admitted but not yet running when the prefill failed
+            reqs[id(req)] = req
+            for slot, blocks in alloc:
+                if (slot, tuple(blocks)) not in running:
+                    self.cache.free(slot, blocks)
         for r in reqs.values():
             if not r.future.done():
                 r.future.set_exception(exc)

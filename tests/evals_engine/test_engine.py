@@ -146,6 +146,28 @@ def test_admission_waits_or_refuses(tiny, prompt_ids):
         make_engine(model, tok, max_context=32).submit(prompt_ids[0], cfg.replace(max_new_tokens=64))
     with pytest.raises(MixlabError, match="empty prompt"):
         small.submit([], cfg)
+    with pytest.raises(MixlabError, match="outside the model's vocabulary"):
+        small.submit([model.config.vocab_size], cfg)
+
+
+def test_failed_step_fails_its_requests_and_frees_the_cache(tiny, prompt_ids, monkeypatch):
+    model, tok = tiny
+    engine = make_engine(model, tok)
+    cfg = GenerationConfig(max_new_tokens=8)
+    reqs = [engine.submit(ids, cfg) for ids in prompt_ids[:3]]
+
+    def broken():
+        raise RuntimeError("device fault")
+
+    monkeypatch.setattr(engine, "_decode", broken)
+    with pytest.raises(RuntimeError):
+        engine.step()
+    assert all(r.done for r in reqs)
+    with pytest.raises(RuntimeError, match="device fault"):
+        reqs[0].outputs
+    assert engine.cache.free_slots == engine.cache.num_slots and engine.cache.free_blocks == engine.cache.num_blocks
+    monkeypatch.undo()
+    assert engine.generate(prompt_ids[:1], cfg) == make_engine(model, tok).generate(prompt_ids[:1], cfg)
 
 
 def test_weights_updated_in_place_are_seen(tiny, prompt_ids):

@@ -89,6 +89,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def device_kind(device: str) -> str:
+    """The kind of accelerator a resolved `device` string runs on, as cost rows record it (a GPU's name, or the
+    CPU model): device-seconds on different kinds are not comparable."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"cpu ({cpu_name()})"
+
+
 def describe_device() -> str:
     """What a run row records as its device."""
     if torch.cuda.is_available():

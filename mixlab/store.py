@@ -132,11 +132,38 @@ _V1 = [
 
 _V2 = ["CREATE TABLE spool_ingested (name VARCHAR PRIMARY KEY, ingested_at TIMESTAMP)"]
 
+# `mixlab optimise`: what each run cost, surrogate fits, proposed mixtures and loop rounds.
+_V3 = [
+    """CREATE TABLE run_costs (
+        run_id VARCHAR, phase VARCHAR,   -- train | eval
+        device_kind VARCHAR, n_devices INTEGER, wall_s DOUBLE, device_s DOUBLE, recorded_at TIMESTAMP
+    )""",
+    """CREATE TABLE surrogate_fits (
+        fit_id VARCHAR, family VARCHAR, group_key VARCHAR, model VARCHAR, metric VARCHAR, category VARCHAR,
+        features VARCHAR, n_runs INTEGER, n_mixtures INTEGER, loo_rmse DOUBLE, loo_mae DOUBLE,
+        spearman DOUBLE, spearman_low DOUBLE, spearman_high DOUBLE, selected BOOLEAN,
+        effects VARCHAR,           -- JSON {feature: change of the metric per +10 points of that feature's share}
+        params VARCHAR,            -- JSON: model, hyper-parameters and the training data it was fitted on
+        run_ids VARCHAR, created_at TIMESTAMP
+    )""",
+    """CREATE TABLE proposals (
+        proposal_id VARCHAR PRIMARY KEY, family VARCHAR, fit_id VARCHAR, loop_id VARCHAR, round INTEGER,
+        mixture_name VARCHAR, mixture_path VARCHAR, weights VARCHAR, predicted VARCHAR, objective VARCHAR,
+        est_device_s DOUBLE, run_id VARCHAR, status VARCHAR, created_at TIMESTAMP
+    )""",
+    """CREATE TABLE optimise_rounds (
+        loop_id VARCHAR, round INTEGER, family VARCHAR, fit_id VARCHAR, sweep_id VARCHAR, proposal_ids VARCHAR,
+        summary VARCHAR, created_at TIMESTAMP
+    )""",
+    "CREATE INDEX run_costs_run ON run_costs(run_id)",
+]
+
 # (version, statements). Append new versions; never edit an applied one.
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2)]
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
-_JSON_COLUMNS = {"packages", "config", "manifest", "gen_config", "gates", "extra"}
+_JSON_COLUMNS = {"packages", "config", "manifest", "gen_config", "gates", "extra",
+                 "features", "effects", "params", "run_ids", "weights", "predicted", "proposal_ids", "summary"}
 _DEFAULT_WRITE_WAIT_S = 30.0
 
 
@@ -340,6 +367,78 @@ class LadderDecision:
     passed: bool
     reason: str
     decided_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass
+class CostRecord:
+    """Device time one run spent in one phase (train | eval): wall seconds x devices, and the device kind."""
+
+    run_id: str
+    phase: str
+    device_kind: str
+    n_devices: int
+    wall_s: float
+    device_s: float
+    recorded_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass
+class FitRecord:
+    """One surrogate model of one metric over a mixture family's runs, with its leave-one-mixture-out quality."""
+
+    fit_id: str
+    family: str
+    group_key: str
+    model: str  # bayes-linear | bayes-loglinear | gp
+    metric: str  # task/metric, or an axis: axis:leaderboard | axis:usability
+    category: str | None
+    features: list[str]
+    n_runs: int
+    n_mixtures: int
+    loo_rmse: float | None
+    loo_mae: float | None
+    spearman: float | None
+    spearman_low: float | None
+    spearman_high: float | None
+    selected: bool
+    effects: dict[str, float] | None
+    params: dict[str, Any]
+    run_ids: list[str]
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass
+class ProposalRecord:
+    """A mixture `mixlab optimise propose` wrote, what the surrogates predicted for it, and the run that tested it."""
+
+    proposal_id: str
+    family: str
+    fit_id: str
+    mixture_name: str
+    mixture_path: str
+    weights: dict[str, float]
+    predicted: dict[str, Any]  # {metric or axis: {"mean": m, "sd": s}}
+    objective: str
+    est_device_s: float | None = None
+    loop_id: str | None = None
+    round: int | None = None
+    run_id: str | None = None
+    status: str = "proposed"  # proposed | running | completed | failed
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass
+class RoundRecord:
+    """One propose -> sweep -> refit round of `mixlab optimise loop`."""
+
+    loop_id: str
+    round: int
+    family: str
+    fit_id: str | None
+    sweep_id: str | None
+    proposal_ids: list[str]
+    summary: dict[str, Any]
+    created_at: datetime = field(default_factory=utcnow)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -966,6 +1065,95 @@ def _flush_at_exit(store: Store) -> None:
     if not _SPOOLED:
         atexit.register(_flush_spooled)
     _SPOOLED.setdefault(store.path, store)
+
+    # -- cost and mixture optimisation ------------------------------------------------------------------------------
+
+    def record_cost(self, record: CostRecord) -> None:
+        """Device time of one phase of a run; a re-recorded phase (a resumed run) replaces the earlier row."""
+        self._write([_delete("run_costs", ("run_id", "=", record.run_id), ("phase", "=", record.phase)),
+                     _insert("run_costs", [record])])
+
+    def run_costs(self, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """{run_id: {"train_s", "eval_s", "device_s" (their sum, device-seconds), "device_kind"}}. Runs recorded
+        before costs were (no `run_costs` row) fall back to their `train_wall_s` training metric, eval unknown."""
+        if not run_ids:
+            return {}
+        rows = self.query(
+            "SELECT run_id, sum(device_s) FILTER (WHERE phase = 'train') AS train_s, "
+            "sum(device_s) FILTER (WHERE phase = 'eval') AS eval_s, sum(device_s) AS device_s, "
+            "any_value(device_kind) AS device_kind FROM run_costs WHERE list_contains(?, run_id) GROUP BY run_id",
+            [list(run_ids)],
+        )
+        out = {r["run_id"]: r for r in rows}
+        missing = [r for r in run_ids if r not in out]
+        if missing:
+            for r in self.query(
+                "SELECT t.run_id, arg_max(t.value, t.step) AS train_s, any_value(x.device) AS device_kind "
+                "FROM train_metrics t JOIN runs x USING (run_id) WHERE list_contains(?, t.run_id) "
+                "AND t.name = 'train_wall_s' GROUP BY t.run_id", [missing],
+            ):
+                out[r["run_id"]] = {**r, "eval_s": None, "device_s": r["train_s"]}
+        return out
+
+    def family_run_rows(self) -> list[dict[str, Any]]:
+        """Completed training runs with their mixture's name, manifest (JSON text), recipe YAML and seed: what
+        `mixlab optimise` sorts into mixture families."""
+        return self.query(
+            "SELECT r.run_id, r.mixture_id, r.mixture_name, r.recipe_yaml, r.seed, r.stage, r.trainer, r.device, "
+            "r.created_at, m.name AS built_name, m.manifest FROM runs r JOIN mixtures m ON r.mixture_id = m.mixture_id "
+            "WHERE r.kind = 'train' AND r.status = 'completed' ORDER BY r.created_at"
+        )
+
+    def mixture_shares(self, mixture_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """mixture_id, group_path and target share (summed over phases) of every component of `mixture_ids`."""
+        if not mixture_ids:
+            return []
+        return self.query(
+            "SELECT mixture_id, group_path, sum(target_share) AS share FROM mixture_components "
+            "WHERE list_contains(?, mixture_id) GROUP BY mixture_id, group_path ORDER BY mixture_id, group_path",
+            [list(mixture_ids)],
+        )
+
+    def metric_categories(self, run_ids: Sequence[str]) -> dict[tuple[str, str], str]:
+        """{(task, metric): category} over the eval metrics of `run_ids` (the latest row's category)."""
+        if not run_ids:
+            return {}
+        rows = self.query(
+            "SELECT task, metric, arg_max(category, created_at) AS category FROM eval_metrics "
+            "WHERE list_contains(?, run_id) GROUP BY task, metric", [list(run_ids)])
+        return {(r["task"], r["metric"]): r["category"] for r in rows}
+
+    def record_fits(self, fits: Sequence[FitRecord]) -> None:
+        self._write([_insert("surrogate_fits", fits)])
+
+    def fits(self, fit_id: str | None = None, *, family: str | None = None) -> list[dict[str, Any]]:
+        """Rows of one fit (`fit_id`), or of the latest fit of `family`."""
+        if fit_id is None:
+            rows = self.query("SELECT fit_id FROM surrogate_fits WHERE family = ? ORDER BY created_at DESC LIMIT 1",
+                              [family])
+            if not rows:
+                return []
+            fit_id = rows[0]["fit_id"]
+        return self.query("SELECT * FROM surrogate_fits WHERE fit_id = ? ORDER BY metric, model", [fit_id])
+
+    def record_proposals(self, proposals: Sequence[ProposalRecord]) -> None:
+        self._write([_insert("proposals", proposals, replace=True)])
+
+    def update_proposal(self, proposal_id: str, **fields: Any) -> None:
+        self._write([_update("proposals", fields, ("proposal_id", "=", proposal_id))])
+
+    def proposals(self, family: str, *, loop_id: str | None = None) -> list[dict[str, Any]]:
+        sql, params = "SELECT * FROM proposals WHERE family = ?", [family]
+        if loop_id is not None:
+            sql += " AND loop_id = ?"
+            params.append(loop_id)
+        return self.query(sql + " ORDER BY created_at, proposal_id", params)
+
+    def record_round(self, record: RoundRecord) -> None:
+        self._write([_insert("optimise_rounds", [record])])
+
+    def rounds(self, loop_id: str) -> list[dict[str, Any]]:
+        return self.query("SELECT * FROM optimise_rounds WHERE loop_id = ? ORDER BY round", [loop_id])
 
 
 def _flush_spooled() -> None:

@@ -23,12 +23,26 @@ def run_cmd(
     sweep_id: Optional[str] = typer.Option(None, "--sweep-id", hidden=True),
     invocation: Optional[str] = typer.Option(None, "--invocation", hidden=True),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    nproc: Optional[int] = typer.Option(None, "--nproc", min=1,
+                                        help="processes on this node, FSDP2 over torchrun (default: recipe devices)"),
+    nnodes: int = typer.Option(1, "--nnodes", min=1, help="nodes (run the same command on each, see README)"),
+    node_rank: int = typer.Option(0, "--node-rank", min=0),
+    rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint", help="HOST:PORT of node 0 (multi-node)"),
 ) -> None:
     """Fine-tune a model with a recipe (TRL SFT / DPO / GRPO / KTO stages), evaluate it, record it in DuckDB."""
     from mixlab.recipes.report import print_results
     from mixlab.recipes.runner import RecipeRunner, resume as resume_run
     from mixlab.recipes.schema import load_recipe
 
+    if (nproc or 1) * nnodes > 1 and "WORLD_SIZE" not in os.environ:
+        from mixlab.recipes.launchers import launch_run
+
+        code = launch_run(recipe, resume=resume, nproc=nproc or 1, nnodes=nnodes, node_rank=node_rank,
+                          rdzv_endpoint=rdzv_endpoint, sweep_id=sweep_id, invocation=invocation, quiet=quiet,
+                          dry_run=dry_run)
+        if code:
+            raise typer.Exit(code)
+        return
     if resume:
         if recipe is not None:
             raise MixlabError("--resume RUN_ID takes the recipe from the run row; do not also pass a recipe")
@@ -44,7 +58,12 @@ def run_cmd(
                 typer.echo(f"ok  stage {s.stage.name}: {s.stage.trainer} on {s.mixture_name} ({s.mixture_id})")
             return
         results = runner.run()
-    print_results(results)
+    if runner_is_main():
+        print_results(results)
+
+
+def runner_is_main() -> bool:
+    return os.environ.get("RANK", "0") == "0"
 
 def sweep_cmd(
     sweep: Path = typer.Argument(..., help="sweep YAML: recipe × mixtures (or Dirichlet samples) × seeds"),

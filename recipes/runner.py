@@ -32,7 +32,7 @@ import transformers
 from huggingface_hub import snapshot_download
 from rich.console import Console
 
-from mixlab.device import check_device_count, resolve_device, resolve_precision
+from mixlab.device import check_device_count, device_kind, resolve_device, resolve_precision
 from mixlab.errors import MixlabError
 from mixlab.evals.runner import evaluate
 from mixlab.evals.suites import suite_tasks
@@ -44,9 +44,19 @@ from mixlab.model.training import RouterBiasCallback
 from mixlab.paths import checkpoints_dir
 from mixlab.recipes.callbacks import DuckDBLogger, PeriodicEval
 from mixlab.recipes.data import keep_curriculum_order, load_stage_dataset
+from mixlab.recipes.distributed import (
+    SUPPORTED_TRAINERS,
+    CheckpointConfigCallback,
+    DistContext,
+    adopt_fsdp,
+    fsdp_training_args,
+    init_distributed,
+    save_consolidated,
+    shard_model,
+)
 from mixlab.recipes.schema import EvalSpec, Recipe, Stage, recipe_from_text
 from mixlab.recipes.trainers import BuildContext
-from mixlab.store import RunRecord, Store
+from mixlab.store import CostRecord, RunRecord, Store
 from mixlab.yamlio import did_you_mean
 
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -93,8 +103,11 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _device(recipe: Recipe) -> str:
-    """The training device; multi-device runs are refused before anything trains."""
+def _device(recipe: Recipe, ctx: DistContext) -> str:
+    """The training device. Several devices need several processes: this rank's device under torchrun
+    (`mixlab run --nproc N`), else a multi-device recipe is refused before anything trains."""
+    if ctx.enabled:
+        return init_distributed(ctx)
     try:
         check_device_count(recipe.devices)
     except MixlabError as exc:
@@ -103,8 +116,8 @@ def _device(recipe: Recipe) -> str:
         # Multi-process launching (one rank per device, rank-0-only store writes) is not built yet: say so
         # before anything trains instead of silently using one device.
         raise MixlabError(
-            f"recipe {recipe.name}: devices={recipe.devices}: multi-device runs are not supported by `mixlab run` "
-            "yet; use devices: 1"
+            f"recipe {recipe.name}: devices={recipe.devices}: launch one process per device with "
+            f"`mixlab run RECIPE --nproc {recipe.devices}`"
         )
     return resolve_device("auto")
 
@@ -153,6 +166,7 @@ class RecipeRunner:
         self.data_root = data_root
         self._resolved: list[ResolvedStage] | None = None
         self._base_path: Path | None = None
+        self.dist = DistContext.from_env()  # torchrun's ranks; only rank 0 writes to the store
 
     # -- preflight: everything that can fail before a single step trains ----------------------------------------
 
@@ -162,7 +176,7 @@ class RecipeRunner:
     def preflight(self) -> list[ResolvedStage]:
         if self._resolved is not None:
             return self._resolved
-        self.device = _device(self.recipe)
+        self.device = _device(self.recipe, self.dist)
         self.precision = _precision(self.recipe, self.device)
         self.kernels = _select_kernels(self.recipe, self.device)
         self._base_path = self._resolve_base_model()
@@ -178,6 +192,8 @@ class RecipeRunner:
             spec = self.recipe.stage_eval(stage)
             if spec is not None:
                 _check_suite(spec.suite, where=f"recipe {self.recipe.name}, stage {stage.name}")
+            if self.dist.enabled:
+                _check_distributed(self.recipe, stage, spec)
         self._resolved = resolved
         return resolved
 
@@ -245,7 +261,9 @@ class RecipeRunner:
         stage = item.stage
         output_dir = checkpoints_dir() / item.run_id
         resume_from = latest_checkpoint(output_dir) if resume else None
-        if resume:
+        if not self.dist.is_main:
+            pass  # rank 0 owns the run row
+        elif resume:
             # Steps after the checkpoint are trained again; drop what the interrupted process logged for them.
             self.store.restart_run(item.run_id, after_step=int(resume_from.name.split("-")[1]) if resume_from else 0)
         else:
@@ -256,14 +274,16 @@ class RecipeRunner:
             result = self._train_and_evaluate(item, init, output_dir, resume_from)
         except BaseException as exc:  # noqa: BLE001 - every failure, including OOM and Ctrl-C, marks the run
             message = _describe_failure(exc)
-            self.store.fail_run(item.run_id, message + "\n" + traceback.format_exc(limit=8)[-4000:])
+            if self.dist.is_main:
+                self.store.fail_run(item.run_id, message + "\n" + traceback.format_exc(limit=8)[-4000:])
             kept = latest_checkpoint(output_dir)
             hint = f"; checkpoint {kept} kept, continue with `mixlab run --resume {item.run_id}`" if kept else ""
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             raise MixlabError(f"run {item.run_id} (stage {stage.name}) failed: {message}{hint}") from exc
-        self.store.finish_run(item.run_id)
-        result.metrics = self.store.run_metrics(item.run_id)
+        if self.dist.is_main:
+            self.store.finish_run(item.run_id)
+            result.metrics = self.store.run_metrics(item.run_id)
         return result
 
     def _run_record(self, item: ResolvedStage, init: Path | None, parent: str | None, output_dir: Path) -> RunRecord:
@@ -309,19 +329,27 @@ class RecipeRunner:
         step = trainer.state.global_step
         train_s = time.perf_counter() - t0
         final_dir = self._save_final(trainer, tokenizer, output_dir)
-        self.store.set_checkpoint(item.run_id, str(final_dir))
         final_loss = _final_loss(trainer, train_output)
-        self.store.log_train_metrics(item.run_id, step, {"train_wall_s": train_s})
+        if self.dist.is_main:
+            self.store.set_checkpoint(item.run_id, str(final_dir))
+            self.store.log_train_metrics(item.run_id, step, {"train_wall_s": train_s})
+            self._record_cost(item.run_id, "train", train_s, self.dist.world_size)
         del trainer, model
         t1 = time.perf_counter()
         spec = self.recipe.stage_eval(stage)
-        if spec is not None:
+        if spec is not None and self.dist.is_main:
             self._evaluate(final_dir, spec, item.run_id, step=None)
+            self._record_cost(item.run_id, "eval", time.perf_counter() - t1, 1)  # rank 0 evaluates alone
         return StageResult(
             run_id=item.run_id, stage=stage.name, trainer=stage.trainer, mixture_name=item.mixture_name,
             status="completed", checkpoint=str(final_dir), final_loss=final_loss, steps=step, train_s=train_s,
             eval_s=time.perf_counter() - t1,
         )
+
+    def _record_cost(self, run_id: str, phase: str, wall_s: float, n_devices: int) -> None:
+        """Device-seconds of a phase (wall time x devices held), so `mixlab optimise` can price a mixture."""
+        self.store.record_cost(CostRecord(run_id=run_id, phase=phase, device_kind=device_kind(self.device),
+                                          n_devices=n_devices, wall_s=wall_s, device_s=wall_s * n_devices))
 
     def _result_from_store(self, item: ResolvedStage, row: dict[str, Any]) -> StageResult:
         metrics = self.store.run_metrics(item.run_id)
@@ -367,6 +395,10 @@ class RecipeRunner:
             fp16=self.precision == "fp16",
         )
         kwargs.update(spec.stage_args(stage))
+        if self.dist.enabled:
+            kwargs.update(fsdp_training_args(offload=recipe.fsdp.offload))
+            kwargs["gradient_checkpointing"] = recipe.fsdp.activation_checkpointing or kwargs.get(
+                "gradient_checkpointing", False)
         kwargs.update(spec.required)
         cls = spec.config_class()
         try:
@@ -380,21 +412,29 @@ class RecipeRunner:
         data = load_stage_dataset(item.mixture_id, stage.spec)
         keep_curriculum_order(args, data.n_phases)
         callbacks: list[Any] = [
-            DuckDBLogger(self.store, item.run_id),
             RouterBiasCallback(self.recipe.router_bias_update_rate),  # None: the model config's rate
         ]
+        if self.dist.is_main:
+            callbacks.insert(0, DuckDBLogger(self.store, item.run_id))
+        if self.dist.enabled:
+            callbacks.append(CheckpointConfigCallback(model.config, tokenizer))
+            model = shard_model(model, device=self.device, param_dtype=torch.bfloat16 if self.precision == "bf16"
+                                else torch.float32, offload=self.recipe.fsdp.offload)
         spec = self.recipe.stage_eval(stage)
         if spec is not None and spec.every_n_steps:
             callbacks.append(
                 PeriodicEval(spec.every_n_steps, lambda ckpt, step: self._evaluate(ckpt, spec, item.run_id, step=step),
                              tokenizer)
             )
-        return stage.spec.build(BuildContext(model=model, tokenizer=tokenizer, args=args, dataset=data.dataset,
-                                             callbacks=callbacks, stage=stage))
+        trainer = stage.spec.build(BuildContext(model=model, tokenizer=tokenizer, args=args, dataset=data.dataset,
+                                                callbacks=callbacks, stage=stage))
+        return adopt_fsdp(trainer) if self.dist.enabled else trainer
 
     def _save_final(self, trainer, tokenizer, output_dir: Path) -> Path:
         """Full merged weights, official names, written to a temp folder and renamed into place."""
         final = output_dir / "final"
+        if self.dist.enabled:  # gathered to rank 0, official format
+            return save_consolidated(trainer.model, tokenizer, final, self.dist)
         tmp = output_dir / f".final-tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         model = trainer.accelerator.unwrap_model(trainer.model) if hasattr(trainer, "accelerator") else trainer.model
@@ -448,6 +488,15 @@ def _check_suite(suite: str, where: str) -> None:
         suite_tasks(suite, allow_missing=False)
     except MixlabError as exc:
         raise MixlabError(f"{where}: eval: {exc}") from None
+
+
+def _check_distributed(recipe: Recipe, stage: Stage, spec: EvalSpec | None) -> None:
+    where = f"recipe {recipe.name}, stage {stage.name}"
+    if stage.trainer not in SUPPORTED_TRAINERS:
+        raise MixlabError(f"{where}: trainer {stage.trainer!r} does not run sharded yet (--nproc > 1 supports "
+                          f"{', '.join(SUPPORTED_TRAINERS)}); run it in one process")
+    if spec is not None and spec.every_n_steps:
+        raise MixlabError(f"{where}: eval.every_n_steps is not supported with --nproc > 1 (the final eval is)")
 
 
 def _final_loss(trainer, train_output) -> float | None:

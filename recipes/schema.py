@@ -196,6 +196,13 @@ def _ArgError(key: str, message: str) -> LocatedError:
     return LocatedError(("args", key), message)
 
 
+class FsdpSpec(_Strict):
+    """Settings of a multi-process run (`mixlab run --nproc N`, FSDP2; recipes/distributed.py). Ignored in one process."""
+
+    offload: bool = Field(False, description="keep sharded params, grads and optimizer state in CPU memory")
+    activation_checkpointing: bool = Field(False, description="recompute each decoder layer in backward")
+
+
 class Recipe(_Strict):
     name: str
     description: str = ""
@@ -209,6 +216,7 @@ class Recipe(_Strict):
     )
     checkpoint_every: int | None = Field(None, ge=1, description="save a resumable checkpoint every N steps")
     keep_checkpoints: int | None = Field(None, ge=1, description="keep only the newest N step checkpoints")
+    fsdp: FsdpSpec = Field(default_factory=FsdpSpec)
     eval: EvalSpec | None = None
     family: str | None = Field(None, description="label for the dashboard (default: the last stage's mixture)")
     stages: list[Stage] = Field(min_length=1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 from typer.core import TyperGroup
 
-from mixlab.evals import cli_run, cli_sandbox, cli_tasks
+from mixlab.evals import cli_compare, cli_run, cli_sandbox, cli_tasks
 
 
 class _DefaultToRun(TyperGroup):
@@ -26,6 +26,6 @@ eval_app = typer.Typer(
 )
 
 def register(app: typer.Typer) -> None:
-    for part in (cli_tasks, cli_run, cli_sandbox):
+    for part in (cli_tasks, cli_run, cli_sandbox, cli_compare):
         part.register(app, eval_app)
     app.add_typer(eval_app, name="eval")

@@ -982,6 +982,16 @@ class Store:
         return self.query("SELECT item_id, output, judge_rationale, extra FROM eval_samples WHERE eval_id = ?",
                           [eval_id])
 
+    def item_scores(self, run_id: str, task: str) -> list[dict[str, Any]]:
+        """item_id and extra (JSON text) of the scored samples of a run's latest completed evaluation of `task`:
+        the per-item values that paired comparisons (ladder gates, `mixlab compare`) line up by item_id."""
+        return self.query(
+            "SELECT item_id, extra FROM eval_samples WHERE score IS NOT NULL AND eval_id = ("
+            "SELECT eval_id FROM eval_runs WHERE run_id = ? AND task = ? AND status = 'completed' "
+            "ORDER BY finished_at DESC NULLS LAST, created_at DESC LIMIT 1) ORDER BY item_id",
+            [run_id, task],
+        )
+
     def peer_samples(self, task: str, judge: str | None, *, exclude_eval_id: str) -> list[dict[str, Any]]:
         """eval_id, item_id and extra of every other completed evaluation of `task` by the same judge."""
         return self.query(

@@ -209,6 +209,17 @@ class PagedHybridCache:
         return [(heapq.heappop(self._free_slots), [self._free_blocks.pop() for _ in range(blocks_each)])
                 for _ in range(slots)]
 
+    @torch.no_grad()
+    def move_slot(self, src: int, dst: int) -> None:
+        """Move a live sequence's KDA state from slot `src` to the free slot `dst`; `src` becomes free."""
+        self._free_slots.remove(dst)
+        heapq.heapify(self._free_slots)
+        heapq.heappush(self._free_slots, src)
+        for i, conv in enumerate(self.conv):
+            if conv is not None:
+                conv[dst].copy_(conv[src])
+                self.state[i][dst].copy_(self.state[i][src])
+
     def free(self, slot: int, blocks: list[int]) -> None:
         heapq.heappush(self._free_slots, slot)
         self._free_blocks.extend(reversed(blocks))

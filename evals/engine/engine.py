@@ -357,6 +357,15 @@ class Engine:
             if all(s.finish is not None for s in req.seqs) and not req.future.done():
                 req.future.set_result([(s.generated, s.finish) for s in req.seqs])
         self._running = keep
+        if not self.static:
+            # Keep the running sequences in slots 0..B-1 (one state copy per finished sequence) so that eager
+            # decode updates the KDA state in place instead of gathering and scattering it every step.
+            B = len(keep)
+            used = {s.slot for s in keep}
+            holes = [h for h in range(B) if h not in used]
+            for seq, hole in zip([s for s in keep if s.slot >= B], holes):
+                self.cache.move_slot(seq.slot, hole)
+                seq.slot = hole
 
     def _decode(self) -> None:
         if not self.static:

@@ -25,6 +25,7 @@ new entry at the end (never edit an applied one). `schema_version` records what 
 from __future__ import annotations
 
 import atexit
+import fcntl
 import functools
 import itertools
 import json
@@ -588,20 +589,59 @@ class Store:
         except (FileNotFoundError, NotADirectoryError):
             return []
 
-    def _open(self, *, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnection:
-        """Open the file, retrying while another process holds its lock; `_Busy` after `wait_s`."""
+    @contextmanager
+    def _side_lock(self, *, exclusive: bool, deadline: float) -> Iterator[None]:
+        """flock on `<db>.lock`, held from before DuckDB opens the file until after it has closed it.
+
+        DuckDB's own file lock alone is not enough: measured with duckdb 2.0.1, three processes doing open → two
+        commits → close in a loop lost whole committed transactions (244 and 306 rows of 360 in 2 of 12 runs) or
+        failed with "Could not read enough bytes", apparently a process getting in while another was still
+        finishing its close. With this lock around every open..close: no loss in 21 runs. Foreign processes (a
+        DuckDB shell) do not take it; against them DuckDB's lock still applies."""
+        try:
+            fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:  # a read-only folder: nobody can write there, so readers need no lock
+            yield
+            return
+        delay = 0.005
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise _Busy(f"{self.path} is in use by another mixlab process") from None
+                    time.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 0.25)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+    @contextmanager
+    def _session(self, *, read_only: bool, wait_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Open the file (side lock, then DuckDB, retrying while another process holds either; `_Busy` after
+        `wait_s`), yield the connection, checkpoint a writer's changes into the file and close."""
         deadline = time.monotonic() + wait_s
         delay = 0.005
-        while True:
+        with self._side_lock(exclusive=not read_only, deadline=deadline):
+            while True:
+                try:
+                    con = duckdb.connect(str(self.path), read_only=read_only)
+                    break
+                except (duckdb.IOException, duckdb.ConnectionException) as exc:
+                    if not _is_lock_error(exc):
+                        raise MixlabError(f"cannot open {self.path}: {exc}") from exc
+                    if time.monotonic() > deadline:
+                        raise _Busy(str(exc)) from exc
+                    time.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 0.25)
             try:
-                return duckdb.connect(str(self.path), read_only=read_only)
-            except (duckdb.IOException, duckdb.ConnectionException) as exc:
-                if not _is_lock_error(exc):
-                    raise MixlabError(f"cannot open {self.path}: {exc}") from exc
-                if time.monotonic() > deadline:
-                    raise _Busy(str(exc)) from exc
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 0.25)
+                yield con
+                if not read_only:
+                    con.execute("CHECKPOINT")  # nothing left for the close to write after the side lock is gone
+            finally:
+                con.close()
 
     @contextmanager
     def connect(self, *, write: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -614,16 +654,13 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         with _PROCESS_LOCK:
             try:
-                con = self._open(read_only=not write, wait_s=self.lock_timeout_s)
+                with self._session(read_only=not write, wait_s=self.lock_timeout_s) as con:
+                    if write and not self._migrated:
+                        self._migrate(con)
+                    yield con
             except _Busy as exc:
                 raise MixlabError(f"{self.path} stayed locked by another process for {self.lock_timeout_s:.0f}s: "
                                   f"{exc}") from exc
-            try:
-                if write and not self._migrated:
-                    self._migrate(con)
-                yield con
-            finally:
-                con.close()
 
     def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
         con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER, applied_at TIMESTAMP)")
@@ -658,17 +695,13 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _PROCESS_LOCK:
             try:
-                con = self._open(read_only=False, wait_s=self.write_wait_s)
-            except _Busy:
+                with self._session(read_only=False, wait_s=self.write_wait_s) as con:
+                    if not self._migrated:
+                        self._migrate(con)
+                    self._ingest(con)
+                    self._transaction(con, ops)
+            except _Busy:  # raised only before anything was applied: the session never opened
                 self._spool(ops)
-                return
-            try:
-                if not self._migrated:
-                    self._migrate(con)
-                self._ingest(con)
-                self._transaction(con, ops)
-            finally:
-                con.close()
 
     @staticmethod
     def _transaction(con: duckdb.DuckDBPyConnection, ops: Sequence[Mapping[str, Any]], spool_name: str | None = None):
@@ -720,16 +753,13 @@ class Store:
             return 0
         with _PROCESS_LOCK:
             try:
-                con = self._open(read_only=False, wait_s=self.write_wait_s if wait_s is None else wait_s)
+                with self._session(read_only=False, wait_s=self.write_wait_s if wait_s is None else wait_s) as con:
+                    if not self._migrated:
+                        self._migrate(con)
+                    return self._ingest(con)
             except _Busy as exc:
                 raise MixlabError(f"{self.path} is held by another process; {len(self.pending_spool())} spooled "
                                   f"write(s) stay in {self.spool_dir}") from exc
-            try:
-                if not self._migrated:
-                    self._migrate(con)
-                return self._ingest(con)
-            finally:
-                con.close()
 
     # -- the read path --------------------------------------------------------------------------------------
 
@@ -743,11 +773,16 @@ class Store:
                 pass  # still held: read through the overlay
         if self.pending_spool():
             with _PROCESS_LOCK:
-                con = self._overlay()
                 try:
-                    yield con
-                finally:
-                    con.close()
+                    with self._side_lock(exclusive=False, deadline=time.monotonic() + self.lock_timeout_s):
+                        con = self._overlay()
+                        try:
+                            yield con
+                        finally:
+                            con.close()
+                except _Busy as exc:
+                    raise MixlabError(f"{self.path} stayed locked by another process for "
+                                      f"{self.lock_timeout_s:.0f}s: {exc}") from exc
             return
         if not self.exists() and not self.read_only:
             with self.connect(write=True) as con:  # a fresh file: create it with its schema

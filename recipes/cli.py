@@ -94,8 +94,53 @@ def ladder_cmd(
     print_ladder(outcome["ladder_id"])
 
 
+def plan_cmd(
+    recipe: Optional[Path] = typer.Argument(None, help="recipe YAML (or a name in recipes/registry)"),
+    gpus: str = typer.Option("8xH100", "--gpus", help="COUNTxNAME, e.g. 8xH100"),
+    tokens: Optional[int] = typer.Option(None, "--tokens", min=1,
+                                         help="tokens per GPU micro-batch (default: the recipe's last stage "
+                                              "per_device_train_batch_size x max_length)"),
+    activation_checkpointing: Optional[bool] = typer.Option(None, "--activation-checkpointing/--no-activation-checkpointing",
+                                                            help="default: the recipe's fsdp.activation_checkpointing"),
+    host_gib: float = typer.Option(256, "--host-gib", help="host RAM per GPU (offload)"),
+    as_json: bool = typer.Option(False, "--json"),
+    validate: bool = typer.Option(False, "--validate", help="compare the plan with the measured one-GPU peaks"),
+) -> None:
+    """Per-GPU memory (params, grads, optimizer, activations) of a recipe under FSDP2, with and without offload,
+    and the minimum GPU count, computed from the model config."""
+    import json
+
+    from mixlab.model.info import resolve_config
+    from mixlab.recipes.plan import format_plan, parse_gpus, plan, validate as validate_plan
+    from mixlab.recipes.schema import load_recipe
+    from mixlab.recipes.sweep import resolve_recipe_path
+
+    if validate:
+        rows = validate_plan()
+        typer.echo(json.dumps(rows, indent=1) if as_json else "\n".join(
+            f"{r['preset']} {r['tokens']} tok, {r['kernels']} on {r['gpu']}: measured {r['peak_gib']} GiB, "
+            f"plan {r['plan_gib']} GiB ({r['error_pct']:+.1f} %)" for r in rows))
+        return
+    if recipe is None:
+        raise MixlabError("give a recipe YAML (or --validate)")
+    loaded, _ = load_recipe(resolve_recipe_path(str(recipe)))
+    source = loaded.model.preset or loaded.model.path
+    if source is None:
+        raise MixlabError(f"recipe {loaded.name}: model: plan needs a preset or a local path")
+    config, _ = resolve_config(source)
+    n, gpu = parse_gpus(gpus)
+    if tokens is None:
+        args = loaded.stages[-1].args
+        tokens = int(args.get("per_device_train_batch_size", 8)) * int(args.get("max_length", 1024))
+    ac = loaded.fsdp.activation_checkpointing if activation_checkpointing is None else activation_checkpointing
+    result = plan(config, source, gpus=n, gpu=gpu, tokens=tokens, activation_checkpointing=ac,
+                  host_gib_per_gpu=host_gib)
+    typer.echo(json.dumps(result.as_dict(), indent=1) if as_json else format_plan(result))
+
+
 def register(app: typer.Typer) -> None:
     app.command("run")(run_cmd)
+    app.command("plan")(plan_cmd)
     app.command("sweep")(sweep_cmd)
     app.command("ladder")(ladder_cmd)
 

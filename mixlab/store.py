@@ -1099,18 +1099,6 @@ class Store:
         return self.query("SELECT * FROM ladder_decisions WHERE ladder_id = ? ORDER BY decided_at", [ladder_id])
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# A process that spooled writes tries once more to land them before it exits.
-# ---------------------------------------------------------------------------------------------------------------
-
-_SPOOLED: dict[Path, Store] = {}
-
-
-def _flush_at_exit(store: Store) -> None:
-    if not _SPOOLED:
-        atexit.register(_flush_spooled)
-    _SPOOLED.setdefault(store.path, store)
-
     # -- cost and mixture optimisation ------------------------------------------------------------------------------
 
     def record_cost(self, record: CostRecord) -> None:
@@ -1199,6 +1187,19 @@ def _flush_at_exit(store: Store) -> None:
 
     def rounds(self, loop_id: str) -> list[dict[str, Any]]:
         return self.query("SELECT * FROM optimise_rounds WHERE loop_id = ? ORDER BY round", [loop_id])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A process that spooled writes tries once more to land them before it exits.
+# ---------------------------------------------------------------------------------------------------------------
+
+_SPOOLED: dict[Path, Store] = {}
+
+
+def _flush_at_exit(store: Store) -> None:
+    if not _SPOOLED:
+        atexit.register(_flush_spooled)
+    _SPOOLED.setdefault(store.path, store)
 
 
 def _flush_spooled() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import yaml
@@ -66,7 +68,8 @@ def test_ladder_rejects_a_mixture_end_to_end(tmp_path, store):
     assert outcome["survivors"] == []
     decisions = store.ladder_decisions(outcome["ladder_id"])
     assert [(d["rung"], d["mixture_name"], d["passed"]) for d in decisions] == [("r1", "demo-math-heavy", False)]
-    gate = decisions[0]["gates"][0]
+    gates = decisions[0]["gates"]
+    gate = (json.loads(gates) if isinstance(gates, str) else gates)[0]
     assert gate["passed"] is False and gate["test"] in ("McNemar exact", "Newcombe paired score interval")
     assert gate["alpha"] == 0.05 and gate["n_items"] == 12 and "superiority" in decisions[0]["reason"]
     trained = store.query("SELECT rung, mixture_name FROM runs WHERE sweep_id = ? AND kind = 'train'",

@@ -1152,7 +1152,8 @@ class Store:
         if not run_ids:
             return {}
         rows = self.query(
-            "SELECT task, metric, arg_max(category, created_at) AS category FROM eval_metrics "
+            "SELECT task, metric, arg_max(category, coalesce(created_at, TIMESTAMP '1970-01-01')) AS category "
+            "FROM eval_metrics "
             "WHERE list_contains(?, run_id) GROUP BY task, metric", [list(run_ids)])
         return {(r["task"], r["metric"]): r["category"] for r in rows}
 

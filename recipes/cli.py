@@ -14,6 +14,7 @@ import typer
 
 from mixlab import procs
 from mixlab.errors import MixlabError
+from mixlab.recipes.optimise_cli import app as optimise_app
 
 
 def run_cmd(
@@ -143,6 +144,7 @@ def register(app: typer.Typer) -> None:
     app.command("plan")(plan_cmd)
     app.command("sweep")(sweep_cmd)
     app.command("ladder")(ladder_cmd)
+    app.add_typer(optimise_app, name="optimise")
 
     @app.command("demo")
     def demo_cmd(

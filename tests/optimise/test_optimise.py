@@ -1,0 +1,172 @@
+"""Surrogates, proposals and the store rows of `mixlab optimise`, on a synthetic family with a known response
+(no training: the slow test in test_demo_loop.py runs the real thing)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from scipy.stats import spearmanr
+
+from mixlab.cli import main
+from mixlab.errors import MixlabError
+from mixlab.evals.stats import spearman_ci
+from mixlab.mixtures import load_mixture
+from mixlab.recipes import optimise as opt
+from mixlab.store import Store
+
+from tests.optimise.helpers import FEATURES, RECIPE, add_run, synthetic_family, truth
+
+
+def _true_axes(w: np.ndarray) -> np.ndarray:
+    t = truth(w)
+    lb = np.mean([v for (_, _, c), v in t.items() if c == "leaderboard"])
+    us = np.mean([v for (_, _, c), v in t.items() if c == "usability"])
+    return np.array([lb, us])
+
+
+def test_spearman_ci_matches_scipy_and_covers():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=30)
+    y = x + rng.normal(size=30)
+    y[:3] = y[3]  # ties
+    rho, lo, hi = spearman_ci(x, y)
+    assert rho == pytest.approx(spearmanr(x, y).statistic)
+    assert lo < rho < hi and lo > 0
+    rho0, lo0, hi0 = spearman_ci(x, rng.normal(size=30))
+    assert lo0 < 0 < hi0 or abs(rho0) > 0.35  # unrelated: the interval covers 0 (95 %; this seed does)
+    assert np.isnan(spearman_ci([1, 2, 3], [1, 2, 3])[0])  # n < 4
+    assert np.isnan(spearman_ci([1, 1, 1, 1], [1, 2, 3, 4])[0])
+
+
+def test_family_membership_features_targets(store: Store):
+    synthetic_family(store, n=5)
+    add_run(store, "demo-math-heavy", np.array([0.15, 0.15, 0.7]))  # a registry variant: in the family
+    add_run(store, "other-mix", np.array([0.3, 0.3, 0.4]), extends=None)  # not in it
+    longer = {**RECIPE, "stages": [{**RECIPE["stages"][0], "args": {"max_steps": 99}}]}
+    add_run(store, "demo-balanced-long", np.array([0.2, 0.3, 0.5]), recipe=longer)  # another budget
+    data = opt.load_family(store, "demo-balanced")
+    assert data.features == list(FEATURES)
+    assert len(data.run_ids) == 6 and "other-mix-s0-sft" not in data.run_ids
+    assert list(data.other_groups.values()) == [1]
+    assert data.targets == ["proc-chat-l1/format_satisfied", "proc-code-l1/pass@1", "proc-math-l1/accuracy",
+                            "axis:leaderboard", "axis:usability"]  # per-level breakdowns left out
+    i = data.run_ids.index("demo-math-heavy-s0-sft")
+    np.testing.assert_allclose(data.X[i], [0.15, 0.15, 0.7])
+    lb = (data.Y[i, 1] + data.Y[i, 2]) / 2
+    assert data.column("axis:leaderboard")[i] == pytest.approx(lb)
+    other = opt.load_family(store, "demo-balanced", group=next(iter(data.other_groups)))
+    assert other.run_ids == ["demo-balanced-long-s0-sft"]
+    assert set(opt.families(store)) >= {"demo-balanced", "other-mix"}
+    with pytest.raises(MixlabError, match="did you mean 'demo-balanced'"):
+        opt.load_family(store, "demo-balancd")
+
+
+def test_fit_ranks_held_out_mixtures_and_is_stored(store: Store):
+    synthetic_family(store, n=14)
+    fit_id, data, fits = opt.fit_family(store, "demo-balanced")
+    selected = {f.target: f for f in fits if f.selected}
+    assert set(selected) == set(data.targets)
+    for axis in ("axis:leaderboard", "axis:usability"):
+        f = selected[axis]
+        y = f.realised
+        assert f.spearman[1] > 0, (axis, f.model, f.spearman)  # better than chance, beyond the CI
+        assert f.loo_rmse < np.std(y)  # beats predicting the mean
+    eff = selected["proc-math-l1/accuracy"].effects
+    assert eff["math"] > 0.02 and eff["chat"] < 0
+    assert selected["axis:usability"].effects["chat"] > 0.02
+    rows = store.fits(family="demo-balanced")
+    assert {r["fit_id"] for r in rows} == {fit_id}
+    assert len(rows) == len(data.targets) * len(opt.MODELS)
+    assert sum(r["selected"] for r in rows) == len(data.targets)
+    # `propose` rebuilds exactly the selected models from the stored rows.
+    _, models, features, _ = opt.load_fit(store, "demo-balanced")
+    probe = np.array([[0.2, 0.3, 0.5], [0.6, 0.2, 0.2]])
+    for target, f in selected.items():
+        np.testing.assert_allclose(models[target].predict(probe)[0], f.surrogate.predict(probe)[0], rtol=1e-6)
+    assert features == list(FEATURES)
+
+
+def test_too_few_mixtures_is_one_clear_error(store: Store):
+    synthetic_family(store, n=3)
+    with pytest.raises(MixlabError, match="needs at least 4"):
+        opt.fit_family(store, "demo-balanced")
+
+
+def test_propose_writes_registry_yaml_and_extends_the_true_front(store: Store, isolated_runs):
+    synthetic_family(store, n=14)
+    opt.fit_family(store, "demo-balanced")
+    out = opt.propose(store, "demo-balanced", 3)
+    props = out["proposals"]
+    assert len(props) == 3 and out["est_device_s"] == pytest.approx(100.0)
+    data = opt.load_family(store, "demo-balanced")
+    initial_truth = np.array([_true_axes(x) for x in data.X])
+    undominated = 0
+    for p in props:
+        doc = yaml.safe_load(open(p.mixture_path))
+        assert doc["extends"].endswith("demo-balanced.yaml")
+        spec = load_mixture(p.mixture_path).spec
+        assert sum(c.weight for c in spec.components) == pytest.approx(1.0, abs=1e-5)
+        assert {c.name for c in spec.components} == set(FEATURES)
+        assert set(p.predicted) == set(data.targets)
+        w = np.array([p.weights[f] for f in FEATURES])
+        undominated += not opt.dominated_by(_true_axes(w), initial_truth).any()
+    assert undominated >= 1, "no proposal's expected point escapes the initial sweep's front"
+    stored = store.proposals("demo-balanced")
+    assert [r["proposal_id"] for r in stored] == sorted(p.proposal_id for p in props)
+    assert json.loads(stored[0]["predicted"])["axis:usability"]["sd"] > 0
+
+
+def test_propose_under_a_floor(store: Store):
+    synthetic_family(store, n=14)
+    opt.fit_family(store, "demo-balanced")
+    out = opt.propose(store, "demo-balanced", 2, mins=["proc-math-l1=0.55"], confidence=0.8)
+    for p in out["proposals"]:
+        m, s = p.predicted["proc-math-l1/accuracy"]["mean"], p.predicted["proc-math-l1/accuracy"]["sd"]
+        assert m - 0.84 * s >= 0.55 - 1e-6  # P(>= floor) >= 0.8 under the predictive normal
+        assert truth(np.array([p.weights[f] for f in FEATURES]))[("proc-math-l1", "accuracy", "leaderboard")] > 0.5
+    assert "s.t. proc-math-l1/accuracy >= 0.55" in out["objective"]
+    with pytest.raises(MixlabError, match="no candidate is predicted to meet"):
+        opt.propose(store, "demo-balanced", 1, mins=["proc-math-l1=0.99"])
+    with pytest.raises(MixlabError, match="expected METRIC=VALUE"):
+        opt.propose(store, "demo-balanced", 1, mins=["proc-math-l1>0.5"])
+    with pytest.raises(MixlabError, match="is not a fitted metric"):
+        opt.propose(store, "demo-balanced", 1, mins=["gsm8k=0.6"])
+
+
+def test_hypervolume_and_dominance():
+    pts = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    assert opt.hypervolume(pts, np.array([0.0, 0.0])) == pytest.approx(0.25)
+    assert opt.front_mask(np.array([[1, 1], [0.5, 0.5], [2, 0]])).tolist() == [True, False, True]
+    assert opt.dominated_by([0.5, 0.5], np.array([[0.5, 0.5], [0.6, 0.5]])).tolist() == [False, True]
+
+
+def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """`mixlab ARGS` in-process through the real entry point (its MixlabError -> one line, exit 2)."""
+    monkeypatch.setattr(sys, "argv", ["mixlab", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_fit_propose_and_bad_input(store: Store, monkeypatch, capsys):
+    synthetic_family(store, n=8)
+    code, out, err = _cli(monkeypatch, capsys, "optimise", "fit", "--family", "demo-balanced", "--json",
+                          "--model", "linear")
+    assert code == 0, err
+    assert {f["model"] for f in json.loads(out)["fits"]} == {"linear"}
+    code, out, err = _cli(monkeypatch, capsys, "optimise", "propose", "--family", "demo-balanced", "--n", "2")
+    assert code == 0, err
+    assert "proposals" in out and "device-s" in out
+    code, out, err = _cli(monkeypatch, capsys, "optimise", "propose", "--family", "demo-balanced", "--min", "nonsense")
+    assert code == 2 and err.strip().splitlines() == ["error: --min 'nonsense': expected METRIC=VALUE, e.g. --min "
+                                                       "gsm8k=0.6"]
+    code, out, err = _cli(monkeypatch, capsys, "optimise", "fit", "--family", "demo-balanced", "--model", "forest")
+    assert code == 2 and "unknown surrogate model 'forest'" in err

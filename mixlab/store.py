@@ -1189,6 +1189,50 @@ class Store:
     def rounds(self, loop_id: str) -> list[dict[str, Any]]:
         return self.query("SELECT * FROM optimise_rounds WHERE loop_id = ? ORDER BY round", [loop_id])
 
+    # -- result files of workers elsewhere (sweeps on Ray / Slurm) ------------------------------------------------
+
+    def ingest_store(self, source: str | Path) -> bool:
+        """Copy every row of another mixlab database file (a sweep member's result file, written wherever the
+        member ran) into this one in one transaction, recorded in `spool_ingested` under the file's path, so a
+        file is applied once however often it is offered. Rows with a primary key replace the existing row (a
+        mixture both files recorded). Returns False if the file was ingested before."""
+        source = Path(source).resolve()
+        key = f"store:{source}"
+        if not source.is_file():
+            raise MixlabError(f"ingest: no database file {source}")
+        quoted = str(source).replace("'", "''")
+        with _PROCESS_LOCK:
+            try:
+                with self._session(read_only=False, wait_s=self.lock_timeout_s) as con:
+                    if not self._migrated:
+                        self._migrate(con)
+                    if con.execute("SELECT count(*) FROM spool_ingested WHERE name = ?", [key]).fetchone()[0]:
+                        return False
+                    con.execute(f"ATTACH '{quoted}' AS src (READ_ONLY)")
+                    try:
+                        on_src = {r[0] for r in con.execute(
+                            "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'src'").fetchall()}
+                        keyed = {r[0] for r in con.execute(
+                            "SELECT table_name FROM duckdb_constraints() WHERE constraint_type = 'PRIMARY KEY' "
+                            "AND database_name = current_database()").fetchall()}
+                        con.execute("BEGIN TRANSACTION")
+                        try:
+                            for table in _schema():
+                                if table in ("schema_version", "spool_ingested") or table not in on_src:
+                                    continue
+                                verb = "INSERT OR REPLACE" if table in keyed else "INSERT"
+                                con.execute(f"{verb} INTO main.{table} BY NAME SELECT * FROM src.main.{table}")
+                            con.execute("INSERT INTO spool_ingested VALUES (?, ?)", [key, utcnow()])
+                            con.execute("COMMIT")
+                        except BaseException:
+                            con.execute("ROLLBACK")
+                            raise
+                    finally:
+                        con.execute("DETACH src")
+            except _Busy as exc:
+                raise MixlabError(f"{self.path} stayed locked by another process: {exc}") from exc
+        return True
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # A process that spooled writes tries once more to land them before it exits.

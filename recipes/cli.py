@@ -70,12 +70,16 @@ def sweep_cmd(
     sweep: Path = typer.Argument(..., help="sweep YAML: recipe × mixtures (or Dirichlet samples) × seeds"),
     parallel: Optional[int] = typer.Option(None, "--parallel", min=1, help="runs at once (processes)"),
     quiet: bool = typer.Option(False, "--quiet"),
+    launcher: Optional[str] = typer.Option(None, "--launcher",
+                                           help="local | ray | slurm: member jobs write result files that this "
+                                                "process ingests; failed members are retried (README: scale-out)"),
+    retries: int = typer.Option(1, "--retries", min=0, help="extra tries of a failed member (with --launcher)"),
 ) -> None:
     """Run a recipe across mixtures and seeds; each member is its own run row, tagged with the sweep id."""
     from mixlab.recipes.report import print_sweep
     from mixlab.recipes.sweep import run_sweep
 
-    outcome = run_sweep(sweep, parallel=parallel, progress=not quiet)
+    outcome = run_sweep(sweep, parallel=parallel, progress=not quiet, launcher=launcher, retries=retries)
     print_sweep(outcome["sweep_id"])
     if outcome["failures"]:
         raise MixlabError(
@@ -139,9 +143,20 @@ def plan_cmd(
     typer.echo(json.dumps(result.as_dict(), indent=1) if as_json else format_plan(result))
 
 
+def consolidate_cmd(
+    checkpoint: Path = typer.Argument(..., help="a sharded step checkpoint of `mixlab run --nproc N` (checkpoint-N/)"),
+    out: Path = typer.Argument(..., help="output folder (official single-folder format)"),
+) -> None:
+    """Gather a sharded (FSDP2 / torch distributed checkpoint) step checkpoint into one official-format folder."""
+    from mixlab.recipes.distributed import consolidate_checkpoint
+
+    typer.echo(str(consolidate_checkpoint(checkpoint, out)))
+
+
 def register(app: typer.Typer) -> None:
     app.command("run")(run_cmd)
     app.command("plan")(plan_cmd)
+    app.command("consolidate")(consolidate_cmd)
     app.command("sweep")(sweep_cmd)
     app.command("ladder")(ladder_cmd)
     app.add_typer(optimise_app, name="optimise")
@@ -165,6 +180,9 @@ def register(app: typer.Typer) -> None:
         readme: Optional[Path] = typer.Option(None, "--readme",
                                               help="splice the result table into this file between its demo-table "
                                                    "markers (`make demo-readme` passes README.md)"),
+        splice_from: Optional[Path] = typer.Option(None, "--splice-from",
+                                                   help="only splice this earlier output (runs/demo-results.md) "
+                                                        "into --readme; no run"),
     ) -> None:
         """The whole lab on a laptop CPU: build mixtures, train, fine-tune per mixture, GRPO, evaluate, compare.
         Same seed on the same machine kind, same numbers."""
@@ -174,6 +192,14 @@ def register(app: typer.Typer) -> None:
             raise MixlabError(f"--precision {precision!r}: expected auto, fp32 or bf16")
         if readme is not None and not readme.is_file():
             raise MixlabError(f"--readme {readme}: no such file")
+        if splice_from is not None:
+            from mixlab.recipes.demo import splice_readme
+
+            if readme is None or not splice_from.is_file():
+                raise MixlabError("--splice-from FILE needs an existing FILE and --readme README")
+            splice_readme(readme, splice_from.read_text())
+            typer.echo(f"spliced {splice_from} into {readme}")
+            return
         if os.environ.get("PYTHONHASHSEED") != "0":
             # String hashing (set order) is fixed only at interpreter start: run again with it fixed.
             options = {"--base-steps": base_steps, "--sft-steps": sft_steps, "--grpo-steps": grpo_steps,

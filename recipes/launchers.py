@@ -10,12 +10,23 @@ remain); a member that never produced a result file is recorded as a failed run 
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
+from mixlab import procs
 from mixlab.errors import MixlabError
 from mixlab.recipes.distributed import DistContext, launch
 from mixlab.recipes.runner import RecipeRunner
 from mixlab.recipes.schema import load_recipe
+from mixlab.store import RunRecord, Store
+
+LAUNCHERS = ("local", "ray", "slurm")
 
 
 def launch_run(recipe: Path | None, *, resume: str | None, nproc: int, nnodes: int = 1, node_rank: int = 0,
@@ -46,3 +57,175 @@ def launch_run(recipe: Path | None, *, resume: str | None, nproc: int, nnodes: i
     if quiet:
         argv.append("--quiet")
     return launch(nproc, argv, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sweep members: one job each, on this machine (local), a Ray cluster (ray) or Slurm through submitit (slurm)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MemberJob:
+    """What a worker needs to run one sweep member; plain data, so Ray and submitit can ship it anywhere that
+    sees the same filesystem (recipe YAML, mixtures, checkpoints and result file are paths)."""
+
+    member: str
+    recipe_path: str
+    invocation: str
+    sweep_id: str
+    result_db: str  # the member's own DuckDB file; the sweep process ingests it into the main store
+    log: str
+    retries: int
+    env: dict[str, str]
+
+
+@dataclass
+class MemberOutcome:
+    member: str
+    returncode: int
+    tries: int
+    result_db: str
+    log: str
+    host: str
+    error: str | None = None
+
+
+def _started(job: MemberJob) -> bool:
+    """Whether an earlier try of this member already has a run row in its result file (then: resume it)."""
+    if not Path(job.result_db).is_file():
+        return False
+    return bool(Store(job.result_db).runs_of_invocation(job.invocation))
+
+
+def run_member(job: MemberJob) -> MemberOutcome:
+    """Run one member with `mixlab run` writing to its own result file; a failed or killed try is tried again,
+    resuming from its newest checkpoint, up to `retries` more times. Runs on the worker (any launcher)."""
+    env = dict(os.environ, **job.env, MIXLAB_DB=job.result_db)
+    code, tries = 1, 0
+    Path(job.log).parent.mkdir(parents=True, exist_ok=True)
+    with open(job.log, "a") as log:
+        for tries in range(1, job.retries + 2):
+            if _started(job):
+                argv = ["run", "--resume", job.invocation, "--quiet"]
+            else:
+                argv = ["run", job.recipe_path, "--sweep-id", job.sweep_id, "--invocation", job.invocation,
+                        "--quiet"]
+            log.write(f"[sweep] try {tries}: mixlab {' '.join(argv)}\n")
+            log.flush()
+            code = procs.run(procs.mixlab_args(*argv), env_base=env, stdout=log, stderr=subprocess.STDOUT).returncode
+            if code == 0:
+                break
+    return MemberOutcome(member=job.member, returncode=code, tries=tries, result_db=job.result_db, log=job.log,
+                         host=socket.gethostname())
+
+
+def _local(jobs: list[MemberJob], parallel: int, **_: Any) -> list[MemberOutcome | BaseException]:
+    def call(job: MemberJob) -> MemberOutcome | BaseException:
+        try:
+            return run_member(job)
+        except Exception as exc:  # noqa: BLE001 - recorded as the member's failure
+            return exc
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        return list(pool.map(call, jobs))
+
+
+def _ray(jobs: list[MemberJob], parallel: int, **_: Any) -> list[MemberOutcome | BaseException]:
+    """Ray tasks on the cluster at RAY_ADDRESS (else a local one that ray.init starts). A task whose worker dies
+    (node lost, pre-empted) is rescheduled by Ray (`max_retries`); the member's own retries resume its run."""
+    try:
+        import ray
+    except ImportError:
+        raise MixlabError("--launcher ray needs ray: pip install 'mixlab[scale]'") from None
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False, include_dashboard=False)
+    remote = ray.remote(num_cpus=1, max_retries=2)(run_member)
+    refs = [remote.remote(job) for job in jobs]
+    out: list[MemberOutcome | BaseException] = []
+    for ref in refs:
+        try:
+            out.append(ray.get(ref))
+        except Exception as exc:  # noqa: BLE001 - a task Ray gave up on
+            out.append(exc)
+    return out
+
+
+def _slurm(jobs: list[MemberJob], parallel: int, *, folder: Path, **_: Any) -> list[MemberOutcome | BaseException]:
+    """One Slurm job per member through submitit (`MIXLAB_SLURM_CLUSTER=local` runs them as local processes, as
+    the tests do; `MIXLAB_SLURM_PARTITION`, `MIXLAB_SLURM_GPUS`, `MIXLAB_SLURM_TIMEOUT_MIN` set the request)."""
+    try:
+        import submitit
+    except ImportError:
+        raise MixlabError("--launcher slurm needs submitit: pip install 'mixlab[scale]'") from None
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=os.environ.get("MIXLAB_SLURM_CLUSTER") or None)
+    params: dict[str, Any] = {"timeout_min": int(os.environ.get("MIXLAB_SLURM_TIMEOUT_MIN", "240"))}
+    if executor.cluster == "slurm":
+        params.update(slurm_array_parallelism=parallel, gpus_per_node=int(os.environ.get("MIXLAB_SLURM_GPUS", "1")))
+        if os.environ.get("MIXLAB_SLURM_PARTITION"):
+            params["slurm_partition"] = os.environ["MIXLAB_SLURM_PARTITION"]
+    executor.update_parameters(**params)
+    submitted = executor.map_array(run_member, jobs)
+    out: list[MemberOutcome | BaseException] = []
+    for job in submitted:
+        try:
+            out.append(job.result())
+        except Exception as exc:  # noqa: BLE001 - a job Slurm killed or that raised
+            out.append(exc)
+    return out
+
+
+_BACKENDS: dict[str, Callable[..., list[MemberOutcome | BaseException]]] = {
+    "local": _local, "ray": _ray, "slurm": _slurm,
+}
+
+
+def launch_members(launcher: str, jobs: list[MemberJob], *, parallel: int, store: Store, folder: Path,
+                   progress: bool = True) -> dict[str, str]:
+    """Run every member job on `launcher`, then ingest each member's result file into `store` (this process is
+    the only writer of the main store). Returns {member: error} for the members that failed; every one of those
+    has a failed run row (its own, or one recorded here when the worker never wrote any)."""
+    if launcher not in _BACKENDS:
+        raise MixlabError(f"--launcher {launcher!r}: expected one of {', '.join(LAUNCHERS)}")
+    t0 = time.perf_counter()
+    outcomes = _BACKENDS[launcher](jobs, parallel, folder=folder)
+    failures: dict[str, str] = {}
+    for job, outcome in zip(jobs, outcomes):
+        if isinstance(outcome, BaseException):
+            error = f"{launcher} job failed: {type(outcome).__name__}: {(str(outcome).strip().splitlines() or [''])[-1]}"
+        elif outcome.returncode != 0:
+            error = f"failed after {outcome.tries} tries (exit {outcome.returncode}, log {outcome.log})"
+        else:
+            error = None
+        if Path(job.result_db).is_file():
+            store.ingest_store(job.result_db)
+        rows = store.runs_of_invocation(job.invocation)
+        if error is not None:
+            failures[job.member] = error
+            for row in rows:  # a worker killed mid-run left its row running; a failed row keeps its own error
+                if row["status"] == "running":
+                    store.fail_run(row["run_id"], error)
+            if not rows:  # the worker never got as far as a run row: record one, so the member is not lost
+                store.start_run(RunRecord(run_id=f"{job.invocation}-failed", kind="train", name=job.member,
+                                          status="running", sweep_id=job.sweep_id,
+                                          config={"invocation": job.invocation, "launcher": launcher}))
+                store.fail_run(f"{job.invocation}-failed", error)
+        elif not rows or any(r["status"] != "completed" for r in rows):
+            failures[job.member] = f"exit 0 but its result file has no completed run ({job.result_db})"
+        if progress:
+            print(f"[sweep] {job.member}: {'done' if job.member not in failures else 'FAILED'}"
+                  f" ({launcher}, log {job.log})", flush=True)
+    if progress:
+        print(f"[sweep] {len(jobs)} member(s) on {launcher} in {time.perf_counter() - t0:.0f}s", flush=True)
+    return failures
+
+
+def member_jobs(members: list[tuple[str, Path, str]], sweep_id: str, folder: Path, retries: int,
+                threads: int) -> list[MemberJob]:
+    """(member, recipe path, invocation) -> jobs with their result files under `folder/results/`."""
+    env = {k: os.environ[k] for k in ("MIXLAB_RUNS", "MIXLAB_DATA", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+                                      "MIXLAB_THREADS") if k in os.environ}
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONSAFEPATH="1")
+    return [MemberJob(member=m, recipe_path=str(Path(p).resolve()), invocation=inv, sweep_id=sweep_id,
+                      result_db=str((folder / "results" / f"{m}.duckdb").resolve()),
+                      log=str((folder / f"{m}.log").resolve()), retries=retries, env=env)
+            for m, p, inv in members]

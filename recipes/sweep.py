@@ -36,6 +36,7 @@ from mixlab import procs
 from mixlab.errors import MixlabError
 from mixlab.mixtures import component_weights, write_variant
 from mixlab.paths import runs_dir
+from mixlab.recipes.launchers import LAUNCHERS, launch_members, member_jobs
 from mixlab.recipes.runner import RecipeRunner
 from mixlab.recipes.schema import _format_loc, load_recipe, parse_recipe
 from mixlab.store import RunRecord, Store
@@ -158,12 +159,15 @@ def expand(spec: SweepSpec, sweep_file: Path | None, sweep_id: str) -> list[tupl
 
 
 def run_sweep(path: str | Path, *, parallel: int | None = None, store: Store | None = None,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, launcher: str | None = None, retries: int = 1) -> dict[str, Any]:
     spec, sweep_file = load_sweep(path)
+    if launcher is not None and launcher not in LAUNCHERS:
+        raise MixlabError(f"--launcher {launcher!r}: expected one of {', '.join(LAUNCHERS)}")
     sweep_id = new_sweep_id(spec.name)
     members = expand(spec, sweep_file, sweep_id)
     return run_members(spec.name, sweep_id, members, parallel=parallel or spec.parallel, store=store,
-                       progress=progress, sweep_yaml=Path(path).read_text(), recipe_ref=spec.recipe)
+                       progress=progress, sweep_yaml=Path(path).read_text(), recipe_ref=spec.recipe,
+                       launcher=launcher, retries=retries)
 
 
 def new_sweep_id(name: str) -> str:
@@ -172,8 +176,10 @@ def new_sweep_id(name: str) -> str:
 
 def run_members(name: str, sweep_id: str, members: list[tuple[str, Path]], *, parallel: int = 1,
                 store: Store | None = None, progress: bool = True, sweep_yaml: str | None = None,
-                recipe_ref: str | None = None) -> dict[str, Any]:
-    """Run expanded member recipes (sequentially in-process, or `parallel` subprocesses) as one sweep row."""
+                recipe_ref: str | None = None, launcher: str | None = None, retries: int = 1) -> dict[str, Any]:
+    """Run expanded member recipes as one sweep row: sequentially in-process, or `parallel` subprocesses, or
+    through a launcher (local | ray | slurm: member jobs write result files that this process ingests, failed
+    members are retried `retries` times; recipes/launchers.py)."""
     store = store or Store()
     # Preflight every member before any trains: a missing mixture fails the sweep up front.
     runners = {}
@@ -185,11 +191,18 @@ def run_members(name: str, sweep_id: str, members: list[tuple[str, Path]], *, pa
     store.start_run(RunRecord(
         run_id=sweep_id, kind="sweep", name=name, recipe_name=recipe_ref, recipe_yaml=sweep_yaml, status="running",
         sweep_id=sweep_id, config={"members": [m for m, _ in members], "parallel": parallel,
-                                   "invocations": {m: r.invocation for m, (r, _) in runners.items()}},
+                                   "invocations": {m: r.invocation for m, (r, _) in runners.items()},
+                                   "launcher": launcher, "retries": retries if launcher else None},
     ))
     failures: dict[str, str] = {}
     t0 = time.perf_counter()
-    if parallel == 1:
+    if launcher is not None:
+        folder = runs_dir() / "sweeps" / sweep_id
+        threads = int(os.environ.get("MIXLAB_THREADS") or max(1, _usable_cores() // parallel))
+        jobs = member_jobs([(m, p, r.invocation) for m, (r, p) in runners.items()], sweep_id, folder, retries,
+                           threads)
+        failures = launch_members(launcher, jobs, parallel=parallel, store=store, folder=folder, progress=progress)
+    elif parallel == 1:
         for member, (runner, _) in runners.items():
             try:
                 runner.run()

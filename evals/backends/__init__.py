@@ -3,7 +3,8 @@
     backend = get_backend("torch", model_or_path="tiny")          # or a checkpoint folder / a model object
     backend.generate([[{"role": "user", "content": "2+2?"}]], GenerationConfig(max_new_tokens=16))  # -> list[str]
 
-Backends: `torch` (mixlab's own decode loop over the model's cache), `hf` (transformers `generate`, the peer),
+Backends: `torch` (mixlab's generation engine for Kimi Linear models — continuous batching over a paged cache, CUDA
+graphs on GPU — and a plain decode loop for other causal LMs), `hf` (transformers `generate`, the peer),
 `vllm` (offline vLLM, optional), `openai` (any OpenAI-compatible endpoint). Heavy imports happen on first use.
 """
 

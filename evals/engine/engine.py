@@ -227,6 +227,7 @@ class Engine:
                 if admitted:
                     t0 = time.perf_counter()
                     self._prefill(admitted)
+                    admitted = []  # now running (or finished and freed): _fail_all must not free them again
                     self.stats["prefill_s"] += time.perf_counter() - t0
                 if self._running:
                     t0 = time.perf_counter()

@@ -155,6 +155,7 @@ def test_failed_step_fails_its_requests_and_frees_the_cache(tiny, prompt_ids, mo
     engine = make_engine(model, tok)
     cfg = GenerationConfig(max_new_tokens=8)
     reqs = [engine.submit(ids, cfg) for ids in prompt_ids[:3]]
+    reqs.append(engine.submit(prompt_ids[3], cfg.replace(max_new_tokens=1)))  # done at prefill, freed once
 
     def broken():
         raise RuntimeError("device fault")
@@ -162,10 +163,11 @@ def test_failed_step_fails_its_requests_and_frees_the_cache(tiny, prompt_ids, mo
     monkeypatch.setattr(engine, "_decode", broken)
     with pytest.raises(RuntimeError):
         engine.step()
-    assert all(r.done for r in reqs)
+    assert all(r.done for r in reqs) and len(reqs[3].outputs[0][0]) == 1
     with pytest.raises(RuntimeError, match="device fault"):
         reqs[0].outputs
     assert engine.cache.free_slots == engine.cache.num_slots and engine.cache.free_blocks == engine.cache.num_blocks
+    assert len(set(engine.cache._free_blocks)) == engine.cache.num_blocks  # nothing freed twice
     monkeypatch.undo()
     assert engine.generate(prompt_ids[:1], cfg) == make_engine(model, tok).generate(prompt_ids[:1], cfg)
 

@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # imports. Python >= 3.11 then prepends neither cwd (`-m`, `-c`) nor a script's folder.
 export PYTHONSAFEPATH := 1
 
-.PHONY: install test test-all test-e2e test-latest e2e-deps demo demo-readme dashboard bench lock clean
+.PHONY: install test test-all test-e2e test-latest e2e-deps demo demo-readme readme-table dashboard bench lock clean
 
 # Installs exactly the lock (--no-deps: nothing resolved at install time), then mixlab itself, then checks that the
 # set is consistent. A lock that disagrees with pyproject's ranges fails `pip check`: run `make lock`.
@@ -79,6 +79,11 @@ demo: $(STAMP)
 # The demo, then its table (with the machine it ran on) spliced into README.md between the demo-table markers.
 demo-readme: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/mixlab demo --readme README.md
+
+# Splice the last run's table (runs/demo-results.md, or DEMO_RESULTS=path) into README.md without running again.
+DEMO_RESULTS ?= runs/demo-results.md
+readme-table: $(STAMP)
+	$(VENV)/bin/mixlab demo --splice-from $(DEMO_RESULTS) --readme README.md
 
 dashboard: $(STAMP)
 	$(VENV)/bin/mixlab dashboard

@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 from mixlab.errors import MixlabError
 from mixlab.evals.backends.base import Backend, GenerationConfig
 from mixlab.evals.judges.parse import is_strong, outcome_for, parse_pairwise, parse_rating
-from mixlab.evals.judges.templates import JudgeTemplate, get_template, single_template
+from mixlab.evals.judges.templates import JudgeTemplate, get_template, mt_bench_template, single_template
 from mixlab.store import JudgementRecord, Store, utcnow
 
 UNPARSEABLE = "unparseable"
@@ -60,6 +60,7 @@ class JudgeRequest:
     answers: list[str]
     reference: list[str] | None = None
     answers_b: list[str] | None = None
+    variant: str = ""  # "" for the verdict itself; "resample@T/seed" for a self-consistency re-grade
 
     def messages(self) -> list[dict[str, str]]:
         return self.template.render(self.questions, self.answers, self.reference, self.answers_b)
@@ -75,8 +76,8 @@ class JudgeRequest:
 
 @dataclass
 class PairwiseResult:
-    """Two games with positions swapped. `preference` is the model's mean outcome over the parsed games
-    (1 = model wins both, 0.5 = split or ties, 0 = baseline wins both); None when neither game parsed."""
+    """Two games with positions swapped. `preference` is the model's outcome when both orders agree (1 win, 0.5 tie,
+    0 loss), a tie when they disagree, and None when either game has no verdict (`pairwise_preference`)."""
 
     games: list[Judgement]
     model_outcomes: list[float | None]
@@ -143,8 +144,9 @@ class LLMJudge:
         return f"{info.get('base_url') or ''}|{info.get('model') or ''}"
 
     def cache_key(self, request: JudgeRequest) -> str:
+        variant = f"\x00{request.variant}" if request.variant else ""
         return sha(f"{self.id}\x00{self.endpoint}\x00{request.template.key}\x00{request.prompt_hash}\x00"
-                   f"{request.answer_hash}")
+                   f"{request.answer_hash}{variant}")
 
     # -- the core: cached, chunked judging ---------------------------------------------------------------------
 
@@ -207,13 +209,30 @@ class LLMJudge:
             if attempt:
                 time.sleep(self.verdict_backoff_s * 2 ** (attempt - 1))
                 self.stats["verdict_retries"] += len(todo)
-            texts = self.backend.generate([requests[i].messages() for i in todo], self.gen_config)
-            for i, text in zip(todo, texts):
-                fresh[i] = self._parse(requests[i].template, text)
+            replies: dict[int, str] = {}
+            for config, group in self._by_config(requests, todo):
+                replies.update(zip(group, self.backend.generate([requests[i].messages() for i in group], config)))
+            for i in todo:
+                fresh[i] = self._parse(requests[i].template, replies[i])
             todo = [i for i in todo if not fresh[i].parsed]
             if not todo:
                 break
         return [fresh[i] for i in chunk]
+
+    def _by_config(self, requests: Sequence[JudgeRequest], todo: list[int]) -> list[tuple[GenerationConfig, list[int]]]:
+        """Greedy for verdicts; sampled (temperature and seed from the variant) for self-consistency re-grades."""
+        groups: dict[str, list[int]] = {}
+        for i in todo:
+            groups.setdefault(requests[i].variant, []).append(i)
+        out = []
+        for variant, group in groups.items():
+            if not variant:
+                out.append((self.gen_config, group))
+                continue
+            temperature, seed = variant.removeprefix("resample@").split("/")
+            out.append((GenerationConfig(max_new_tokens=self.gen_config.max_new_tokens, temperature=float(temperature),
+                                         seed=int(seed)), group))
+        return out
 
     @staticmethod
     def _parse(template: JudgeTemplate, text: str) -> Judgement:
@@ -251,13 +270,47 @@ class LLMJudge:
         self,
         items: Sequence[tuple[list[str], list[str], list[str] | None]],
         progress: Callable[[int], None] | None = None,
+        *,
+        family: str = "mixlab",
     ) -> list[Judgement]:
-        """1-10 grades. Each item: (user turns, assistant turns, reference turns or None); the last turn is graded."""
-        requests = [
-            JudgeRequest(single_template(len(q) > 1, bool(ref)), list(q), list(a), list(ref) if ref else None)
-            for q, a, ref in items
-        ]
-        return self.judge(requests, progress)
+        """1-10 grades. Each item: (user turns, assistant turns, reference turns or None); the last turn is graded.
+        `family="mt-bench"` grades with MT-Bench's official prompts (FastChat's judge_prompts.jsonl)."""
+        return self.judge(self.grade_requests(items, family=family), progress)
+
+    @staticmethod
+    def grade_requests(items: Sequence[tuple[list[str], list[str], list[str] | None]], *,
+                       family: str = "mixlab") -> list[JudgeRequest]:
+        if family not in ("mixlab", "mt-bench"):
+            raise MixlabError(f"judge template family {family!r} unknown; use mixlab or mt-bench")
+        pick = mt_bench_template if family == "mt-bench" else single_template
+        return [JudgeRequest(pick(len(q) > 1, bool(ref)), list(q), list(a), list(ref) if ref else None)
+                for q, a, ref in items]
+
+    def self_consistency(self, requests: Sequence[JudgeRequest], verdicts: Sequence[Judgement], *,
+                         n: int = 16, temperature: float = 0.7, seed: int = 1,
+                         tolerance: float = 1.0) -> list[tuple[int, bool | None]]:
+        """Re-grade up to `n` of `requests` (evenly spread, deterministic) by sampling at `temperature`, and say per
+        re-graded index whether the two grades agree within `tolerance` points (None when either has no verdict).
+
+        Greedy decoding gives the same text twice, so the second look samples: a judge whose grades move by more
+        than a point between two reads of the same answer is a judge whose small differences mean nothing. The
+        re-grades are cached under their own key (template, prompt, answer and the sampling settings)."""
+        if not requests or n <= 0:
+            return []
+        step = max(1, len(requests) // n)
+        picked = list(range(0, len(requests), step))[:n]
+        variant = f"resample@{temperature:g}/{seed}"
+        again = self.judge([JudgeRequest(requests[i].template, requests[i].questions, requests[i].answers,
+                                         requests[i].reference, requests[i].answers_b, variant=variant)
+                            for i in picked])
+        out = []
+        for i, second in zip(picked, again):
+            first = verdicts[i]
+            if not (first.parsed and second.parsed) or first.score is None or second.score is None:
+                out.append((i, None))
+            else:
+                out.append((i, abs(first.score - second.score) <= tolerance))
+        return out
 
     def compare_to_baseline(
         self,
@@ -275,16 +328,23 @@ class LLMJudge:
         for k in range(len(items)):
             first, second = games[2 * k], games[2 * k + 1]
             outcomes = [outcome_for(_verdict(first), "A"), outcome_for(_verdict(second), "B")]
-            parsed = [o for o in outcomes if o is not None]
             results.append(
                 PairwiseResult(
                     games=[first, second],
                     model_outcomes=outcomes,
-                    preference=sum(parsed) / len(parsed) if parsed else None,
+                    preference=pairwise_preference(outcomes),
                     strong=[is_strong(_verdict(first)), is_strong(_verdict(second))],
                 )
             )
         return results
+
+
+def pairwise_preference(outcomes: Sequence[float | None]) -> float | None:
+    """The model's outcome over the two orders: theirs when both orders agree, a tie (0.5) when they disagree
+    (the verdict followed the position, not the answers), None unless both orders have a verdict."""
+    if len(outcomes) != 2 or any(o is None for o in outcomes):
+        return None
+    return outcomes[0] if outcomes[0] == outcomes[1] else 0.5
 
 
 def _verdict(j: Judgement) -> str | None:

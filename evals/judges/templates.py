@@ -1,9 +1,14 @@
-"""mixlab's own judge prompt templates (written for mixlab; not copied from any harness).
+"""Judge prompt templates: mixlab's own, and MT-Bench's official single-answer grading prompts.
 
-Two families:
+mixlab's own (written for mixlab; not copied from any harness) come in two families:
 - single-answer grading on a 1-10 scale, with and without a reference answer (math/reasoning/coding), for one
   turn or for the last turn of a conversation;
 - pairwise comparison of two answers with a five-level verdict; callers run both orders to cancel position bias.
+
+MT-Bench's official prompts (`MT_BENCH`: single-v1, single-math-v1 and their multi-turn forms, verbatim from
+FastChat's fastchat/llm_judge/data/judge_prompts.jsonl, Apache-2.0; a test checks them against the data root's copy)
+are what `mixlab eval --suite mt-bench` grades with, so its numbers are comparable with published MT-Bench scores:
+the math forms, with the reference answers, for the math, reasoning and coding categories.
 
 Every template has a name and a version. Both are part of the judgement cache key, so editing a template's text
 must bump its version (old cached verdicts then no longer match).
@@ -119,6 +124,86 @@ TEMPLATES: dict[str, JudgeTemplate] = {
         JudgeTemplate("pairwise", 1, "pairwise"),
     )
 }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MT-Bench's official single-answer grading prompts (FastChat judge_prompts.jsonl, Apache-2.0), verbatim.
+
+_MT_INSTRUCTION = "Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant to the user question displayed below. "  # noqa: E501
+_MT_RATE = "After providing your explanation, you must rate the response on a scale of 1 to 10 by strictly following this format: \"[[rating]]\", for example: \"Rating: [[5]]\"."  # noqa: E501
+MT_BENCH_PROMPTS: dict[str, dict[str, str]] = {
+    "single-v1": {
+        "system_prompt": "You are a helpful assistant.",
+        "prompt_template": "[Instruction]\n" + _MT_INSTRUCTION + "Your evaluation should consider factors such as the helpfulness, relevance, accuracy, depth, creativity, and level of detail of the response. Begin your evaluation by providing a short explanation. Be as objective as possible. " + _MT_RATE + "\n\n[Question]\n{question}\n\n[The Start of Assistant's Answer]\n{answer}\n[The End of Assistant's Answer]",  # noqa: E501
+    },
+    "single-math-v1": {
+        "system_prompt": "You are a helpful assistant.",
+        "prompt_template": "[Instruction]\n" + _MT_INSTRUCTION + "Your evaluation should consider correctness and helpfulness. You will be given a reference answer and the assistant's answer. Begin your evaluation by comparing the assistant's answer with the reference answer. Identify and correct any mistakes. Be as objective as possible. " + _MT_RATE + "\n\n[Question]\n{question}\n\n[The Start of Reference Answer]\n{ref_answer_1}\n[The End of Reference Answer]\n\n[The Start of Assistant's Answer]\n{answer}\n[The End of Assistant's Answer]",  # noqa: E501
+    },
+    "single-v1-multi-turn": {
+        "system_prompt": _MT_INSTRUCTION + "Your evaluation should consider factors such as the helpfulness, relevance, accuracy, depth, creativity, and level of detail of the response. You evaluation should focus on the assistant's answer to the second user question. Begin your evaluation by providing a short explanation. Be as objective as possible. " + _MT_RATE + "\n\n",  # noqa: E501
+        "prompt_template": "<|The Start of Assistant A's Conversation with User|>\n\n### User:\n{question_1}\n\n### Assistant A:\n{answer_1}\n\n### User:\n{question_2}\n\n### Assistant A:\n{answer_2}\n\n<|The End of Assistant A's Conversation with User|>",  # noqa: E501
+    },
+    "single-math-v1-multi-turn": {
+        "system_prompt": "Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant to the user question. Your evaluation should consider correctness and helpfulness. You will be given a reference answer and the assistant's answer. You evaluation should focus on the assistant's answer to the second question. Begin your evaluation by comparing the assistant's answer with the reference answer. Identify and correct any mistakes. Be as objective as possible. " + _MT_RATE + "\n\n",  # noqa: E501
+        "prompt_template": "<|The Start of Reference Answer|>\n\n### User:\n{question_1}\n\n### Reference answer:\n{ref_answer_1}\n\n### User:\n{question_2}\n\n### Reference answer:\n{ref_answer_2}\n\n<|The End of Reference Answer|>\n\n\n<|The Start of Assistant A's Conversation with User|>\n\n### User:\n{question_1}\n\n### Assistant A:\n{answer_1}\n\n### User:\n{question_2}\n\n### Assistant A:\n{answer_2}\n\n<|The End of Assistant A's Conversation with User|>",  # noqa: E501
+    },
+}
+
+
+@dataclass(frozen=True)
+class MTBenchTemplate(JudgeTemplate):
+    """One of MT-Bench's official single-answer prompts, filled exactly as FastChat fills it."""
+
+    official: str = "single-v1"
+
+    def render(self, questions, answers, reference=None, answers_b=None) -> list[dict[str, str]]:
+        if len(questions) != len(answers) or not questions:
+            raise MixlabError(f"template {self.key}: need as many answers as questions, got {len(questions)}/{len(answers)}")
+        if self.needs_reference and not reference:
+            raise MixlabError(f"template {self.key} needs a reference answer")
+        prompt = MT_BENCH_PROMPTS[self.official]
+        fields: dict[str, str] = {}
+        if self.multi_turn:
+            if len(questions) < 2:
+                raise MixlabError(f"template {self.key} grades the second turn: need two turns")
+            fields.update(question_1=questions[0], question_2=questions[1], answer_1=answers[0], answer_2=answers[1])
+        else:
+            fields.update(question=questions[0], answer=answers[0])
+        if self.needs_reference:
+            refs = list(reference or [])
+            fields["ref_answer_1"] = refs[0]
+            if self.multi_turn:
+                fields["ref_answer_2"] = refs[1] if len(refs) > 1 else ""
+        user = _fill(prompt["prompt_template"], fields)
+        return [{"role": "system", "content": prompt["system_prompt"]}, {"role": "user", "content": user}]
+
+
+def _fill(template: str, fields: dict[str, str]) -> str:
+    """`str.format` without reading braces inside the answers (code answers are full of them)."""
+    out = template
+    for key, value in fields.items():
+        out = out.replace("{" + key + "}", value)
+    return out
+
+
+MT_BENCH: dict[str, MTBenchTemplate] = {
+    t.name: t
+    for t in (
+        MTBenchTemplate("mt-bench-single-v1", 1, "single", official="single-v1"),
+        MTBenchTemplate("mt-bench-single-math-v1", 1, "single", needs_reference=True, official="single-math-v1"),
+        MTBenchTemplate("mt-bench-single-v1-multi-turn", 1, "single", multi_turn=True, official="single-v1-multi-turn"),
+        MTBenchTemplate("mt-bench-single-math-v1-multi-turn", 1, "single", multi_turn=True, needs_reference=True,
+                        official="single-math-v1-multi-turn"),
+    )
+}
+TEMPLATES.update(MT_BENCH)
+
+
+def mt_bench_template(multi_turn: bool, with_reference: bool) -> MTBenchTemplate:
+    """FastChat's choice: the math prompt (with references) for math/reasoning/coding, the general one otherwise."""
+    name = "mt-bench-single-" + ("math-" if with_reference else "") + "v1" + ("-multi-turn" if multi_turn else "")
+    return MT_BENCH[name]
 
 
 def get_template(name: str) -> JudgeTemplate:

@@ -95,7 +95,9 @@ NEED_REFERENCE = ("math", "reasoning", "coding")
 class MTBench(JudgedChatTask):
     name = "mt-bench"
     description = "MT-Bench: 80 two-turn questions in 8 categories, graded 1-10 by an LLM judge (refs for math/reasoning/coding)"
-    metrics = ("score", "score_turn1", "score_turn2", "judge_unparseable")
+    metrics = ("score", "score_turn1", "score_turn2", "judge_unparseable", "judge_self_consistency")
+    # Grades re-read by sampling to measure the judge's self-consistency (LLMJudge.self_consistency).
+    consistency_grades: ClassVar[int] = 16
     questions_path = "mt_bench/question.jsonl"
     references_path = "mt_bench/reference_answer/gpt-4.jsonl"
     hub = "HuggingFaceH4/mt_bench_prompts"
@@ -167,11 +169,17 @@ class MTBench(JudgedChatTask):
             questions = item.meta["turns"]
             requests.append((questions[:1], answers[:1], item.reference))
             requests.append((questions, answers[:2], item.reference))
-        grades = judge.grade(requests, progress)
+        # MT-Bench's official prompts, so scores are comparable with published ones.
+        judge_requests = judge.grade_requests(requests, family="mt-bench")
+        grades = judge.judge(judge_requests, progress)
+        consistent = dict(judge.self_consistency(judge_requests, grades, n=self.consistency_grades))
         scores = []
         for k, item in enumerate(items):
             g1, g2 = grades[2 * k], grades[2 * k + 1]
             values: dict[str, float] = {}
+            agreed = [consistent[i] for i in (2 * k, 2 * k + 1) if consistent.get(i) is not None]
+            if agreed:
+                values["judge_self_consistency"] = sum(agreed) / len(agreed)
             parsed = [g.score for g in (g1, g2) if g.parsed]
             if parsed:
                 values["score"] = sum(parsed) / len(parsed)

@@ -27,6 +27,7 @@ from mixlab.errors import MixlabError
 from mixlab.evals.backends import GenerationConfig, get_backend
 from mixlab.evals.judges import get_judge
 from mixlab.evals.runner import evaluate
+from mixlab.evals.tasks.chat import MTBench
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -96,6 +97,10 @@ class _ScriptedJudge(BaseHTTPRequestHandler):
             text = f"Longer is better. [[{verdict}]]"
         else:
             answers = re.findall(r"<assistant(?:_answer| turn=\d+)>\n(.*?)\n</assistant(?:_answer)?>", prompt, re.DOTALL)
+            # MT-Bench's official prompts (FastChat's formats)
+            answers += re.findall(r"\[The Start of Assistant's Answer\]\n(.*?)\n\[The End of Assistant's Answer\]",
+                                  prompt, re.DOTALL)
+            answers += re.findall(r"### Assistant A:\n(.*?)\n\n(?=### User:|<\|The End)", prompt, re.DOTALL)
             text = f"Grade: [[{min(10, 1 + len(answers[-1]) // 20)}]]"
         data = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                         "finish_reason": "stop"}], "usage": {}}).encode()
@@ -162,7 +167,9 @@ def test_serve_speaks_the_openai_api(served_tiny):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_llm_judge_over_mixlab_serve_counts_unparseable_and_caches(served_tiny, store, answer_backend, data_root):
+def test_llm_judge_over_mixlab_serve_counts_unparseable_and_caches(served_tiny, store, answer_backend, data_root,
+                                                                    monkeypatch):
+    monkeypatch.setattr(MTBench, "consistency_grades", 0)  # the counts below are of verdicts alone
     spec = f"openai:tiny@{served_tiny}"
     judge = get_judge(spec, store=store, max_new_tokens=16, max_retries=1, verdict_backoff_s=0.01)
     first = evaluate("llama-random", ["mt-bench", "alpaca-eval"], backend=answer_backend, judge=judge, limit=2,
@@ -217,9 +224,11 @@ def test_parsed_verdicts_aggregate_to_known_win_rates(scripted_judge, store, ans
     assert mt.metric("score").mean == pytest.approx(sum(s["score"] for s in samples) / 3)
     assert mt.metric("score").ci_method == "bootstrap"
     templates = {r["template"] for r in store.query("SELECT template FROM judgements")}
-    assert "single@v1" in templates and "single-multiturn@v1" in templates
+    assert "mt-bench-single-v1@v1" in templates and "mt-bench-single-v1-multi-turn@v1" in templates
     # The 3-item prefix is writing, roleplay, reasoning: the reasoning question is graded against its reference.
-    assert {"single-ref@v1", "single-ref-multiturn@v1"} <= templates
+    assert {"mt-bench-single-math-v1@v1", "mt-bench-single-math-v1-multi-turn@v1"} <= templates
+    # The scripted judge grades deterministically, so its sampled re-grades agree: self-consistency 1.
+    assert mt.metric("judge_self_consistency").mean == 1.0 and mt.metric("judge_self_consistency").n == 3
     samples = store.query("SELECT score, extra FROM eval_samples WHERE task = 'alpaca-eval'")
     assert [s["score"] for s in samples] == [0.0, 0.0, 0.0]  # per-item win_rate
     assert results["alpaca-eval"].metric("lc_win_rate").ci_method == "bootstrap-glm"
@@ -290,9 +299,10 @@ def test_judge_endpoint_down_retries_then_clear_error_keeping_finished_items(
 
 
 def test_local_judge_runs_the_same_templates_in_process(store, llama_model, chat_tokenizer, answer_backend,
-                                                          data_root):
+                                                          data_root, monkeypatch):
     from mixlab.evals.judges import LLMJudge
 
+    monkeypatch.setattr(MTBench, "consistency_grades", 0)  # the counts below are of verdicts alone
     judge = LLMJudge(get_backend("torch", llama_model, chat_tokenizer, batch_size=8), "local:llama-random",
                      store=store, max_new_tokens=8, verdict_backoff_s=0.01)
     results = evaluate("llama-random", ["mt-bench"], backend=answer_backend, judge=judge, limit=2, store=store,
@@ -336,4 +346,5 @@ def test_cli_eval_with_a_judge(scripted_judge, monkeypatch, capsys, db_path, dat
     assert payload["ok"] and payload["judge"] == "openai:length-lover|max_tokens=32"
     metrics = {m["metric"]: m for m in payload["tasks"][0]["metrics"]}
     assert metrics["score"]["n"] == 1 and 1 <= metrics["score"]["mean"] <= 10
-    assert Store(db_path).query("SELECT count(*) AS n FROM judgements")[0]["n"] == 2
+    # 2 verdicts (turn 1, turn 2) and their 2 sampled re-grades for self-consistency.
+    assert Store(db_path).query("SELECT count(*) AS n FROM judgements")[0]["n"] == 4

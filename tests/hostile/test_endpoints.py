@@ -191,6 +191,7 @@ class HostileMT(MTBench):
     """MT-Bench's real generation and judging over two inline questions (no benchmark files needed)."""
 
     name = "hostile-mt"
+    consistency_grades = 0  # the request counts below are of the verdicts alone (self-consistency: tests/validity)
 
     def load(self, data_root, limit=None):
         return [EvalItem(f"hostile-mt-{i}", [{"role": "user", "content": f"Question {i}?"}],

@@ -40,12 +40,12 @@ HOST_GIB_PER_GPU = 256  # an 8-GPU H100 node (DGX H100) has 2 TiB of host RAM; `
 MEASURED = [
     {"source": "bench/results/step_h100.json (fast)", "gpu": "NVIDIA H100 80GB HBM3", "preset": "1b-a150m",
      "tokens": 8192, "peak_gib": 11.265, "kernels": "fast (fla KDA + fused Triton)"},
-    {"source": "BENCHMARKS.md issue-11 table (fast, 16k)", "gpu": "NVIDIA H100 80GB HBM3", "preset": "1b-a150m",
-     "tokens": 16384, "peak_gib": 20.8, "kernels": "fast (fla KDA + fused Triton)"},
+    {"source": "bench/results/step_h100.json (fast)", "gpu": "NVIDIA H100 80GB HBM3", "preset": "1b-a150m",
+     "tokens": 16384, "peak_gib": 20.807, "kernels": "fast (fla KDA + fused Triton)"},
     {"source": "bench/results/gpu_h200.json (fla)", "gpu": "NVIDIA H200", "preset": "1b-a150m", "tokens": 8192,
-     "peak_gib": 16.4, "kernels": "fla KDA, torch MoE (before the fused kernels)"},
+     "peak_gib": 16.427, "kernels": "fla KDA, torch MoE (before the fused kernels)"},
     {"source": "bench/results/gpu_h200.json (torch)", "gpu": "NVIDIA H200", "preset": "1b-a150m", "tokens": 8192,
-     "peak_gib": 22.3, "kernels": "pure-torch kernels"},
+     "peak_gib": 22.333, "kernels": "pure-torch kernels"},
 ]
 BF16, FP32 = 2, 4
 

@@ -130,6 +130,20 @@ _ALLOWED = {"mixlab/procs.py", "evals/sandbox.py", "evals/sandbox_worker.py", "b
             "tests/foundation/test_fresh_machine.py"}
 
 
+_SPAWNERS = {"run", "Popen", "call", "check_call", "check_output", "execv", "execve", "execvp", "execvpe", "spawnv",
+             "spawnve", "create_subprocess_exec"}
+
+
+def _called_name(node: ast.Call) -> str:
+    func = node.func
+    return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+
+
+def _is_sys_executable(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Attribute) and node.attr == "executable" and isinstance(node.value, ast.Name)
+            and node.value.id == "sys")
+
+
 def _source_files() -> list[Path]:
     """The project's own .py files: skips virtualenvs, build output and hidden folders without walking them."""
     out = []
@@ -150,7 +164,12 @@ def test_every_spawn_goes_through_the_helper():
         except SyntaxError:  # deliberately broken candidate programs (sandbox fixtures) spawn nothing
             continue
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and node.attr == "executable" and isinstance(node.value, ast.Name)
-                    and node.value.id == "sys"):
-                offenders.append(f"{rel}:{node.lineno}")
+            # A command line: sys.executable inside a list/tuple literal, or passed straight to a spawning call.
+            if isinstance(node, (ast.List, ast.Tuple)):
+                candidates = node.elts
+            elif isinstance(node, ast.Call) and _called_name(node) in _SPAWNERS:
+                candidates = node.args
+            else:
+                continue
+            offenders += [f"{rel}:{c.lineno}" for c in candidates if _is_sys_executable(c)]
     assert not offenders, f"spawn Python children through mixlab.procs, not sys.executable: {offenders}"

@@ -22,6 +22,8 @@ from mixlab.dashboard import queries
 from mixlab.errors import MixlabError
 from mixlab.store import RunRecord, Store
 
+from tests.recipes.helpers import EVAL, SFT_ARGS, write_recipe
+
 WORKER = str(Path(__file__).with_name("store_worker.py"))
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
 N_WRITERS, RUNS, STEPS, SAMPLES = 3, 2, 4, 3
@@ -148,8 +150,6 @@ def test_spooled_rows_keep_types(db_path, tmp_path):
 def test_dashboard_session_open_during_a_sweep_held_by_a_reader(db_path, tmp_path, monkeypatch):
     """A real two-member sweep runs while another reader holds the file and the dashboard renders: the dashboard
     shows the sweep's runs as they finish, and once the file is free every row is in it."""
-    from tests.recipes.helpers import EVAL, SFT_ARGS, write_recipe  # noqa: PLC0415 - the recipe fixtures
-
     Store(db_path).schema_version()
     write_recipe(tmp_path, "base", [{"name": "sft", "trainer": "sft", "mixture": "demo-balanced",
                                      "args": {**SFT_ARGS, "max_steps": 2}}], eval=EVAL)

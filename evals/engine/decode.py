@@ -83,18 +83,16 @@ def _kda(attn, x: torch.Tensor, cache: PagedHybridCache, slots: torch.Tensor | N
     i = attn.layer_idx
     conv_pool, state_pool = cache.conv[i], cache.state[i]
     window = conv_pool[:B] if slots is None else conv_pool.index_select(0, slots)  # [B, 3, P, W-1]
-    outs, new_windows = [], []
-    for j, (proj, conv) in enumerate(((attn.q_proj, attn.q_conv1d), (attn.k_proj, attn.k_conv1d),
-                                      (attn.v_proj, attn.v_conv1d))):
-        xin = proj(x)  # [B, P]
-        ext = torch.cat([window[:, j].float(), xin.float().unsqueeze(-1)], -1)  # [B, P, W]
-        y = F.silu((ext * conv.weight[:, 0].float()).sum(-1)).to(x.dtype)
-        outs.append(y.view(B, 1, H, K))
-        new_windows.append(ext[..., 1:].to(conv_pool.dtype))
+    # q, k and v share one conv pass: [B, 3, P, W] windows ‖ new inputs, weights [3, P, W] (fp32, as short_conv).
+    xin = torch.stack([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], 1)  # [B, 3, P]
+    ext = torch.cat([window.float(), xin.float().unsqueeze(-1)], -1)
+    w = torch.stack([attn.q_conv1d.weight[:, 0], attn.k_conv1d.weight[:, 0], attn.v_conv1d.weight[:, 0]]).float()
+    y = F.silu((ext * w).sum(-1)).to(x.dtype)  # [B, 3, P]
     if slots is None:
-        conv_pool[:B].copy_(torch.stack(new_windows, 1))
+        conv_pool[:B].copy_(ext[..., 1:])
     else:
-        conv_pool.index_copy_(0, slots, torch.stack(new_windows, 1))
+        conv_pool.index_copy_(0, slots, ext[..., 1:].to(conv_pool.dtype))
+    outs = [y[:, j].reshape(B, 1, H, K) for j in range(3)]
     q, k, v = outs
     f = attn.f_b_proj(attn.f_a_proj(x))
     beta_logits = attn.b_proj(x)

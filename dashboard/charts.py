@@ -240,3 +240,34 @@ def contamination_heatmap(summary: pd.DataFrame) -> alt.LayerChart:
         text="flagged:Q",
         color=alt.condition(alt.datum.flagged > threshold, alt.value("white"), alt.value("black")))
     return alt.layer(rect, text).properties(height=alt.Step(34))
+
+
+def optimiser_front(points: pd.DataFrame, realised_front: pd.DataFrame, predicted_front: pd.DataFrame, *,
+                    x_title: str = "leaderboard (mean of its metrics)", y_title: str = "usability (mean of its metrics)",
+                    height: int = 460) -> alt.LayerChart:
+    """Realised mixtures and proposed ones (predicted mean ± 1 sd whiskers), the realised front (solid staircase)
+    and the predicted front (dashed: realised points plus the proposals' predicted means)."""
+    x_scale = alt.Scale(domain=_padded(points["x_lo"], points["x_hi"]), nice=False, zero=False)
+    y_scale = alt.Scale(domain=_padded(points["y_lo"], points["y_hi"]), nice=False, zero=False)
+    colour = alt.Color("kind:N", title=None, scale=alt.Scale(
+        domain=["realised", "proposed (predicted ± 1 sd)"], range=["#1f77b4", "#d62728"]),
+        legend=alt.Legend(orient="bottom"))
+    base = alt.Chart(points)
+    x, y = alt.X("x:Q", title=x_title, scale=x_scale), alt.Y("y:Q", title=y_title, scale=y_scale)
+    layers = [
+        base.mark_rule(strokeWidth=1.2, opacity=0.6).encode(x=alt.X("x_lo:Q", scale=x_scale, title=x_title),
+                                                            x2="x_hi:Q", y=y, color=colour),
+        base.mark_rule(strokeWidth=1.2, opacity=0.6).encode(y=alt.Y("y_lo:Q", scale=y_scale, title=y_title),
+                                                            y2="y_hi:Q", x=x, color=colour),
+    ]
+    for front, dash, name in ((realised_front, [1, 0], "realised front"), (predicted_front, [6, 3], "predicted")):
+        if len(front):
+            layers.append(alt.Chart(front.assign(front=name)).mark_line(
+                interpolate="step-before", color="#1f2933", strokeWidth=1.6, strokeDash=dash, opacity=0.8).encode(
+                x=alt.X("x:Q", scale=x_scale), y=alt.Y("y:Q", scale=y_scale), order="x:Q",
+                tooltip=[alt.Tooltip("front:N")]))
+    layers.append(base.mark_circle(size=90, stroke="#1f2933", strokeWidth=0.6).encode(
+        x=x, y=y, color=colour, shape=alt.Shape("kind:N", legend=None),
+        tooltip=[alt.Tooltip("mixture:N"), alt.Tooltip("kind:N"), alt.Tooltip("x:Q", format=".3f", title=x_title),
+                 alt.Tooltip("y:Q", format=".3f", title=y_title)]))
+    return alt.layer(*layers).properties(height=height).configure_view(strokeOpacity=0)

@@ -295,3 +295,60 @@ def contamination_rows(path: str | Path, *, mixture_id: str | None = None, sourc
         LEFT JOIN sources s ON s.source_id = c.source_id
         {where} ORDER BY source, benchmark, row_id LIMIT ?
     """, params + [int(limit)])
+
+
+# -- mixture optimiser (`mixlab optimise`) and run cost ------------------------------------------------------------
+
+
+def _has_table(path: str | Path, table: str) -> bool:
+    """Databases written before a migration lack its tables until a writer opens them; the views then say so."""
+    rows = _store(path).query("SELECT count(*) AS n FROM information_schema.tables WHERE table_name = ?", [table])
+    return bool(rows[0]["n"])
+
+
+def run_costs(path: str | Path) -> pd.DataFrame:
+    """Per run: device-seconds spent training (train_s) and evaluating (eval_s), their sum (device_s) and the
+    device kind. Runs recorded before costs were fall back to their `train_wall_s` training metric (eval unknown)."""
+    cols = ["run_id", "train_s", "eval_s", "device_s", "device_kind"]
+    if not _has_table(path, "run_costs"):
+        return pd.DataFrame(columns=cols)
+    return _df(path, """
+        WITH c AS (
+            SELECT run_id, sum(device_s) FILTER (WHERE phase = 'train') AS train_s,
+                   sum(device_s) FILTER (WHERE phase = 'eval') AS eval_s, sum(device_s) AS device_s,
+                   any_value(device_kind) AS device_kind
+            FROM run_costs GROUP BY run_id),
+        w AS (
+            SELECT run_id, arg_max(value, step) AS train_s FROM train_metrics
+            WHERE name = 'train_wall_s' AND run_id NOT IN (SELECT run_id FROM c) GROUP BY run_id)
+        SELECT run_id, train_s, eval_s, device_s, device_kind FROM c
+        UNION ALL
+        SELECT w.run_id, w.train_s, NULL AS eval_s, w.train_s AS device_s, r.device AS device_kind
+        FROM w LEFT JOIN runs r ON r.run_id = w.run_id
+    """)[cols]
+
+
+def optimise_families(path: str | Path) -> list[str]:
+    """Mixture families with a stored surrogate fit, most recently fitted first."""
+    if not _has_table(path, "surrogate_fits"):
+        return []
+    rows = _store(path).query("SELECT family, max(created_at) AS t FROM surrogate_fits GROUP BY family "
+                              "ORDER BY t DESC")
+    return [r["family"] for r in rows]
+
+
+def latest_fit(path: str | Path, family: str) -> pd.DataFrame:
+    """Every row (target x model) of the family's newest fit."""
+    return _df(path, """
+        SELECT * FROM surrogate_fits WHERE fit_id = (
+            SELECT fit_id FROM surrogate_fits WHERE family = ? ORDER BY created_at DESC LIMIT 1)
+        ORDER BY metric, model
+    """, [family])
+
+
+def proposals(path: str | Path, family: str) -> pd.DataFrame:
+    return _df(path, "SELECT * FROM proposals WHERE family = ? ORDER BY created_at, proposal_id", [family])
+
+
+def optimise_rounds(path: str | Path, family: str) -> pd.DataFrame:
+    return _df(path, "SELECT * FROM optimise_rounds WHERE family = ? ORDER BY created_at, round", [family])

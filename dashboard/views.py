@@ -15,10 +15,11 @@ import streamlit as st
 
 from mixlab.dashboard import aggregates as agg
 from mixlab.dashboard import charts, queries
+from mixlab.dashboard import optimise as optview
 from mixlab.errors import MixlabError
 from mixlab.paths import default_db_path
 
-VIEWS = ["Trade-off", "Leaderboard", "Mixtures", "Run detail", "Contamination"]
+VIEWS = ["Trade-off", "Leaderboard", "Mixtures", "Optimiser", "Run detail", "Contamination"]
 LB_AGG, US_AGG = "Leaderboard score (aggregate)", "Usability score (aggregate)"
 COLOR_BY = {"mixture family": "mixture_family", "stage": "stage", "ladder rung": "rung", "base model": "base_model",
             "mixture": "mixture_name"}
@@ -26,7 +27,7 @@ CACHE_TTL_S = 20
 # Widget state Streamlit would drop while their page is not shown; kept so that a trip to Run detail and back
 # finds the same axes, aggregates and filters.
 PERSISTENT = ["agg_lb", "agg_us", "x_axis", "y_axis", "color_by", "partial", "seeds", "lb_cols", "lb_ci", "f_stage", "f_rung",
-              "f_mixture_family", "f_base_model", "f_status", "f_date", "f_contam", "mix_sel", "mix_a", "mix_b"]
+              "f_mixture_family", "f_base_model", "f_status", "f_date_from", "f_date_to", "f_contam", "mix_sel", "mix_a", "mix_b"]
 LIVE_EVERY_S = 10
 
 
@@ -143,12 +144,18 @@ def sidebar_filters(runs: pd.DataFrame) -> pd.DataFrame:
             mask &= runs[col].astype(str).isin(chosen)
     created = pd.to_datetime(runs["created_at"]).dropna()
     if not created.empty and created.dt.date.nunique() > 1:
-        lo, hi = created.min().date(), created.max().date()
-        picked = st.sidebar.date_input("created between", min_value=lo, max_value=hi, key="f_date",
-                                       **_kw("f_date", value=(lo, hi)))
-        if isinstance(picked, (tuple, list)) and len(picked) == 2:
-            day = pd.to_datetime(runs["created_at"]).dt.date
-            mask &= day.between(picked[0], picked[1]) | day.isna()
+        # Two selects over the days with runs: the date picker's calendar cost ~0.5 s of browser time per visit.
+        days = sorted(created.dt.date.unique())
+        for key in ("f_date_from", "f_date_to"):
+            if key in st.session_state and st.session_state[key] not in days:  # kept from another database
+                del st.session_state[key]
+        c1, c2 = st.sidebar.columns(2)
+        first = c1.selectbox("created from", days, key="f_date_from", format_func=lambda d: f"{d:%b %d}",
+                             **_kw("f_date_from", index=0))
+        last = c2.selectbox("to", days, key="f_date_to", format_func=lambda d: f"{d:%b %d}",
+                            **_kw("f_date_to", index=len(days) - 1))
+        day = pd.to_datetime(runs["created_at"]).dt.date
+        mask &= day.between(min(first, last), max(first, last)) | day.isna()
     contam = st.sidebar.radio("decontamination", ["all runs", "clean mixtures only", "flagged mixtures only"],
                               key="f_contam", help="Mixtures whose decontamination gate flagged training rows "
                               "against an eval set (the rows are listed on the Contamination page).")
@@ -228,8 +235,8 @@ def page_tradeoff(runs: pd.DataFrame) -> None:
                          help="By default a run must have every metric of an aggregate: an average over fewer "
                          "metrics is not comparable.")
     by_seeds = c4b.toggle("mean over seeds", key="seeds",
-                          help="One point per mixture × stage × rung × base model, averaged over its seeds, with "
-                          "a t-interval across seeds (seed-to-seed spread is the noise that matters).")
+                          help="One point per mixture × stage × rung × base model, averaged over its seeds. Its CI "
+                          "carries both the between-seed spread and each run's item noise (stats.mean_over_seeds).")
     x_axis, y_axis = axes[x_name], axes[y_name]
     maximize = (agg.axis_maximize(cat, x_axis), agg.axis_maximize(cat, y_axis))
     points = agg.pareto_points(axis_table(x_axis, y_axis), runs, maximize, require_full_coverage=not partial)
@@ -279,9 +286,12 @@ def _front_table(points: pd.DataFrame, x_name: str, y_name: str) -> None:
     """The front's runs as a table, and a picker that opens any plotted run."""
     st.subheader("Runs on the front")
     table = points[points["on_front"]].sort_values("x")
-    show = table[["run_id", "mixture_name", "mixture_family", "stage", "rung", "x_text", "y_text", "n_flagged"]].rename(
+    costs = load("run_costs")[["run_id", "device_s", "device_kind"]]
+    table = table.merge(costs, on="run_id", how="left")  # what each front point cost (mixlab optimise records it)
+    show = table[["run_id", "mixture_name", "mixture_family", "stage", "rung", "x_text", "y_text", "n_flagged",
+                  "device_s", "device_kind"]].rename(
         columns={"mixture_name": "mixture", "mixture_family": "family", "x_text": x_name, "y_text": y_name,
-                 "n_flagged": "contam. rows"})
+                 "n_flagged": "contam. rows", "device_s": "cost (device-s)", "device_kind": "device"})
     st.table(show.set_index("run_id"))
     c1, c2 = st.columns([4, 1])
     labels = dict(zip(points["run_id"], points["label"]))
@@ -322,6 +332,46 @@ def _axis_title(axis: agg.Axis, maximize: bool) -> str:
         n = len(axis.metrics)
         return f"{axis.label.replace(' (aggregate)', '')}  (mean of {n} metric{'s' if n != 1 else ''}, 0–1)"
     return axis.label + ("" if maximize else "  (lower is better)")
+
+
+def page_optimiser(runs: pd.DataFrame) -> None:
+    st.title("Mixture optimiser")
+    st.caption("What `mixlab optimise` learnt from a family's runs: surrogate quality (leave-one-mixture-out), "
+               "per-source effects, the predicted front of its proposals beside the realised one, and what each "
+               "point cost.")
+    families = load("optimise_families")
+    if not families:
+        st.info("No surrogate fit yet. After a sweep over a mixture family (e.g. `mixlab sweep "
+                "recipes/registry/sweeps/demo-dirichlet.yaml`), run `mixlab optimise fit --family demo-balanced`.")
+        return
+    family = st.selectbox("family", families, key="opt_family")
+    fit = load("latest_fit", family)
+    props = load("proposals", family)
+    realised = optview.realised_points(fit)
+    proposed = optview.proposed_points(props)
+    st.caption(f"fit `{fit['fit_id'].iloc[0]}` · group `{fit['group_key'].iloc[0]}` · "
+               f"{int(fit['n_mixtures'].max())} mixtures · {len(proposed)} proposals")
+    if not realised.empty:
+        pts, real_front, pred_front = optview.chart_frame(realised, proposed)
+        st.vega_lite_chart(spec=charts.vega_lite_spec(charts.optimiser_front(pts, real_front, pred_front)),
+                           key="optimiser_chart", width="stretch")
+    c1, c2 = st.columns(2)
+    with c1:
+        st.subheader("Surrogate quality")
+        st.dataframe(optview.fit_quality(fit), hide_index=True, width="stretch")
+    with c2:
+        st.subheader("Per-source effects")
+        eff = optview.effects(fit)
+        for line in optview.effect_sentences(eff):
+            st.markdown(f"- {line}")
+        st.dataframe(eff.style.format("{:+.3f}"), width="stretch")
+    st.subheader("Cost per Pareto point")
+    st.dataframe(optview.front_costs(realised, runs, load("run_costs")), hide_index=True, width="stretch")
+    if not proposed.empty:
+        st.subheader("Proposals")
+        total = proposed.loc[proposed["status"] == "proposed", "est_device_s"].sum()
+        st.caption(f"not yet run: about {total:,.0f} device-s at the family's median cost per run")
+        st.dataframe(proposed, hide_index=True, width="stretch")
 
 
 def page_leaderboard(runs: pd.DataFrame) -> None:
@@ -618,6 +668,10 @@ def _run_side_by_side(run_id: str, other: str | None, labels: dict) -> None:
     m1.metric("items in common", len(pairs))
     m2.metric(f"better: {labels[run_id]}", a_wins)
     m3.metric(f"better: {labels[other]}", b_wins)
+    test = agg.paired_comparison(pairs)
+    if test is not None:  # the test `mixlab compare` prints for this task's primary metric
+        st.caption(f"{labels[run_id]} − {labels[other]}: {test.describe()}"
+                   + (" — significant" if test.significant else " — not significant"))
     view = pairs[pairs["flipped"]] if flipped_only else pairs
     if view.empty:
         st.info("No item scores differently between the two runs.")
@@ -697,6 +751,8 @@ def main() -> None:
             page_leaderboard(runs)
         elif view == "Mixtures":
             page_mixtures(all_runs)
+        elif view == "Optimiser":
+            page_optimiser(all_runs)
         elif view == "Run detail":
             page_run(all_runs)
         else:

@@ -259,6 +259,7 @@ class TargetFit:
     loo_pred: np.ndarray  # per mixture
     realised: np.ndarray  # per mixture
     surrogate: Surrogate
+    mixture_ids: list[str] = field(default_factory=list)
     selected: bool = False
     effects: dict[str, float] = field(default_factory=dict)
 
@@ -305,6 +306,7 @@ def fit_targets(data: FamilyData, models: Sequence[str] = MODELS) -> list[Target
                 target=target, model=model, n_runs=n_runs, n_mixtures=len(ids),
                 loo_rmse=float(np.sqrt(np.mean(err ** 2))), loo_mae=float(np.mean(np.abs(err))),
                 spearman=spearman_ci(pred, y), loo_pred=pred, realised=y, surrogate=Surrogate(model, X, y),
+                mixture_ids=ids,
             ))
         best = min(per_target, key=lambda f: (f.loo_rmse, models.index(f.model)))
         best.selected = True
@@ -336,6 +338,7 @@ def fit_family(store: Store, family: str, *, models: Sequence[str] = MODELS, gro
         spearman_high=_num(f.spearman[2]), selected=f.selected, effects=f.effects or None,
         params={"model": f.model, "design": "log(share + %g)" % LOG_EPS if f.model == "loglinear" else "share",
                 "X": f.surrogate.X.tolist(), "y": f.surrogate.y.tolist(), "loo_pred": f.loo_pred.tolist(),
+                "mixture_ids": f.mixture_ids, "mixture_names": [data.name_of(m) for m in f.mixture_ids],
                 **f.surrogate.hyper()},
         run_ids=data.run_ids,
     ) for f in fits])

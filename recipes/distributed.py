@@ -105,7 +105,9 @@ def shard_model(model: KimiLinearForCausalLM, *, device: str, param_dtype: torch
                                   offload_policy=CPUOffloadPolicy(pin_memory=device.startswith("cuda"))
                                   if offload else OffloadPolicy(), ignored_params=ignored)
     low = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    full = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
+    # The fp32 group hands its output back in the low dtype, so the rest of the layer sees one dtype with or
+    # without autocast.
+    full = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, output_dtype=param_dtype)
     for layer in model.model.layers:
         if param_dtype != torch.float32:
             for island in fp32_islands(layer):

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from mixlab.dashboard import pareto
+from mixlab.evals import stats
 
 Z95 = 1.959964
 
@@ -207,25 +208,16 @@ def tradeoff_points(runs: pd.DataFrame, metrics_long: pd.DataFrame, x: Axis, y: 
     return pareto_points(axis_table(metrics_long, x, y), runs, maximize, require_full_coverage=require_full_coverage)
 
 
-# Two-sided 95 % Student t quantiles by degrees of freedom (seeds − 1); 1.96 beyond the table.
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-        12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
 SEED_GROUP = ["mixture_name", "stage", "rung", "base_model"]
-
-
-def _t95(dof: int) -> float:
-    if dof in _T95:
-        return _T95[dof]
-    larger = [d for d in _T95 if d > dof]
-    return _T95[min(larger)] if larger else Z95
 
 
 def collapse_seeds(points: pd.DataFrame, maximize: tuple[bool, bool] = (True, True)) -> pd.DataFrame:
     """One point per mixture × stage × rung × base model: the mean over its seeds, re-tiered.
 
-    With k ≥ 2 seeds the CI is the t-interval of the mean across seeds (seed-to-seed spread already contains each
-    run's eval noise); a single seed keeps its own CI. `run_id` is the group's first run, so clicking still opens a
-    real run; `n_seeds` says how many were averaged."""
+    With k ≥ 2 seeds the CI is `stats.mean_over_seeds`: the seeds share their eval items, so the variance is the
+    mean within-seed variance (from each run's CI) plus the between-seed variance of the mean, with a t(k−1)
+    quantile; a single seed keeps its own CI. `run_id` is the group's first run, so clicking still opens a real run;
+    `n_seeds` says how many were averaged."""
     if points.empty:
         return points.assign(n_seeds=pd.Series(dtype=int))
     rows = []
@@ -234,11 +226,9 @@ def collapse_seeds(points: pd.DataFrame, maximize: tuple[bool, bool] = (True, Tr
         k = len(group)
         row["n_seeds"] = k
         for ax in ("x", "y"):
-            values = group[ax].to_numpy(float)
-            mean = float(values.mean())
             if k >= 2:
-                half = _t95(k - 1) * float(values.std(ddof=1)) / np.sqrt(k)
-                row[ax], row[ax + "_lo"], row[ax + "_hi"] = mean, mean - half, mean + half
+                row[ax], row[ax + "_lo"], row[ax + "_hi"] = stats.mean_over_seeds(
+                    group[ax].to_numpy(float), group[ax + "_lo"].to_numpy(float), group[ax + "_hi"].to_numpy(float))
         if k >= 2:
             row["label"] = f"{row['mixture_name']} {row['stage']} {row['rung']} (mean of {k} seeds)"
         rows.append(row)
@@ -266,3 +256,14 @@ def leaderboard_table(runs: pd.DataFrame, w: pd.DataFrame, keys: list[str]) -> p
         out[k] = mean
         out[k + " ±"] = ((w[k + "__hi"] - w[k + "__lo"]) / 2).reindex(out.index)
     return out.reset_index()
+
+
+def paired_comparison(pairs: pd.DataFrame, alpha: float = 0.05) -> stats.Comparison | None:
+    """A − B over the items both runs scored (`queries.paired_samples`): `stats.compare`, the test `mixlab compare`
+    prints for the task's primary metric (McNemar exact + Newcombe for 0/1 scores, a paired bootstrap otherwise)."""
+    if pairs.empty:
+        return None
+    both = pairs.dropna(subset=["score_a", "score_b"])
+    if both.empty:
+        return None
+    return stats.compare(both["score_a"].to_numpy(float), both["score_b"].to_numpy(float), alpha=alpha)

@@ -3,6 +3,9 @@
 A point is on the front when no other point is at least as good on both axes and strictly better on one. Because
 each score carries a 95 % CI, "dominated" alone can be noise; `clearly_dominated` marks points for which some other
 point's lower CI bounds beat this point's upper CI bounds on both axes — the only dominance a researcher should act on.
+The rule is `mixlab.evals.stats.clearly_better`, the statistics module every comparison of the lab goes through: axes
+here are aggregates over tasks, with no shared items to pair; for two runs on one task the dashboard's run page shows
+`stats.compare`, the paired test `mixlab compare` prints.
 Directions: `maximize=(True, True)` by default; a lower-is-better axis passes False.
 """
 
@@ -11,6 +14,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+
+from mixlab.evals import stats
 
 
 def _oriented(values: Sequence[float], maximize: bool) -> np.ndarray:
@@ -63,7 +68,7 @@ def clearly_dominated(
     block = 512
     for start in range(0, n, block):
         sl = slice(start, start + block)
-        beats = (xl[None, :] > xh[sl, None]) & (yl[None, :] > yh[sl, None])
+        beats = stats.clearly_better(xl[None, :], xh[sl, None]) & stats.clearly_better(yl[None, :], yh[sl, None])
         out[sl] = np.nan_to_num(beats, nan=False).any(axis=1)
     return out
 

@@ -502,8 +502,9 @@ def mean_over_seeds(means: Sequence[float], lows: Sequence[float], highs: Sequen
     return (float(m.mean()), float(m.mean()) - half, float(m.mean()) + half)
 
 
-def clearly_better(lo_a: float, hi_b: float) -> bool:
-    """The lab's rule for two scores seen only through their intervals (no shared items): a beats b beyond the
-    CIs when a's lower bound is above b's upper bound. Used where per-item scores are not at hand (the dashboard's
-    Pareto tiers); with per-item scores use `compare`."""
-    return bool(lo_a > hi_b)
+def clearly_better(lo_a, hi_b):
+    """The lab's rule for scores seen only through their intervals (no shared items to pair, e.g. the dashboard's
+    aggregates over several tasks): a beats b beyond the CIs when a's lower bound is above b's upper bound.
+    Elementwise on arrays; NaN bounds never beat. With per-item scores use `compare` (the paired test)."""
+    out = np.asarray(lo_a, dtype=float) > np.asarray(hi_b, dtype=float)
+    return bool(out) if out.ndim == 0 else out

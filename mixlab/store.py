@@ -159,8 +159,11 @@ _V3 = [
     "CREATE INDEX run_costs_run ON run_costs(run_id)",
 ]
 
+# Decontamination audit rows say which rule fired: exact n-gram overlap or the fuzzy MinHash pass.
+_V4 = ["ALTER TABLE contamination ADD COLUMN rule VARCHAR"]
+
 # (version, statements). Append new versions; never edit an applied one.
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3)]
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _JSON_COLUMNS = {"packages", "config", "manifest", "gen_config", "gates", "extra",
@@ -355,6 +358,7 @@ class ContaminationRecord:
     item_id: str | None
     ngram: str | None
     field: str | None
+    rule: str | None = None  # "exact-13gram" or "minhash-jaccard>=0.4" (decontam.exact_rule / fuzzy_rule)
 
 
 @dataclass

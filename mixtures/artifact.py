@@ -41,7 +41,7 @@ KIND_COLUMNS = {
 }
 CONTAMINATION = pa.schema([("source_id", pa.string()), ("source_name", pa.string()), ("row_id", pa.string()),
                            ("benchmark", pa.string()), ("item_id", pa.string()), ("ngram", pa.string()),
-                           ("field", pa.string())])
+                           ("field", pa.string()), ("rule", pa.string())])
 
 
 def schema_for(kind: str) -> pa.Schema:
@@ -271,6 +271,7 @@ def _contamination_table(out: BuildOutput) -> pa.Table:
         "item_id": [h.item_id for _, _, h in out.hits],
         "ngram": [h.ngram for _, _, h in out.hits],
         "field": [h.field for _, _, h in out.hits],
+        "rule": [h.rule for _, _, h in out.hits],
     }, schema=CONTAMINATION)
 
 
@@ -353,8 +354,8 @@ def record_in_store(built: BuiltMixture, loaded: LoadedMixture, store=None, *, o
                 dropped_contamination=c["dropped"]["decontamination"] if first else 0,
             ))
     contamination = [
-        ContaminationRecord(mixture_id=built.mixture_id, **{k: r[k] for k in
-                            ("source_id", "row_id", "benchmark", "item_id", "ngram", "field")})
+        ContaminationRecord(mixture_id=built.mixture_id, **{k: r.get(k) for k in
+                            ("source_id", "row_id", "benchmark", "item_id", "ngram", "field", "rule")})
         for r in pq.read_table(built.path / "contamination.parquet").to_pylist()
     ]
     store.record_mixture(mixture, sources, components, contamination)

@@ -291,7 +291,10 @@ class _Builder:
                 if "response" in fields:
                     for t in filters_mod.response_texts(row, kind):
                         texts.append(t), text_row.append(int(i)), text_field.append("response")
-            for hit in decontam.check(self.index, texts, text_row, text_field):
+            hits = decontam.check(self.index, texts, text_row, text_field)
+            if self.spec.decontamination.fuzzy:  # near copies the exact gate missed
+                hits += decontam.check_fuzzy(self.index, texts, text_row, text_field, {h.row for h in hits})
+            for hit in hits:
                 self.hits.append((leaf, hit.row, hit))
                 if leaf.alive[hit.row]:
                     leaf.alive[hit.row] = False

@@ -149,6 +149,7 @@ class DecontamSpec(_Strict):
     exclude: list[str] = Field(default_factory=list)
     fields: list[Literal["prompt", "response"]] = Field(default_factory=lambda: ["prompt", "response"])
     min_short_tokens: int = Field(5, ge=1)  # eval texts shorter than n but this long are matched whole
+    fuzzy: bool = True  # also drop near copies: word-3-gram Jaccard >= 0.4 with an eval text (decontam.py)
     max_flagged_fraction: float | None = Field(None, ge=0, le=1)  # fail the build above this share
 
 

@@ -69,6 +69,9 @@ class Task(ABC):
     max_new_tokens: ClassVar[int] = 512
     stop: ClassVar[tuple[str, ...]] = ()
     needs_judge: ClassVar[bool] = False  # the runner refuses to start without a judge and attaches it as `judge`
+    # Items drawn from templates whose training split differs only in parameters: decontamination checks them with
+    # the exact gate alone (a near-copy match would flag every templated sibling).
+    templated: ClassVar[bool] = False
     # The metric stored as a sample's score: the primary one unless that exists only in aggregate
     # (alpaca-eval: per-item win_rate vs aggregate lc_win_rate).
     sample_metric: ClassVar[str | None] = None

@@ -25,6 +25,7 @@ class ProceduralTask(Task):
     split: ClassVar[str] = "heldout"
     level: ClassVar[int | None] = None  # None: all levels, mixed uniformly
     binary_metrics = True
+    templated = True  # train and held-out splits share templates; disjoint parameters (the exact gate checks)
 
     def _generate(self, n: int) -> list[dict[str, Any]]:
         return procedural.generate(self.kind, self.split, n, seed=self.seed, level=self.level)

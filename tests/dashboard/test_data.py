@@ -201,7 +201,7 @@ def test_aggregate_ci_stays_inside_the_normalised_range():
     assert vals.loc["a", "value"] == 0.0 and vals.loc["a", "lo"] == 0.0 and 0.0 < vals.loc["a", "hi"] <= 1.0
 
 
-def test_collapse_seeds_averages_with_a_t_interval():
+def test_collapse_seeds_averages_with_within_and_between_seed_variance():
     base = {"mixture_name": "m", "stage": "sft", "rung": "r0", "base_model": "b", "label": "x", "mixture_id": "mid"}
     pts = pd.DataFrame([
         dict(base, run_id="s0", x=0.50, x_lo=0.45, x_hi=0.55, y=0.30, y_lo=0.25, y_hi=0.35),
@@ -212,7 +212,9 @@ def test_collapse_seeds_averages_with_a_t_interval():
     out = agg.collapse_seeds(pts).set_index("run_id")
     assert list(out.index) == ["s0", "o0"] and out.loc["s0", "n_seeds"] == 3 and out.loc["o0", "n_seeds"] == 1
     assert out.loc["s0", "x"] == pytest.approx(0.55)
-    half = 4.303 * np.std([0.50, 0.60, 0.55], ddof=1) / np.sqrt(3)
-    assert out.loc["s0", "x_hi"] - out.loc["s0", "x"] == pytest.approx(half)
+    # stats.mean_over_seeds: within-seed SE (from each CI) and between-seed spread, t with 2 degrees of freedom.
+    se = 0.05 / 1.959964
+    half = 4.303 * np.sqrt(se ** 2 + np.var([0.50, 0.60, 0.55], ddof=1) / 3)
+    assert out.loc["s0", "x_hi"] - out.loc["s0", "x"] == pytest.approx(half, rel=1e-4)
     assert out.loc["o0", "x_lo"] == 0.1  # one seed keeps its own CI
     assert out["on_front"].all() and "3 seeds" in out.loc["s0", "label"]

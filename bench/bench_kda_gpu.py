@@ -1,4 +1,5 @@
-"""GPU benchmark (CUDA only): torch-reference chunk_kda vs fla's Triton chunk_kda vs SDPA, forward+backward.
+"""GPU benchmark (CUDA only): torch-reference chunk_kda vs fla's Triton chunk_kda vs SDPA, forward+backward;
+with --issue, mixlab's own Triton KDA vs fla vs the torch reference at the issue's shape (H=32, K=V=128, 16k tokens).
 
 Shape of the `1b-a150m` preset's KDA layers (H=8, K=V=128) at B=4, T=2048, bf16 inputs. Writes
 bench/results/kda_gpu.json with the GPU name. fla rows are skipped when fla-core is not installed.
@@ -20,6 +21,16 @@ from mixlab.kernels import chunk_kda_torch, fla_available
 
 
 def cuda_time(fn, reps=10) -> float:
+    if not torch.cuda.is_available():  # CPU smoke runs (--device cpu): wall-clock
+        import time
+
+        fn()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return sorted(times)[len(times) // 2]
     fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -33,13 +44,115 @@ def cuda_time(fn, reps=10) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def _limit_autotune(n: int) -> None:
+    """Keep at most n configs per `triton.autotune` defined from now on (num_warps=4 first): caps fla's first-use
+    autotuning (~170 s at H=32 otherwise) to fit a short device call. Must run before fla is imported."""
+    import triton
+
+    orig = triton.autotune
+
+    def limited(configs, *a, **kw):
+        ranked = sorted(configs, key=lambda c: (c.num_warps != 4, c.num_stages))
+        return orig(ranked[:n], *a, **kw)
+
+    triton.autotune = limited
+
+
+def _rel(a, b) -> float:
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
+
+
+def issue_compare(args) -> None:
+    """The issue's KDA target: H=32, K=V=128, 16k tokens per batch at T=2k / 8k, forward and forward+backward:
+    mixlab's Triton `chunk_kda_triton` vs fla's `chunk_kda` vs the torch chunked reference, bf16 q/k/v/β, fp32 g,
+    both with the in-op q/k L2 norm. Also mixlab vs the torch reference (outputs and gradients) at each shape."""
+    import time
+
+    if args.fla_configs:
+        _limit_autotune(args.fla_configs)
+    from mixlab.kernels.kda_triton import chunk_kda_triton
+
+    t_start = time.time()
+    H, K, dev = args.issue_H, args.issue_K, args.device
+    name = torch.cuda.get_device_name() if dev == "cuda" else dev
+    out = {"device": name, "torch": torch.__version__, "H": H, "K": K, "tokens": args.tokens,
+           "fla_autotune_configs_per_kernel": args.fla_configs or "all", "shapes": {}}
+    for T in args.Ts:
+        if time.time() - t_start > args.budget:
+            print(f"budget of {args.budget} s spent: skipping T={T}")
+            break
+        B = max(1, args.tokens // T)
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(B, T, H, K, device=dev, dtype=torch.bfloat16) for _ in range(3))
+        g = (-torch.rand(B, T, H, K, device=dev) * 0.2 - 0.01)
+        beta = torch.rand(B, T, H, device=dev, dtype=torch.bfloat16)
+        leaves = [t.requires_grad_(True) for t in (q, k, v, g, beta)]
+        do = torch.randn(B, T, H, K, device=dev, dtype=torch.bfloat16)
+        ops = {
+            "mixlab_triton": lambda: chunk_kda_triton(*leaves, use_qk_l2norm=True)[0],
+            "torch_chunk_c64": lambda: chunk_kda_torch(*leaves, use_qk_l2norm=True, chunk_size=64)[0],
+        }
+        if fla_available() and dev == "cuda":
+            from fla.ops.kda import chunk_kda as fla_chunk_kda
+
+            ops["fla"] = lambda: fla_chunk_kda(*leaves, use_qk_l2norm_in_kernel=True)[0]
+        row, grads = {}, {}
+        for op, fn in ops.items():
+            t0 = time.time()
+            try:
+                o = fn()
+                o.backward(do)
+                grads[op] = [o.detach()] + [t.grad.clone() for t in leaves]
+                for t in leaves:
+                    t.grad = None
+
+                def step(fn=fn):
+                    fn().backward(do)
+                    for t in leaves:
+                        t.grad = None
+                with torch.no_grad():
+                    fwd = cuda_time(fn, reps=args.reps)
+                row[op] = {"fwd_ms": fwd, "fwd_bwd_ms": cuda_time(step, reps=args.reps),
+                           "first_call_s": round(time.time() - t0, 1)}
+            except Exception as e:  # report and go on: one device call must bring back every number it can
+                row[op] = {"error": repr(e)[:300]}
+            print(T, op, row[op], flush=True)
+        for peer in ("torch_chunk_c64", "fla"):
+            if "mixlab_triton" in grads and peer in grads:
+                row[f"rel_err_vs_{peer}"] = {n: _rel(a, b) for n, a, b in zip(
+                    ("o", "dq", "dk", "dv", "dg", "dbeta"), grads["mixlab_triton"], grads[peer])}
+                print(T, "mixlab vs", peer, row[f"rel_err_vs_{peer}"], flush=True)
+        if "fla" in row and "fwd_bwd_ms" in row.get("fla", {}) and "fwd_bwd_ms" in row["mixlab_triton"]:
+            row["fla_over_mixlab_fwd_bwd"] = row["fla"]["fwd_bwd_ms"] / row["mixlab_triton"]["fwd_bwd_ms"]
+        out["shapes"][f"B{B}_T{T}"] = row
+        del grads
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--issue", action="store_true", help="mixlab Triton vs fla vs torch at H=32, K=V=128")
+    ap.add_argument("--tokens", type=int, default=16384)
+    ap.add_argument("--Ts", type=int, nargs="+", default=[2048, 8192])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--fla-configs", type=int, default=0, help="cap fla's autotune configs per kernel (0: all)")
+    ap.add_argument("--issue-H", type=int, default=32)
+    ap.add_argument("--issue-K", type=int, default=128)
+    ap.add_argument("--device", default="cuda", help="cpu: a smoke run of --issue in the Triton interpreter")
+    ap.add_argument("--budget", type=float, default=1e9, help="seconds after which no new shape is started")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "kda_issue_gpu.json"))
     ap.add_argument("--B", type=int, default=4)
     ap.add_argument("--T", type=int, default=2048)
     ap.add_argument("--H", type=int, default=8)
     ap.add_argument("--K", type=int, default=128)
     args = ap.parse_args()
+    if args.issue:
+        return issue_compare(args)
     B, T, H, K = args.B, args.T, args.H, args.K
     dev = "cuda"
     torch.manual_seed(0)

@@ -99,6 +99,27 @@ def use_triton(*tensors: torch.Tensor | None) -> bool:
     return fast_path(*tensors) and fla_available()
 
 
+KDA_BACKENDS = ("auto", "fla", "triton", "torch")
+
+
+def kda_backend(*tensors: torch.Tensor | None) -> str:
+    """Which chunked-KDA implementation runs on these tensors: "fla", "mixlab" (kda_triton.py) or "torch".
+
+    MIXLAB_KDA_BACKEND (read per call) picks among the fast ones: "auto" (default) and "fla" take fla-core where
+    it imports, "triton" takes mixlab's own Triton kernels (opt-in: bench/bench_kda_gpu.py has the numbers against
+    fla), "torch" the reference. CPU tensors and the "torch" kernel backend always get the reference.
+    """
+    choice = os.environ.get("MIXLAB_KDA_BACKEND", "auto").strip().lower()
+    if choice not in KDA_BACKENDS:
+        raise MixlabError(f"MIXLAB_KDA_BACKEND={choice!r}{did_you_mean(choice, KDA_BACKENDS)}; choose one of "
+                          f"{', '.join(KDA_BACKENDS)}")
+    if choice == "torch" or not fast_path(*tensors):
+        return "torch"
+    if choice == "triton" and triton_available():
+        return "mixlab"
+    return "fla" if fla_available() else "torch"
+
+
 def use_fused(*tensors: torch.Tensor | None) -> bool:
     """Whether an op on these tensors should call mixlab's own fused Triton kernel."""
     return fast_path(*tensors) and fused_enabled() and triton_available()

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from mixlab.errors import MixlabError
 
-from .dispatch import use_triton
+from .dispatch import kda_backend
 from .kda_chunk_fn import FACTOR_SAFE_RANGE, ChunkKDAFunction, factor_reference, factor_safe  # noqa: F401
 from .kda_common import check_kda_args, fp32, l2norm, pack_varlen, unpack_varlen
 
@@ -169,9 +169,18 @@ def chunk_kda(
     q, k [B,T,H,K]; v [B,T,H,V]; g [B,T,H,K] log decay (≤ 0, fp32 preferred); beta [B,T,H];
     initial_state [N,H,K,V] fp32; cu_seqlens int [N+1] with B = 1 restarts the state per sequence.
     Computes in fp32; returns (o in v.dtype, final state fp32 [N,H,K,V] or None). chunk_size None picks the
-    measured best for the device (DEFAULT_CHUNK_SIZE). On the "triton" backend with CUDA tensors this calls fla's `chunk_kda` (chunk size 64).
+    measured best for the device (DEFAULT_CHUNK_SIZE). With CUDA tensors on the fast path this calls fla's `chunk_kda`
+    (chunk size 64), or mixlab's own Triton kernels with MIXLAB_KDA_BACKEND=triton (see `dispatch.kda_backend`).
     """
-    if use_triton(q, k, v, g, beta, initial_state):
+    backend = kda_backend(q, k, v, g, beta, initial_state)
+    if backend == "mixlab":
+        from .kda_triton import chunk_kda_triton  # triton only on the GPU path (as norm.py does)
+
+        return chunk_kda_triton(
+            q, k, v, g, beta, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
+            cu_seqlens=cu_seqlens, use_qk_l2norm=use_qk_l2norm,
+        )
+    if backend == "fla":
         from fla.ops.kda import chunk_kda as fla_chunk_kda
 
         check_kda_args("chunk_kda", q, k, v, g, beta, initial_state, cu_seqlens)

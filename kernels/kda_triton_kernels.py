@@ -234,7 +234,7 @@ def _intra_bwd_kernel(Q, Kt, V, G, BETA, AQK, AKK, TM, W, U, STARTS, DNEXT, DO,
     diag_dm = tl.zeros([K], dtype=tl.float32)
     for iv in range(DV // BV):
         cv = iv * BV + tl.arange(0, BV)
-        off_s = ((pid * H + h) * K * DV + d[:, None] * DV + cv[None, :]).to(tl.int64)
+        off_s = (pid.to(tl.int64) * H + h) * K * DV + d[:, None] * DV + cv[None, :]
         S = tl.load(STARTS + off_s)
         dSn = tl.load(DNEXT + off_s)
         off_v = ((t0 + rc)[:, None] * H + h) * DV + cv[None, :]

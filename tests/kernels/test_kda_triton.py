@@ -124,3 +124,22 @@ def test_gpu_kimi_shape_matches_torch_reference(varlen):
     tensors = _inputs(B, T, 32, 128, 128, n, -1.0, seed=5, device=DEV)
     errs = _compare(lambda *a, **kw: chunk_kda_torch(*a, chunk_size=64, **kw), tensors, cu=cu, tol=2e-2)
     print("rel errors", errs)
+
+
+def test_dispatch_routes_chunk_kda_to_mixlab_triton_on_request(monkeypatch):
+    from mixlab.kernels import chunk_kda, dispatch
+
+    x = torch.ones(1)
+    monkeypatch.setenv("MIXLAB_KDA_BACKEND", "triton")
+    assert dispatch.kda_backend(x) == "torch"  # CPU tensors always take the reference
+    monkeypatch.setenv("MIXLAB_KDA_BACKEND", "flaa")
+    with pytest.raises(MixlabError, match="did you mean 'fla'"):
+        dispatch.kda_backend(x)
+    # Pretend the tensors are on the fast path: chunk_kda then runs the Triton kernels (the interpreter here).
+    monkeypatch.setenv("MIXLAB_KDA_BACKEND", "triton")
+    monkeypatch.setattr(dispatch, "fast_path", lambda *t: True)
+    assert dispatch.kda_backend(x) == "mixlab"
+    q, k, v, g, beta, _ = _inputs(1, 20, 1, 16, 16, 1, -1.0, seed=7)
+    o, _ = chunk_kda(q, k, v, g, beta)
+    o_ref, _ = chunk_kda_torch(q, k, v, g, beta)
+    assert _rel(o, o_ref) < 1e-5

@@ -32,6 +32,8 @@ from rich.console import Console
 
 from mixlab.device import cpu_name
 from mixlab.errors import MixlabError
+from mixlab.evals import stats
+from mixlab.evals.compare import align
 from mixlab.mixtures import build
 from mixlab.paths import default_db_path, runs_dir
 from mixlab.recipes.report import print_table, results_rows
@@ -148,7 +150,7 @@ def main(base_steps: int | None = None, sft_steps: int | None = None, grpo_steps
     timings["total_s"] = time.perf_counter() - t_start
     n_items = max((m[3] for r in rows for m in r["metrics"].values()), default=0)
     print_table(rows, tasks, f"held-out level-1 procedural tasks (mean [95% CI], greedy, {n_items} items each)")
-    verdict = trade_off(rows)
+    verdict = trade_off(rows, store)
     for line in verdict["lines"]:
         console.print(line)
     console.print(
@@ -213,8 +215,10 @@ def splice_readme(readme: Path, block: str) -> None:
     os.replace(tmp, readme)
 
 
-def trade_off(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Math-heavy vs chat-heavy SFT: each must win its own suite with disjoint 95 % CIs."""
+def trade_off(rows: list[dict[str, Any]], store: Store | None = None) -> dict[str, Any]:
+    """Math-heavy vs chat-heavy SFT: each must beat the other on its own suite, shown by the lab's paired test
+    (`stats.margin_test` over the items both evaluated: McNemar's exact one-sided test at alpha 0.05). Without
+    per-item scores (no store) it falls back to disjoint 95 % CIs (`stats.clearly_better`)."""
     sft = {r["mixture"]: r for r in rows if r["trainer"] == "sft"}
     math_r, chat_r = sft.get("demo-math-heavy"), sft.get("demo-chat-heavy")
     checks = []
@@ -224,10 +228,18 @@ def trade_off(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if not w or not l:
             checks.append((task, False, f"{task}: missing scores"))
             continue
-        ok = w[1] > l[2]  # winner's lower CI bound above the loser's upper bound
-        checks.append((task, ok, f"{task}: {winner['mixture']} {w[0]:.3f} [{w[1]:.3f}, {w[2]:.3f}] vs "
-                                 f"{loser['mixture']} {l[0]:.3f} [{l[1]:.3f}, {l[2]:.3f}] -> "
-                                 f"{'beyond the CIs' if ok else 'NOT separated'} (gap {w[0] - l[0]:+.3f})"))
+        head = (f"{task}: {winner['mixture']} {w[0]:.3f} [{w[1]:.3f}, {w[2]:.3f}] vs "
+                f"{loser['mixture']} {l[0]:.3f} [{l[1]:.3f}, {l[2]:.3f}] -> ")
+        paired = None
+        if store is not None:
+            data = align(store, [winner["run_id"]], [loser["run_id"]], task, w[4] if len(w) > 4 else "accuracy")
+            paired = stats.margin_test(data.a, data.b, 0.0) if data.items else None
+        if paired is not None:
+            ok = paired.passed
+            checks.append((task, ok, head + f"{'better' if ok else 'NOT shown better'} ({paired.describe()})"))
+        else:
+            ok = bool(stats.clearly_better(w[1], l[2]))  # winner's lower CI bound above the loser's upper bound
+            checks.append((task, ok, head + f"{'beyond the CIs' if ok else 'NOT separated'} (gap {w[0] - l[0]:+.3f})"))
     holds = all(ok for _, ok, _ in checks)
     lines = [("trade-off holds: " if holds else "trade-off NOT shown: ") +
              "math-heavy wins math, chat-heavy wins chat-format"] + [text for _, _, text in checks]

@@ -128,9 +128,9 @@ def issue_compare(args) -> None:
         del grads
         if dev == "cuda":
             torch.cuda.empty_cache()
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
+        path = Path(args.out)  # after every shape: a run cut short still leaves its numbers
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=1))
 
 

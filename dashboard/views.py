@@ -27,7 +27,7 @@ CACHE_TTL_S = 20
 # Widget state Streamlit would drop while their page is not shown; kept so that a trip to Run detail and back
 # finds the same axes, aggregates and filters.
 PERSISTENT = ["agg_lb", "agg_us", "x_axis", "y_axis", "color_by", "partial", "seeds", "lb_cols", "lb_ci", "f_stage", "f_rung",
-              "f_mixture_family", "f_base_model", "f_status", "f_date_from", "f_date_to", "f_contam", "mix_sel", "mix_a", "mix_b"]
+              "f_mixture_family", "f_base_model", "f_status", "f_date", "f_contam", "mix_sel", "mix_a", "mix_b"]
 LIVE_EVERY_S = 10
 
 
@@ -144,18 +144,12 @@ def sidebar_filters(runs: pd.DataFrame) -> pd.DataFrame:
             mask &= runs[col].astype(str).isin(chosen)
     created = pd.to_datetime(runs["created_at"]).dropna()
     if not created.empty and created.dt.date.nunique() > 1:
-        # Two selects over the days with runs: the date picker's calendar cost ~0.5 s of browser time per visit.
-        days = sorted(created.dt.date.unique())
-        for key in ("f_date_from", "f_date_to"):
-            if key in st.session_state and st.session_state[key] not in days:  # kept from another database
-                del st.session_state[key]
-        c1, c2 = st.sidebar.columns(2)
-        first = c1.selectbox("created from", days, key="f_date_from", format_func=lambda d: f"{d:%b %d}",
-                             **_kw("f_date_from", index=0))
-        last = c2.selectbox("to", days, key="f_date_to", format_func=lambda d: f"{d:%b %d}",
-                            **_kw("f_date_to", index=len(days) - 1))
-        day = pd.to_datetime(runs["created_at"]).dt.date
-        mask &= day.between(min(first, last), max(first, last)) | day.isna()
+        lo, hi = created.min().date(), created.max().date()
+        picked = st.sidebar.date_input("created between", min_value=lo, max_value=hi, key="f_date",
+                                       **_kw("f_date", value=(lo, hi)))
+        if isinstance(picked, (tuple, list)) and len(picked) == 2:
+            day = pd.to_datetime(runs["created_at"]).dt.date
+            mask &= day.between(picked[0], picked[1]) | day.isna()
     contam = st.sidebar.radio("decontamination", ["all runs", "clean mixtures only", "flagged mixtures only"],
                               key="f_contam", help="Mixtures whose decontamination gate flagged training rows "
                               "against an eval set (the rows are listed on the Contamination page).")

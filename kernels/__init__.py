@@ -7,6 +7,7 @@ fast path is taken automatically (backend "auto"), CPU tensors run the reference
 | kda_gate | kda_gate.py (+ kda_gate_triton.py) | g = -exp(A_log)·softplus(f + dt_bias), fp32; fused on CUDA |
 | naive_recurrent_kda | kda_naive.py | token-loop oracle (tests only; slow) |
 | chunk_kda | kda_chunk.py, kda_chunk_fn.py | chunked WY/UT form, hand-written backward, cu_seqlens, any decay |
+| chunk_kda_triton | kda_triton.py, kda_triton_kernels.py | mixlab's own Triton chunked KDA fwd+bwd (chunk 64, varlen, states); MIXLAB_KDA_BACKEND=triton |
 | recurrent_kda_step | kda_recurrent.py | decode from an fp32 state |
 | short_conv | short_conv.py (+ short_conv_triton.py) | causal depthwise conv + SiLU, cache, cu_seqlens; fused on CUDA for training calls (no cache) |
 | rms_norm, gated_rms_norm | norm.py (+ norm_triton.py) | fp32 compute; one fused launch each way on CUDA |

@@ -5,7 +5,7 @@
 (no copy, no reload): the optimizer updates them in place between steps and the next rollout (and every captured
 CUDA graph) sees the new weights. Completions follow TRL's contract: token ids, with the end-of-sequence token kept
 when the sequence stopped on it. Anything the engine does not implement (vLLM, images, top-k / min-p / repetition
-penalty, non-Kimi models) falls back to TRL's own path.
+penalty, non-Kimi models, more than one process) falls back to TRL's own path.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ class EngineGRPOTrainer(trl.GRPOTrainer):
         return (
             getattr(model.config, "model_type", None) == "kimi_linear"
             and not self.use_vllm
+            and self.accelerator.num_processes == 1  # sharded (FSDP/DeepSpeed) weights: TRL's path gathers them
             and not images
             and not self.top_k  # None or 0: no top-k filter
             and not self.min_p

@@ -24,7 +24,7 @@ def test_gate_rules():
     assert not ok and "no scored items" in reason
 
 
-def _two_rung_ladder(tmp_path, gates, mixtures=("demo-math-heavy",)):
+def _two_rung_ladder(tmp_path, gates, mixtures=("demo-math-heavy",), **extra):
     # 12 items: enough for the paired interval to bound a large drop, few enough to evaluate in seconds.
     write_recipe(tmp_path, "lad", [{"name": "sft", "trainer": "sft", "mixture": "demo-balanced",
                                     "args": {**SFT_ARGS, "max_steps": 1}}], eval={**EVAL, "limit": 12})
@@ -35,7 +35,7 @@ def _two_rung_ladder(tmp_path, gates, mixtures=("demo-math-heavy",)):
                   {"name": "r2", "preset": "tiny", "overrides": {"num_hidden_layers": 2,
                                                                  "linear_attn_config": {"kda_layers": [1],
                                                                                         "full_attn_layers": [2]}}}],
-        "gates": gates,
+        "gates": gates, **extra,
     }))
     return path
 
@@ -62,16 +62,19 @@ def test_two_rung_ladder_records_decisions(tmp_path, store):
 @pytest.mark.slow
 def test_ladder_rejects_a_mixture_end_to_end(tmp_path, store):
     """Superiority must be shown by the data: one-step models do not beat the baseline, so the candidate is rejected
-    at r1, recorded with its test, and never trained at r2."""
-    path = _two_rung_ladder(tmp_path, [{"task": "proc-math", "min_delta": 0.0}])
+    at r1 (two seeds each: the gate resamples seeds and items), recorded with its test, and never trained at r2."""
+    path = _two_rung_ladder(tmp_path, [{"task": "proc-math", "min_delta": 0.0}], seeds=[0, 1])
     outcome = run_ladder(path, store=store, progress=False)
     assert outcome["survivors"] == []
     decisions = store.ladder_decisions(outcome["ladder_id"])
     assert [(d["rung"], d["mixture_name"], d["passed"]) for d in decisions] == [("r1", "demo-math-heavy", False)]
     gates = decisions[0]["gates"]
     gate = (json.loads(gates) if isinstance(gates, str) else gates)[0]
-    assert gate["passed"] is False and gate["test"] in ("McNemar exact", "Newcombe paired score interval")
-    assert gate["alpha"] == 0.05 and gate["n_items"] == 12 and "superiority" in decisions[0]["reason"]
-    trained = store.query("SELECT rung, mixture_name FROM runs WHERE sweep_id = ? AND kind = 'train'",
+    assert gate["passed"] is False and gate["test"] == "paired bootstrap over items and seeds"
+    assert gate["alpha"] == 0.05 and gate["n_items"] == 12 and gate["n_seeds"] == 2
+    assert "superiority" in decisions[0]["reason"] and len(gate["runs"]) == len(gate["baseline_runs"]) == 2
+    trained = store.query("SELECT rung, mixture_name, seed FROM runs WHERE sweep_id = ? AND kind = 'train'",
                           [outcome["ladder_id"]])
     assert {r["rung"] for r in trained} == {"r1"}
+    assert sorted((r["mixture_name"], r["seed"]) for r in trained) == [
+        ("demo-balanced", 0), ("demo-balanced", 1), ("demo-math-heavy", 0), ("demo-math-heavy", 1)]

@@ -379,11 +379,8 @@ class Engine:
         # graphs serve every context length.
         grain = 1 << max(0, need.bit_length() - 4)
         nb = min(-(-need // grain) * grain, self.max_blocks_per_seq)
-        scratch_block = self.cache.scratch_block
-        table = torch.full((B, nb), scratch_block, dtype=torch.long)
-        for b, s in enumerate(seqs):
-            row = s.blocks[:nb]
-            table[b, : len(row)] = torch.tensor(row)
+        scratch = [self.cache.scratch_block] * nb
+        table = torch.tensor([(s.blocks[:nb] + scratch)[:nb] for s in seqs], dtype=torch.long)
         longs = torch.tensor([[s.generated[-1] for s in seqs], [s.slot for s in seqs], [s.position for s in seqs]],
                              dtype=torch.long)
         greedy, temp, top_p, u = self._sampling_rows(seqs)

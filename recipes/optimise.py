@@ -41,6 +41,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 from sklearn.linear_model import BayesianRidge
+from threadpoolctl import threadpool_limits
 
 from mixlab.errors import MixlabError
 from mixlab.evals.stats import clearly_better, spearman_ci
@@ -221,7 +222,7 @@ def _estimator(model: str):
     if model == "gp":
         kernel = (ConstantKernel(1.0, (1e-3, 1e2)) * Matern(length_scale=0.5, length_scale_bounds=(0.05, 20.0), nu=2.5)
                   + WhiteKernel(0.1, (1e-5, 1e1)))
-        return GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=2, random_state=0)
+        return GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=1, random_state=0)
     raise MixlabError(f"unknown surrogate model {model!r}{did_you_mean(model, MODELS)}; models: {', '.join(MODELS)}")
 
 
@@ -231,12 +232,15 @@ class Surrogate:
     def __init__(self, model: str, X: np.ndarray, y: np.ndarray):
         self.model, self.X, self.y = model, np.asarray(X, dtype=float), np.asarray(y, dtype=float)
         self.estimator = _estimator(model)
-        with warnings.catch_warnings():
+        # One BLAS thread: matrices of a few dozen rows gain nothing from more, and on a busy machine the threads
+        # of every fit fight each other (a GP fit measured 5x slower).
+        with warnings.catch_warnings(), threadpool_limits(1):
             warnings.simplefilter("ignore", ConvergenceWarning)
             self.estimator.fit(_design(model, self.X), self.y)
 
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mean, sd = self.estimator.predict(_design(self.model, np.asarray(X, dtype=float)), return_std=True)
+        with threadpool_limits(1):
+            mean, sd = self.estimator.predict(_design(self.model, np.asarray(X, dtype=float)), return_std=True)
         return np.asarray(mean, dtype=float), np.asarray(sd, dtype=float)
 
     def hyper(self) -> dict[str, Any]:

@@ -16,9 +16,11 @@ from mixlab.errors import MixlabError
 from mixlab.evals.stats import spearman_ci
 from mixlab.mixtures import load_mixture
 from mixlab.recipes import optimise as opt
-from mixlab.store import Store
+from mixlab.store import CostRecord, Store
 
 from tests.optimise.helpers import FEATURES, RECIPE, add_run, synthetic_family, truth
+
+LINEAR = ("linear", "loglinear")  # the GP is fitted (and checked) in one test: it is the slow one
 
 
 def _true_axes(w: np.ndarray) -> np.ndarray:
@@ -93,12 +95,12 @@ def test_fit_ranks_held_out_mixtures_and_is_stored(store: Store):
 def test_too_few_mixtures_is_one_clear_error(store: Store):
     synthetic_family(store, n=3)
     with pytest.raises(MixlabError, match="needs at least 4"):
-        opt.fit_family(store, "demo-balanced")
+        opt.fit_family(store, "demo-balanced", models=LINEAR)
 
 
 def test_propose_writes_registry_yaml_and_extends_the_true_front(store: Store, isolated_runs):
     synthetic_family(store, n=14)
-    opt.fit_family(store, "demo-balanced")
+    opt.fit_family(store, "demo-balanced", models=LINEAR)
     out = opt.propose(store, "demo-balanced", 3)
     props = out["proposals"]
     assert len(props) == 3 and out["est_device_s"] == pytest.approx(100.0)
@@ -122,7 +124,7 @@ def test_propose_writes_registry_yaml_and_extends_the_true_front(store: Store, i
 
 def test_propose_under_a_floor(store: Store):
     synthetic_family(store, n=14)
-    opt.fit_family(store, "demo-balanced")
+    opt.fit_family(store, "demo-balanced", models=LINEAR)
     out = opt.propose(store, "demo-balanced", 2, mins=["proc-math-l1=0.55"], confidence=0.8)
     for p in out["proposals"]:
         m, s = p.predicted["proc-math-l1/accuracy"]["mean"], p.predicted["proc-math-l1/accuracy"]["sd"]
@@ -135,6 +137,18 @@ def test_propose_under_a_floor(store: Store):
         opt.propose(store, "demo-balanced", 1, mins=["proc-math-l1>0.5"])
     with pytest.raises(MixlabError, match="is not a fitted metric"):
         opt.propose(store, "demo-balanced", 1, mins=["gsm8k=0.6"])
+
+
+def test_cost_rows_replace_per_phase_and_fall_back_to_train_wall_time(store: Store):
+    store.record_cost(CostRecord("r1", "train", "cpu (x)", 2, 10.0, 20.0))
+    store.record_cost(CostRecord("r1", "eval", "cpu (x)", 1, 5.0, 5.0))
+    store.record_cost(CostRecord("r1", "eval", "cpu (x)", 1, 6.0, 6.0))  # a resumed run evaluates again
+    store.insert("runs", [{"run_id": "old", "kind": "train", "device": "cpu (y)"}])
+    store.log_train_metrics("old", 7, {"train_wall_s": 42.0})
+    costs = store.run_costs(["r1", "old", "none"])
+    assert costs["r1"]["train_s"] == 20.0 and costs["r1"]["eval_s"] == 6.0 and costs["r1"]["device_s"] == 26.0
+    assert costs["old"]["device_s"] == 42.0 and costs["old"]["eval_s"] is None
+    assert costs["old"]["device_kind"] == "cpu (y)" and "none" not in costs
 
 
 def test_hypervolume_and_dominance():

@@ -164,6 +164,11 @@ class TorchBackend(Backend):
         return out
 
     def _generate_engine(self, encoded: list[list[int]], cfg: GenerationConfig) -> list[Generation]:
+        if cfg.n > self.engine.max_batch:  # all n samples of a prompt decode together: make room for them
+            self._engine = None
+            self._engine = Engine(self.model, eos_ids=self.eos_ids, max_batch=cfg.n,
+                                  decode_text=functools.partial(self.tokenizer.decode, skip_special_tokens=True),
+                                  **self._engine_opts)
         outputs = self.engine.generate(encoded, cfg)
         out = []
         for ids, samples in zip(encoded, outputs):

@@ -92,6 +92,13 @@ def test_sampling_reproducible_and_per_row(tiny, prompt_ids):
     assert [g.texts for g in eng] == [g.texts for g in loop]
 
 
+def test_backend_grows_the_engine_for_many_samples(tiny):
+    model, tok = tiny
+    backend = get_backend("torch", model, tok, batch_size=2)
+    gens = backend.generate_detailed(PROMPTS[:2], GenerationConfig(max_new_tokens=6, temperature=1.0, n=5))
+    assert [len(g.texts) for g in gens] == [5, 5] and backend.engine.max_batch == 5
+
+
 def test_greedy_n_samples_are_identical(tiny, prompt_ids):
     model, tok = tiny
     one = make_engine(model, tok).generate(prompt_ids[:1], GenerationConfig(max_new_tokens=12))[0]

@@ -28,7 +28,7 @@ def moe_decode(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Te
 
     mode "gather": gathers the N·k chosen experts' weights and runs one batched GEMM per matrix (cheap while
     N·k < E); "dense": runs every expert on every token and weights the results (reads each expert once: the
-    better choice once most experts are hit, and the only shape-static form at large N); "sparse":
+    better choice once most experts are hit); both are shape-static and sync-free. "sparse":
     `kernels.moe_experts` itself (host-synchronising; eager CPU path)."""
     if mode == "sparse":
         return moe_experts(x, w1, w3, w2, idx, weight)
@@ -149,8 +149,8 @@ def _moe(block, x: torch.Tensor, mode: str) -> torch.Tensor:
     return y
 
 
-def decode_step(model, cache: PagedHybridCache, tokens: torch.Tensor, slots: torch.Tensor | None, positions: torch.Tensor,
-                table: torch.Tensor, moe: str | None = None) -> torch.Tensor:
+def decode_step(model, cache: PagedHybridCache, tokens: torch.Tensor, slots: torch.Tensor | None,
+                positions: torch.Tensor, table: torch.Tensor, moe: str | None = None) -> torch.Tensor:
     """Feed one token per row; returns next-token logits [B, V] in fp32 and updates the cache in place.
 
     tokens, slots, positions [B] int64: the token, its sequence's slot, its position (= tokens already cached);

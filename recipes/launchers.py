@@ -48,8 +48,11 @@ def launch_run(recipe: Path | None, *, resume: str | None, nproc: int, nnodes: i
         loaded, text = load_recipe(recipe)
         runner = RecipeRunner(loaded, text, sweep_id=sweep_id, invocation=invocation, progress=not quiet)
         runner.dist = DistContext(world_size=nproc * nnodes, launcher=True)
-        runner.preflight()
+        stages = runner.preflight()
         if dry_run:
+            for st in stages:
+                print(f"ok  stage {st.stage.name}: {st.stage.trainer} on {st.mixture_name} ({st.mixture_id}), "
+                      f"{nproc * nnodes} processes (FSDP2)")
             return 0
         argv += [str(recipe), "--invocation", runner.invocation]
         if sweep_id:
@@ -130,7 +133,7 @@ def _local(jobs: list[MemberJob], parallel: int, **_: Any) -> list[MemberOutcome
         return list(pool.map(call, jobs))
 
 
-def _ray(jobs: list[MemberJob], parallel: int, **_: Any) -> list[MemberOutcome | BaseException]:
+def _ray(jobs: list[MemberJob], parallel: int, *, folder: Path, **_: Any) -> list[MemberOutcome | BaseException]:
     """Ray tasks on the cluster at RAY_ADDRESS (else a local one that ray.init starts). A task whose worker dies
     (node lost, pre-empted) is rescheduled by Ray (`max_retries`); the member's own retries resume its run."""
     try:
@@ -138,7 +141,7 @@ def _ray(jobs: list[MemberJob], parallel: int, **_: Any) -> list[MemberOutcome |
     except ImportError:
         raise MixlabError("--launcher ray needs ray: pip install 'mixlab[scale]'") from None
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False, include_dashboard=False)
+        init_ray(folder)
     remote = ray.remote(num_cpus=1, max_retries=2)(run_member)
     refs = [remote.remote(job) for job in jobs]
     out: list[MemberOutcome | BaseException] = []
@@ -148,6 +151,21 @@ def _ray(jobs: list[MemberJob], parallel: int, **_: Any) -> list[MemberOutcome |
         except Exception as exc:  # noqa: BLE001 - a task Ray gave up on
             out.append(exc)
     return out
+
+
+def init_ray(folder: Path, **kwargs: Any) -> None:
+    """`ray.init` (RAY_ADDRESS, else a new local cluster) from `folder`: Ray puts the driver's working directory on
+    every worker's sys.path, and the repo root there would shadow PyPI packages (see mixlab/procs.py)."""
+    import ray
+
+    cwd = os.getcwd()
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chdir(folder)
+    try:
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False, include_dashboard=False,
+                 **kwargs)
+    finally:
+        os.chdir(cwd)
 
 
 def _slurm(jobs: list[MemberJob], parallel: int, *, folder: Path, **_: Any) -> list[MemberOutcome | BaseException]:

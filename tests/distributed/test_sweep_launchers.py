@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mixlab.recipes.launchers import init_ray
 from mixlab.recipes.sweep import run_sweep
 from mixlab.store import Store
 
@@ -16,6 +17,7 @@ from ..recipes.helpers import EVAL, SFT_ARGS, mixlab, write_recipe
 
 
 def _sweep(tmp_path: Path, mixtures: list[str], **overrides) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     write_recipe(tmp_path, "base", [{"name": "sft", "trainer": "sft", "mixture": "demo-balanced",
                                      "args": {**SFT_ARGS, "max_steps": 2}}], eval=EVAL)
     path = tmp_path / "sweep.yaml"
@@ -40,6 +42,7 @@ def _check_no_lost_rows(store: Store, outcome: dict) -> list[dict]:
                        [outcome["sweep_id"]])
 
 
+@pytest.mark.slow  # three sweeps' worth of training: `make test-all`
 def test_local_launcher_ingests_every_row_and_a_failing_member_is_retried_then_marked(tmp_path, store):
     outcome = run_sweep(_sweep(tmp_path, ["demo-math-heavy", "demo-chat-heavy"]), store=store, progress=False,
                         launcher="local", parallel=2)
@@ -70,7 +73,7 @@ def test_cli_launcher_name_is_checked(tmp_path):
 @pytest.mark.slow
 def test_ray_launcher_on_a_local_ray_cluster(tmp_path, store):
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # a real local cluster, started here
+    init_ray(tmp_path / "ray", num_cpus=2)  # a real local cluster, started here
     try:
         outcome = run_sweep(_sweep(tmp_path, ["demo-math-heavy", "demo-chat-heavy"]), store=store, progress=False,
                             launcher="ray", parallel=2)

@@ -33,6 +33,7 @@ import os
 import random
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -746,6 +747,11 @@ class Store:
         try:
             return json.loads(path.read_text(), object_hook=_json_hook)
         except FileNotFoundError:  # another process ingested it meanwhile
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # only a damaged disk makes one (atomic rename)
+            bad = path.with_suffix(".bad")
+            path.replace(bad)
+            warnings.warn(f"spooled write {path} is unreadable ({exc}); kept as {bad}", stacklevel=2)
             return None
 
     def _ingest(self, con: duckdb.DuckDBPyConnection) -> int:

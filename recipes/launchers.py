@@ -10,6 +10,7 @@ remain); a member that never produced a result file is recorded as a failed run 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -59,7 +60,22 @@ def launch_run(recipe: Path | None, *, resume: str | None, nproc: int, nnodes: i
             argv += ["--sweep-id", sweep_id]
     if quiet:
         argv.append("--quiet")
-    return launch(nproc, argv, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
+    code = launch(nproc, argv, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
+    if code != 0 and node_rank == 0:
+        _fail_orphaned_rows(resume or argv[argv.index("--invocation") + 1], code)
+    return code
+
+
+def _fail_orphaned_rows(run_or_invocation: str, code: int) -> None:
+    """torchrun stops every rank when one dies; rank 0 killed by its signal cannot mark its run. Rows still
+    `running` after torchrun exited are marked failed here, so no run is left looking alive."""
+    store = Store()
+    row = store.get_run(run_or_invocation)
+    invocation = json.loads(row["config"] or "{}").get("invocation") if row else run_or_invocation
+    for r in store.runs_of_invocation(invocation or run_or_invocation):
+        if r["status"] == "running":
+            store.fail_run(r["run_id"], f"torchrun exited with code {code} (a rank failed or was killed); "
+                                        f"continue with `mixlab run --resume {r['run_id']} --nproc N`")
 
 
 # ---------------------------------------------------------------------------------------------------------------

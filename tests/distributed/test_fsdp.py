@@ -5,18 +5,24 @@ consolidated checkpoint reloads with the same logits."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from mixlab import procs
 from mixlab.model.loading import load_model_and_tokenizer
 from mixlab.recipes.distributed import consolidate_checkpoint
 from mixlab.store import Store
 
-from ..recipes.helpers import mixlab, write_recipe
+from ..recipes.helpers import REPO, mixlab, write_recipe
 
 STEPS = 20
 GLOBAL_BATCH = 8
@@ -127,3 +133,30 @@ def test_four_processes_match_one(runs, tmp_path):
         assert four["metrics"]["loss"][step] == pytest.approx(loss, rel=LOSS_RTOL), step
     for name in (k for k in one["metrics"] if k.startswith("router_bias_drift_l2/")):
         assert four["metrics"][name] == pytest.approx(one["metrics"][name], abs=1e-6), name
+
+
+@pytest.mark.dist
+@pytest.mark.timeout(1800)
+def test_a_killed_rank_fails_the_run_and_resume_finishes_it(tmp_path):
+    """Pre-emption of one rank: torchrun stops the others, the launcher marks the run failed (rank 0 cannot), and
+    `--resume --nproc 2` continues from the newest sharded checkpoint to the end."""
+    recipe = _recipe(tmp_path, "gk", 2)
+    env = {**os.environ, **_env(tmp_path)}
+    proc = procs.popen(procs.mixlab_args("run", str(recipe), "--quiet", "--nproc", "2"), env_base=env, cwd=REPO,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 900
+    while not list(tmp_path.glob("runs/checkpoints/*/checkpoint-10/trainer_state.json")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.5)
+    ranks = [c for c in psutil.Process(proc.pid).children(recursive=True)
+             if c.environ().get("LOCAL_RANK") == "1"]
+    assert ranks
+    os.kill(ranks[0].pid, signal.SIGKILL)
+    assert proc.wait(timeout=600) != 0
+    store = Store(tmp_path / "db.duckdb")
+    (row,) = store.query("SELECT * FROM runs WHERE kind = 'train'")
+    assert row["status"] == "failed" and "torchrun exited" in row["error"]
+    done = mixlab("run", "--resume", row["run_id"], "--nproc", "2", "--quiet", env=_env(tmp_path), timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert store.get_run(row["run_id"])["status"] == "completed"
+    assert sorted(_metrics(store, row["run_id"])["loss"]) == list(range(1, STEPS + 1))

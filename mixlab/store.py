@@ -16,6 +16,9 @@ mixlab never keeps a connection open:
 - reads open the file read-only (coexisting with other readers) and retry with backoff for `lock_timeout_s`; while
   spooled writes are pending, a read runs over an in-memory overlay (the file attached read-only plus the spooled
   operations replayed), so every process, the dashboard included, sees every row already written;
+- every open..close also holds a side flock (`<db>.lock`, exclusive for writers, shared for readers, with a
+  turnstile so a busy writer cannot starve readers): DuckDB's own lock alone let processes lose committed
+  transactions (see `_side_lock`);
 - within one process a lock serialises threads, because DuckDB shares one database instance per file per process.
 
 Schema. Versioned migrations in `MIGRATIONS`, applied in order by the first read-write open; later features add a

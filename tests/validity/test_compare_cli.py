@@ -36,6 +36,12 @@ def test_compare_runs_and_cli(store, db_path):
     table = mixlab("compare", "run-a", "run-b", "--task", "proc-math")
     assert table.returncode == 0 and "McNemar" in table.stdout and "proc-math" in table.stdout
 
+    # Two seeds on side A: the bootstrap resamples seeds as well as items.
+    add_scored_run(store, "run-a2", "proc-math", better, seed=1)
+    store.flush()
+    seeds = json.loads(mixlab("compare", "run-a,run-a2", "run-b", "--json", "--task", "proc-math").stdout)
+    assert seeds[0]["test"] == "paired bootstrap over items and seeds" and seeds[0]["n_seeds_a"] == 2
+
     bad = mixlab("compare", "run-a", "nope")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "nope" in bad.stderr
     bad_task = mixlab("compare", "run-a", "run-b", "--task", "gsm8k")

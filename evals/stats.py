@@ -420,7 +420,8 @@ def margin_test(a, b, margin: float, *, alpha: float = 0.05, n_boot: int = 2000,
     0/1 scores, one seed per side: with margin 0, McNemar's exact one-sided test; with another margin, Newcombe's
     paired score interval (its two-sided 1 - 2*alpha lower bound). Otherwise the paired bootstrap (over items, and
     over seeds where several exist): pass when fewer than alpha of the replicates lie at or below the margin. A
-    bootstrap over fewer than MIN_BOOTSTRAP_ITEMS items does not pass.
+    bootstrap over fewer than MIN_BOOTSTRAP_ITEMS items, or whose replicates are all equal (every item 0 for every
+    seed, say), does not pass: it has no spread to bound the difference with.
     """
     _check_alpha(alpha)
     A, B = _matrix(a), _matrix(b)
@@ -443,6 +444,9 @@ def margin_test(a, b, margin: float, *, alpha: float = 0.05, n_boot: int = 2000,
     if n < MIN_BOOTSTRAP_ITEMS:
         return MarginTest(False, test, alpha, margin, effect, bound, p, n,
                           f"fewer than {MIN_BOOTSTRAP_ITEMS} items: too few for a bootstrap test")
+    if np.all(reps == reps[0]):
+        return MarginTest(False, test, alpha, margin, effect, bound, p, n,
+                          "no variation between resamples: the bootstrap cannot bound the difference")
     return MarginTest(p < alpha, test, alpha, margin, effect, bound, p, n)
 
 
@@ -464,6 +468,9 @@ def floor_test(values, floor: float, *, alpha: float = 0.05, n_boot: int = 2000,
     if n < MIN_BOOTSTRAP_ITEMS:
         return MarginTest(False, "bootstrap", alpha, floor, mean, bound, p, n,
                           f"fewer than {MIN_BOOTSTRAP_ITEMS} items: too few for a bootstrap test")
+    if np.all(reps == reps[0]):
+        return MarginTest(False, "bootstrap", alpha, floor, mean, bound, p, n,
+                          "no variation between resamples: the bootstrap cannot bound the mean")
     return MarginTest(p < alpha, "bootstrap", alpha, floor, mean, bound, p, n)
 
 

@@ -99,6 +99,8 @@ def test_margin_test_superiority_and_non_inferiority():
     assert stats.margin_test(x + 0.3, x + rng.normal(0, 0.2, 200), 0.0).passed
     tiny = stats.margin_test(np.arange(5.0) + 1, np.arange(5.0), 0.0)
     assert not tiny.passed and "too few" in tiny.reason
+    flat = stats.margin_test(np.zeros((2, 30)), np.zeros((2, 30)), -0.5)  # two seeds, every item 0: no evidence
+    assert not flat.passed and "no variation" in flat.reason
     text = sup.describe()
     assert "McNemar" in text and "alpha=0.05" in text and "effect +0.100" in text
 

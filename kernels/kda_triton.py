@@ -32,6 +32,19 @@ from .kda_triton_kernels import (
 
 CHUNK = 64
 SUB = 16
+# Launch options per kernel. The recurrences run with num_stages=1: software pipelining multi-buffers their
+# per-chunk loads (q, k, Γ, w: 4 × 32 KB fp32 tiles) into 409 KB of shared memory at K=V=128, over the 227 KB an
+# H100 block may use (seen on the device; tests/kernels/test_kda_triton.py compiles every kernel for sm_90 on CPU
+# and checks this).
+LAUNCH = {
+    "_cumsum_kernel": {},
+    "_scores_fwd_kernel": {},
+    "_solve_fwd_kernel": {},
+    "_state_fwd_kernel": {"num_stages": 1},
+    "_state_bwd_kernel": {"num_stages": 1},
+    "_intra_bwd_kernel": {"num_warps": 8},
+    "_scores_bwd_kernel": {},
+}
 
 
 def _chunk_layout(cu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,14 +74,16 @@ class KDATritonFunction(torch.autograd.Function):
         NT = ci.shape[0]
         f32 = dict(device=dev, dtype=torch.float32)
         G = torch.empty(T, H, K, **f32)
-        _cumsum_kernel[(NT, H)](g, G, cu, ci, H=H, K=K, C=CHUNK, REVERSE=False)
+        _cumsum_kernel[(NT, H)](g, G, cu, ci, H=H, K=K, C=CHUNK, REVERSE=False, **LAUNCH["_cumsum_kernel"])
         Aqk = torch.empty(T, H, CHUNK, **f32)
         Akk = torch.empty(T, H, CHUNK, **f32)
-        _scores_fwd_kernel[(NT, CHUNK // SUB, H)](q, k, G, Aqk, Akk, cu, ci, scale, H=H, K=K, C=CHUNK, BC=SUB)
+        _scores_fwd_kernel[(NT, CHUNK // SUB, H)](q, k, G, Aqk, Akk, cu, ci, scale, H=H, K=K, C=CHUNK, BC=SUB,
+                                                    **LAUNCH["_scores_fwd_kernel"])
         Tm = torch.empty(T, H, CHUNK, **f32)
         w = torch.empty(T, H, K, **f32)
         u = torch.empty(T, H, DV, **f32)
-        _solve_fwd_kernel[(NT, H)](k, v, G, beta, Akk, Tm, w, u, cu, ci, H=H, K=K, DV=DV, C=CHUNK)
+        _solve_fwd_kernel[(NT, H)](k, v, G, beta, Akk, Tm, w, u, cu, ci, H=H, K=K, DV=DV, C=CHUNK,
+                                   **LAUNCH["_solve_fwd_kernel"])
         o = torch.empty_like(v)
         starts = torch.empty(NT, H, K, DV, **f32)
         ST = torch.empty(N, H, K, DV, **f32) if output_final_state else starts
@@ -76,7 +91,7 @@ class KDATritonFunction(torch.autograd.Function):
         BV = _bv(DV)
         _state_fwd_kernel[(DV // BV, N * H)](
             q, k, G, w, u, Aqk, o, S0, starts, ST, cu, co, scale, H=H, K=K, DV=DV, C=CHUNK, BV=BV,
-            HAS_S0=initial_state is not None, STORE_ST=output_final_state,
+            HAS_S0=initial_state is not None, STORE_ST=output_final_state, **LAUNCH["_state_fwd_kernel"],
         )
         ctx.save_for_backward(q, k, v, G, beta, Aqk, Akk, Tm, w, u, starts, cu, ci, co)
         ctx.scale = scale
@@ -101,7 +116,7 @@ class KDATritonFunction(torch.autograd.Function):
         dS0 = torch.empty(N, H, K, DV, **f32)
         _state_bwd_kernel[(DV // BV, N * H)](
             q, k, G, w, Aqk, do, dST.contiguous() if dST is not None else dS0, dnext, dS0, cu, co, scale,
-            H=H, K=K, DV=DV, C=CHUNK, BV=BV, HAS_DST=dST is not None,
+            H=H, K=K, DV=DV, C=CHUNK, BV=BV, HAS_DST=dST is not None, **LAUNCH["_state_bwd_kernel"],
         )
         dq = torch.empty(T, H, K, **f32)
         dk = torch.empty(T, H, K, **f32)
@@ -112,13 +127,14 @@ class KDATritonFunction(torch.autograd.Function):
         dAkk = torch.empty(T, H, CHUNK, **f32)
         _intra_bwd_kernel[(NT, H)](
             q, k, v, G, beta, Aqk, Akk, Tm, w, u, starts, dnext, do, dq, dk, dv, dG, dbeta, dAqk, dAkk, cu, ci,
-            scale, H=H, K=K, DV=DV, C=CHUNK, BV=BV, num_warps=8,
+            scale, H=H, K=K, DV=DV, C=CHUNK, BV=BV, **LAUNCH["_intra_bwd_kernel"],
         )
         _scores_bwd_kernel[(NT, CHUNK // SUB, H)](
             q, k, G, dAqk, dAkk, dq, dk, dG, cu, ci, scale, H=H, K=K, C=CHUNK, BC=SUB,
+            **LAUNCH["_scores_bwd_kernel"],
         )
         dg = torch.empty(T, H, K, **f32)
-        _cumsum_kernel[(NT, H)](dG, dg, cu, ci, H=H, K=K, C=CHUNK, REVERSE=True)
+        _cumsum_kernel[(NT, H)](dG, dg, cu, ci, H=H, K=K, C=CHUNK, REVERSE=True, **LAUNCH["_cumsum_kernel"])
         shape = q.shape
         return (
             dq.view(shape).to(q.dtype), dk.view(shape).to(k.dtype), dv, dg.view(shape).to(ctx.g_dtype),

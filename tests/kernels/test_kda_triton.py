@@ -112,6 +112,25 @@ def test_rejects_unsupported_head_dim():
         chunk_kda_triton(q[..., :12], k[..., :12], v, g[..., :12], beta)
 
 
+@pytest.mark.slow
+def test_kernels_compile_for_hopper_within_shared_memory():
+    # AOT compile for sm_90 at Kimi shapes (H=32, K=V=128) with the launch options used on the GPU, in a child
+    # without the interpreter. The first device run failed exactly here: the recurrences' software pipelining asked
+    # for 409 KB of shared memory (limit 227 KB per block on H100/H200).
+    import json
+
+    from mixlab import procs
+    from mixlab.kernels.kda_triton_aot import SM90_SHARED_LIMIT
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = procs.run(["-m", "mixlab.kernels.kda_triton_aot"], env_base=env, capture_output=True, text=True,
+                    timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    shared = json.loads(res.stdout.strip().splitlines()[-1])
+    assert len(shared) == 7
+    assert max(shared.values()) <= SM90_SHARED_LIMIT, shared
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("varlen", [False, True])

@@ -30,15 +30,18 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.nn.functional import all_to_all_single
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from transformers import TrainerCallback
 
 from mixlab import procs
 from mixlab.errors import MixlabError
+from mixlab.kernels import expert_counts, moe_route
 from mixlab.model.config import KimiLinearConfig
-from mixlab.model.modeling import KimiLinearForCausalLM
+from mixlab.model.modeling import KimiLinearForCausalLM, KimiSparseMoeBlock, _AttachAuxLoss, sequence_aux_loss
 
 # The model's sharded state inside an accelerate FSDP checkpoint (`checkpoint-N/pytorch_model_fsdp_0/`).
 FSDP_MODEL_DIR = "pytorch_model_fsdp_0"
@@ -230,6 +233,99 @@ def launch(nproc: int, mixlab_argv: list[str], *, nnodes: int = 1, node_rank: in
     env.setdefault("OMP_NUM_THREADS", str(threads or max(1, (os.cpu_count() or 1) // nproc)))
     cmd = torchrun_args(nproc, mixlab_argv, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
     return procs.run(cmd, env_base=env).returncode
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Expert parallelism (a tested prototype: forward and backward equal the one-process model; not wired into
+# `mixlab run` and its checkpoints yet, see README "Expert parallelism")
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _exchange(x: torch.Tensor, send: list[int], recv: list[int], group: Any) -> torch.Tensor:
+    """all_to_all with uneven splits; differentiable (the backward is the reverse exchange)."""
+    out = x.new_empty((sum(recv), *x.shape[1:]))
+    if x.requires_grad:
+        return all_to_all_single(out, x, output_split_sizes=recv, input_split_sizes=send, group=group)
+    dist.all_to_all_single(out, x.contiguous(), output_split_sizes=recv, input_split_sizes=send, group=group)
+    return out
+
+
+def ep_experts(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, idx: torch.Tensor,
+               weight: torch.Tensor, num_experts: int, group: Any) -> torch.Tensor:
+    """Σ_k weight · Expert_idx(x) with each rank holding experts [r·E/ep, (r+1)·E/ep) (w1/w3/w2 are the local
+    slices): token slots sorted by expert go to the rank that owns it (all_to_all), run there, come back."""
+    ep, rank = dist.get_world_size(group), dist.get_rank(group)
+    local_e = num_experts // ep
+    n, k = idx.shape
+    slot_expert = idx.reshape(-1)
+    order = torch.argsort(slot_expert, stable=True)
+    expert_sorted = slot_expert[order]
+    token_sorted = torch.arange(n, device=x.device).repeat_interleave(k)[order]
+    send_counts = torch.bincount(expert_sorted // local_e, minlength=ep)
+    recv_counts = torch.empty_like(send_counts)
+    dist.all_to_all_single(recv_counts, send_counts, group=group)
+    send, recv = send_counts.tolist(), recv_counts.tolist()
+    got_x = _exchange(x[token_sorted], send, recv, group)
+    got_e = _exchange(expert_sorted, send, recv, group) - rank * local_e
+    out = torch.zeros_like(got_x)
+    for e in range(local_e):
+        rows = (got_e == e).nonzero(as_tuple=True)[0]
+        if rows.numel():
+            h = F.silu(F.linear(got_x[rows], w1[e])) * F.linear(got_x[rows], w3[e])
+            out = out.index_put((rows,), F.linear(h, w2[e]))
+    back = _exchange(out, recv, send, group)
+    contrib = back.float() * weight.reshape(-1)[order][:, None]
+    return torch.zeros(n, x.shape[1], device=x.device, dtype=torch.float32).index_add(0, token_sorted, contrib).to(x.dtype)
+
+
+class ExpertParallelMoeBlock(KimiSparseMoeBlock):
+    """The MoE block with its routed experts split over a process group (the shared expert, router and bias stay
+    replicated). Same routing, shared expert, load counts and aux loss as KimiSparseMoeBlock.forward."""
+
+    ep_group: Any = None
+
+    def forward(self, x: torch.Tensor, layout):
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        cfg = self.config
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            logits = F.linear(flat.float(), self.gate.weight.float())
+        idx, weight = moe_route(logits, self.gate.e_score_correction_bias, self.top_k, renormalize=cfg.moe_renormalize,
+                                scaling=cfg.routed_scaling_factor, weights_use_bias=cfg.router_weights_use_bias,
+                                activation=cfg.moe_router_activation_func)
+        y = ep_experts(flat, self.experts.w1, self.experts.w3, self.experts.w2, idx, weight, cfg.num_experts,
+                       self.ep_group)
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(flat)
+        counts = expert_counts(idx.detach(), cfg.num_experts)
+        aux = None
+        if self.training and cfg.seq_aux_loss_coef > 0 and torch.is_grad_enabled():
+            aux = sequence_aux_loss(logits, idx, layout.group_ids(x.device), cfg.moe_router_activation_func,
+                                    self.top_k, num_groups=layout.num_seqs)
+            n_moe = sum(cfg.is_moe_layer(i) for i in range(cfg.num_hidden_layers))
+            y = _AttachAuxLoss.apply(y, aux * (cfg.seq_aux_loss_coef / n_moe))
+        return y.view(shape), counts, aux
+
+
+def apply_expert_parallel(model: KimiLinearForCausalLM, group: Any = None) -> list[torch.nn.Parameter]:
+    """Keep this rank's slice of every MoE layer's experts (E must divide by the group size) and route through
+    all_to_all. Returns the local expert parameters: they are not replicated, so they take no data-parallel
+    gradient reduction (shard or replicate the rest of the model with `ignored_params` = these); their gradient is
+    the sum over every rank's tokens of that rank's loss, so with mean-per-rank losses scale it by 1/world size."""
+    ep, rank = dist.get_world_size(group), dist.get_rank(group)
+    local: list[torch.nn.Parameter] = []
+    for block in model.model.moe_blocks().values():
+        E = block.config.num_experts
+        if E % ep:
+            raise MixlabError(f"expert parallelism: {E} experts do not split over {ep} ranks")
+        part = slice(rank * E // ep, (rank + 1) * E // ep)
+        for name in ("w1", "w3", "w2"):
+            param = torch.nn.Parameter(getattr(block.experts, name).detach()[part].clone())
+            setattr(block.experts, name, param)
+            local.append(param)
+        block.__class__ = ExpertParallelMoeBlock
+        block.ep_group = group
+    return local
 
 
 def is_sharded(model: Any) -> bool:

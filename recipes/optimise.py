@@ -45,7 +45,7 @@ from threadpoolctl import threadpool_limits
 
 from mixlab.errors import MixlabError
 from mixlab.evals.stats import clearly_better, spearman_ci
-from mixlab.mixtures import write_variant
+from mixlab.mixtures import build, write_variant
 from mixlab.paths import runs_dir
 from mixlab.recipes.schema import parse_recipe
 from mixlab.recipes.sweep import new_sweep_id, run_members
@@ -523,8 +523,13 @@ def expected_cost(data: FamilyData) -> tuple[float | None, str | None]:
 def propose(store: Store, family: str, n: int, *, mins: Sequence[str] = (), fit_id: str | None = None,
             out_dir: Path | None = None, loop_id: str | None = None, round_no: int | None = None,
             n_candidates: int = 4000, beta: float = 1.0, confidence: float = 0.5, min_distance: float = 0.1,
-            seed: int = 0, group: str | None = None) -> dict[str, Any]:
-    """Choose `n` mixtures, write them as YAML extending the family base, record them with their predictions."""
+            seed: int = 0, group: str | None = None, check_build: bool = True,
+            max_attempts: int = 8) -> dict[str, Any]:
+    """Choose `n` mixtures, write them as YAML extending the family base, record them with their predictions.
+
+    With `check_build`, every pick is built (`mixlab mix build`, cached for the run that follows): a mixture its
+    sources cannot supply (e.g. more distinct procedural problems than a level has) is dropped, its neighbourhood
+    (L1 < min_distance) excluded, and the choice made again."""
     if n < 1:
         raise MixlabError("--n must be at least 1")
     fit_id, models, features, fit_rows = load_fit(store, family, fit_id)
@@ -533,28 +538,46 @@ def propose(store: Store, family: str, n: int, *, mins: Sequence[str] = (), fit_
         raise MixlabError(f"fit {fit_id} has features {features}, the family now has {data.features}: refit")
     floors = parse_mins(mins, list(models))
     _, tried, realised, _ = realised_points(data)
-    picks, objective = choose(models, features, realised, np.vstack([tried, data.X]), n, mins=floors,
-                              n_candidates=n_candidates, beta=beta, confidence=confidence,
-                              min_distance=min_distance, seed=seed)
-    if not picks:
-        raise MixlabError(f"no candidate at L1 distance >= {min_distance} from the {len(tried)} tried mixtures")
     tag = (loop_id or fit_id).rsplit("-", 1)[-1] + (f"r{round_no}" if round_no is not None else
                                                    f"{secrets.token_hex(2)}")
     out_dir = Path(out_dir) if out_dir else runs_dir() / "optimise" / family / tag
+    avoid = np.vstack([tried, data.X])
+    unbuildable: list[dict[str, Any]] = []
+    for _ in range(max_attempts):
+        picks, objective = choose(models, features, realised, avoid, n, mins=floors, n_candidates=n_candidates,
+                                  beta=beta, confidence=confidence, min_distance=min_distance, seed=seed)
+        if not picks:
+            raise MixlabError(f"no candidate at L1 distance >= {min_distance} from the {len(tried)} tried and "
+                              f"{len(unbuildable)} unbuildable mixtures")
+        paths, failed = [], []
+        for i, c in enumerate(picks):
+            weights = {f: round(float(w), 6) for f, w in zip(features, c.weights)}
+            path = write_variant(family, f"{family}-opt-{tag}-{i}", weights, out_dir)
+            paths.append((path, weights))
+            if check_build:
+                try:
+                    build(str(path), store=store)
+                except MixlabError as exc:
+                    failed.append(c.weights)
+                    unbuildable.append({"weights": weights, "error": str(exc)[:300]})
+        if not failed:
+            keep = {p for p, _ in paths}
+            for stale in out_dir.glob(f"{family}-opt-{tag}-*.yaml"):  # picks of an earlier attempt
+                if stale not in keep:
+                    stale.unlink()
+            break
+        avoid = np.vstack([avoid, np.array(failed)])
+    else:
+        raise MixlabError(f"no buildable proposals after {max_attempts} attempts; last: {unbuildable[-1]}")
     est_s, kind = expected_cost(data)
-    records = []
-    for i, c in enumerate(picks):
-        name = f"{family}-opt-{tag}-{i}"
-        weights = {f: round(float(w), 6) for f, w in zip(features, c.weights)}
-        path = write_variant(family, name, weights, out_dir)
-        records.append(ProposalRecord(
-            proposal_id=name, family=family, fit_id=fit_id, mixture_name=name, mixture_path=str(path),
-            weights=weights, predicted={t: {"mean": m, "sd": s} for t, (m, s) in c.predicted.items()},
-            objective=objective, est_device_s=est_s, loop_id=loop_id, round=round_no,
-        ))
+    records = [ProposalRecord(
+        proposal_id=path.stem, family=family, fit_id=fit_id, mixture_name=path.stem, mixture_path=str(path),
+        weights=weights, predicted={t: {"mean": m, "sd": s} for t, (m, s) in c.predicted.items()},
+        objective=objective, est_device_s=est_s, loop_id=loop_id, round=round_no,
+    ) for c, (path, weights) in zip(picks, paths)]
     store.record_proposals(records)
     return {"fit_id": fit_id, "objective": objective, "proposals": records, "out_dir": str(out_dir),
-            "est_device_s": est_s, "device_kind": kind, "features": features}
+            "est_device_s": est_s, "device_kind": kind, "features": features, "unbuildable": unbuildable}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -603,6 +626,7 @@ def run_loop(store: Store, family: str, rounds: int, n: int, *, mins: Sequence[s
         proposed = propose(store, family, n, mins=mins, fit_id=fit_id, out_dir=out_root / f"round-{r}",
                            loop_id=loop_id, round_no=r, beta=beta, seed=r, group=data.group_key)
         sweep_id = new_sweep_id(f"{loop_id}-r{r}")
+        (runs_dir() / "sweeps" / sweep_id).mkdir(parents=True, exist_ok=True)  # member logs go there
         members = []
         for p in proposed["proposals"]:
             recipe = member_recipe(data, p.mixture_path, p.mixture_name, seed)
@@ -611,8 +635,13 @@ def run_loop(store: Store, family: str, rounds: int, n: int, *, mins: Sequence[s
             path.write_text(yaml.safe_dump(recipe, sort_keys=False))
             members.append((p.mixture_name, path))
             store.update_proposal(p.proposal_id, status="running")
-        outcome = run_members(f"{loop_id}-r{r}", sweep_id, members, parallel=parallel, store=store,
-                              progress=progress, recipe_ref=f"optimise:{family}")
+        try:
+            outcome = run_members(f"{loop_id}-r{r}", sweep_id, members, parallel=parallel, store=store,
+                                  progress=progress, recipe_ref=f"optimise:{family}")
+        except BaseException:  # a preflight failure or Ctrl-C: no proposal of this round stays "running"
+            for p in proposed["proposals"]:
+                store.update_proposal(p.proposal_id, status="failed")
+            raise
         run_of = {m: f"{inv}-{data.stage}" for m, inv in outcome["invocations"].items()}
         for p in proposed["proposals"]:
             failed = p.mixture_name in outcome["failures"]

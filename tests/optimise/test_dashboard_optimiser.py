@@ -36,7 +36,7 @@ def test_optimiser_view_without_a_fit_explains(store: Store):
 def test_optimiser_view_predicted_front_effects_and_cost(store: Store, db_path):
     synthetic_family(store, n=10)
     opt.fit_family(store, "demo-balanced", models=("linear", "loglinear"))
-    out = opt.propose(store, "demo-balanced", 3)
+    out = opt.propose(store, "demo-balanced", 3, check_build=False)
     at = _app("Optimiser")
     assert at.title[0].value == "Mixture optimiser"
     [chart] = at.get("vega_lite_chart")
@@ -66,7 +66,7 @@ def test_optimiser_view_predicted_front_effects_and_cost(store: Store, db_path):
 def test_chart_frame_and_costs_are_pure(store: Store, db_path):
     synthetic_family(store, n=6)
     opt.fit_family(store, "demo-balanced", models=("linear", "loglinear"))
-    opt.propose(store, "demo-balanced", 2)
+    opt.propose(store, "demo-balanced", 2, check_build=False)
     fit = queries.latest_fit(db_path, "demo-balanced")
     realised = optview.realised_points(fit)
     assert len(realised) == 6 and realised["mixture"].str.startswith("demo-balanced-dir0-").all()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,7 +126,7 @@ def test_propose_writes_registry_yaml_and_extends_the_true_front(store: Store, i
 def test_propose_under_a_floor(store: Store):
     synthetic_family(store, n=14)
     opt.fit_family(store, "demo-balanced", models=LINEAR)
-    out = opt.propose(store, "demo-balanced", 2, mins=["proc-math-l1=0.55"], confidence=0.8)
+    out = opt.propose(store, "demo-balanced", 2, mins=["proc-math-l1=0.55"], confidence=0.8, check_build=False)
     for p in out["proposals"]:
         m, s = p.predicted["proc-math-l1/accuracy"]["mean"], p.predicted["proc-math-l1/accuracy"]["sd"]
         assert m - 0.84 * s >= 0.55 - 1e-6  # P(>= floor) >= 0.8 under the predictive normal
@@ -149,6 +150,23 @@ def test_cost_rows_replace_per_phase_and_fall_back_to_train_wall_time(store: Sto
     assert costs["r1"]["train_s"] == 20.0 and costs["r1"]["eval_s"] == 6.0 and costs["r1"]["device_s"] == 26.0
     assert costs["old"]["device_s"] == 42.0 and costs["old"]["eval_s"] is None
     assert costs["old"]["device_kind"] == "cpu (y)" and "none" not in costs
+
+
+def test_proposals_the_sources_cannot_supply_are_replaced(store: Store):
+    """Maximising usability drives the chat share towards 1; the procedural chat source has about 3,000 distinct
+    level-1 problems, fewer than such a mixture needs: those picks fail to build and nearby buildable ones
+    replace them (the loop's sweep would otherwise fail in preflight)."""
+    rng = np.random.default_rng(3)
+    for i, chat in enumerate([0.0, 0.1, 0.2, 0.3, 0.4, 0.5]):  # the chat corner untried: usability peaks there
+        code = rng.uniform(0, 1 - chat)
+        add_run(store, f"demo-balanced-c{i}", np.array([chat, code, 1 - chat - code]), rng=rng)
+    opt.fit_family(store, "demo-balanced", models=("linear",))
+    out = opt.propose(store, "demo-balanced", 1, mins=["proc-math-l1=0.0"], beta=0.0)
+    assert out["unbuildable"] and all("distinct problems" in u["error"] for u in out["unbuildable"])
+    [p] = out["proposals"]
+    assert p.weights["chat"] < min(u["weights"]["chat"] for u in out["unbuildable"])
+    assert store.query("SELECT count(*) AS n FROM mixtures WHERE name = ?", [p.mixture_name])[0]["n"] == 1  # built
+    assert [f.name for f in Path(out["out_dir"]).glob("*.yaml")] == [Path(p.mixture_path).name]
 
 
 def test_hypervolume_and_dominance():

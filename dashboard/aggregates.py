@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -267,3 +268,52 @@ def paired_comparison(pairs: pd.DataFrame, alpha: float = 0.05) -> stats.Compari
     if both.empty:
         return None
     return stats.compare(both["score_a"].to_numpy(float), both["score_b"].to_numpy(float), alpha=alpha)
+
+
+def paired_beats(points: pd.DataFrame, x: Axis, y: Axis, maximize: tuple[bool, bool],
+                 load_items: Callable[[list[str], str, str], pd.DataFrame], alpha: float = 0.05):
+    """For two single-metric axes: `beats(j, i)` = run j is better than run i on both axes by `mixlab compare`'s
+    test (`stats.compare` over the items both scored: significant at `alpha`, in the better direction); None when a
+    pair shares no per-item scores. None (no callable) for aggregate axes, which have no items to pair.
+    `load_items(run_ids, task, metric)` returns run_id, item_id, value rows (`queries.item_values`)."""
+    if x.aggregate or y.aggregate or not x.metrics or not y.metrics:
+        return None
+    run_ids = points["run_id"].tolist()
+    per_axis = []
+    for axis in (x, y):
+        task, _, metric = axis.metrics[0].partition("/")
+        rows = load_items(run_ids, task, metric)
+        per_axis.append({rid: dict(zip(g["item_id"], g["value"])) for rid, g in rows.groupby("run_id")})
+    memo: dict[tuple[int, int], bool | None] = {}
+
+    def beats(j: int, i: int) -> bool | None:
+        if (j, i) in memo:
+            return memo[(j, i)]
+        verdict: bool | None = True
+        for values, up in zip(per_axis, maximize):
+            a, b = values.get(run_ids[j], {}), values.get(run_ids[i], {})
+            common = sorted(set(a) & set(b))
+            if not common:
+                verdict = None
+                break
+            test = stats.compare([a[k] for k in common], [b[k] for k in common], alpha=alpha)
+            if not (test.significant and (test.diff > 0 if up else test.diff < 0)):
+                verdict = False
+                break
+        memo[(j, i)] = verdict
+        return verdict
+
+    return beats
+
+
+def retier_paired(points: pd.DataFrame, x: Axis, y: Axis, maximize: tuple[bool, bool],
+                  load_items: Callable[[list[str], str, str], pd.DataFrame]) -> pd.DataFrame:
+    """Re-tier `pareto_points` with paired tests where both axes are single metrics (else unchanged)."""
+    beats = paired_beats(points, x, y, maximize, load_items)
+    if beats is None or points.empty:
+        return points
+    out = points.copy()
+    out["tier"] = pareto.tiers(out["x"], out["x_lo"], out["x_hi"], out["y"], out["y_lo"], out["y_hi"], maximize,
+                               beats=beats)
+    out["on_front"] = out["tier"] == "front"
+    return out

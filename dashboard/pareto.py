@@ -3,15 +3,16 @@
 A point is on the front when no other point is at least as good on both axes and strictly better on one. Because
 each score carries a 95 % CI, "dominated" alone can be noise; `clearly_dominated` marks points for which some other
 point's lower CI bounds beat this point's upper CI bounds on both axes — the only dominance a researcher should act on.
-The rule is `mixlab.evals.stats.clearly_better`, the statistics module every comparison of the lab goes through: axes
-here are aggregates over tasks, with no shared items to pair; for two runs on one task the dashboard's run page shows
-`stats.compare`, the paired test `mixlab compare` prints.
+The rule is `mixlab.evals.stats.clearly_better`, the statistics module every comparison of the lab goes through,
+where the axes are aggregates over tasks (no shared items to pair). When both axes are single metrics, `tiers` takes
+`beats`: the paired test `mixlab compare` prints (`stats.compare` over the items both runs scored, significant in
+the better direction), so the tier and the CLI agree run for run.
 Directions: `maximize=(True, True)` by default; a lower-is-better axis passes False.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -79,12 +80,45 @@ def front_order(x: Sequence[float], mask: np.ndarray) -> np.ndarray:
     return idx[np.argsort(np.asarray(x, dtype=float)[idx], kind="stable")]
 
 
+def paired_dominated(x, y, clear: np.ndarray, beats: Callable[[int, int], bool | None],
+                     maximize: tuple[bool, bool] = (True, True), max_tests: int = 400) -> np.ndarray:
+    """`clear` decided by paired tests where they exist: point i is dominated beyond noise when some point j that
+    dominates it by the means `beats(j, i)` on both axes (the paired test `mixlab compare` runs); a pair without
+    per-item scores (`beats` gives None) keeps the interval verdict. Dominators are tried largest lead first, and
+    the first that beats i settles it; past `max_tests` tests (a page must stay interactive) the intervals decide."""
+    xs, ys = _oriented(x, maximize[0]), _oriented(y, maximize[1])
+    out = clear.copy()
+    tests = 0
+    for i in np.flatnonzero(~pareto_mask(x, y, maximize) & ~(np.isnan(xs) | np.isnan(ys))):
+        dominators = np.flatnonzero((xs >= xs[i]) & (ys >= ys[i]) & ((xs > xs[i]) | (ys > ys[i])))
+        dominators = dominators[np.argsort(-((xs[dominators] - xs[i]) + (ys[dominators] - ys[i])), kind="stable")]
+        found, unknown = False, False
+        for j in dominators:
+            if tests >= max_tests:
+                return out
+            tests += 1
+            verdict = beats(int(j), int(i))
+            if verdict is True:
+                found = True
+                break
+            unknown |= verdict is None
+        if found:
+            out[i] = True
+        elif not unknown:
+            out[i] = False
+    return out
+
+
 def tiers(
-    x, x_lo, x_hi, y, y_lo, y_hi, maximize: tuple[bool, bool] = (True, True)
+    x, x_lo, x_hi, y, y_lo, y_hi, maximize: tuple[bool, bool] = (True, True),
+    beats: Callable[[int, int], bool | None] | None = None,
 ) -> np.ndarray:
-    """Per point: 'front', 'within CI of front' (dominated, but not beyond the CIs), 'dominated', or 'no data'."""
+    """Per point: 'front', 'within CI of front' (dominated, but not beyond the CIs), 'dominated', or 'no data'.
+    With `beats` (paired tests over shared items, see `paired_dominated`) those decide where they exist."""
     on_front = pareto_mask(x, y, maximize)
     clear = clearly_dominated(x, x_lo, x_hi, y, y_lo, y_hi, maximize)
+    if beats is not None:
+        clear = paired_dominated(x, y, clear, beats, maximize)
     missing = np.isnan(np.asarray(x, dtype=float)) | np.isnan(np.asarray(y, dtype=float))
     out = np.where(on_front, "front", np.where(clear, "dominated", "within CI of front"))
     return np.where(missing, "no data", out).astype(object)

@@ -8,6 +8,7 @@ seen too: the store reads through an overlay of them until they land. No functio
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,6 +198,29 @@ def paired_samples(path: str | Path, run_a: str, run_b: str, task: str, *, limit
                (a.score IS DISTINCT FROM b.score) AS flipped
         FROM a JOIN b USING (item_id) ORDER BY a.item_id LIMIT ?
     """, [run_a, task, run_b, task, int(limit)])
+
+
+def item_values(path: str | Path, run_ids: list[str], task: str, metric: str) -> pd.DataFrame:
+    """run_id, item_id, value of `metric` for the scored items of each run's latest completed evaluation of `task`
+    (the rows `mixlab compare` pairs: `Store.item_scores`), for the paired tests behind the trade-off tiers."""
+    if not run_ids:
+        return pd.DataFrame(columns=["run_id", "item_id", "value"])
+    rows = _df(path, """
+        WITH latest AS (SELECT eval_id FROM eval_runs WHERE task = ? AND status = 'completed'
+                        AND list_contains(?, run_id)
+                        QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY finished_at DESC NULLS LAST,
+                                                   created_at DESC) = 1)
+        SELECT s.run_id, s.item_id, s.extra FROM eval_samples s JOIN latest USING (eval_id)
+        WHERE s.score IS NOT NULL
+    """, [task, list(run_ids)])
+    values = []
+    for extra in rows["extra"]:
+        try:
+            v = (json.loads(extra) if isinstance(extra, str) else extra or {}).get("scores", {}).get(metric)
+        except (ValueError, AttributeError):
+            v = None
+        values.append(float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else float("nan"))
+    return pd.DataFrame({"run_id": rows["run_id"], "item_id": rows["item_id"], "value": values}).dropna()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -239,6 +239,9 @@ def page_tradeoff(runs: pd.DataFrame) -> None:
         return
     if by_seeds:
         points = agg.collapse_seeds(points, maximize)
+    else:  # single-metric axes: tiers by the paired test `mixlab compare` runs (aggregates keep the CI rule)
+        points = agg.retier_paired(points, x_axis, y_axis, maximize,
+                                   lambda ids, task, metric: load("item_values", ids, task, metric))
     front = agg.front_line(points, maximize)
     points["x_text"] = [_fmt_ci(*v) for v in zip(points["x"], points["x_lo"], points["x_hi"])]
     points["y_text"] = [_fmt_ci(*v) for v in zip(points["y"], points["y_lo"], points["y_hi"])]

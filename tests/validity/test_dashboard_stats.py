@@ -11,7 +11,7 @@ import pytest
 from mixlab.dashboard import aggregates as agg
 from mixlab.dashboard import pareto, queries
 from mixlab.evals import stats
-from mixlab.evals.compare import compare_runs
+from mixlab.evals.compare import compare_runs, item_values
 
 from .helpers import add_scored_run
 
@@ -55,3 +55,45 @@ def test_mean_over_seeds_carries_between_seed_variance():
     # Identical seeds keep (at least) the item noise; spread seeds widen the interval well beyond it.
     assert out.loc["m", "x_hi"] - out.loc["m", "x_lo"] > 0.09
     assert out.loc["n", "x_hi"] - out.loc["n", "x_lo"] > 3 * (out.loc["m", "x_hi"] - out.loc["m", "x_lo"])
+
+
+def test_trade_off_tiers_on_single_metrics_follow_the_cli_test(store, db_path):
+    rng = np.random.default_rng(11)
+    base = (rng.random(300) < 0.45).astype(float)
+    strong = base.copy()
+    strong[np.flatnonzero(base == 0)[:40]] = 1.0  # +40 items on math, none lost
+    slight = base.copy()
+    slight[np.flatnonzero(base == 0)[:3]] = 1.0  # +3 items
+    chat = rng.normal(6.0, 1.0, 120)
+    chat_a = chat + 0.6 + rng.normal(0, 0.2, 120)
+    add_scored_run(store, "A", "proc-math", strong)
+    add_scored_run(store, "A", "mt-bench", chat_a, metric="score")
+    add_scored_run(store, "B", "proc-math", base)
+    add_scored_run(store, "B", "mt-bench", chat, metric="score")
+    add_scored_run(store, "C", "proc-math", slight)
+    add_scored_run(store, "C", "mt-bench", chat_a, metric="score")  # as good as A on chat
+    store.flush()
+
+    def mean(run, task, metric):
+        return float(np.mean([v[metric] for v in item_values(store, run, task).values()]))
+
+    # Wide, overlapping intervals: the CI rule alone would call every dominated run "within CI of front".
+    points = pd.DataFrame([{"run_id": r, "x": mean(r, "proc-math", "accuracy"), "y": mean(r, "mt-bench", "score")}
+                           for r in ("A", "B", "C")])
+    points["x_lo"], points["x_hi"] = points["x"] - 0.2, points["x"] + 0.2
+    points["y_lo"], points["y_hi"] = points["y"] - 2.0, points["y"] + 2.0
+    points["tier"] = pareto.tiers(points["x"], points["x_lo"], points["x_hi"], points["y"], points["y_lo"],
+                                  points["y_hi"])
+    assert list(points["tier"]) == ["front", "within CI of front", "within CI of front"]
+    x, y = agg.Axis("math", ["proc-math/accuracy"]), agg.Axis("chat", ["mt-bench/score"])
+    tiers = agg.retier_paired(points, x, y, (True, True),
+                              lambda ids, task, metric: queries.item_values(str(db_path), ids, task, metric))
+    assert list(tiers["tier"]) == ["front", "dominated", "within CI of front"]
+    # ... exactly what `mixlab compare` says: A beats B on both metrics; it beats C on math, not on chat.
+    ab = {r.task: r.comparison for r in compare_runs(store, ["A"], ["B"])}
+    ac = {r.task: r.comparison for r in compare_runs(store, ["A"], ["C"])}
+    assert all(c.significant and c.diff > 0 for c in ab.values())
+    assert ac["proc-math"].significant and not ac["mt-bench"].significant
+    # Aggregate axes have no items to pair: the CI rule stays.
+    assert agg.paired_beats(points, agg.Axis("lb", ["proc-math/accuracy"], aggregate=True), y, (True, True),
+                            lambda *a: pd.DataFrame()) is None

@@ -32,18 +32,19 @@ from .kda_triton_kernels import (
 
 CHUNK = 64
 SUB = 16
-# Launch options per kernel. The recurrences run with num_stages=1: software pipelining multi-buffers their
-# per-chunk loads (q, k, Γ, w: 4 × 32 KB fp32 tiles) into 409 KB of shared memory at K=V=128, over the 227 KB an
-# H100 block may use (seen on the device; tests/kernels/test_kda_triton.py compiles every kernel for sm_90 on CPU
-# and checks this).
+# Launch options per kernel, chosen on CPU from ptxas's report for sm_90 at K=V=128 (kda_triton_aot.py compiles
+# them; no GPU timing has picked them yet). 8 warps: every kernel but the cumsum holds several [64, 128] fp32
+# tiles and spills registers at 4 (e.g. the forward recurrence 2.7 KB/thread at 4 warps, 0.7 KB at 8).
+# num_stages=1 for the loops: pipelining multi-buffers the per-chunk loads into 409 KB of shared memory, over
+# the 227 KB an H100 block may use (the first device run failed there; a slow test checks the limit).
 LAUNCH = {
     "_cumsum_kernel": {},
-    "_scores_fwd_kernel": {},
-    "_solve_fwd_kernel": {},
-    "_state_fwd_kernel": {"num_stages": 1},
-    "_state_bwd_kernel": {"num_stages": 1},
-    "_intra_bwd_kernel": {"num_warps": 8},
-    "_scores_bwd_kernel": {},
+    "_scores_fwd_kernel": {"num_warps": 8},
+    "_solve_fwd_kernel": {"num_warps": 8},
+    "_state_fwd_kernel": {"num_warps": 8, "num_stages": 1},
+    "_state_bwd_kernel": {"num_warps": 8, "num_stages": 1},
+    "_intra_bwd_kernel": {"num_warps": 8, "num_stages": 1},
+    "_scores_bwd_kernel": {"num_warps": 8},
 }
 
 

@@ -264,8 +264,14 @@ class TargetFit:
     realised: np.ndarray  # per mixture
     surrogate: Surrogate
     mixture_ids: list[str] = field(default_factory=list)
+    baseline_rmse: float = math.nan  # LOO RMSE of predicting the other mixtures' mean: the no-signal reference
     selected: bool = False
     effects: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def informative(self) -> bool:
+        """Beats predicting the mean of the other mixtures (on pure noise, LOO rank correlations go negative)."""
+        return self.loo_rmse < self.baseline_rmse
 
 
 def loo_fit(model: str, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -302,6 +308,8 @@ def fit_targets(data: FamilyData, models: Sequence[str] = MODELS) -> list[Target
         if len(ids) < MIN_MIXTURES:
             continue
         n_runs = int(np.sum(~np.isnan(data.column(target))))
+        others_mean = (y.sum() - y) / (len(y) - 1)
+        baseline = float(np.sqrt(np.mean((others_mean - y) ** 2)))
         per_target = []
         for model in models:
             pred, _ = loo_fit(model, X, y)
@@ -310,7 +318,7 @@ def fit_targets(data: FamilyData, models: Sequence[str] = MODELS) -> list[Target
                 target=target, model=model, n_runs=n_runs, n_mixtures=len(ids),
                 loo_rmse=float(np.sqrt(np.mean(err ** 2))), loo_mae=float(np.mean(np.abs(err))),
                 spearman=spearman_ci(pred, y), loo_pred=pred, realised=y, surrogate=Surrogate(model, X, y),
-                mixture_ids=ids,
+                mixture_ids=ids, baseline_rmse=baseline,
             ))
         best = min(per_target, key=lambda f: (f.loo_rmse, models.index(f.model)))
         best.selected = True
@@ -343,6 +351,7 @@ def fit_family(store: Store, family: str, *, models: Sequence[str] = MODELS, gro
         params={"model": f.model, "design": "log(share + %g)" % LOG_EPS if f.model == "loglinear" else "share",
                 "X": f.surrogate.X.tolist(), "y": f.surrogate.y.tolist(), "loo_pred": f.loo_pred.tolist(),
                 "mixture_ids": f.mixture_ids, "mixture_names": [data.name_of(m) for m in f.mixture_ids],
+                "loo_rmse_mean_only": f.baseline_rmse, "informative": f.informative,
                 **f.surrogate.hyper()},
         run_ids=data.run_ids,
     ) for f in fits])

@@ -57,7 +57,8 @@ def fit_cmd(
     if as_json:
         typer.echo(json.dumps({"fit_id": fit_id, "group": data.group_key, "features": data.features, "fits": [
             {"target": f.target, "model": f.model, "selected": f.selected, "n_mixtures": f.n_mixtures,
-             "n_runs": f.n_runs, "loo_rmse": f.loo_rmse, "loo_mae": f.loo_mae, "spearman": list(f.spearman),
+             "n_runs": f.n_runs, "loo_rmse": f.loo_rmse, "loo_rmse_mean_only": f.baseline_rmse,
+             "informative": f.informative, "loo_mae": f.loo_mae, "spearman": list(f.spearman),
              "effects_per_10pt": f.effects} for f in fits]}, default=float))
         return
     console = Console()
@@ -65,12 +66,13 @@ def fit_cmd(
                   f"{len(set(data.mixture_ids))} mixtures, features {data.features}")
     if data.other_groups:
         console.print(f"(other groups of this family, not used: {data.other_groups}; pick one with --group)")
-    table = Table("target", "model", "mixtures", "LOO RMSE", "LOO MAE", "Spearman ρ [95% CI]", "",
-                  title="leave-one-mixture-out")
+    table = Table("target", "model", "mixtures", "LOO RMSE", "mean-only RMSE", "LOO MAE", "Spearman ρ [95% CI]", "",
+                  title="leave-one-mixture-out (mean-only: predicting the other mixtures' mean)")
     for f in fits:
         rho, lo, hi = f.spearman
-        table.add_row(f.target, f.model, str(f.n_mixtures), _fmt(f.loo_rmse), _fmt(f.loo_mae),
-                      f"{_fmt(rho, 2)} [{_fmt(lo, 2)}, {_fmt(hi, 2)}]", "selected" if f.selected else "")
+        note = ("selected" + ("" if f.informative else ", NO SIGNAL (no better than the mean)")) if f.selected else ""
+        table.add_row(f.target, f.model, str(f.n_mixtures), _fmt(f.loo_rmse), _fmt(f.baseline_rmse),
+                      _fmt(f.loo_mae), f"{_fmt(rho, 2)} [{_fmt(lo, 2)}, {_fmt(hi, 2)}]", note)
     console.print(table)
     eff = Table("target", *(f"+10 pt {name}" for name in data.features), title="per-source effects (selected model)")
     for f in fits:

@@ -77,7 +77,7 @@ def test_fit_ranks_held_out_mixtures_and_is_stored(store: Store):
         f = selected[axis]
         y = f.realised
         assert f.spearman[1] > 0, (axis, f.model, f.spearman)  # better than chance, beyond the CI
-        assert f.loo_rmse < np.std(y)  # beats predicting the mean
+        assert f.loo_rmse < np.std(y) and f.informative  # beats predicting the mean
     eff = selected["proc-math-l1/accuracy"].effects
     assert eff["math"] > 0.02 and eff["chat"] < 0
     assert selected["axis:usability"].effects["chat"] > 0.02
@@ -91,6 +91,20 @@ def test_fit_ranks_held_out_mixtures_and_is_stored(store: Store):
     for target, f in selected.items():
         np.testing.assert_allclose(models[target].predict(probe)[0], f.surrogate.predict(probe)[0], rtol=1e-6)
     assert features == list(FEATURES)
+
+
+def test_pure_noise_is_flagged_uninformative():
+    """Outcomes unrelated to the shares: no model beats predicting the mean (LOO), and the fit says so."""
+    rng = np.random.default_rng(5)
+    n = 10
+    X = rng.dirichlet(np.ones(3), size=n)
+    y = rng.normal(0.5, 0.05, size=n)
+    data = opt.FamilyData(family="f", group_key="g", features=list(FEATURES), run_ids=[f"r{i}" for i in range(n)],
+                          mixture_ids=[f"m{i}" for i in range(n)], mixture_names=[f"m{i}" for i in range(n)],
+                          seeds=[0] * n, X=X, targets=["axis:leaderboard"], categories={}, Y=y[:, None],
+                          H=np.zeros((n, 1)), recipe_yaml="", stage="sft", stage_index=0)
+    [f] = [f for f in opt.fit_targets(data, ["linear"]) if f.selected]
+    assert not f.informative and f.baseline_rmse <= f.loo_rmse
 
 
 def test_too_few_mixtures_is_one_clear_error(store: Store):

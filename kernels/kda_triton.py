@@ -48,8 +48,17 @@ LAUNCH = {
 }
 
 
-def _chunk_layout(cu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cu_seqlens [N+1] → (chunk index pairs [NT, 2] int32 (sequence, chunk), first chunk of each sequence [N])."""
+def _chunk_layout(cu: torch.Tensor, seq_len: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cu_seqlens [N+1] → (chunk index pairs [NT, 2] int32 (sequence, chunk), first chunk of each sequence [N]).
+
+    seq_len: the common length of equal-length sequences (a [B, T] batch), which needs no host sync (so a CUDA
+    graph can capture the op); None for varlen, which reads the chunk count back once.
+    """
+    if seq_len is not None:
+        n, nc = cu.numel() - 1, triton.cdiv(seq_len, CHUNK)
+        j = torch.arange(n * nc, device=cu.device, dtype=torch.int32)
+        co = torch.arange(n, device=cu.device, dtype=torch.int32) * nc
+        return torch.stack((j // nc, j % nc), 1).contiguous(), co
     lens = cu[1:] - cu[:-1]
     nchunks = (lens + CHUNK - 1) // CHUNK
     offsets = torch.cumsum(nchunks, 0) - nchunks
@@ -65,13 +74,14 @@ def _bv(dv: int) -> int:
 
 class KDATritonFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, g, beta, scale, initial_state, output_final_state, cu):
-        """q, k, g [1, T, H, K] (token-flat), v [1, T, H, V], beta [1, T, H]; cu int32 [N+1]; state [N, H, K, V]."""
+    def forward(ctx, q, k, v, g, beta, scale, initial_state, output_final_state, cu, seq_len):
+        """q, k, g [1, T, H, K] (token-flat), v [1, T, H, V], beta [1, T, H]; cu int32 [N+1]; state [N, H, K, V];
+        seq_len: the length of every sequence when they are equal (no varlen), else None."""
         _, T, H, K = q.shape
         DV = v.shape[-1]
         N = cu.numel() - 1
         dev = q.device
-        ci, co = _chunk_layout(cu)
+        ci, co = _chunk_layout(cu, seq_len)
         NT = ci.shape[0]
         f32 = dict(device=dev, dtype=torch.float32)
         G = torch.empty(T, H, K, **f32)
@@ -140,6 +150,7 @@ class KDATritonFunction(torch.autograd.Function):
         return (
             dq.view(shape).to(q.dtype), dk.view(shape).to(k.dtype), dv, dg.view(shape).to(ctx.g_dtype),
             dbeta.view(beta.shape).to(beta.dtype), None, dS0.to(ctx.s0_dtype) if ctx.has_s0 else None, None, None,
+            None,
         )
 
 
@@ -179,5 +190,6 @@ def chunk_kda_triton(
     flat = lambda t: t.reshape(1, B * T, *t.shape[2:]).contiguous()  # noqa: E731
     o, S = KDATritonFunction.apply(
         flat(q), flat(k), flat(v), flat(g.float()), flat(beta), scale, initial_state, output_final_state, cu,
+        T if cu_seqlens is None else None,
     )
     return o.view(v.shape), S

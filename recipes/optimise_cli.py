@@ -70,7 +70,8 @@ def fit_cmd(
                   title="leave-one-mixture-out (mean-only: predicting the other mixtures' mean)")
     for f in fits:
         rho, lo, hi = f.spearman
-        note = ("selected" + ("" if f.informative else ", NO SIGNAL (no better than the mean)")) if f.selected else ""
+        note = ("selected" + ("" if f.informative else ", NO SIGNAL (not better than the mean, or ρ's CI reaches 0)")
+                if f.selected else "")
         table.add_row(f.target, f.model, str(f.n_mixtures), _fmt(f.loo_rmse), _fmt(f.baseline_rmse),
                       _fmt(f.loo_mae), f"{_fmt(rho, 2)} [{_fmt(lo, 2)}, {_fmt(hi, 2)}]", note)
     console.print(table)

@@ -22,12 +22,17 @@ def _params(row: pd.Series) -> dict:
 
 
 def fit_quality(fit: pd.DataFrame) -> pd.DataFrame:
-    """One row per target x model: mixtures, LOO RMSE / MAE, Spearman rho [95 % CI], selected."""
+    """One row per target x model: mixtures, LOO RMSE / MAE, the mean-only LOO RMSE, Spearman rho [95 % CI],
+    selected, and whether the model has signal (beats the mean and rho's lower bound is above 0)."""
     out = fit[["metric", "model", "n_mixtures", "n_runs", "loo_rmse", "loo_mae", "spearman", "spearman_low",
                "spearman_high", "selected"]].copy()
     out["Spearman ρ [95% CI]"] = [
         "–" if pd.isna(r) else f"{r:.2f} [{lo:.2f}, {hi:.2f}]"
         for r, lo, hi in zip(out["spearman"], out["spearman_low"], out["spearman_high"])]
+    params = [_params(r) for _, r in fit.iterrows()]
+    out.insert(5, "mean-only RMSE", [p.get("loo_rmse_mean_only") for p in params])
+    out["signal"] = ["–" if p.get("informative") is None else ("yes" if p["informative"] else "NO")
+                     for p in params]
     return out.drop(columns=["spearman", "spearman_low", "spearman_high"]).rename(columns={"metric": "target"})
 
 

@@ -54,6 +54,9 @@ def test_optimiser_view_predicted_front_effects_and_cost(store: Store, db_path):
     costs = at.dataframe[2].value  # quality, effects, cost per Pareto point, proposals
     assert list(costs.columns)[:3] == ["mixture", "leaderboard", "usability"]
     assert (costs["device-s per run"] == 100.0).all() and len(costs) >= 2
+    quality = at.dataframe[0].value
+    assert {"mean-only RMSE", "signal"} <= set(quality.columns)
+    assert set(quality.loc[quality["target"].str.startswith("axis:"), "signal"]) == {"yes"}
     props = at.dataframe[3].value
     assert sorted(props["mixture"]) == sorted(p.mixture_name for p in out["proposals"])
     # The Trade-off page's front table shows each point's cost too.

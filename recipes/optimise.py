@@ -37,6 +37,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import yaml
+from rich.progress import track
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
@@ -301,10 +302,10 @@ def effects(surrogate: Surrogate, features: list[str], at: np.ndarray, step: flo
     return out
 
 
-def fit_targets(data: FamilyData, models: Sequence[str] = MODELS) -> list[TargetFit]:
+def fit_targets(data: FamilyData, models: Sequence[str] = MODELS, *, progress: bool = False) -> list[TargetFit]:
     """Every model on every target with enough mixtures, scored by leave-one-mixture-out."""
     fits: list[TargetFit] = []
-    for target in data.targets:
+    for target in track(data.targets, description="fitting surrogates", disable=not progress, transient=True):
         ids, X, y, _ = data.by_mixture(target)
         if len(ids) < MIN_MIXTURES:
             continue
@@ -337,12 +338,12 @@ def new_id(prefix: str, family: str) -> str:
 
 
 def fit_family(store: Store, family: str, *, models: Sequence[str] = MODELS, group: str | None = None,
-               ) -> tuple[str, FamilyData, list[TargetFit]]:
+               progress: bool = False) -> tuple[str, FamilyData, list[TargetFit]]:
     """Fit, score and store surrogates for a family; returns (fit id, data, fits)."""
     for m in models:
         _estimator(m)  # unknown names fail before anything is fitted
     data = load_family(store, family, group=group)
-    fits = fit_targets(data, list(models))
+    fits = fit_targets(data, list(models), progress=progress)
     fit_id = new_id("fit", family)
     store.record_fits([FitRecord(
         fit_id=fit_id, family=family, group_key=data.group_key, model=f.model, metric=f.target,

@@ -53,7 +53,7 @@ def fit_cmd(
     from mixlab.recipes.optimise import MODELS, fit_family
     from mixlab.store import Store
 
-    fit_id, data, fits = fit_family(Store(), family, models=models or MODELS, group=group)
+    fit_id, data, fits = fit_family(Store(), family, models=models or MODELS, group=group, progress=not as_json)
     if as_json:
         typer.echo(json.dumps({"fit_id": fit_id, "group": data.group_key, "features": data.features, "fits": [
             {"target": f.target, "model": f.model, "selected": f.selected, "n_mixtures": f.n_mixtures,

@@ -12,7 +12,8 @@ Surrogates, per metric and per axis: Bayesian ridge on the shares ("linear"), Ba
 ("loglinear", the Data-Mixing-Laws form), and a Gaussian process (Matern + white noise, "gp"). All three give a
 predictive standard deviation. Each is scored by leave-one-mixture-out (all seeds of a mixture held out together):
 RMSE, MAE and Spearman's rho with its 95 % CI between held-out predictions and realised means, per mixture; the
-lowest LOO RMSE is the `selected` model of a target. A fit is stored with the data it was fitted on, so `propose`
+lowest LOO RMSE is the `selected` model of a target; a target whose selected model neither beats predicting the other
+mixtures' mean nor has Spearman's lower bound above 0 is reported as having no signal. A fit is stored with the data it was fitted on, so `propose`
 rebuilds exactly the models `fit` scored.
 
 Proposals: Dirichlet candidates over the component shares, both axes predicted with uncertainty. Without

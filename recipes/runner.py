@@ -397,8 +397,9 @@ class RecipeRunner:
         kwargs.update(spec.stage_args(stage))
         if self.dist.enabled:
             kwargs.update(fsdp_training_args(offload=recipe.fsdp.offload))
-            kwargs["gradient_checkpointing"] = recipe.fsdp.activation_checkpointing or kwargs.get(
-                "gradient_checkpointing", False)
+            # The model's own per-layer checkpointing (accelerate's FSDP AC skips a model that is already sharded).
+            kwargs["activation_checkpointing"] = bool(recipe.fsdp.activation_checkpointing or kwargs.pop(
+                "gradient_checkpointing", None) or kwargs.get("activation_checkpointing"))
         kwargs.update(spec.required)
         cls = spec.config_class()
         try:

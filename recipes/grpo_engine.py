@@ -1,6 +1,6 @@
 """GRPO rollouts through mixlab's generation engine (continuous batching, paged hybrid cache, CUDA graphs).
 
-`EngineGRPOTrainer` is TRL's `GRPOTrainer` whose transformers generation step (`_generate_single_turn`) runs on
+`engine_grpo_trainer()` is TRL's `GRPOTrainer` whose transformers generation step (`_generate_single_turn`) runs on
 `mixlab.evals.engine.Engine` when the policy is a Kimi Linear model. The engine works on the policy's own parameters
 (no copy, no reload): the optimizer updates them in place between steps and the next rollout (and every captured
 CUDA graph) sees the new weights. Completions follow TRL's contract: token ids, with the end-of-sequence token kept
@@ -10,14 +10,21 @@ penalty, non-Kimi models, more than one process) falls back to TRL's own path.
 
 from __future__ import annotations
 
-import trl
+import functools
+from typing import TYPE_CHECKING
+
+import trl  # a lazy module: GRPOTrainer loads when engine_grpo_trainer() is first called
 
 from mixlab.evals.backends.base import GenerationConfig
-from mixlab.evals.engine import Engine
+
+if TYPE_CHECKING:
+    from mixlab.evals.engine import Engine
 
 
-class EngineGRPOTrainer(trl.GRPOTrainer):
-    _mixlab_engine: Engine | None = None
+class EngineRollouts:
+    """Mixin placed before `trl.GRPOTrainer` in the MRO (see `engine_grpo_trainer`)."""
+
+    _mixlab_engine: "Engine | None" = None
 
     def _engine_supported(self, images) -> bool:
         model = self.accelerator.unwrap_model(self.model_wrapped)
@@ -31,13 +38,17 @@ class EngineGRPOTrainer(trl.GRPOTrainer):
             and (self.repetition_penalty or 1.0) == 1.0
         )
 
-    def _rollout_engine(self, rows: int, context: int) -> Engine:
+    def _rollout_engine(self, rows: int, context: int) -> "Engine":
         engine = self._mixlab_engine
         if engine is None or engine.max_batch < rows or engine.max_context < context:
+            # Imported here, not at the top: recipes.trainers imports this module, and recipe validation must not
+            # pay for torch (the engine's import) before a GRPO trainer is actually built.
+            from mixlab.evals.engine import Engine
+            from mixlab.model.cache import PagedHybridCache
+
             model = self.accelerator.unwrap_model(self.model_wrapped)
             self._mixlab_engine = None  # free the old cache before allocating the new one
             # Budget for exactly this many rows at twice this context: the trainer needs the rest of the memory.
-            from mixlab.model.cache import PagedHybridCache
 
             dtype = next(model.parameters()).dtype
             blocks = rows * (-(-2 * context // 16))
@@ -71,3 +82,9 @@ class EngineGRPOTrainer(trl.GRPOTrainer):
             seq = r.seqs[0]
             completion_ids.append(seq.generated + ([seq.eos_token] if seq.eos_token is not None else []))
         return completion_ids, None
+
+
+@functools.cache
+def engine_grpo_trainer() -> type:
+    """The `GRPOTrainer` subclass with engine rollouts (built on first use, so importing this module stays cheap)."""
+    return type("EngineGRPOTrainer", (EngineRollouts, trl.GRPOTrainer), {"__module__": __name__})

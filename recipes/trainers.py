@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import trl  # a lazy module: the trainer classes load on first attribute access
 
 from mixlab.errors import MixlabError
+from mixlab.recipes.grpo_engine import engine_grpo_trainer
 from mixlab.recipes.rewards import make_reward_funcs
 from mixlab.yamlio import did_you_mean
 
@@ -107,7 +108,8 @@ def _build_kto(ctx: BuildContext) -> Any:
 def _build_grpo(ctx: BuildContext) -> Any:
     ctx.tokenizer.padding_side = "left"  # GRPO generates from left-padded prompts
     start = frozen_copy(ctx.model) if ctx.args.beta != 0.0 else None
-    trainer = trl.GRPOTrainer(reward_funcs=make_reward_funcs(ctx.stage.rewards), **ctx.common())
+    # Rollouts through mixlab's generation engine for Kimi Linear policies (TRL's own path otherwise).
+    trainer = engine_grpo_trainer()(reward_funcs=make_reward_funcs(ctx.stage.rewards), **ctx.common())
     if start is not None and getattr(trainer, "ref_model", None) is not None:
         # TRL loaded its reference through the transformers namespace (see frozen_copy): use the start weights.
         trainer.ref_model = trainer.accelerator.prepare_model(start, evaluation_mode=True)

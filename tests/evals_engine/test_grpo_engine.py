@@ -17,7 +17,7 @@ def test_engine_grpo_trainer_generates_and_trains(tmp_path):
     from datasets import Dataset
     from trl import GRPOConfig
 
-    from mixlab.recipes.grpo_engine import EngineGRPOTrainer
+    from mixlab.recipes.grpo_engine import engine_grpo_trainer
 
     torch.manual_seed(0)
     model = load_model("tiny", dtype=torch.float32, device="cpu").train()
@@ -29,7 +29,7 @@ def test_engine_grpo_trainer_generates_and_trains(tmp_path):
         seen.extend(completion_ids or [])
         return [float(len(c[0]["content"]) % 3) for c in completions]
 
-    trainer = EngineGRPOTrainer(
+    trainer = engine_grpo_trainer()(
         model=model, reward_funcs=reward, processing_class=tok, train_dataset=Dataset.from_list(prompts),
         args=GRPOConfig(output_dir=str(tmp_path / "grpo"), max_steps=2, num_generations=4, max_completion_length=8,
                         use_cpu=True, bf16=False, report_to=[], logging_steps=1, save_strategy="no",

@@ -44,7 +44,7 @@ class EngineRollouts:
             # Imported here, not at the top: recipes.trainers imports this module, and recipe validation must not
             # pay for torch (the engine's import) before a GRPO trainer is actually built.
             from mixlab.evals.engine import Engine
-            from mixlab.model.cache import PagedHybridCache
+            from mixlab.model.cache import PagedHybridCache  # lazy for the same reason: it imports torch
 
             model = self.accelerator.unwrap_model(self.model_wrapped)
             self._mixlab_engine = None  # free the old cache before allocating the new one

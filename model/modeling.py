@@ -299,6 +299,10 @@ class KimiSparseMoeBlock(nn.Module):
             else None
         )
 
+    def routed_experts(self, flat: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The weighted sum of each token's routed experts (expert parallelism overrides only this)."""
+        return moe_experts(flat, self.experts.w1, self.experts.w3, self.experts.w2, idx, weight)
+
     def forward(self, x: torch.Tensor, layout: SeqLayout):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
@@ -310,7 +314,7 @@ class KimiSparseMoeBlock(nn.Module):
             scaling=cfg.routed_scaling_factor, weights_use_bias=cfg.router_weights_use_bias,
             activation=cfg.moe_router_activation_func,
         )
-        y = moe_experts(flat, self.experts.w1, self.experts.w3, self.experts.w2, idx, weight)
+        y = self.routed_experts(flat, idx, weight)
         if self.shared_experts is not None:
             y = y + self.shared_experts(flat)
         counts = expert_counts(idx.detach(), self.experts.num_experts)  # device-side: no host sync

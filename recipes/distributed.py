@@ -39,9 +39,8 @@ from transformers import TrainerCallback
 
 from mixlab import procs
 from mixlab.errors import MixlabError
-from mixlab.kernels import expert_counts, moe_route
 from mixlab.model.config import KimiLinearConfig
-from mixlab.model.modeling import KimiLinearForCausalLM, KimiSparseMoeBlock, _AttachAuxLoss, sequence_aux_loss
+from mixlab.model.modeling import KimiLinearForCausalLM, KimiSparseMoeBlock
 
 # The model's sharded state inside an accelerate FSDP checkpoint (`checkpoint-N/pytorch_model_fsdp_0/`).
 FSDP_MODEL_DIR = "pytorch_model_fsdp_0"
@@ -280,31 +279,13 @@ def ep_experts(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Te
 
 class ExpertParallelMoeBlock(KimiSparseMoeBlock):
     """The MoE block with its routed experts split over a process group (the shared expert, router and bias stay
-    replicated). Same routing, shared expert, load counts and aux loss as KimiSparseMoeBlock.forward."""
+    replicated). Routing, shared expert, load counts and aux loss are KimiSparseMoeBlock.forward's own."""
 
     ep_group: Any = None
 
-    def forward(self, x: torch.Tensor, layout):
-        shape = x.shape
-        flat = x.reshape(-1, shape[-1])
-        cfg = self.config
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            logits = F.linear(flat.float(), self.gate.weight.float())
-        idx, weight = moe_route(logits, self.gate.e_score_correction_bias, self.top_k, renormalize=cfg.moe_renormalize,
-                                scaling=cfg.routed_scaling_factor, weights_use_bias=cfg.router_weights_use_bias,
-                                activation=cfg.moe_router_activation_func)
-        y = ep_experts(flat, self.experts.w1, self.experts.w3, self.experts.w2, idx, weight, cfg.num_experts,
-                       self.ep_group)
-        if self.shared_experts is not None:
-            y = y + self.shared_experts(flat)
-        counts = expert_counts(idx.detach(), cfg.num_experts)
-        aux = None
-        if self.training and cfg.seq_aux_loss_coef > 0 and torch.is_grad_enabled():
-            aux = sequence_aux_loss(logits, idx, layout.group_ids(x.device), cfg.moe_router_activation_func,
-                                    self.top_k, num_groups=layout.num_seqs)
-            n_moe = sum(cfg.is_moe_layer(i) for i in range(cfg.num_hidden_layers))
-            y = _AttachAuxLoss.apply(y, aux * (cfg.seq_aux_loss_coef / n_moe))
-        return y.view(shape), counts, aux
+    def routed_experts(self, flat: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return ep_experts(flat, self.experts.w1, self.experts.w3, self.experts.w2, idx, weight,
+                          self.config.num_experts, self.ep_group)
 
 
 def apply_expert_parallel(model: KimiLinearForCausalLM, group: Any = None) -> list[torch.nn.Parameter]:

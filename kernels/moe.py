@@ -12,18 +12,20 @@ Two expert implementations of one contract (`moe_experts`):
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import torch.nn.functional as F
 
 from mixlab.errors import MixlabError
+from mixlab.yamlio import did_you_mean
 
 from .dispatch import fast_path, use_fused
 
 try:  # triton is optional (gpu / dev extras); without it the torch forms below run
-    from .moe_triton import combine_triton, swiglu_triton
+    from .moe_triton import combine_triton, gather_sum, swiglu_triton, swiglu_weighted_bwd, swiglu_weighted_fwd
 except ImportError:
-    combine_triton = swiglu_triton = None
+    combine_triton = gather_sum = swiglu_triton = swiglu_weighted_bwd = swiglu_weighted_fwd = None
 
 
 def moe_route(
@@ -100,13 +102,29 @@ def moe_experts(
     """Σ_k topk_weight[n,k] · Expert_{topk_idx[n,k]}(x[n]) → [N, D] in x.dtype (weighted sum in fp32).
 
     x [N, D]; w1, w3 [E, I, D]; w2 [E, D, I] (nn.Linear layout); topk_idx int [N, k]; topk_weight [N, k].
-    Differentiable w.r.t. x, the expert weights and topk_weight. CUDA bf16 tensors take `moe_experts_grouped`
-    (grouped GEMMs, no host sync), everything else `moe_experts_reference`.
+    Differentiable w.r.t. x, the expert weights and topk_weight. CUDA bf16 tensors take `moe_experts_fused`
+    (grouped GEMMs, one autograd Function, no host sync; `moe_impl` names the choice), everything else
+    `moe_experts_reference`.
     """
     if (fast_path(x, w1) and x.dtype == torch.bfloat16 and w1.dtype == w3.dtype == w2.dtype == torch.bfloat16
             and _grouped_mm_works(x.device)):
+        if moe_impl() == "fused":
+            return moe_experts_fused(x, w1, w3, w2, topk_idx, topk_weight)
         return moe_experts_grouped(x, w1, w3, w2, topk_idx, topk_weight)
     return moe_experts_reference(x, w1, w3, w2, topk_idx, topk_weight)
+
+
+MOE_IMPLS = ("fused", "grouped")
+
+
+def moe_impl() -> str:
+    """The CUDA MoE implementation: MIXLAB_MOE_IMPL (read per call) "fused" (default, `moe_experts_fused`) or
+    "grouped" (`moe_experts_grouped`); both are checked against the per-expert loop, bench/bench_moe.py times them."""
+    choice = os.environ.get("MIXLAB_MOE_IMPL", "fused").strip().lower()
+    if choice not in MOE_IMPLS:
+        raise MixlabError(f"MIXLAB_MOE_IMPL={choice!r}{did_you_mean(choice, MOE_IMPLS)}; choose one of "
+                          f"{', '.join(MOE_IMPLS)}")
+    return choice
 
 
 @functools.cache
@@ -213,3 +231,103 @@ def moe_experts_naive(x, w1, w3, w2, topk_idx, topk_weight) -> torch.Tensor:
             acc = acc + topk_weight[n, j].float() * _swiglu(x[n : n + 1], w1[e], w3[e], w2[e])[0].float()
         rows.append(acc)
     return torch.stack(rows).to(x.dtype)
+
+
+# --- `moe_experts_fused`: the whole expert block as one autograd Function with a hand-written backward. ---
+# The routing weight is folded into the SwiGLU output (a_w = w·silu(h1)·h3), so the un-permutation is an unweighted
+# gather-sum and its backward a plain row gather; dw = <d a_w, silu(h1)·h3> falls out of the SwiGLU backward. The
+# backward's two input-gradient GEMMs are summed inside the gather-sum (no add pass), w1/w3 can be concatenated so
+# the up-projection is one grouped GEMM of width 2I, and nothing outside the GEMMs is a separate autograd node.
+
+def _swiglu_w_fwd_torch(h1, h3, w):
+    return (F.silu(h1.float()) * h3.float() * w.float()[:, None]).to(h1.dtype)
+
+
+def _swiglu_w_bwd_torch(h1, h3, w, da, dh1, dh3):
+    h1f, h3f, daf = h1.float(), h3.float(), da.float()
+    s = torch.sigmoid(h1f)
+    silu = h1f * s
+    g = daf * w.float()[:, None]
+    dh1.copy_(g * h3f * s * (1.0 + h1f * (1.0 - s)))
+    dh3.copy_(g * silu)
+    return (daf * silu * h3f).sum(1)
+
+
+def _gather_sum_torch(inv, out_dtype, s1, s2=None):
+    N, k = inv.shape
+    src = s1.float() if s2 is None else s1.float() + s2.float()
+    return src.index_select(0, inv.reshape(-1)).view(N, k, -1).sum(1).to(out_dtype)
+
+
+class _MoEExpertsFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w1, w3, w2, topk_idx, topk_weight, fused, cat_w13):
+        N, k = topk_idx.shape
+        E, I, _ = w1.shape
+        flat = topk_idx.reshape(-1)
+        order = torch.argsort(flat, stable=True)  # sorted slot -> flat assignment (stable: deterministic dW sums)
+        inv = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+        offs = expert_counts(topk_idx, E).cumsum(0).to(torch.int32)
+        token_of = order // k
+        w_s = topk_weight.reshape(-1).index_select(0, order).float()
+        xs = x.index_select(0, token_of)
+        if cat_w13:
+            w13 = torch.cat([w1, w3], 1)  # [E, 2I, D]: one GEMM of width 2I, better tile use at small I
+            h = torch._grouped_mm(xs, w13.transpose(-2, -1), offs=offs)
+            h1, h3 = h[:, :I], h[:, I:]
+        else:
+            w13 = None
+            h1 = torch._grouped_mm(xs, w1.transpose(-2, -1), offs=offs)
+            h3 = torch._grouped_mm(xs, w3.transpose(-2, -1), offs=offs)
+        a_w = (swiglu_weighted_fwd if fused else _swiglu_w_fwd_torch)(h1, h3, w_s)
+        y = torch._grouped_mm(a_w, w2.transpose(-2, -1), offs=offs)
+        out = (gather_sum if fused else _gather_sum_torch)(inv.view(N, k), x.dtype, y)
+        ctx.save_for_backward(xs, h1, h3, a_w, w_s, order, inv, offs, w1, w3, w2, w13)
+        ctx.fused, ctx.shape, ctx.wdtype = fused, (N, k), topk_weight.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        xs, h1, h3, a_w, w_s, order, inv, offs, w1, w3, w2, w13 = ctx.saved_tensors
+        N, k = ctx.shape
+        fused = ctx.fused
+        M, I = a_w.shape
+        token_of = order // k
+        dy = dout.index_select(0, token_of)  # d y_slot = dout[token]: the routing weight sits in a_w
+        if dy.stride(-1) != 1:
+            dy = dy.contiguous()
+        dw2 = torch._grouped_mm(dy.t(), a_w, offs=offs) if ctx.needs_input_grad[3] else None  # [E, D, I]
+        da = torch._grouped_mm(dy, w2, offs=offs)  # [M, I]
+        dh = torch.empty(M, 2 * I, dtype=a_w.dtype, device=a_w.device)
+        dh1, dh3 = dh[:, :I], dh[:, I:]
+        dw_s = (swiglu_weighted_bwd if fused else _swiglu_w_bwd_torch)(h1, h3, w_s, da, dh1, dh3)
+        dw1 = torch._grouped_mm(dh1.t(), xs, offs=offs) if ctx.needs_input_grad[1] else None  # [E, I, D]
+        dw3 = torch._grouped_mm(dh3.t(), xs, offs=offs) if ctx.needs_input_grad[2] else None
+        dx = None
+        if ctx.needs_input_grad[0]:
+            gsum = gather_sum if fused else _gather_sum_torch
+            if w13 is not None:
+                dx = gsum(inv.view(N, k), dout.dtype, torch._grouped_mm(dh, w13, offs=offs))
+            else:
+                dx = gsum(inv.view(N, k), dout.dtype, torch._grouped_mm(dh1, w1, offs=offs),
+                          torch._grouped_mm(dh3, w3, offs=offs))
+        dw = dw_s.index_select(0, inv).view(N, k).to(ctx.wdtype) if ctx.needs_input_grad[5] else None
+        return dx, dw1, dw3, dw2, None, dw, None, None
+
+
+def moe_experts_fused(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    w3: torch.Tensor,
+    w2: torch.Tensor,
+    topk_idx: torch.Tensor,
+    topk_weight: torch.Tensor,
+    fused: bool | None = None,
+    cat_w13: bool = True,
+) -> torch.Tensor:
+    """`moe_experts` as one autograd Function over grouped GEMMs (see the comment above `_MoEExpertsFn`); `fused`
+    (default: on for CUDA) runs the SwiGLU and gather-sum glue as Triton kernels, else in torch (any device)."""
+    _check(x, w1, w3, w2, topk_idx, topk_weight)
+    if fused is None:
+        fused = use_fused(x)
+    return _MoEExpertsFn.apply(x, w1, w3, w2, topk_idx, topk_weight, bool(fused), bool(cat_w13))

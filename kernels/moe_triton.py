@@ -126,3 +126,103 @@ class _CombineFn(torch.autograd.Function):
 def combine_triton(y: torch.Tensor, inv: torch.Tensor, w: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
     """y [N·k, D] expert outputs in sorted order, inv [N, k] their rows, w [N, k] → Σ_j w·y [N, D] in out_dtype."""
     return _CombineFn.apply(y, inv, w, out_dtype)
+
+
+# --- Kernels of `moe_experts_fused` (moe.py): the routing weight is folded into the SwiGLU output, so the
+# un-permutation is a plain gather-sum and its backward a plain gather; the weight gradient comes out of the
+# SwiGLU backward as a row reduction. Each works on row-strided views (h1/h3 may be the two halves of one [M, 2I]).
+
+@triton.jit
+def _swiglu_w_fwd(H1, H3, W, A, M, I, s_h1, s_h3, s_a, BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    rmask = rows < M
+    mask = rmask[:, None] & (cols < I)[None, :]
+    r64 = rows.to(tl.int64)[:, None]
+    h1 = tl.load(H1 + r64 * s_h1 + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    h3 = tl.load(H3 + r64 * s_h3 + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(W + rows, mask=rmask, other=0.0).to(tl.float32)
+    a = h1 * tl.sigmoid(h1) * h3 * w[:, None]
+    tl.store(A + r64 * s_a + cols[None, :], a.to(A.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _swiglu_w_bwd(H1, H3, W, DA, DH1, DH3, DW, M, I, s_h1, s_h3, s_da, s_dh1, s_dh3,
+                  BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = rows < M
+    r64 = rows.to(tl.int64)[:, None]
+    w = tl.load(W + rows, mask=rmask, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for i0 in range(0, I, BLOCK_I):
+        cols = i0 + tl.arange(0, BLOCK_I)
+        mask = rmask[:, None] & (cols < I)[None, :]
+        h1 = tl.load(H1 + r64 * s_h1 + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        h3 = tl.load(H3 + r64 * s_h3 + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        da = tl.load(DA + r64 * s_da + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        s = tl.sigmoid(h1)
+        silu = h1 * s
+        dw += tl.sum(da * silu * h3, 1)
+        g = da * w[:, None]
+        tl.store(DH1 + r64 * s_dh1 + cols[None, :], (g * h3 * s * (1.0 + h1 * (1.0 - s))).to(DH1.dtype.element_ty),
+                 mask=mask)
+        tl.store(DH3 + r64 * s_dh3 + cols[None, :], (g * silu).to(DH3.dtype.element_ty), mask=mask)
+    tl.store(DW + rows, dw, mask=rmask)
+
+
+@triton.jit
+def _gather_sum(S1, S2, INV, OUT, N, D, KTOP: tl.constexpr, TWO: tl.constexpr, BLOCK_R: tl.constexpr,
+                BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    rmask = rows < N
+    mask = rmask[:, None] & (cols < D)[None, :]
+    acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
+    for j in tl.static_range(KTOP):
+        src = tl.load(INV + rows * KTOP + j, mask=rmask, other=0).to(tl.int64)
+        acc += tl.load(S1 + src[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        if TWO:
+            acc += tl.load(S2 + src[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(OUT + rows[:, None].to(tl.int64) * D + cols[None, :], acc.to(OUT.dtype.element_ty), mask=mask)
+
+
+def _row_major(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def swiglu_weighted_fwd(h1: torch.Tensor, h3: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """a = w[:, None] · silu(h1) · h3 (fp32 math, one rounding) for [M, I] row-strided h1, h3 and w [M]."""
+    h1, h3 = _row_major(h1), _row_major(h3)
+    M, I = h1.shape
+    a = torch.empty(M, I, dtype=h1.dtype, device=h1.device)
+    BLOCK_R, BLOCK_I = 16, min(256, triton.next_power_of_2(I))
+    _swiglu_w_fwd[(triton.cdiv(M, BLOCK_R), triton.cdiv(I, BLOCK_I))](
+        h1, h3, w.contiguous(), a, M, I, h1.stride(0), h3.stride(0), a.stride(0), BLOCK_R=BLOCK_R, BLOCK_I=BLOCK_I)
+    return a
+
+
+def swiglu_weighted_bwd(h1, h3, w, da, dh1, dh3) -> torch.Tensor:
+    """Backward of `swiglu_weighted_fwd` for the upstream gradient da: writes dh1, dh3 (row-strided [M, I], may be
+    halves of one buffer) and returns dw [M] fp32 = Σ_i da · silu(h1) · h3."""
+    h1, h3, da = _row_major(h1), _row_major(h3), _row_major(da)
+    assert dh1.stride(-1) == 1 and dh3.stride(-1) == 1
+    M, I = h1.shape
+    dw = torch.empty(M, dtype=torch.float32, device=h1.device)
+    BLOCK_R, BLOCK_I = 16, min(256, triton.next_power_of_2(I))
+    _swiglu_w_bwd[(triton.cdiv(M, BLOCK_R),)](
+        h1, h3, w.contiguous(), da, dh1, dh3, dw, M, I, h1.stride(0), h3.stride(0), da.stride(0), dh1.stride(0),
+        dh3.stride(0), BLOCK_R=BLOCK_R, BLOCK_I=BLOCK_I)
+    return dw
+
+
+def gather_sum(inv: torch.Tensor, out_dtype: torch.dtype, s1: torch.Tensor, s2: torch.Tensor | None = None):
+    """out[n] = Σ_j s1[inv[n, j]] (+ s2[inv[n, j]]), accumulated in fp32: the un-permutation without atomics."""
+    N, k = inv.shape
+    s1 = s1.contiguous()
+    D = s1.shape[1]
+    out = torch.empty(N, D, dtype=out_dtype, device=s1.device)
+    BLOCK_R, BLOCK_D = 16, min(256, triton.next_power_of_2(D))
+    _gather_sum[(triton.cdiv(N, BLOCK_R), triton.cdiv(D, BLOCK_D))](
+        s1, s1 if s2 is None else s2.contiguous(), inv.contiguous(), out, N, D, KTOP=k, TWO=s2 is not None,
+        BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D)
+    return out

@@ -1,0 +1,61 @@
+"""The Triton kernels of `moe_experts_fused` (weighted SwiGLU fwd/bwd, gather-sum) against their torch forms in
+moe.py, on row-strided views as the Function passes them. CPU: Triton interpreter (tests/conftest.py sets
+TRITON_INTERPRET=1), fp32; on a GPU the same tests run on CUDA."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from mixlab.kernels.dispatch import triton_available
+
+if not triton_available() or not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+    pytest.skip("needs triton (GPU, or TRITON_INTERPRET=1 on CPU)", allow_module_level=True)
+
+from mixlab.kernels.moe import _gather_sum_torch, _swiglu_w_bwd_torch, _swiglu_w_fwd_torch  # noqa: E402
+from mixlab.kernels.moe_triton import gather_sum, swiglu_weighted_bwd, swiglu_weighted_fwd  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _randn(*shape, seed):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(DEV)
+
+
+@pytest.mark.parametrize("I", [24, 300])  # 300 > the 256-wide block: the backward's loop over I chunks
+def test_swiglu_weighted_fwd_bwd_on_halves_of_one_buffer(I):
+    M = 37
+    h = _randn(M, 2 * I, seed=0) * 2
+    h1, h3 = h[:, :I], h[:, I:]  # the concatenated up-projection's two halves, row stride 2I
+    w = torch.rand(M, generator=torch.Generator().manual_seed(1)).to(DEV) * 2
+    w[3] = 0.0  # a zero routing weight: zero dh, finite dw
+    torch.testing.assert_close(swiglu_weighted_fwd(h1, h3, w), _swiglu_w_fwd_torch(h1, h3, w), atol=1e-6, rtol=1e-6)
+    da = _randn(M, I, seed=2)
+    got = torch.full((M, 2 * I), float("nan"), device=DEV)
+    want = torch.empty(M, 2 * I, device=DEV)
+    dw = swiglu_weighted_bwd(h1, h3, w, da, got[:, :I], got[:, I:])
+    dw_ref = _swiglu_w_bwd_torch(h1, h3, w, da, want[:, :I], want[:, I:])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)  # every element written (no NaN left)
+    torch.testing.assert_close(dw, dw_ref, atol=1e-4, rtol=1e-5)
+    assert got[3].abs().max() == 0
+    # the autograd check of the formulas themselves: d/dh and d/dw of <a_w, da> by torch autograd
+    leaves = [t.detach().clone().requires_grad_(True) for t in (h1, h3, w)]
+    a = torch.nn.functional.silu(leaves[0]) * leaves[1] * leaves[2][:, None]
+    g1, g3, gw = torch.autograd.grad((a * da).sum(), leaves)
+    torch.testing.assert_close(want[:, :I], g1, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(want[:, I:], g3, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dw_ref, gw, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("two", [False, True])
+def test_gather_sum(two):
+    N, k, D = 19, 3, 300
+    inv = torch.randperm(N * k, generator=torch.Generator().manual_seed(0)).to(DEV).view(N, k)
+    s1, s2 = _randn(N * k, D, seed=3), _randn(N * k, D, seed=4)
+    got = gather_sum(inv, torch.float32, s1, s2 if two else None)
+    want = _gather_sum_torch(inv, torch.float32, s1, s2 if two else None)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    by_hand = sum(s1[inv[:, j]] + (s2[inv[:, j]] if two else 0) for j in range(k))
+    torch.testing.assert_close(got, by_hand, atol=1e-5, rtol=1e-5)

@@ -80,8 +80,8 @@ def test_dispatch_takes_the_fused_function_without_host_sync_and_captures():
     dy = torch.randn(1024, 1024, device="cuda", dtype=torch.bfloat16)
 
     def step():
-        return [moe_experts(*leaves[:4], args[4], leaves[4])] + list(
-            torch.autograd.grad(moe_experts(*leaves[:4], args[4], leaves[4]), leaves, dy))
+        y = moe_experts(*leaves[:4], args[4], leaves[4])
+        return [y.detach()] + list(torch.autograd.grad(y, leaves, dy))
 
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())

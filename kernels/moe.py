@@ -264,10 +264,12 @@ class _MoEExpertsFn(torch.autograd.Function):
     def forward(ctx, x, w1, w3, w2, topk_idx, topk_weight, fused, cat_w13):
         N, k = topk_idx.shape
         E, I, _ = w1.shape
-        flat = topk_idx.reshape(-1)
-        order = torch.argsort(flat, stable=True)  # sorted slot -> flat assignment (stable: deterministic dW sums)
-        inv = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
-        offs = expert_counts(topk_idx, E).cumsum(0).to(torch.int32)
+        # sorted slot -> flat assignment (stable: deterministic dW sums); group ends by a search over the sorted ids
+        sorted_e, order = torch.sort(topk_idx.reshape(-1), stable=True)
+        ar = torch.arange(order.numel(), device=order.device)
+        inv = torch.empty_like(order).scatter_(0, order, ar)
+        offs = torch.searchsorted(sorted_e, torch.arange(E, device=order.device, dtype=sorted_e.dtype), right=True,
+                                  out_int32=True)
         token_of = order // k
         w_s = topk_weight.reshape(-1).index_select(0, order).float()
         xs = x.index_select(0, token_of)
@@ -323,11 +325,14 @@ def moe_experts_fused(
     topk_idx: torch.Tensor,
     topk_weight: torch.Tensor,
     fused: bool | None = None,
-    cat_w13: bool = True,
+    cat_w13: bool | None = None,
 ) -> torch.Tensor:
     """`moe_experts` as one autograd Function over grouped GEMMs (see the comment above `_MoEExpertsFn`); `fused`
-    (default: on for CUDA) runs the SwiGLU and gather-sum glue as Triton kernels, else in torch (any device)."""
+    (default: on for CUDA) runs the SwiGLU and gather-sum glue as Triton kernels, else in torch (any device).
+    `cat_w13` (default: when a backward will run) copies w1 and w3 into one [E, 2I, D] weight per call."""
     _check(x, w1, w3, w2, topk_idx, topk_weight)
     if fused is None:
         fused = use_fused(x)
+    if cat_w13 is None:  # the copy pays off in the backward (one input-gradient GEMM); prefill/eval skip it
+        cat_w13 = torch.is_grad_enabled() and any(t.requires_grad for t in (x, w1, w3, w2, topk_weight))
     return _MoEExpertsFn.apply(x, w1, w3, w2, topk_idx, topk_weight, bool(fused), bool(cat_w13))

@@ -169,3 +169,12 @@ def test_moe_impl_choice_is_validated(monkeypatch):
     monkeypatch.setenv("MIXLAB_MOE_IMPL", "fusd")
     with pytest.raises(MixlabError, match="did you mean 'fused'"):
         moe_impl()
+
+
+def test_fused_function_with_fewer_slots_than_experts():
+    """Decode-sized calls: one token, k=2 of 5 experts (most groups empty)."""
+    x, w1, w3, w2, idx, w = make_experts(N=1, D=8, I=8, E=5, k=2, dtype=torch.float32, seed=11)
+    got = _fwd_bwd(lambda *a: moe_experts_fused(*a, fused=False), x, w1, w3, w2, idx, w)
+    want = _fwd_bwd(moe_experts_reference, x, w1, w3, w2, idx, w)
+    for name, a, b in zip(NAMES, got, want):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5, msg=name)

@@ -8,6 +8,8 @@ forward: tests check greedy tokens against recomputation from scratch and agains
 
 Every tensor shape depends only on (batch rows, gathered MLA blocks), and nothing synchronises with the host, so
 a step can be captured once per shape as a CUDA graph. Padding rows point at the cache's scratch slot/block.
+The attention parts are two kernel ops: `kda_decode_step` (conv window, gate, state update, gated norm: one Triton
+launch per KDA layer on CUDA) and `mla_decode_paged` (latent attention read in place through the block table).
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from mixlab.kernels import gated_rms_norm, kda_gate, l2norm, moe_experts, moe_route, recurrent_kda_step
-from mixlab.kernels.kda_common import fp32
+from mixlab.kernels import kda_decode_step, mla_decode_paged, moe_experts, moe_route
 from mixlab.model.cache import PagedHybridCache
 
 
@@ -61,54 +62,15 @@ def moe_mode(device: torch.device, rows: int, top_k: int, num_experts: int) -> s
     return "gather" if rows * top_k < num_experts else "dense"
 
 
-def kda_step_inplace(q, k, v, g, beta, state: torch.Tensor, scale: float) -> torch.Tensor:
-    """One KDA token per row with the fp32 state [B, H, K, V] updated in place (`recurrent_kda_step`'s math for
-    T = 1 and L2-normalised q/k, in 2 read-write and 2 read passes over the state instead of ~6 plus copies).
-    q, k, g [B, H, K], v [B, H, V], beta [B, H]; returns o [B, H, V] fp32."""
-    B, H, K, V = state.shape
-    q, k, v, g, beta = (fp32(t) for t in (q, k, v, g, beta))
-    q, k = l2norm(q), l2norm(k)
-    state.mul_(g.exp().unsqueeze(-1))
-    flat = state.view(B * H, K, V)
-    pred = torch.bmm(k.reshape(B * H, 1, K), flat)  # [BH, 1, V]
-    delta = (v.reshape(B * H, 1, V) - pred) * beta.reshape(B * H, 1, 1)
-    flat.baddbmm_(k.reshape(B * H, K, 1), delta)
-    return torch.bmm((q * scale).reshape(B * H, 1, K), flat).view(B, H, V)
-
-
 def _kda(attn, x: torch.Tensor, cache: PagedHybridCache, slots: torch.Tensor | None) -> torch.Tensor:
-    """slots None: the rows are slots 0..B-1 in order, so their state is updated in place (CPU eager path)."""
-    B = x.shape[0]
-    H, K = attn.num_heads, attn.head_dim
+    """slots None: the rows are slots 0..B-1, so their state is updated in place (CPU eager path)."""
     i = attn.layer_idx
-    conv_pool, state_pool = cache.conv[i], cache.state[i]
-    window = conv_pool[:B] if slots is None else conv_pool.index_select(0, slots)  # [B, 3, P, W-1]
-    # q, k and v share one conv pass: [B, 3, P, W] windows ‖ new inputs, weights [3, P, W] (fp32, as short_conv).
-    xin = torch.stack([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], 1)  # [B, 3, P]
-    ext = torch.cat([window.float(), xin.float().unsqueeze(-1)], -1)
-    w = torch.stack([attn.q_conv1d.weight[:, 0], attn.k_conv1d.weight[:, 0], attn.v_conv1d.weight[:, 0]]).float()
-    y = F.silu((ext * w).sum(-1)).to(x.dtype)  # [B, 3, P]
-    if slots is None:
-        conv_pool[:B].copy_(ext[..., 1:])
-    else:
-        conv_pool.index_copy_(0, slots, ext[..., 1:].to(conv_pool.dtype))
-    outs = [y[:, j].reshape(B, 1, H, K) for j in range(3)]
-    q, k, v = outs
     f = attn.f_b_proj(attn.f_a_proj(x))
-    beta_logits = attn.b_proj(x)
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        g = kda_gate(f, attn.A_log, attn.dt_bias).view(B, 1, H, K)
-        beta = torch.sigmoid(beta_logits.float()).view(B, 1, H)
-        if slots is None:
-            o = kda_step_inplace(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], state_pool[:B], K**-0.5)
-            o = o.to(v.dtype).unsqueeze(1)
-        else:
-            o, new_state = recurrent_kda_step(q, k, v, g, beta, state_pool.index_select(0, slots), scale=K**-0.5,
-                                              use_qk_l2norm=True)
-            state_pool.index_copy_(0, slots, new_state.float())
-    gate = attn.g_b_proj(attn.g_a_proj(x)).view(B, 1, H, K)
-    o = gated_rms_norm(o, attn.o_norm.weight, gate, attn.o_norm.eps, activation="sigmoid")
-    return attn.o_proj(o.reshape(B, H * K))
+    gate = attn.g_b_proj(attn.g_a_proj(x))
+    o = kda_decode_step(attn.q_proj(x), attn.k_proj(x), attn.v_proj(x), cache.conv[i], attn.q_conv1d.weight,
+                        attn.k_conv1d.weight, attn.v_conv1d.weight, f, attn.A_log, attn.dt_bias, attn.b_proj(x),
+                        cache.state[i], slots, gate, attn.o_norm.weight, attn.o_norm.eps, attn.head_dim**-0.5)
+    return attn.o_proj(o)
 
 
 def _mla(attn, x: torch.Tensor, cache: PagedHybridCache, positions: torch.Tensor, table: torch.Tensor
@@ -122,15 +84,11 @@ def _mla(attn, x: torch.Tensor, cache: PagedHybridCache, positions: torch.Tensor
     latent = torch.cat([attn.kv_a_layernorm(kv_lat), k_rot], -1)  # [B, C]
     block = table.gather(1, (positions // bs).unsqueeze(1)).squeeze(1)
     pool.view(-1, C).index_copy_(0, block * bs + positions % bs, latent.to(pool.dtype))
-    keys = pool.index_select(0, table.reshape(-1)).view(B, -1, C)  # [B, L, C] this row's blocks in order
-    L = keys.shape[1]
     w = attn.kv_b_proj.weight.view(H, nope + attn.v_dim, rank)
     q_nope, q_rot = q.split([nope, rope], -1)
     q_lat = torch.einsum("bhn,hnr->bhr", q_nope, w[:, :nope])
-    scores = torch.bmm(torch.cat([q_lat, q_rot], -1), keys.transpose(1, 2)).float() * attn.scale  # [B, H, L]
-    allowed = torch.arange(L, device=x.device)[None, :] <= positions[:, None]
-    probs = scores.masked_fill(~allowed[:, None, :], float("-inf")).softmax(-1).to(keys.dtype)
-    o_lat = torch.bmm(probs, keys[..., :rank])  # [B, H, rank]
+    # Keys are read through the block table (on CUDA in place, without gathering the row's blocks).
+    o_lat = mla_decode_paged(torch.cat([q_lat, q_rot], -1), pool, table, positions, rank, attn.scale)
     o = torch.einsum("bhr,hvr->bhv", o_lat, w[:, nope:])
     return attn.o_proj(o.reshape(B, H * attn.v_dim))
 

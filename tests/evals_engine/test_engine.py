@@ -196,7 +196,7 @@ def test_weights_updated_in_place_are_seen(tiny, prompt_ids):
 
 
 def test_inplace_kda_step_equals_kernel():
-    from mixlab.evals.engine.decode import kda_step_inplace
+    from mixlab.kernels.kda_decode import kda_step_inplace
     from mixlab.kernels import recurrent_kda_step
 
     torch.manual_seed(0)

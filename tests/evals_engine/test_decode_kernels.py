@@ -1,0 +1,185 @@
+"""The engine's fused decode kernels (paged MLA, fused KDA step) against their pure-torch references, and the whole
+engine running them: fp32 greedy tokens still equal full recomputation.
+
+Without a GPU the kernels run in the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1): small shapes,
+CPU tensors. The interpreter rounds fp32→bf16 by truncation (the GPU rounds to nearest), so bf16 cases compare at
+a few bf16 ulps and fp32 cases tightly. The `gpu` tests repeat the comparison at the 1b-a150m shapes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from mixlab.evals.backends import GenerationConfig
+from mixlab.evals.backends.torch_backend import eos_token_ids
+from mixlab.evals.engine import Engine
+from mixlab.kernels import kda_decode, mla_decode
+from mixlab.kernels.dispatch import triton_available
+from mixlab.kernels.kda_decode import kda_decode_step_torch
+from mixlab.kernels.mla_decode import mla_decode_paged_torch
+
+from .test_engine import recompute_greedy
+
+if not triton_available() or not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+    pytest.skip("needs triton (GPU, or TRITON_INTERPRET=1 on CPU)", allow_module_level=True)
+
+from mixlab.kernels import mla_decode_triton  # noqa: E402
+from mixlab.kernels.kda_decode_triton import kda_decode_step_triton  # noqa: E402
+from mixlab.kernels.mla_decode_triton import mla_decode_paged_triton, split_plan  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _gen(seed):
+    return torch.Generator(device=DEV).manual_seed(seed)
+
+
+def _randn(*shape, dtype=torch.float32, seed=0, scale=1.0):
+    return (torch.randn(*shape, generator=_gen(seed), device=DEV) * scale).to(dtype)
+
+
+def _rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12))
+
+
+# ------------------------------------------------------------------------------------------------------ paged MLA
+def _mla_case(B, H, rank, rope, bs, num_blocks, nb, dtype, seed=0):
+    """Rows of different lengths: row 0 holds one token, the last row uses half its table (rest scratch)."""
+    C = rank + rope
+    pool = _randn(num_blocks + 1, bs, C, dtype=dtype, seed=seed)
+    q = _randn(B, H, C, dtype=dtype, seed=seed + 1)
+    g = _gen(seed + 2)
+    table = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed))[: B * nb].view(B, nb).to(DEV)
+    positions = torch.randint(0, nb * bs, (B,), generator=g, device=DEV)
+    positions[0] = 0
+    if B > 1 and nb > 1:
+        table[-1, nb // 2 :] = num_blocks  # scratch-padded
+        positions[-1] = (nb // 2) * bs - 1
+    return q, pool, table, positions
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("shape", [
+    dict(B=3, H=2, rank=32, rope=8, bs=4, num_blocks=24, nb=6),  # rope narrower than a dot tile (masked)
+    dict(B=4, H=3, rank=24, rope=16, bs=16, num_blocks=8, nb=1),  # one block, rank not a power of two
+    dict(B=2, H=8, rank=64, rope=32, bs=16, num_blocks=40, nb=12),  # many blocks
+])
+@pytest.mark.parametrize("min_split", [256, 32])  # one split (direct output) and several (split + merge)
+def test_mla_paged_matches_reference(shape, dtype, tol, min_split, monkeypatch):
+    monkeypatch.setattr(mla_decode_triton, "MIN_SPLIT_TOKENS", min_split)
+    q, pool, table, positions = _mla_case(dtype=dtype, **shape)
+    rank, C = shape["rank"], q.shape[-1]
+    got = mla_decode_paged_triton(q, pool, table, positions, rank, C**-0.5)
+    want = mla_decode_paged_torch(q, pool, table, positions, rank, C**-0.5)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert torch.isfinite(got).all()
+    assert _rel(got, want) < tol, _rel(got, want)
+    if min_split == 32 and shape["nb"] * shape["bs"] > 64:
+        assert split_plan(shape["B"], shape["nb"] * shape["bs"])[0] > 1  # the merge path really ran
+
+
+def test_mla_paged_ignores_keys_past_the_row():
+    """Keys beyond positions[b] (stale tokens in the row's last block, scratch blocks) change nothing."""
+    q, pool, table, positions = _mla_case(B=3, H=2, rank=32, rope=8, bs=4, num_blocks=24, nb=6,
+                                          dtype=torch.float32)
+    before = mla_decode_paged_triton(q, pool, table, positions, 32, 0.1)
+    noisy = pool.clone()
+    for b in range(3):
+        for t in range(int(positions[b]) + 1, 6 * 4):
+            noisy[table[b, t // 4], t % 4] = 1e4
+    noisy[-1] = float("nan")  # scratch block
+    after = mla_decode_paged_triton(q, noisy, table, positions, 32, 0.1)
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------------ fused KDA
+def _kda_case(B, H, K, W, slots_total, dtype, seed=0):
+    P = H * K
+    xq, xk, xv, f, gate = (_randn(B, P, dtype=dtype, seed=seed + i) for i in range(5))
+    conv = _randn(slots_total + 1, 3, P, W - 1, dtype=dtype, seed=seed + 5)
+    wq, wk, wv = (_randn(P, 1, W, dtype=dtype, seed=seed + 6 + i, scale=0.5) for i in range(3))
+    A_log = torch.rand(1, 1, H, 1, generator=_gen(seed + 9), device=DEV)
+    dt_bias = _randn(P, seed=seed + 10)
+    beta_logits = _randn(B, H, dtype=dtype, seed=seed + 11)
+    state = _randn(slots_total + 1, H, K, K, seed=seed + 12)
+    norm_w = (torch.rand(K, generator=_gen(seed + 13), device=DEV) + 0.5).to(dtype)
+    return [xq, xk, xv, conv, wq, wk, wv, f, A_log, dt_bias, beta_logits, state], gate, norm_w
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("B,H,K,W", [(3, 2, 32, 4), (2, 3, 16, 4), (2, 1, 64, 3)])
+def test_kda_decode_matches_reference(B, H, K, W, dtype, tol):
+    """Output, conv windows and fp32 state after three consecutive steps at permuted slots (others untouched)."""
+    S = B + 2
+    args, gate, norm_w = _kda_case(B, H, K, W, S, dtype)
+    slots = torch.tensor([S - 1 - 2 * i for i in range(B)], device=DEV)  # not 0..B-1, not in order
+    ours = [a.clone() for a in args]
+    ref = [a.clone() for a in args]
+    for step in range(3):
+        for a, b, fresh in zip(ours, ref, _kda_case(B, H, K, W, S, dtype, seed=20 * (step + 1))[0]):
+            if a.shape[0] == B:  # per-row inputs: new projections each step
+                a.copy_(fresh)
+                b.copy_(fresh)
+        got = kda_decode_step_triton(*ours, slots, gate, norm_w, 1e-5, K**-0.5)
+        want = kda_decode_step_torch(*ref, slots, gate, norm_w, 1e-5, K**-0.5)
+        assert got.dtype == want.dtype and got.shape == (B, H * K)
+        assert _rel(got, want) < tol, (step, _rel(got, want))
+    conv, state = ours[3], ours[11]
+    assert _rel(conv, ref[3]) < tol and _rel(state, ref[11]) < tol
+    others = [s for s in range(S + 1) if s not in slots.tolist()]
+    assert torch.equal(conv[others], args[3][others]) and torch.equal(state[others], args[11][others])
+    assert not torch.equal(state[slots], args[11][slots])
+
+
+def test_kda_decode_in_place_rows_match_slots():
+    """slots None (rows are slots 0..B-1, the CPU path) and explicit slots give the same step."""
+    args, gate, norm_w = _kda_case(3, 2, 16, 4, 4, torch.float32)
+    a = [t.clone() for t in args]
+    b = [t.clone() for t in args]
+    out_a = kda_decode.kda_decode_step(*a, None, gate, norm_w, 1e-5, 0.25)
+    out_b = kda_decode_step_triton(*b, torch.arange(3, device=DEV), gate, norm_w, 1e-5, 0.25)
+    torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a[11], b[11], rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------ the engine
+@pytest.fixture
+def fused_decode(monkeypatch):
+    """Take the kernels' Triton path on any device (in the interpreter on CPU), as the CUDA fast path does."""
+    monkeypatch.setattr(kda_decode, "use_fused", lambda *t: True)
+    monkeypatch.setattr(mla_decode, "use_fused", lambda *t: True)
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_engine_with_fused_kernels_equals_recomputation(shadowed, prompt_ids, fused_decode, static):
+    """fp32 greedy through the Triton decode kernels = full recomputation token for token, rows joining and
+    leaving; static=True is the CUDA-graph path (row buckets, scratch padding rows, block buckets)."""
+    model, tok = shadowed
+    eos = eos_token_ids(model, tok)
+    engine = Engine(model, eos_ids=eos, max_batch=3, block_size=4, static_shapes=static)
+    got = engine.generate(prompt_ids[:4], GenerationConfig(max_new_tokens=12))
+    want = [recompute_greedy(model, ids, 12, eos) for ids in prompt_ids[:4]]
+    assert [g[0] for g in got] == want
+
+
+# ------------------------------------------------------------------------------------------------------ GPU shapes
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_gpu_kernels_at_1b_shapes(dtype, tol):
+    """1b-a150m shapes: MLA 8 heads, rank 256 + rope 64, block 16, 4 rows up to 32k context; KDA 8 heads × 128."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    q, pool, table, positions = _mla_case(B=4, H=8, rank=256, rope=64, bs=16, num_blocks=8200, nb=2048, dtype=dtype)
+    positions[1] = 2048 * 16 - 1
+    got = mla_decode_paged_triton(q, pool, table, positions, 256, 320**-0.5)
+    want = mla_decode_paged_torch(q, pool, table, positions, 256, 320**-0.5)
+    assert _rel(got, want) < tol, _rel(got, want)
+    args, gate, norm_w = _kda_case(64, 8, 128, 4, 65, dtype)
+    slots = torch.randperm(65, device=DEV)[:64]
+    ours, ref = [a.clone() for a in args], [a.clone() for a in args]
+    got = kda_decode_step_triton(*ours, slots, gate, norm_w, 1e-5, 128**-0.5)
+    want = kda_decode_step_torch(*ref, slots, gate, norm_w, 1e-5, 128**-0.5)
+    assert _rel(got, want) < tol and _rel(ours[11], ref[11]) < tol and _rel(ours[3], ref[3]) < tol

@@ -229,6 +229,53 @@ def context_scan(model, contexts, rows, steps, device):
     return out
 
 
+def step_compare(model, rows, ctx, steps, device):
+    """Decode-step time and GPU kernels per step with the engine's fused decode kernels (`kda_decode_step`,
+    `mla_decode_paged`: Triton on CUDA) and with their torch references instead, same model, same run."""
+    import torch
+
+    from mixlab.evals.backends import GenerationConfig
+    from mixlab.evals.engine import Engine
+    from mixlab.kernels import kda_decode, mla_decode
+
+    kernels = (kda_decode.kda_decode_step_triton, mla_decode.mla_decode_paged_triton)
+    out = {}
+    try:
+        for name in ("fused", "reference"):
+            if name == "reference":  # the ops fall back to their references when their Triton kernel is absent
+                kda_decode.kda_decode_step_triton = mla_decode.mla_decode_paged_triton = None
+            engine = Engine(model, eos_ids=set(), max_batch=rows, max_context=ctx + steps + 16)
+            g = torch.Generator().manual_seed(ctx)
+            cfg = GenerationConfig(max_new_tokens=steps + 16)
+            for _ in range(rows):
+                engine.submit(torch.randint(0, model.config.vocab_size - 8, (ctx,), generator=g).tolist(), cfg)
+            for _ in range(4):  # prefill, then graph capture for this shape
+                engine.step()
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                engine.step()
+            sync(device)
+            per_step = (time.perf_counter() - t0) / steps
+            launches = None
+            if device.startswith("cuda"):
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                    engine.step()
+                    sync(device)
+                launches = sum(e.count for e in prof.key_averages()
+                               if e.device_type == torch.autograd.DeviceType.CUDA)
+            out[name] = {"step_ms": per_step * 1e3, "tokens_per_s": rows / per_step, "gpu_kernels_per_step": launches}
+            print(f"step-compare {name:9s} rows {rows} ctx {ctx}: {per_step * 1e3:8.3f} ms a step "
+                  f"({rows / per_step:9.1f} tok/s), {launches} GPU kernels a step", flush=True)
+            del engine
+            gc.collect()
+    finally:
+        kda_decode.kda_decode_step_triton, mla_decode.mla_decode_paged_triton = kernels
+    out["speedup"] = out["reference"]["step_ms"] / out["fused"]["step_ms"]
+    print(f"step-compare: fused decode kernels x{out['speedup']:.2f} vs references", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="tiny")
@@ -249,6 +296,8 @@ def main() -> None:
     parser.add_argument("--scan-rows", default="1,8", help="comma-separated rows for --context-scan")
     parser.add_argument("--scan-steps", type=int, default=32)
     parser.add_argument("--tag", default="")
+    parser.add_argument("--step-compare", default="", help="ROWS,CTX: decode step with the fused decode kernels vs "
+                        "their torch references (time and GPU kernels a step)")
     args = parser.parse_args()
 
     import torch
@@ -314,6 +363,9 @@ def main() -> None:
         for rows, scan in payload["context_scan"].items():
             print(f"rows {rows}: per-token decode at {contexts[-1]} vs {contexts[0]}: "
                   f"x{scan['ratio_last_vs_first']:.2f}")
+    if args.step_compare:
+        rows, ctx = (int(v) for v in args.step_compare.split(","))
+        payload["step_compare"] = step_compare(model, rows, ctx, args.scan_steps, args.device)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
     suffix = f"-{args.tag}" if args.tag else ""

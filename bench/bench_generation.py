@@ -257,14 +257,20 @@ def step_compare(model, rows, ctx, steps, device):
                 engine.step()
             sync(device)
             per_step = (time.perf_counter() - t0) / steps
-            launches = None
+            launches = busy = None
             if device.startswith("cuda"):
                 with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                     engine.step()
                     sync(device)
-                launches = sum(e.count for e in prof.key_averages()
-                               if e.device_type == torch.autograd.DeviceType.CUDA)
-            out[name] = {"step_ms": per_step * 1e3, "tokens_per_s": rows / per_step, "gpu_kernels_per_step": launches}
+                events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+                launches = sum(e.count for e in events)
+                busy = sum(e.self_device_time_total for e in events) / 1e3  # ms of GPU time in the step
+                top = sorted(events, key=lambda e: -e.self_device_time_total)[:15]
+                print(f"  GPU busy {busy:.3f} ms of the step; top kernels (ms, count):", flush=True)
+                for e in top:
+                    print(f"    {e.self_device_time_total / 1e3:7.3f} {e.count:5d}  {e.key[:110]}", flush=True)
+            out[name] = {"step_ms": per_step * 1e3, "tokens_per_s": rows / per_step, "gpu_kernels_per_step": launches,
+                         "gpu_busy_ms": busy if launches is not None else None}
             print(f"step-compare {name:9s} rows {rows} ctx {ctx}: {per_step * 1e3:8.3f} ms a step "
                   f"({rows / per_step:9.1f} tok/s), {launches} GPU kernels a step", flush=True)
             del engine

@@ -37,6 +37,18 @@ def markov_batches(steps: int, B: int, T: int, V: int, seed: int = 0, order: int
     return ids
 
 
+def _limit_autotune(n: int) -> None:
+    """Keep at most n configs per `triton.autotune` defined from now on (num_warps=4 first), before fla imports."""
+    import triton
+
+    orig = triton.autotune
+
+    def limited(configs, *a, **kw):
+        return orig(sorted(configs, key=lambda c: (c.num_warps != 4, c.num_stages))[:n], *a, **kw)
+
+    triton.autotune = limited
+
+
 def train(backend: str, data: torch.Tensor, lr: float) -> tuple[list[float], float]:
     set_backend(backend)
     set_fused(True)
@@ -65,7 +77,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--order", type=int, default=1, choices=(1, 2))
     parser.add_argument("--out", default="bench/results/loss_agreement.json")
+    parser.add_argument("--fla-configs", type=int, default=0,
+                        help="keep at most N autotune configs per Triton kernel (fla's first use: minutes uncapped)")
     args = parser.parse_args()
+    if args.fla_configs:
+        _limit_autotune(args.fla_configs)
     from mixlab.model import get_preset
 
     V = get_preset("1b-a150m").vocab_size

@@ -9,6 +9,9 @@ Modes (same model weights, same batch):
 - fast_graph  : `fast` with the whole forward + backward captured once as a CUDA graph and replayed
                 (`mixlab.kernels.step_graph.CapturedStep`; possible because the step has static shapes and no host
                 syncs); removes the launch gaps.
+- recipe_graph : what a recipe's SFT stage on a GPU runs (recipes/graph_step.py): fp32 master weights under bf16
+                autocast, the static-buffer step replayed as one CUDA graph. recipe_eager: the same step, eager.
+                (Its own fp32 copy of the model; the other modes share one bf16 copy.)
 - fast_nosc, fast_nosc_graph : the same without the fused short convolution (not in the default list; the
                 first H100 numbers in BENCHMARKS.md were taken before that kernel existed, i.e. in this configuration).
 
@@ -16,8 +19,8 @@ Per mode and batch: tokens/s (median of timed steps), ratio to the peer, MFU (6 
 plus causal MLA attention FLOPs, over the 780 TFLOP/s measured bf16 peak; KDA's own FLOPs are not counted), GPU busy %
 (union of kernel intervals from a profiled step over the unprofiled median step time), peak memory, loss.
 
-Usage: python bench/bench_step.py [--tokens 8192,16384] [--seq 2048] [--modes peer,fast,fast_graph]
-                                  [--out bench/results/step.json]
+Usage: python bench/bench_step.py [--tokens 8192,16384] [--seq 2048] [--modes peer,fast,fast_graph,recipe_graph]
+                                  [--fla-configs N] [--out bench/results/step.json]
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from mixlab.kernels import dispatch, set_backend, set_fused
 from mixlab.kernels.step_graph import CapturedStep
 from mixlab.model import get_preset, load_model
 from mixlab.model.info import model_info
+from mixlab.recipes.graph_step import model_step
 
 # the module (the package attribute of that name is the function)
 short_conv_module = importlib.import_module("mixlab.kernels.short_conv")
@@ -71,11 +75,27 @@ def _events_busy(prof, steps: int) -> float | None:
     return total / 1e3 / steps
 
 
+def _limit_autotune(n: int) -> None:
+    """Keep at most n configs per `triton.autotune` defined from now on (num_warps=4 first), before fla imports."""
+    import triton
+
+    orig = triton.autotune
+
+    def limited(configs, *a, **kw):
+        return orig(sorted(configs, key=lambda c: (c.num_warps != 4, c.num_stages))[:n], *a, **kw)
+
+    triton.autotune = limited
+
+
 class Runner:
     def __init__(self, model, ids, mode: str):
         self.model, self.ids, self.mode = model, ids, mode
         self.captured = None
         self.loss = None
+        self.recipe = None
+        if mode.startswith("recipe"):
+            self.recipe = model_step(model, bf16=True, capture=mode == "recipe_graph")
+            self.batch = {"input_ids": ids, "labels": ids, "scale": torch.ones((), device=ids.device)}
 
     def _fwd_bwd(self):
         loss = self.model(input_ids=self.ids, labels=self.ids).loss
@@ -90,7 +110,10 @@ class Runner:
         self.captured = CapturedStep(self._fwd_bwd, self.model.zero_grad)
 
     def step(self):
-        if self.captured is not None:
+        if self.recipe is not None:
+            self.model.zero_grad(set_to_none=True)  # as the Trainer after each optimizer step
+            self.loss = self.recipe.step(self.batch)
+        elif self.captured is not None:
             self.loss = self.captured()
         else:
             self.eager()
@@ -104,10 +127,10 @@ def run_mode(model, ids, mode: str, iters: int) -> dict:
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    r.eager()  # first call: fla autotune / triton compile
+    r.step() if r.recipe is not None else r.eager()  # first call: fla autotune / triton compile (+ capture)
     torch.cuda.synchronize()
     first_s = time.perf_counter() - t0
-    if mode.endswith("_graph"):
+    if mode.endswith("_graph") and r.recipe is None:
         r.capture()
     for _ in range(2):
         r.step()
@@ -157,16 +180,21 @@ def main() -> None:
     parser.add_argument("--modes", default="peer,fast,fast_graph")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--out", default="bench/results/step.json")
+    parser.add_argument("--fla-configs", type=int, default=0,
+                        help="keep at most N autotune configs per Triton kernel (fla's first use: ~170 s uncapped)")
     parser.add_argument("--no-fla", action="store_true",
                         help="KDA on the torch reference in every mode (quick kernel comparisons, no fla autotuning)")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "bench_step needs a CUDA GPU"
+    if args.fla_configs:
+        _limit_autotune(args.fla_configs)
     if args.no_fla:
         dispatch.fla_available = lambda: False  # use_triton looks the name up at call time
     if not dispatch.fla_available():
         print("WARNING: fla-core not importable: KDA runs the torch reference in every mode (not the peer)")
     cfg = get_preset(args.preset)
     model = load_model(args.preset, dtype=torch.bfloat16, device="cuda", seed=0).train()
+    master = None  # fp32 master weights for the recipe modes, made on first use
     results = {
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "fla_available": dispatch.fla_available(),
         "preset": args.preset, "dtype": "bf16", "what": "forward+backward (no optimizer step)",
@@ -182,7 +210,9 @@ def main() -> None:
         peer_tps = None
         for mode in args.modes.split(","):
             try:
-                rec = run_mode(model, ids, mode, args.iters)
+                if mode.startswith("recipe") and master is None:
+                    master = load_model(args.preset, dtype=torch.float32, device="cuda", seed=0).train()
+                rec = run_mode(master if mode.startswith("recipe") else model, ids, mode, args.iters)
             except Exception as exc:
                 traceback.print_exc()
                 rec = {"mode": mode, "error": repr(exc)[:500]}

@@ -45,3 +45,104 @@ class CapturedStep:
         """Replay the step; returns the (static) loss tensor, valid until the next replay."""
         self.graph.replay()
         return self.loss
+
+
+def batch_signature(batch: dict[str, torch.Tensor]) -> tuple:
+    """What a captured step is specialised on: every input's name, shape, dtype and device."""
+    return tuple(sorted((k, tuple(v.shape), v.dtype, str(v.device)) for k, v in batch.items()))
+
+
+class StaticBatchStep:
+    """A forward + backward over static input buffers, replayed as one CUDA graph (`capture=True`, CUDA only) or run
+    eagerly on the same buffers (`capture=False`: the CPU twin the tests compare against plain eager training).
+
+    `loss_fn(buffers)` runs forward + backward itself and returns the (detached) loss to report. Gradients accumulate
+    into one fixed tensor per parameter (allocated here), because a graph always writes to the memory it was captured
+    with: before each step, if a trainer's `zero_grad(set_to_none=True)` left every `.grad` None (a new optimizer step)
+    they are zeroed in one foreach launch, otherwise (gradient accumulation, or an eager micro-step in between) they
+    are kept; either way every `param.grad` is the fixed tensor again.
+
+    The first `step` on CUDA warms up (`warmup` eager runs on a side stream: Triton compilation, autotuning, allocator
+    state), captures, and replays once; `before_capture` / `after_capture` let the caller save and restore state the
+    warm-up runs touch (e.g. expert-load counters). A batch whose signature differs from the captured one raises
+    ValueError: the caller decides to run it eagerly.
+    """
+
+    def __init__(self, loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], params: list[torch.nn.Parameter],
+                 *, capture: bool = True, warmup: int = 2,
+                 before_capture: Callable[[], object] | None = None,
+                 after_capture: Callable[[object], None] | None = None):
+        self.loss_fn = loss_fn
+        self.params = [p for p in params if p.requires_grad]
+        self.capture = capture
+        self.warmup = warmup
+        self.before_capture, self.after_capture = before_capture, after_capture
+        self.signature: tuple | None = None
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.grads = [torch.zeros_like(p) for p in self.params]
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.loss: torch.Tensor | None = None
+        self.replays = 0
+        if capture and not torch.cuda.is_available():
+            raise MixlabError("StaticBatchStep(capture=True) needs a CUDA device")
+
+    def _sync_grads(self) -> None:
+        """Make every `param.grad` the fixed tensor again. All None (a trainer's `zero_grad(set_to_none=True)` at the
+        start of an optimizer step): zero them in one foreach launch. A tensor an eager step left: copy it in."""
+        if all(p.grad is None for p in self.params):
+            torch._foreach_zero_(self.grads)
+            for p, g in zip(self.params, self.grads):
+                p.grad = g
+            return
+        for p, g in zip(self.params, self.grads):
+            if p.grad is g:
+                continue
+            if p.grad is None:
+                g.zero_()
+            else:
+                g.copy_(p.grad)
+            p.grad = g
+
+    def accepts(self, batch: dict[str, torch.Tensor]) -> bool:
+        return self.signature is None or batch_signature(batch) == self.signature
+
+    def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        sig = batch_signature(batch)
+        if self.signature is None:
+            self.signature = sig
+            self.buffers = {k: v.clone() for k, v in batch.items()}
+        elif sig != self.signature:
+            raise ValueError("batch signature differs from the captured one")
+        else:
+            for k, v in batch.items():
+                self.buffers[k].copy_(v, non_blocking=True)
+        self._sync_grads()
+        if not self.capture:
+            self.loss = self.loss_fn(self.buffers)
+            return self.loss
+        if self.graph is None:
+            self._capture()
+        self.graph.replay()
+        self.replays += 1
+        return self.loss
+
+    def _capture(self) -> None:
+        saved_grads = [g.clone() for g in self.grads]  # the warm-up runs accumulate into them too
+        state = self.before_capture() if self.before_capture is not None else None
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup):
+                    self.loss_fn(self.buffers)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.loss = self.loss_fn(self.buffers)
+        finally:  # also when capture fails: the caller then runs this batch eagerly on clean state
+            torch._foreach_copy_(self.grads, saved_grads)
+            for p, g in zip(self.params, self.grads):
+                p.grad = g
+            if self.after_capture is not None:
+                self.after_capture(state)
+        self.graph = graph

@@ -301,7 +301,13 @@ class KimiSparseMoeBlock(nn.Module):
 
     def routed_experts(self, flat: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """The weighted sum of each token's routed experts (expert parallelism overrides only this)."""
-        return moe_experts(flat, self.experts.w1, self.experts.w3, self.experts.w2, idx, weight)
+        w1, w3, w2 = self.experts.w1, self.experts.w3, self.experts.w2
+        if torch.is_autocast_enabled(flat.device.type):
+            # Autocast does not reach the grouped GEMMs: cast input and weights as it casts a Linear's, so fp32 master
+            # weights under bf16 autocast (how recipes train) take the grouped fast path instead of the fp32 reference.
+            dt = torch.get_autocast_dtype(flat.device.type)
+            flat, w1, w3, w2 = (t.to(dt) for t in (flat, w1, w3, w2))
+        return moe_experts(flat, w1, w3, w2, idx, weight)
 
     def forward(self, x: torch.Tensor, layout: SeqLayout):
         shape = x.shape
@@ -514,13 +520,15 @@ class KimiLinearModel(KimiLinearPreTrainedModel):
         loads = {}
         if self._load_buf is not None:
             c = self._load_buf.double().cpu()  # one transfer for all layers
-            loads = dict(zip(self._moe_layer_ids, (c / c.sum(-1, keepdim=True).clamp(min=1)).float().unbind(0)))
+            if bool(c.any()):  # all zero: nothing routed since the last reset
+                loads = dict(zip(self._moe_layer_ids, (c / c.sum(-1, keepdim=True).clamp(min=1)).float().unbind(0)))
         if reset:
-            self._load_buf = None
+            self.reset_expert_load()
         return loads
 
     def reset_expert_load(self) -> None:
-        self._load_buf = None
+        if self._load_buf is not None:
+            self._load_buf.zero_()  # in place: a captured CUDA-graph step keeps adding into this very tensor
 
     @torch.no_grad()
     def update_router_bias(self, rate: float | None = None) -> dict[int, float]:
@@ -528,8 +536,11 @@ class KimiLinearModel(KimiLinearPreTrainedModel):
         training forwards since the previous call. No-op in eval mode or with rate 0 (the default, frozen).
         Returns the max |load/mean − 1| per layer before the update (an imbalance measure)."""
         rate = self.config.router_bias_update_rate if rate is None else rate
-        counts, self._bias_buf = self._as_dict(self._bias_buf), None
-        counts = {i: c.float() for i, c in counts.items()}
+        counts = {}
+        if self._bias_buf is not None and bool(self._bias_buf.any()):
+            counts = {i: c.float() for i, c in self._as_dict(self._bias_buf).items()}  # copies
+        if self._bias_buf is not None:
+            self._bias_buf.zero_()  # in place, as reset_expert_load
         if not self.training or rate <= 0:
             return {}
         blocks = self.moe_blocks()

@@ -93,7 +93,11 @@ def frozen_copy(model: Any) -> Any:
 
 
 def _build_sft(ctx: BuildContext) -> Any:
-    return trl.SFTTrainer(**ctx.common())
+    # Imported here, not at the top: it imports torch, and recipe validation imports this module without it.
+    from mixlab.recipes.graph_step import with_graph_step
+
+    # On a GPU, fixed-shape dense micro-batches replay one CUDA graph (graph_step.py); everything else is TRL's step.
+    return with_graph_step(trl.SFTTrainer)(**ctx.common())
 
 
 def _build_dpo(ctx: BuildContext) -> Any:

@@ -1,0 +1,244 @@
+"""The CUDA-graph training step inside TRL/transformers trainers: on a GPU, a stage's micro-batches of one fixed
+shape run forward + backward as one captured CUDA graph (`mixlab.kernels.step_graph.StaticBatchStep`); the optimizer,
+clipping, scheduler and logging stay the Trainer's own, eager, outside the graph.
+
+Why: the `1b-a150m` step is launch-bound when eager (GPU busy 64 % at 8k tokens); replaying one graph took it to 99 %
+and 1.76x the off-the-shelf peer (BENCHMARKS.md, "Step").
+
+When a micro-batch is graphed (checked per batch; anything else runs the trainer's eager `training_step`, and each
+distinct reason is logged once):
+- the model is mixlab's Kimi Linear on one CUDA device (no DDP/FSDP/DeepSpeed), precision bf16 or fp32 (fp16 needs a
+  loss scaler), TRL's `loss_type="nll"`, no custom loss function or label smoothing (gradient checkpointing, TRL's
+  SFT default, is captured too; if a capture fails, the trainer goes eager for the rest of the run and says why);
+- the batch is dense: `input_ids` and `labels` [B, T], an all-ones `attention_mask` (or none) and position ids that
+  count 0..T-1 in every row (or none). Padded or packed batches (position-id resets) take the varlen layout, whose
+  sequence boundaries are data-dependent: not capturable, so they run eagerly;
+- its shapes equal the first graphed batch's (one graph per trainer; e.g. a short last batch runs eagerly).
+
+What the graph computes is what the eager step computes: the model's own shifted cross-entropy (sum / TRL's
+`num_items_in_batch` when given, else the mean), scaled for gradient accumulation exactly as `Trainer.training_step`
+does, the MoE aux-loss gradient attached inside the blocks. TRL's per-batch entropy / token-accuracy metrics are not
+computed on graphed steps (they need the logits on the host); `num_tokens` is still counted, and the metric
+`graph_step` (fraction of graphed micro-steps) is logged beside the loss.
+
+`MIXLAB_GRAPH_STEP`: "auto" (default: graphs on CUDA), "off" (always eager), "eager" (the same static-buffer step
+without capture, on any device: the CPU twin the tests compare against the trainer's own step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+from collections import Counter
+from typing import Any
+
+import torch
+
+from mixlab.errors import MixlabError
+from mixlab.kernels.step_graph import StaticBatchStep
+
+logger = logging.getLogger(__name__)
+
+GRAPH_MODES = ("auto", "off", "eager")
+_BATCH_KEYS = {"input_ids", "labels", "attention_mask", "position_ids"}
+
+
+def graph_mode() -> str:
+    mode = os.environ.get("MIXLAB_GRAPH_STEP", "auto").strip().lower()
+    if mode in ("0", "false", "no"):
+        mode = "off"
+    if mode not in GRAPH_MODES:
+        raise MixlabError(f"MIXLAB_GRAPH_STEP={mode!r}: choose one of {', '.join(GRAPH_MODES)}")
+    return mode
+
+
+def dense_batch_reason(inputs: dict[str, Any]) -> str | None:
+    """Why a batch cannot run on the dense static layout (None: it can). One host read for the value checks."""
+    extra = sorted(set(inputs) - _BATCH_KEYS)
+    if extra:
+        return f"unsupported batch keys {extra}"
+    ids, labels = inputs.get("input_ids"), inputs.get("labels")
+    if not isinstance(ids, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        return "batch needs input_ids and labels tensors"
+    if ids.dim() != 2 or labels.shape != ids.shape:
+        return f"input_ids {tuple(ids.shape)} / labels {tuple(labels.shape)} are not both [B, T]"
+    checks = []
+    mask, pos = inputs.get("attention_mask"), inputs.get("position_ids")
+    if mask is not None:
+        if mask.shape != ids.shape:
+            return f"attention_mask {tuple(mask.shape)} is not [B, T]"
+        checks.append(mask.bool().all())
+    if pos is not None:
+        if pos.shape != ids.shape:
+            return f"position_ids {tuple(pos.shape)} is not [B, T]"
+        checks.append((pos == torch.arange(ids.shape[1], device=pos.device)).all())
+    if checks and not bool(torch.stack(checks).all()):
+        return "padded or packed batch (varlen layout)"
+    return None
+
+
+class GraphStepMixin:
+    """Put before a transformers `Trainer` subclass: `class T(GraphStepMixin, trl.SFTTrainer)`."""
+
+    _graph_step: StaticBatchStep | None = None
+    _graph_disabled: str | None = None
+
+    @property
+    def graph_stats(self) -> dict[str, Any]:
+        stats = self.__dict__.setdefault("_graph_stats", {"graph": 0, "eager": 0, "reasons": Counter()})
+        return stats
+
+    # -- decisions --------------------------------------------------------------------------------------------
+
+    def _static_reason(self, model) -> str | None:
+        """Reasons that hold for the whole run (checked once)."""
+        mode = graph_mode()
+        if mode == "off":
+            return "MIXLAB_GRAPH_STEP=off"
+        core = self.accelerator.unwrap_model(model)
+        if getattr(getattr(core, "config", None), "model_type", None) != "kimi_linear":
+            return f"model {type(core).__name__} is not mixlab's Kimi Linear"
+        device = next(core.parameters()).device
+        if mode == "auto" and device.type != "cuda":
+            return f"model on {device.type}, not CUDA"
+        if self.accelerator.num_processes > 1 or self.args.n_gpu > 1:
+            return "more than one process or GPU (DDP/FSDP/DeepSpeed)"
+        if self.accelerator.mixed_precision == "fp16":
+            return "fp16 (needs a loss scaler)"
+        if self.compute_loss_func is not None or self.label_smoother is not None:
+            return "custom loss function or label smoothing"
+        if getattr(self.args, "loss_type", "nll") != "nll":
+            return f"loss_type {self.args.loss_type!r} (the graph computes the nll loss)"
+        if getattr(self, "aux_loss_enabled", False):
+            return "TRL router aux loss (output_router_logits)"
+        return None
+
+
+    # -- the step ---------------------------------------------------------------------------------------------
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self._graph_disabled is None:
+            self._graph_disabled = self._static_reason(model) or ""
+            if self._graph_disabled:
+                logger.info("graph step off: %s", self._graph_disabled)
+        reason = self._graph_disabled or None
+        batch = None
+        if reason is None:
+            inputs = self._prepare_inputs(inputs)
+            reason = dense_batch_reason(inputs)
+        if reason is None:
+            batch = self._static_batch(inputs, num_items_in_batch)
+            if self._graph_step is not None and not self._graph_step.accepts(batch):
+                reason = f"batch shape {tuple(inputs['input_ids'].shape)} differs from the graphed one"
+        if reason is not None:
+            return self._eager(model, inputs, num_items_in_batch, reason)
+        model.train()
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+            self.optimizer.train()
+        if self._graph_step is None:
+            self._graph_step = self._make_step(model, with_num_items="num_items" in batch)
+        try:
+            loss = self._graph_step.step(batch)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # capture failed (a host sync, an op graphs cannot hold): eager from now on
+            self._graph_disabled = f"capture failed: {type(exc).__name__}: {str(exc)[:200]}"
+            logger.warning("graph step off: %s", self._graph_disabled)
+            self._graph_step = None
+            return self._eager(model, inputs, num_items_in_batch, self._graph_disabled)
+        self.graph_stats["graph"] += 1
+        self._count_tokens(inputs["input_ids"].numel(), graphed=True)
+        return loss.clone()  # the graph overwrites its output on the next replay
+
+    def _eager(self, model, inputs, num_items_in_batch, reason: str):
+        stats = self.graph_stats
+        if not stats["reasons"][reason]:
+            logger.warning("eager training step (%s)", reason)
+        stats["reasons"][reason] += 1
+        stats["eager"] += 1
+        metrics = getattr(self, "_metrics", None)
+        if metrics is not None and not self._graph_disabled:  # the metric exists only where graphs could run
+            metrics["train"]["graph_step"].append(0.0)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _count_tokens(self, n: int, *, graphed: bool) -> None:
+        """What TRL's compute_loss records per step (its `num_tokens` feeds the tokens/s mixlab logs)."""
+        metrics = getattr(self, "_metrics", None)
+        if metrics is None:
+            return
+        if hasattr(self, "_total_train_tokens"):
+            self._total_train_tokens += n
+            metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        metrics["train"]["graph_step"].append(1.0 if graphed else 0.0)
+
+    def _static_batch(self, inputs, num_items_in_batch) -> dict[str, torch.Tensor]:
+        """The graph's inputs: ids, labels, the gradient-accumulation scale and TRL's token count, as tensors."""
+        ids = inputs["input_ids"]
+        batch = {"input_ids": ids, "labels": inputs["labels"]}
+        # As Trainer.training_step: a loss normalised by num_items_in_batch is already scaled for accumulation.
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is None:
+            scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+        steps = 1 if scaled else self.current_gradient_accumulation_steps
+        batch["scale"] = torch.full((), 1.0 / steps, dtype=torch.float32, device=ids.device)
+        if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
+            batch["num_items"] = torch.as_tensor(num_items_in_batch, device=ids.device).reshape(()).float()
+        return batch
+
+    def _make_step(self, model, *, with_num_items: bool) -> StaticBatchStep:
+        core = self.accelerator.unwrap_model(model)
+        return model_step(core, bf16=self.accelerator.mixed_precision == "bf16", with_num_items=with_num_items,
+                          capture=graph_mode() == "auto")
+
+
+def model_step(core, *, bf16: bool, with_num_items: bool = False, capture: bool = True) -> StaticBatchStep:
+    """The static-buffer forward + backward of a Kimi Linear model (what the trainer hook replays; bench_step.py
+    times it too). Batches: input_ids, labels, scale (0-d: the gradient-accumulation factor) and, with
+    `with_num_items`, num_items (0-d: the loss is the token sum over it, as TRL's)."""
+    # The class's forward, not the instance's: TRL's fused-LM-head wrapper and accelerate's autocast wrapper sit on
+    # the instance. Autocast is applied here with its weight-cast cache off, as graph capture needs.
+    forward = functools.partial(type(core).forward, core)
+    device_type = next(core.parameters()).device.type
+    coef = float(getattr(core.config, "seq_aux_loss_coef", 0.0) or 0.0)
+
+    def autocast():
+        if bf16:
+            return torch.autocast(device_type, dtype=torch.bfloat16, cache_enabled=False)
+        return contextlib.nullcontext()
+
+    def loss_fn(buf: dict[str, torch.Tensor]) -> torch.Tensor:
+        with autocast():
+            out = forward(input_ids=buf["input_ids"], labels=buf["labels"], use_cache=False,
+                          num_items_in_batch=buf["num_items"] if with_num_items else None)
+        loss = out.loss * buf["scale"]
+        loss.backward()
+        if out.aux_loss is not None and coef > 0:  # the model adds the aux value for reporting; TRL does not
+            loss = loss - (coef * out.aux_loss.detach()) * buf["scale"]
+        return loss.detach()
+
+    # The expert-load counters (device tensors the forward adds into): the warm-up runs before capture must not
+    # count, so they are saved before and put back after.
+    inner = core.model
+    names = [n for n in ("_load_buf", "_bias_buf") if hasattr(inner, n)]
+
+    def save_counters():
+        return {n: None if getattr(inner, n) is None else getattr(inner, n).clone() for n in names}
+
+    def restore_counters(saved):
+        for n, before in saved.items():
+            buf = getattr(inner, n)
+            if buf is not None and before is None:
+                buf.zero_()
+            elif buf is not None:
+                buf.copy_(before)
+
+    return StaticBatchStep(loss_fn, list(core.parameters()), capture=capture,
+                           before_capture=save_counters, after_capture=restore_counters)
+
+
+@functools.cache
+def with_graph_step(trainer_cls: type) -> type:
+    """`trainer_cls` with the graph step (one subclass per class, same name + 'Graph')."""
+    return type(f"Graph{trainer_cls.__name__}", (GraphStepMixin, trainer_cls), {})

@@ -113,6 +113,7 @@ def main() -> None:
         "dispatch": moe_experts,  # what the model calls on CUDA
         "fn_cat": lambda *a: moe_experts_fused(*a, fused=True, cat_w13=True),
         "fn_nocat": lambda *a: moe_experts_fused(*a, fused=True, cat_w13=False),
+        "fn_cat_torchsort": lambda *a: moe_experts_fused(*a, fused=True, cat_w13=True, triton_sort=False),
         "fused_grouped": lambda *a: moe_experts_grouped(*a, fused=True),
         "grouped_mm_peer": lambda *a: moe_experts_grouped(*a, fused=False),
         "per_expert_loop": moe_experts_reference,
@@ -143,7 +144,7 @@ def main() -> None:
             except Exception as exc:
                 traceback.print_exc()
                 row["graph_error"] = repr(exc)[:300]
-            best = min(("fn_cat", "fn_nocat", "fused_grouped"), key=lambda n: row[f"{n}_ms"])
+            best = min(("fn_cat", "fn_nocat", "fn_cat_torchsort", "fused_grouped"), key=lambda n: row[f"{n}_ms"])
             row["best"] = best
             row["best_vs_grouped_mm_speedup"] = row["grouped_mm_peer_ms"] / row[f"{best}_ms"]
             row["best_over_dense"] = row[f"{best}_ms"] / row["dense_same_flops_ms"]
@@ -157,7 +158,7 @@ def main() -> None:
             row["best_tflops"] = 3 * 2 * N * k * 3 * D * I / (row[f"{best}_ms"] * 1e-3) / 1e12
             if args.profile and shape == "1b-a150m":
                 row["profile"] = {}
-                for n in ("fn_cat", "fn_nocat", "fused_grouped"):
+                for n in ("fn_cat", "fn_nocat", "fn_cat_torchsort", "fused_grouped"):
                     try:
                         row["profile"][n] = profile(variants[n], x, w1, w3, w2, idx, w, dy)
                     except Exception:  # the timings above still count
@@ -175,7 +176,8 @@ def main() -> None:
             print(r["shape"], "ERROR", r["error"][:100])
             continue
         print(f"{r['shape']:>9}: dispatch {r['dispatch_ms']:.3f}  fn_cat {r['fn_cat_ms']:.3f}  "
-              f"fn_nocat {r['fn_nocat_ms']:.3f}  fused_grouped {r['fused_grouped_ms']:.3f}  "
+              f"fn_nocat {r['fn_nocat_ms']:.3f}  fn_cat_torchsort {r['fn_cat_torchsort_ms']:.3f}  "
+              f"fused_grouped {r['fused_grouped_ms']:.3f}  "
               f"grouped_mm {r['grouped_mm_peer_ms']:.3f}  dense {r['dense_same_flops_ms']:.3f}  "
               f"loop {r.get('per_expert_loop_ms', float('nan')):.1f}")
         print(f"{'':>9}  best={r['best']}: x{r['best_vs_grouped_mm_speedup']:.2f} vs grouped_mm, "

@@ -23,9 +23,10 @@ from mixlab.yamlio import did_you_mean
 from .dispatch import fast_path, use_fused
 
 try:  # triton is optional (gpu / dev extras); without it the torch forms below run
-    from .moe_triton import combine_triton, gather_sum, swiglu_triton, swiglu_weighted_bwd, swiglu_weighted_fwd
+    from .moe_triton import (combine_triton, gather_sum, route_sort, swiglu_triton, swiglu_weighted_bwd,
+                             swiglu_weighted_fwd)
 except ImportError:
-    combine_triton = gather_sum = swiglu_triton = swiglu_weighted_bwd = swiglu_weighted_fwd = None
+    combine_triton = gather_sum = route_sort = swiglu_triton = swiglu_weighted_bwd = swiglu_weighted_fwd = None
 
 
 def moe_route(
@@ -261,17 +262,19 @@ def _gather_sum_torch(inv, out_dtype, s1, s2=None):
 
 class _MoEExpertsFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w1, w3, w2, topk_idx, topk_weight, fused, cat_w13):
+    def forward(ctx, x, w1, w3, w2, topk_idx, topk_weight, fused, cat_w13, triton_sort):
         N, k = topk_idx.shape
         E, I, _ = w1.shape
-        # sorted slot -> flat assignment (stable: deterministic dW sums); group ends by a search over the sorted ids
-        sorted_e, order = torch.sort(topk_idx.reshape(-1), stable=True)
-        ar = torch.arange(order.numel(), device=order.device)
-        inv = torch.empty_like(order).scatter_(0, order, ar)
-        offs = torch.searchsorted(sorted_e, torch.arange(E, device=order.device, dtype=sorted_e.dtype), right=True,
-                                  out_int32=True)
-        token_of = order // k
-        w_s = topk_weight.reshape(-1).index_select(0, order).float()
+        perm = route_sort(topk_idx, topk_weight, E) if triton_sort else None
+        if perm is not None:
+            order, inv, token_of, w_s, offs = perm
+        else:  # sorted slot -> flat slot (stable: deterministic dW sums); group ends by a search over sorted ids
+            sorted_e, order = torch.sort(topk_idx.reshape(-1), stable=True)
+            inv = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+            offs = torch.searchsorted(sorted_e, torch.arange(E, device=order.device, dtype=sorted_e.dtype),
+                                      right=True, out_int32=True)
+            token_of = order // k
+            w_s = topk_weight.reshape(-1).index_select(0, order).float()
         xs = x.index_select(0, token_of)
         if cat_w13:
             w13 = torch.cat([w1, w3], 1)  # [E, 2I, D]: one GEMM of width 2I, better tile use at small I
@@ -284,17 +287,16 @@ class _MoEExpertsFn(torch.autograd.Function):
         a_w = (swiglu_weighted_fwd if fused else _swiglu_w_fwd_torch)(h1, h3, w_s)
         y = torch._grouped_mm(a_w, w2.transpose(-2, -1), offs=offs)
         out = (gather_sum if fused else _gather_sum_torch)(inv.view(N, k), x.dtype, y)
-        ctx.save_for_backward(xs, h1, h3, a_w, w_s, order, inv, offs, w1, w3, w2, w13)
+        ctx.save_for_backward(xs, h1, h3, a_w, w_s, token_of, inv, offs, w1, w3, w2, w13)
         ctx.fused, ctx.shape, ctx.wdtype = fused, (N, k), topk_weight.dtype
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        xs, h1, h3, a_w, w_s, order, inv, offs, w1, w3, w2, w13 = ctx.saved_tensors
+        xs, h1, h3, a_w, w_s, token_of, inv, offs, w1, w3, w2, w13 = ctx.saved_tensors
         N, k = ctx.shape
         fused = ctx.fused
         M, I = a_w.shape
-        token_of = order // k
         dy = dout.index_select(0, token_of)  # d y_slot = dout[token]: the routing weight sits in a_w
         if dy.stride(-1) != 1:
             dy = dy.contiguous()
@@ -314,7 +316,7 @@ class _MoEExpertsFn(torch.autograd.Function):
                 dx = gsum(inv.view(N, k), dout.dtype, torch._grouped_mm(dh1, w1, offs=offs),
                           torch._grouped_mm(dh3, w3, offs=offs))
         dw = dw_s.index_select(0, inv).view(N, k).to(ctx.wdtype) if ctx.needs_input_grad[5] else None
-        return dx, dw1, dw3, dw2, None, dw, None, None
+        return dx, dw1, dw3, dw2, None, dw, None, None, None
 
 
 def moe_experts_fused(
@@ -326,13 +328,17 @@ def moe_experts_fused(
     topk_weight: torch.Tensor,
     fused: bool | None = None,
     cat_w13: bool | None = None,
+    triton_sort: bool | None = None,
 ) -> torch.Tensor:
     """`moe_experts` as one autograd Function over grouped GEMMs (see the comment above `_MoEExpertsFn`); `fused`
     (default: on for CUDA) runs the SwiGLU and gather-sum glue as Triton kernels, else in torch (any device).
-    `cat_w13` (default: when a backward will run) copies w1 and w3 into one [E, 2I, D] weight per call."""
+    `cat_w13` (default: when a backward will run) copies w1 and w3 into one [E, 2I, D] weight per call;
+    `triton_sort` (default: as `fused`) builds the expert permutation with `moe_triton.route_sort`."""
     _check(x, w1, w3, w2, topk_idx, topk_weight)
     if fused is None:
         fused = use_fused(x)
     if cat_w13 is None:  # the copy pays off in the backward (one input-gradient GEMM); prefill/eval skip it
         cat_w13 = torch.is_grad_enabled() and any(t.requires_grad for t in (x, w1, w3, w2, topk_weight))
-    return _MoEExpertsFn.apply(x, w1, w3, w2, topk_idx, topk_weight, bool(fused), bool(cat_w13))
+    if triton_sort is None:
+        triton_sort = fused
+    return _MoEExpertsFn.apply(x, w1, w3, w2, topk_idx, topk_weight, bool(fused), bool(cat_w13), bool(triton_sort))

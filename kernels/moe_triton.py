@@ -226,3 +226,81 @@ def gather_sum(inv: torch.Tensor, out_dtype: torch.dtype, s1: torch.Tensor, s2: 
         s1, s1 if s2 is None else s2.contiguous(), inv.contiguous(), out, N, D, KTOP=k, TWO=s2 is not None,
         BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D)
     return out
+
+
+# --- Routing permutation as a stable counting sort (replaces argsort + scatter + searchsorted + gathers): the
+# expert ids are few, so each slot's sorted position is its expert's start + the count of earlier slots with the
+# same expert. Three launches: per-block histograms, one scan program, per-block placement. The result equals the
+# stable argsort's, so everything downstream (including the dW summation order) is unchanged.
+
+@triton.jit
+def _route_hist(IDX, HIST, M, E, E_P: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    pid = tl.program_id(0)
+    ecols = tl.arange(0, E_P)
+    cnt = tl.zeros([E_P], dtype=tl.int32)
+    for c0 in range(0, BLOCK, CHUNK):
+        rows = pid * BLOCK + c0 + tl.arange(0, CHUNK)
+        e = tl.load(IDX + rows, mask=rows < M, other=-1).to(tl.int32)
+        cnt += tl.sum((e[:, None] == ecols[None, :]).to(tl.int32), 0)
+    tl.store(HIST + pid * E_P + ecols, cnt)
+
+
+@triton.jit
+def _route_scan(HIST, BASE, OFFS, NB, E, NB_P: tl.constexpr, E_P: tl.constexpr):
+    b = tl.arange(0, NB_P)
+    ecols = tl.arange(0, E_P)
+    h = tl.load(HIST + b[:, None] * E_P + ecols[None, :], mask=(b < NB)[:, None], other=0)
+    tot = tl.sum(h, 0)  # slots per expert
+    ends = tl.cumsum(tot, 0)
+    base = (ends - tot)[None, :] + tl.cumsum(h, 0) - h  # expert start + slots of that expert in earlier blocks
+    tl.store(BASE + b[:, None] * E_P + ecols[None, :], base, mask=(b < NB)[:, None])
+    tl.store(OFFS + ecols, ends, mask=ecols < E)
+
+
+@triton.jit
+def _route_place(IDX, W, BASE, ORDER, INV, TOKEN, WS, M, KTOP, E_P: tl.constexpr, BLOCK: tl.constexpr,
+                 CHUNK: tl.constexpr):
+    pid = tl.program_id(0)
+    ecols = tl.arange(0, E_P)
+    run = tl.load(BASE + pid * E_P + ecols)  # next free position per expert
+    for c0 in range(0, BLOCK, CHUNK):
+        rows = pid * BLOCK + c0 + tl.arange(0, CHUNK)
+        rmask = rows < M
+        e = tl.load(IDX + rows, mask=rmask, other=-1).to(tl.int32)
+        hot = (e[:, None] == ecols[None, :]).to(tl.int32)
+        before = tl.cumsum(hot, 0) - hot  # earlier slots of the same expert inside this chunk
+        pos = tl.sum(hot * (run[None, :] + before), 1)
+        tl.store(ORDER + pos, rows.to(tl.int64), mask=rmask)
+        tl.store(INV + rows, pos.to(tl.int64), mask=rmask)
+        tl.store(TOKEN + pos, (rows // KTOP).to(tl.int64), mask=rmask)
+        tl.store(WS + pos, tl.load(W + rows, mask=rmask, other=0.0).to(tl.float32), mask=rmask)
+        run += tl.sum(hot, 0)
+
+
+def route_sort(topk_idx: torch.Tensor, topk_weight: torch.Tensor, num_experts: int):
+    """Stable counting sort of the N·k slots by expert → (order, inv, token_of, w_sorted fp32, offs int32 [E]);
+    order/inv/token_of int64 as `torch.sort(stable=True)` would give them. None when the shape is outside the
+    scan's single program (then the caller sorts with torch)."""
+    N, k = topk_idx.shape
+    M = N * k
+    E_P = max(16, triton.next_power_of_2(num_experts))
+    BLOCK = 256  # the smallest block (most programs) whose block count fits the scan program
+    while max(2, triton.next_power_of_2(triton.cdiv(M, BLOCK))) * E_P > 32768 and BLOCK < 4096:
+        BLOCK *= 2
+    NB = triton.cdiv(M, BLOCK)
+    NB_P = max(2, triton.next_power_of_2(NB))
+    if NB_P * E_P > 32768:
+        return None
+    CHUNK = max(16, min(64, 4096 // E_P))
+    dev = topk_idx.device
+    idx = topk_idx.reshape(-1).contiguous()
+    w = topk_weight.reshape(-1).contiguous()
+    hist = torch.empty(NB, E_P, dtype=torch.int32, device=dev)
+    base = torch.empty_like(hist)
+    offs = torch.empty(num_experts, dtype=torch.int32, device=dev)
+    order, inv, token = (torch.empty(M, dtype=torch.int64, device=dev) for _ in range(3))
+    w_s = torch.empty(M, dtype=torch.float32, device=dev)
+    _route_hist[(NB,)](idx, hist, M, num_experts, E_P=E_P, BLOCK=BLOCK, CHUNK=CHUNK)
+    _route_scan[(1,)](hist, base, offs, NB, num_experts, NB_P=NB_P, E_P=E_P, num_warps=8)
+    _route_place[(NB,)](idx, w, base, order, inv, token, w_s, M, k, E_P=E_P, BLOCK=BLOCK, CHUNK=CHUNK)
+    return order, inv, token, w_s, offs

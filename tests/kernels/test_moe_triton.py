@@ -59,3 +59,26 @@ def test_gather_sum(two):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     by_hand = sum(s1[inv[:, j]] + (s2[inv[:, j]] if two else 0) for j in range(k))
     torch.testing.assert_close(got, by_hand, atol=1e-5, rtol=1e-5)
+
+
+_BIG = pytest.param(4200, 8, 256, marks=[pytest.mark.slow] if DEV == "cpu" else [])  # ~25 s interpreted
+
+
+@pytest.mark.parametrize("N,k,E", [(29, 3, 6), (1, 2, 5), (700, 3, 48), _BIG])
+def test_route_sort_equals_stable_torch_sort(N, k, E):
+    """The counting sort gives exactly the stable sort's permutation, its inverse, tokens, sorted weights and
+    group ends; (4200, 8, 256) needs blocks of 512 for the single scan program."""
+    from mixlab.kernels.moe_triton import route_sort
+
+    gen = torch.Generator().manual_seed(N)
+    idx = torch.topk(torch.rand(N, E, generator=gen), k).indices.to(DEV)
+    idx[0, 0] = E - 1  # the last expert is used
+    w = torch.rand(N, k, generator=gen).to(DEV)
+    order, inv, token, w_s, offs = route_sort(idx, w, E)
+    sorted_e, want = torch.sort(idx.reshape(-1), stable=True)
+    assert torch.equal(order, want)
+    assert torch.equal(inv, torch.empty_like(want).scatter_(0, want, torch.arange(N * k, device=DEV)))
+    assert torch.equal(token, want // k)
+    assert torch.equal(w_s, w.reshape(-1)[want])
+    assert torch.equal(offs.long(), torch.searchsorted(sorted_e, torch.arange(E, device=DEV), right=True))
+    assert offs.dtype == torch.int32 and int(offs[-1]) == N * k

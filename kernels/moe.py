@@ -109,8 +109,8 @@ def moe_experts(
     """
     if (fast_path(x, w1) and x.dtype == torch.bfloat16 and w1.dtype == w3.dtype == w2.dtype == torch.bfloat16
             and _grouped_mm_works(x.device)):
-        if moe_impl() == "fused":
-            return moe_experts_fused(x, w1, w3, w2, topk_idx, topk_weight)
+        if moe_impl() == "fused" and use_fused(x):  # set_fused(False) = the off-the-shelf peer: grouped_mm + torch
+            return moe_experts_fused(x, w1, w3, w2, topk_idx, topk_weight, fused=True)
         return moe_experts_grouped(x, w1, w3, w2, topk_idx, topk_weight)
     return moe_experts_reference(x, w1, w3, w2, topk_idx, topk_weight)
 

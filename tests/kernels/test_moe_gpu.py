@@ -95,3 +95,20 @@ def test_dispatch_takes_the_fused_function_without_host_sync_and_captures():
     torch.cuda.synchronize()
     for a, b in zip(out, eager):
         assert torch.equal(a, b)
+
+
+def test_unfused_dispatch_is_the_grouped_mm_peer():
+    """set_fused(False) (the off-the-shelf composition of the step benchmark) must not take mixlab's kernels."""
+    from mixlab.kernels import set_fused
+    from mixlab.kernels.dispatch import fused_enabled
+
+    args = _inputs(N=512)
+    before = fused_enabled()
+    set_fused(False)
+    try:
+        got = _fwd_bwd(moe_experts, *args)
+    finally:
+        set_fused(before)
+    want = _fwd_bwd(lambda *a: moe_experts_grouped(*a, fused=False), *args)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)

@@ -58,6 +58,21 @@ def _limit_autotune(n: int) -> None:
     triton.autotune = limited
 
 
+def kernel_breakdown(step, top: int = 12) -> dict[str, float]:
+    """GPU time per kernel name (ms, one call of `step`), the `top` largest plus the total: where the time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    times: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            times[e.name[:60]] = times.get(e.name[:60], 0.0) + e.device_time_total / 1e3
+    ranked = dict(sorted(times.items(), key=lambda kv: -kv[1])[:top])
+    return {"total_ms": round(sum(times.values()), 3), **{n: round(t, 3) for n, t in ranked.items()}}
+
+
 def _rel(a, b) -> float:
     return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
 
@@ -114,6 +129,8 @@ def issue_compare(args) -> None:
                     fwd = cuda_time(fn, reps=args.reps)
                 row[op] = {"fwd_ms": fwd, "fwd_bwd_ms": cuda_time(step, reps=args.reps),
                            "first_call_s": round(time.time() - t0, 1)}
+                if args.profile and dev == "cuda" and op != "torch_chunk_c64":
+                    row[op]["kernels_fwd_bwd"] = kernel_breakdown(step)
             except Exception as e:  # report and go on: one device call must bring back every number it can
                 row[op] = {"error": repr(e)[:300]}
             print(T, op, row[op], flush=True)
@@ -122,8 +139,15 @@ def issue_compare(args) -> None:
                 row[f"rel_err_vs_{peer}"] = {n: _rel(a, b) for n, a, b in zip(
                     ("o", "dq", "dk", "dv", "dg", "dbeta"), grads["mixlab_triton"], grads[peer])}
                 print(T, "mixlab vs", peer, row[f"rel_err_vs_{peer}"], flush=True)
+        if "fla" in grads and "torch_chunk_c64" in grads:  # fla's own bf16 error: the yardstick for mixlab's
+            row["rel_err_fla_vs_torch_chunk_c64"] = {n: _rel(a, b) for n, a, b in zip(
+                ("o", "dq", "dk", "dv", "dg", "dbeta"), grads["fla"], grads["torch_chunk_c64"])}
+            print(T, "fla vs torch_chunk_c64", row["rel_err_fla_vs_torch_chunk_c64"], flush=True)
         if "fla" in row and "fwd_bwd_ms" in row.get("fla", {}) and "fwd_bwd_ms" in row["mixlab_triton"]:
             row["fla_over_mixlab_fwd_bwd"] = row["fla"]["fwd_bwd_ms"] / row["mixlab_triton"]["fwd_bwd_ms"]
+            row["fla_over_mixlab_fwd"] = row["fla"]["fwd_ms"] / row["mixlab_triton"]["fwd_ms"]
+            print(f"T={T} fla/mixlab: fwd+bwd {row['fla_over_mixlab_fwd_bwd']:.2f}x, "
+                  f"fwd {row['fla_over_mixlab_fwd']:.2f}x", flush=True)
         out["shapes"][f"B{B}_T{T}"] = row
         del grads
         if dev == "cuda":
@@ -143,6 +167,7 @@ def main() -> None:
     ap.add_argument("--fla-configs", type=int, default=0, help="cap fla's autotune configs per kernel (0: all)")
     ap.add_argument("--issue-H", type=int, default=32)
     ap.add_argument("--issue-K", type=int, default=128)
+    ap.add_argument("--profile", action="store_true", help="also record GPU time per kernel (torch.profiler)")
     ap.add_argument("--device", default="cuda", help="cpu: a smoke run of --issue in the Triton interpreter")
     ap.add_argument("--budget", type=float, default=1e9, help="seconds after which no new shape is started")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "kda_issue_gpu.json"))

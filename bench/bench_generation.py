@@ -230,8 +230,11 @@ def context_scan(model, contexts, rows, steps, device):
 
 
 def step_compare(model, rows, ctx, steps, device):
-    """Decode-step time and GPU kernels per step with the engine's fused decode kernels (`kda_decode_step`,
-    `mla_decode_paged`: Triton on CUDA) and with their torch references instead, same model, same run."""
+    """Decode-step time and GPU kernels per step, same model and run: "reference" (the attention decode ops'
+    torch references, default MoE form), "fused" (`kda_decode_step`, `mla_decode_paged`: Triton on CUDA) and
+    "fused+moe" (also MIXLAB_ENGINE_MOE=fused: `moe_decode_block`)."""
+    import os
+
     import torch
 
     from mixlab.evals.backends import GenerationConfig
@@ -239,9 +242,16 @@ def step_compare(model, rows, ctx, steps, device):
     from mixlab.kernels import kda_decode, mla_decode
 
     kernels = (kda_decode.kda_decode_step_triton, mla_decode.mla_decode_paged_triton)
+    moe_env = os.environ.get("MIXLAB_ENGINE_MOE")
     out = {}
     try:
-        for name in ("fused", "reference"):
+        for name in ("fused+moe", "fused", "reference"):
+            if name == "fused+moe":
+                os.environ["MIXLAB_ENGINE_MOE"] = "fused"
+            else:
+                os.environ.pop("MIXLAB_ENGINE_MOE", None)
+                if moe_env is not None:
+                    os.environ["MIXLAB_ENGINE_MOE"] = moe_env
             if name == "reference":  # the ops fall back to their references when their Triton kernel is absent
                 kda_decode.kda_decode_step_triton = mla_decode.mla_decode_paged_triton = None
             engine = Engine(model, eos_ids=set(), max_batch=rows, max_context=ctx + steps + 16)
@@ -277,8 +287,13 @@ def step_compare(model, rows, ctx, steps, device):
             gc.collect()
     finally:
         kda_decode.kda_decode_step_triton, mla_decode.mla_decode_paged_triton = kernels
+        os.environ.pop("MIXLAB_ENGINE_MOE", None)
+        if moe_env is not None:
+            os.environ["MIXLAB_ENGINE_MOE"] = moe_env
     out["speedup"] = out["reference"]["step_ms"] / out["fused"]["step_ms"]
-    print(f"step-compare: fused decode kernels x{out['speedup']:.2f} vs references", flush=True)
+    out["speedup_with_moe"] = out["reference"]["step_ms"] / out["fused+moe"]["step_ms"]
+    print(f"step-compare: fused attention decode kernels x{out['speedup']:.2f}, with the fused MoE too "
+          f"x{out['speedup_with_moe']:.2f} vs references", flush=True)
     return out
 
 

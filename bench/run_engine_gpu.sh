@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
-# One device call (≤ 190 s, run by bench/run_gpu_wave.sh after its pip install): engine GPU tests (fused decode
+# One device call (≤ 200 s, run by bench/run_gpu_wave.sh after its pip install): engine GPU tests (fused decode
 # kernels vs their references at 1b-a150m shapes, graphs = eager, fp32 graphs = recomputation), the decode step with
-# the fused decode kernels vs their torch references, the batch-64 bf16 engine-vs-generate bench and the 1k/32k
-# context scan at 1 and 4 rows. JSON and logs -> $OUT.
+# the fused decode kernels (attention; + MoE) vs their torch references, the batch-64 bf16 engine-vs-generate bench
+# and the 1k/32k context scan at 1 and 4 rows. JSON and logs -> $OUT.
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 save() { cp bench/results/generation-cuda-*.json "$OUT"/ 2>/dev/null; true; }
 PY="python3 -P"
 step() { local t=$1; shift; echo "=== $* ($(date +%T), limit ${t} s)"; timeout -k 3 "$t" "$@" 2>&1 | grep -v -i "warn" \
   | tail -${TAIL:-25}; echo "rc=${PIPESTATUS[0]}"; save; }
-step 45 python3 -m pytest -p no:cacheprovider --import-mode=importlib -q -m gpu tests/evals_engine -x
-step 35 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" --step-compare 64,256 \
+step 55 python3 -m pytest -p no:cacheprovider --import-mode=importlib -q -m gpu tests/evals_engine -x
+step 40 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" --step-compare 64,256 \
   --scan-steps 16 --tag step
 step 50 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --prompts 64 --batch 64 --max-new-tokens 128 \
   --repeats 2 --methods engine,hf
-step 55 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" --context-scan 1024,32768 \
+step 50 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" --context-scan 1024,32768 \
   --scan-rows 1,4 --scan-steps 16 --tag ctx
-grep -h -o '"ratio_last_vs_first": [0-9.]*\|"speedup": [0-9.]*' "$OUT"/generation-cuda-*.json 2>/dev/null
+grep -h -o '"ratio_last_vs_first": [0-9.]*\|"speedup[a-z_]*": [0-9.]*\|"ratio_vs_hf": {[^}]*' "$OUT"/generation-cuda-*.json 2>/dev/null
 ls "$OUT"

@@ -11,6 +11,7 @@ fast path is taken automatically (backend "auto"), CPU tensors run the reference
 | recurrent_kda_step | kda_recurrent.py | decode from an fp32 state |
 | kda_decode_step | kda_decode.py (+ kda_decode_triton.py) | engine decode: conv window + gate + state update + gated norm over cache slots; one launch on CUDA |
 | mla_decode_paged | mla_decode.py (+ mla_decode_triton.py) | engine decode: absorbed MLA over a paged latent cache; flash-decoding over the block table on CUDA |
+| moe_decode_block | decode_moe.py (+ decode_moe_triton.py) | engine decode: router + experts + combine without host sync; 5 launches on CUDA |
 | short_conv | short_conv.py (+ short_conv_triton.py) | causal depthwise conv + SiLU, cache, cu_seqlens; fused on CUDA for training calls (no cache) |
 | rms_norm, gated_rms_norm | norm.py (+ norm_triton.py) | fp32 compute; one fused launch each way on CUDA |
 | moe_route, moe_experts (+ _grouped, _reference, _naive), expert_counts | moe.py (+ moe_triton.py) | sigmoid+bias top-k (vLLM/HF weights); grouped GEMMs + fused SwiGLU / combine on CUDA |
@@ -24,6 +25,7 @@ if __name__ == "kernels":  # this folder, imported as a top-level package: the r
         "is on sys.path: run Python with -P or PYTHONSAFEPATH=1 (or from another folder), or use the `mixlab` command"
     )
 
+from .decode_moe import moe_decode_block
 from .dispatch import fla_available, get_backend, set_backend, set_fused
 from .kda_chunk import DEFAULT_CHUNK_SIZE, chunk_kda, chunk_kda_torch, default_chunk_size
 from .kda_common import l2norm
@@ -60,6 +62,7 @@ __all__ = [
     "moe_experts_naive",
     "moe_experts_reference",
     "mla_decode_paged",
+    "moe_decode_block",
     "moe_route",
     "naive_recurrent_kda",
     "recurrent_kda_step",

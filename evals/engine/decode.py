@@ -19,7 +19,8 @@ import os
 import torch
 import torch.nn.functional as F
 
-from mixlab.kernels import kda_decode_step, mla_decode_paged, moe_experts, moe_route
+from mixlab.kernels import kda_decode_step, mla_decode_paged, moe_decode_block, moe_experts, moe_route
+from mixlab.kernels.decode_moe import moe_experts_gather
 from mixlab.model.cache import PagedHybridCache
 
 
@@ -36,12 +37,7 @@ def moe_decode(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Te
     N, D = x.shape
     k = idx.shape[1]
     if mode == "gather":
-        flat = idx.reshape(-1)
-        xs = x.repeat_interleave(k, 0).unsqueeze(-1)  # [Nk, D, 1]
-        a = torch.bmm(w1.index_select(0, flat), xs)
-        b = torch.bmm(w3.index_select(0, flat), xs)
-        y = torch.bmm(w2.index_select(0, flat), F.silu(a) * b).squeeze(-1)  # [Nk, D]
-        return (y.float().view(N, k, D) * weight.float().unsqueeze(-1)).sum(1).to(x.dtype)
+        return moe_experts_gather(x, w1, w3, w2, idx, weight)
     E = w1.shape[0]
     xe = x.unsqueeze(0).expand(E, N, D)
     h = F.silu(torch.bmm(xe, w1.transpose(1, 2))) * torch.bmm(xe, w3.transpose(1, 2))  # [E, N, I]
@@ -52,10 +48,11 @@ def moe_decode(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Te
 
 def moe_mode(device: torch.device, rows: int, top_k: int, num_experts: int) -> str:
     """CPU: the kernel op (its host sync is free there). CUDA: a shape-static form, chosen by how many experts
-    the step can hit. MIXLAB_ENGINE_MOE=sparse|gather|dense overrides (sparse on CUDA is `moe_experts`, whose bf16
-    grouped-GEMM fast path has no host sync either)."""
+    the step can hit. MIXLAB_ENGINE_MOE=sparse|gather|dense|fused overrides (sparse on CUDA is `moe_experts`, whose
+    bf16 grouped-GEMM fast path has no host sync either; fused is `moe_decode_block`: routing + experts + combine
+    in five Triton launches on CUDA, the gather form elsewhere)."""
     forced = os.environ.get("MIXLAB_ENGINE_MOE", "").strip().lower()
-    if forced in ("sparse", "gather", "dense"):
+    if forced in ("sparse", "gather", "dense", "fused"):
         return forced
     if device.type != "cuda":
         return "sparse"
@@ -95,6 +92,13 @@ def _mla(attn, x: torch.Tensor, cache: PagedHybridCache, positions: torch.Tensor
 
 def _moe(block, x: torch.Tensor, mode: str) -> torch.Tensor:
     cfg = block.config
+    if mode == "fused":
+        shared = block.shared_experts(x) if block.shared_experts is not None else None
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return moe_decode_block(x, block.gate.weight, block.gate.e_score_correction_bias, block.experts.w1,
+                                    block.experts.w3, block.experts.w2, block.top_k, renormalize=cfg.moe_renormalize,
+                                    scaling=cfg.routed_scaling_factor, weights_use_bias=cfg.router_weights_use_bias,
+                                    activation=cfg.moe_router_activation_func, shared=shared)
     with torch.autocast(device_type=x.device.type, enabled=False):
         logits = F.linear(x.float(), block.gate.weight.float())
     idx, weight = moe_route(logits, block.gate.e_score_correction_bias, block.top_k, renormalize=cfg.moe_renormalize,

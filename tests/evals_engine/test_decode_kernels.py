@@ -16,17 +16,18 @@ import torch
 from mixlab.evals.backends import GenerationConfig
 from mixlab.evals.backends.torch_backend import eos_token_ids
 from mixlab.evals.engine import Engine
-from mixlab.kernels import kda_decode, mla_decode
+from mixlab.kernels import decode_moe, kda_decode, mla_decode, moe_route
 from mixlab.kernels.dispatch import triton_available
 from mixlab.kernels.kda_decode import kda_decode_step_torch
 from mixlab.kernels.mla_decode import mla_decode_paged_torch
 
-from .test_engine import recompute_greedy
+from .test_engine import recompute_greedy, recompute_greedy_cuda
 
 if not triton_available() or not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
     pytest.skip("needs triton (GPU, or TRITON_INTERPRET=1 on CPU)", allow_module_level=True)
 
 from mixlab.kernels import mla_decode_triton  # noqa: E402
+from mixlab.kernels.decode_moe_triton import experts_triton, route_triton  # noqa: E402
 from mixlab.kernels.kda_decode_triton import kda_decode_step_triton  # noqa: E402
 from mixlab.kernels.mla_decode_triton import mla_decode_paged_triton, split_plan  # noqa: E402
 
@@ -145,18 +146,56 @@ def test_kda_decode_in_place_rows_match_slots():
     torch.testing.assert_close(a[11], b[11], rtol=1e-5, atol=1e-5)
 
 
+# ------------------------------------------------------------------------------------------------------ MoE decode
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+@pytest.mark.parametrize("renormalize,weights_use_bias", [(True, False), (False, True)])
+def test_moe_route_matches_reference(activation, renormalize, weights_use_bias):
+    logits = _randn(37, 48, seed=3)
+    bias = _randn(48, seed=4, scale=0.1)
+    for b in (bias, None):
+        got = route_triton(logits, b, 3, renormalize, 2.5, weights_use_bias, activation)
+        want = moe_route(logits, b, 3, renormalize=renormalize, scaling=2.5, weights_use_bias=weights_use_bias,
+                         activation=activation)
+        assert torch.equal(got[0], want[0])
+        torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-6)
+
+
+# bf16: five roundings in a row (a, b, SiLU, product, GEMM), each truncated by the interpreter: a looser bound
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 4e-2 if DEV == "cpu" else 2e-2)])
+@pytest.mark.parametrize("N,D,I,E,k", [
+    (6, 48, 40, 8, 2),  # D and I not multiples of the tiles; some experts unused
+    (40, 64, 96, 4, 2),  # ~20 pairs an expert: more than one 16-pair tile
+    (3, 32, 16, 16, 1),
+])
+def test_moe_experts_match_gather_reference(N, D, I, E, k, dtype, tol):
+    x = _randn(N, D, dtype=dtype, seed=5)
+    w1, w3 = _randn(E, I, D, dtype=dtype, seed=6, scale=0.2), _randn(E, I, D, dtype=dtype, seed=7, scale=0.2)
+    w2 = _randn(E, D, I, dtype=dtype, seed=8, scale=0.2)
+    idx, weight = moe_route(_randn(N, E, seed=9), None, k, scaling=2.0)
+    shared = _randn(N, D, dtype=dtype, seed=10)
+    for sh in (None, shared):
+        got = experts_triton(x, w1, w3, w2, idx, weight, sh)
+        want = decode_moe.moe_experts_gather(x, w1, w3, w2, idx, weight)
+        want = want if sh is None else want + sh
+        assert got.dtype == want.dtype and torch.isfinite(got).all()
+        assert _rel(got, want) < tol, _rel(got, want)
+
+
 # ------------------------------------------------------------------------------------------------------ the engine
 @pytest.fixture
 def fused_decode(monkeypatch):
-    """Take the kernels' Triton path on any device (in the interpreter on CPU), as the CUDA fast path does."""
+    """Take the kernels' Triton path on any device (in the interpreter on CPU), as the CUDA fast path does, with
+    the fused MoE decode form."""
     monkeypatch.setattr(kda_decode, "use_fused", lambda *t: True)
     monkeypatch.setattr(mla_decode, "use_fused", lambda *t: True)
+    monkeypatch.setattr(decode_moe, "use_fused", lambda *t: True)
+    monkeypatch.setenv("MIXLAB_ENGINE_MOE", "fused")
 
 
 @pytest.mark.parametrize("static", [False, True])
 def test_engine_with_fused_kernels_equals_recomputation(shadowed, prompt_ids, fused_decode, static):
-    """fp32 greedy through the Triton decode kernels = full recomputation token for token, rows joining and
-    leaving; static=True is the CUDA-graph path (row buckets, scratch padding rows, block buckets)."""
+    """fp32 greedy through the Triton decode kernels (KDA, MLA, MoE) = full recomputation token for token, rows
+    joining and leaving; static=True is the CUDA-graph path (row buckets, scratch padding rows, block buckets)."""
     model, tok = shadowed
     eos = eos_token_ids(model, tok)
     engine = Engine(model, eos_ids=eos, max_batch=3, block_size=4, static_shapes=static)
@@ -183,3 +222,38 @@ def test_gpu_kernels_at_1b_shapes(dtype, tol):
     got = kda_decode_step_triton(*ours, slots, gate, norm_w, 1e-5, 128**-0.5)
     want = kda_decode_step_torch(*ref, slots, gate, norm_w, 1e-5, 128**-0.5)
     assert _rel(got, want) < tol and _rel(ours[11], ref[11]) < tol and _rel(ours[3], ref[3]) < tol
+    for N in (4, 64):  # MoE: 48 experts top-3, D 1024, I 384
+        x = _randn(N, 1024, dtype=dtype, seed=5)
+        w1, w3 = _randn(48, 384, 1024, dtype=dtype, seed=6, scale=0.03), _randn(48, 384, 1024, dtype=dtype, seed=7,
+                                                                                scale=0.03)
+        w2 = _randn(48, 1024, 384, dtype=dtype, seed=8, scale=0.05)
+        logits = _randn(N, 48, seed=9)
+        idx, weight = route_triton(logits, None, 3, True, 2.446, False, "sigmoid")
+        want_idx, want_weight = moe_route(logits, None, 3, scaling=2.446)
+        assert torch.equal(idx, want_idx)
+        got = experts_triton(x, w1, w3, w2, idx, weight)
+        want = decode_moe.moe_experts_gather(x, w1, w3, w2, want_idx, want_weight)
+        assert _rel(got, want) < tol, (N, _rel(got, want))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_engine_fused_moe(tiny, prompt_ids, dtype, monkeypatch):
+    """The engine with the fused MoE decode form on the GPU: graphs = same-shape eager; fp32 = recomputation."""
+    import copy
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    monkeypatch.setenv("MIXLAB_ENGINE_MOE", "fused")
+    model, tok = tiny
+    model = copy.deepcopy(model).to("cuda", dtype)
+    eos = eos_token_ids(model, tok)
+    cfg = GenerationConfig(max_new_tokens=16)
+    got = Engine(model, eos_ids=eos, max_batch=8, cuda_graphs=True).generate(prompt_ids, cfg)
+    assert got == Engine(model, eos_ids=eos, max_batch=8, cuda_graphs=False, static_shapes=True).generate(prompt_ids,
+                                                                                                          cfg)
+    if dtype == torch.float32:
+        with torch.no_grad():
+            want = [recompute_greedy_cuda(model, ids, 16, eos) for ids in prompt_ids]
+        assert [g[0] for g in got] == want
+

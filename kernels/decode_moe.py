@@ -1,0 +1,55 @@
+"""The MoE block for a decode step (few rows, one token each): routing, routed experts and combine without a host
+sync (CUDA-graph safe).
+
+The reference is the router (`moe_route`) followed by the gather form: each (row, k) pair gathers its expert's
+weights and runs batched GEMMs. On CUDA (fast path) `decode_moe_triton.py` does routing, experts and combine in five
+launches (instead of ~20) and reads each chosen expert's weights once per step however many rows pick it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mixlab.errors import MixlabError
+
+from .dispatch import use_fused
+from .moe import moe_route
+
+try:  # triton is optional (gpu / dev extras); without it the reference runs
+    from .decode_moe_triton import experts_triton, route_triton
+except ImportError:
+    experts_triton = route_triton = None
+
+
+def moe_experts_gather(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, idx: torch.Tensor,
+                       weight: torch.Tensor) -> torch.Tensor:
+    """Σ_k weight·Expert(x) as one batched GEMM per matrix over the N·k gathered experts (shape-static)."""
+    N, D = x.shape
+    k = idx.shape[1]
+    flat = idx.reshape(-1)
+    xs = x.repeat_interleave(k, 0).unsqueeze(-1)  # [Nk, D, 1]
+    a = torch.bmm(w1.index_select(0, flat), xs)
+    b = torch.bmm(w3.index_select(0, flat), xs)
+    y = torch.bmm(w2.index_select(0, flat), F.silu(a) * b).squeeze(-1)  # [Nk, D]
+    return (y.float().view(N, k, D) * weight.float().unsqueeze(-1)).sum(1).to(x.dtype)
+
+
+def moe_decode_block(x: torch.Tensor, gate_weight: torch.Tensor, correction_bias: torch.Tensor | None,
+                     w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, top_k: int, *, renormalize: bool,
+                     scaling: float, weights_use_bias: bool, activation: str,
+                     shared: torch.Tensor | None = None) -> torch.Tensor:
+    """x [N, D] → Σ_k weight · Expert(x) (+ shared, the shared experts' output [N, D]) in x.dtype.
+
+    Router logits in fp32 (F.linear over x.float(), as the model's gate); routing as `moe_route`."""
+    if activation not in ("sigmoid", "softmax"):
+        raise MixlabError(f"moe_decode_block: unknown router activation {activation!r}; choose sigmoid or softmax")
+    logits = F.linear(x.float(), gate_weight.float())
+    if route_triton is not None and use_fused(x, w1, logits):
+        idx, weight = route_triton(logits, correction_bias, top_k, renormalize, scaling, weights_use_bias,
+                                   activation)
+        return experts_triton(x, w1, w3, w2, idx, weight, shared)
+    idx, weight = moe_route(logits, correction_bias, top_k, renormalize=renormalize, scaling=scaling,
+                            weights_use_bias=weights_use_bias, activation=activation)
+    y = moe_experts_gather(x, w1, w3, w2, idx, weight)
+    return y if shared is None else y + shared

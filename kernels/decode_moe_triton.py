@@ -1,0 +1,194 @@
+"""The engine's MoE decode step in Triton (routing + experts + combine in 5 launches); reference and op in
+decode_moe.py.
+
+1. `_route_kernel`, program per row: act(logits) + bias, top-k by repeated arg-max (ties → lowest expert, as the
+   scores are continuous they do not occur in practice), weights, renormalisation, scaling; then `_lists_kernel`
+   (one program) lists each expert's (row, k) pairs with a prefix sum (no sort, no host sync).
+2. `_up_kernel`, program per (expert, I-tile): gathers its expert's rows 16 at a time and computes
+   h = SiLU(x W1ᵀ) ⊙ (x W3ᵀ) with one read of the expert's weight tile.
+3. `_down_kernel`, program per (expert, D-tile): y_pair = h W2ᵀ for the same pairs.
+4. `_combine_kernel`, program per (row, D-tile): Σ_k weight · y_pair (+ the shared experts' output), fixed order.
+Each expert's weights are read once per step however many rows pick it, and the shapes depend only on the rows.
+Roundings follow the reference (gather form of `moe_decode`): GEMM outputs, SiLU and the product in the
+activation dtype, the weighted sum in fp32.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+BT = 16  # pair rows per dot tile (8 warps: ptxas for sm_90 then needs no spills at D = 1024, I = 384)
+
+
+@triton.jit
+def _route_kernel(LOGITS, BIAS, IDX, WEIGHT, E, scaling, K: tl.constexpr, BE: tl.constexpr, BK: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, SOFTMAX: tl.constexpr, RENORM: tl.constexpr, USE_BIAS_W: tl.constexpr):
+    n = tl.program_id(0)
+    es = tl.arange(0, BE)
+    em = es < E
+    lg = tl.load(LOGITS + n.to(tl.int64) * E + es, mask=em, other=float("-inf")).to(tl.float32)
+    if SOFTMAX:
+        ex = tl.exp(lg - tl.max(lg, 0))
+        scores = ex / tl.sum(ex, 0)
+    else:
+        scores = tl.sigmoid(lg)
+    choice = scores
+    if HAS_BIAS:
+        choice = scores + tl.load(BIAS + es, mask=em, other=0.0).to(tl.float32)
+    source = choice if USE_BIAS_W else scores
+    choice = tl.where(em, choice, float("-inf"))
+    ks = tl.arange(0, BK)
+    sel_all = tl.zeros([BK], tl.int32)
+    w_all = tl.zeros([BK], tl.float32)
+    for j in tl.static_range(K):
+        top = tl.max(choice, 0)
+        sel = tl.min(tl.where(choice == top, es, BE), 0)
+        w = tl.sum(tl.where(es == sel, source, 0.0), 0)
+        sel_all = tl.where(ks == j, sel, sel_all)
+        w_all = tl.where(ks == j, w, w_all)
+        choice = tl.where(es == sel, float("-inf"), choice)
+    if RENORM:
+        w_all = w_all / (tl.sum(tl.where(ks < K, w_all, 0.0), 0) + 1e-20)
+    tl.store(IDX + n.to(tl.int64) * K + ks, sel_all.to(tl.int64), mask=ks < K)
+    tl.store(WEIGHT + n.to(tl.int64) * K + ks, w_all * scaling, mask=ks < K)
+
+
+@triton.jit
+def _lists_kernel(IDX, LISTS, COUNTS, NK, E, BNK: tl.constexpr):
+    """One program: for every expert, the (row, k) pair ids routed to it in row order (a prefix sum per expert;
+    no sort, no host sync) and their count."""
+    ps = tl.arange(0, BNK)
+    ex = tl.load(IDX + ps, mask=ps < NK, other=-1)
+    for e in range(E):
+        m = ex == e
+        rank = tl.cumsum(m.to(tl.int32), 0) - 1
+        tl.store(LISTS + e * NK + rank, ps, mask=m)  # E · NK stays far below 2^31
+        tl.store(COUNTS + e, tl.sum(m.to(tl.int32), 0))
+
+
+@triton.jit
+def _up_kernel(X, sx, W1, W3, LISTS, COUNTS, H, NK, D, I, K: tl.constexpr, BT_: tl.constexpr, BD: tl.constexpr,
+               BI: tl.constexpr, LOWP: tl.constexpr):
+    e = tl.program_id(0)
+    it = tl.program_id(1)
+    cnt = tl.load(COUNTS + e)
+    ds = tl.arange(0, BD)
+    cols = it * BI + tl.arange(0, BI)
+    cm = cols < I
+    wbase = e.to(tl.int64) * I * D
+    for t0 in range(0, cnt, BT_):
+        slots = t0 + tl.arange(0, BT_)
+        valid = slots < cnt
+        pair = tl.load(LISTS + e.to(tl.int64) * NK + slots, mask=valid, other=0)  # [BT]
+        tok = (pair // K).to(tl.int64)
+        acc1 = tl.zeros([BT_, BI], tl.float32)
+        acc3 = tl.zeros([BT_, BI], tl.float32)
+        for d0 in range(0, D, BD):
+            dm = d0 + ds < D
+            xt = tl.load(X + tok[:, None] * sx + d0 + ds[None, :], mask=valid[:, None] & dm[None, :], other=0.0)
+            woff = wbase + cols[:, None] * D + d0 + ds[None, :]  # [BI, BD] tile of W[e] (rows contiguous)
+            w1 = tl.trans(tl.load(W1 + woff, mask=cm[:, None] & dm[None, :], other=0.0))
+            w3 = tl.trans(tl.load(W3 + woff, mask=cm[:, None] & dm[None, :], other=0.0))
+            if LOWP:
+                acc1 += tl.dot(xt, w1)
+                acc3 += tl.dot(xt, w3)
+            else:
+                xt = xt.to(tl.float32)
+                acc1 += tl.dot(xt, w1.to(tl.float32), input_precision="ieee")
+                acc3 += tl.dot(xt, w3.to(tl.float32), input_precision="ieee")
+        a = acc1.to(H.dtype.element_ty).to(tl.float32)
+        b = acc3.to(H.dtype.element_ty).to(tl.float32)
+        s = (a * tl.sigmoid(a)).to(H.dtype.element_ty).to(tl.float32)
+        h = (s * b).to(H.dtype.element_ty)
+        tl.store(H + pair[:, None].to(tl.int64) * I + cols[None, :], h, mask=valid[:, None] & cm[None, :])
+
+
+@triton.jit
+def _down_kernel(H, W2, LISTS, COUNTS, Y, NK, D, I, BT_: tl.constexpr, BD: tl.constexpr, BI: tl.constexpr,
+                 LOWP: tl.constexpr):
+    e = tl.program_id(0)
+    dt = tl.program_id(1)
+    cnt = tl.load(COUNTS + e)
+    is_ = tl.arange(0, BI)
+    cols = dt * BD + tl.arange(0, BD)
+    cm = cols < D
+    wbase = e.to(tl.int64) * D * I
+    for t0 in range(0, cnt, BT_):
+        slots = t0 + tl.arange(0, BT_)
+        valid = slots < cnt
+        prow = tl.load(LISTS + e.to(tl.int64) * NK + slots, mask=valid, other=0).to(tl.int64)
+        acc = tl.zeros([BT_, BD], tl.float32)
+        for i0 in range(0, I, BI):
+            im = i0 + is_ < I
+            ht = tl.load(H + prow[:, None] * I + i0 + is_[None, :], mask=valid[:, None] & im[None, :], other=0.0)
+            w2 = tl.trans(tl.load(W2 + wbase + cols[:, None] * I + i0 + is_[None, :], mask=cm[:, None] & im[None, :],
+                                  other=0.0))  # [BD, BI] tile of W2[e] (rows contiguous), transposed
+            if LOWP:
+                acc += tl.dot(ht, w2)
+            else:
+                acc += tl.dot(ht.to(tl.float32), w2.to(tl.float32), input_precision="ieee")
+        tl.store(Y + prow[:, None] * D + cols[None, :], acc.to(Y.dtype.element_ty), mask=valid[:, None] & cm[None, :])
+
+
+@triton.jit
+def _combine_kernel(Y, WEIGHT, SHARED, OUT, D, K: tl.constexpr, BD: tl.constexpr, HAS_SHARED: tl.constexpr):
+    n = tl.program_id(0)
+    cols = tl.program_id(1) * BD + tl.arange(0, BD)
+    cm = cols < D
+    acc = tl.zeros([BD], tl.float32)
+    for j in tl.static_range(K):
+        w = tl.load(WEIGHT + n.to(tl.int64) * K + j)
+        acc += tl.load(Y + (n.to(tl.int64) * K + j) * D + cols, mask=cm, other=0.0).to(tl.float32) * w
+    y = acc.to(OUT.dtype.element_ty)
+    if HAS_SHARED:
+        y = (y.to(tl.float32) + tl.load(SHARED + n.to(tl.int64) * D + cols, mask=cm, other=0.0).to(tl.float32)
+             ).to(OUT.dtype.element_ty)
+    tl.store(OUT + n.to(tl.int64) * D + cols, y, mask=cm)
+
+
+def route_triton(logits: torch.Tensor, bias: torch.Tensor | None, top_k: int, renormalize: bool, scaling: float,
+                 weights_use_bias: bool, activation: str) -> tuple[torch.Tensor, torch.Tensor]:
+    N, E = logits.shape
+    logits = logits.contiguous()
+    idx = torch.empty(N, top_k, dtype=torch.long, device=logits.device)
+    weight = torch.empty(N, top_k, dtype=torch.float32, device=logits.device)
+    _route_kernel[(N,)](logits, bias if bias is not None else logits, idx, weight, E, float(scaling), K=top_k,
+                        BE=triton.next_power_of_2(E), BK=triton.next_power_of_2(top_k), HAS_BIAS=bias is not None,
+                        SOFTMAX=activation == "softmax", RENORM=bool(renormalize), USE_BIAS_W=bool(weights_use_bias),
+                        num_warps=1)
+    return idx, weight
+
+
+def experts_triton(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, idx: torch.Tensor,
+                   weight: torch.Tensor, shared: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ_k weight · Expert(x) (+ shared) for x [N, D], w1/w3 [E, I, D], w2 [E, D, I], idx/weight [N, k]."""
+    N, D = x.shape
+    E, I, _ = w1.shape
+    k = idx.shape[1]
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    w1, w3, w2, idx, weight = (t.contiguous() for t in (w1, w3, w2, idx, weight))
+    lowp = x.dtype in (torch.bfloat16, torch.float16) and os.environ.get("TRITON_INTERPRET") != "1"
+    NK = N * k
+    BNK = max(16, triton.next_power_of_2(NK))
+    lists = torch.empty(E, NK, dtype=torch.int32, device=x.device)
+    counts = torch.empty(E, dtype=torch.int32, device=x.device)
+    _lists_kernel[(1,)](idx, lists, counts, NK, E, BNK=BNK, num_warps=4)
+    h = torch.empty(NK, I, dtype=x.dtype, device=x.device)
+    y = torch.empty(NK, D, dtype=x.dtype, device=x.device)
+    out = torch.empty(N, D, dtype=x.dtype, device=x.device)
+    BI_up, BD_up = 64, 64
+    _up_kernel[(E, triton.cdiv(I, BI_up))](x, x.stride(0), w1, w3, lists, counts, h, NK, D, I, K=k, BT_=BT,
+                                           BD=BD_up, BI=BI_up, LOWP=lowp, num_warps=8, num_stages=1)
+    BD_dn, BI_dn = 64, 64
+    _down_kernel[(E, triton.cdiv(D, BD_dn))](h, w2, lists, counts, y, NK, D, I, BT_=BT, BD=BD_dn, BI=BI_dn,
+                                             LOWP=lowp, num_warps=8, num_stages=1)
+    if shared is not None:
+        shared = shared.contiguous()
+    BD_c = min(1024, triton.next_power_of_2(D))
+    _combine_kernel[(N, triton.cdiv(D, BD_c))](y, weight, shared if shared is not None else y, out, D, K=k, BD=BD_c,
+                                               HAS_SHARED=shared is not None, num_warps=4)
+    return out

@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 GRAPH_MODES = ("auto", "off", "eager")
 _BATCH_KEYS = {"input_ids", "labels", "attention_mask", "position_ids"}
+# what TRL's padding-free collator adds for flash-attention varlen kernels
+_PACKED_KEYS = {"cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx"}
 
 
 def graph_mode() -> str:
@@ -56,6 +58,8 @@ def graph_mode() -> str:
 
 def dense_batch_reason(inputs: dict[str, Any]) -> str | None:
     """Why a batch cannot run on the dense static layout (None: it can). One host read for the value checks."""
+    if _PACKED_KEYS & set(inputs):
+        return "padded or packed batch (varlen layout)"
     extra = sorted(set(inputs) - _BATCH_KEYS)
     if extra:
         return f"unsupported batch keys {extra}"

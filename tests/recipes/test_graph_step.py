@@ -1,0 +1,109 @@
+"""The recipe's graph training step (recipes/graph_step.py) on CPU, through real TRL SFTTrainers: its static-buffer
+step (MIXLAB_GRAPH_STEP=eager: everything but the CUDA capture) trains exactly as TRL's own step, gradient
+accumulation, a short last batch, the MoE aux loss and expert-load counters included; batches it cannot hold (padded,
+packed) fall back to TRL's step with the reason recorded; SFT recipes build the graph-capable trainer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import trl
+from datasets import Dataset
+
+from mixlab.errors import MixlabError
+from mixlab.model import load_model_and_tokenizer
+from mixlab.recipes.graph_step import GraphStepMixin, dense_batch_reason, graph_mode, with_graph_step
+from mixlab.recipes.trainers import BuildContext, get_trainer
+
+
+def _rows(n=18, T=32, ragged=False):
+    gen = torch.Generator().manual_seed(0)
+    lens = [T if not ragged or i % 3 else T - 12 for i in range(n)]
+    return [{"input_ids": torch.randint(0, 1000, (L,), generator=gen).tolist()} for L in lens]
+
+
+def _train(tmp_path, mode, monkeypatch, *, rows, packing=False, ga=2, overrides=None):
+    monkeypatch.setenv("MIXLAB_GRAPH_STEP", mode)
+    lm = load_model_and_tokenizer("tiny", device="cpu", dtype=torch.float32, seed=0, overrides=overrides)
+    args = trl.SFTConfig(output_dir=str(tmp_path / mode), max_steps=3, per_device_train_batch_size=4,
+                         gradient_accumulation_steps=ga, use_cpu=True, report_to="none", loss_type="nll",
+                         logging_steps=1, max_length=64, optim="sgd", learning_rate=0.5, disable_tqdm=True,
+                         packing=packing, seed=0, bf16=False)
+    trainer = with_graph_step(trl.SFTTrainer)(model=lm.model, args=args, processing_class=lm.tokenizer,
+                                               train_dataset=Dataset.from_list(rows))
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    params = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    return trainer, logs, params, lm.model
+
+
+def _assert_same_training(a, b, tol=2e-5):
+    (_, la, pa, ma), (_, lb, pb, mb) = a, b
+    assert [h["loss"] for h in la] == pytest.approx([h["loss"] for h in lb], rel=1e-5, abs=1e-6)
+    assert [h["num_tokens"] for h in la] == [h["num_tokens"] for h in lb]
+    assert [h["grad_norm"] for h in la] == pytest.approx([h["grad_norm"] for h in lb], rel=1e-4)
+    worst = max(float((pa[n] - pb[n]).abs().max()) for n in pa)
+    assert worst < tol, worst
+    la_load, lb_load = ma.expert_load(), mb.expert_load()
+    assert la_load.keys() == lb_load.keys() and la_load
+    for k in la_load:
+        assert torch.equal(la_load[k], lb_load[k]), k
+
+
+def test_static_step_trains_exactly_as_trls_step(tmp_path, monkeypatch):
+    # 18 rows, batch 4, accumulation 2: two optimizer steps of two graphed micro-batches, then the epoch's last
+    # batch of 2 rows alone (a shape not graphed: TRL's own step)
+    overrides = {"seq_aux_loss_coef": 0.01}  # the aux loss's gradient is attached inside the MoE blocks
+    graphed = _train(tmp_path, "eager", monkeypatch, rows=_rows(), overrides=overrides)
+    plain = _train(tmp_path, "off", monkeypatch, rows=_rows(), overrides=overrides)
+    _assert_same_training(graphed, plain)
+    stats = graphed[0].graph_stats
+    assert stats["graph"] == 4 and stats["eager"] == 1, stats
+    assert list(stats["reasons"]) == ["batch shape (2, 32) differs from the graphed one"]
+    assert [h["graph_step"] for h in graphed[1]] == [1.0, 1.0, 0.0]
+    assert "graph_step" not in plain[1][0] and plain[0].graph_stats["reasons"] == {"MIXLAB_GRAPH_STEP=off": 5}
+
+
+def test_padded_and_packed_batches_run_trls_step(tmp_path, monkeypatch):
+    padded, _, _, _ = _train(tmp_path, "eager", monkeypatch, rows=_rows(n=8, ragged=True), ga=1)
+    assert padded.graph_stats["reasons"]["padded or packed batch (varlen layout)"] >= 1
+    packed, logs, _, _ = _train(tmp_path, "eager", monkeypatch, rows=_rows(n=24, ragged=True), packing=True, ga=1)
+    assert packed.graph_stats["graph"] == 0
+    assert list(packed.graph_stats["reasons"]) == ["padded or packed batch (varlen layout)"]
+    assert all(h["graph_step"] == 0.0 for h in logs)
+
+
+def test_on_cpu_auto_mode_stays_eager(tmp_path, monkeypatch):
+    trainer, logs, _, _ = _train(tmp_path, "auto", monkeypatch, rows=_rows(n=8), ga=1)
+    assert trainer.graph_stats["graph"] == 0
+    assert list(trainer.graph_stats["reasons"]) == ["model on cpu, not CUDA"]
+    assert "graph_step" not in logs[0]
+
+
+def test_dense_batch_reason():
+    ids = torch.zeros(2, 5, dtype=torch.long)
+    dense = {"input_ids": ids, "labels": ids, "attention_mask": torch.ones(2, 5, dtype=torch.long),
+             "position_ids": torch.arange(5).expand(2, 5)}
+    assert dense_batch_reason(dense) is None
+    assert dense_batch_reason({"input_ids": ids, "labels": ids}) is None
+    assert "padded" in dense_batch_reason({**dense, "attention_mask": torch.tensor([[1, 1, 1, 1, 0]] * 2)})
+    assert "packed" in dense_batch_reason({**dense, "position_ids": torch.tensor([[0, 1, 0, 1, 2]] * 2)})
+    assert "keys" in dense_batch_reason({**dense, "pixel_values": ids})
+    assert "[B, T]" in dense_batch_reason({"input_ids": ids, "labels": ids[:, :4]})
+
+
+def test_graph_mode_setting(monkeypatch):
+    monkeypatch.setenv("MIXLAB_GRAPH_STEP", "0")
+    assert graph_mode() == "off"
+    monkeypatch.setenv("MIXLAB_GRAPH_STEP", "always")
+    with pytest.raises(MixlabError, match="MIXLAB_GRAPH_STEP='always'"):
+        graph_mode()
+
+
+def test_sft_recipes_build_the_graph_capable_trainer(tmp_path):
+    lm = load_model_and_tokenizer("tiny", device="cpu", dtype=torch.float32, seed=0)
+    args = trl.SFTConfig(output_dir=str(tmp_path), max_steps=1, use_cpu=True, report_to="none", loss_type="nll",
+                         bf16=False)
+    trainer = get_trainer("sft").build(BuildContext(model=lm.model, tokenizer=lm.tokenizer, args=args,
+                                                    dataset=Dataset.from_list(_rows(n=4)), callbacks=[], stage=None))
+    assert isinstance(trainer, GraphStepMixin) and isinstance(trainer, trl.SFTTrainer)

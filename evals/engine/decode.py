@@ -34,10 +34,9 @@ def moe_decode(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Te
     `kernels.moe_experts` itself (host-synchronising; eager CPU path)."""
     if mode == "sparse":
         return moe_experts(x, w1, w3, w2, idx, weight)
-    N, D = x.shape
-    k = idx.shape[1]
     if mode == "gather":
         return moe_experts_gather(x, w1, w3, w2, idx, weight)
+    N, D = x.shape
     E = w1.shape[0]
     xe = x.unsqueeze(0).expand(E, N, D)
     h = F.silu(torch.bmm(xe, w1.transpose(1, 2))) * torch.bmm(xe, w3.transpose(1, 2))  # [E, N, I]

@@ -157,7 +157,7 @@ def route_triton(logits: torch.Tensor, bias: torch.Tensor | None, top_k: int, re
     idx = torch.empty(N, top_k, dtype=torch.long, device=logits.device)
     weight = torch.empty(N, top_k, dtype=torch.float32, device=logits.device)
     _route_kernel[(N,)](logits, bias if bias is not None else logits, idx, weight, E, float(scaling), K=top_k,
-                        BE=triton.next_power_of_2(E), BK=triton.next_power_of_2(top_k), HAS_BIAS=bias is not None,
+                        BE=triton.next_power_of_2(E), BK=max(2, triton.next_power_of_2(top_k)), HAS_BIAS=bias is not None,
                         SOFTMAX=activation == "softmax", RENORM=bool(renormalize), USE_BIAS_W=bool(weights_use_bias),
                         num_warps=1)
     return idx, weight

@@ -152,9 +152,9 @@ def test_kda_decode_in_place_rows_match_slots():
 def test_moe_route_matches_reference(activation, renormalize, weights_use_bias):
     logits = _randn(37, 48, seed=3)
     bias = _randn(48, seed=4, scale=0.1)
-    for b in (bias, None):
-        got = route_triton(logits, b, 3, renormalize, 2.5, weights_use_bias, activation)
-        want = moe_route(logits, b, 3, renormalize=renormalize, scaling=2.5, weights_use_bias=weights_use_bias,
+    for b, k in ((bias, 3), (None, 3), (bias, 1)):
+        got = route_triton(logits, b, k, renormalize, 2.5, weights_use_bias, activation)
+        want = moe_route(logits, b, k, renormalize=renormalize, scaling=2.5, weights_use_bias=weights_use_bias,
                          activation=activation)
         assert torch.equal(got[0], want[0])
         torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-6)

@@ -229,6 +229,37 @@ def context_scan(model, contexts, rows, steps, device):
     return out
 
 
+class WithEnv:
+    """A backend whose calls run with extra environment variables (e.g. MIXLAB_ENGINE_MOE=fused: the engine reads
+    it when it captures a decode shape, so the whole run uses that form)."""
+
+    def __init__(self, backend, **env):
+        self.backend, self.env = backend, env
+
+    def _run(self, fn, *args, **kwargs):
+        import os
+
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k, None)
+                if v is not None:
+                    os.environ[k] = v
+
+    def generate_detailed(self, *args, **kwargs):
+        return self._run(self.backend.generate_detailed, *args, **kwargs)
+
+    def close(self):
+        self.backend.close()
+
+    @property
+    def _engine(self):
+        return getattr(self.backend, "_engine", None)
+
+
 def step_compare(model, rows, ctx, steps, device):
     """Decode-step time and GPU kernels per step, same model and run: "reference" (the attention decode ops'
     torch references, default MoE form), "fused" (`kda_decode_step`, `mla_decode_paged`: Triton on CUDA) and
@@ -340,6 +371,8 @@ def main() -> None:
     engine_batch = args.engine_batch or args.batch
     factories = {
         "engine": lambda: get_backend("torch", model, tokenizer, batch_size=engine_batch),
+        "engine-moe": lambda: WithEnv(get_backend("torch", model, tokenizer, batch_size=engine_batch),
+                                      MIXLAB_ENGINE_MOE="fused"),
         "loop": lambda: get_backend("torch", model, tokenizer, batch_size=args.batch, engine=False),
         "hf": lambda: get_backend("hf", model, tokenizer, batch_size=args.batch),
         "hf-engine-batch": lambda: get_backend("hf", model, tokenizer, batch_size=engine_batch),

@@ -13,7 +13,7 @@ step 55 python3 -m pytest -p no:cacheprovider --import-mode=importlib -q -m gpu 
 step 40 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" --step-compare 64,256 \
   --scan-steps 16 --tag step
 step 50 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --prompts 64 --batch 64 --max-new-tokens 128 \
-  --repeats 2 --methods engine,hf
+  --repeats 2 --methods engine,engine-moe,hf
 step 50 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" --context-scan 1024,32768 \
   --scan-rows 1,4 --scan-steps 16 --tag ctx
 grep -h -o '"ratio_last_vs_first": [0-9.]*\|"speedup[a-z_]*": [0-9.]*\|"ratio_vs_hf": {[^}]*' "$OUT"/generation-cuda-*.json 2>/dev/null

@@ -9,10 +9,10 @@ save() { cp bench/results/generation-cuda-*.json "$OUT"/ 2>/dev/null; true; }
 PY="python3 -P"
 step() { local t=$1; shift; echo "=== $* ($(date +%T), limit ${t} s)"; timeout -k 3 "$t" "$@" 2>&1 | grep -v -i "warn" \
   | tail -${TAIL:-25}; echo "rc=${PIPESTATUS[0]}"; save; }
-step 50 python3 -m pytest -p no:cacheprovider --import-mode=importlib -q -m gpu tests/evals_engine -x
-step 40 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" --step-compare 64,256 \
+step 60 python3 -m pytest -p no:cacheprovider --import-mode=importlib -q -m gpu tests/evals_engine -x
+step 35 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" --step-compare 64,256 \
   --scan-steps 16 --tag step
-step 60 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --prompts 64 --batch 64 --max-new-tokens 128 \
+step 55 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --prompts 64 --batch 64 --max-new-tokens 128 \
   --repeats 2 --methods engine,engine-moe,hf
 step 50 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" --context-scan 1024,32768 \
   --scan-rows 1,4 --scan-steps 16 --tag ctx

@@ -7,8 +7,12 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARA
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 save() { cp bench/results/generation-cuda-*.json "$OUT"/ 2>/dev/null; true; }
 PY="python3 -P"
-step() { local t=$1; shift; echo "=== $* ($(date +%T), limit ${t} s)"; timeout -k 3 "$t" "$@" 2>&1 | grep -v -i "warn" \
-  | tail -${TAIL:-25}; echo "rc=${PIPESTATUS[0]}"; save; }
+N=0
+step() {  # full log of each step in $OUT/stepN.log, its tail on the console
+  local t=$1; shift; N=$((N + 1)); echo "=== $* ($(date +%T), limit ${t} s)"
+  timeout -k 3 "$t" "$@" > "$OUT/step$N.log" 2>&1; local rc=$?
+  grep -v -i "warn" "$OUT/step$N.log" | tail -${TAIL:-25}; echo "rc=$rc"; save
+}
 step 60 python3 -m pytest -p no:cacheprovider --import-mode=importlib -q -m gpu tests/evals_engine -x
 step 35 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" --step-compare 64,256 \
   --scan-steps 16 --tag step

@@ -23,10 +23,11 @@ from mixlab.yamlio import did_you_mean
 from .dispatch import fast_path, use_fused
 
 try:  # triton is optional (gpu / dev extras); without it the torch forms below run
-    from .moe_triton import (combine_triton, gather_sum, route_sort, swiglu_triton, swiglu_weighted_bwd,
-                             swiglu_weighted_fwd)
+    from .moe_triton import (combine_triton, dx_proj, gather_sum, route_sort, swiglu_triton, swiglu_weighted_bwd,
+                             swiglu_weighted_fwd, up_proj_swiglu)
 except ImportError:
-    combine_triton = gather_sum = route_sort = swiglu_triton = swiglu_weighted_bwd = swiglu_weighted_fwd = None
+    combine_triton = dx_proj = gather_sum = route_sort = swiglu_triton = swiglu_weighted_bwd = None
+    swiglu_weighted_fwd = up_proj_swiglu = None
 
 
 def moe_route(
@@ -262,7 +263,7 @@ def _gather_sum_torch(inv, out_dtype, s1, s2=None):
 
 class _MoEExpertsFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w1, w3, w2, topk_idx, topk_weight, fused, cat_w13, triton_sort):
+    def forward(ctx, x, w1, w3, w2, topk_idx, topk_weight, fused, cat_w13, triton_sort, triton_gemm):
         N, k = topk_idx.shape
         E, I, _ = w1.shape
         perm = route_sort(topk_idx, topk_weight, E) if triton_sort else None
@@ -275,6 +276,15 @@ class _MoEExpertsFn(torch.autograd.Function):
                                       right=True, out_int32=True)
             token_of = order // k
             w_s = topk_weight.reshape(-1).index_select(0, order).float()
+        if triton_gemm:  # gather, both up-projections and the weighted SwiGLU in one Triton kernel
+            xs, w13 = None, None
+            h1, h3, a_w = up_proj_swiglu(x, token_of, w1, w3, w_s, offs, triton_gemm if isinstance(triton_gemm, dict)
+                                         else None)
+            y = torch._grouped_mm(a_w, w2.transpose(-2, -1), offs=offs)
+            out = gather_sum(inv.view(N, k), x.dtype, y)
+            ctx.save_for_backward(x, h1, h3, a_w, w_s, token_of, inv, offs, w1, w3, w2, w13)
+            ctx.fused, ctx.shape, ctx.wdtype, ctx.triton_gemm = fused, (N, k), topk_weight.dtype, triton_gemm
+            return out
         xs = x.index_select(0, token_of)
         if cat_w13:
             w13 = torch.cat([w1, w3], 1)  # [E, 2I, D]: one GEMM of width 2I, better tile use at small I
@@ -288,7 +298,7 @@ class _MoEExpertsFn(torch.autograd.Function):
         y = torch._grouped_mm(a_w, w2.transpose(-2, -1), offs=offs)
         out = (gather_sum if fused else _gather_sum_torch)(inv.view(N, k), x.dtype, y)
         ctx.save_for_backward(xs, h1, h3, a_w, w_s, token_of, inv, offs, w1, w3, w2, w13)
-        ctx.fused, ctx.shape, ctx.wdtype = fused, (N, k), topk_weight.dtype
+        ctx.fused, ctx.shape, ctx.wdtype, ctx.triton_gemm = fused, (N, k), topk_weight.dtype, None
         return out
 
     @staticmethod
@@ -297,6 +307,8 @@ class _MoEExpertsFn(torch.autograd.Function):
         N, k = ctx.shape
         fused = ctx.fused
         M, I = a_w.shape
+        if ctx.triton_gemm:
+            xs = xs.index_select(0, token_of)  # saved was x: the forward gathered inside its GEMM
         dy = dout.index_select(0, token_of)  # d y_slot = dout[token]: the routing weight sits in a_w
         if dy.stride(-1) != 1:
             dy = dy.contiguous()
@@ -310,13 +322,16 @@ class _MoEExpertsFn(torch.autograd.Function):
         dx = None
         if ctx.needs_input_grad[0]:
             gsum = gather_sum if fused else _gather_sum_torch
-            if w13 is not None:
+            if ctx.triton_gemm:
+                dx = gsum(inv.view(N, k), dout.dtype, dx_proj(dh, w1, w3, offs, ctx.triton_gemm
+                                                              if isinstance(ctx.triton_gemm, dict) else None))
+            elif w13 is not None:
                 dx = gsum(inv.view(N, k), dout.dtype, torch._grouped_mm(dh, w13, offs=offs))
             else:
                 dx = gsum(inv.view(N, k), dout.dtype, torch._grouped_mm(dh1, w1, offs=offs),
                           torch._grouped_mm(dh3, w3, offs=offs))
         dw = dw_s.index_select(0, inv).view(N, k).to(ctx.wdtype) if ctx.needs_input_grad[5] else None
-        return dx, dw1, dw3, dw2, None, dw, None, None, None
+        return dx, dw1, dw3, dw2, None, dw, None, None, None, None
 
 
 def moe_experts_fused(
@@ -329,11 +344,14 @@ def moe_experts_fused(
     fused: bool | None = None,
     cat_w13: bool | None = None,
     triton_sort: bool | None = None,
+    triton_gemm: bool | dict = False,
 ) -> torch.Tensor:
     """`moe_experts` as one autograd Function over grouped GEMMs (see the comment above `_MoEExpertsFn`); `fused`
     (default: on for CUDA) runs the SwiGLU and gather-sum glue as Triton kernels, else in torch (any device).
     `cat_w13` (default: when a backward will run) copies w1 and w3 into one [E, 2I, D] weight per call;
-    `triton_sort` (default: as `fused`) builds the expert permutation with `moe_triton.route_sort`."""
+    `triton_sort` (default: as `fused`) builds the expert permutation with `moe_triton.route_sort`;
+    `triton_gemm` (needs `fused`; a dict = tile config) runs the up-projection (gather + w1/w3 + weighted SwiGLU)
+    and the input-gradient GEMM as mixlab's Triton grouped GEMMs instead of torch._grouped_mm (no w1/w3 concat)."""
     _check(x, w1, w3, w2, topk_idx, topk_weight)
     if fused is None:
         fused = use_fused(x)
@@ -341,4 +359,7 @@ def moe_experts_fused(
         cat_w13 = torch.is_grad_enabled() and any(t.requires_grad for t in (x, w1, w3, w2, topk_weight))
     if triton_sort is None:
         triton_sort = fused
-    return _MoEExpertsFn.apply(x, w1, w3, w2, topk_idx, topk_weight, bool(fused), bool(cat_w13), bool(triton_sort))
+    if triton_gemm and not fused:
+        raise MixlabError("moe_experts_fused: triton_gemm needs fused=True (Triton kernels)")
+    return _MoEExpertsFn.apply(x, w1, w3, w2, topk_idx, topk_weight, bool(fused), bool(cat_w13), bool(triton_sort),
+                               triton_gemm or None)

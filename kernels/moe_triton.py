@@ -304,3 +304,150 @@ def route_sort(topk_idx: torch.Tensor, topk_weight: torch.Tensor, num_experts: i
     _route_scan[(1,)](hist, base, offs, NB, num_experts, NB_P=NB_P, E_P=E_P, num_warps=8)
     _route_place[(NB,)](idx, w, base, order, inv, token, w_s, M, k, E_P=E_P, BLOCK=BLOCK, CHUNK=CHUNK)
     return order, inv, token, w_s, offs
+
+
+# --- Grouped GEMMs in Triton for the two places where torch._grouped_mm needs extra passes: the up-projection
+# (w1 and w3 are separate tensors: two accumulators per tile instead of a [E, 2I, D] concat copy, with the weighted
+# SwiGLU in the epilogue instead of its own pass) and the input gradient dxs = dh1·w1 + dh3·w3 (one accumulator over
+# both, no concat, no second output). Rows are the expert-sorted slots; row tiles never straddle two experts: tile t
+# belongs to the expert whose cumulative tile count first exceeds t (`tile_table`), surplus programs exit.
+
+def tile_table(offs: torch.Tensor, block_m: int) -> torch.Tensor:
+    """Cumulative row-tile counts per expert (int32 [E]) for group ends `offs`: tiles of expert e are
+    [ends[e-1], ends[e]). Device ops only (no host sync)."""
+    counts = torch.diff(offs, prepend=offs.new_zeros(1))
+    return torch.cumsum((counts + block_m - 1) // block_m, 0, dtype=torch.int32)
+
+
+@triton.jit
+def _tile_of(TILE_END, OFFS, E, E_P: tl.constexpr, BM: tl.constexpr):
+    """(expert, first row, row end) of this program's row tile; expert = E for a surplus program."""
+    t = tl.program_id(0)
+    ecols = tl.arange(0, E_P)
+    ends = tl.load(TILE_END + ecols, mask=ecols < E, other=2147483647)
+    e = tl.sum((ends <= t).to(tl.int32), 0)
+    e_c = tl.minimum(e, E - 1)
+    t0 = tl.load(TILE_END + e_c - 1, mask=e_c > 0, other=0)
+    r0 = tl.load(OFFS + e_c - 1, mask=e_c > 0, other=0)
+    r_end = tl.load(OFFS + e_c)
+    return e, e_c, r0 + (t - t0) * BM, r_end
+
+
+@triton.jit
+def _up_fwd(X, TOKEN, W1, W3, WS, H1, H3, A, TILE_END, OFFS, E, D, I,
+            E_P: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, EVEN: tl.constexpr):
+    e, e_c, row0, row_end = _tile_of(TILE_END, OFFS, E, E_P, BM)
+    if e >= E:
+        return
+    rows = row0 + tl.arange(0, BM)
+    rmask = rows < row_end
+    # rows past the segment re-load its last row (no load masks: fewer registers); their results are not stored
+    src = tl.load(TOKEN + tl.minimum(rows, row_end - 1)).to(tl.int64)  # the gather: token of each sorted slot
+    cols = tl.program_id(1) * BN + tl.arange(0, BN)
+    cmask = cols < I
+    ks = tl.arange(0, BK)
+    wbase = e_c.to(tl.int64) * I * D
+    a_ptrs = X + src[:, None] * D + ks[None, :]
+    b1_ptrs = W1 + wbase + cols[None, :] * D + ks[:, None]  # [BK, BN] of w1[e]ᵀ
+    b3_ptrs = W3 + wbase + cols[None, :] * D + ks[:, None]
+    acc1 = tl.zeros([BM, BN], dtype=tl.float32)
+    acc3 = tl.zeros([BM, BN], dtype=tl.float32)
+    for k0 in range(0, D, BK):
+        if EVEN:
+            a = tl.load(a_ptrs)
+            b1 = tl.load(b1_ptrs)
+            b3 = tl.load(b3_ptrs)
+        else:
+            kmask = (k0 + ks) < D
+            a = tl.load(a_ptrs, mask=kmask[None, :], other=0.0)
+            b1 = tl.load(b1_ptrs, mask=kmask[:, None] & cmask[None, :], other=0.0)
+            b3 = tl.load(b3_ptrs, mask=kmask[:, None] & cmask[None, :], other=0.0)
+        acc1 = tl.dot(a, b1, acc1)
+        acc3 = tl.dot(a, b3, acc3)
+        a_ptrs += BK
+        b1_ptrs += BK
+        b3_ptrs += BK
+    mask = rmask[:, None] & cmask[None, :]
+    out = rows.to(tl.int64)[:, None] * I + cols[None, :]
+    h1 = acc1.to(H1.dtype.element_ty)
+    h3 = acc3.to(H3.dtype.element_ty)
+    tl.store(H1 + out, h1, mask=mask)
+    tl.store(H3 + out, h3, mask=mask)
+    h1f, h3f = h1.to(tl.float32), h3.to(tl.float32)  # from the stored values, as the backward will see them
+    w = tl.load(WS + rows, mask=rmask, other=0.0)
+    tl.store(A + out, (h1f * tl.sigmoid(h1f) * h3f * w[:, None]).to(A.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dx_bwd(DH, W1, W3, DXS, TILE_END, OFFS, E, D, I, s_dh,
+            E_P: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, EVEN: tl.constexpr):
+    e, e_c, row0, row_end = _tile_of(TILE_END, OFFS, E, E_P, BM)
+    if e >= E:
+        return
+    rows = row0 + tl.arange(0, BM)
+    rmask = rows < row_end
+    rows_c = tl.minimum(rows, row_end - 1).to(tl.int64)  # as in _up_fwd: clamped loads, masked stores
+    cols = tl.program_id(1) * BN + tl.arange(0, BN)
+    cmask = cols < D
+    ks = tl.arange(0, BK)
+    wbase = e_c.to(tl.int64) * I * D
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for half in tl.static_range(2):  # dh1·w1[e], then dh3·w3[e]: one K loop over 2I without a concat
+        W = W1 if half == 0 else W3
+        a_ptrs = DH + rows_c[:, None] * s_dh + half * I + ks[None, :]
+        b_ptrs = W + wbase + ks[:, None] * D + cols[None, :]
+        for k0 in range(0, I, BK):
+            if EVEN:
+                a = tl.load(a_ptrs)
+                b = tl.load(b_ptrs)
+            else:
+                kmask = (k0 + ks) < I
+                a = tl.load(a_ptrs, mask=kmask[None, :], other=0.0)
+                b = tl.load(b_ptrs, mask=kmask[:, None] & cmask[None, :], other=0.0)
+            acc = tl.dot(a, b, acc)
+            a_ptrs += BK
+            b_ptrs += BK * D
+    tl.store(DXS + rows.to(tl.int64)[:, None] * D + cols[None, :], acc.to(DXS.dtype.element_ty),
+             mask=rmask[:, None] & cmask[None, :])
+
+
+UP_CONFIG = dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3)
+DX_CONFIG = dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3)
+
+
+def _launch_cfg(cfg: dict, E: int) -> tuple[dict, dict]:
+    meta = {k: cfg[k] for k in ("BM", "BN", "BK")}
+    meta["E_P"] = max(16, triton.next_power_of_2(E))
+    return meta, {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
+
+
+def up_proj_swiglu(x, token_of, w1, w3, w_s, offs, cfg: dict | None = None):
+    """h1 = x[token_of]·w1[e]ᵀ, h3 = x[token_of]·w3[e]ᵀ per expert segment, a_w = w_s·silu(h1)·h3 → (h1, h3, a_w),
+    each [M, I] in x.dtype; x [N, D] unsorted (the gather happens in the load), segments ending at `offs`."""
+    cfg = cfg or UP_CONFIG
+    E, I, D = w1.shape
+    M = token_of.numel()
+    meta, launch = _launch_cfg(cfg, E)
+    h1, h3, a_w = (torch.empty(M, I, dtype=x.dtype, device=x.device) for _ in range(3))
+    tile_end = tile_table(offs, meta["BM"])
+    grid = (triton.cdiv(M, meta["BM"]) + E, triton.cdiv(I, meta["BN"]))
+    even = D % meta["BK"] == 0 and I % meta["BN"] == 0
+    _up_fwd[grid](x.contiguous(), token_of, w1.contiguous(), w3.contiguous(), w_s, h1, h3, a_w, tile_end, offs,
+                  E, D, I, **meta, EVEN=even, **launch)
+    return h1, h3, a_w
+
+
+def dx_proj(dh: torch.Tensor, w1, w3, offs, cfg: dict | None = None) -> torch.Tensor:
+    """dxs = dh[:, :I]·w1[e] + dh[:, I:]·w3[e] per expert segment, [M, D]; dh [M, 2I] row-major."""
+    cfg = cfg or DX_CONFIG
+    E, I, D = w1.shape
+    M = dh.shape[0]
+    assert dh.stride(-1) == 1
+    meta, launch = _launch_cfg(cfg, E)
+    dxs = torch.empty(M, D, dtype=dh.dtype, device=dh.device)
+    tile_end = tile_table(offs, meta["BM"])
+    grid = (triton.cdiv(M, meta["BM"]) + E, triton.cdiv(D, meta["BN"]))
+    even = I % meta["BK"] == 0 and D % meta["BN"] == 0
+    _dx_bwd[grid](dh, w1.contiguous(), w3.contiguous(), dxs, tile_end, offs, E, D, I, dh.stride(0), **meta,
+                  EVEN=even, **launch)
+    return dxs

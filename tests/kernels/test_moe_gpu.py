@@ -41,11 +41,12 @@ def _rels(got, want):
             for n, a, b in zip(NAMES, got, want)}
 
 
-@pytest.mark.parametrize("cat_w13", [True, False])
-def test_fused_moe_matches_loop_at_1b_shape(cat_w13):
+@pytest.mark.parametrize("variant", ["cat", "nocat", "triton_gemm"])
+def test_fused_moe_matches_loop_at_1b_shape(variant):
     args = _inputs()
     counts_before = torch.bincount(args[4].reshape(-1), minlength=48)
-    got = _fwd_bwd(lambda *a: moe_experts_fused(*a, cat_w13=cat_w13), *args)
+    kw = dict(cat_w13=variant == "cat", triton_gemm=variant == "triton_gemm")
+    got = _fwd_bwd(lambda *a: moe_experts_fused(*a, **kw), *args)
     want = _fwd_bwd(moe_experts_reference, *args)
     rels = _rels(got, want)
     print("rel errors vs loop:", rels)

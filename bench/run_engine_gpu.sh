@@ -13,7 +13,7 @@ step() {  # full log of each step in $OUT/stepN.log, its tail on the console
   timeout -k 3 "$t" "$@" > "$OUT/step$N.log" 2>&1; local rc=$?
   grep -v -i "warn" "$OUT/step$N.log" | tail -${TAIL:-25}; echo "rc=$rc"; save
 }
-step 60 python3 -m pytest -p no:cacheprovider --import-mode=importlib -q -m gpu tests/evals_engine -x
+step 60 python3 -m pytest -p no:cacheprovider --import-mode=importlib -q -rfE -m gpu tests/evals_engine
 step 35 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" --step-compare 64,256 \
   --scan-steps 16 --tag step
 step 55 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --prompts 64 --batch 64 --max-new-tokens 128 \

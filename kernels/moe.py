@@ -1,12 +1,17 @@
 """MoE routing (sigmoid scores + correction bias, top-k) and grouped SwiGLU expert compute.
 
-Two expert implementations of one contract (`moe_experts`):
+Three expert implementations of one contract (`moe_experts`):
+- `moe_experts_fused`: what CUDA bf16 calls take (`moe_impl`, MIXLAB_MOE_IMPL): the whole block as one autograd
+  Function with a hand-written backward — a stable counting sort of the slots (Triton), grouped GEMMs, the routing
+  weight folded into a Triton SwiGLU so that un-permuting is an unweighted gather-sum, and dw from the SwiGLU
+  backward. Opt-in `triton_gemm` swaps two of its grouped GEMMs for mixlab's Triton ones (moe_triton.py).
 - `moe_experts_reference`: sort by expert, then one SwiGLU per expert over its slice (a host sync for the group
   sizes, ~3 launches per expert and their backward). The CPU path and the oracle of the fast one.
-- `moe_experts_grouped`: the fast path. Token permutation by expert (a stable sort), three grouped GEMMs over all
-  experts at once (`torch._grouped_mm`, group offsets from a device-side count: no host sync), SwiGLU, and the
-  un-permutation as a weighted gather-sum (no atomics, deterministic). On CUDA the SwiGLU and the gather-sum are
-  fused Triton kernels (`moe_triton`); the permutation's backward is a gather-sum too instead of an index_add.
+- `moe_experts_grouped`: the previous fast path, kept as the benchmark peer (fused=False: grouped_mm + torch glue
+  through autograd, the off-the-shelf composition) and as MIXLAB_MOE_IMPL=grouped. Token permutation by expert (a
+  stable sort), three grouped GEMMs over all experts at once (`torch._grouped_mm`, group offsets from a device-side
+  count: no host sync), SwiGLU, and the un-permutation as a weighted gather-sum (no atomics, deterministic); with
+  fused=True the SwiGLU and the gather-sum are Triton kernels.
 """
 
 from __future__ import annotations

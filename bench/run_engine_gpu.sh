@@ -7,6 +7,14 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARA
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 save() { cp bench/results/generation-cuda-*.json "$OUT"/ 2>/dev/null; true; }
 PY="python3 -P"
+# fla-core's first compile at new shapes takes minutes (call1: 199 s for chunk_kda): unless ENGINE_FLA=1, hide it so
+# that every step here (both peers' prefill, the decode references) runs mixlab's own kernels and torch ops, as the
+# previous engine measurement did. The engine's decode kernels never use fla.
+if [ "${ENGINE_FLA:-0}" != 1 ]; then
+  mkdir -p /tmp/nofla/fla && echo 'raise ImportError("fla-core hidden by bench/run_engine_gpu.sh")' > /tmp/nofla/fla/__init__.py
+  export PYTHONPATH="/tmp/nofla${PYTHONPATH:+:$PYTHONPATH}"
+fi
+python3 -P -c "from mixlab.kernels import fla_available; print('fla available:', fla_available())"
 N=0
 step() {  # full log of each step in $OUT/stepN.log, its tail on the console
   local t=$1; shift; N=$((N + 1)); echo "=== $* ($(date +%T), limit ${t} s)"

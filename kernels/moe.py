@@ -339,6 +339,17 @@ class _MoEExpertsFn(torch.autograd.Function):
         return dx, dw1, dw3, dw2, None, dw, None, None, None, None
 
 
+def _cat_pays(x, w1, w3, w2, topk_idx, topk_weight) -> bool:
+    """Whether copying w1, w3 into one [E, 2I, D] weight (2·E·I·D elements read and written) costs less than it
+    saves: in the backward one [M, D] input-gradient output and its read (M = N·k slots), and when I is not a
+    multiple of the grouped GEMM's 256-wide tile (I = 384: a third of the up-projection's tile columns are padding),
+    as much again. Only with a backward to run (prefill and eval skip it). 1b-a150m: copy; official shape: no."""
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, w1, w3, w2, topk_weight))):
+        return False
+    E, I, D = w1.shape
+    return 2 * E * I * D <= topk_idx.numel() * D * (2 if I % 256 else 1)
+
+
 def moe_experts_fused(
     x: torch.Tensor,
     w1: torch.Tensor,
@@ -353,15 +364,15 @@ def moe_experts_fused(
 ) -> torch.Tensor:
     """`moe_experts` as one autograd Function over grouped GEMMs (see the comment above `_MoEExpertsFn`); `fused`
     (default: on for CUDA) runs the SwiGLU and gather-sum glue as Triton kernels, else in torch (any device).
-    `cat_w13` (default: when a backward will run) copies w1 and w3 into one [E, 2I, D] weight per call;
+    `cat_w13` (default: `_cat_pays`) copies w1 and w3 into one [E, 2I, D] weight per call;
     `triton_sort` (default: as `fused`) builds the expert permutation with `moe_triton.route_sort`;
     `triton_gemm` (needs `fused`; a dict = tile config) runs the up-projection (gather + w1/w3 + weighted SwiGLU)
     and the input-gradient GEMM as mixlab's Triton grouped GEMMs instead of torch._grouped_mm (no w1/w3 concat)."""
     _check(x, w1, w3, w2, topk_idx, topk_weight)
     if fused is None:
         fused = use_fused(x)
-    if cat_w13 is None:  # the copy pays off in the backward (one input-gradient GEMM); prefill/eval skip it
-        cat_w13 = torch.is_grad_enabled() and any(t.requires_grad for t in (x, w1, w3, w2, topk_weight))
+    if cat_w13 is None:
+        cat_w13 = _cat_pays(x, w1, w3, w2, topk_idx, topk_weight)
     if triton_sort is None:
         triton_sort = fused
     if triton_gemm and not fused:

@@ -192,3 +192,21 @@ def test_fused_function_with_triton_gemms_matches_reference(triton_gemm):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5, msg=name)
     with pytest.raises(MixlabError, match="triton_gemm"):
         moe_experts_fused(*args, fused=False, triton_gemm=True)
+
+
+def test_w13_concat_rule():
+    """The concat of w1/w3 is chosen at the 1b-a150m shape (I = 384, 24,576 slots over 48 experts), not at the
+    official one (256 experts × 1024 × 2304 weights, 131,072 slots) nor without a backward. Meta tensors: no memory."""
+    from mixlab.kernels.moe import _cat_pays
+
+    def shape(N, D, I, E, k, grad=True):
+        x = torch.empty(N, D, device="meta", requires_grad=grad)
+        w = [torch.empty(E, I, D, device="meta"), torch.empty(E, I, D, device="meta"),
+             torch.empty(E, D, I, device="meta")]
+        return _cat_pays(x, *w, torch.empty(N, k, device="meta", dtype=torch.long), torch.empty(N, k, device="meta"))
+
+    assert shape(8192, 1024, 384, 48, 3)
+    assert not shape(16384, 2304, 1024, 256, 8)
+    assert not shape(8192, 1024, 384, 48, 3, grad=False)
+    with torch.no_grad():
+        assert not shape(8192, 1024, 384, 48, 3)

@@ -11,7 +11,8 @@ export PYTHONSAFEPATH=1
 PY="python3 -P"
 BUDGET=${STEP_BUDGET_S:-235}
 t0=$(date +%s)
-left() { local l=$(( BUDGET - ($(date +%s) - t0) )); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }
+# min(cap, time left), at least 1 (timeout 0 would mean no limit)
+left() { local l=$(( BUDGET - ($(date +%s) - t0) )); [ "$l" -lt 1 ] && l=1; [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }
 say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 
 # GPU tests on the torch KDA reference: they check the graph plumbing, not fla (the benches run fla).

@@ -28,10 +28,10 @@ from mixlab.yamlio import did_you_mean
 from .dispatch import fast_path, use_fused
 
 try:  # triton is optional (gpu / dev extras); without it the torch forms below run
-    from .moe_triton import (combine_triton, dx_proj, gather_sum, route_sort, swiglu_triton, swiglu_weighted_bwd,
-                             swiglu_weighted_fwd, up_proj_swiglu)
+    from .moe_triton import (combine_triton, da_swiglu_bwd, dx_proj, gather_sum, route_sort, swiglu_triton,
+                             swiglu_weighted_bwd, swiglu_weighted_fwd, up_proj_swiglu)
 except ImportError:
-    combine_triton = dx_proj = gather_sum = route_sort = swiglu_triton = swiglu_weighted_bwd = None
+    combine_triton = da_swiglu_bwd = dx_proj = gather_sum = route_sort = swiglu_triton = swiglu_weighted_bwd = None
     swiglu_weighted_fwd = up_proj_swiglu = None
 
 
@@ -318,18 +318,22 @@ class _MoEExpertsFn(torch.autograd.Function):
         if dy.stride(-1) != 1:
             dy = dy.contiguous()
         dw2 = torch._grouped_mm(dy.t(), a_w, offs=offs) if ctx.needs_input_grad[3] else None  # [E, D, I]
-        da = torch._grouped_mm(dy, w2, offs=offs)  # [M, I]
-        dh = torch.empty(M, 2 * I, dtype=a_w.dtype, device=a_w.device)
-        dh1, dh3 = dh[:, :I], dh[:, I:]
-        dw_s = (swiglu_weighted_bwd if fused else _swiglu_w_bwd_torch)(h1, h3, w_s, da, dh1, dh3)
+        tcfg = ctx.triton_gemm if isinstance(ctx.triton_gemm, dict) else None
+        if ctx.triton_gemm:  # d a_w = dy·w2 with the SwiGLU backward in its epilogue
+            dh, dw_s = da_swiglu_bwd(dy, w2, h1, h3, w_s, offs, tcfg)
+            dh1, dh3 = dh[:, :I], dh[:, I:]
+        else:
+            da = torch._grouped_mm(dy, w2, offs=offs)  # [M, I]
+            dh = torch.empty(M, 2 * I, dtype=a_w.dtype, device=a_w.device)
+            dh1, dh3 = dh[:, :I], dh[:, I:]
+            dw_s = (swiglu_weighted_bwd if fused else _swiglu_w_bwd_torch)(h1, h3, w_s, da, dh1, dh3)
         dw1 = torch._grouped_mm(dh1.t(), xs, offs=offs) if ctx.needs_input_grad[1] else None  # [E, I, D]
         dw3 = torch._grouped_mm(dh3.t(), xs, offs=offs) if ctx.needs_input_grad[2] else None
         dx = None
         if ctx.needs_input_grad[0]:
             gsum = gather_sum if fused else _gather_sum_torch
             if ctx.triton_gemm:
-                dx = gsum(inv.view(N, k), dout.dtype, dx_proj(dh, w1, w3, offs, ctx.triton_gemm
-                                                              if isinstance(ctx.triton_gemm, dict) else None))
+                dx = gsum(inv.view(N, k), dout.dtype, dx_proj(dh, w1, w3, offs, tcfg))
             elif w13 is not None:
                 dx = gsum(inv.view(N, k), dout.dtype, torch._grouped_mm(dh, w13, offs=offs))
             else:
@@ -366,8 +370,9 @@ def moe_experts_fused(
     (default: on for CUDA) runs the SwiGLU and gather-sum glue as Triton kernels, else in torch (any device).
     `cat_w13` (default: `_cat_pays`) copies w1 and w3 into one [E, 2I, D] weight per call;
     `triton_sort` (default: as `fused`) builds the expert permutation with `moe_triton.route_sort`;
-    `triton_gemm` (needs `fused`; a dict = tile config) runs the up-projection (gather + w1/w3 + weighted SwiGLU)
-    and the input-gradient GEMM as mixlab's Triton grouped GEMMs instead of torch._grouped_mm (no w1/w3 concat)."""
+    `triton_gemm` (needs `fused`; a dict = tile config) runs the up-projection (gather + w1/w3 + weighted SwiGLU),
+    d a_w = dy·w2 (+ the SwiGLU backward) and the input-gradient GEMM as mixlab's Triton grouped GEMMs instead of
+    torch._grouped_mm (no w1/w3 concat, no SwiGLU passes)."""
     _check(x, w1, w3, w2, topk_idx, topk_weight)
     if fused is None:
         fused = use_fused(x)

@@ -411,8 +411,52 @@ def _dx_bwd(DH, W1, W3, DXS, TILE_END, OFFS, E, D, I, s_dh,
              mask=rmask[:, None] & cmask[None, :])
 
 
+@triton.jit
+def _da_swiglu_bwd(DY, W2, H1, H3, WS, DH, DWP, TILE_END, OFFS, E, D, I, M, s_h1, s_h3, s_dh,
+                   E_P: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, EVEN: tl.constexpr):
+    """d a_w = dy·w2[e] per row tile with the weighted-SwiGLU backward in the epilogue: writes dh1 | dh3 into DH
+    [M, 2I] and this column tile's share of dw into DWP[pid_n, rows] (summed after: deterministic)."""
+    e, e_c, row0, row_end = _tile_of(TILE_END, OFFS, E, E_P, BM)
+    if e >= E:
+        return
+    rows = row0 + tl.arange(0, BM)
+    rmask = rows < row_end
+    rows_c = tl.minimum(rows, row_end - 1).to(tl.int64)
+    pid_n = tl.program_id(1)
+    cols = pid_n * BN + tl.arange(0, BN)
+    cmask = cols < I
+    ks = tl.arange(0, BK)
+    a_ptrs = DY + rows_c[:, None] * D + ks[None, :]
+    b_ptrs = W2 + e_c.to(tl.int64) * D * I + ks[:, None] * I + cols[None, :]  # [BK, BN] of w2[e]
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for k0 in range(0, D, BK):
+        if EVEN:
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            kmask = (k0 + ks) < D
+            a = tl.load(a_ptrs, mask=kmask[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=kmask[:, None] & cmask[None, :], other=0.0)
+        acc = tl.dot(a, b, acc)
+        a_ptrs += BK
+        b_ptrs += BK * I
+    mask = rmask[:, None] & cmask[None, :]
+    r64 = rows.to(tl.int64)[:, None]
+    h1 = tl.load(H1 + r64 * s_h1 + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    h3 = tl.load(H3 + r64 * s_h3 + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(WS + rows, mask=rmask, other=0.0)
+    s = tl.sigmoid(h1)
+    silu = h1 * s
+    tl.store(DWP + pid_n.to(tl.int64) * M + rows, tl.sum(acc * silu * h3, 1), mask=rmask)
+    g = acc * w[:, None]
+    tl.store(DH + r64 * s_dh + cols[None, :], (g * h3 * s * (1.0 + h1 * (1.0 - s))).to(DH.dtype.element_ty),
+             mask=mask)
+    tl.store(DH + r64 * s_dh + I + cols[None, :], (g * silu).to(DH.dtype.element_ty), mask=mask)
+
+
 UP_CONFIG = dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3)
 DX_CONFIG = dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3)
+DA_CONFIG = dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3)
 
 
 def _launch_cfg(cfg: dict, E: int) -> tuple[dict, dict]:
@@ -451,3 +495,22 @@ def dx_proj(dh: torch.Tensor, w1, w3, offs, cfg: dict | None = None) -> torch.Te
     _dx_bwd[grid](dh, w1.contiguous(), w3.contiguous(), dxs, tile_end, offs, E, D, I, dh.stride(0), **meta,
                   EVEN=even, **launch)
     return dxs
+
+
+def da_swiglu_bwd(dy: torch.Tensor, w2: torch.Tensor, h1, h3, w_s, offs, cfg: dict | None = None):
+    """Backward of a_w = w_s·silu(h1)·h3 fed by d a_w = dy·w2[e] (per expert segment): → (dh [M, 2I] = dh1 | dh3
+    in dy.dtype, dw_s [M] fp32). dy [M, D] row-major in sorted order; h1, h3 row-strided [M, I]."""
+    cfg = cfg or DA_CONFIG
+    E, D, I = w2.shape
+    M = dy.shape[0]
+    assert dy.stride(-1) == 1 and h1.stride(-1) == 1 and h3.stride(-1) == 1
+    meta, launch = _launch_cfg(cfg, E)
+    n_tiles = triton.cdiv(I, meta["BN"])
+    dh = torch.empty(M, 2 * I, dtype=dy.dtype, device=dy.device)
+    dwp = torch.empty(n_tiles, M, dtype=torch.float32, device=dy.device)
+    tile_end = tile_table(offs, meta["BM"])
+    even = D % meta["BK"] == 0 and I % meta["BN"] == 0
+    _da_swiglu_bwd[(triton.cdiv(M, meta["BM"]) + E, n_tiles)](
+        dy, w2.contiguous(), h1, h3, w_s, dh, dwp, tile_end, offs, E, D, I, M, h1.stride(0), h3.stride(0),
+        dh.stride(0), **meta, EVEN=even, **launch)
+    return dh, dwp.sum(0)

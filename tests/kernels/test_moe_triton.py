@@ -131,3 +131,29 @@ def test_dx_proj_against_torch(cfg, I, D):
         want = dh[start:end, :I] @ w1[e] + dh[start:end, I:] @ w3[e]
         torch.testing.assert_close(dxs[start:end], want, atol=1e-4, rtol=1e-4)
         start = end
+
+
+@pytest.mark.parametrize("I,D", [(40, 24), (32, 48)])
+@pytest.mark.parametrize("cfg", [dict(BM=16, BN=16, BK=16), dict(BM=32, BN=16, BK=16)])
+def test_da_swiglu_bwd_against_torch(cfg, I, D):
+    """d a_w = dy·w2[e] per segment with the weighted-SwiGLU backward in the epilogue, against torch matmuls and the
+    torch SwiGLU backward; dw summed over column tiles."""
+    from mixlab.kernels.moe_triton import da_swiglu_bwd
+
+    E = 5
+    _, offs, M = _segments([17, 0, 33, 1, 16], seed=0)
+    dy = _randn(M, D, seed=6)
+    w2 = _randn(E, D, I, seed=7)
+    h = _randn(M, 2 * I, seed=8)
+    h1, h3 = h[:, :I], h[:, I:]
+    w_s = torch.rand(M, generator=torch.Generator().manual_seed(9)).to(DEV)
+    dh, dw = da_swiglu_bwd(dy, w2, h1, h3, w_s, offs, cfg)
+    da = torch.empty(M, I, device=DEV)
+    start = 0
+    for e, end in enumerate(offs.tolist()):
+        da[start:end] = dy[start:end] @ w2[e]
+        start = end
+    want = torch.empty(M, 2 * I, device=DEV)
+    dw_ref = _swiglu_w_bwd_torch(h1, h3, w_s, da, want[:, :I], want[:, I:])
+    torch.testing.assert_close(dh, want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(dw, dw_ref, atol=1e-4, rtol=1e-4)

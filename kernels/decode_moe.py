@@ -2,8 +2,9 @@
 sync (CUDA-graph safe).
 
 The reference is the router (`moe_route`) followed by the gather form: each (row, k) pair gathers its expert's
-weights and runs batched GEMMs. On CUDA (fast path) `decode_moe_triton.py` does routing, experts and combine in five
-launches (instead of ~20) and reads each chosen expert's weights once per step however many rows pick it.
+weights and runs batched GEMMs; the shared experts are a plain MLP. On CUDA (fast path) `decode_moe_triton.py` does
+router GEMM, routing, routed and shared experts and combine in five launches (instead of ~25) and reads each chosen
+expert's weights once per step however many rows pick it.
 """
 
 from __future__ import annotations
@@ -38,18 +39,22 @@ def moe_experts_gather(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: 
 def moe_decode_block(x: torch.Tensor, gate_weight: torch.Tensor, correction_bias: torch.Tensor | None,
                      w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, top_k: int, *, renormalize: bool,
                      scaling: float, weights_use_bias: bool, activation: str,
-                     shared: torch.Tensor | None = None) -> torch.Tensor:
-    """x [N, D] → Σ_k weight · Expert(x) (+ shared, the shared experts' output [N, D]) in x.dtype.
+                     shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """x [N, D] → Σ_k weight · Expert(x) (+ the shared experts' MLP) in x.dtype.
 
-    Router logits in fp32 (F.linear over x.float(), as the model's gate); routing as `moe_route`."""
+    gate_weight [E, D]: router logits x·Wgᵀ in fp32 (as the model's gate); routing as `moe_route`; shared: the
+    shared MLP's (gate_proj, up_proj, down_proj) weights ([IS, D], [IS, D], [D, IS]) or None."""
     if activation not in ("sigmoid", "softmax"):
         raise MixlabError(f"moe_decode_block: unknown router activation {activation!r}; choose sigmoid or softmax")
-    logits = F.linear(x.float(), gate_weight.float())
-    if route_triton is not None and use_fused(x, w1, logits):
-        idx, weight = route_triton(logits, correction_bias, top_k, renormalize, scaling, weights_use_bias,
+    if route_triton is not None and use_fused(x, w1, gate_weight):
+        idx, weight = route_triton(x, gate_weight, correction_bias, top_k, renormalize, scaling, weights_use_bias,
                                    activation)
         return experts_triton(x, w1, w3, w2, idx, weight, shared)
+    logits = F.linear(x.float(), gate_weight.float())
     idx, weight = moe_route(logits, correction_bias, top_k, renormalize=renormalize, scaling=scaling,
                             weights_use_bias=weights_use_bias, activation=activation)
     y = moe_experts_gather(x, w1, w3, w2, idx, weight)
-    return y if shared is None else y + shared
+    if shared is None:
+        return y
+    gate, up, down = shared
+    return y + F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down)

@@ -92,7 +92,8 @@ def _mla(attn, x: torch.Tensor, cache: PagedHybridCache, positions: torch.Tensor
 def _moe(block, x: torch.Tensor, mode: str) -> torch.Tensor:
     cfg = block.config
     if mode == "fused":
-        shared = block.shared_experts(x) if block.shared_experts is not None else None
+        se = block.shared_experts
+        shared = None if se is None else (se.gate_proj.weight, se.up_proj.weight, se.down_proj.weight)
         with torch.autocast(device_type=x.device.type, enabled=False):
             return moe_decode_block(x, block.gate.weight, block.gate.e_score_correction_bias, block.experts.w1,
                                     block.experts.w3, block.experts.w2, block.top_k, renormalize=cfg.moe_renormalize,

@@ -150,14 +150,17 @@ def test_kda_decode_in_place_rows_match_slots():
 @pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
 @pytest.mark.parametrize("renormalize,weights_use_bias", [(True, False), (False, True)])
 def test_moe_route_matches_reference(activation, renormalize, weights_use_bias):
-    logits = _randn(37, 48, seed=3)
-    bias = _randn(48, seed=4, scale=0.1)
+    """Router GEMM (fp32 logits) + routing = F.linear(x.float(), Wg.float()) then `moe_route`."""
+    x = _randn(37, 96, dtype=torch.bfloat16, seed=3)  # D = 96: not a multiple of the GEMM tile
+    gate_w = _randn(48, 96, dtype=torch.bfloat16, seed=4, scale=0.1)  # O(1) logits: no saturated (tied) sigmoids
+    bias = _randn(48, seed=5, scale=0.1)
+    logits = torch.nn.functional.linear(x.float(), gate_w.float())
     for b, k in ((bias, 3), (None, 3), (bias, 1)):
-        got = route_triton(logits, b, k, renormalize, 2.5, weights_use_bias, activation)
+        got = route_triton(x, gate_w, b, k, renormalize, 2.5, weights_use_bias, activation)
         want = moe_route(logits, b, k, renormalize=renormalize, scaling=2.5, weights_use_bias=weights_use_bias,
                          activation=activation)
         assert torch.equal(got[0], want[0])
-        torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
 
 
 # bf16: five roundings in a row (a, b, SiLU, product, GEMM), each truncated by the interpreter: a looser bound
@@ -172,11 +175,15 @@ def test_moe_experts_match_gather_reference(N, D, I, E, k, dtype, tol):
     w1, w3 = _randn(E, I, D, dtype=dtype, seed=6, scale=0.2), _randn(E, I, D, dtype=dtype, seed=7, scale=0.2)
     w2 = _randn(E, D, I, dtype=dtype, seed=8, scale=0.2)
     idx, weight = moe_route(_randn(N, E, seed=9), None, k, scaling=2.0)
-    shared = _randn(N, D, dtype=dtype, seed=10)
+    IS = 2 * I + 16  # shared MLP wider than an expert, not a tile multiple
+    shared = (_randn(IS, D, dtype=dtype, seed=10, scale=0.2), _randn(IS, D, dtype=dtype, seed=11, scale=0.2),
+              _randn(D, IS, dtype=dtype, seed=12, scale=0.2))
     for sh in (None, shared):
         got = experts_triton(x, w1, w3, w2, idx, weight, sh)
         want = decode_moe.moe_experts_gather(x, w1, w3, w2, idx, weight)
-        want = want if sh is None else want + sh
+        if sh is not None:
+            F = torch.nn.functional
+            want = want + F.linear(F.silu(F.linear(x, sh[0])) * F.linear(x, sh[1]), sh[2])
         assert got.dtype == want.dtype and torch.isfinite(got).all()
         assert _rel(got, want) < tol, _rel(got, want)
 
@@ -227,12 +234,18 @@ def test_gpu_kernels_at_1b_shapes(dtype, tol):
         w1, w3 = _randn(48, 384, 1024, dtype=dtype, seed=6, scale=0.03), _randn(48, 384, 1024, dtype=dtype, seed=7,
                                                                                 scale=0.03)
         w2 = _randn(48, 1024, 384, dtype=dtype, seed=8, scale=0.05)
-        logits = _randn(N, 48, seed=9)
-        idx, weight = route_triton(logits, None, 3, True, 2.446, False, "sigmoid")
-        want_idx, want_weight = moe_route(logits, None, 3, scaling=2.446)
-        assert torch.equal(idx, want_idx)
-        got = experts_triton(x, w1, w3, w2, idx, weight)
-        want = decode_moe.moe_experts_gather(x, w1, w3, w2, want_idx, want_weight)
+        gate_w = _randn(48, 1024, dtype=dtype, seed=9, scale=0.05)
+        shared = (_randn(384, 1024, dtype=dtype, seed=10, scale=0.03), _randn(384, 1024, dtype=dtype, seed=11,
+                                                                              scale=0.03),
+                  _randn(1024, 384, dtype=dtype, seed=12, scale=0.05))
+        got = decode_moe.moe_decode_block(x, gate_w, None, w1, w3, w2, 3, renormalize=True, scaling=2.446,
+                                          weights_use_bias=False, activation="sigmoid", shared=shared)
+        try:
+            decode_moe.route_triton = None  # the op's reference path
+            want = decode_moe.moe_decode_block(x, gate_w, None, w1, w3, w2, 3, renormalize=True, scaling=2.446,
+                                               weights_use_bias=False, activation="sigmoid", shared=shared)
+        finally:
+            decode_moe.route_triton = route_triton
         assert _rel(got, want) < tol, (N, _rel(got, want))
 
 

@@ -466,7 +466,8 @@ def _launch_cfg(cfg: dict, E: int) -> tuple[dict, dict]:
 
 
 def up_proj_swiglu(x, token_of, w1, w3, w_s, offs, cfg: dict | None = None):
-    """h1 = x[token_of]·w1[e]ᵀ, h3 = x[token_of]·w3[e]ᵀ per expert segment, a_w = w_s·silu(h1)·h3 → (h1, h3, a_w),
+    """h1 = x[token_of]·w1[e]ᵀ, h3 = x[token_of]·w3[e]ᵀ per expert segment, a_w = w_s·silu(h1)·h3
+    → (h1, h3, a_w),
     each [M, I] in x.dtype; x [N, D] unsorted (the gather happens in the load), segments ending at `offs`."""
     cfg = cfg or UP_CONFIG
     E, I, D = w1.shape

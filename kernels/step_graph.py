@@ -69,7 +69,8 @@ class StaticBatchStep:
     """
 
     def __init__(self, loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], params: list[torch.nn.Parameter],
-                 *, capture: bool = True, warmup: int = 2,
+                 *, capture: bool = True, warmup: int = 2, grads: list[torch.Tensor] | None = None,
+                 pool: object | None = None,
                  before_capture: Callable[[], object] | None = None,
                  after_capture: Callable[[object], None] | None = None):
         self.loss_fn = loss_fn
@@ -79,7 +80,12 @@ class StaticBatchStep:
         self.before_capture, self.after_capture = before_capture, after_capture
         self.signature: tuple | None = None
         self.buffers: dict[str, torch.Tensor] = {}
-        self.grads = [torch.zeros_like(p) for p in self.params]
+        # Steps for several batch shapes share `grads` (micro-batches of different shapes accumulate into the same
+        # tensors) and may share a graph memory `pool` (they never run concurrently).
+        self.grads = grads if grads is not None else [torch.zeros_like(p) for p in self.params]
+        if len(self.grads) != len(self.params):
+            raise MixlabError(f"StaticBatchStep: {len(self.grads)} gradient tensors for {len(self.params)} parameters")
+        self.pool = pool
         self.graph: torch.cuda.CUDAGraph | None = None
         self.loss: torch.Tensor | None = None
         self.replays = 0
@@ -137,7 +143,7 @@ class StaticBatchStep:
                     self.loss_fn(self.buffers)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, pool=self.pool):
                 self.loss = self.loss_fn(self.buffers)
         finally:  # also when capture fails: the caller then runs this batch eagerly on clean state
             torch._foreach_copy_(self.grads, saved_grads)

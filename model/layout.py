@@ -32,6 +32,7 @@ class SeqLayout:
     seg_ids: torch.Tensor | None = None  # varlen mode: [N] sequence id of each token
     cache: KimiLinearCache | None = None
     has_past: bool = False
+    count_mask: torch.Tensor | None = None  # dense mode: [B*T] bool, the tokens MoE load statistics count
 
     @property
     def varlen(self) -> bool:

@@ -323,9 +323,15 @@ class KimiSparseMoeBlock(nn.Module):
         y = self.routed_experts(flat, idx, weight)
         if self.shared_experts is not None:
             y = y + self.shared_experts(flat)
-        counts = expert_counts(idx.detach(), self.experts.num_experts)  # device-side: no host sync
+        E = self.experts.num_experts
+        if layout.count_mask is None:
+            counts = expert_counts(idx.detach(), E)  # device-side: no host sync
+        else:  # tokens outside the mask (right padding kept dense) go to a spare bin that is dropped
+            counts = expert_counts(torch.where(layout.count_mask[:, None], idx.detach(), E), E + 1)[:E]
         aux = None
         if self.training and cfg.seq_aux_loss_coef > 0 and torch.is_grad_enabled():
+            if layout.count_mask is not None:
+                raise MixlabError("count_mask (padding kept dense) cannot be combined with seq_aux_loss_coef > 0")
             aux = sequence_aux_loss(logits, idx, layout.group_ids(x.device), cfg.moe_router_activation_func,
                                     self.top_k, num_groups=layout.num_seqs)
             n_moe = sum(cfg.is_moe_layer(i) for i in range(cfg.num_hidden_layers))
@@ -438,8 +444,13 @@ class KimiLinearModel(KimiLinearPreTrainedModel):
         cache: KimiLinearCache | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        count_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> "KimiModelOutput":
+        """`count_mask` [B, T] bool: the tokens the expert-load statistics count. The CUDA-graph training step
+        (recipes/graph_step.py) keeps right-padded rows dense [B, T] instead of packing them (every layer is causal,
+        so padding after a row's last real token never reaches a real one, and its labels are -100) and passes the
+        padding mask here, so padding is computed but never counted."""
         if (input_ids is None) == (inputs_embeds is None):
             raise MixlabError("pass exactly one of input_ids or inputs_embeds")
         cache = cache if cache is not None else past_key_values
@@ -460,6 +471,10 @@ class KimiLinearModel(KimiLinearPreTrainedModel):
         layout = build_layout(B, T, inputs_embeds.device, attention_mask, position_ids, cu_seqlens, cache,
                               cache_optional=cache_optional)
         cache = layout.cache
+        if count_mask is not None:
+            if layout.varlen or count_mask.shape != (B, T):
+                raise MixlabError(f"count_mask must be [{B}, {T}] for a dense batch (no padding mask, no packing)")
+            layout.count_mask = count_mask.reshape(-1).bool()
 
         h = layout.pack(inputs_embeds)
         all_hidden = [] if output_hidden_states else None
@@ -608,12 +623,13 @@ class KimiLinearForCausalLM(KimiLinearPreTrainedModel, GenerationMixin):
         num_items_in_batch: int | torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        count_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,
-            cu_seqlens=cu_seqlens, output_hidden_states=output_hidden_states,
+            cu_seqlens=cu_seqlens, output_hidden_states=output_hidden_states, count_mask=count_mask,
         )
         h = out.last_hidden_state
         if isinstance(logits_to_keep, int):

@@ -10,10 +10,15 @@ distinct reason is logged once):
 - the model is mixlab's Kimi Linear on one CUDA device (no DDP/FSDP/DeepSpeed), precision bf16 or fp32 (fp16 needs a
   loss scaler), TRL's `loss_type="nll"`, no custom loss function or label smoothing (gradient checkpointing, TRL's
   SFT default, is captured too; if a capture fails, the trainer goes eager for the rest of the run and says why);
-- the batch is dense: `input_ids` and `labels` [B, T], an all-ones `attention_mask` (or none) and position ids that
-  count 0..T-1 in every row (or none). Padded or packed batches (position-id resets) take the varlen layout, whose
-  sequence boundaries are data-dependent: not capturable, so they run eagerly;
-- its shapes equal the first graphed batch's (one graph per trainer; e.g. a short last batch runs eagerly).
+- the batch is dense: `input_ids` and `labels` [B, T], each row one sequence from position 0, padded (if at all) on
+  the right only, which TRL's SFT collator does. Right padding stays in the dense [B, T] layout instead of the varlen
+  one the model uses for padding masks: every layer is causal, so padding after a row's last real token never reaches
+  a real one, its labels are -100, and `count_mask` keeps it out of the expert-load counts (loss, gradients and loads
+  equal the varlen step's; the padding only costs compute). Packed batches (position-id resets), left or inner
+  padding, and right padding with the sequence aux loss on (it counts tokens per row) take the varlen layout, whose
+  boundaries are data-dependent and not capturable: they run eagerly;
+- one graph per batch shape, up to MIXLAB_GRAPH_STEP_SHAPES (default 4) shapes sharing one memory pool; the runner
+  pads unpacked SFT batches on a GPU to a multiple of max_length / 4 (`bucket_multiple`), so they come in <= 4 shapes.
 
 What the graph computes is what the eager step computes: the model's own shifted cross-entropy (sum / TRL's
 `num_items_in_batch` when given, else the mean), scaled for gradient accumulation exactly as `Trainer.training_step`
@@ -37,7 +42,7 @@ from typing import Any
 import torch
 
 from mixlab.errors import MixlabError
-from mixlab.kernels.step_graph import StaticBatchStep
+from mixlab.kernels.step_graph import StaticBatchStep, batch_signature
 
 logger = logging.getLogger(__name__)
 
@@ -56,43 +61,74 @@ def graph_mode() -> str:
     return mode
 
 
-def dense_batch_reason(inputs: dict[str, Any]) -> str | None:
-    """Why a batch cannot run on the dense static layout (None: it can). One host read for the value checks."""
+def inspect_batch(inputs: dict[str, Any], *, allow_right_padding: bool = True) -> tuple[str | None, int]:
+    """(why the batch cannot run on the dense static layout, or None; its number of real tokens). One host read.
+
+    Dense means [B, T] rows that each hold one sequence from position 0: no packing, and padding (if any, and if
+    allowed) only after a row's last real token, which no real token can see in a causal model."""
     if _PACKED_KEYS & set(inputs):
-        return "padded or packed batch (varlen layout)"
+        return "packed batch (varlen layout)", 0
     extra = sorted(set(inputs) - _BATCH_KEYS)
     if extra:
-        return f"unsupported batch keys {extra}"
+        return f"unsupported batch keys {extra}", 0
     ids, labels = inputs.get("input_ids"), inputs.get("labels")
     if not isinstance(ids, torch.Tensor) or not isinstance(labels, torch.Tensor):
-        return "batch needs input_ids and labels tensors"
+        return "batch needs input_ids and labels tensors", 0
     if ids.dim() != 2 or labels.shape != ids.shape:
-        return f"input_ids {tuple(ids.shape)} / labels {tuple(labels.shape)} are not both [B, T]"
-    checks = []
+        return f"input_ids {tuple(ids.shape)} / labels {tuple(labels.shape)} are not both [B, T]", 0
     mask, pos = inputs.get("attention_mask"), inputs.get("position_ids")
+    ok = torch.ones((), dtype=torch.bool, device=ids.device)
+    tokens = torch.full((), ids.numel(), device=ids.device)
     if mask is not None:
         if mask.shape != ids.shape:
-            return f"attention_mask {tuple(mask.shape)} is not [B, T]"
-        checks.append(mask.bool().all())
+            return f"attention_mask {tuple(mask.shape)} is not [B, T]", 0
+        m = mask.bool()
+        ok = ok & ((m[:, 1:] <= m[:, :-1]).all() if allow_right_padding else m.all())
+        tokens = m.sum()
     if pos is not None:
         if pos.shape != ids.shape:
-            return f"position_ids {tuple(pos.shape)} is not [B, T]"
-        checks.append((pos == torch.arange(ids.shape[1], device=pos.device)).all())
-    if checks and not bool(torch.stack(checks).all()):
-        return "padded or packed batch (varlen layout)"
-    return None
+            return f"position_ids {tuple(pos.shape)} is not [B, T]", 0
+        ok = ok & (pos == torch.arange(ids.shape[1], device=pos.device)).all()
+    ok_host, tokens_host = torch.stack([ok.long(), tokens.long()]).tolist()
+    if not ok_host:
+        what = "left padding, padding inside a row" if allow_right_padding else "padding"
+        return f"{what} or position resets (varlen layout)", 0
+    return None, tokens_host
+
+
+def graph_shapes() -> int:
+    """How many batch shapes get a graph (MIXLAB_GRAPH_STEP_SHAPES, default 4); they share one memory pool."""
+    raw = os.environ.get("MIXLAB_GRAPH_STEP_SHAPES", "4")
+    try:
+        n = int(raw)
+    except ValueError:
+        n = -1
+    if n < 1:
+        raise MixlabError(f"MIXLAB_GRAPH_STEP_SHAPES={raw!r}: must be a whole number >= 1")
+    return n
+
+
+def bucket_multiple(max_length: int | None) -> int | None:
+    """The `pad_to_multiple_of` that gives padded (unpacked) SFT batches at most `graph_shapes()` lengths up to
+    max_length (rounded up to a multiple of 64), so every batch can replay a captured graph."""
+    if not max_length:
+        return None
+    return max(64, -(-max_length // (graph_shapes() * 64)) * 64)
 
 
 class GraphStepMixin:
     """Put before a transformers `Trainer` subclass: `class T(GraphStepMixin, trl.SFTTrainer)`."""
 
-    _graph_step: StaticBatchStep | None = None
     _graph_disabled: str | None = None
 
     @property
     def graph_stats(self) -> dict[str, Any]:
-        stats = self.__dict__.setdefault("_graph_stats", {"graph": 0, "eager": 0, "reasons": Counter()})
-        return stats
+        return self.__dict__.setdefault("_graph_stats", {"graph": 0, "eager": 0, "reasons": Counter()})
+
+    @property
+    def graph_steps(self) -> dict[tuple, StaticBatchStep]:
+        """One captured step per batch signature."""
+        return self.__dict__.setdefault("_graph_steps", {})
 
     # -- decisions --------------------------------------------------------------------------------------------
 
@@ -119,7 +155,6 @@ class GraphStepMixin:
             return "TRL router aux loss (output_router_logits)"
         return None
 
-
     # -- the step ---------------------------------------------------------------------------------------------
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -128,32 +163,36 @@ class GraphStepMixin:
             if self._graph_disabled:
                 logger.info("graph step off: %s", self._graph_disabled)
         reason = self._graph_disabled or None
-        batch = None
         if reason is None:
             inputs = self._prepare_inputs(inputs)
-            reason = dense_batch_reason(inputs)
+            core = self.accelerator.unwrap_model(model)
+            # The sequence aux loss counts tokens per row: padding kept dense would count, so it goes varlen.
+            dense_padding = not core.config.seq_aux_loss_coef > 0
+            reason, tokens = inspect_batch(inputs, allow_right_padding=dense_padding)
         if reason is None:
-            batch = self._static_batch(inputs, num_items_in_batch)
-            if self._graph_step is not None and not self._graph_step.accepts(batch):
-                reason = f"batch shape {tuple(inputs['input_ids'].shape)} differs from the graphed one"
+            batch = self._static_batch(inputs, num_items_in_batch, dense_padding)
+            step = self.graph_steps.get(batch_signature(batch))
+            if step is None and len(self.graph_steps) >= graph_shapes():
+                reason = (f"batch shape {tuple(inputs['input_ids'].shape)}: {graph_shapes()} other shapes are graphed "
+                          "(MIXLAB_GRAPH_STEP_SHAPES)")
         if reason is not None:
             return self._eager(model, inputs, num_items_in_batch, reason)
         model.train()
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()
-        if self._graph_step is None:
-            self._graph_step = self._make_step(model, with_num_items="num_items" in batch)
+        if step is None:
+            step = self.graph_steps[batch_signature(batch)] = self._make_step(model, batch)
         try:
-            loss = self._graph_step.step(batch)
+            loss = step.step(batch)
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as exc:  # capture failed (a host sync, an op graphs cannot hold): eager from now on
-            self._graph_disabled = f"capture failed: {type(exc).__name__}: {str(exc)[:200]}"
+            self._graph_disabled = f"capture failed: {type(exc).__name__}: {str(exc)[:300]}"
             logger.warning("graph step off: %s", self._graph_disabled)
-            self._graph_step = None
+            self.graph_steps.clear()
             return self._eager(model, inputs, num_items_in_batch, self._graph_disabled)
         self.graph_stats["graph"] += 1
-        self._count_tokens(inputs["input_ids"].numel(), graphed=True)
+        self._count_tokens(tokens)
         return loss.clone()  # the graph overwrites its output on the next replay
 
     def _eager(self, model, inputs, num_items_in_batch, reason: str):
@@ -167,7 +206,7 @@ class GraphStepMixin:
             metrics["train"]["graph_step"].append(0.0)
         return super().training_step(model, inputs, num_items_in_batch)
 
-    def _count_tokens(self, n: int, *, graphed: bool) -> None:
+    def _count_tokens(self, n: int) -> None:
         """What TRL's compute_loss records per step (its `num_tokens` feeds the tokens/s mixlab logs)."""
         metrics = getattr(self, "_metrics", None)
         if metrics is None:
@@ -175,12 +214,17 @@ class GraphStepMixin:
         if hasattr(self, "_total_train_tokens"):
             self._total_train_tokens += n
             metrics["train"]["num_tokens"] = [self._total_train_tokens]
-        metrics["train"]["graph_step"].append(1.0 if graphed else 0.0)
+        metrics["train"]["graph_step"].append(1.0)
 
-    def _static_batch(self, inputs, num_items_in_batch) -> dict[str, torch.Tensor]:
-        """The graph's inputs: ids, labels, the gradient-accumulation scale and TRL's token count, as tensors."""
+    def _static_batch(self, inputs, num_items_in_batch, dense_padding: bool) -> dict[str, torch.Tensor]:
+        """The graph's inputs: ids, labels, the tokens to count (where padding may stay dense; always given then, so
+        padded and unpadded batches of one shape share a graph), the gradient-accumulation scale and TRL's token
+        count, as tensors."""
         ids = inputs["input_ids"]
+        mask = inputs.get("attention_mask")
         batch = {"input_ids": ids, "labels": inputs["labels"]}
+        if dense_padding:
+            batch["count_mask"] = mask.bool() if mask is not None else torch.ones_like(ids, dtype=torch.bool)
         # As Trainer.training_step: a loss normalised by num_items_in_batch is already scaled for accumulation.
         scaled = getattr(self, "loss_is_scaled_for_ga", None)
         if scaled is None:
@@ -191,16 +235,24 @@ class GraphStepMixin:
             batch["num_items"] = torch.as_tensor(num_items_in_batch, device=ids.device).reshape(()).float()
         return batch
 
-    def _make_step(self, model, *, with_num_items: bool) -> StaticBatchStep:
+    def _make_step(self, model, batch) -> StaticBatchStep:
         core = self.accelerator.unwrap_model(model)
-        return model_step(core, bf16=self.accelerator.mixed_precision == "bf16", with_num_items=with_num_items,
-                          capture=graph_mode() == "auto")
+        first = next(iter(self.graph_steps.values()), None)
+        capture = graph_mode() == "auto"
+        if first is None and capture:
+            self.__dict__["_graph_pool"] = torch.cuda.graph_pool_handle()
+        return model_step(core, bf16=self.accelerator.mixed_precision == "bf16",
+                          with_num_items="num_items" in batch, capture=capture,
+                          grads=first.grads if first is not None else None,
+                          pool=self.__dict__.get("_graph_pool"))
 
 
-def model_step(core, *, bf16: bool, with_num_items: bool = False, capture: bool = True) -> StaticBatchStep:
+def model_step(core, *, bf16: bool, with_num_items: bool = False, capture: bool = True,
+               grads: list[torch.Tensor] | None = None, pool: object | None = None) -> StaticBatchStep:
     """The static-buffer forward + backward of a Kimi Linear model (what the trainer hook replays; bench_step.py
-    times it too). Batches: input_ids, labels, scale (0-d: the gradient-accumulation factor) and, with
-    `with_num_items`, num_items (0-d: the loss is the token sum over it, as TRL's)."""
+    times it too). Batches: input_ids, labels, scale (0-d: the gradient-accumulation factor), optionally count_mask
+    ([B, T] bool: right padding kept dense is not counted in the expert loads) and, with `with_num_items`, num_items
+    (0-d: the loss is the token sum over it, as TRL's)."""
     # The class's forward, not the instance's: TRL's fused-LM-head wrapper and accelerate's autocast wrapper sit on
     # the instance. Autocast is applied here with its weight-cast cache off, as graph capture needs.
     forward = functools.partial(type(core).forward, core)
@@ -215,7 +267,8 @@ def model_step(core, *, bf16: bool, with_num_items: bool = False, capture: bool 
     def loss_fn(buf: dict[str, torch.Tensor]) -> torch.Tensor:
         with autocast():
             out = forward(input_ids=buf["input_ids"], labels=buf["labels"], use_cache=False,
-                          num_items_in_batch=buf["num_items"] if with_num_items else None)
+                          num_items_in_batch=buf["num_items"] if with_num_items else None,
+                          count_mask=buf.get("count_mask"))
         loss = out.loss * buf["scale"]
         loss.backward()
         if out.aux_loss is not None and coef > 0:  # the model adds the aux value for reporting; TRL does not
@@ -238,7 +291,7 @@ def model_step(core, *, bf16: bool, with_num_items: bool = False, capture: bool 
             elif buf is not None:
                 buf.copy_(before)
 
-    return StaticBatchStep(loss_fn, list(core.parameters()), capture=capture,
+    return StaticBatchStep(loss_fn, list(core.parameters()), capture=capture, grads=grads, pool=pool,
                            before_capture=save_counters, after_capture=restore_counters)
 
 

@@ -44,6 +44,7 @@ from mixlab.model.training import RouterBiasCallback
 from mixlab.paths import checkpoints_dir
 from mixlab.recipes.callbacks import DuckDBLogger, PeriodicEval
 from mixlab.recipes.data import keep_curriculum_order, load_stage_dataset
+from mixlab.recipes.graph_step import bucket_multiple, graph_mode
 from mixlab.recipes.distributed import (
     SUPPORTED_TRAINERS,
     CheckpointConfigCallback,
@@ -323,6 +324,9 @@ class RecipeRunner:
         transformers.set_seed(self.recipe.seed)
         if os.environ.get("MIXLAB_DETERMINISTIC") == "1":  # set by `mixlab demo`: same seed, same numbers
             torch.use_deterministic_algorithms(True, warn_only=True)
+            # Deterministic mode also NaN-fills every torch.empty; TRL's fused lm-head loss empties a 512 MB
+            # [4096, 32768] tile buffer twice a step (17 % of a demo SFT step's CPU). Nothing reads it unwritten.
+            torch.utils.deterministic.fill_uninitialized_memory = False
         model, tokenizer = self._load_model(init)
         trainer = self._build_trainer(item, model, tokenizer, output_dir)
         train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -395,6 +399,10 @@ class RecipeRunner:
             fp16=self.precision == "fp16",
         )
         kwargs.update(spec.stage_args(stage))
+        if (spec.name == "sft" and self.device.startswith("cuda") and not self.dist.enabled and not stage.packing
+                and graph_mode() == "auto" and "pad_to_multiple_of" not in stage.args):
+            # Padded batches in a few lengths only, so the CUDA-graph step (graph_step.py) replays every one of them.
+            kwargs["pad_to_multiple_of"] = bucket_multiple(kwargs.get("max_length", 1024))
         if self.dist.enabled:
             kwargs.update(fsdp_training_args(offload=recipe.fsdp.offload))
             # The model's own per-layer checkpointing (accelerate's FSDP AC skips a model that is already sharded).

@@ -1,7 +1,8 @@
 """The recipe's graph training step (recipes/graph_step.py) on CPU, through real TRL SFTTrainers: its static-buffer
 step (MIXLAB_GRAPH_STEP=eager: everything but the CUDA capture) trains exactly as TRL's own step, gradient
-accumulation, a short last batch, the MoE aux loss and expert-load counters included; batches it cannot hold (padded,
-packed) fall back to TRL's step with the reason recorded; SFT recipes build the graph-capable trainer."""
+accumulation, several batch shapes, right padding kept dense, the MoE aux loss and expert-load counters included;
+batches it cannot hold (packed, left-padded, over the shape limit) fall back to TRL's step with the reason recorded;
+SFT recipes build the graph-capable trainer."""
 
 from __future__ import annotations
 
@@ -12,23 +13,31 @@ from datasets import Dataset
 
 from mixlab.errors import MixlabError
 from mixlab.model import load_model_and_tokenizer
-from mixlab.recipes.graph_step import GraphStepMixin, dense_batch_reason, graph_mode, with_graph_step
+from mixlab.recipes.graph_step import (
+    GraphStepMixin,
+    bucket_multiple,
+    graph_mode,
+    graph_shapes,
+    inspect_batch,
+    with_graph_step,
+)
 from mixlab.recipes.trainers import BuildContext, get_trainer
 
 
 def _rows(n=18, T=32, ragged=False):
     gen = torch.Generator().manual_seed(0)
-    lens = [T if not ragged or i % 3 else T - 12 for i in range(n)]
+    lens = torch.randint(6, T + 1, (n,), generator=gen).tolist() if ragged else [T] * n
     return [{"input_ids": torch.randint(0, 1000, (L,), generator=gen).tolist()} for L in lens]
 
 
-def _train(tmp_path, mode, monkeypatch, *, rows, packing=False, ga=2, overrides=None):
+def _train(tmp_path, mode, monkeypatch, *, rows, packing=False, ga=2, overrides=None, shapes=4, pad_to=None):
     monkeypatch.setenv("MIXLAB_GRAPH_STEP", mode)
+    monkeypatch.setenv("MIXLAB_GRAPH_STEP_SHAPES", str(shapes))
     lm = load_model_and_tokenizer("tiny", device="cpu", dtype=torch.float32, seed=0, overrides=overrides)
     args = trl.SFTConfig(output_dir=str(tmp_path / mode), max_steps=3, per_device_train_batch_size=4,
                          gradient_accumulation_steps=ga, use_cpu=True, report_to="none", loss_type="nll",
                          logging_steps=1, max_length=64, optim="sgd", learning_rate=0.5, disable_tqdm=True,
-                         packing=packing, seed=0, bf16=False)
+                         packing=packing, seed=0, bf16=False, pad_to_multiple_of=pad_to)
     trainer = with_graph_step(trl.SFTTrainer)(model=lm.model, args=args, processing_class=lm.tokenizer,
                                                train_dataset=Dataset.from_list(rows))
     trainer.train()
@@ -54,23 +63,38 @@ def test_static_step_trains_exactly_as_trls_step(tmp_path, monkeypatch):
     # 18 rows, batch 4, accumulation 2: two optimizer steps of two graphed micro-batches, then the epoch's last
     # batch of 2 rows alone (a shape not graphed: TRL's own step)
     overrides = {"seq_aux_loss_coef": 0.01}  # the aux loss's gradient is attached inside the MoE blocks
-    graphed = _train(tmp_path, "eager", monkeypatch, rows=_rows(), overrides=overrides)
+    graphed = _train(tmp_path, "eager", monkeypatch, rows=_rows(), overrides=overrides, shapes=1)
     plain = _train(tmp_path, "off", monkeypatch, rows=_rows(), overrides=overrides)
     _assert_same_training(graphed, plain)
     stats = graphed[0].graph_stats
     assert stats["graph"] == 4 and stats["eager"] == 1, stats
-    assert list(stats["reasons"]) == ["batch shape (2, 32) differs from the graphed one"]
+    assert list(stats["reasons"]) == ["batch shape (2, 32): 1 other shapes are graphed (MIXLAB_GRAPH_STEP_SHAPES)"]
     assert [h["graph_step"] for h in graphed[1]] == [1.0, 1.0, 0.0]
     assert "graph_step" not in plain[1][0] and plain[0].graph_stats["reasons"] == {"MIXLAB_GRAPH_STEP=off": 5}
 
 
-def test_padded_and_packed_batches_run_trls_step(tmp_path, monkeypatch):
-    padded, _, _, _ = _train(tmp_path, "eager", monkeypatch, rows=_rows(n=8, ragged=True), ga=1)
-    assert padded.graph_stats["reasons"]["padded or packed batch (varlen layout)"] >= 1
+def test_right_padding_stays_dense_and_trains_as_the_varlen_step(tmp_path, monkeypatch):
+    # 16 rows of 6-12 tokens and 4 of 32 in 5 batches of 4, padded to a multiple of 8: at least one batch has no
+    # long row, so there are several shapes, mixed within one accumulation. TRL's step packs each padded batch into
+    # the varlen layout; the graph step keeps it [B, T] with the padding left out of the expert loads.
+    rows = _rows(n=16, T=12, ragged=True) + _rows(n=4, T=32)
+    graphed = _train(tmp_path, "eager", monkeypatch, rows=rows, pad_to=8)
+    plain = _train(tmp_path, "off", monkeypatch, rows=rows, pad_to=8)
+    _assert_same_training(graphed, plain)
+    stats = graphed[0].graph_stats
+    assert stats["eager"] == 0 and stats["graph"] == 5 and len(graphed[0].graph_steps) >= 2, stats
+    steps = list(graphed[0].graph_steps.values())
+    assert all(s.grads is steps[0].grads for s in steps)  # shapes accumulate into the same gradients
+
+
+def test_packed_batches_and_padding_with_the_aux_loss_run_trls_step(tmp_path, monkeypatch):
     packed, logs, _, _ = _train(tmp_path, "eager", monkeypatch, rows=_rows(n=24, ragged=True), packing=True, ga=1)
     assert packed.graph_stats["graph"] == 0
-    assert list(packed.graph_stats["reasons"]) == ["padded or packed batch (varlen layout)"]
+    assert list(packed.graph_stats["reasons"]) == ["packed batch (varlen layout)"]
     assert all(h["graph_step"] == 0.0 for h in logs)
+    aux, _, _, _ = _train(tmp_path, "eager", monkeypatch, rows=_rows(n=8, ragged=True), ga=1,
+                          overrides={"seq_aux_loss_coef": 0.01})
+    assert list(aux.graph_stats["reasons"]) == ["padding or position resets (varlen layout)"]
 
 
 def test_on_cpu_auto_mode_stays_eager(tmp_path, monkeypatch):
@@ -80,16 +104,20 @@ def test_on_cpu_auto_mode_stays_eager(tmp_path, monkeypatch):
     assert "graph_step" not in logs[0]
 
 
-def test_dense_batch_reason():
+def test_inspect_batch():
     ids = torch.zeros(2, 5, dtype=torch.long)
     dense = {"input_ids": ids, "labels": ids, "attention_mask": torch.ones(2, 5, dtype=torch.long),
              "position_ids": torch.arange(5).expand(2, 5)}
-    assert dense_batch_reason(dense) is None
-    assert dense_batch_reason({"input_ids": ids, "labels": ids}) is None
-    assert "padded" in dense_batch_reason({**dense, "attention_mask": torch.tensor([[1, 1, 1, 1, 0]] * 2)})
-    assert "packed" in dense_batch_reason({**dense, "position_ids": torch.tensor([[0, 1, 0, 1, 2]] * 2)})
-    assert "keys" in dense_batch_reason({**dense, "pixel_values": ids})
-    assert "[B, T]" in dense_batch_reason({"input_ids": ids, "labels": ids[:, :4]})
+    assert inspect_batch(dense) == (None, 10)
+    assert inspect_batch({"input_ids": ids, "labels": ids}) == (None, 10)
+    right = {**dense, "attention_mask": torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]])}
+    assert inspect_batch(right) == (None, 6)
+    assert "padding" in inspect_batch(right, allow_right_padding=False)[0]
+    assert "left padding" in inspect_batch({**dense, "attention_mask": torch.tensor([[0, 1, 1, 1, 1]] * 2)})[0]
+    assert "position resets" in inspect_batch({**dense, "position_ids": torch.tensor([[0, 1, 0, 1, 2]] * 2)})[0]
+    assert "keys" in inspect_batch({**dense, "pixel_values": ids})[0]
+    assert "packed" in inspect_batch({**dense, "cu_seq_lens_q": ids})[0]
+    assert "[B, T]" in inspect_batch({"input_ids": ids, "labels": ids[:, :4]})[0]
 
 
 def test_graph_mode_setting(monkeypatch):
@@ -98,6 +126,11 @@ def test_graph_mode_setting(monkeypatch):
     monkeypatch.setenv("MIXLAB_GRAPH_STEP", "always")
     with pytest.raises(MixlabError, match="MIXLAB_GRAPH_STEP='always'"):
         graph_mode()
+    monkeypatch.setenv("MIXLAB_GRAPH_STEP_SHAPES", "0")
+    with pytest.raises(MixlabError, match="MIXLAB_GRAPH_STEP_SHAPES='0'"):
+        graph_shapes()
+    monkeypatch.setenv("MIXLAB_GRAPH_STEP_SHAPES", "4")
+    assert bucket_multiple(1024) == 256 and bucket_multiple(100) == 64 and bucket_multiple(None) is None
 
 
 def test_sft_recipes_build_the_graph_capable_trainer(tmp_path):

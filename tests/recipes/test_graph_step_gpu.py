@@ -21,7 +21,10 @@ def _batch(model, B=2, T=256, seed=0):
     ids = torch.randint(0, model.config.vocab_size, (B, T), device="cuda", generator=gen)
     labels = ids.clone()
     labels[:, :8] = -100
-    return {"input_ids": ids, "labels": labels, "scale": torch.full((), 0.5, device="cuda")}
+    mask = torch.ones(B, T, dtype=torch.bool, device="cuda")
+    mask[1, T // 2:] = False  # row 1 right-padded: kept dense, left out of the expert loads
+    labels[~mask] = -100
+    return {"input_ids": ids, "labels": labels, "count_mask": mask, "scale": torch.full((), 0.5, device="cuda")}
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
@@ -40,6 +43,8 @@ def test_captured_model_step_matches_eager(checkpointing):
         losses.append(float(step.step(batches[2])))
         step.result = (losses, [g.clone() for g in step.grads])
     assert graphed.graph is not None and graphed.replays == 3
+    loads = model.expert_load()
+    assert loads and all(float(v.sum()) == pytest.approx(1.0) for v in loads.values())
     (lg, gg), (le, ge) = graphed.result, eager.result
     assert lg == pytest.approx(le, rel=1e-3)
     num = sum(float((a - b).float().pow(2).sum()) for a, b in zip(gg, ge))

@@ -30,6 +30,6 @@ timeout "$(left 130)" $PY bench/bench_step.py --tokens 8192,16384 --modes peer,f
     --iters 10 --fla-configs 1 --out "$OUT/step.json" > "$OUT/step.log" 2>&1
 say "bench_step rc=$?"; tail -n 10 "$OUT/step.log"
 
-timeout "$(left 120)" $PY bench/bench_loss_agreement.py --steps 200 --fla-configs 1 \
+timeout "$(left 120)" $PY bench/bench_loss_agreement.py --steps 200 --fla-configs 1 --recipe \
     --out "$OUT/loss_agreement.json" > "$OUT/loss_agreement.log" 2>&1
 say "loss agreement rc=$?"; tail -n 3 "$OUT/loss_agreement.log"

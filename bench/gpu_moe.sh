@@ -6,9 +6,9 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 PY="python3 -P"
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name(0))"
 echo "=== gpu tests (moe)"
-timeout 45 python3 -m pytest -p no:cacheprovider --import-mode=importlib -q -m "not slow" -s \
+timeout 50 python3 -m pytest -p no:cacheprovider --import-mode=importlib -q -m "not slow" -s \
   tests/kernels/test_moe_gpu.py 2>&1 | grep -v -i warn | tail -30 \
   | tee "$OUT/moe_gpu_tests.log"
 echo "=== bench_moe"
-timeout 70 $PY bench/bench_moe.py --profile --out "$OUT/moe.json" 2>&1 | grep -v -i warn | tee "$OUT/moe_bench.log" \
+timeout 66 $PY bench/bench_moe.py --profile --out "$OUT/moe.json" 2>&1 | grep -v -i warn | tee "$OUT/moe_bench.log" \
   | tail -80

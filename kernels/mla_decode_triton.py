@@ -2,7 +2,8 @@
 
 Program (b, s) reads row b's keys in split s straight from the block pool (token t lives at
 pool[table[b, t // bs], t % bs]), with all heads at once (the latent keys are shared by the heads), and keeps an
-online softmax (fp32 max, sum and weighted latent sum). With one split it writes the output; otherwise a second
+online softmax (fp32 max, sum and weighted latent sum). The new token's latent comes from its input (split 0 also
+appends it to the pool), so the append costs no extra launch and no program waits for it. With one split it writes the output; otherwise a second
 launch merges the splits per (row, head). The split count depends only on shapes (rows, gathered blocks), so a
 CUDA graph captured for a shape stays valid; splits past a row's length exit at once.
 
@@ -24,13 +25,14 @@ MIN_SPLIT_TOKENS = 256  # a split reads at least this many keys (else the merge 
 
 
 @triton.jit
-def _split_kernel(Q, POOL, TABLE, POS, MS, LS, ACC, OUT, sqb, sqh, stb, H, split_tokens, scale,
-                  RANK: tl.constexpr, ROPE: tl.constexpr, BR: tl.constexpr, BP: tl.constexpr, BH: tl.constexpr,
-                  BS: tl.constexpr, BN: tl.constexpr, NSPLIT: tl.constexpr, LOWP: tl.constexpr):
+def _split_kernel(QL, QR, KVN, KRN, POOL, TABLE, POS, MS, LS, ACC, OUT, sqlb, sqlh, sqrb, sqrh, skv, skr, stb, H,
+                  split_tokens, scale, RANK: tl.constexpr, ROPE: tl.constexpr, BR: tl.constexpr, BP: tl.constexpr,
+                  BH: tl.constexpr, BS: tl.constexpr, BN: tl.constexpr, NSPLIT: tl.constexpr, LOWP: tl.constexpr):
     b = tl.program_id(0)
     s = tl.program_id(1)
     C: tl.constexpr = RANK + ROPE
-    length = tl.load(POS + b).to(tl.int32) + 1
+    pos = tl.load(POS + b).to(tl.int32)
+    length = pos + 1
     start = s * split_tokens
     end = tl.minimum(start + split_tokens, length)
     hs = tl.arange(0, BH)
@@ -39,9 +41,18 @@ def _split_kernel(Q, POOL, TABLE, POS, MS, LS, ACC, OUT, sqb, sqh, stb, H, split
     hm = hs < H
     rm = rs < RANK
     pm = ps < ROPE
-    qrow = Q + b.to(tl.int64) * sqb + hs[:, None] * sqh
-    q_lat = tl.load(qrow + rs[None, :], mask=hm[:, None] & rm[None, :], other=0.0)
-    q_rot = tl.load(qrow + RANK + ps[None, :], mask=hm[:, None] & pm[None, :], other=0.0)
+    b64 = b.to(tl.int64)
+    q_lat = tl.load(QL + b64 * sqlb + hs[:, None] * sqlh + rs[None, :], mask=hm[:, None] & rm[None, :], other=0.0)
+    q_rot = tl.load(QR + b64 * sqrb + hs[:, None] * sqrh + ps[None, :], mask=hm[:, None] & pm[None, :], other=0.0)
+    # The new token's latent: used from here for its own position (whatever the pool holds there at this moment)
+    # and written to the pool by split 0 (no program reads that pool row, so there is no race).
+    kv_new = tl.load(KVN + b64 * skv + rs, mask=rm, other=0.0).to(POOL.dtype.element_ty)
+    kr_new = tl.load(KRN + b64 * skr + ps, mask=pm, other=0.0).to(POOL.dtype.element_ty)
+    if s == 0:
+        page = tl.load(TABLE + b64 * stb + pos // BS)
+        dst = POOL + (page * BS + pos % BS).to(tl.int64) * C
+        tl.store(dst + rs, kv_new, mask=rm)
+        tl.store(dst + RANK + ps, kr_new, mask=pm)
     if LOWP:
         q_lat = q_lat.to(POOL.dtype.element_ty)
         q_rot = q_rot.to(POOL.dtype.element_ty)
@@ -58,6 +69,9 @@ def _split_kernel(Q, POOL, TABLE, POS, MS, LS, ACC, OUT, sqb, sqh, stb, H, split
         row = (page * BS + toks % BS).to(tl.int64) * C
         kv = tl.load(POOL + row[:, None] + rs[None, :], mask=tm[:, None] & rm[None, :], other=0.0)
         kr = tl.load(POOL + row[:, None] + RANK + ps[None, :], mask=tm[:, None] & pm[None, :], other=0.0)
+        now = (toks == pos)[:, None]
+        kv = tl.where(now, kv_new[None, :], kv)
+        kr = tl.where(now, kr_new[None, :], kr)
         if LOWP:
             sc = tl.dot(q_lat, tl.trans(kv)) + tl.dot(q_rot, tl.trans(kr))
         else:
@@ -118,30 +132,32 @@ def split_plan(rows: int, table_tokens: int) -> tuple[int, int]:
     return triton.cdiv(table_tokens, per), per
 
 
-def mla_decode_paged_triton(q: torch.Tensor, pool: torch.Tensor, table: torch.Tensor, positions: torch.Tensor,
-                            rank: int, scale: float) -> torch.Tensor:
-    """Shapes as `mla_decode.mla_decode_paged` (checked there)."""
-    B, H, C = q.shape
+def _last_unit(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def mla_decode_paged_triton(q_lat, q_rot, kv_new, rot_new, pool, table, positions, scale: float) -> torch.Tensor:
+    """Arguments as `mla_decode.mla_decode_paged` (checked there); pool is written in place (it must be
+    contiguous: it is the cache)."""
+    B, H, rank = q_lat.shape
+    rope = q_rot.shape[-1]
     bs = pool.shape[1]
-    rope = C - rank
-    pool = pool if pool.is_contiguous() else pool.contiguous()
-    if q.stride(-1) != 1:
-        q = q.contiguous()
-    if table.stride(-1) != 1:
-        table = table.contiguous()
-    out = torch.empty(B, H, rank, dtype=pool.dtype, device=q.device)
+    assert pool.is_contiguous(), "the latent pool is written in place"
+    q_lat, q_rot, kv_new, rot_new, table = (_last_unit(t) for t in (q_lat, q_rot, kv_new, rot_new, table))
+    out = torch.empty(B, H, rank, dtype=pool.dtype, device=pool.device)
     nsplit, per = split_plan(B, table.shape[1] * bs)
     lowp = pool.dtype in (torch.bfloat16, torch.float16) and os.environ.get("TRITON_INTERPRET") != "1"
     BR, BP, BH = _pow2(rank), _pow2(rope), _pow2(H)
     if nsplit > 1:
-        ms = torch.empty(B, nsplit, H, dtype=torch.float32, device=q.device)
+        ms = torch.empty(B, nsplit, H, dtype=torch.float32, device=pool.device)
         ls = torch.empty_like(ms)
-        acc = torch.empty(B, nsplit, H, rank, dtype=torch.float32, device=q.device)
+        acc = torch.empty(B, nsplit, H, rank, dtype=torch.float32, device=pool.device)
     else:
         ms = ls = acc = out  # unused
-    _split_kernel[(B, nsplit)](q, pool, table, positions, ms, ls, acc, out, q.stride(0), q.stride(1), table.stride(0),
-                               H, per, scale, RANK=rank, ROPE=rope, BR=BR, BP=BP, BH=BH, BS=bs, BN=BLOCK_N,
-                               NSPLIT=nsplit, LOWP=lowp, num_warps=4, num_stages=2)
+    _split_kernel[(B, nsplit)](q_lat, q_rot, kv_new, rot_new, pool, table, positions, ms, ls, acc, out,
+                               q_lat.stride(0), q_lat.stride(1), q_rot.stride(0), q_rot.stride(1), kv_new.stride(0),
+                               rot_new.stride(0), table.stride(0), H, per, scale, RANK=rank, ROPE=rope, BR=BR, BP=BP,
+                               BH=BH, BS=bs, BN=BLOCK_N, NSPLIT=nsplit, LOWP=lowp, num_warps=4, num_stages=2)
     if nsplit > 1:
         _merge_kernel[(B, H)](ms, ls, acc, out, H, RANK=rank, BR=triton.next_power_of_2(rank), NSPLIT=nsplit,
                               BSPLIT=triton.next_power_of_2(nsplit), num_warps=4)

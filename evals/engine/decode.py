@@ -73,18 +73,14 @@ def _mla(attn, x: torch.Tensor, cache: PagedHybridCache, positions: torch.Tensor
          ) -> torch.Tensor:
     B = x.shape[0]
     H, rank, rope, nope = attn.num_heads, attn.rank, attn.rope, attn.nope
-    pool = cache.latent[attn.layer_idx]
-    bs, C = pool.shape[1], pool.shape[2]
     q = attn.q_proj(x).view(B, H, attn.q_head_dim)
     kv_lat, k_rot = attn.kv_a_proj_with_mqa(x).split([rank, rope], -1)
-    latent = torch.cat([attn.kv_a_layernorm(kv_lat), k_rot], -1)  # [B, C]
-    block = table.gather(1, (positions // bs).unsqueeze(1)).squeeze(1)
-    pool.view(-1, C).index_copy_(0, block * bs + positions % bs, latent.to(pool.dtype))
     w = attn.kv_b_proj.weight.view(H, nope + attn.v_dim, rank)
     q_nope, q_rot = q.split([nope, rope], -1)
     q_lat = torch.einsum("bhn,hnr->bhr", q_nope, w[:, :nope])
-    # Keys are read through the block table (on CUDA in place, without gathering the row's blocks).
-    o_lat = mla_decode_paged(torch.cat([q_lat, q_rot], -1), pool, table, positions, rank, attn.scale)
+    # Appends the new latent and attends over the row's blocks through the table (in place on CUDA: no gather).
+    o_lat = mla_decode_paged(q_lat, q_rot, attn.kv_a_layernorm(kv_lat), k_rot, cache.latent[attn.layer_idx], table,
+                             positions, attn.scale)
     o = torch.einsum("bhr,hvr->bhv", o_lat, w[:, nope:])
     return attn.o_proj(o.reshape(B, H * attn.v_dim))
 

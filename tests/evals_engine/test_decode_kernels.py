@@ -49,17 +49,17 @@ def _rel(a, b):
 # ------------------------------------------------------------------------------------------------------ paged MLA
 def _mla_case(B, H, rank, rope, bs, num_blocks, nb, dtype, seed=0):
     """Rows of different lengths: row 0 holds one token, the last row uses half its table (rest scratch)."""
-    C = rank + rope
-    pool = _randn(num_blocks + 1, bs, C, dtype=dtype, seed=seed)
-    q = _randn(B, H, C, dtype=dtype, seed=seed + 1)
-    g = _gen(seed + 2)
+    pool = _randn(num_blocks + 1, bs, rank + rope, dtype=dtype, seed=seed)
+    q = _randn(B, H, rank + rope + 8, dtype=dtype, seed=seed + 1)  # q_lat, q_rot: strided views, as in the engine
+    new = _randn(B, rank + rope, dtype=dtype, seed=seed + 3)
     table = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed))[: B * nb].view(B, nb).to(DEV)
-    positions = torch.randint(0, nb * bs, (B,), generator=g, device=DEV)
+    positions = torch.randint(0, nb * bs, (B,), generator=_gen(seed + 2), device=DEV)
     positions[0] = 0
     if B > 1 and nb > 1:
         table[-1, nb // 2 :] = num_blocks  # scratch-padded
         positions[-1] = (nb // 2) * bs - 1
-    return q, pool, table, positions
+    args = (q[..., :rank], q[..., rank : rank + rope], new[:, :rank], new[:, rank:])
+    return args, pool, table, positions
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
@@ -70,29 +70,33 @@ def _mla_case(B, H, rank, rope, bs, num_blocks, nb, dtype, seed=0):
 ])
 @pytest.mark.parametrize("min_split", [256, 32])  # one split (direct output) and several (split + merge)
 def test_mla_paged_matches_reference(shape, dtype, tol, min_split, monkeypatch):
+    """Output and the appended latent (pools equal afterwards: nothing else written)."""
     monkeypatch.setattr(mla_decode_triton, "MIN_SPLIT_TOKENS", min_split)
-    q, pool, table, positions = _mla_case(dtype=dtype, **shape)
-    rank, C = shape["rank"], q.shape[-1]
-    got = mla_decode_paged_triton(q, pool, table, positions, rank, C**-0.5)
-    want = mla_decode_paged_torch(q, pool, table, positions, rank, C**-0.5)
+    args, pool, table, positions = _mla_case(dtype=dtype, **shape)
+    scale = (shape["rank"] + shape["rope"]) ** -0.5
+    ours, ref = pool.clone(), pool.clone()
+    got = mla_decode_paged_triton(*args, ours, table, positions, scale)
+    want = mla_decode_paged_torch(*args, ref, table, positions, scale)
     assert got.shape == want.shape and got.dtype == want.dtype
     assert torch.isfinite(got).all()
     assert _rel(got, want) < tol, _rel(got, want)
+    assert torch.equal(ours, ref) and not torch.equal(ours, pool)
     if min_split == 32 and shape["nb"] * shape["bs"] > 64:
         assert split_plan(shape["B"], shape["nb"] * shape["bs"])[0] > 1  # the merge path really ran
 
 
 def test_mla_paged_ignores_keys_past_the_row():
-    """Keys beyond positions[b] (stale tokens in the row's last block, scratch blocks) change nothing."""
-    q, pool, table, positions = _mla_case(B=3, H=2, rank=32, rope=8, bs=4, num_blocks=24, nb=6,
-                                          dtype=torch.float32)
-    before = mla_decode_paged_triton(q, pool, table, positions, 32, 0.1)
+    """Keys beyond positions[b] (stale tokens in the row's last block, scratch blocks) and whatever the pool held at
+    the new token's own position change nothing."""
+    args, pool, table, positions = _mla_case(B=3, H=2, rank=32, rope=8, bs=4, num_blocks=24, nb=6,
+                                             dtype=torch.float32)
+    before = mla_decode_paged_triton(*args, pool.clone(), table, positions, 0.1)
     noisy = pool.clone()
     for b in range(3):
-        for t in range(int(positions[b]) + 1, 6 * 4):
+        for t in range(int(positions[b]), 6 * 4):
             noisy[table[b, t // 4], t % 4] = 1e4
     noisy[-1] = float("nan")  # scratch block
-    after = mla_decode_paged_triton(q, noisy, table, positions, 32, 0.1)
+    after = mla_decode_paged_triton(*args, noisy, table, positions, 0.1)
     torch.testing.assert_close(after, before, rtol=0, atol=0)
 
 
@@ -218,11 +222,14 @@ def test_gpu_kernels_at_1b_shapes(dtype, tol):
     """1b-a150m shapes: MLA 8 heads, rank 256 + rope 64, block 16, 4 rows up to 32k context; KDA 8 heads × 128."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    q, pool, table, positions = _mla_case(B=4, H=8, rank=256, rope=64, bs=16, num_blocks=8200, nb=2048, dtype=dtype)
+    args, pool, table, positions = _mla_case(B=4, H=8, rank=256, rope=64, bs=16, num_blocks=8200, nb=2048,
+                                             dtype=dtype)
     positions[1] = 2048 * 16 - 1
-    got = mla_decode_paged_triton(q, pool, table, positions, 256, 320**-0.5)
-    want = mla_decode_paged_torch(q, pool, table, positions, 256, 320**-0.5)
-    assert _rel(got, want) < tol, _rel(got, want)
+    ours, ref = pool.clone(), pool.clone()
+    got = mla_decode_paged_triton(*args, ours, table, positions, 320**-0.5)
+    want = mla_decode_paged_torch(*args, ref, table, positions, 320**-0.5)
+    assert _rel(got, want) < tol and torch.equal(ours, ref), _rel(got, want)
+    del ours, ref, pool
     args, gate, norm_w = _kda_case(64, 8, 128, 4, 65, dtype)
     slots = torch.randperm(65, device=DEV)[:64]
     ours, ref = [a.clone() for a in args], [a.clone() for a in args]

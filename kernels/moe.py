@@ -391,6 +391,8 @@ def moe_experts_fused(
         cat_w13 = _cat_pays(x, w1, w3, w2, topk_idx, topk_weight)
     if triton_sort is None:
         triton_sort = fused
+    if topk_idx.numel() == 0:  # no slots: nothing to launch (empty grids)
+        return x * 0
     if triton_gemm and not fused:
         raise MixlabError("moe_experts_fused: triton_gemm needs fused=True (Triton kernels)")
     _triton_parts(triton_gemm)  # validate here, not inside the Function

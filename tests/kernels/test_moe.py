@@ -213,3 +213,12 @@ def test_w13_concat_rule():
     assert not shape(8192, 1024, 384, 48, 3, grad=False)
     with torch.no_grad():
         assert not shape(8192, 1024, 384, 48, 3)
+
+
+def test_fused_function_with_no_tokens():
+    x, w1, w3, w2, idx, w = make_experts(N=3, D=8, I=8, E=5, k=2, dtype=torch.float32, seed=2)
+    xr = x[:0].clone().requires_grad_(True)
+    y = moe_experts_fused(xr, w1, w3, w2, idx[:0], w[:0], fused=False)
+    assert y.shape == (0, 8)
+    y.sum().backward()
+    assert xr.grad.shape == (0, 8)

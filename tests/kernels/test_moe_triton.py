@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 
+from mixlab.kernels import expert_counts
 from mixlab.kernels.dispatch import triton_available
 
 if not triton_available() or not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
@@ -82,6 +83,8 @@ def test_route_sort_equals_stable_torch_sort(N, k, E):
     assert torch.equal(w_s, w.reshape(-1)[want])
     assert torch.equal(offs.long(), torch.searchsorted(sorted_e, torch.arange(E, device=DEV), right=True))
     assert offs.dtype == torch.int32 and int(offs[-1]) == N * k
+    # the group sizes are the expert-load counts the balancing update reads
+    assert torch.equal(torch.diff(offs.long(), prepend=offs.new_zeros(1).long()), expert_counts(idx, E))
 
 
 def _segments(M_per_e, seed):

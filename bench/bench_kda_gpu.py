@@ -158,6 +158,69 @@ def issue_compare(args) -> None:
     print(json.dumps(out, indent=1))
 
 
+# Launch variants timed by --sweep (mixlab only): one change each against the defaults in kda_triton.LAUNCH.
+SWEEP = [
+    {},
+    {"state_bv": 64},
+    {"state_bv": 16},
+    {"_state_fwd_kernel": {"num_warps": 8, "num_stages": 2}, "_state_bwd_kernel": {"num_warps": 8, "num_stages": 2}},
+    {"_state_fwd_kernel": {"num_warps": 4, "num_stages": 1}, "_state_bwd_kernel": {"num_warps": 4, "num_stages": 1}},
+    {"_intra_bwd_kernel": {"num_warps": 4, "num_stages": 1}},
+    {"_scores_fwd_kernel": {"num_warps": 4}, "_scores_bwd_kernel": {"num_warps": 4}},
+    {"_solve_fwd_kernel": {"num_warps": 4}, "_output_fwd_kernel": {"num_warps": 8},
+     "_dv0_bwd_kernel": {"num_warps": 8}},
+]
+
+
+def sweep(args) -> None:
+    """mixlab's fwd and fwd+bwd at one shape under each launch variant of SWEEP (what to change next)."""
+    import time
+
+    from mixlab.kernels import kda_triton
+    from mixlab.kernels.kda_triton import chunk_kda_triton
+
+    H, K, T = args.issue_H, args.issue_K, args.sweep_T
+    B = max(1, args.tokens // T)
+    torch.manual_seed(0)
+    dev = args.device
+    q, k, v = (torch.randn(B, T, H, K, device=dev, dtype=torch.bfloat16) for _ in range(3))
+    g = -torch.rand(B, T, H, K, device=dev) * 0.2 - 0.01
+    beta = torch.rand(B, T, H, device=dev, dtype=torch.bfloat16)
+    leaves = [t.requires_grad_(True) for t in (q, k, v, g, beta)]
+    do = torch.randn_like(v)
+    default_launch = {n: dict(o) for n, o in kda_triton.LAUNCH.items()}
+    out = {"device": torch.cuda.get_device_name() if dev == "cuda" else dev, "T": T, "B": B, "H": H, "K": K, "defaults": default_launch,
+           "variants": []}
+    t_start = time.time()
+    for variant in SWEEP:
+        if time.time() - t_start > args.budget:
+            break
+        kda_triton.LAUNCH.clear()
+        kda_triton.LAUNCH.update({n: dict(o) for n, o in default_launch.items()})
+        kda_triton.STATE_BV = variant.get("state_bv", 32)
+        for name, opts in variant.items():
+            if name != "state_bv":
+                kda_triton.LAUNCH[name] = opts
+        fn = lambda: chunk_kda_triton(*leaves, use_qk_l2norm=True)[0]  # noqa: E731
+
+        def step():
+            fn().backward(do)
+            for t in leaves:
+                t.grad = None
+        try:
+            step()
+            with torch.no_grad():
+                fwd = cuda_time(fn, reps=args.reps)
+            row = {"variant": variant, "fwd_ms": fwd, "fwd_bwd_ms": cuda_time(step, reps=args.reps)}
+            if args.profile and dev == "cuda":
+                row["kernels_fwd_bwd"] = kernel_breakdown(step)
+        except Exception as e:  # an invalid variant (e.g. out of shared memory) must not end the sweep
+            row = {"variant": variant, "error": repr(e)[:300]}
+        print("sweep", json.dumps(row), flush=True)
+        out["variants"].append(row)
+        Path(args.out).write_text(json.dumps(out, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--issue", action="store_true", help="mixlab Triton vs fla vs torch at H=32, K=V=128")
@@ -175,7 +238,10 @@ def main() -> None:
     ap.add_argument("--T", type=int, default=2048)
     ap.add_argument("--H", type=int, default=8)
     ap.add_argument("--K", type=int, default=128)
+    ap.add_argument("--sweep-T", type=int, default=0, help="time mixlab's launch variants at this T (see SWEEP)")
     args = ap.parse_args()
+    if args.sweep_T:
+        return sweep(args)
     if args.issue:
         return issue_compare(args)
     B, T, H, K = args.B, args.T, args.H, args.K

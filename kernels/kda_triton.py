@@ -2,9 +2,10 @@
 
 The algorithm is the chunked delta rule of kda_chunk.py / kda_chunk_fn.py (WY representation with the UT
 transform inside 64-token chunks, an fp32 state recurrence across chunks), with the same hand-derived backward;
-the kernels are in kda_triton_kernels.py. Launches per call: forward 4 (cumsum, scores, solve, recurrence),
-backward 4 (recurrence, intra-chunk, scores, reverse cumsum). The backward reuses what the forward saved (score
-matrices, the inverse, w, u and the chunk-start states: K·V fp32 per chunk and head).
+the kernels are in kda_triton_kernels.py. Launches per call: forward 5 (cumsum, scores, solve, recurrence,
+output), backward 5 (output part, recurrence, intra-chunk, scores, reverse cumsum). Only the state update runs
+sequentially over chunks; the backward reuses what the forward saved (score matrices, the inverse, w, u, qg, kd,
+v_new and the chunk-start states, in the inputs' 16-bit dtype like fla-core's, or fp32 for fp32 inputs).
 
 Requirements: g ≤ 0 (log decay, as `kda_gate` gives), K and V powers of two from 16 to 256, chunk size 64.
 q and k are L2-normalised here by `kda_common.l2norm` (torch) when asked. Reference: `chunk_kda_torch` and the
@@ -22,7 +23,9 @@ from mixlab.errors import MixlabError
 from .kda_common import check_kda_args, l2norm
 from .kda_triton_kernels import (
     _cumsum_kernel,
+    _dv0_bwd_kernel,
     _intra_bwd_kernel,
+    _output_fwd_kernel,
     _scores_bwd_kernel,
     _scores_fwd_kernel,
     _solve_fwd_kernel,
@@ -32,17 +35,18 @@ from .kda_triton_kernels import (
 
 CHUNK = 64
 SUB = 16
-# Launch options per kernel, chosen on CPU from ptxas's report for sm_90 at K=V=128 (kda_triton_aot.py compiles
-# them; no GPU timing has picked them yet). 8 warps: every kernel but the cumsum holds several [64, 128] fp32
-# tiles and spills registers at 4 (e.g. the forward recurrence 2.7 KB/thread at 4 warps, 0.7 KB at 8).
-# num_stages=1 for the loops: pipelining multi-buffers the per-chunk loads into 409 KB of shared memory, over
-# the 227 KB an H100 block may use (the first device run failed there; a slow test checks the limit).
+# Launch options per kernel at K=V=128, chosen on CPU from ptxas's report for sm_90 (`python -P -m
+# mixlab.kernels.kda_triton_aot --ptxas`: registers, spills, shared memory) and then by GPU timing
+# (bench/bench_kda_gpu.py). The recurrences pipeline their per-chunk loads (num_stages=2: 80–120 KB of shared
+# memory, under the 227 KB an H100 block may use; a slow test checks the limit).
 LAUNCH = {
     "_cumsum_kernel": {},
     "_scores_fwd_kernel": {"num_warps": 8},
     "_solve_fwd_kernel": {"num_warps": 8},
-    "_state_fwd_kernel": {"num_warps": 8, "num_stages": 1},
-    "_state_bwd_kernel": {"num_warps": 8, "num_stages": 1},
+    "_state_fwd_kernel": {"num_warps": 4, "num_stages": 2},
+    "_output_fwd_kernel": {"num_warps": 4},
+    "_dv0_bwd_kernel": {"num_warps": 4},
+    "_state_bwd_kernel": {"num_warps": 4, "num_stages": 2},
     "_intra_bwd_kernel": {"num_warps": 8, "num_stages": 1},
     "_scores_bwd_kernel": {"num_warps": 8},
 }
@@ -68,8 +72,26 @@ def _chunk_layout(cu: torch.Tensor, seq_len: int | None) -> tuple[torch.Tensor, 
     return torch.stack((seq, within), 1).to(torch.int32).contiguous(), offsets.to(torch.int32)
 
 
+STATE_BV = 32
+
+
 def _bv(dv: int) -> int:
-    return min(dv, 32)
+    """V block of the recurrences (one program per V block, sequence and head) and of the backward's V loop."""
+    return min(dv, STATE_BV)
+
+
+def _bv_out(dv: int) -> int:
+    """V block of the parallel per-chunk kernels (output, dv0)."""
+    return min(dv, 64)
+
+
+def _store_dtype(v: torch.Tensor) -> torch.dtype:
+    """Dtype of the intermediates the kernels pass each other (w, u, qg, kd, v_new, chunk states, du) and of their
+    tensor-core dots: the inputs' 16-bit dtype (as fla-core does), else fp32. Score matrices, Tm, Γ and the
+    recurrent state itself stay fp32. CPU tensors (the Triton interpreter, whose bf16 dots are wrong) use fp32."""
+    if v.device.type == "cpu":
+        return torch.float32
+    return v.dtype if v.dtype in (torch.bfloat16, torch.float16) else torch.float32
 
 
 class KDATritonFunction(torch.autograd.Function):
@@ -84,6 +106,7 @@ class KDATritonFunction(torch.autograd.Function):
         ci, co = _chunk_layout(cu, seq_len)
         NT = ci.shape[0]
         f32 = dict(device=dev, dtype=torch.float32)
+        sd = dict(device=dev, dtype=_store_dtype(v))
         G = torch.empty(T, H, K, **f32)
         _cumsum_kernel[(NT, H)](g, G, cu, ci, H=H, K=K, C=CHUNK, REVERSE=False, **LAUNCH["_cumsum_kernel"])
         Aqk = torch.empty(T, H, CHUNK, **f32)
@@ -91,42 +114,51 @@ class KDATritonFunction(torch.autograd.Function):
         _scores_fwd_kernel[(NT, CHUNK // SUB, H)](q, k, G, Aqk, Akk, cu, ci, scale, H=H, K=K, C=CHUNK, BC=SUB,
                                                     **LAUNCH["_scores_fwd_kernel"])
         Tm = torch.empty(T, H, CHUNK, **f32)
-        w = torch.empty(T, H, K, **f32)
-        u = torch.empty(T, H, DV, **f32)
-        _solve_fwd_kernel[(NT, H)](k, v, G, beta, Akk, Tm, w, u, cu, ci, H=H, K=K, DV=DV, C=CHUNK,
-                                   **LAUNCH["_solve_fwd_kernel"])
-        o = torch.empty_like(v)
-        starts = torch.empty(NT, H, K, DV, **f32)
-        ST = torch.empty(N, H, K, DV, **f32) if output_final_state else starts
-        S0 = initial_state.float().contiguous() if initial_state is not None else starts
+        w, qg, kd = (torch.empty(T, H, K, **sd) for _ in range(3))
+        u = torch.empty(T, H, DV, **sd)
+        _solve_fwd_kernel[(NT, H)](q, k, v, G, beta, Akk, Tm, w, u, qg, kd, cu, ci, scale, H=H, K=K, DV=DV, C=CHUNK,
+                                   BC=SUB, **LAUNCH["_solve_fwd_kernel"])
+        starts = torch.empty(NT, H, K, DV, **sd)
+        v_new = torch.empty(T, H, DV, **sd)
+        ST = torch.empty(N, H, K, DV, **f32) if output_final_state else None
+        S0 = initial_state.float().contiguous() if initial_state is not None else None
         BV = _bv(DV)
         _state_fwd_kernel[(DV // BV, N * H)](
-            q, k, G, w, u, Aqk, o, S0, starts, ST, cu, co, scale, H=H, K=K, DV=DV, C=CHUNK, BV=BV,
-            HAS_S0=initial_state is not None, STORE_ST=output_final_state, **LAUNCH["_state_fwd_kernel"],
+            kd, G, w, u, v_new, S0 if S0 is not None else G, starts, ST if ST is not None else G, cu, co,
+            H=H, K=K, DV=DV, C=CHUNK, BV=BV, HAS_S0=S0 is not None, STORE_ST=ST is not None,
+            **LAUNCH["_state_fwd_kernel"],
         )
-        ctx.save_for_backward(q, k, v, G, beta, Aqk, Akk, Tm, w, u, starts, cu, ci, co)
+        o = torch.empty_like(v)
+        BVO = _bv_out(DV)
+        _output_fwd_kernel[(DV // BVO, NT, H)](qg, starts, Aqk, v_new, o, cu, ci, H=H, K=K, DV=DV, C=CHUNK, BV=BVO,
+                                               **LAUNCH["_output_fwd_kernel"])
+        ctx.save_for_backward(q, k, v, G, beta, Aqk, Akk, Tm, w, u, qg, kd, v_new, starts, cu, ci, co)
         ctx.scale = scale
         ctx.has_s0 = initial_state is not None
         ctx.s0_dtype = None if initial_state is None else initial_state.dtype
-        ctx.g_dtype = g.dtype
-        return o, (ST if output_final_state else None)
+        ctx.dtypes = (q.dtype, k.dtype, g.dtype)
+        return o, ST
 
     @staticmethod
     @once_differentiable
     def backward(ctx, do, dST):
-        q, k, v, G, beta, Aqk, Akk, Tm, w, u, starts, cu, ci, co = ctx.saved_tensors
-        _, T, H, K = q.shape
+        q, k, v, G, beta, Aqk, Akk, Tm, w, u, qg, kd, v_new, starts, cu, ci, co = ctx.saved_tensors
+        T, H, K = G.shape
         DV = v.shape[-1]
         N = cu.numel() - 1
         NT = ci.shape[0]
-        scale = ctx.scale
-        f32 = dict(device=q.device, dtype=torch.float32)
+        f32 = dict(device=G.device, dtype=torch.float32)
         do = do.contiguous()
         BV = _bv(DV)
+        dv0 = torch.empty_like(v_new)
+        dAqk = torch.empty(T, H, CHUNK, **f32)
+        _dv0_bwd_kernel[(NT, H)](Aqk, v_new, do, dv0, dAqk, cu, ci, H=H, DV=DV, C=CHUNK, BV=_bv_out(DV),
+                                 **LAUNCH["_dv0_bwd_kernel"])
         dnext = torch.empty_like(starts)
+        du = torch.empty_like(v_new)
         dS0 = torch.empty(N, H, K, DV, **f32)
         _state_bwd_kernel[(DV // BV, N * H)](
-            q, k, G, w, Aqk, do, dST.contiguous() if dST is not None else dS0, dnext, dS0, cu, co, scale,
+            qg, kd, G, w, do, dv0, du, dST.contiguous() if dST is not None else dS0, dnext, dS0, cu, co,
             H=H, K=K, DV=DV, C=CHUNK, BV=BV, HAS_DST=dST is not None, **LAUNCH["_state_bwd_kernel"],
         )
         dq = torch.empty(T, H, K, **f32)
@@ -134,22 +166,22 @@ class KDATritonFunction(torch.autograd.Function):
         dG = torch.empty(T, H, K, **f32)
         dv = torch.empty_like(v)
         dbeta = torch.empty(T, H, **f32)
-        dAqk = torch.empty(T, H, CHUNK, **f32)
         dAkk = torch.empty(T, H, CHUNK, **f32)
         _intra_bwd_kernel[(NT, H)](
-            q, k, v, G, beta, Aqk, Akk, Tm, w, u, starts, dnext, do, dq, dk, dv, dG, dbeta, dAqk, dAkk, cu, ci,
-            scale, H=H, K=K, DV=DV, C=CHUNK, BV=BV, **LAUNCH["_intra_bwd_kernel"],
+            k, v, G, beta, Akk, Tm, w, u, qg, v_new, starts, dnext, do, du, dq, dk, dv, dG, dbeta, dAkk, cu, ci,
+            H=H, K=K, DV=DV, C=CHUNK, BV=BV, **LAUNCH["_intra_bwd_kernel"],
         )
         _scores_bwd_kernel[(NT, CHUNK // SUB, H)](
-            q, k, G, dAqk, dAkk, dq, dk, dG, cu, ci, scale, H=H, K=K, C=CHUNK, BC=SUB,
+            q, k, G, dAqk, dAkk, dq, dk, dG, cu, ci, ctx.scale, H=H, K=K, C=CHUNK, BC=SUB,
             **LAUNCH["_scores_bwd_kernel"],
         )
         dg = torch.empty(T, H, K, **f32)
         _cumsum_kernel[(NT, H)](dG, dg, cu, ci, H=H, K=K, C=CHUNK, REVERSE=True, **LAUNCH["_cumsum_kernel"])
-        shape = q.shape
+        shape = (1, T, H, K)
+        q_dtype, k_dtype, g_dtype = ctx.dtypes
         return (
-            dq.view(shape).to(q.dtype), dk.view(shape).to(k.dtype), dv, dg.view(shape).to(ctx.g_dtype),
-            dbeta.view(beta.shape).to(beta.dtype), None, dS0.to(ctx.s0_dtype) if ctx.has_s0 else None, None, None,
+            dq.view(shape).to(q_dtype), dk.view(shape).to(k_dtype), dv, dg.view(shape).to(g_dtype),
+            dbeta.view(1, T, H).to(beta.dtype), None, dS0.to(ctx.s0_dtype) if ctx.has_s0 else None, None, None,
             None,
         )
 
@@ -182,7 +214,7 @@ def chunk_kda_triton(
     _pow2_dim("chunk_kda_triton", "V", v.shape[-1])
     scale = K ** -0.5 if scale is None else float(scale)
     if use_qk_l2norm:
-        q, k = l2norm(q), l2norm(k)  # fp32: the kernels compute in fp32 anyway
+        q, k = l2norm(q), l2norm(k)  # fp32 (kept: rounding them to bf16 costs ~1e-3 relative on the state)
     if cu_seqlens is None:
         cu = torch.arange(0, B + 1, device=q.device, dtype=torch.int32) * T
     else:

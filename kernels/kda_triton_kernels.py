@@ -5,13 +5,21 @@ sequence through `cu` (cu_seqlens, [N+1]) and its chunk through `CI` (chunk inde
 sequence), [NT, 2]), so varlen and fixed-length batches take the same code. Chunks are C = 64 tokens, split into
 sub-blocks of BC = 16 for the score matrices. Notation as in kda_chunk_fn.py: Γ = chunk-local cumsum of g, q is
 pre-scaled, Aqk[t,s] = Σ_d q_t k_s e^{Γ_t − Γ_s} (s ≤ t), Akk the same with k_t (s < t), Tm = (I + diag(β)Akk)⁻¹,
-u = Tm (β v), w = Tm (β k e^Γ), kd = k e^{Γ_last − Γ}, per chunk: v_new = u − w S, o = (q e^Γ) S + Aqk v_new,
-S ← e^{Γ_last} ⊙ S + kdᵀ v_new.
+u = Tm (β v), w = Tm (β k e^Γ), qg = q e^Γ, kd = k e^{Γ_last − Γ}; per chunk: v_new = u − w S,
+o = qg S + Aqk v_new, S ← e^{Γ_last} ⊙ S + kdᵀ v_new.
+
+Work split (as in fla-core's chunked kernels): everything per chunk runs in parallel kernels; the two recurrences
+(forward over chunks, backward in reverse) keep only the state update in their sequential loop.
+
+Addressing: a program adds its chunk's int64 offset to the base pointer once (a scalar) and indexes its tiles with
+int32 offsets (row · H·D + column); int64 offset tiles cost two registers per element and defeat vectorised loads.
 
 Numerics: every exponent is clamped with min(·, 0). For g ≤ 0 (a decay, as KDA's gate always gives) the clamp
 changes nothing on the entries that are used: score entries are split so each factor is e^{≤0} (pairwise inside a
 16-token sub-block, through the sub-block boundary between sub-blocks), and the clamp keeps masked and padded
-entries finite (no inf·0 = NaN). Tiles are fp32; loads upcast.
+entries finite (no inf·0 = NaN). Score matrices, Tm, Γ and the recurrent state are fp32; the intermediates passed
+between kernels (w, u, qg, kd, v_new, chunk states, du) and the tensor-core dots over them are in their storage
+dtype (the inputs' bf16/fp16, else fp32), accumulating in fp32.
 """
 
 from __future__ import annotations
@@ -21,29 +29,32 @@ import triton.language as tl
 
 
 @triton.jit
-def _chunk_pos(CI, cu, pid):
-    """(sequence, first token of the sequence, its length, first token of the chunk relative to the sequence)."""
+def _chunk_pos(CI, cu, pid, H: tl.constexpr, C: tl.constexpr):
+    """(first token of the chunk · H (int64, add h then multiply by the row width), valid rows (int32), length of
+    its sequence (int64), chunk index in its sequence)."""
     n = tl.load(CI + 2 * pid).to(tl.int64)
     ic = tl.load(CI + 2 * pid + 1).to(tl.int64)
     bos = tl.load(cu + n).to(tl.int64)
-    eos = tl.load(cu + n + 1).to(tl.int64)
-    return n, bos, eos - bos, ic
+    Tn = tl.load(cu + n + 1).to(tl.int64) - bos
+    nv = tl.minimum(Tn - ic * C, C).to(tl.int32)
+    return (bos + ic * C) * H, nv
 
 
 @triton.jit
 def _cumsum_kernel(X, Y, cu, CI, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, REVERSE: tl.constexpr):
     """Chunk-local (reverse) cumulative sum along tokens of a [tokens, H, K] fp32 tensor."""
     pid, h = tl.program_id(0), tl.program_id(1)
-    n, bos, Tn, ic = _chunk_pos(CI, cu, pid)
+    th, nv = _chunk_pos(CI, cu, pid, H, C)
+    base = (th + h) * K
     r = tl.arange(0, C)
     d = tl.arange(0, K)
-    valid = ic * C + r < Tn
-    off = ((bos + ic * C + r)[:, None] * H + h) * K + d[None, :]
-    x = tl.load(X + off, mask=valid[:, None], other=0.0).to(tl.float32)
+    off = r[:, None] * (H * K) + d[None, :]
+    m = (r < nv)[:, None]
+    x = tl.load(X + base + off, mask=m, other=0.0).to(tl.float32)
     y = tl.cumsum(x, 0)
     if REVERSE:
         y = tl.sum(x, 0)[None, :] - y + x
-    tl.store(Y + off, y, mask=valid[:, None])
+    tl.store(Y + base + off, y, mask=m)
 
 
 @triton.jit
@@ -51,23 +62,24 @@ def _scores_fwd_kernel(Q, Kt, G, AQK, AKK, cu, CI, scale,
                        H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr):
     """Rows [i·BC, (i+1)·BC) of Aqk and Akk of one chunk (grid: chunks, sub-blocks, heads)."""
     pid, i, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    n, bos, Tn, ic = _chunk_pos(CI, cu, pid)
-    t0 = bos + ic * C
+    th, nv = _chunk_pos(CI, cu, pid, H, C)
+    bk = (th + h) * K
+    Qb, Kb, Gb = Q + bk, Kt + bk, G + bk
     rc = tl.arange(0, C)
     rb = i * BC + tl.arange(0, BC)
     d = tl.arange(0, K)
-    vc = ic * C + rc < Tn
-    vb = ic * C + rb < Tn
-    off_c = ((t0 + rc)[:, None] * H + h) * K + d[None, :]
-    off_b = ((t0 + rb)[:, None] * H + h) * K + d[None, :]
-    k_all = tl.load(Kt + off_c, mask=vc[:, None], other=0.0).to(tl.float32)
-    g_all = tl.load(G + off_c, mask=vc[:, None], other=0.0)
-    q_b = tl.load(Q + off_b, mask=vb[:, None], other=0.0).to(tl.float32) * scale
-    k_b = tl.load(Kt + off_b, mask=vb[:, None], other=0.0).to(tl.float32)
-    g_b = tl.load(G + off_b, mask=vb[:, None], other=0.0)
+    vc = rc < nv
+    vb = rb < nv
+    off_c = rc[:, None] * (H * K) + d[None, :]
+    off_b = rb[:, None] * (H * K) + d[None, :]
+    k_all = tl.load(Kb + off_c, mask=vc[:, None], other=0.0).to(tl.float32)
+    g_all = tl.load(Gb + off_c, mask=vc[:, None], other=0.0)
+    q_b = tl.load(Qb + off_b, mask=vb[:, None], other=0.0).to(tl.float32) * scale
+    k_b = tl.load(Kb + off_b, mask=vb[:, None], other=0.0).to(tl.float32)
+    g_b = tl.load(Gb + off_b, mask=vb[:, None], other=0.0)
     # Earlier sub-blocks: both factors relative to Γ at the row before this sub-block (each e^{≤0}).
     r_ref = tl.maximum(i * BC - 1, 0)
-    g_ref = tl.load(G + ((t0 + r_ref) * H + h) * K + d, mask=d * 0 + ic * C + r_ref < Tn, other=0.0)
+    g_ref = tl.load(Gb + r_ref * (H * K) + d, mask=d * 0 + r_ref < nv, other=0.0)
     earlier = rc < i * BC
     kcol = tl.where(earlier[:, None], k_all * tl.exp(tl.minimum(g_ref[None, :] - g_all, 0.0)), 0.0)
     e_b = tl.exp(tl.minimum(g_b - g_ref[None, :], 0.0))
@@ -76,206 +88,327 @@ def _scores_fwd_kernel(Q, Kt, G, AQK, AKK, cu, CI, scale,
     # The diagonal sub-block: pairwise decays, one column at a time.
     for j in range(BC):
         s = i * BC + j
-        k_s = tl.load(Kt + ((t0 + s) * H + h) * K + d, mask=d * 0 + ic * C + s < Tn, other=0.0).to(tl.float32)
-        g_s = tl.load(G + ((t0 + s) * H + h) * K + d, mask=d * 0 + ic * C + s < Tn, other=0.0)
+        k_s = tl.load(Kb + s * (H * K) + d, mask=d * 0 + s < nv, other=0.0).to(tl.float32)
+        g_s = tl.load(Gb + s * (H * K) + d, mask=d * 0 + s < nv, other=0.0)
         e = tl.exp(tl.minimum(g_b - g_s[None, :], 0.0)) * k_s[None, :]
         col = (rc == s)[None, :]
         aq = tl.where(col & (rb >= s)[:, None], tl.sum(q_b * e, 1)[:, None], aq)
         ak = tl.where(col & (rb > s)[:, None], tl.sum(k_b * e, 1)[:, None], ak)
-    off_a = ((t0 + rb)[:, None] * H + h) * C + rc[None, :]
-    tl.store(AQK + off_a, aq, mask=vb[:, None])
-    tl.store(AKK + off_a, ak, mask=vb[:, None])
+    ba = (th + h) * C
+    off_a = rb[:, None] * (H * C) + rc[None, :]
+    tl.store(AQK + ba + off_a, aq, mask=vb[:, None])
+    tl.store(AKK + ba + off_a, ak, mask=vb[:, None])
 
 
 @triton.jit
-def _solve_fwd_kernel(Kt, V, G, BETA, AKK, TM, W, U, cu, CI,
-                      H: tl.constexpr, K: tl.constexpr, DV: tl.constexpr, C: tl.constexpr):
-    """Tm = (I + diag(β) Akk)⁻¹ by forward substitution, then w = Tm (β k e^Γ) and u = Tm (β v)."""
+def _diag_inv(Ab, Bb, nv, i, H: tl.constexpr, C: tl.constexpr, BC: tl.constexpr):
+    """(I + diag(β) Akk)⁻¹ of diagonal sub-block i ([BC, BC]) by forward substitution, row by row
+    (Ab, Bb: the chunk's Akk and β base pointers)."""
+    rb = tl.arange(0, BC)
+    rows = i * BC + rb
+    vr = rows < nv
+    b = tl.load(Bb + rows * H, mask=vr, other=0.0).to(tl.float32)
+    lt = tl.load(Ab + rows[:, None] * (H * C) + i * BC + rb[None, :], mask=vr[:, None], other=0.0)
+    lt = tl.where(rb[:, None] > rb[None, :], lt * b[:, None], 0.0)
+    x = tl.where(rb[:, None] == rb[None, :], 1.0, 0.0)
+    for r in range(1, BC):
+        lrow = tl.sum(tl.where((rb == r)[:, None], lt, 0.0), 0)  # row r of L (zero from column r on)
+        acc = tl.sum(lrow[:, None] * x, 0)  # Σ_{s<r} L[r,s] X[s,:]
+        x = tl.where((rb == r)[:, None], tl.where(rb == r, 1.0, 0.0)[None, :] - acc[None, :], x)
+    return x
+
+
+@triton.jit
+def _off_blk(Ab, Bb, nv, i, j, H: tl.constexpr, C: tl.constexpr, BC: tl.constexpr):
+    """Sub-block (i, j), i > j, of L = diag(β) Akk."""
+    rb = tl.arange(0, BC)
+    rows = i * BC + rb
+    vr = rows < nv
+    b = tl.load(Bb + rows * H, mask=vr, other=0.0).to(tl.float32)
+    lt = tl.load(Ab + rows[:, None] * (H * C) + j * BC + rb[None, :], mask=vr[:, None], other=0.0)
+    return lt * b[:, None]
+
+
+@triton.jit
+def _store_blk(Tb, x, nv, i, j, H: tl.constexpr, C: tl.constexpr, BC: tl.constexpr):
+    rb = tl.arange(0, BC)
+    rows = i * BC + rb
+    tl.store(Tb + rows[:, None] * (H * C) + j * BC + rb[None, :], x, mask=(rows < nv)[:, None])
+
+
+@triton.jit
+def _dot32(a, b):
+    # The inverse's small products in full fp32 (not tf32): Tm as exact as a forward substitution.
+    return tl.dot(a, b, input_precision="ieee")
+
+
+@triton.jit
+def _solve_fwd_kernel(Q, Kt, V, G, BETA, AKK, TM, W, U, QG, KD, cu, CI, scale,
+                      H: tl.constexpr, K: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BC: tl.constexpr):
+    """Tm = (I + diag(β) Akk)⁻¹ by blocks of BC (forward substitution inside the four diagonal blocks, products
+    for the six below), then w = Tm (β k e^Γ), u = Tm (β v), and the chunk's qg = q·scale·e^Γ and
+    kd = k e^{Γ_last − Γ} for the recurrences (w, u, qg, kd in the dtype of W)."""
+    tl.static_assert(C == 4 * BC)
     pid, h = tl.program_id(0), tl.program_id(1)
-    n, bos, Tn, ic = _chunk_pos(CI, cu, pid)
-    t0 = bos + ic * C
+    th, nv = _chunk_pos(CI, cu, pid, H, C)
+    Ab, Tb, Bb = AKK + (th + h) * C, TM + (th + h) * C, BETA + th + h
+    x00 = _diag_inv(Ab, Bb, nv, 0, H, C, BC)
+    x11 = _diag_inv(Ab, Bb, nv, 1, H, C, BC)
+    x22 = _diag_inv(Ab, Bb, nv, 2, H, C, BC)
+    x33 = _diag_inv(Ab, Bb, nv, 3, H, C, BC)
+    # X_ij = −X_ii Σ_{j ≤ m < i} L_im X_mj (block forward substitution).
+    l10 = _off_blk(Ab, Bb, nv, 1, 0, H, C, BC)
+    l21 = _off_blk(Ab, Bb, nv, 2, 1, H, C, BC)
+    l32 = _off_blk(Ab, Bb, nv, 3, 2, H, C, BC)
+    x10 = -_dot32(x11, _dot32(l10, x00))
+    x21 = -_dot32(x22, _dot32(l21, x11))
+    x32 = -_dot32(x33, _dot32(l32, x22))
+    l20 = _off_blk(Ab, Bb, nv, 2, 0, H, C, BC)
+    x20 = -_dot32(x22, _dot32(l20, x00) + _dot32(l21, x10))
+    l31 = _off_blk(Ab, Bb, nv, 3, 1, H, C, BC)
+    x31 = -_dot32(x33, _dot32(l31, x11) + _dot32(l32, x21))
+    l30 = _off_blk(Ab, Bb, nv, 3, 0, H, C, BC)
+    x30 = -_dot32(x33, _dot32(l30, x00) + _dot32(l31, x10) + _dot32(l32, x20))
+    zero = tl.zeros([BC, BC], dtype=tl.float32)
+    _store_blk(Tb, x00, nv, 0, 0, H, C, BC)
+    _store_blk(Tb, zero, nv, 0, 1, H, C, BC)
+    _store_blk(Tb, zero, nv, 0, 2, H, C, BC)
+    _store_blk(Tb, zero, nv, 0, 3, H, C, BC)
+    _store_blk(Tb, x10, nv, 1, 0, H, C, BC)
+    _store_blk(Tb, x11, nv, 1, 1, H, C, BC)
+    _store_blk(Tb, zero, nv, 1, 2, H, C, BC)
+    _store_blk(Tb, zero, nv, 1, 3, H, C, BC)
+    _store_blk(Tb, x20, nv, 2, 0, H, C, BC)
+    _store_blk(Tb, x21, nv, 2, 1, H, C, BC)
+    _store_blk(Tb, x22, nv, 2, 2, H, C, BC)
+    _store_blk(Tb, zero, nv, 2, 3, H, C, BC)
+    _store_blk(Tb, x30, nv, 3, 0, H, C, BC)
+    _store_blk(Tb, x31, nv, 3, 1, H, C, BC)
+    _store_blk(Tb, x32, nv, 3, 2, H, C, BC)
+    _store_blk(Tb, x33, nv, 3, 3, H, C, BC)
+    tl.debug_barrier()  # the whole Tm is read back below: every thread's stores first (visible within the block)
     rc = tl.arange(0, C)
-    vc = ic * C + rc < Tn
-    beta = tl.load(BETA + (t0 + rc) * H + h, mask=vc, other=0.0).to(tl.float32)
-    tm = tl.where(rc[:, None] == rc[None, :], 1.0, 0.0)
-    for t in range(1, C):
-        lrow = tl.load(AKK + ((t0 + t) * H + h) * C + rc, mask=(rc < t) & (rc * 0 + ic * C + t < Tn), other=0.0)
-        b_t = tl.load(BETA + (t0 + t) * H + h, mask=ic * C + t < Tn, other=0.0).to(tl.float32)
-        acc = tl.sum((lrow * b_t)[:, None] * tm, 0)  # Σ_{s<t} L[t,s] Tm[s,:] (rows s ≥ t of tm are e_s, L[t,s]=0)
-        tm = tl.where((rc == t)[:, None], tl.where(rc == t, 1.0, 0.0)[None, :] - acc[None, :], tm)
+    vc = rc < nv
+    tm = tl.load(Tb + rc[:, None] * (H * C) + rc[None, :], mask=vc[:, None], other=0.0)
+    beta = tl.load(Bb + rc * H, mask=vc, other=0.0).to(tl.float32)
     d = tl.arange(0, K)
-    off_k = ((t0 + rc)[:, None] * H + h) * K + d[None, :]
-    k = tl.load(Kt + off_k, mask=vc[:, None], other=0.0).to(tl.float32)
-    g = tl.load(G + off_k, mask=vc[:, None], other=0.0)
-    w = tl.dot(tm, k * tl.exp(tl.minimum(g, 0.0)) * beta[:, None])
+    bk = (th + h) * K
+    off_k = rc[:, None] * (H * K) + d[None, :]
+    k = tl.load(Kt + bk + off_k, mask=vc[:, None], other=0.0).to(tl.float32)
+    g = tl.load(G + bk + off_k, mask=vc[:, None], other=0.0)
+    E = tl.exp(tl.minimum(g, 0.0))
+    w = tl.dot(tm, k * E * beta[:, None])
+    tl.store(W + bk + off_k, w.to(W.dtype.element_ty), mask=vc[:, None])
+    g_last = tl.load(G + bk + (nv - 1) * (H * K) + d)
+    tl.store(KD + bk + off_k, (k * tl.exp(tl.minimum(g_last[None, :] - g, 0.0))).to(KD.dtype.element_ty),
+             mask=vc[:, None])
+    q = tl.load(Q + bk + off_k, mask=vc[:, None], other=0.0).to(tl.float32)
+    tl.store(QG + bk + off_k, (q * scale * E).to(QG.dtype.element_ty), mask=vc[:, None])
     dv = tl.arange(0, DV)
-    off_v = ((t0 + rc)[:, None] * H + h) * DV + dv[None, :]
-    v = tl.load(V + off_v, mask=vc[:, None], other=0.0).to(tl.float32)
+    bv = (th + h) * DV
+    off_v = rc[:, None] * (H * DV) + dv[None, :]
+    v = tl.load(V + bv + off_v, mask=vc[:, None], other=0.0).to(tl.float32)
     u = tl.dot(tm, v * beta[:, None])
-    tl.store(TM + ((t0 + rc)[:, None] * H + h) * C + rc[None, :], tm, mask=vc[:, None])
-    tl.store(W + off_k, w, mask=vc[:, None])
-    tl.store(U + off_v, u, mask=vc[:, None])
+    tl.store(U + bv + off_v, u.to(U.dtype.element_ty), mask=vc[:, None])
 
 
 @triton.jit
-def _chunk_inputs(Q, Kt, G, t0, Tn, ic, h, scale, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr):
-    """q e^Γ (scaled), k e^{Γ_last − Γ}, e^{Γ_last} of one chunk."""
-    rc = tl.arange(0, C)
-    d = tl.arange(0, K)
-    vc = ic * C + rc < Tn
-    off = ((t0 + rc)[:, None] * H + h) * K + d[None, :]
-    g = tl.load(G + off, mask=vc[:, None], other=0.0)
-    last = tl.minimum(Tn - ic * C, C) - 1
-    g_last = tl.load(G + ((t0 + last) * H + h) * K + d)
-    q = tl.load(Q + off, mask=vc[:, None], other=0.0).to(tl.float32) * scale
-    k = tl.load(Kt + off, mask=vc[:, None], other=0.0).to(tl.float32)
-    qg = q * tl.exp(tl.minimum(g, 0.0))
-    kd = k * tl.exp(tl.minimum(g_last[None, :] - g, 0.0))
-    return qg, kd, tl.exp(tl.minimum(g_last, 0.0))
-
-
-@triton.jit
-def _state_fwd_kernel(Q, Kt, G, W, U, AQK, O, S0, STARTS, ST, cu, CO, scale,
-                      H: tl.constexpr, K: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BV: tl.constexpr,
-                      HAS_S0: tl.constexpr, STORE_ST: tl.constexpr):
-    """The chunk-to-chunk recurrence and the outputs (grid: V blocks, sequences·heads)."""
-    iv, nh = tl.program_id(0), tl.program_id(1)
-    n, h = nh // H, nh % H
+def _seq_pos(cu, CO, nh, H: tl.constexpr):
+    """(first token · H (int64), length (int64), first chunk of the sequence (int64)) for program nh = n·H + h."""
+    n = nh // H
     bos = tl.load(cu + n).to(tl.int64)
     Tn = tl.load(cu + n + 1).to(tl.int64) - bos
-    co = tl.load(CO + n).to(tl.int64)
+    return bos * H, Tn, tl.load(CO + n).to(tl.int64)
+
+
+@triton.jit
+def _state_fwd_kernel(KD, G, W, U, VN, S0, STARTS, ST, cu, CO,
+                      H: tl.constexpr, K: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BV: tl.constexpr,
+                      HAS_S0: tl.constexpr, STORE_ST: tl.constexpr):
+    """The chunk-to-chunk recurrence (grid: V blocks, sequences·heads), nothing else in the sequential loop:
+    stores each chunk's start state and v_new = u − w S; S ← e^{Γ_last} ⊙ S + kdᵀ v_new. Dots in W's dtype."""
+    iv, nh = tl.program_id(0), tl.program_id(1)
+    h = nh % H
+    bh, Tn, co = _seq_pos(cu, CO, nh, H)
     rc = tl.arange(0, C)
     d = tl.arange(0, K)
     cv = iv * BV + tl.arange(0, BV)
     off_s = d[:, None] * DV + cv[None, :]
+    off_k = rc[:, None] * (H * K) + d[None, :]
+    off_v = rc[:, None] * (H * DV) + cv[None, :]
     if HAS_S0:
-        S = tl.load(S0 + nh * K * DV + off_s)
+        S = tl.load(S0 + nh.to(tl.int64) * (K * DV) + off_s)
     else:
         S = tl.zeros([K, BV], dtype=tl.float32)
     for ic in range(tl.cdiv(Tn, C)):
-        t0 = bos + ic * C
-        vc = ic * C + rc < Tn
-        tl.store(STARTS + ((co + ic) * H + h) * K * DV + off_s, S)
-        qg, kd, el = _chunk_inputs(Q, Kt, G, t0, Tn, ic, h, scale, H, K, C)
-        w = tl.load(W + ((t0 + rc)[:, None] * H + h) * K + d[None, :], mask=vc[:, None], other=0.0)
-        off_v = ((t0 + rc)[:, None] * H + h) * DV + cv[None, :]
-        u = tl.load(U + off_v, mask=vc[:, None], other=0.0)
-        a = tl.load(AQK + ((t0 + rc)[:, None] * H + h) * C + rc[None, :], mask=vc[:, None], other=0.0)
-        v_new = u - tl.dot(w, S)
-        o = tl.dot(qg, S) + tl.dot(a, v_new)
-        tl.store(O + off_v, o.to(O.dtype.element_ty), mask=vc[:, None])
+        th = bh + ic * (C * H)
+        nv = tl.minimum(Tn - ic * C, C).to(tl.int32)
+        vc = (rc < nv)[:, None]
+        tl.store(STARTS + ((co + ic) * H + h) * (K * DV) + off_s, S.to(STARTS.dtype.element_ty))
+        bk = (th + h) * K
+        w = tl.load(W + bk + off_k, mask=vc, other=0.0)
+        kd = tl.load(KD + bk + off_k, mask=vc, other=0.0)
+        bv = (th + h) * DV
+        u = tl.load(U + bv + off_v, mask=vc, other=0.0).to(tl.float32)
+        v_new = (u - tl.dot(w, S.to(W.dtype.element_ty))).to(VN.dtype.element_ty)
+        tl.store(VN + bv + off_v, v_new, mask=vc)
+        el = tl.exp(tl.minimum(tl.load(G + bk + (nv - 1) * (H * K) + d), 0.0))
         S = S * el[:, None] + tl.dot(tl.trans(kd), v_new)
     if STORE_ST:
-        tl.store(ST + nh * K * DV + off_s, S)
+        tl.store(ST + nh.to(tl.int64) * (K * DV) + off_s, S)
 
 
 @triton.jit
-def _state_bwd_kernel(Q, Kt, G, W, AQK, DO, DST, DNEXT, DS0, cu, CO, scale,
+def _output_fwd_kernel(QG, STARTS, AQK, VN, O, cu, CI,
+                       H: tl.constexpr, K: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BV: tl.constexpr):
+    """o = qg S + Aqk v_new per chunk (grid: V blocks, chunks, heads), in parallel once the states are known."""
+    iv, pid, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    th, nv = _chunk_pos(CI, cu, pid, H, C)
+    rc = tl.arange(0, C)
+    vc = (rc < nv)[:, None]
+    d = tl.arange(0, K)
+    cv = iv * BV + tl.arange(0, BV)
+    qg = tl.load(QG + (th + h) * K + rc[:, None] * (H * K) + d[None, :], mask=vc, other=0.0)
+    S = tl.load(STARTS + (pid.to(tl.int64) * H + h) * (K * DV) + d[:, None] * DV + cv[None, :])
+    a = tl.load(AQK + (th + h) * C + rc[:, None] * (H * C) + rc[None, :], mask=vc, other=0.0)
+    bv = (th + h) * DV
+    off_v = rc[:, None] * (H * DV) + cv[None, :]
+    vn = tl.load(VN + bv + off_v, mask=vc, other=0.0)
+    o = tl.dot(qg, S) + tl.dot(a.to(VN.dtype.element_ty), vn)
+    tl.store(O + bv + off_v, o.to(O.dtype.element_ty), mask=vc)
+
+
+@triton.jit
+def _dv0_bwd_kernel(AQK, VN, DO, DV0, DAQK, cu, CI,
+                    H: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BV: tl.constexpr):
+    """The output's own part of the backward, per chunk: dv0 = Aqkᵀ dO (what v_new gets from o) and
+    dAqk = dO v_newᵀ (lower triangle), so the backward recurrence keeps only what must be sequential."""
+    pid, h = tl.program_id(0), tl.program_id(1)
+    th, nv = _chunk_pos(CI, cu, pid, H, C)
+    rc = tl.arange(0, C)
+    vc = (rc < nv)[:, None]
+    ba = (th + h) * C
+    off_c = rc[:, None] * (H * C) + rc[None, :]
+    a = tl.load(AQK + ba + off_c, mask=vc, other=0.0).to(VN.dtype.element_ty)
+    daq = tl.zeros([C, C], dtype=tl.float32)
+    bv = (th + h) * DV
+    for iv in range(DV // BV):
+        off_v = rc[:, None] * (H * DV) + iv * BV + tl.arange(0, BV)[None, :]
+        do = tl.load(DO + bv + off_v, mask=vc, other=0.0).to(VN.dtype.element_ty)
+        vn = tl.load(VN + bv + off_v, mask=vc, other=0.0)
+        tl.store(DV0 + bv + off_v, tl.dot(tl.trans(a), do).to(DV0.dtype.element_ty), mask=vc)
+        daq += tl.dot(do, tl.trans(vn))
+    tl.store(DAQK + ba + off_c, tl.where(rc[:, None] >= rc[None, :], daq, 0.0), mask=vc)
+
+
+@triton.jit
+def _state_bwd_kernel(QG, KD, G, W, DO, DV0, DU, DST, DNEXT, DS0, cu, CO,
                       H: tl.constexpr, K: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BV: tl.constexpr,
                       HAS_DST: tl.constexpr):
-    """Backwards through the recurrence: dS_n = e^{Γ_last} ⊙ dS_{n+1} + qgᵀ dO − wᵀ (kd dS_{n+1} + Aqkᵀ dO)."""
+    """Backwards through the recurrence, per chunk from the last: stores dS_{n+1} and du = dv0 + kd dS_{n+1}
+    (the gradient of v_new); dS_n = e^{Γ_last} ⊙ dS_{n+1} + qgᵀ dO − wᵀ du."""
     iv, nh = tl.program_id(0), tl.program_id(1)
-    n, h = nh // H, nh % H
-    bos = tl.load(cu + n).to(tl.int64)
-    Tn = tl.load(cu + n + 1).to(tl.int64) - bos
-    co = tl.load(CO + n).to(tl.int64)
+    h = nh % H
+    bh, Tn, co = _seq_pos(cu, CO, nh, H)
     rc = tl.arange(0, C)
     d = tl.arange(0, K)
     cv = iv * BV + tl.arange(0, BV)
     off_s = d[:, None] * DV + cv[None, :]
+    off_k = rc[:, None] * (H * K) + d[None, :]
+    off_v = rc[:, None] * (H * DV) + cv[None, :]
     if HAS_DST:
-        dS = tl.load(DST + nh * K * DV + off_s)
+        dS = tl.load(DST + nh.to(tl.int64) * (K * DV) + off_s)
     else:
         dS = tl.zeros([K, BV], dtype=tl.float32)
     nt = tl.cdiv(Tn, C)
     for r in range(nt):
         ic = nt - 1 - r
-        t0 = bos + ic * C
-        vc = ic * C + rc < Tn
-        tl.store(DNEXT + ((co + ic) * H + h) * K * DV + off_s, dS)
-        qg, kd, el = _chunk_inputs(Q, Kt, G, t0, Tn, ic, h, scale, H, K, C)
-        w = tl.load(W + ((t0 + rc)[:, None] * H + h) * K + d[None, :], mask=vc[:, None], other=0.0)
-        do = tl.load(DO + ((t0 + rc)[:, None] * H + h) * DV + cv[None, :], mask=vc[:, None], other=0.0)
-        do = do.to(tl.float32)
-        a = tl.load(AQK + ((t0 + rc)[:, None] * H + h) * C + rc[None, :], mask=vc[:, None], other=0.0)
-        x = tl.dot(kd, dS) + tl.dot(tl.trans(a), do)
-        dS = dS * el[:, None] + tl.dot(tl.trans(qg), do) - tl.dot(tl.trans(w), x)
-    tl.store(DS0 + nh * K * DV + off_s, dS)
+        th = bh + ic * (C * H)
+        nv = tl.minimum(Tn - ic * C, C).to(tl.int32)
+        vc = (rc < nv)[:, None]
+        dSc = dS.to(W.dtype.element_ty)
+        tl.store(DNEXT + ((co + ic) * H + h) * (K * DV) + off_s, dSc)
+        bk = (th + h) * K
+        kd = tl.load(KD + bk + off_k, mask=vc, other=0.0)
+        qg = tl.load(QG + bk + off_k, mask=vc, other=0.0)
+        w = tl.load(W + bk + off_k, mask=vc, other=0.0)
+        bv = (th + h) * DV
+        do = tl.load(DO + bv + off_v, mask=vc, other=0.0).to(W.dtype.element_ty)
+        du = tl.load(DV0 + bv + off_v, mask=vc, other=0.0).to(tl.float32) + tl.dot(kd, dSc)
+        du = du.to(DU.dtype.element_ty)
+        tl.store(DU + bv + off_v, du, mask=vc)
+        el = tl.exp(tl.minimum(tl.load(G + bk + (nv - 1) * (H * K) + d), 0.0))
+        dS = dS * el[:, None] + tl.dot(tl.trans(qg), do) - tl.dot(tl.trans(w), du)
+    tl.store(DS0 + nh.to(tl.int64) * (K * DV) + off_s, dS)
 
 
 @triton.jit
-def _intra_bwd_kernel(Q, Kt, V, G, BETA, AQK, AKK, TM, W, U, STARTS, DNEXT, DO,
-                      DQ, DK, DV_, DG, DBETA, DAQK, DAKK, cu, CI, scale,
+def _intra_bwd_kernel(Kt, V, G, BETA, AKK, TM, W, U, QG, VN, STARTS, DNEXT, DO, DU,
+                      DQ, DK, DV_, DG, DBETA, DAKK, cu, CI,
                       H: tl.constexpr, K: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BV: tl.constexpr):
     """Per chunk, everything but the score matrices' own backward (see ChunkKDAFunction.backward, same names).
 
     Writes dv and dβ in full; dq (w.r.t. the scaled q), dk and dΓ partially (the score part is added by
-    `_scores_bwd_kernel`), and dAqk, dAkk for it.
+    `_scores_bwd_kernel`), and dAkk for it (dAqk comes from `_dv0_bwd_kernel`).
     """
     pid, h = tl.program_id(0), tl.program_id(1)
-    n, bos, Tn, ic = _chunk_pos(CI, cu, pid)
-    t0 = bos + ic * C
+    th, nv = _chunk_pos(CI, cu, pid, H, C)
     rc = tl.arange(0, C)
     d = tl.arange(0, K)
-    vc = ic * C + rc < Tn
-    off_k = ((t0 + rc)[:, None] * H + h) * K + d[None, :]
-    off_c = ((t0 + rc)[:, None] * H + h) * C + rc[None, :]
-    qg, kd, el = _chunk_inputs(Q, Kt, G, t0, Tn, ic, h, scale, H, K, C)
-    w = tl.load(W + off_k, mask=vc[:, None], other=0.0)
-    a = tl.load(AQK + off_c, mask=vc[:, None], other=0.0)
-    tm = tl.load(TM + off_c, mask=vc[:, None], other=0.0)
-    beta = tl.load(BETA + (t0 + rc) * H + h, mask=vc, other=0.0).to(tl.float32)
+    vc = (rc < nv)[:, None]
+    bk, bc, bv = (th + h) * K, (th + h) * C, (th + h) * DV
+    off_k = rc[:, None] * (H * K) + d[None, :]
+    off_c = rc[:, None] * (H * C) + rc[None, :]
+    tm = tl.load(TM + bc + off_c, mask=vc, other=0.0)
+    beta = tl.load(BETA + th + h + rc * H, mask=rc < nv, other=0.0).to(tl.float32)
     dqs = tl.zeros([C, K], dtype=tl.float32)
-    kdm = tl.zeros([C, K], dtype=tl.float32)
+    dw = tl.zeros([C, K], dtype=tl.float32)
     dkd = tl.zeros([C, K], dtype=tl.float32)
-    daq = tl.zeros([C, C], dtype=tl.float32)
     dil = tl.zeros([C, C], dtype=tl.float32)
     dbeta = tl.zeros([C], dtype=tl.float32)
     diag_dm = tl.zeros([K], dtype=tl.float32)
+    bs = (pid.to(tl.int64) * H + h) * (K * DV)
     for iv in range(DV // BV):
         cv = iv * BV + tl.arange(0, BV)
-        off_s = (pid.to(tl.int64) * H + h) * K * DV + d[:, None] * DV + cv[None, :]
-        S = tl.load(STARTS + off_s)
-        dSn = tl.load(DNEXT + off_s)
-        off_v = ((t0 + rc)[:, None] * H + h) * DV + cv[None, :]
-        do = tl.load(DO + off_v, mask=vc[:, None], other=0.0).to(tl.float32)
-        u = tl.load(U + off_v, mask=vc[:, None], other=0.0)
-        v = tl.load(V + off_v, mask=vc[:, None], other=0.0).to(tl.float32)
+        off_s = d[:, None] * DV + cv[None, :]
+        S = tl.load(STARTS + bs + off_s)
+        dSn = tl.load(DNEXT + bs + off_s)
+        off_v = rc[:, None] * (H * DV) + cv[None, :]
+        do = tl.load(DO + bv + off_v, mask=vc, other=0.0).to(W.dtype.element_ty)
+        du = tl.load(DU + bv + off_v, mask=vc, other=0.0)
+        vn = tl.load(VN + bv + off_v, mask=vc, other=0.0)
+        u = tl.load(U + bv + off_v, mask=vc, other=0.0).to(tl.float32)
+        v = tl.load(V + bv + off_v, mask=vc, other=0.0).to(tl.float32)
         dqs += tl.dot(do, tl.trans(S))
-        a1 = tl.dot(kd, dSn)
-        du = a1 + tl.dot(tl.trans(a), do)
-        kdm += tl.dot(a1, tl.trans(S))
-        dkd += tl.dot(u - tl.dot(w, S), tl.trans(dSn))
-        daq += tl.dot(do, tl.trans(u))
-        dvb = tl.dot(tl.trans(tm), du)
-        tl.store(DV_ + off_v, (dvb * beta[:, None]).to(DV_.dtype.element_ty), mask=vc[:, None])
+        dw += tl.dot(du, tl.trans(S))
+        dkd += tl.dot(vn, tl.trans(dSn))
+        dvb = tl.dot(tl.trans(tm), du.to(tl.float32))
+        tl.store(DV_ + bv + off_v, (dvb * beta[:, None]).to(DV_.dtype.element_ty), mask=vc)
         dbeta += tl.sum(dvb * v, 1)
         dil += tl.dot(dvb, tl.trans(u))
-        diag_dm += tl.sum(dSn * S, 1)
-    dw = -(kdm + tl.dot(tl.trans(a), dqs))
-    lower = rc[:, None] >= rc[None, :]
-    daq = tl.where(lower, daq - tl.dot(dqs, tl.trans(w)), 0.0)
-    dkb = tl.dot(tl.trans(tm), dw)
+        diag_dm += tl.sum(dSn.to(tl.float32) * S.to(tl.float32), 1)
+    dkb = -tl.dot(tl.trans(tm), dw)  # the gradient of w is −du Sᵀ
+    w = tl.load(W + bk + off_k, mask=vc, other=0.0).to(tl.float32)
     dil = tl.where(rc[:, None] > rc[None, :], -(dil + tl.dot(dkb, tl.trans(w))), 0.0)
-    akk = tl.load(AKK + off_c, mask=vc[:, None], other=0.0)
-    g = tl.load(G + off_k, mask=vc[:, None], other=0.0)
+    akk = tl.load(AKK + bc + off_c, mask=vc, other=0.0)
+    g = tl.load(G + bk + off_k, mask=vc, other=0.0)
     E = tl.exp(tl.minimum(g, 0.0))
-    k = tl.load(Kt + off_k, mask=vc[:, None], other=0.0).to(tl.float32)
+    k = tl.load(Kt + bk + off_k, mask=vc, other=0.0).to(tl.float32)
     kg = k * E
     dbeta += tl.sum(dkb * kg, 1) + tl.sum(dil * akk, 1)
-    tl.store(DBETA + (t0 + rc) * H + h, dbeta, mask=vc)
-    tl.store(DAQK + off_c, daq, mask=vc[:, None])
-    tl.store(DAKK + off_c, dil * beta[:, None], mask=vc[:, None])
+    tl.store(DBETA + th + h + rc * H, dbeta, mask=rc < nv)
+    tl.store(DAKK + bc + off_c, dil * beta[:, None], mask=vc)
     dkg = dkb * beta[:, None]
-    tl.store(DQ + off_k, dqs * E, mask=vc[:, None])
-    last = tl.minimum(Tn - ic * C, C) - 1
-    g_last = tl.load(G + ((t0 + last) * H + h) * K + d)
+    tl.store(DQ + bk + off_k, dqs * E, mask=vc)
+    g_last = tl.load(G + bk + (nv - 1) * (H * K) + d)
     ed = tl.exp(tl.minimum(g_last[None, :] - g, 0.0))
-    tl.store(DK + off_k, dkg * E + dkd * ed, mask=vc[:, None])
-    kd_dkd = kd * dkd
+    tl.store(DK + bk + off_k, dkg * E + dkd * ed, mask=vc)
+    qg = tl.load(QG + bk + off_k, mask=vc, other=0.0).to(tl.float32)
+    kd_dkd = k * ed * dkd
     dg = qg * dqs + kg * dkg - kd_dkd
-    dg += tl.where((rc == last)[:, None], (tl.sum(kd_dkd, 0) + diag_dm * el)[None, :], 0.0)
-    tl.store(DG + off_k, dg, mask=vc[:, None])
+    last_row = tl.sum(kd_dkd, 0) + diag_dm * tl.exp(tl.minimum(g_last, 0.0))
+    dg += tl.where((rc == nv - 1)[:, None], last_row[None, :], 0.0)
+    tl.store(DG + bk + off_k, dg, mask=vc)
 
 
 @triton.jit
@@ -287,36 +420,37 @@ def _scores_bwd_kernel(Q, Kt, G, DAQK, DAKK, DQ, DK, DG, cu, CI, scale,
     the block's last row, so every factor is e^{≤0}. dq is finally multiplied by `scale` (it was w.r.t. q·scale).
     """
     pid, i, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    n, bos, Tn, ic = _chunk_pos(CI, cu, pid)
-    t0 = bos + ic * C
+    th, nv = _chunk_pos(CI, cu, pid, H, C)
+    bk, bc = (th + h) * K, (th + h) * C
+    Qb, Kb, Gb = Q + bk, Kt + bk, G + bk
     rc = tl.arange(0, C)
     jb = tl.arange(0, BC)
     rb = i * BC + jb
     d = tl.arange(0, K)
-    vc = ic * C + rc < Tn
-    vb = ic * C + rb < Tn
-    off_c = ((t0 + rc)[:, None] * H + h) * K + d[None, :]
-    off_b = ((t0 + rb)[:, None] * H + h) * K + d[None, :]
-    q_all = tl.load(Q + off_c, mask=vc[:, None], other=0.0).to(tl.float32) * scale
-    k_all = tl.load(Kt + off_c, mask=vc[:, None], other=0.0).to(tl.float32)
-    g_all = tl.load(G + off_c, mask=vc[:, None], other=0.0)
-    q_b = tl.load(Q + off_b, mask=vb[:, None], other=0.0).to(tl.float32) * scale
-    k_b = tl.load(Kt + off_b, mask=vb[:, None], other=0.0).to(tl.float32)
-    g_b = tl.load(G + off_b, mask=vb[:, None], other=0.0)
+    vc = rc < nv
+    vb = rb < nv
+    off_c = rc[:, None] * (H * K) + d[None, :]
+    off_b = rb[:, None] * (H * K) + d[None, :]
+    q_all = tl.load(Qb + off_c, mask=vc[:, None], other=0.0).to(tl.float32) * scale
+    k_all = tl.load(Kb + off_c, mask=vc[:, None], other=0.0).to(tl.float32)
+    g_all = tl.load(Gb + off_c, mask=vc[:, None], other=0.0)
+    q_b = tl.load(Qb + off_b, mask=vb[:, None], other=0.0).to(tl.float32) * scale
+    k_b = tl.load(Kb + off_b, mask=vb[:, None], other=0.0).to(tl.float32)
+    g_b = tl.load(Gb + off_b, mask=vb[:, None], other=0.0)
     # Row side.
     r_ref = tl.maximum(i * BC - 1, 0)
-    g_ref = tl.load(G + ((t0 + r_ref) * H + h) * K + d, mask=d * 0 + ic * C + r_ref < Tn, other=0.0)
+    g_ref = tl.load(Gb + r_ref * (H * K) + d, mask=d * 0 + r_ref < nv, other=0.0)
     kcol = tl.where((rc < i * BC)[:, None], k_all * tl.exp(tl.minimum(g_ref[None, :] - g_all, 0.0)), 0.0)
-    off_ab = ((t0 + rb)[:, None] * H + h) * C + rc[None, :]
-    daq_b = tl.load(DAQK + off_ab, mask=vb[:, None], other=0.0)
-    dak_b = tl.load(DAKK + off_ab, mask=vb[:, None], other=0.0)
+    off_ab = rb[:, None] * (H * C) + rc[None, :]
+    daq_b = tl.load(DAQK + bc + off_ab, mask=vb[:, None], other=0.0)
+    dak_b = tl.load(DAKK + bc + off_ab, mask=vb[:, None], other=0.0)
     e_b = tl.exp(tl.minimum(g_b - g_ref[None, :], 0.0))
     dq_r = tl.dot(daq_b, kcol) * e_b
     dk_r = tl.dot(dak_b, kcol) * e_b
     for j in range(BC):
         s = i * BC + j
-        k_s = tl.load(Kt + ((t0 + s) * H + h) * K + d, mask=d * 0 + ic * C + s < Tn, other=0.0).to(tl.float32)
-        g_s = tl.load(G + ((t0 + s) * H + h) * K + d, mask=d * 0 + ic * C + s < Tn, other=0.0)
+        k_s = tl.load(Kb + s * (H * K) + d, mask=d * 0 + s < nv, other=0.0).to(tl.float32)
+        g_s = tl.load(Gb + s * (H * K) + d, mask=d * 0 + s < nv, other=0.0)
         e = tl.exp(tl.minimum(g_b - g_s[None, :], 0.0)) * k_s[None, :]
         col = (rc == s)[None, :]
         cq = tl.sum(tl.where(col & (rb >= s)[:, None], daq_b, 0.0), 1)
@@ -326,29 +460,29 @@ def _scores_bwd_kernel(Q, Kt, G, DAQK, DAKK, DQ, DK, DG, cu, CI, scale,
     dg_b = q_b * dq_r + k_b * dk_r
     # Column side.
     r_ref2 = (i + 1) * BC - 1
-    g_ref2 = tl.load(G + ((t0 + r_ref2) * H + h) * K + d, mask=d * 0 + ic * C + r_ref2 < Tn, other=0.0)
+    g_ref2 = tl.load(Gb + r_ref2 * (H * K) + d, mask=d * 0 + r_ref2 < nv, other=0.0)
     later = (rc >= (i + 1) * BC)[:, None]
     e_r = tl.exp(tl.minimum(g_all - g_ref2[None, :], 0.0))
     qhat = tl.where(later, q_all * e_r, 0.0)
     khat = tl.where(later, k_all * e_r, 0.0)
-    off_cb = ((t0 + rc)[:, None] * H + h) * C + rb[None, :]
-    daq_c = tl.load(DAQK + off_cb, mask=vc[:, None], other=0.0)
-    dak_c = tl.load(DAKK + off_cb, mask=vc[:, None], other=0.0)
+    off_cb = rc[:, None] * (H * C) + rb[None, :]
+    daq_c = tl.load(DAQK + bc + off_cb, mask=vc[:, None], other=0.0)
+    dak_c = tl.load(DAKK + bc + off_cb, mask=vc[:, None], other=0.0)
     dk_c = (tl.dot(tl.trans(daq_c), qhat) + tl.dot(tl.trans(dak_c), khat)) * tl.exp(
         tl.minimum(g_ref2[None, :] - g_b, 0.0))
     for j in range(BC):
         t = i * BC + j
-        row_off = ((t0 + t) * H + h) * K + d
-        q_t = tl.load(Q + row_off, mask=d * 0 + ic * C + t < Tn, other=0.0).to(tl.float32) * scale
-        k_t = tl.load(Kt + row_off, mask=d * 0 + ic * C + t < Tn, other=0.0).to(tl.float32)
-        g_t = tl.load(G + row_off, mask=d * 0 + ic * C + t < Tn, other=0.0)
+        row = t * (H * K) + d
+        q_t = tl.load(Qb + row, mask=d * 0 + t < nv, other=0.0).to(tl.float32) * scale
+        k_t = tl.load(Kb + row, mask=d * 0 + t < nv, other=0.0).to(tl.float32)
+        g_t = tl.load(Gb + row, mask=d * 0 + t < nv, other=0.0)
         e = tl.exp(tl.minimum(g_t[None, :] - g_b, 0.0))
-        rq = tl.load(DAQK + ((t0 + t) * H + h) * C + rb, mask=(rb <= t) & (rb * 0 + ic * C + t < Tn), other=0.0)
-        rk = tl.load(DAKK + ((t0 + t) * H + h) * C + rb, mask=(rb < t) & (rb * 0 + ic * C + t < Tn), other=0.0)
+        rq = tl.load(DAQK + bc + t * (H * C) + rb, mask=(rb <= t) & (rb * 0 + t < nv), other=0.0)
+        rk = tl.load(DAKK + bc + t * (H * C) + rb, mask=(rb < t) & (rb * 0 + t < nv), other=0.0)
         dk_c += (rq[:, None] * q_t[None, :] + rk[:, None] * k_t[None, :]) * e
     dg_b -= k_b * dk_c
     m = vb[:, None]
-    dq = tl.load(DQ + off_b, mask=m, other=0.0) + dq_r
-    tl.store(DQ + off_b, dq * scale, mask=m)
-    tl.store(DK + off_b, tl.load(DK + off_b, mask=m, other=0.0) + dk_r + dk_c, mask=m)
-    tl.store(DG + off_b, tl.load(DG + off_b, mask=m, other=0.0) + dg_b, mask=m)
+    dq = tl.load(DQ + bk + off_b, mask=m, other=0.0) + dq_r
+    tl.store(DQ + bk + off_b, dq * scale, mask=m)
+    tl.store(DK + bk + off_b, tl.load(DK + bk + off_b, mask=m, other=0.0) + dk_r + dk_c, mask=m)
+    tl.store(DG + bk + off_b, tl.load(DG + bk + off_b, mask=m, other=0.0) + dg_b, mask=m)

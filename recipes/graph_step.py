@@ -40,6 +40,7 @@ from collections import Counter
 from typing import Any
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from mixlab.errors import MixlabError
 from mixlab.kernels.step_graph import StaticBatchStep, batch_signature
@@ -153,6 +154,8 @@ class GraphStepMixin:
             return f"loss_type {self.args.loss_type!r} (the graph computes the nll loss)"
         if getattr(self, "aux_loss_enabled", False):
             return "TRL router aux loss (output_router_logits)"
+        if getattr(self.args, "activation_offloading", False):
+            return "activation offloading"
         return None
 
     # -- the step ---------------------------------------------------------------------------------------------
@@ -264,8 +267,27 @@ def model_step(core, *, bf16: bool, with_num_items: bool = False, capture: bool 
             return torch.autocast(device_type, dtype=torch.bfloat16, cache_enabled=False)
         return contextlib.nullcontext()
 
+    inner = core.model
+
+    @contextlib.contextmanager
+    def checkpointing_without_rng():
+        """Gradient checkpointing inside a graph: the model draws no random numbers (no dropout; routing is
+        deterministic), so the recompute need not save and restore the RNG state, which a capture does not allow."""
+        saved = inner.__dict__.get("_gradient_checkpointing_func")
+        if inner.gradient_checkpointing:
+            inner._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False,
+                                                                   preserve_rng_state=False)
+        try:
+            yield
+        finally:
+            if inner.gradient_checkpointing:
+                if saved is None:
+                    inner.__dict__.pop("_gradient_checkpointing_func", None)
+                else:
+                    inner._gradient_checkpointing_func = saved
+
     def loss_fn(buf: dict[str, torch.Tensor]) -> torch.Tensor:
-        with autocast():
+        with autocast(), checkpointing_without_rng():
             out = forward(input_ids=buf["input_ids"], labels=buf["labels"], use_cache=False,
                           num_items_in_batch=buf["num_items"] if with_num_items else None,
                           count_mask=buf.get("count_mask"))
@@ -277,7 +299,6 @@ def model_step(core, *, bf16: bool, with_num_items: bool = False, capture: bool 
 
     # The expert-load counters (device tensors the forward adds into): the warm-up runs before capture must not
     # count, so they are saved before and put back after.
-    inner = core.model
     names = [n for n in ("_load_buf", "_bias_buf") if hasattr(inner, n)]
 
     def save_counters():

@@ -166,6 +166,7 @@ def run_mode(model, ids, mode: str, iters: int) -> dict:
         "gpu_kernel_ms_per_step": busy_ms,
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
         "loss": float(r.loss),
+        "kda": dispatch.kda_backend(ids.float()),  # which KDA implementation ran: fla, mixlab (Triton) or torch
     }
     del r
     torch.cuda.empty_cache()
@@ -183,7 +184,8 @@ def main() -> None:
     parser.add_argument("--fla-configs", type=int, default=0,
                         help="keep at most N autotune configs per Triton kernel (fla's first use: ~170 s uncapped)")
     parser.add_argument("--no-fla", action="store_true",
-                        help="KDA on the torch reference in every mode (quick kernel comparisons, no fla autotuning)")
+                        help="no fla in any mode (no fla compile): KDA on the torch reference (not capturable: it reads "
+                             "a chunk count on the host) or, with MIXLAB_KDA_BACKEND=triton, on mixlab's Triton KDA")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "bench_step needs a CUDA GPU"
     if args.fla_configs:

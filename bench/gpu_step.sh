@@ -2,8 +2,9 @@
 # Issue 11, training step, one device call (<= 240 s in all): GPU tests of the recipe's CUDA-graph step, the
 # 1b-a150m step (peer vs fast vs fast_graph vs recipe_graph) and 200-step loss agreement on learnable data.
 # fla's first use compiles for minutes (199 s in call 1 even with one autotune config), unless TRITON_CACHE_DIR
-# already holds its kernels: so a quick run with KDA on the torch reference comes first, and every step gets what is
-# left of the budget. Writes to $OUT.
+# already holds its kernels: so the tests and a quick step run use mixlab's own Triton KDA (the torch KDA reference
+# cannot be captured: it reads a chunk count on the host), and every step gets what is left of the budget.
+# Writes to $OUT.
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -15,13 +16,13 @@ t0=$(date +%s)
 left() { local l=$(( BUDGET - ($(date +%s) - t0) )); [ "$l" -lt 1 ] && l=1; [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }
 say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 
-# GPU tests on the torch KDA reference: they check the graph plumbing, not fla (the benches run fla).
-MIXLAB_KDA_BACKEND=torch timeout "$(left 45)" $PY -m pytest -p no:cacheprovider --import-mode=importlib -q -m gpu \
+# GPU tests on mixlab's Triton KDA: they check the graph plumbing, not fla (the benches run fla).
+MIXLAB_KDA_BACKEND=triton timeout "$(left 60)" $PY -m pytest -p no:cacheprovider --import-mode=importlib -q -m gpu \
     tests/recipes/test_graph_step_gpu.py > "$OUT/step_gpu_tests.log" 2>&1
 say "gpu tests rc=$?"; tail -n 4 "$OUT/step_gpu_tests.log"
 
-# Quick: no fla compile; the graph modes against the eager fast path, KDA on the torch reference in every mode.
-timeout "$(left 40)" $PY bench/bench_step.py --no-fla --tokens 8192 --modes fast,fast_graph,recipe_eager,recipe_graph \
+# Quick: no fla compile; the graph modes against the eager fast path, mixlab's Triton KDA in every mode.
+MIXLAB_KDA_BACKEND=triton timeout "$(left 40)" $PY bench/bench_step.py --no-fla --tokens 8192 --modes fast,fast_graph,recipe_eager,recipe_graph \
     --iters 5 --out "$OUT/step_nofla.json" > "$OUT/step_nofla.log" 2>&1
 say "bench_step --no-fla rc=$?"; tail -n 6 "$OUT/step_nofla.log"
 

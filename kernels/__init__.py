@@ -9,13 +9,13 @@ fast path is taken automatically (backend "auto"), CPU tensors run the reference
 | chunk_kda | kda_chunk.py, kda_chunk_fn.py | chunked WY/UT form, hand-written backward, cu_seqlens, any decay |
 | chunk_kda_triton | kda_triton.py, kda_triton_kernels.py | mixlab's own Triton chunked KDA fwd+bwd (chunk 64, varlen, states); MIXLAB_KDA_BACKEND=triton |
 | recurrent_kda_step | kda_recurrent.py | decode from an fp32 state |
-| kda_decode_step | kda_decode.py (+ kda_decode_triton.py) | engine decode: conv window + gate + state update + gated norm over cache slots; one launch on CUDA |
+| kda_decode_step, kda_decode_layer | kda_decode.py (+ kda_decode_triton.py) | engine decode: conv window + gate + state update + gated norm over cache slots; one launch on CUDA |
 | mla_decode_paged | mla_decode.py (+ mla_decode_triton.py) | engine decode: absorbed MLA over a paged latent cache; flash-decoding over the block table on CUDA |
 | moe_decode_block | decode_moe.py (+ decode_moe_triton.py) | engine decode: router + experts + combine without host sync; 5 launches on CUDA |
 | short_conv | short_conv.py (+ short_conv_triton.py) | causal depthwise conv + SiLU, cache, cu_seqlens; fused on CUDA for training calls (no cache) |
 | rms_norm, gated_rms_norm | norm.py (+ norm_triton.py) | fp32 compute; one fused launch each way on CUDA |
-| moe_route, moe_experts (+ _grouped, _reference, _naive), expert_counts | moe.py (+ moe_triton.py) | sigmoid+bias top-k (vLLM/HF weights); grouped GEMMs + fused SwiGLU / combine on CUDA |
-| CapturedStep | step_graph.py | a whole fwd+bwd step as one CUDA graph (static shapes, no host sync) |
+| moe_route, moe_experts (+ _fused, _grouped, _reference, _naive), expert_counts | moe.py (+ moe_triton.py) | sigmoid+bias top-k (vLLM/HF weights); on CUDA one autograd Function over grouped GEMMs with Triton SwiGLU / gather-sum (MIXLAB_MOE_IMPL) |
+| CapturedStep, StaticBatchStep | step_graph.py | a whole fwd+bwd step as one CUDA graph (static shapes, no host sync); StaticBatchStep: copy-in buffers, fixed gradients that survive zero_grad, accumulation (recipes' graph step) |
 | get_backend, set_backend, set_fused | dispatch.py | "auto" (default: fast path on CUDA), "torch" (references), "triton" (auto, fla required) |
 """
 
@@ -29,7 +29,7 @@ from .decode_moe import moe_decode_block
 from .dispatch import fla_available, get_backend, set_backend, set_fused
 from .kda_chunk import DEFAULT_CHUNK_SIZE, chunk_kda, chunk_kda_torch, default_chunk_size
 from .kda_common import l2norm
-from .kda_decode import kda_decode_step
+from .kda_decode import kda_decode_layer, kda_decode_step
 from .kda_gate import kda_gate
 from .kda_naive import naive_recurrent_kda
 from .kda_recurrent import recurrent_kda_step
@@ -54,6 +54,7 @@ __all__ = [
     "fla_available",
     "gated_rms_norm",
     "get_backend",
+    "kda_decode_layer",
     "kda_decode_step",
     "kda_gate",
     "l2norm",

@@ -8,7 +8,7 @@ sequentially over chunks; the backward reuses what the forward saved (score matr
 v_new and the chunk-start states, in the inputs' 16-bit dtype like fla-core's, or fp32 for fp32 inputs).
 
 Requirements: g ≤ 0 (log decay, as `kda_gate` gives), K and V powers of two from 16 to 256, chunk size 64.
-q and k are L2-normalised here by `kda_common.l2norm` (torch) when asked. Reference: `chunk_kda_torch` and the
+q and k are L2-normalised here (`L2NormTriton`, the Triton twin of `kda_common.l2norm`) when asked. Reference: `chunk_kda_torch` and the
 token loop `naive_recurrent_kda`; tests in tests/kernels/test_kda_triton.py (interpreter on CPU, real shapes on GPU).
 """
 
@@ -20,11 +20,13 @@ from torch.autograd.function import once_differentiable
 
 from mixlab.errors import MixlabError
 
-from .kda_common import check_kda_args, l2norm
+from .kda_common import check_kda_args
 from .kda_triton_kernels import (
     _cumsum_kernel,
     _dv0_bwd_kernel,
     _intra_bwd_kernel,
+    _l2norm_bwd_kernel,
+    _l2norm_fwd_kernel,
     _output_fwd_kernel,
     _scores_bwd_kernel,
     _scores_fwd_kernel,
@@ -49,7 +51,10 @@ LAUNCH = {
     "_state_bwd_kernel": {"num_warps": 4, "num_stages": 2},
     "_intra_bwd_kernel": {"num_warps": 8, "num_stages": 1},
     "_scores_bwd_kernel": {"num_warps": 8},
+    "_l2norm_fwd_kernel": {"num_warps": 4},
+    "_l2norm_bwd_kernel": {"num_warps": 4},
 }
+L2_ROWS = 32  # rows per program of the L2 norm
 
 
 def _chunk_layout(cu: torch.Tensor, seq_len: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,6 +191,34 @@ class KDATritonFunction(torch.autograd.Function):
         )
 
 
+class L2NormTriton(torch.autograd.Function):
+    """`kda_common.l2norm` (fp32 result, same backward) as one Triton kernel each way instead of torch's passes."""
+
+    @staticmethod
+    def forward(ctx, x, eps):
+        D = x.shape[-1]
+        xc = x.contiguous()
+        n = xc.numel() // D
+        y = torch.empty(x.shape, device=x.device, dtype=torch.float32)
+        r = torch.empty(n, device=x.device, dtype=torch.float32)
+        _l2norm_fwd_kernel[(triton.cdiv(n, L2_ROWS),)](xc, y, r, n, eps, D=D, BR=L2_ROWS,
+                                                       **LAUNCH["_l2norm_fwd_kernel"])
+        ctx.save_for_backward(y, r)
+        ctx.x_dtype = x.dtype
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        y, r = ctx.saved_tensors
+        D = y.shape[-1]
+        dx = torch.empty(y.shape, device=y.device, dtype=ctx.x_dtype)
+        n = r.numel()
+        _l2norm_bwd_kernel[(triton.cdiv(n, L2_ROWS),)](y, r, dy.contiguous(), dx, n, D=D, BR=L2_ROWS,
+                                                       **LAUNCH["_l2norm_bwd_kernel"])
+        return dx, None
+
+
 def _pow2_dim(op: str, name: str, n: int) -> None:
     if n < 16 or n > 256 or n & (n - 1):
         raise MixlabError(f"{op}: {name} must be a power of two between 16 and 256 for the Triton kernel, got {n}")
@@ -214,7 +247,8 @@ def chunk_kda_triton(
     _pow2_dim("chunk_kda_triton", "V", v.shape[-1])
     scale = K ** -0.5 if scale is None else float(scale)
     if use_qk_l2norm:
-        q, k = l2norm(q), l2norm(k)  # fp32 (kept: rounding them to bf16 costs ~1e-3 relative on the state)
+        # fp32 (kept: rounding them to bf16 costs ~1e-3 relative on the state)
+        q, k = L2NormTriton.apply(q, 1e-6), L2NormTriton.apply(k, 1e-6)
     if cu_seqlens is None:
         cu = torch.arange(0, B + 1, device=q.device, dtype=torch.int32) * T
     else:

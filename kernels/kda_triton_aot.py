@@ -22,7 +22,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import kda_triton_kernels as kk
-from .kda_triton import CHUNK, LAUNCH, SUB, _bv, _bv_out
+from .kda_triton import CHUNK, L2_ROWS, LAUNCH, SUB, _bv, _bv_out
 
 # Shared memory one block may use: H100 and H200 (sm_90), as the device reported it.
 SM90_SHARED_LIMIT = 232448
@@ -50,6 +50,8 @@ def _specs(H: int, K: int, DV: int, dt: str = "*bf16"):
                                    cu=I, CI=I), dict(H=H, K=K, DV=DV, C=CHUNK, BV=BV)),
         "_scores_bwd_kernel": (dict(Q=dt, Kt=dt, G=P, DAQK=P, DAKK=P, DQ=P, DK=P, DG=P, cu=I, CI=I, scale=F),
                                dict(H=H, K=K, C=CHUNK, BC=SUB)),
+        "_l2norm_fwd_kernel": (dict(X=dt, Y=P, R=P, n_rows="i32", eps=F), dict(D=K, BR=L2_ROWS)),
+        "_l2norm_bwd_kernel": (dict(Y=P, R=P, DY=P, DX=dt, n_rows="i32"), dict(D=K, BR=L2_ROWS)),
     }
 
 

@@ -486,3 +486,29 @@ def _scores_bwd_kernel(Q, Kt, G, DAQK, DAKK, DQ, DK, DG, cu, CI, scale,
     tl.store(DQ + bk + off_b, dq * scale, mask=m)
     tl.store(DK + bk + off_b, tl.load(DK + bk + off_b, mask=m, other=0.0) + dk_r + dk_c, mask=m)
     tl.store(DG + bk + off_b, tl.load(DG + bk + off_b, mask=m, other=0.0) + dg_b, mask=m)
+
+
+@triton.jit
+def _l2norm_fwd_kernel(X, Y, R, n_rows, eps, D: tl.constexpr, BR: tl.constexpr):
+    """y = x (Σx² + eps)^-½ over rows of D (fp32 out), r = (Σx² + eps)^-½ kept for the backward."""
+    rows = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
+    m = (rows < n_rows)[:, None]
+    d = tl.arange(0, D)
+    x = tl.load(X + rows[:, None] * D + d[None, :], mask=m, other=0.0).to(tl.float32)
+    r = 1.0 / tl.sqrt(tl.sum(x * x, 1) + eps)
+    tl.store(Y + rows[:, None] * D + d[None, :], x * r[:, None], mask=m)
+    tl.store(R + rows, r, mask=rows < n_rows)
+
+
+@triton.jit
+def _l2norm_bwd_kernel(Y, R, DY, DX, n_rows, D: tl.constexpr, BR: tl.constexpr):
+    """dx = r (dy − y Σ(dy·y)), in the dtype of DX."""
+    rows = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
+    m = (rows < n_rows)[:, None]
+    d = tl.arange(0, D)
+    off = rows[:, None] * D + d[None, :]
+    y = tl.load(Y + off, mask=m, other=0.0)
+    dy = tl.load(DY + off, mask=m, other=0.0).to(tl.float32)
+    r = tl.load(R + rows, mask=rows < n_rows, other=0.0)
+    dx = (dy - y * tl.sum(dy * y, 1)[:, None]) * r[:, None]
+    tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=m)

@@ -262,8 +262,9 @@ class WithEnv:
 
 def step_compare(model, rows, ctx, steps, device):
     """Decode-step time and GPU kernels per step, same model and run: "reference" (the attention decode ops'
-    torch references, default MoE form), "fused" (`kda_decode_step`, `mla_decode_paged`: Triton on CUDA) and
-    "fused+moe" (also MIXLAB_ENGINE_MOE=fused: `moe_decode_block`)."""
+    torch references, default MoE form), "fused" (`kda_decode_step`, `mla_decode_paged`: Triton on CUDA),
+    "fused+moe" (also MIXLAB_ENGINE_MOE=fused: `moe_decode_block`) and "fused+moe+proj" (also
+    MIXLAB_FUSED_DECODE_PROJ=1: the KDA projections fused)."""
     import os
 
     import torch
@@ -273,16 +274,12 @@ def step_compare(model, rows, ctx, steps, device):
     from mixlab.kernels import kda_decode, mla_decode
 
     kernels = (kda_decode.kda_decode_step_triton, mla_decode.mla_decode_paged_triton)
-    moe_env = os.environ.get("MIXLAB_ENGINE_MOE")
+    saved = {k: os.environ.get(k) for k in ("MIXLAB_ENGINE_MOE", "MIXLAB_FUSED_DECODE_PROJ")}
     out = {}
     try:
-        for name in ("fused+moe", "fused", "reference"):
-            if name == "fused+moe":
-                os.environ["MIXLAB_ENGINE_MOE"] = "fused"
-            else:
-                os.environ.pop("MIXLAB_ENGINE_MOE", None)
-                if moe_env is not None:
-                    os.environ["MIXLAB_ENGINE_MOE"] = moe_env
+        for name in ("fused+moe+proj", "fused+moe", "fused", "reference"):
+            os.environ["MIXLAB_ENGINE_MOE"] = "fused" if "moe" in name else ""
+            os.environ["MIXLAB_FUSED_DECODE_PROJ"] = "1" if "proj" in name else "0"
             if name == "reference":  # the ops fall back to their references when their Triton kernel is absent
                 kda_decode.kda_decode_step_triton = mla_decode.mla_decode_paged_triton = None
             engine = Engine(model, eos_ids=set(), max_batch=rows, max_context=ctx + steps + 16)
@@ -318,13 +315,15 @@ def step_compare(model, rows, ctx, steps, device):
             gc.collect()
     finally:
         kda_decode.kda_decode_step_triton, mla_decode.mla_decode_paged_triton = kernels
-        os.environ.pop("MIXLAB_ENGINE_MOE", None)
-        if moe_env is not None:
-            os.environ["MIXLAB_ENGINE_MOE"] = moe_env
+        for k, v in saved.items():
+            os.environ.pop(k, None)
+            if v is not None:
+                os.environ[k] = v
     out["speedup"] = out["reference"]["step_ms"] / out["fused"]["step_ms"]
     out["speedup_with_moe"] = out["reference"]["step_ms"] / out["fused+moe"]["step_ms"]
-    print(f"step-compare: fused attention decode kernels x{out['speedup']:.2f}, with the fused MoE too "
-          f"x{out['speedup_with_moe']:.2f} vs references", flush=True)
+    out["speedup_with_moe_proj"] = out["reference"]["step_ms"] / out["fused+moe+proj"]["step_ms"]
+    print(f"step-compare vs references: fused attention decode kernels x{out['speedup']:.2f}, + fused MoE "
+          f"x{out['speedup_with_moe']:.2f}, + fused KDA projections x{out['speedup_with_moe_proj']:.2f}", flush=True)
     return out
 
 
@@ -371,8 +370,8 @@ def main() -> None:
     engine_batch = args.engine_batch or args.batch
     factories = {
         "engine": lambda: get_backend("torch", model, tokenizer, batch_size=engine_batch),
-        "engine-moe": lambda: WithEnv(get_backend("torch", model, tokenizer, batch_size=engine_batch),
-                                      MIXLAB_ENGINE_MOE="fused"),
+        "engine-fused": lambda: WithEnv(get_backend("torch", model, tokenizer, batch_size=engine_batch),
+                                        MIXLAB_ENGINE_MOE="fused", MIXLAB_FUSED_DECODE_PROJ="1"),
         "loop": lambda: get_backend("torch", model, tokenizer, batch_size=args.batch, engine=False),
         "hf": lambda: get_backend("hf", model, tokenizer, batch_size=args.batch),
         "hf-engine-batch": lambda: get_backend("hf", model, tokenizer, batch_size=engine_batch),

@@ -21,12 +21,12 @@ step() {  # full log of each step in $OUT/stepN.log, its tail on the console
   timeout -k 3 "$t" "$@" > "$OUT/step$N.log" 2>&1; local rc=$?
   grep -v -i "warn" "$OUT/step$N.log" | tail -${TAIL:-25}; echo "rc=$rc"; save
 }
-step 60 python3 -m pytest -p no:cacheprovider --import-mode=importlib -q -rfE -m gpu tests/evals_engine
-step 35 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" --step-compare 64,256 \
-  --scan-steps 16 --tag step
+step 55 python3 -m pytest -p no:cacheprovider --import-mode=importlib -q -rfE -m gpu tests/evals_engine
+step 45 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" --step-compare 64,256 \
+  --scan-steps 12 --tag step
 step 55 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --prompts 64 --batch 64 --max-new-tokens 128 \
-  --repeats 2 --methods engine,engine-moe,hf
-step 50 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" --context-scan 1024,32768 \
+  --repeats 2 --methods engine,engine-fused,hf
+step 45 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" --context-scan 1024,32768 \
   --scan-rows 1,4 --scan-steps 16 --tag ctx
 grep -h -o '"ratio_last_vs_first": [0-9.]*\|"speedup[a-z_]*": [0-9.]*\|"ratio_vs_hf": {[^}]*' "$OUT"/generation-cuda-*.json 2>/dev/null
 ls "$OUT"

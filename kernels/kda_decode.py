@@ -13,6 +13,8 @@ Static shapes, no host sync (CUDA-graph safe) on both paths.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -25,9 +27,15 @@ from .kda_recurrent import recurrent_kda_step
 from .norm import gated_rms_norm
 
 try:  # triton is optional (gpu / dev extras); without it the reference runs
-    from .kda_decode_triton import kda_decode_step_triton
+    from .kda_decode_triton import kda_decode_step_triton, multi_linear_triton
 except ImportError:
-    kda_decode_step_triton = None
+    kda_decode_step_triton = multi_linear_triton = None
+
+
+def fused_projections() -> bool:
+    """MIXLAB_FUSED_DECODE_PROJ=1: `kda_decode_layer` also fuses the layer's projections on CUDA (one launch for
+    the six input projections, f_b / g_b inside the step kernel). Opt-in until a GPU run times it (read per call)."""
+    return os.environ.get("MIXLAB_FUSED_DECODE_PROJ", "0") == "1"
 
 
 def kda_step_inplace(q, k, v, g, beta, state: torch.Tensor, scale: float) -> torch.Tensor:
@@ -104,3 +112,27 @@ def kda_decode_step(xq, xk, xv, conv, wq, wk, wv, f, A_log, dt_bias, beta_logits
                                       gate, norm_weight, eps, scale)
     return kda_decode_step_torch(xq, xk, xv, conv, wq, wk, wv, f, A_log, dt_bias, beta_logits, state, slots, gate,
                                  norm_weight, eps, scale)
+
+
+def kda_decode_layer(x, wq, wk, wv, conv, cq, ck, cv, wfa, wfb, A_log, dt_bias, wb, wga, wgb, state, slots,
+                     norm_weight, eps: float, scale: float) -> torch.Tensor:
+    """A KDA layer's attention for one decode token per row, from its normed input x [B, D] to the gated-normed
+    output [B, H·V] (before o_proj), with the layer's weights in nn.Linear layout: wq, wk, wv [P, D]; cq, ck, cv
+    the conv weights [P, 1, W]; wfa, wga [KA, D] and wfb, wgb [P, KA] (the low-rank gate factors); wb [H, D].
+    Cache, slots and the rest as `kda_decode_step`.
+
+    The projections are nn.Linear's (x·Wᵀ, rounded to x.dtype) and then `kda_decode_step`; with
+    MIXLAB_FUSED_DECODE_PROJ=1 on CUDA, the six projections of x are one Triton launch and f_b, g_b run inside
+    the step kernel (two launches for the whole layer)."""
+    if fused_projections() and multi_linear_triton is not None and use_fused(x, conv, state):
+        P, KA = wq.shape[0], wfa.shape[0]
+        proj = multi_linear_triton(x, [wq, wk, wv, wfa, wga, wb])  # [B, 3P + 2KA + H]
+        slots = torch.arange(x.shape[0], device=x.device) if slots is None else slots
+        return kda_decode_step_triton(proj[:, :P], proj[:, P : 2 * P], proj[:, 2 * P : 3 * P], conv, cq, ck, cv,
+                                      proj[:, 3 * P : 3 * P + KA], A_log, dt_bias, proj[:, 3 * P + 2 * KA :], state,
+                                      slots, proj[:, 3 * P + KA : 3 * P + 2 * KA], norm_weight, eps, scale,
+                                      f_b=wfb, g_b=wgb)
+    f = F.linear(F.linear(x, wfa), wfb)
+    gate = F.linear(F.linear(x, wga), wgb)
+    return kda_decode_step(F.linear(x, wq), F.linear(x, wk), F.linear(x, wv), conv, cq, ck, cv, f, A_log, dt_bias,
+                           F.linear(x, wb), state, slots, gate, norm_weight, eps, scale)

@@ -8,8 +8,9 @@ forward: tests check greedy tokens against recomputation from scratch and agains
 
 Every tensor shape depends only on (batch rows, gathered MLA blocks), and nothing synchronises with the host, so
 a step can be captured once per shape as a CUDA graph. Padding rows point at the cache's scratch slot/block.
-The attention parts are two kernel ops: `kda_decode_step` (conv window, gate, state update, gated norm: one Triton
-launch per KDA layer on CUDA) and `mla_decode_paged` (latent attention read in place through the block table).
+The attention parts are two kernel ops: `kda_decode_layer` (projections, conv window, gate, state update, gated
+norm: one Triton launch after the projections on CUDA) and `mla_decode_paged` (appends the latent and attends in
+place through the block table); MoE mode "fused" is `moe_decode_block` (five launches).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from mixlab.kernels import kda_decode_step, mla_decode_paged, moe_decode_block, moe_experts, moe_route
+from mixlab.kernels import kda_decode_layer, mla_decode_paged, moe_decode_block, moe_experts, moe_route
 from mixlab.kernels.decode_moe import moe_experts_gather
 from mixlab.model.cache import PagedHybridCache
 
@@ -61,11 +62,11 @@ def moe_mode(device: torch.device, rows: int, top_k: int, num_experts: int) -> s
 def _kda(attn, x: torch.Tensor, cache: PagedHybridCache, slots: torch.Tensor | None) -> torch.Tensor:
     """slots None: the rows are slots 0..B-1, so their state is updated in place (CPU eager path)."""
     i = attn.layer_idx
-    f = attn.f_b_proj(attn.f_a_proj(x))
-    gate = attn.g_b_proj(attn.g_a_proj(x))
-    o = kda_decode_step(attn.q_proj(x), attn.k_proj(x), attn.v_proj(x), cache.conv[i], attn.q_conv1d.weight,
-                        attn.k_conv1d.weight, attn.v_conv1d.weight, f, attn.A_log, attn.dt_bias, attn.b_proj(x),
-                        cache.state[i], slots, gate, attn.o_norm.weight, attn.o_norm.eps, attn.head_dim**-0.5)
+    o = kda_decode_layer(x, attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight, cache.conv[i],
+                         attn.q_conv1d.weight, attn.k_conv1d.weight, attn.v_conv1d.weight, attn.f_a_proj.weight,
+                         attn.f_b_proj.weight, attn.A_log, attn.dt_bias, attn.b_proj.weight, attn.g_a_proj.weight,
+                         attn.g_b_proj.weight, cache.state[i], slots, attn.o_norm.weight, attn.o_norm.eps,
+                         attn.head_dim**-0.5)
     return attn.o_proj(o)
 
 

@@ -28,7 +28,7 @@ if not triton_available() or not (torch.cuda.is_available() or os.environ.get("T
 
 from mixlab.kernels import mla_decode_triton  # noqa: E402
 from mixlab.kernels.decode_moe_triton import experts_triton, route_triton  # noqa: E402
-from mixlab.kernels.kda_decode_triton import kda_decode_step_triton  # noqa: E402
+from mixlab.kernels.kda_decode_triton import kda_decode_step_triton, multi_linear_triton  # noqa: E402
 from mixlab.kernels.mla_decode_triton import mla_decode_paged_triton, split_plan  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -150,6 +150,43 @@ def test_kda_decode_in_place_rows_match_slots():
     torch.testing.assert_close(a[11], b[11], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_multi_linear_matches_linear(dtype, tol):
+    x = _randn(5, 96, dtype=dtype, seed=1)
+    ws = [_randn(n, 96, dtype=dtype, seed=2 + i) for i, n in enumerate((64, 64, 40, 32, 32, 2))]
+    got = multi_linear_triton(x, ws)
+    want = torch.cat([torch.nn.functional.linear(x, w) for w in ws], -1)
+    assert got.shape == want.shape and _rel(got, want) < tol, _rel(got, want)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_kda_decode_layer_fused_projections(dtype, tol, monkeypatch):
+    """kda_decode_layer with the projections fused (one multi-projection launch, f_b / g_b in the step kernel) =
+    its reference (nn.Linear projections, then the torch step), output, windows and state."""
+    B, H, K, W, D, S = 3, 2, 32, 4, 48, 5
+    P = H * K
+    args, _, norm_w = _kda_case(B, H, K, W, S, dtype)
+    conv, cq, ck, cv, A_log, dt_bias, state = args[3], args[4], args[5], args[6], args[8], args[9], args[11]
+    x = _randn(B, D, dtype=dtype, seed=30)
+    wq, wk, wv = (_randn(P, D, dtype=dtype, seed=31 + i, scale=0.2) for i in range(3))
+    wfa, wga = _randn(K, D, dtype=dtype, seed=34, scale=0.2), _randn(K, D, dtype=dtype, seed=35, scale=0.2)
+    wfb, wgb = _randn(P, K, dtype=dtype, seed=36, scale=0.2), _randn(P, K, dtype=dtype, seed=37, scale=0.2)
+    wb = _randn(H, D, dtype=dtype, seed=38, scale=0.2)
+    slots = torch.tensor([4, 0, 2], device=DEV)
+
+    def run(fused):
+        monkeypatch.setattr(kda_decode, "use_fused", lambda *t: fused)
+        monkeypatch.setenv("MIXLAB_FUSED_DECODE_PROJ", "1" if fused else "0")
+        c, st = conv.clone(), state.clone()
+        out = kda_decode.kda_decode_layer(x, wq, wk, wv, c, cq, ck, cv, wfa, wfb, A_log, dt_bias, wb, wga, wgb, st,
+                                          slots, norm_w, 1e-5, K**-0.5)
+        return out, c, st
+
+    got, want = run(True), run(False)
+    for a, b in zip(got, want):
+        assert _rel(a, b) < tol, _rel(a, b)
+
+
 # ------------------------------------------------------------------------------------------------------ MoE decode
 @pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
 @pytest.mark.parametrize("renormalize,weights_use_bias", [(True, False), (False, True)])
@@ -203,10 +240,12 @@ def fused_decode(monkeypatch):
     monkeypatch.setenv("MIXLAB_ENGINE_MOE", "fused")
 
 
-@pytest.mark.parametrize("static", [False, True])
-def test_engine_with_fused_kernels_equals_recomputation(shadowed, prompt_ids, fused_decode, static):
+@pytest.mark.parametrize("static,fused_proj", [(False, "0"), (True, "1")])
+def test_engine_with_fused_kernels_equals_recomputation(shadowed, prompt_ids, fused_decode, static, fused_proj,
+                                                        monkeypatch):
     """fp32 greedy through the Triton decode kernels (KDA, MLA, MoE) = full recomputation token for token, rows
     joining and leaving; static=True is the CUDA-graph path (row buckets, scratch padding rows, block buckets)."""
+    monkeypatch.setenv("MIXLAB_FUSED_DECODE_PROJ", fused_proj)
     model, tok = shadowed
     eos = eos_token_ids(model, tok)
     engine = Engine(model, eos_ids=eos, max_batch=3, block_size=4, static_shapes=static)

@@ -3,7 +3,7 @@
 The algorithm is the chunked delta rule of kda_chunk.py / kda_chunk_fn.py (WY representation with the UT
 transform inside 64-token chunks, an fp32 state recurrence across chunks), with the same hand-derived backward;
 the kernels are in kda_triton_kernels.py. Launches per call: forward 5 (cumsum, scores, solve, recurrence,
-output), backward 5 (output part, recurrence, intra-chunk, scores, reverse cumsum). Only the state update runs
+output), backward 6 (output part, recurrence, intra-chunk in two, scores, reverse cumsum). Only the state update runs
 sequentially over chunks; the backward reuses what the forward saved (score matrices, the inverse, w, u, qg, kd,
 v_new and the chunk-start states, in the inputs' 16-bit dtype like fla-core's, or fp32 for fp32 inputs).
 
@@ -25,6 +25,7 @@ from .kda_triton_kernels import (
     _cumsum_kernel,
     _dv0_bwd_kernel,
     _intra_bwd_kernel,
+    _intra_bwd_v_kernel,
     _l2norm_bwd_kernel,
     _l2norm_fwd_kernel,
     _output_fwd_kernel,
@@ -49,6 +50,7 @@ LAUNCH = {
     "_output_fwd_kernel": {"num_warps": 4},
     "_dv0_bwd_kernel": {"num_warps": 4},
     "_state_bwd_kernel": {"num_warps": 4, "num_stages": 2},
+    "_intra_bwd_v_kernel": {"num_warps": 4},
     "_intra_bwd_kernel": {"num_warps": 8, "num_stages": 1},
     "_scores_bwd_kernel": {"num_warps": 8},
     "_l2norm_fwd_kernel": {"num_warps": 4},
@@ -172,8 +174,10 @@ class KDATritonFunction(torch.autograd.Function):
         dv = torch.empty_like(v)
         dbeta = torch.empty(T, H, **f32)
         dAkk = torch.empty(T, H, CHUNK, **f32)
+        _intra_bwd_v_kernel[(NT, H)](v, beta, Tm, u, du, dv, dbeta, dAkk, cu, ci, H=H, DV=DV, C=CHUNK,
+                                     BV=_bv_out(DV), **LAUNCH["_intra_bwd_v_kernel"])
         _intra_bwd_kernel[(NT, H)](
-            k, v, G, beta, Akk, Tm, w, u, qg, v_new, starts, dnext, do, du, dq, dk, dv, dG, dbeta, dAkk, cu, ci,
+            k, G, beta, Akk, Tm, w, qg, v_new, starts, dnext, do, du, dq, dk, dG, dbeta, dAkk, cu, ci,
             H=H, K=K, DV=DV, C=CHUNK, BV=BV, **LAUNCH["_intra_bwd_kernel"],
         )
         _scores_bwd_kernel[(NT, CHUNK // SUB, H)](

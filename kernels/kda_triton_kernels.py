@@ -343,13 +343,41 @@ def _state_bwd_kernel(QG, KD, G, W, DO, DV0, DU, DST, DNEXT, DS0, cu, CO,
 
 
 @triton.jit
-def _intra_bwd_kernel(Kt, V, G, BETA, AKK, TM, W, U, QG, VN, STARTS, DNEXT, DO, DU,
-                      DQ, DK, DV_, DG, DBETA, DAKK, cu, CI,
-                      H: tl.constexpr, K: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BV: tl.constexpr):
-    """Per chunk, everything but the score matrices' own backward (see ChunkKDAFunction.backward, same names).
+def _intra_bwd_v_kernel(V, BETA, TM, U, DU, DV_, DBETA, DIL, cu, CI,
+                        H: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BV: tl.constexpr):
+    """Per chunk, the value side of the UT transform's backward: dvb = Tmᵀ du, dv = β dvb, the v part of dβ and
+    dvb uᵀ (the u part of d(Tm⁻¹)) into DIL for `_intra_bwd_kernel` (split off to keep that kernel's registers)."""
+    pid, h = tl.program_id(0), tl.program_id(1)
+    th, nv = _chunk_pos(CI, cu, pid, H, C)
+    rc = tl.arange(0, C)
+    vc = (rc < nv)[:, None]
+    bc, bv = (th + h) * C, (th + h) * DV
+    off_c = rc[:, None] * (H * C) + rc[None, :]
+    tm = tl.load(TM + bc + off_c, mask=vc, other=0.0)
+    beta = tl.load(BETA + th + h + rc * H, mask=rc < nv, other=0.0).to(tl.float32)
+    dil = tl.zeros([C, C], dtype=tl.float32)
+    dbeta = tl.zeros([C], dtype=tl.float32)
+    for iv in range(DV // BV):
+        off_v = rc[:, None] * (H * DV) + iv * BV + tl.arange(0, BV)[None, :]
+        du = tl.load(DU + bv + off_v, mask=vc, other=0.0).to(tl.float32)
+        u = tl.load(U + bv + off_v, mask=vc, other=0.0).to(tl.float32)
+        v = tl.load(V + bv + off_v, mask=vc, other=0.0).to(tl.float32)
+        dvb = tl.dot(tl.trans(tm), du)
+        tl.store(DV_ + bv + off_v, (dvb * beta[:, None]).to(DV_.dtype.element_ty), mask=vc)
+        dbeta += tl.sum(dvb * v, 1)
+        dil += tl.dot(dvb, tl.trans(u))
+    tl.store(DBETA + th + h + rc * H, dbeta, mask=rc < nv)
+    tl.store(DIL + bc + off_c, dil, mask=vc)
 
-    Writes dv and dβ in full; dq (w.r.t. the scaled q), dk and dΓ partially (the score part is added by
-    `_scores_bwd_kernel`), and dAkk for it (dAqk comes from `_dv0_bwd_kernel`).
+
+@triton.jit
+def _intra_bwd_kernel(Kt, G, BETA, AKK, TM, W, QG, VN, STARTS, DNEXT, DO, DU,
+                      DQ, DK, DG, DBETA, DAKK, cu, CI,
+                      H: tl.constexpr, K: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BV: tl.constexpr):
+    """Per chunk, everything else but the score matrices' own backward (see ChunkKDAFunction.backward, same names).
+
+    Finishes dβ and writes dAkk (DAKK holds dvb uᵀ from `_intra_bwd_v_kernel` on entry); writes dq (w.r.t. the
+    scaled q), dk and dΓ partially (the score part is added by `_scores_bwd_kernel`; dAqk is `_dv0_bwd_kernel`'s).
     """
     pid, h = tl.program_id(0), tl.program_id(1)
     th, nv = _chunk_pos(CI, cu, pid, H, C)
@@ -359,13 +387,9 @@ def _intra_bwd_kernel(Kt, V, G, BETA, AKK, TM, W, U, QG, VN, STARTS, DNEXT, DO, 
     bk, bc, bv = (th + h) * K, (th + h) * C, (th + h) * DV
     off_k = rc[:, None] * (H * K) + d[None, :]
     off_c = rc[:, None] * (H * C) + rc[None, :]
-    tm = tl.load(TM + bc + off_c, mask=vc, other=0.0)
-    beta = tl.load(BETA + th + h + rc * H, mask=rc < nv, other=0.0).to(tl.float32)
     dqs = tl.zeros([C, K], dtype=tl.float32)
     dw = tl.zeros([C, K], dtype=tl.float32)
     dkd = tl.zeros([C, K], dtype=tl.float32)
-    dil = tl.zeros([C, C], dtype=tl.float32)
-    dbeta = tl.zeros([C], dtype=tl.float32)
     diag_dm = tl.zeros([K], dtype=tl.float32)
     bs = (pid.to(tl.int64) * H + h) * (K * DV)
     for iv in range(DV // BV):
@@ -377,38 +401,39 @@ def _intra_bwd_kernel(Kt, V, G, BETA, AKK, TM, W, U, QG, VN, STARTS, DNEXT, DO, 
         do = tl.load(DO + bv + off_v, mask=vc, other=0.0).to(W.dtype.element_ty)
         du = tl.load(DU + bv + off_v, mask=vc, other=0.0)
         vn = tl.load(VN + bv + off_v, mask=vc, other=0.0)
-        u = tl.load(U + bv + off_v, mask=vc, other=0.0).to(tl.float32)
-        v = tl.load(V + bv + off_v, mask=vc, other=0.0).to(tl.float32)
         dqs += tl.dot(do, tl.trans(S))
         dw += tl.dot(du, tl.trans(S))
         dkd += tl.dot(vn, tl.trans(dSn))
-        dvb = tl.dot(tl.trans(tm), du.to(tl.float32))
-        tl.store(DV_ + bv + off_v, (dvb * beta[:, None]).to(DV_.dtype.element_ty), mask=vc)
-        dbeta += tl.sum(dvb * v, 1)
-        dil += tl.dot(dvb, tl.trans(u))
         diag_dm += tl.sum(dSn.to(tl.float32) * S.to(tl.float32), 1)
-    dkb = -tl.dot(tl.trans(tm), dw)  # the gradient of w is −du Sᵀ
-    w = tl.load(W + bk + off_k, mask=vc, other=0.0).to(tl.float32)
-    dil = tl.where(rc[:, None] > rc[None, :], -(dil + tl.dot(dkb, tl.trans(w))), 0.0)
-    akk = tl.load(AKK + bc + off_c, mask=vc, other=0.0)
+    # Epilogue ordered so that few [C, K] fp32 tiles are alive at once (registers).
     g = tl.load(G + bk + off_k, mask=vc, other=0.0)
     E = tl.exp(tl.minimum(g, 0.0))
+    qg = tl.load(QG + bk + off_k, mask=vc, other=0.0).to(tl.float32)
+    dg = qg * dqs
+    tl.store(DQ + bk + off_k, dqs * E, mask=vc)
+    g_last = tl.load(G + bk + (nv - 1) * (H * K) + d)
+    ed = tl.exp(tl.minimum(g_last[None, :] - g, 0.0))
     k = tl.load(Kt + bk + off_k, mask=vc, other=0.0).to(tl.float32)
+    kd_dkd = k * ed * dkd
+    dg -= kd_dkd
+    last_row = tl.sum(kd_dkd, 0) + diag_dm * tl.exp(tl.minimum(g_last, 0.0))
+    dg += tl.where((rc == nv - 1)[:, None], last_row[None, :], 0.0)
+    dk = dkd * ed
+    tm = tl.load(TM + bc + off_c, mask=vc, other=0.0)
+    dkb = -tl.dot(tl.trans(tm), dw)  # the gradient of w is −du Sᵀ
+    w = tl.load(W + bk + off_k, mask=vc, other=0.0).to(tl.float32)
+    dil = tl.load(DAKK + bc + off_c, mask=vc, other=0.0)
+    dil = tl.where(rc[:, None] > rc[None, :], -(dil + tl.dot(dkb, tl.trans(w))), 0.0)
+    akk = tl.load(AKK + bc + off_c, mask=vc, other=0.0)
     kg = k * E
+    beta = tl.load(BETA + th + h + rc * H, mask=rc < nv, other=0.0).to(tl.float32)
+    dbeta = tl.load(DBETA + th + h + rc * H, mask=rc < nv, other=0.0)
     dbeta += tl.sum(dkb * kg, 1) + tl.sum(dil * akk, 1)
     tl.store(DBETA + th + h + rc * H, dbeta, mask=rc < nv)
     tl.store(DAKK + bc + off_c, dil * beta[:, None], mask=vc)
     dkg = dkb * beta[:, None]
-    tl.store(DQ + bk + off_k, dqs * E, mask=vc)
-    g_last = tl.load(G + bk + (nv - 1) * (H * K) + d)
-    ed = tl.exp(tl.minimum(g_last[None, :] - g, 0.0))
-    tl.store(DK + bk + off_k, dkg * E + dkd * ed, mask=vc)
-    qg = tl.load(QG + bk + off_k, mask=vc, other=0.0).to(tl.float32)
-    kd_dkd = k * ed * dkd
-    dg = qg * dqs + kg * dkg - kd_dkd
-    last_row = tl.sum(kd_dkd, 0) + diag_dm * tl.exp(tl.minimum(g_last, 0.0))
-    dg += tl.where((rc == nv - 1)[:, None], last_row[None, :], 0.0)
-    tl.store(DG + bk + off_k, dg, mask=vc)
+    tl.store(DK + bk + off_k, dkg * E + dk, mask=vc)
+    tl.store(DG + bk + off_k, dg + kg * dkg, mask=vc)
 
 
 @triton.jit

@@ -60,44 +60,52 @@ def _cumsum_kernel(X, Y, cu, CI, H: tl.constexpr, K: tl.constexpr, C: tl.constex
 @triton.jit
 def _scores_fwd_kernel(Q, Kt, G, AQK, AKK, cu, CI, scale,
                        H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr):
-    """Rows [i·BC, (i+1)·BC) of Aqk and Akk of one chunk (grid: chunks, sub-blocks, heads)."""
+    """Rows [i·BC, (i+1)·BC) of Aqk and Akk of one chunk (grid: chunks, sub-blocks, heads), one [BC, BC] block at
+    a time (only [BC, K] tiles in registers)."""
     pid, i, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     th, nv = _chunk_pos(CI, cu, pid, H, C)
     bk = (th + h) * K
     Qb, Kb, Gb = Q + bk, Kt + bk, G + bk
-    rc = tl.arange(0, C)
-    rb = i * BC + tl.arange(0, BC)
+    jb = tl.arange(0, BC)
+    rb = i * BC + jb
     d = tl.arange(0, K)
-    vc = rc < nv
     vb = rb < nv
-    off_c = rc[:, None] * (H * K) + d[None, :]
     off_b = rb[:, None] * (H * K) + d[None, :]
-    k_all = tl.load(Kb + off_c, mask=vc[:, None], other=0.0).to(tl.float32)
-    g_all = tl.load(Gb + off_c, mask=vc[:, None], other=0.0)
     q_b = tl.load(Qb + off_b, mask=vb[:, None], other=0.0).to(tl.float32) * scale
     k_b = tl.load(Kb + off_b, mask=vb[:, None], other=0.0).to(tl.float32)
     g_b = tl.load(Gb + off_b, mask=vb[:, None], other=0.0)
-    # Earlier sub-blocks: both factors relative to Γ at the row before this sub-block (each e^{≤0}).
+    ba = (th + h) * C
+    off_a = rb[:, None] * (H * C) + jb[None, :]
+    # Earlier sub-blocks j < i: both factors relative to Γ at the row before this sub-block (each e^{≤0}).
     r_ref = tl.maximum(i * BC - 1, 0)
     g_ref = tl.load(Gb + r_ref * (H * K) + d, mask=d * 0 + r_ref < nv, other=0.0)
-    earlier = rc < i * BC
-    kcol = tl.where(earlier[:, None], k_all * tl.exp(tl.minimum(g_ref[None, :] - g_all, 0.0)), 0.0)
     e_b = tl.exp(tl.minimum(g_b - g_ref[None, :], 0.0))
-    aq = tl.dot(q_b * e_b, tl.trans(kcol))
-    ak = tl.dot(k_b * e_b, tl.trans(kcol))
+    qe = q_b * e_b
+    ke = k_b * e_b
+    for j in range(i):
+        off_j = (j * BC + jb)[:, None] * (H * K) + d[None, :]
+        k_j = tl.load(Kb + off_j).to(tl.float32)  # earlier rows of a valid row's chunk are valid
+        g_j = tl.load(Gb + off_j)
+        kcol = k_j * tl.exp(tl.minimum(g_ref[None, :] - g_j, 0.0))
+        tl.store(AQK + ba + off_a + j * BC, tl.dot(qe, tl.trans(kcol)), mask=vb[:, None])
+        tl.store(AKK + ba + off_a + j * BC, tl.dot(ke, tl.trans(kcol)), mask=vb[:, None])
     # The diagonal sub-block: pairwise decays, one column at a time.
+    aq = tl.zeros([BC, BC], dtype=tl.float32)
+    ak = tl.zeros([BC, BC], dtype=tl.float32)
     for j in range(BC):
         s = i * BC + j
         k_s = tl.load(Kb + s * (H * K) + d, mask=d * 0 + s < nv, other=0.0).to(tl.float32)
         g_s = tl.load(Gb + s * (H * K) + d, mask=d * 0 + s < nv, other=0.0)
         e = tl.exp(tl.minimum(g_b - g_s[None, :], 0.0)) * k_s[None, :]
-        col = (rc == s)[None, :]
-        aq = tl.where(col & (rb >= s)[:, None], tl.sum(q_b * e, 1)[:, None], aq)
-        ak = tl.where(col & (rb > s)[:, None], tl.sum(k_b * e, 1)[:, None], ak)
-    ba = (th + h) * C
-    off_a = rb[:, None] * (H * C) + rc[None, :]
-    tl.store(AQK + ba + off_a, aq, mask=vb[:, None])
-    tl.store(AKK + ba + off_a, ak, mask=vb[:, None])
+        col = (jb == j)[None, :]
+        aq = tl.where(col & (jb >= j)[:, None], tl.sum(q_b * e, 1)[:, None], aq)
+        ak = tl.where(col & (jb > j)[:, None], tl.sum(k_b * e, 1)[:, None], ak)
+    tl.store(AQK + ba + off_a + i * BC, aq, mask=vb[:, None])
+    tl.store(AKK + ba + off_a + i * BC, ak, mask=vb[:, None])
+    zero = tl.zeros([BC, BC], dtype=tl.float32)
+    for j in range(i + 1, C // BC):
+        tl.store(AQK + ba + off_a + j * BC, zero, mask=vb[:, None])
+        tl.store(AKK + ba + off_a + j * BC, zero, mask=vb[:, None])
 
 
 @triton.jit

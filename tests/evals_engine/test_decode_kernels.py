@@ -275,6 +275,29 @@ def test_gpu_kernels_at_1b_shapes(dtype, tol):
     got = kda_decode_step_triton(*ours, slots, gate, norm_w, 1e-5, 128**-0.5)
     want = kda_decode_step_torch(*ref, slots, gate, norm_w, 1e-5, 128**-0.5)
     assert _rel(got, want) < tol and _rel(ours[11], ref[11]) < tol and _rel(ours[3], ref[3]) < tol
+    # KDA layer with fused projections: D 1024, P 1024, low rank 128
+    x = _randn(64, 1024, dtype=dtype, seed=40)
+    lin = [_randn(n, 1024, dtype=dtype, seed=41 + i, scale=0.03) for i, n in enumerate((1024, 1024, 1024, 128, 128, 8))]
+    wfb, wgb = _randn(1024, 128, dtype=dtype, seed=47, scale=0.1), _randn(1024, 128, dtype=dtype, seed=48, scale=0.1)
+    outs = []
+    for fused in ("1", "0"):
+        os.environ["MIXLAB_FUSED_DECODE_PROJ"] = fused
+        try:
+            c, st = args[3].clone(), args[11].clone()
+            if fused == "1":
+                o = kda_decode.kda_decode_layer(x, *lin[:3], c, *args[4:7], lin[3], wfb, args[8], args[9], lin[5],
+                                                lin[4], wgb, st, slots, norm_w, 1e-5, 128**-0.5)
+            else:  # the reference: nn.Linear projections, torch step
+                F = torch.nn.functional
+                o = kda_decode_step_torch(F.linear(x, lin[0]), F.linear(x, lin[1]), F.linear(x, lin[2]), c,
+                                          *args[4:7], F.linear(F.linear(x, lin[3]), wfb), args[8], args[9],
+                                          F.linear(x, lin[5]), st, slots, F.linear(F.linear(x, lin[4]), wgb), norm_w,
+                                          1e-5, 128**-0.5)
+        finally:
+            os.environ.pop("MIXLAB_FUSED_DECODE_PROJ", None)
+        outs.append((o, c, st))
+    for a, b in zip(*outs):
+        assert _rel(a, b) < tol, _rel(a, b)
     for N in (4, 64):  # MoE: 48 experts top-3, D 1024, I 384
         x = _randn(N, 1024, dtype=dtype, seed=5)
         w1, w3 = _randn(48, 384, 1024, dtype=dtype, seed=6, scale=0.03), _randn(48, 384, 1024, dtype=dtype, seed=7,
@@ -297,13 +320,15 @@ def test_gpu_kernels_at_1b_shapes(dtype, tol):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_gpu_engine_fused_moe(tiny, prompt_ids, dtype, monkeypatch):
-    """The engine with the fused MoE decode form on the GPU: graphs = same-shape eager; fp32 = recomputation."""
+def test_gpu_engine_all_fused(tiny, prompt_ids, dtype, monkeypatch):
+    """The engine with the fused MoE decode form and fused KDA projections on the GPU: graphs = same-shape eager;
+    fp32 = recomputation."""
     import copy
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     monkeypatch.setenv("MIXLAB_ENGINE_MOE", "fused")
+    monkeypatch.setenv("MIXLAB_FUSED_DECODE_PROJ", "1")
     model, tok = tiny
     model = copy.deepcopy(model).to("cuda", dtype)
     eos = eos_token_ids(model, tok)

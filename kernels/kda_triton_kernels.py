@@ -83,9 +83,10 @@ def _scores_fwd_kernel(Q, Kt, G, AQK, AKK, cu, CI, scale,
     qe = q_b * e_b
     ke = k_b * e_b
     for j in range(i):
+        vj = (j * BC + jb < nv)[:, None]  # all true unless block i is past the end (then nothing is stored)
         off_j = (j * BC + jb)[:, None] * (H * K) + d[None, :]
-        k_j = tl.load(Kb + off_j).to(tl.float32)  # earlier rows of a valid row's chunk are valid
-        g_j = tl.load(Gb + off_j)
+        k_j = tl.load(Kb + off_j, mask=vj, other=0.0).to(tl.float32)
+        g_j = tl.load(Gb + off_j, mask=vj, other=0.0)
         kcol = k_j * tl.exp(tl.minimum(g_ref[None, :] - g_j, 0.0))
         tl.store(AQK + ba + off_a + j * BC, tl.dot(qe, tl.trans(kcol)), mask=vb[:, None])
         tl.store(AKK + ba + off_a + j * BC, tl.dot(ke, tl.trans(kcol)), mask=vb[:, None])
@@ -450,59 +451,66 @@ def _scores_bwd_kernel(Q, Kt, G, DAQK, DAKK, DQ, DK, DG, cu, CI, scale,
     """Backward of the score matrices for the rows/columns of sub-block i; adds to the partial dq, dk, dΓ.
 
     Row side (t in block i): factors relative to Γ before the block; column side (s in block i): relative to Γ at
-    the block's last row, so every factor is e^{≤0}. dq is finally multiplied by `scale` (it was w.r.t. q·scale).
+    the block's last row, so every factor is e^{≤0}. One [BC, BC] block of dAqk/dAkk at a time (only [BC, K]
+    tiles live). dq is finally multiplied by `scale` (it was w.r.t. q·scale).
     """
     pid, i, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     th, nv = _chunk_pos(CI, cu, pid, H, C)
     bk, bc = (th + h) * K, (th + h) * C
     Qb, Kb, Gb = Q + bk, Kt + bk, G + bk
-    rc = tl.arange(0, C)
     jb = tl.arange(0, BC)
     rb = i * BC + jb
     d = tl.arange(0, K)
-    vc = rc < nv
     vb = rb < nv
-    off_c = rc[:, None] * (H * K) + d[None, :]
     off_b = rb[:, None] * (H * K) + d[None, :]
-    q_all = tl.load(Qb + off_c, mask=vc[:, None], other=0.0).to(tl.float32) * scale
-    k_all = tl.load(Kb + off_c, mask=vc[:, None], other=0.0).to(tl.float32)
-    g_all = tl.load(Gb + off_c, mask=vc[:, None], other=0.0)
     q_b = tl.load(Qb + off_b, mask=vb[:, None], other=0.0).to(tl.float32) * scale
     k_b = tl.load(Kb + off_b, mask=vb[:, None], other=0.0).to(tl.float32)
     g_b = tl.load(Gb + off_b, mask=vb[:, None], other=0.0)
-    # Row side.
+    # Row side: earlier blocks j < i through dots, then the diagonal block column by column.
     r_ref = tl.maximum(i * BC - 1, 0)
     g_ref = tl.load(Gb + r_ref * (H * K) + d, mask=d * 0 + r_ref < nv, other=0.0)
-    kcol = tl.where((rc < i * BC)[:, None], k_all * tl.exp(tl.minimum(g_ref[None, :] - g_all, 0.0)), 0.0)
-    off_ab = rb[:, None] * (H * C) + rc[None, :]
-    daq_b = tl.load(DAQK + bc + off_ab, mask=vb[:, None], other=0.0)
-    dak_b = tl.load(DAKK + bc + off_ab, mask=vb[:, None], other=0.0)
+    off_ab = rb[:, None] * (H * C) + jb[None, :]
+    dq_r = tl.zeros([BC, K], dtype=tl.float32)
+    dk_r = tl.zeros([BC, K], dtype=tl.float32)
+    for j in range(i):
+        vj = (j * BC + jb < nv)[:, None]
+        off_j = (j * BC + jb)[:, None] * (H * K) + d[None, :]
+        g_j = tl.load(Gb + off_j, mask=vj, other=0.0)
+        kcol = tl.load(Kb + off_j, mask=vj, other=0.0).to(tl.float32) * tl.exp(tl.minimum(g_ref[None, :] - g_j, 0.0))
+        dq_r += tl.dot(tl.load(DAQK + bc + off_ab + j * BC, mask=vb[:, None], other=0.0), kcol)
+        dk_r += tl.dot(tl.load(DAKK + bc + off_ab + j * BC, mask=vb[:, None], other=0.0), kcol)
     e_b = tl.exp(tl.minimum(g_b - g_ref[None, :], 0.0))
-    dq_r = tl.dot(daq_b, kcol) * e_b
-    dk_r = tl.dot(dak_b, kcol) * e_b
+    dq_r *= e_b
+    dk_r *= e_b
+    daq_d = tl.load(DAQK + bc + off_ab + i * BC, mask=vb[:, None], other=0.0)
+    dak_d = tl.load(DAKK + bc + off_ab + i * BC, mask=vb[:, None], other=0.0)
     for j in range(BC):
         s = i * BC + j
         k_s = tl.load(Kb + s * (H * K) + d, mask=d * 0 + s < nv, other=0.0).to(tl.float32)
         g_s = tl.load(Gb + s * (H * K) + d, mask=d * 0 + s < nv, other=0.0)
         e = tl.exp(tl.minimum(g_b - g_s[None, :], 0.0)) * k_s[None, :]
-        col = (rc == s)[None, :]
-        cq = tl.sum(tl.where(col & (rb >= s)[:, None], daq_b, 0.0), 1)
-        ck = tl.sum(tl.where(col & (rb > s)[:, None], dak_b, 0.0), 1)
+        col = (jb == j)[None, :]
+        cq = tl.sum(tl.where(col & (jb >= j)[:, None], daq_d, 0.0), 1)
+        ck = tl.sum(tl.where(col & (jb > j)[:, None], dak_d, 0.0), 1)
         dq_r += cq[:, None] * e
         dk_r += ck[:, None] * e
     dg_b = q_b * dq_r + k_b * dk_r
-    # Column side.
+    # Column side: later blocks j > i through dots (relative to Γ at this block's last row), then the diagonal.
     r_ref2 = (i + 1) * BC - 1
     g_ref2 = tl.load(Gb + r_ref2 * (H * K) + d, mask=d * 0 + r_ref2 < nv, other=0.0)
-    later = (rc >= (i + 1) * BC)[:, None]
-    e_r = tl.exp(tl.minimum(g_all - g_ref2[None, :], 0.0))
-    qhat = tl.where(later, q_all * e_r, 0.0)
-    khat = tl.where(later, k_all * e_r, 0.0)
-    off_cb = rc[:, None] * (H * C) + rb[None, :]
-    daq_c = tl.load(DAQK + bc + off_cb, mask=vc[:, None], other=0.0)
-    dak_c = tl.load(DAKK + bc + off_cb, mask=vc[:, None], other=0.0)
-    dk_c = (tl.dot(tl.trans(daq_c), qhat) + tl.dot(tl.trans(dak_c), khat)) * tl.exp(
-        tl.minimum(g_ref2[None, :] - g_b, 0.0))
+    dk_c = tl.zeros([BC, K], dtype=tl.float32)
+    for j in range(i + 1, C // BC):
+        rj = j * BC + jb
+        vj = (rj < nv)[:, None]
+        off_j = rj[:, None] * (H * K) + d[None, :]
+        e_r = tl.exp(tl.minimum(tl.load(Gb + off_j, mask=vj, other=0.0) - g_ref2[None, :], 0.0))
+        qhat = tl.load(Qb + off_j, mask=vj, other=0.0).to(tl.float32) * scale * e_r
+        khat = tl.load(Kb + off_j, mask=vj, other=0.0).to(tl.float32) * e_r
+        off_cb = rj[:, None] * (H * C) + i * BC + jb[None, :]
+        daq_c = tl.load(DAQK + bc + off_cb, mask=vj, other=0.0)
+        dak_c = tl.load(DAKK + bc + off_cb, mask=vj, other=0.0)
+        dk_c += tl.dot(tl.trans(daq_c), qhat) + tl.dot(tl.trans(dak_c), khat)
+    dk_c *= tl.exp(tl.minimum(g_ref2[None, :] - g_b, 0.0))
     for j in range(BC):
         t = i * BC + j
         row = t * (H * K) + d

@@ -9,7 +9,8 @@ v_new and the chunk-start states, in the inputs' 16-bit dtype like fla-core's, o
 
 Requirements: g ≤ 0 (log decay, as `kda_gate` gives), K and V powers of two from 16 to 256, chunk size 64.
 q and k are L2-normalised here (`L2NormTriton`, the Triton twin of `kda_common.l2norm`) when asked. Reference:
-`chunk_kda_torch` and the token loop `naive_recurrent_kda`; tests in tests/kernels/test_kda_triton.py (interpreter on CPU, real shapes on GPU).
+`chunk_kda_torch` and the token loop `naive_recurrent_kda`; tests in tests/kernels/test_kda_triton.py (interpreter
+on CPU, real shapes on GPU).
 """
 
 from __future__ import annotations

@@ -189,8 +189,8 @@ def sweep(args) -> None:
     leaves = [t.requires_grad_(True) for t in (q, k, v, g, beta)]
     do = torch.randn_like(v)
     default_launch = {n: dict(o) for n, o in kda_triton.LAUNCH.items()}
-    out = {"device": torch.cuda.get_device_name() if dev == "cuda" else dev, "T": T, "B": B, "H": H, "K": K, "defaults": default_launch,
-           "variants": []}
+    out = {"device": torch.cuda.get_device_name() if dev == "cuda" else dev, "T": T, "B": B, "H": H, "K": K,
+           "defaults": default_launch, "variants": []}
     t_start = time.time()
     for variant in SWEEP:
         if time.time() - t_start > args.budget:

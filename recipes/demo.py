@@ -39,8 +39,9 @@ from mixlab.paths import default_db_path, runs_dir
 from mixlab.recipes.report import print_table, results_rows
 from mixlab.recipes.runner import RecipeRunner
 from mixlab.recipes.schema import parse_recipe
-from mixlab.recipes.sweep import new_sweep_id, run_members
-from mixlab.store import Store
+from mixlab.recipes.jobs import Job, run_graph, start_workers
+from mixlab.recipes.sweep import new_sweep_id
+from mixlab.store import RunRecord, Store
 from mixlab.yamlio import load_yaml
 
 SFT_MIXTURES = ["demo-math-heavy", "demo-code-heavy", "demo-chat-heavy", "demo-balanced"]
@@ -97,8 +98,14 @@ def main(base_steps: int | None = None, sft_steps: int | None = None, grpo_steps
                       f"{', cached' if built.cache_hit else ''})")
     timings["mixtures_s"] = time.perf_counter() - t
 
+    # Worker processes for step 3 start now: their imports overlap the shared base's training.
+    sweep_id = new_sweep_id("demo")
+    out_dir = runs_dir() / "sweeps" / sweep_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    workers = start_workers(parallel, out_dir) if parallel > 1 else None
+
     # 2. shared base ---------------------------------------------------------------------------------------------
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     base_data = _stage_args(_load("demo-base"), max_steps=base_steps)
     if preset:
         base_data["model"] = {"preset": preset}
@@ -106,21 +113,24 @@ def main(base_steps: int | None = None, sft_steps: int | None = None, grpo_steps
         base_data["seed"] = seed
     base_text = yaml.safe_dump(base_data, sort_keys=False)
     base = RecipeRunner(parse_recipe(base_data, where="demo-base"), base_text, store=store, progress=progress)
-    base_run = base.run()[-1]
+    try:
+        base_run = base.run()[-1]
+    except BaseException:
+        for w in workers or []:
+            w.close()
+        raise
     timings["base_s"] = time.perf_counter() - t
+    timings["base_cpu_s"] = time.process_time() - c
     console.print(f"shared base: run {base_run.run_id}, {base_run.steps} steps, loss {base_run.final_loss:.4f}, "
                   f"{timings['base_s']:.0f}s")
 
-    # 3. per-mixture SFT (+ GRPO after the balanced one) ---------------------------------------------------------
+    # 3. per-mixture SFT, GRPO after the balanced one, and every final eval: jobs on `parallel` processes --------
     t = time.perf_counter()
-    sweep_id = new_sweep_id("demo")
-    out_dir = runs_dir() / "sweeps" / sweep_id
-    out_dir.mkdir(parents=True, exist_ok=True)
     grpo = _stage_args(_load("demo-grpo"), max_steps=grpo_steps)
     if seed is not None:
         grpo["seed"] = seed
-    members = []
-    for mixture in sorted(SFT_MIXTURES, key=lambda m: m != GRPO_AFTER):  # the longest member starts first
+    members, runners = [], {}
+    for mixture in sorted(SFT_MIXTURES, key=lambda m: m != GRPO_AFTER):
         data = _stage_args(_load("demo-sft"), max_steps=sft_steps)
         data["name"] = f"demo-{mixture.removeprefix('demo-')}"
         data["model"] = {"run": base_run.run_id}
@@ -133,16 +143,27 @@ def main(base_steps: int | None = None, sft_steps: int | None = None, grpo_steps
             stage = dict(grpo["stages"][0])
             stage["eval"] = {**grpo["eval"], **({"limit": eval_limit} if eval_limit else {})}
             data["stages"].append(stage)
-        parse_recipe(data, where=data["name"])
+        text = yaml.safe_dump(data, sort_keys=False)
         path = out_dir / f"{data['name']}.yaml"
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-        members.append((data["name"], path))
-    outcome = run_members("demo", sweep_id, members, parallel=parallel, store=store, progress=progress,
-                          recipe_ref="demo-sft")
+        path.write_text(text)
+        runner = RecipeRunner(parse_recipe(data, where=data["name"]), text, store=store, sweep_id=sweep_id)
+        runner.preflight()  # a member that cannot run fails here, before any trains
+        members.append((data["name"], path, [s["name"] for s in data["stages"]]))
+        runners[data["name"]] = runner
+    jobs = demo_jobs(members, {m: r.invocation for m, r in runners.items()}, sweep_id, out_dir)
+    store.start_run(RunRecord(
+        run_id=sweep_id, kind="sweep", name="demo", recipe_name="demo-sft", status="running", sweep_id=sweep_id,
+        config={"members": [m for m, _, _ in members], "parallel": parallel,
+                "invocations": {m: r.invocation for m, r in runners.items()}, "jobs": [j.id for j in jobs]},
+    ))
+    job_wall: dict[str, float] = {}
+    failures = run_graph(jobs, workers, store=store, progress=progress,
+                         on_done=lambda job, wall: job_wall.__setitem__(job.id, wall))
+    store.finish_run(sweep_id, error="; ".join(f"{k}: {v}" for k, v in failures.items()) or None)
     timings["finetune_and_eval_s"] = time.perf_counter() - t
-    if outcome["failures"]:
-        for member, error in outcome["failures"].items():
-            console.print(f"[red]{member} failed:[/red] {error}")
+    if failures:
+        for job_id, error in failures.items():
+            console.print(f"[red]{job_id} failed:[/red] {error}")
         return 1
 
     # 4. results -------------------------------------------------------------------------------------------------
@@ -157,8 +178,11 @@ def main(base_steps: int | None = None, sft_steps: int | None = None, grpo_steps
         f"wall time: {timings['total_s']:.0f}s (mixtures {timings['mixtures_s']:.0f}s, base {timings['base_s']:.0f}s,"
         f" fine-tune + GRPO + eval {timings['finetune_and_eval_s']:.0f}s)"
     )
+    stages = stage_seconds(store, rows)
+    console.print("stage seconds (CPU / wall; the machine's load inflates wall): " + ", ".join(
+        f"{k} {v['cpu_s']:.0f}/{v['wall_s']:.0f}" for k, v in stages.items()))
     console.print(f"open the dashboard: [bold]make dashboard[/bold]   (reads {default_db_path()})")
-    summary = {"timings": timings, "base_run": base_run.run_id, "sweep_id": sweep_id, "trade_off": verdict,
+    summary = {"timings": timings, "stages": stages, "job_wall_s": job_wall, "base_run": base_run.run_id, "sweep_id": sweep_id, "trade_off": verdict,
                "rows": [{k: v for k, v in r.items()} for r in rows], "cores": len(os.sched_getaffinity(0))}
     (runs_dir() / "demo-summary.json").write_text(json.dumps(summary, indent=2, default=str))
     block = results_markdown(rows, tasks, verdict, wall_s=timings["total_s"], n_items=n_items,
@@ -169,6 +193,40 @@ def main(base_steps: int | None = None, sft_steps: int | None = None, grpo_steps
         splice_readme(Path(readme), block)
         console.print(f"spliced into {readme}")
     return 0 if verdict["holds"] else 3
+
+
+def demo_jobs(members: list[tuple[str, Path, list[str]]], invocations: dict[str, str], sweep_id: str,
+              logs: Path) -> list[Job]:
+    """The demo's job graph, in order of preference: the first two members' first stages, then the later stages
+    (GRPO after the balanced SFT: the longest chain, so the balanced member comes first), then the other
+    members' first stages, then every trained stage's eval (short: they fill both cores at the end)."""
+    first, later, evals = [], [], []
+    for member, path, stage_names in members:
+        def job(kind: str, stage: str | None, **kw: Any) -> Job:
+            return Job(f"{member}/{stage or 'rest'}/{kind}", kind, str(path), invocations[member], sweep_id,  # noqa: B023
+                       stage=stage, log=str(logs / f"{member}.{stage or 'rest'}.{kind}.log"), **kw)  # noqa: B023
+
+        head = job("train", stage_names[0])  # trains its first stage only (stop_after)
+        first.append(head)
+        evals.append(job("eval", stage_names[0], after=(head.id,)))
+        if len(stage_names) > 1:
+            rest = job("train", None, resume=True, after=(head.id,))  # every later stage, in one job
+            later.append(rest)
+            evals += [job("eval", stage, after=(rest.id,)) for stage in stage_names[1:]]
+    return first[:2] + later + first[2:] + evals
+
+
+def stage_seconds(store: Store, rows: list[dict[str, Any]]) -> dict[str, dict]:
+    """Per trained stage: CPU and wall seconds of its training and of its eval (as the runner logged them)."""
+    out = {}
+    for r in rows:
+        name = f"{(r['mixture'] or '-').removeprefix('demo-')}/{r['trainer']}"
+        for phase in ("train", "eval"):
+            cpu = store.last_train_metric(r["run_id"], f"{phase}_cpu_s")
+            wall = store.last_train_metric(r["run_id"], f"{phase}_wall_s")
+            if cpu and wall:
+                out[f"{name} {phase}"] = {"cpu_s": cpu[0], "wall_s": wall[0]}
+    return out
 
 
 def machine_name() -> str:

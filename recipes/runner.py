@@ -156,8 +156,12 @@ class RecipeRunner:
         rung: str | None = None,
         progress: bool = True,
         data_root: str | None = None,
+        defer_eval: bool = False,
     ):
+        """`defer_eval`: train only; each stage's final eval runs later through `evaluate_stage` (`mixlab demo`
+        schedules evals as jobs of their own to keep both cores busy)."""
         self.recipe = recipe
+        self.defer_eval = defer_eval
         self.recipe_yaml = recipe_yaml
         self.store = store or Store()
         self.invocation = invocation or new_invocation_id(recipe.name)
@@ -227,7 +231,8 @@ class RecipeRunner:
 
     # -- running ----------------------------------------------------------------------------------------------
 
-    def run(self, *, resume: bool = False) -> list[StageResult]:
+    def run(self, *, resume: bool = False, stop_after: str | None = None) -> list[StageResult]:
+        """Run the recipe's stages (`resume`: skip the completed ones); `stop_after`: the last stage to run now."""
         resolved = self.preflight()
         if not self.progress:
             _quiet_libraries()
@@ -249,6 +254,8 @@ class RecipeRunner:
             results.append(result)
             previous[stage.name] = Path(result.checkpoint)  # type: ignore[arg-type]
             parent = item.run_id
+            if stage.name == stop_after:
+                break
         return results
 
     def _init_path(self, stage: Stage, previous: dict[str, Path]) -> Path | None:
@@ -320,7 +327,7 @@ class RecipeRunner:
     def _train_and_evaluate(self, item: ResolvedStage, init: Path | None, output_dir: Path,
                             resume_from: Path | None) -> StageResult:
         stage = item.stage
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()  # CPU seconds too: wall is noisy on a shared machine
         transformers.set_seed(self.recipe.seed)
         if os.environ.get("MIXLAB_DETERMINISTIC") == "1":  # set by `mixlab demo`: same seed, same numbers
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -336,19 +343,38 @@ class RecipeRunner:
         final_loss = _final_loss(trainer, train_output)
         if self.dist.is_main:
             self.store.set_checkpoint(item.run_id, str(final_dir))
-            self.store.log_train_metrics(item.run_id, step, {"train_wall_s": train_s})
+            self.store.log_train_metrics(item.run_id, step, {"train_wall_s": train_s,
+                                                             "train_cpu_s": time.process_time() - c0})
             self._record_cost(item.run_id, "train", train_s, self.dist.world_size)
         del trainer, model
         t1 = time.perf_counter()
-        spec = self.recipe.stage_eval(stage)
-        if spec is not None and self.dist.is_main:
-            self._evaluate(final_dir, spec, item.run_id, step=None)
-            self._record_cost(item.run_id, "eval", time.perf_counter() - t1, 1)  # rank 0 evaluates alone
+        if self.dist.is_main and not self.defer_eval:
+            self._final_eval(item, final_dir, step)
         return StageResult(
             run_id=item.run_id, stage=stage.name, trainer=stage.trainer, mixture_name=item.mixture_name,
             status="completed", checkpoint=str(final_dir), final_loss=final_loss, steps=step, train_s=train_s,
             eval_s=time.perf_counter() - t1,
         )
+
+    def _final_eval(self, item: ResolvedStage, final_dir: Path, step: int) -> None:
+        spec = self.recipe.stage_eval(item.stage)
+        if spec is None:
+            return
+        t1, c1 = time.perf_counter(), time.process_time()
+        self._evaluate(final_dir, spec, item.run_id, step=None)
+        self._record_cost(item.run_id, "eval", time.perf_counter() - t1, 1)  # rank 0 evaluates alone
+        self.store.log_train_metrics(item.run_id, step, {"eval_wall_s": time.perf_counter() - t1,
+                                                         "eval_cpu_s": time.process_time() - c1})
+
+    def evaluate_stage(self, stage_name: str) -> None:
+        """The final eval of a stage trained earlier (e.g. with `defer_eval`), on its stored final checkpoint."""
+        item = next((i for i in self.preflight() if i.stage.name == stage_name), None)
+        row = self.store.get_run(item.run_id) if item is not None else None
+        if row is None or row["status"] != "completed" or not row["checkpoint_path"]:
+            raise MixlabError(f"recipe {self.recipe.name}: stage {stage_name!r} has no completed run to evaluate "
+                              f"in invocation {self.invocation}")
+        last = self.store.last_train_metric(item.run_id, "train_wall_s")
+        self._final_eval(item, Path(row["checkpoint_path"]), last[1] if last else 0)
 
     def _record_cost(self, run_id: str, phase: str, wall_s: float, n_devices: int) -> None:
         """Device-seconds of a phase (wall time x devices held), so `mixlab optimise` can price a mixture."""

@@ -1,14 +1,14 @@
 """MoE routing (sigmoid scores + correction bias, top-k) and grouped SwiGLU expert compute.
 
 Three expert implementations of one contract (`moe_experts`):
-- `moe_experts_fused`: what CUDA bf16 calls take (`moe_impl`, MIXLAB_MOE_IMPL): the whole block as one autograd
+- `moe_experts_fused`: CUDA bf16 calls take it with MIXLAB_MOE_IMPL=fused (`moe_impl`): the whole block as one autograd
   Function with a hand-written backward — a stable counting sort of the slots (Triton), grouped GEMMs, the routing
   weight folded into a Triton SwiGLU so that un-permuting is an unweighted gather-sum, and dw from the SwiGLU
   backward. Opt-in `triton_gemm` swaps two of its grouped GEMMs for mixlab's Triton ones (moe_triton.py).
 - `moe_experts_reference`: sort by expert, then one SwiGLU per expert over its slice (a host sync for the group
   sizes, ~3 launches per expert and their backward). The CPU path and the oracle of the fast one.
-- `moe_experts_grouped`: the previous fast path, kept as the benchmark peer (fused=False: grouped_mm + torch glue
-  through autograd, the off-the-shelf composition) and as MIXLAB_MOE_IMPL=grouped. Token permutation by expert (a
+- `moe_experts_grouped`: the measured fast path (`DEFAULT_MOE_IMPL`), and with fused=False the benchmark peer
+  (grouped_mm + torch glue through autograd, the off-the-shelf composition). Token permutation by expert (a
   stable sort), three grouped GEMMs over all experts at once (`torch._grouped_mm`, group offsets from a device-side
   count: no host sync), SwiGLU, and the un-permutation as a weighted gather-sum (no atomics, deterministic); with
   fused=True the SwiGLU and the gather-sum are Triton kernels.
@@ -109,8 +109,8 @@ def moe_experts(
     """Σ_k topk_weight[n,k] · Expert_{topk_idx[n,k]}(x[n]) → [N, D] in x.dtype (weighted sum in fp32).
 
     x [N, D]; w1, w3 [E, I, D]; w2 [E, D, I] (nn.Linear layout); topk_idx int [N, k]; topk_weight [N, k].
-    Differentiable w.r.t. x, the expert weights and topk_weight. CUDA bf16 tensors take `moe_experts_fused`
-    (grouped GEMMs, one autograd Function, no host sync; `moe_impl` names the choice), everything else
+    Differentiable w.r.t. x, the expert weights and topk_weight. CUDA bf16 tensors take a grouped-GEMM path without
+    host syncs (`moe_impl` names which: `moe_experts_grouped` or `moe_experts_fused`), everything else
     `moe_experts_reference`.
     """
     if (fast_path(x, w1) and x.dtype == torch.bfloat16 and w1.dtype == w3.dtype == w2.dtype == torch.bfloat16
@@ -124,10 +124,14 @@ def moe_experts(
 MOE_IMPLS = ("fused", "grouped")
 
 
+DEFAULT_MOE_IMPL = "grouped"  # `moe_experts_fused` has no GPU timing yet (BENCHMARKS.md): opt-in until it has
+
+
 def moe_impl() -> str:
-    """The CUDA MoE implementation: MIXLAB_MOE_IMPL (read per call) "fused" (default, `moe_experts_fused`) or
-    "grouped" (`moe_experts_grouped`); both are checked against the per-expert loop, bench/bench_moe.py times them."""
-    choice = os.environ.get("MIXLAB_MOE_IMPL", "fused").strip().lower()
+    """The CUDA MoE implementation: MIXLAB_MOE_IMPL (read per call) "grouped" (`moe_experts_grouped`, measured on an
+    H100) or "fused" (`moe_experts_fused`); both are checked against the per-expert loop, bench/bench_moe.py times
+    them. DEFAULT_MOE_IMPL is the one measured faster."""
+    choice = os.environ.get("MIXLAB_MOE_IMPL", DEFAULT_MOE_IMPL).strip().lower()
     if choice not in MOE_IMPLS:
         raise MixlabError(f"MIXLAB_MOE_IMPL={choice!r}{did_you_mean(choice, MOE_IMPLS)}; choose one of "
                           f"{', '.join(MOE_IMPLS)}")

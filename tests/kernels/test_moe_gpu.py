@@ -65,7 +65,8 @@ def test_fused_moe_matches_grouped_at_official_shape():
     assert all(r < 1e-2 for r in rels.values()), rels
 
 
-def test_dispatch_takes_the_fused_function_without_host_sync_and_captures():
+def test_dispatch_takes_the_fused_function_without_host_sync_and_captures(monkeypatch):
+    monkeypatch.setenv("MIXLAB_MOE_IMPL", "fused")
     assert moe_impl() == "fused"
     args = _inputs(N=1024)
     want = _fwd_bwd(moe_experts_fused, *args)

@@ -34,7 +34,7 @@ def _demo(runs: Path, *extra: str) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(3600)  # ~3 min a run on an idle 2-core box, 10+ on a loaded one
+@pytest.mark.timeout(3600)  # ~35 s a run on an idle 2-core box (2026-12-05), several minutes on a loaded one
 def test_short_demo_twice_gives_identical_numbers(tmp_path):
     first = _demo(tmp_path / "a")
     second = _demo(tmp_path / "b")

@@ -1,0 +1,104 @@
+"""Compile every MoE Triton kernel for Hopper (sm_90) on CPU, at the 1b-a150m and official shapes' launch options,
+and check each block's shared memory against the device limit (what fails at the first launch on a GPU otherwise).
+Run as a child without TRITON_INTERPRET (the interpreter replaces the kernels); `python -P <this file>` prints
+{kernel: {shared, registers, spill_bytes}} from ptxas."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+BF, F32, I64, I32, P32 = "*bf16", "*fp32", "*i64", "i32", "*i32"
+
+
+def _specs():
+    """(kernel name, signature, constexprs, launch options) as moe_triton.py launches them."""
+    from mixlab.kernels import moe_triton as mt
+
+    gemm = {"up": mt.UP_CONFIG, "da": mt.DA_CONFIG, "dx": mt.DX_CONFIG}
+    tile = lambda cfg, e_p: dict(E_P=e_p, BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], EVEN=True)  # noqa: E731
+    launch = lambda cfg: {k: cfg[k] for k in ("num_warps", "num_stages")}  # noqa: E731
+    out = []
+    for e_p in (64, 256):  # 48 and 256 experts
+        out += [
+            ("_route_hist", dict(IDX=I64, HIST=P32, M=I32, E=I32), dict(E_P=e_p, BLOCK=256 if e_p == 64 else 1024,
+                                                                          CHUNK=max(16, min(64, 4096 // e_p))), {}),
+            ("_route_scan", dict(HIST=P32, BASE=P32, OFFS=P32, NB=I32, E=I32),
+             dict(NB_P=128, E_P=e_p), {"num_warps": 8}),
+            ("_route_place", dict(IDX=I64, W=F32, BASE=P32, ORDER=I64, INV=I64, TOKEN=I64, WS=F32, M=I32, KTOP=I32),
+             dict(E_P=e_p, BLOCK=256 if e_p == 64 else 1024, CHUNK=max(16, min(64, 4096 // e_p))), {}),
+            ("_up_fwd", dict(X=BF, TOKEN=I64, W1=BF, W3=BF, WS=F32, H1=BF, H3=BF, A=BF, TILE_END=P32, OFFS=P32,
+                             E=I32, D=I32, I=I32), tile(gemm["up"], e_p), launch(gemm["up"])),
+            ("_da_swiglu_bwd", dict(DY=BF, W2=BF, H1=BF, H3=BF, WS=F32, DH=BF, DWP=F32, TILE_END=P32, OFFS=P32,
+                                    E=I32, D=I32, I=I32, M=I32, s_h1=I32, s_h3=I32, s_dh=I32),
+             tile(gemm["da"], e_p), launch(gemm["da"])),
+            ("_dx_bwd", dict(DH=BF, W1=BF, W3=BF, DXS=BF, TILE_END=P32, OFFS=P32, E=I32, D=I32, I=I32, s_dh=I32),
+             tile(gemm["dx"], e_p), launch(gemm["dx"])),
+        ]
+    out += [
+        ("_swiglu_w_fwd", dict(H1=BF, H3=BF, W=F32, A=BF, M=I32, I=I32, s_h1=I32, s_h3=I32, s_a=I32),
+         dict(BLOCK_R=8, BLOCK_I=256), {}),
+        ("_swiglu_w_bwd", dict(H1=BF, H3=BF, W=F32, DA=BF, DH1=BF, DH3=BF, DW=F32, M=I32, I=I32, s_h1=I32, s_h3=I32,
+                               s_da=I32, s_dh1=I32, s_dh3=I32), dict(BLOCK_R=4, BLOCK_I=256), {}),
+        ("_gather_sum", dict(S1=BF, S2=BF, INV=I64, OUT=BF, N=I32, D=I32),
+         dict(KTOP=8, TWO=True, BLOCK_R=2, BLOCK_D=256), {}),
+    ]
+    return out
+
+
+def report(arch: int = 90) -> dict:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+    from triton.compiler import ASTSource
+
+    from mixlab.kernels import moe_triton as mt
+
+    res = {}
+    for name, sig, const, launch in _specs():
+        fn = getattr(mt, name)
+        src = ASTSource(fn=fn, signature={**sig, **{c: "constexpr" for c in const}},
+                        constexprs={(fn.arg_names.index(c),): v for c, v in const.items()})
+        comp = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": 4, "num_stages": 3, **launch})
+        with tempfile.TemporaryDirectory() as tmp:
+            ptx = os.path.join(tmp, "k.ptx")
+            with open(ptx, "w") as f:
+                f.write(comp.asm["ptx"])
+            log = subprocess.run([get_ptxas(arch).path, "-v", f"--gpu-name=sm_{arch}a", ptx, "-o", ptx + ".o"],
+                                 capture_output=True, text=True, check=True).stderr
+        regs, spills = re.search(r"Used (\d+) registers", log), re.search(r"(\d+) bytes spill stores", log)
+        key = f"{name}[E_P={const['E_P']}]" if "E_P" in const else name
+        res[key] = {"shared": int(comp.metadata.shared), "registers": int(regs.group(1)) if regs else None,
+                    "spill_bytes": int(spills.group(1)) if spills else None}
+    return res
+
+
+@pytest.mark.slow
+def test_moe_kernels_compile_for_hopper_within_shared_memory():
+    from mixlab import procs
+    from mixlab.kernels.dispatch import triton_available
+    from mixlab.kernels.kda_triton_aot import SM90_SHARED_LIMIT
+
+    if not triton_available():
+        pytest.skip("triton not installed")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = procs.run([__file__], env_base=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rep = json.loads(res.stdout.strip().splitlines()[-1])
+    print(json.dumps(rep, indent=1))
+    assert len(rep) == 15
+    assert max(r["shared"] for r in rep.values()) <= SM90_SHARED_LIMIT, rep
+    # the memory-bound glue kernels (everything but the three GEMMs) must not spill
+    glue = {k: r for k, r in rep.items() if not k.startswith(("_up_fwd", "_da_swiglu_bwd", "_dx_bwd"))}
+    assert all(not r["spill_bytes"] for r in glue.values()), glue
+
+
+if __name__ == "__main__":
+    print(json.dumps(report(int(sys.argv[1]) if len(sys.argv) > 1 else 90)))

@@ -458,9 +458,11 @@ def _da_swiglu_bwd(DY, W2, H1, H3, WS, DH, DWP, TILE_END, OFFS, E, D, I, M, s_h1
     tl.store(DH + r64 * s_dh + I + cols[None, :], (g * silu).to(DH.dtype.element_ty), mask=mask)
 
 
-UP_CONFIG = dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3)
-DX_CONFIG = dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3)
-DA_CONFIG = dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3)
+# Untimed on a GPU so far; chosen by ptxas on CPU (tests/kernels/test_moe_triton_aot.py) for the fewest spills
+# (88-208 bytes; 128 × 128 tiles spilled 0.8-2.9 KB).
+UP_CONFIG = dict(BM=128, BN=64, BK=64, num_warps=8, num_stages=3)
+DX_CONFIG = dict(BM=128, BN=64, BK=64, num_warps=8, num_stages=3)
+DA_CONFIG = dict(BM=128, BN=64, BK=64, num_warps=8, num_stages=3)
 
 
 def _launch_cfg(cfg: dict, E: int) -> tuple[dict, dict]:

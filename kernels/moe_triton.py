@@ -475,7 +475,7 @@ def up_proj_swiglu(x, token_of, w1, w3, w_s, offs, cfg: dict | None = None):
     """h1 = x[token_of]·w1[e]ᵀ, h3 = x[token_of]·w3[e]ᵀ per expert segment, a_w = w_s·silu(h1)·h3
     → (h1, h3, a_w),
     each [M, I] in x.dtype; x [N, D] unsorted (the gather happens in the load), segments ending at `offs`."""
-    cfg = cfg or UP_CONFIG
+    cfg = {**UP_CONFIG, **(cfg or {})}
     E, I, D = w1.shape
     M = token_of.numel()
     meta, launch = _launch_cfg(cfg, E)
@@ -490,7 +490,7 @@ def up_proj_swiglu(x, token_of, w1, w3, w_s, offs, cfg: dict | None = None):
 
 def dx_proj(dh: torch.Tensor, w1, w3, offs, cfg: dict | None = None) -> torch.Tensor:
     """dxs = dh[:, :I]·w1[e] + dh[:, I:]·w3[e] per expert segment, [M, D]; dh [M, 2I] row-major."""
-    cfg = cfg or DX_CONFIG
+    cfg = {**DX_CONFIG, **(cfg or {})}
     E, I, D = w1.shape
     M = dh.shape[0]
     assert dh.stride(-1) == 1
@@ -507,7 +507,7 @@ def dx_proj(dh: torch.Tensor, w1, w3, offs, cfg: dict | None = None) -> torch.Te
 def da_swiglu_bwd(dy: torch.Tensor, w2: torch.Tensor, h1, h3, w_s, offs, cfg: dict | None = None):
     """Backward of a_w = w_s·silu(h1)·h3 fed by d a_w = dy·w2[e] (per expert segment): → (dh [M, 2I] = dh1 | dh3
     in dy.dtype, dw_s [M] fp32). dy [M, D] row-major in sorted order; h1, h3 row-strided [M, I]."""
-    cfg = cfg or DA_CONFIG
+    cfg = {**DA_CONFIG, **(cfg or {})}
     E, D, I = w2.shape
     M = dy.shape[0]
     assert dy.stride(-1) == 1 and h1.stride(-1) == 1 and h3.stride(-1) == 1

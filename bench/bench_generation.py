@@ -419,6 +419,10 @@ def main() -> None:
     if args.step_compare:
         rows, ctx = (int(v) for v in args.step_compare.split(","))
         payload["step_compare"] = step_compare(model, rows, ctx, args.scan_steps, args.device)
+    from mixlab.kernels.dispatch import failed_kernels
+
+    payload["kernels_fallen_back"] = failed_kernels()  # decode kernels that raised and ran their reference instead
+    print(f"kernels that fell back to their reference: {payload['kernels_fallen_back'] or 'none'}")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
     suffix = f"-{args.tag}" if args.tag else ""

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from mixlab.errors import MixlabError
 
-from .dispatch import use_fused
+from .dispatch import use_fused, with_fallback
 from .moe import moe_route
 
 try:  # triton is optional (gpu / dev extras); without it the reference runs
@@ -46,15 +46,21 @@ def moe_decode_block(x: torch.Tensor, gate_weight: torch.Tensor, correction_bias
     shared MLP's (gate_proj, up_proj, down_proj) weights ([IS, D], [IS, D], [D, IS]) or None."""
     if activation not in ("sigmoid", "softmax"):
         raise MixlabError(f"moe_decode_block: unknown router activation {activation!r}; choose sigmoid or softmax")
-    if route_triton is not None and use_fused(x, w1, gate_weight):
+    def reference():
+        logits = F.linear(x.float(), gate_weight.float())
+        idx, weight = moe_route(logits, correction_bias, top_k, renormalize=renormalize, scaling=scaling,
+                                weights_use_bias=weights_use_bias, activation=activation)
+        y = moe_experts_gather(x, w1, w3, w2, idx, weight)
+        if shared is None:
+            return y
+        gate, up, down = shared
+        return y + F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down)
+
+    def fused():
         idx, weight = route_triton(x, gate_weight, correction_bias, top_k, renormalize, scaling, weights_use_bias,
                                    activation)
         return experts_triton(x, w1, w3, w2, idx, weight, shared)
-    logits = F.linear(x.float(), gate_weight.float())
-    idx, weight = moe_route(logits, correction_bias, top_k, renormalize=renormalize, scaling=scaling,
-                            weights_use_bias=weights_use_bias, activation=activation)
-    y = moe_experts_gather(x, w1, w3, w2, idx, weight)
-    if shared is None:
-        return y
-    gate, up, down = shared
-    return y + F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down)
+
+    if route_triton is not None and use_fused(x, w1, gate_weight):
+        return with_fallback("moe_decode_block", fused, reference)
+    return reference()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import torch
 
@@ -123,3 +124,25 @@ def kda_backend(*tensors: torch.Tensor | None) -> str:
 def use_fused(*tensors: torch.Tensor | None) -> bool:
     """Whether an op on these tensors should call mixlab's own fused Triton kernel."""
     return fast_path(*tensors) and fused_enabled() and triton_available()
+
+
+_failed_kernels: dict[str, str] = {}
+
+
+def failed_kernels() -> dict[str, str]:
+    """{kernel name: error} for the kernels `with_fallback` has switched off in this process."""
+    return dict(_failed_kernels)
+
+
+def with_fallback(name: str, fast, reference):
+    """fast() unless kernel `name` failed before in this process; if it raises (a Triton compile or launch error
+    on a GPU/Triton the kernel was not run on), warn once, switch it off and return reference() from then on.
+    Only for kernels that raise before they write anything (compile and launch errors do)."""
+    if name not in _failed_kernels:
+        try:
+            return fast()
+        except Exception as exc:  # noqa: BLE001 - any compile/launch failure: the reference is always correct
+            _failed_kernels[name] = f"{type(exc).__name__}: {exc}"[:500]
+            warnings.warn(f"mixlab kernel {name} failed ({_failed_kernels[name][:200]}); using its torch reference "
+                          "from now on", RuntimeWarning, stacklevel=2)
+    return reference()

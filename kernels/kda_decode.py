@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from mixlab.errors import MixlabError
 
-from .dispatch import use_fused
+from .dispatch import use_fused, with_fallback
 from .kda_common import fp32, l2norm
 from .kda_gate import kda_gate
 from .kda_recurrent import recurrent_kda_step
@@ -105,13 +105,16 @@ def kda_decode_step(xq, xk, xv, conv, wq, wk, wv, f, A_log, dt_bias, beta_logits
     slot (its contents are then undefined)."""
     H = A_log.numel()
     _check(xq, conv, wq, state, slots, H)
+    def reference():
+        return kda_decode_step_torch(xq, xk, xv, conv, wq, wk, wv, f, A_log, dt_bias, beta_logits, state, slots,
+                                     gate, norm_weight, eps, scale)
+
     if kda_decode_step_triton is not None and use_fused(xq, conv, state, f, gate):
-        if slots is None:
-            slots = torch.arange(xq.shape[0], device=xq.device)
-        return kda_decode_step_triton(xq, xk, xv, conv, wq, wk, wv, f, A_log, dt_bias, beta_logits, state, slots,
-                                      gate, norm_weight, eps, scale)
-    return kda_decode_step_torch(xq, xk, xv, conv, wq, wk, wv, f, A_log, dt_bias, beta_logits, state, slots, gate,
-                                 norm_weight, eps, scale)
+        rows = torch.arange(xq.shape[0], device=xq.device) if slots is None else slots
+        return with_fallback("kda_decode_step", lambda: kda_decode_step_triton(
+            xq, xk, xv, conv, wq, wk, wv, f, A_log, dt_bias, beta_logits, state, rows, gate, norm_weight, eps, scale),
+            reference)
+    return reference()
 
 
 def kda_decode_layer(x, wq, wk, wv, conv, cq, ck, cv, wfa, wfb, A_log, dt_bias, wb, wga, wgb, state, slots,
@@ -124,15 +127,21 @@ def kda_decode_layer(x, wq, wk, wv, conv, cq, ck, cv, wfa, wfb, A_log, dt_bias, 
     The projections are nn.Linear's (x·Wᵀ, rounded to x.dtype) and then `kda_decode_step`; with
     MIXLAB_FUSED_DECODE_PROJ=1 on CUDA, the six projections of x are one Triton launch and f_b, g_b run inside
     the step kernel (two launches for the whole layer)."""
+    def unfused():
+        f = F.linear(F.linear(x, wfa), wfb)
+        gate = F.linear(F.linear(x, wga), wgb)
+        return kda_decode_step(F.linear(x, wq), F.linear(x, wk), F.linear(x, wv), conv, cq, ck, cv, f, A_log,
+                               dt_bias, F.linear(x, wb), state, slots, gate, norm_weight, eps, scale)
+
     if fused_projections() and multi_linear_triton is not None and use_fused(x, conv, state):
-        P, KA = wq.shape[0], wfa.shape[0]
-        proj = multi_linear_triton(x, [wq, wk, wv, wfa, wga, wb])  # [B, 3P + 2KA + H]
-        slots = torch.arange(x.shape[0], device=x.device) if slots is None else slots
-        return kda_decode_step_triton(proj[:, :P], proj[:, P : 2 * P], proj[:, 2 * P : 3 * P], conv, cq, ck, cv,
-                                      proj[:, 3 * P : 3 * P + KA], A_log, dt_bias, proj[:, 3 * P + 2 * KA :], state,
-                                      slots, proj[:, 3 * P + KA : 3 * P + 2 * KA], norm_weight, eps, scale,
-                                      f_b=wfb, g_b=wgb)
-    f = F.linear(F.linear(x, wfa), wfb)
-    gate = F.linear(F.linear(x, wga), wgb)
-    return kda_decode_step(F.linear(x, wq), F.linear(x, wk), F.linear(x, wv), conv, cq, ck, cv, f, A_log, dt_bias,
-                           F.linear(x, wb), state, slots, gate, norm_weight, eps, scale)
+        def fused():
+            P, KA = wq.shape[0], wfa.shape[0]
+            proj = multi_linear_triton(x, [wq, wk, wv, wfa, wga, wb])  # [B, 3P + 2KA + H]
+            rows = torch.arange(x.shape[0], device=x.device) if slots is None else slots
+            return kda_decode_step_triton(proj[:, :P], proj[:, P : 2 * P], proj[:, 2 * P : 3 * P], conv, cq, ck, cv,
+                                          proj[:, 3 * P : 3 * P + KA], A_log, dt_bias, proj[:, 3 * P + 2 * KA :],
+                                          state, rows, proj[:, 3 * P + KA : 3 * P + 2 * KA], norm_weight, eps, scale,
+                                          f_b=wfb, g_b=wgb)
+
+        return with_fallback("kda_decode_layer", fused, unfused)
+    return unfused()

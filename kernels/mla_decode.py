@@ -18,7 +18,7 @@ import torch
 
 from mixlab.errors import MixlabError
 
-from .dispatch import use_fused
+from .dispatch import use_fused, with_fallback
 
 try:  # triton is optional (gpu / dev extras); without it the reference runs
     from .mla_decode_triton import mla_decode_paged_triton
@@ -67,6 +67,10 @@ def mla_decode_paged(q_lat: torch.Tensor, q_rot: torch.Tensor, kv_new: torch.Ten
     block: positions beyond positions[b] are masked); positions [B] int64 (the new token's position), with
     nb · bs > positions[b]. Strided views are fine. Static shapes and no host sync on either path."""
     _check(q_lat, q_rot, kv_new, rot_new, pool, table, positions)
+    def reference():
+        return mla_decode_paged_torch(q_lat, q_rot, kv_new, rot_new, pool, table, positions, scale)
+
     if mla_decode_paged_triton is not None and use_fused(q_lat, pool, table, positions):
-        return mla_decode_paged_triton(q_lat, q_rot, kv_new, rot_new, pool, table, positions, scale)
-    return mla_decode_paged_torch(q_lat, q_rot, kv_new, rot_new, pool, table, positions, scale)
+        return with_fallback("mla_decode_paged", lambda: mla_decode_paged_triton(
+            q_lat, q_rot, kv_new, rot_new, pool, table, positions, scale), reference)
+    return reference()

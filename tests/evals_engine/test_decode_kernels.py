@@ -8,6 +8,7 @@ a few bf16 ulps and fp32 cases tightly. The `gpu` tests repeat the comparison at
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -16,7 +17,7 @@ import torch
 from mixlab.evals.backends import GenerationConfig
 from mixlab.evals.backends.torch_backend import eos_token_ids
 from mixlab.evals.engine import Engine
-from mixlab.kernels import decode_moe, kda_decode, mla_decode, moe_route
+from mixlab.kernels import decode_moe, dispatch, kda_decode, mla_decode, moe_route
 from mixlab.kernels.dispatch import triton_available
 from mixlab.kernels.kda_decode import kda_decode_step_torch
 from mixlab.kernels.mla_decode import mla_decode_paged_torch
@@ -98,6 +99,29 @@ def test_mla_paged_ignores_keys_past_the_row():
     noisy[-1] = float("nan")  # scratch block
     after = mla_decode_paged_triton(*args, noisy, table, positions, 0.1)
     torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+def test_a_failing_kernel_falls_back_to_its_reference(monkeypatch):
+    """A decode kernel that raises (e.g. a Triton compile error on an untried GPU) warns once and the op returns
+    the reference's result, then and on later calls (the kernel is not retried)."""
+    monkeypatch.setattr(dispatch, "_failed_kernels", {})
+    calls = []
+
+    def broken(*args):
+        calls.append(1)
+        raise RuntimeError("no kernel image for this device")
+
+    monkeypatch.setattr(mla_decode, "mla_decode_paged_triton", broken)
+    monkeypatch.setattr(mla_decode, "use_fused", lambda *t: True)
+    args, pool, table, positions = _mla_case(B=3, H=2, rank=32, rope=8, bs=4, num_blocks=24, nb=6,
+                                             dtype=torch.float32)
+    want = mla_decode_paged_torch(*args, pool.clone(), table, positions, 0.1)
+    with pytest.warns(RuntimeWarning, match="mla_decode_paged failed"):
+        got = mla_decode.mla_decode_paged(*args, pool, table, positions, 0.1)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    again = mla_decode.mla_decode_paged(*args, pool, table, positions, 0.1)
+    torch.testing.assert_close(again, want, rtol=0, atol=0)
+    assert len(calls) == 1 and "no kernel image" in dispatch.failed_kernels()["mla_decode_paged"]
 
 
 # ------------------------------------------------------------------------------------------------------ fused KDA
@@ -323,8 +347,6 @@ def test_gpu_kernels_at_1b_shapes(dtype, tol):
 def test_gpu_engine_all_fused(tiny, prompt_ids, dtype, monkeypatch):
     """The engine with the fused MoE decode form and fused KDA projections on the GPU: graphs = same-shape eager;
     fp32 = recomputation."""
-    import copy
-
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     monkeypatch.setenv("MIXLAB_ENGINE_MOE", "fused")
@@ -336,6 +358,7 @@ def test_gpu_engine_all_fused(tiny, prompt_ids, dtype, monkeypatch):
     got = Engine(model, eos_ids=eos, max_batch=8, cuda_graphs=True).generate(prompt_ids, cfg)
     assert got == Engine(model, eos_ids=eos, max_batch=8, cuda_graphs=False, static_shapes=True).generate(prompt_ids,
                                                                                                           cfg)
+    assert not dispatch.failed_kernels()  # every decode kernel really ran (none fell back to its reference)
     if dtype == torch.float32:
         with torch.no_grad():
             want = [recompute_greedy_cuda(model, ids, 16, eos) for ids in prompt_ids]

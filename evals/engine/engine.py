@@ -159,10 +159,7 @@ class Engine:
         if self.static:
             B, nbm = self._batch_buckets[-1], self.max_blocks_per_seq
             self._in_long = torch.zeros(3, B, dtype=torch.long, device=self.device)  # tokens, slots, positions
-            # Block table per slot, on the device, written once when a sequence starts: the captured step gathers
-            # its rows by slot, so no step builds or copies a table (that cost grew with the context).
-            self._slot_table = torch.full((self.cache.num_slots + 1, nbm), self.cache.scratch_block, dtype=torch.long,
-                                          device=self.device)
+            self._in_table = torch.zeros(B, nbm, dtype=torch.long, device=self.device)
             self._in_float = torch.zeros(3, B, dtype=torch.float64, device=self.device)  # temperature, top_p, u
             self._in_greedy = torch.ones(B, dtype=torch.bool, device=self.device)
         if self.use_graphs:
@@ -307,10 +304,6 @@ class Engine:
                 if j:
                     self.cache.fork(alloc[0], (slot, blocks), L)
                 seq = _Seq(req, j, slot, blocks, None if uniforms is None else uniforms[j], position=L)
-                if self.static:  # the row's tail keeps scratch (never a block a previous sequence left there)
-                    row = torch.full((self._slot_table.shape[1],), self.cache.scratch_block, dtype=torch.long)
-                    row[: len(blocks)] = torch.tensor(blocks, dtype=torch.long)
-                    self._slot_table[slot].copy_(row)
                 req.seqs.append(seq)
                 rows.append(i)
                 seqs.append(seq)
@@ -386,16 +379,16 @@ class Engine:
         # graphs serve every context length.
         grain = 1 << max(0, need.bit_length() - 4)
         nb = min(-(-need // grain) * grain, self.max_blocks_per_seq)
+        scratch = [self.cache.scratch_block] * nb
+        table = torch.tensor([(s.blocks[:nb] + scratch)[:nb] for s in seqs], dtype=torch.long)
         longs = torch.tensor([[s.generated[-1] for s in seqs], [s.slot for s in seqs], [s.position for s in seqs]],
                              dtype=torch.long)
         greedy, temp, top_p, u = self._sampling_rows(seqs)
         sampled = not bool(greedy.all())
         if self.static:
-            toks = self._replay(B, nb, sampled, longs, greedy, torch.stack([temp, top_p, u]))
+            toks = self._replay(B, nb, sampled, longs, table, greedy, torch.stack([temp, top_p, u]))
         else:
             dev = self.device
-            scratch = [self.cache.scratch_block] * nb
-            table = torch.tensor([(s.blocks[:nb] + scratch)[:nb] for s in seqs], dtype=torch.long)
             in_place = [s.slot for s in seqs] == list(range(B))
             longs, table = longs.to(dev), table.to(dev)
             logits = decode_step(self.model, self.cache, longs[0], None if in_place else longs[1], longs[2], table)
@@ -407,7 +400,7 @@ class Engine:
         self._retire()
 
     # ----------------------------------------------------------------------------------------------- CUDA graphs
-    def _replay(self, B, nb, sampled, longs, greedy, floats) -> list[int]:
+    def _replay(self, B, nb, sampled, longs, table, greedy, floats) -> list[int]:
         Bp = next(b for b in self._batch_buckets if b >= B)
         key = (Bp, nb, sampled)
         if key not in self._graphs:
@@ -418,8 +411,10 @@ class Engine:
         self._in_long[0, :Bp].zero_()
         self._in_long[1, :Bp].fill_(self.cache.scratch_slot)
         self._in_long[2, :Bp].zero_()
+        self._in_table[:Bp, :nb].fill_(self.cache.scratch_block)
         self._in_greedy[:Bp].fill_(True)
         self._in_long[:, :B].copy_(longs, non_blocking=True)
+        self._in_table[:B, :nb].copy_(table, non_blocking=True)
         self._in_float[:, :B].copy_(floats, non_blocking=True)
         self._in_greedy[:B].copy_(greedy, non_blocking=True)
         if graph is None:
@@ -428,12 +423,10 @@ class Engine:
         return out[:B].tolist()
 
     def _graph_fn(self, Bp, nb, sampled):
-        longs = self._in_long[:, :Bp]
+        longs, table = self._in_long[:, :Bp], self._in_table[:Bp, :nb]
         fl, greedy = self._in_float[:, :Bp], self._in_greedy[:Bp]
-        blocks = self._slot_table[:, :nb]
 
         def fn():
-            table = blocks.index_select(0, longs[1])  # [Bp, nb]: each row's blocks (scratch slot: scratch blocks)
             logits = decode_step(self.model, self.cache, longs[0], longs[1], longs[2], table)
             return sample_rows(logits, greedy, fl[0], fl[1], fl[2], sampled)
 
@@ -444,6 +437,7 @@ class Engine:
         self._in_long[0, :Bp].zero_()
         self._in_long[1, :Bp].fill_(self.cache.scratch_slot)
         self._in_long[2, :Bp].zero_()
+        self._in_table[:Bp, :nb].fill_(self.cache.scratch_block)
         self._in_float[:, :Bp].fill_(1.0)
         self._in_greedy[:Bp].fill_(not sampled)
         fn = self._graph_fn(Bp, nb, sampled)

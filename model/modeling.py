@@ -302,10 +302,11 @@ class KimiSparseMoeBlock(nn.Module):
     def routed_experts(self, flat: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """The weighted sum of each token's routed experts (expert parallelism overrides only this)."""
         w1, w3, w2 = self.experts.w1, self.experts.w3, self.experts.w2
-        if torch.is_autocast_enabled(flat.device.type):
+        if flat.is_cuda and torch.is_autocast_enabled("cuda"):
             # Autocast does not reach the grouped GEMMs: cast input and weights as it casts a Linear's, so fp32 master
-            # weights under bf16 autocast (how recipes train) take the grouped fast path instead of the fp32 reference.
-            dt = torch.get_autocast_dtype(flat.device.type)
+            # weights under bf16 autocast (how recipes train on a GPU) take the grouped fast path instead of the fp32
+            # reference. (On CPU the reference runs either way, in fp32.)
+            dt = torch.get_autocast_dtype("cuda")
             flat, w1, w3, w2 = (t.to(dt) for t in (flat, w1, w3, w2))
         return moe_experts(flat, w1, w3, w2, idx, weight)
 

@@ -93,13 +93,17 @@ def _bv_out(dv: int) -> int:
     return min(dv, 64)
 
 
-def _store_dtype(v: torch.Tensor) -> torch.dtype:
+def gpu_store_dtype(dtype: torch.dtype) -> torch.dtype:
     """Dtype of the intermediates the kernels pass each other (w, u, qg, kd, v_new, chunk states, du) and of their
-    tensor-core dots: the inputs' 16-bit dtype (as fla-core does), else fp32. Score matrices, Tm, Γ and the
-    recurrent state itself stay fp32. CPU tensors (the Triton interpreter, whose bf16 dots are wrong) use fp32."""
-    if v.device.type == "cpu":
-        return torch.float32
-    return v.dtype if v.dtype in (torch.bfloat16, torch.float16) else torch.float32
+    tensor-core dots, for inputs of `dtype`: their 16-bit dtype (as fla-core does), else fp32. Score matrices, Tm,
+    Γ and the recurrent state itself stay fp32."""
+    return dtype if dtype in (torch.bfloat16, torch.float16) else torch.float32
+
+
+def _store_dtype(v: torch.Tensor) -> torch.dtype:
+    # CPU tensors run in the Triton interpreter, whose 16-bit tl.dot multiplies the raw bits: fp32 there (the
+    # tests patch the interpreter's dot to check the 16-bit path on CPU too).
+    return torch.float32 if v.device.type == "cpu" else gpu_store_dtype(v.dtype)
 
 
 class KDATritonFunction(torch.autograd.Function):

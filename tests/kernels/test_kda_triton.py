@@ -153,6 +153,15 @@ def test_bf16_intermediates_path_matches_naive(bf16_path_on_cpu):
     assert errs["S"] > 1e-4  # the 16-bit path really ran (fp32 intermediates give a final state within 1e-7)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter-only check (the GPU tests cover this path)")
+def test_bf16_intermediates_path_strong_decay_varlen(bf16_path_on_cpu):
+    cu = torch.tensor([0, 150, 190])
+    q, k, v, g, beta, s0 = _inputs(1, 190, 2, 16, 32, 2, -20.0, seed=11)
+    tensors = [t.bfloat16() for t in (q, k, v)] + [g, beta.bfloat16(), s0]
+    _compare(naive_recurrent_kda, tensors, cu=cu, tol=3e-2)
+
+
 def test_rejects_unsupported_head_dim():
     q, k, v, g, beta, _ = _inputs(1, 4, 1, 16, 16, 1, -1.0, seed=4)
     with pytest.raises(MixlabError, match="K must be a power of two"):

@@ -13,6 +13,7 @@ recurrent state stay fp32, also after `model.to(torch.bfloat16)` (see `_Fp32Para
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,9 @@ from .layout import SeqLayout, build_layout
 from .state_dict_adapter import diff_inventory, is_official, official_shapes, stacked_target
 
 FP32_PARAM_NAMES = ("A_log", "dt_bias", "e_score_correction_bias")
+# Cast routed-expert inputs and weights to the autocast dtype on CUDA (fp32 master weights then take the grouped MoE
+# path): opt-in until a GPU run verifies it (bench/gpu_step.sh).
+MOE_AUTOCAST = os.environ.get("MIXLAB_MOE_AUTOCAST", "0") == "1"
 
 
 class _Fp32ParamsMixin:
@@ -291,6 +295,8 @@ class KimiSparseMoeBlock(nn.Module):
         self.config = config
         self.layer_idx = layer_idx
         self.top_k = config.num_experts_per_token
+        # Opt-in (MIXLAB_MOE_AUTOCAST=1, or the recipes' graph step) until a GPU run verifies it (bench/gpu_step.sh).
+        self.autocast_experts = MOE_AUTOCAST
         self.gate = KimiMoEGate(config)
         self.experts = KimiStackedExperts(config)
         self.shared_experts = (
@@ -302,10 +308,10 @@ class KimiSparseMoeBlock(nn.Module):
     def routed_experts(self, flat: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """The weighted sum of each token's routed experts (expert parallelism overrides only this)."""
         w1, w3, w2 = self.experts.w1, self.experts.w3, self.experts.w2
-        if flat.is_cuda and torch.is_autocast_enabled("cuda"):
+        if self.autocast_experts and flat.is_cuda and torch.is_autocast_enabled("cuda"):
             # Autocast does not reach the grouped GEMMs: cast input and weights as it casts a Linear's, so fp32 master
             # weights under bf16 autocast (how recipes train on a GPU) take the grouped fast path instead of the fp32
-            # reference. (On CPU the reference runs either way, in fp32.)
+            # per-expert reference. (On CPU the reference runs either way, in fp32.)
             dt = torch.get_autocast_dtype("cuda")
             flat, w1, w3, w2 = (t.to(dt) for t in (flat, w1, w3, w2))
         return moe_experts(flat, w1, w3, w2, idx, weight)

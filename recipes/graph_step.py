@@ -2,6 +2,10 @@
 shape run forward + backward as one captured CUDA graph (`mixlab.kernels.step_graph.StaticBatchStep`); the optimizer,
 clipping, scheduler and logging stay the Trainer's own, eager, outside the graph.
 
+OPT-IN (MIXLAB_GRAPH_STEP=auto) until a GPU run verifies it (bench/gpu_step.sh): it is verified on CPU against TRL's
+own step (tests/recipes/test_graph_step.py) but its capture has never run on a GPU, so TRL's eager step stays the
+default.
+
 Why: the `1b-a150m` step is launch-bound when eager (GPU busy 64 % at 8k tokens); replaying one graph took it to 99 %
 and 1.76x the off-the-shelf peer (BENCHMARKS.md, "Step").
 
@@ -26,8 +30,8 @@ does, the MoE aux-loss gradient attached inside the blocks. TRL's per-batch entr
 computed on graphed steps (they need the logits on the host); `num_tokens` is still counted, and the metric
 `graph_step` (fraction of graphed micro-steps) is logged beside the loss.
 
-`MIXLAB_GRAPH_STEP`: "auto" (default: graphs on CUDA), "off" (always eager), "eager" (the same static-buffer step
-without capture, on any device: the CPU twin the tests compare against the trainer's own step).
+`MIXLAB_GRAPH_STEP`: "off" (default: TRL's eager step), "auto" (graphs on CUDA, eager elsewhere), "eager" (the same
+static-buffer step without capture, on any device: the CPU twin the tests compare against the trainer's own step).
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ _PACKED_KEYS = {"cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k"
 
 
 def graph_mode() -> str:
-    mode = os.environ.get("MIXLAB_GRAPH_STEP", "auto").strip().lower()
+    mode = os.environ.get("MIXLAB_GRAPH_STEP", "off").strip().lower()  # opt-in until a GPU run verifies it
     if mode in ("0", "false", "no"):
         mode = "off"
     if mode not in GRAPH_MODES:
@@ -261,6 +265,10 @@ def model_step(core, *, bf16: bool, with_num_items: bool = False, capture: bool 
     forward = functools.partial(type(core).forward, core)
     device_type = next(core.parameters()).device.type
     coef = float(getattr(core.config, "seq_aux_loss_coef", 0.0) or 0.0)
+    # fp32 master weights under autocast: the MoE must cast its experts to bf16 to take the grouped path (the
+    # per-expert reference reads group sizes on the host, which a capture refuses). This step opts its model in.
+    for block in core.model.moe_blocks().values():
+        block.autocast_experts = True
 
     def autocast():
         if bf16:

@@ -427,7 +427,7 @@ class RecipeRunner:
         kwargs.update(spec.stage_args(stage))
         if (spec.name == "sft" and self.device.startswith("cuda") and not self.dist.enabled and not stage.packing
                 and graph_mode() == "auto" and "pad_to_multiple_of" not in stage.args):
-            # Padded batches in a few lengths only, so the CUDA-graph step (graph_step.py) replays every one of them.
+            # Opt-in graph step only: padded batches in a few lengths, so the CUDA-graph step replays every one of them.
             kwargs["pad_to_multiple_of"] = bucket_multiple(kwargs.get("max_length", 1024))
         if self.dist.enabled:
             kwargs.update(fsdp_training_args(offload=recipe.fsdp.offload))

@@ -121,6 +121,8 @@ def test_inspect_batch():
 
 
 def test_graph_mode_setting(monkeypatch):
+    monkeypatch.delenv("MIXLAB_GRAPH_STEP", raising=False)
+    assert graph_mode() == "off"  # opt-in until a GPU run verifies the capture (bench/gpu_step.sh)
     monkeypatch.setenv("MIXLAB_GRAPH_STEP", "0")
     assert graph_mode() == "off"
     monkeypatch.setenv("MIXLAB_GRAPH_STEP", "always")
@@ -140,3 +142,13 @@ def test_sft_recipes_build_the_graph_capable_trainer(tmp_path):
     trainer = get_trainer("sft").build(BuildContext(model=lm.model, tokenizer=lm.tokenizer, args=args,
                                                     dataset=Dataset.from_list(_rows(n=4)), callbacks=[], stage=None))
     assert isinstance(trainer, GraphStepMixin) and isinstance(trainer, trl.SFTTrainer)
+
+
+def test_the_moe_autocast_cast_is_opt_in_and_the_graph_step_opts_in():
+    from mixlab.recipes.graph_step import model_step
+
+    model = load_model_and_tokenizer("tiny", device="cpu", dtype=torch.float32, seed=0).model
+    blocks = model.model.moe_blocks().values()
+    assert blocks and not any(b.autocast_experts for b in blocks)  # MIXLAB_MOE_AUTOCAST unset: off
+    model_step(model, bf16=False, capture=False)
+    assert all(b.autocast_experts for b in blocks)

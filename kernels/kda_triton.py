@@ -57,7 +57,16 @@ LAUNCH = {
     "_l2norm_fwd_kernel": {"num_warps": 4},
     "_l2norm_bwd_kernel": {"num_warps": 4},
 }
+# fp32 intermediates (fp32 inputs) double the recurrences' pipelined tiles: one stage keeps them in shared memory
+# (the backward's would need 240 KB at two), 8 warps keeps their registers from spilling.
+LAUNCH_FP32 = {"_state_fwd_kernel": {"num_warps": 8, "num_stages": 1},
+               "_state_bwd_kernel": {"num_warps": 8, "num_stages": 1}}
 L2_ROWS = 32  # rows per program of the L2 norm
+
+
+def launch_options(name: str, store_dtype: torch.dtype) -> dict:
+    """num_warps / num_stages of kernel `name` for intermediates of `store_dtype`."""
+    return {**LAUNCH[name], **(LAUNCH_FP32.get(name, {}) if store_dtype == torch.float32 else {})}
 
 
 def _chunk_layout(cu: torch.Tensor, seq_len: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +147,7 @@ class KDATritonFunction(torch.autograd.Function):
         _state_fwd_kernel[(DV // BV, N * H)](
             kd, G, w, u, v_new, S0 if S0 is not None else G, starts, ST if ST is not None else G, cu, co,
             H=H, K=K, DV=DV, C=CHUNK, BV=BV, HAS_S0=S0 is not None, STORE_ST=ST is not None,
-            **LAUNCH["_state_fwd_kernel"],
+            **launch_options("_state_fwd_kernel", starts.dtype),
         )
         o = torch.empty_like(v)
         BVO = _bv_out(DV)
@@ -171,7 +180,7 @@ class KDATritonFunction(torch.autograd.Function):
         dS0 = torch.empty(N, H, K, DV, **f32)
         _state_bwd_kernel[(DV // BV, N * H)](
             qg, kd, G, w, do, dv0, du, dST.contiguous() if dST is not None else dS0, dnext, dS0, cu, co,
-            H=H, K=K, DV=DV, C=CHUNK, BV=BV, HAS_DST=dST is not None, **LAUNCH["_state_bwd_kernel"],
+            H=H, K=K, DV=DV, C=CHUNK, BV=BV, HAS_DST=dST is not None, **launch_options("_state_bwd_kernel", starts.dtype),
         )
         dq = torch.empty(T, H, K, **f32)
         dk = torch.empty(T, H, K, **f32)

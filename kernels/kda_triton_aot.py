@@ -1,11 +1,13 @@
 """Ahead-of-time compilation of the Triton KDA kernels for a GPU target, without a GPU.
 
-Compiles each kernel of kda_triton_kernels.py with the launch options of `kda_triton.LAUNCH` for a CUDA target
-(default sm_90, Hopper) through Triton's own compiler and ptxas, and reports the shared memory each needs. A kernel
-over the device's per-block limit fails at its first launch on the GPU (OutOfResources); this finds that on CPU.
-Must run in a process without TRITON_INTERPRET=1 (the interpreter replaces the kernels).
+Compiles each kernel of kda_triton_kernels.py with the launch options kda_triton uses (`launch_options`) for a
+CUDA target (default sm_90, Hopper) through Triton's own compiler and ptxas, for bf16 and fp32 intermediates, and
+reports the shared memory, registers and register spills of each. A kernel over the device's per-block shared
+memory fails at its first launch on the GPU (OutOfResources); this finds that on CPU. Must run in a process
+without TRITON_INTERPRET=1 (the interpreter replaces the kernels).
 
-    python -P -m mixlab.kernels.kda_triton_aot        # prints {kernel: shared bytes} at H=32, K=V=128
+    python -P -m mixlab.kernels.kda_triton_aot   # prints {"kernel[dtype]": {shared, registers, spill_bytes}}
+                                                 # at H=32, K=V=128 (JSON on stdout, a table on stderr)
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import subprocess
 import sys
 import tempfile
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import kda_triton_kernels as kk
-from .kda_triton import CHUNK, L2_ROWS, LAUNCH, SUB, _bv, _bv_out
+from .kda_triton import CHUNK, L2_ROWS, SUB, _bv, _bv_out, launch_options
 
 # Shared memory one block may use: H100 and H200 (sm_90), as the device reported it.
 SM90_SHARED_LIMIT = 232448
@@ -69,36 +72,39 @@ def _compile(name: str, sig: dict, const: dict, arch: int, launch: dict):
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
 
 
-def shared_memory(H: int = 32, K: int = 128, DV: int = 128, arch: int = 90) -> dict[str, int]:
-    """{kernel name: shared memory bytes per block} when compiled for CUDA `arch` with mixlab's launch options."""
-    return {name: int(_compile(name, sig, const, arch, LAUNCH[name]).metadata.shared)
-            for name, (sig, const) in _specs(H, K, DV).items()}
+DTYPES = {"bf16": ("*bf16", torch.bfloat16), "fp32": ("*fp32", torch.float32)}  # storage dtypes the GPU runs
 
 
-def ptxas_report(H: int = 32, K: int = 128, DV: int = 128, arch: int = 90, launch: dict | None = None) -> dict:
-    """{kernel: {shared, registers, spill_bytes}}: ptxas -v on each kernel's PTX (registers and spills are what
-    limit occupancy and cost local-memory traffic; the GPU reports them only at load time). `launch` overrides
-    LAUNCH per kernel name, to compare options without a GPU."""
+def ptxas_report(H: int = 32, K: int = 128, DV: int = 128, arch: int = 90, launch: dict | None = None,
+                 dtypes: tuple[str, ...] = ("bf16", "fp32")) -> dict:
+    """{"kernel[dtype]": {shared, registers, spill_bytes}} for every kernel and intermediates' dtype, with the launch
+    options kda_triton uses for it: shared memory from Triton, registers and spills from ptxas -v on the PTX (what
+    limits occupancy and costs local-memory traffic; a GPU reports them only at load time). `launch` overrides
+    options per kernel name, to compare them without a GPU."""
     from triton.backends.nvidia.compiler import get_ptxas
 
     out = {}
-    for name, (sig, const) in _specs(H, K, DV).items():
-        compiled = _compile(name, sig, const, arch, {**LAUNCH[name], **(launch or {}).get(name, {})})
-        with tempfile.TemporaryDirectory() as tmp:
-            ptx = os.path.join(tmp, "k.ptx")
-            with open(ptx, "w") as f:
-                f.write(compiled.asm["ptx"])
-            log = subprocess.run([get_ptxas(arch).path, "-v", f"--gpu-name=sm_{arch}a", ptx, "-o", ptx + ".o"],
-                                 capture_output=True, text=True, check=True).stderr
-        regs = re.search(r"Used (\d+) registers", log)
-        spills = re.search(r"(\d+) bytes spill stores", log)
-        out[name] = {"shared": int(compiled.metadata.shared), "registers": int(regs.group(1)) if regs else None,
-                     "spill_bytes": int(spills.group(1)) if spills else None}
+    for dname in dtypes:
+        dt, store = DTYPES[dname]
+        for name, (sig, const) in _specs(H, K, DV, dt).items():
+            opts = {**launch_options(name, store), **(launch or {}).get(name, {})}
+            compiled = _compile(name, sig, const, arch, opts)
+            with tempfile.TemporaryDirectory() as tmp:
+                ptx = os.path.join(tmp, "k.ptx")
+                with open(ptx, "w") as f:
+                    f.write(compiled.asm["ptx"])
+                log = subprocess.run([get_ptxas(arch).path, "-v", f"--gpu-name=sm_{arch}a", ptx, "-o", ptx + ".o"],
+                                     capture_output=True, text=True, check=True).stderr
+            regs = re.search(r"Used (\d+) registers", log)
+            spills = re.search(r"(\d+) bytes spill stores", log)
+            out[f"{name}[{dname}]"] = {"shared": int(compiled.metadata.shared),
+                                       "registers": int(regs.group(1)) if regs else None,
+                                       "spill_bytes": int(spills.group(1)) if spills else None}
     return out
 
 
 if __name__ == "__main__":
-    if "--ptxas" in sys.argv:
-        for name, r in ptxas_report().items():
-            print(f"{name:<22} {r}", file=sys.stderr)
-    print(json.dumps(shared_memory()))
+    report = ptxas_report()
+    for name, r in report.items():
+        print(f"{name:<28} {r}", file=sys.stderr)
+    print(json.dumps(report))

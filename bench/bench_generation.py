@@ -2,6 +2,7 @@
 
 Methods (all greedy, same chat-templated prompts of a mixlab preset, random init):
 - engine : `get_backend("torch")`, i.e. the continuous-batching engine (CUDA graphs on GPU)
+- engine-fused : the same with MIXLAB_FUSED_DECODE=1 (the engine's Triton decode kernels; opt-in until timed here)
 - loop   : `get_backend("torch", engine=False)`, the plain batched decode loop (the previous default)
 - hf     : `get_backend("hf")`, i.e. `model.generate` (the peer; ratios are against it)
 A random model rarely emits its end-of-turn token, so by default its logit is made to shadow one frequent token
@@ -11,7 +12,8 @@ A random model rarely emits its end-of-turn token, so by default its logit is ma
 scores both candidate tokens with an fp32 copy of the model: if the fp32 logit gap between them is within the bf16
 error of that gap, the rows split on a rounding-level near-tie. It also runs generate at a second batch size to show
 whether generate agrees with itself.
-`--context-scan 1024,32768` times the engine's decode step with every row at that context (per generated token).
+`--context-scan 1024,32768` times the engine's decode step with every row at that context (per generated token);
+`--step-compare ROWS,CTX` times one decode step with and without the fused decode kernels (and counts its kernels).
 
 Writes bench/results/generation-<cpu|cuda>-<dtype>[-tag].json with the device name and prints the ratios.
 Run: `.venv/bin/python bench/bench_generation.py [--preset small] [--device cpu] [--prompts 32] [--batch 16]`.
@@ -261,27 +263,25 @@ class WithEnv:
 
 
 def step_compare(model, rows, ctx, steps, device):
-    """Decode-step time and GPU kernels per step, same model and run: "reference" (the attention decode ops'
-    torch references, default MoE form), "fused" (`kda_decode_step`, `mla_decode_paged`: Triton on CUDA),
-    "fused+moe" (also MIXLAB_ENGINE_MOE=fused: `moe_decode_block`) and "fused+moe+proj" (also
-    MIXLAB_FUSED_DECODE_PROJ=1: the KDA projections fused)."""
+    """Decode-step time and GPU kernels per step, same model and run: "reference" (the default: the decode ops'
+    torch references, the gather/dense MoE form), "fused" (MIXLAB_FUSED_DECODE=1 for `kda_decode_step` and
+    `mla_decode_paged` only), "fused+moe" (also `moe_decode_block`) and "fused+moe+proj" (everything
+    MIXLAB_FUSED_DECODE=1 turns on, the KDA projections included)."""
     import os
 
     import torch
 
     from mixlab.evals.backends import GenerationConfig
     from mixlab.evals.engine import Engine
-    from mixlab.kernels import kda_decode, mla_decode
-
-    kernels = (kda_decode.kda_decode_step_triton, mla_decode.mla_decode_paged_triton)
-    saved = {k: os.environ.get(k) for k in ("MIXLAB_ENGINE_MOE", "MIXLAB_FUSED_DECODE_PROJ")}
+    cfg = model.config
+    plain_moe = "gather" if rows * cfg.num_experts_per_token < cfg.num_experts else "dense"
+    saved = {k: os.environ.get(k) for k in ("MIXLAB_FUSED_DECODE", "MIXLAB_ENGINE_MOE", "MIXLAB_FUSED_DECODE_PROJ")}
     out = {}
     try:
         for name in ("fused+moe+proj", "fused+moe", "fused", "reference"):
-            os.environ["MIXLAB_ENGINE_MOE"] = "fused" if "moe" in name else ""
+            os.environ["MIXLAB_FUSED_DECODE"] = "0" if name == "reference" else "1"
+            os.environ["MIXLAB_ENGINE_MOE"] = "fused" if "moe" in name else plain_moe
             os.environ["MIXLAB_FUSED_DECODE_PROJ"] = "1" if "proj" in name else "0"
-            if name == "reference":  # the ops fall back to their references when their Triton kernel is absent
-                kda_decode.kda_decode_step_triton = mla_decode.mla_decode_paged_triton = None
             engine = Engine(model, eos_ids=set(), max_batch=rows, max_context=ctx + steps + 16)
             g = torch.Generator().manual_seed(ctx)
             cfg = GenerationConfig(max_new_tokens=steps + 16)
@@ -314,7 +314,6 @@ def step_compare(model, rows, ctx, steps, device):
             del engine
             gc.collect()
     finally:
-        kda_decode.kda_decode_step_triton, mla_decode.mla_decode_paged_triton = kernels
         for k, v in saved.items():
             os.environ.pop(k, None)
             if v is not None:
@@ -371,7 +370,7 @@ def main() -> None:
     factories = {
         "engine": lambda: get_backend("torch", model, tokenizer, batch_size=engine_batch),
         "engine-fused": lambda: WithEnv(get_backend("torch", model, tokenizer, batch_size=engine_batch),
-                                        MIXLAB_ENGINE_MOE="fused", MIXLAB_FUSED_DECODE_PROJ="1"),
+                                        MIXLAB_FUSED_DECODE="1"),
         "loop": lambda: get_backend("torch", model, tokenizer, batch_size=args.batch, engine=False),
         "hf": lambda: get_backend("hf", model, tokenizer, batch_size=args.batch),
         "hf-engine-batch": lambda: get_backend("hf", model, tokenizer, batch_size=engine_batch),

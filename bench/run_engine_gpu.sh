@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# One device call (≤ 200 s, run by bench/run_gpu_wave.sh after its pip install): engine GPU tests (fused decode
-# kernels vs their references at 1b-a150m shapes, graphs = eager, fp32 graphs = recomputation), the decode step with
-# the fused decode kernels (attention; + MoE) vs their torch references, the batch-64 bf16 engine-vs-generate bench
-# and the 1k/32k context scan at 1 and 4 rows. JSON and logs -> $OUT.
+# One device call (≤ 200 s, run by bench/run_gpu_wave.sh after its pip install). The engine's fused decode kernels
+# (MIXLAB_FUSED_DECODE=1: kda_decode_step / projections, mla_decode_paged, moe_decode_block) are opt-in until this
+# script has run them: engine GPU tests (kernels vs references at 1b-a150m shapes; graphs = eager; fp32 graphs =
+# recomputation, default and all-fused; no kernel fell back), one decode step fused vs references (time, kernels a
+# step, top kernels), batch-64 bf16 engine (default and fused) vs generate, and the 1k/32k context scan at 1 and 4
+# rows with the fused kernels. Flip the default (kernels/dispatch.py: fused_decode_enabled) where it wins.
+# JSON and logs -> $OUT.
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 save() { cp bench/results/generation-cuda-*.json "$OUT"/ 2>/dev/null; true; }
@@ -26,7 +29,7 @@ step 45 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods 
   --scan-steps 12 --tag step
 step 55 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --prompts 64 --batch 64 --max-new-tokens 128 \
   --repeats 2 --methods engine,engine-fused,hf
-step 45 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" --context-scan 1024,32768 \
-  --scan-rows 1,4 --scan-steps 16 --tag ctx
+MIXLAB_FUSED_DECODE=1 step 45 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" \
+  --context-scan 1024,32768 --scan-rows 1,4 --scan-steps 16 --tag ctx-fused
 grep -h -o '"ratio_last_vs_first": [0-9.]*\|"speedup[a-z_]*": [0-9.]*\|"ratio_vs_hf": {[^}]*' "$OUT"/generation-cuda-*.json 2>/dev/null
 ls "$OUT"

@@ -2,9 +2,10 @@
 sync (CUDA-graph safe).
 
 The reference is the router (`moe_route`) followed by the gather form: each (row, k) pair gathers its expert's
-weights and runs batched GEMMs; the shared experts are a plain MLP. On CUDA (fast path) `decode_moe_triton.py` does
-router GEMM, routing, routed and shared experts and combine in five launches (instead of ~25) and reads each chosen
-expert's weights once per step however many rows pick it.
+weights and runs batched GEMMs; the shared experts are a plain MLP. With MIXLAB_FUSED_DECODE=1 on CUDA — opt-in
+until a GPU run verifies it (bench/run_engine_gpu.sh) — `decode_moe_triton.py` does router GEMM, routing, routed and
+shared experts and combine in five launches (instead of ~25) and reads each chosen expert's weights once per step
+however many rows pick it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 
 from mixlab.errors import MixlabError
 
-from .dispatch import use_fused, with_fallback
+from .dispatch import fused_decode_enabled, use_fused, with_fallback
 from .moe import moe_route
 
 try:  # triton is optional (gpu / dev extras); without it the reference runs
@@ -61,6 +62,6 @@ def moe_decode_block(x: torch.Tensor, gate_weight: torch.Tensor, correction_bias
                                    activation)
         return experts_triton(x, w1, w3, w2, idx, weight, shared)
 
-    if route_triton is not None and use_fused(x, w1, gate_weight):
+    if route_triton is not None and fused_decode_enabled() and use_fused(x, w1, gate_weight):
         return with_fallback("moe_decode_block", fused, reference)
     return reference()

@@ -12,6 +12,9 @@ reference and op in decode_moe.py.
 Each expert's weights are read once per step however many rows pick it, and every shape depends only on the rows.
 Roundings follow the reference (gather form + the shared MLP): GEMM outputs, SiLU and the product in the
 activation dtype, the weighted sum in fp32.
+
+Opt-in (MIXLAB_FUSED_DECODE=1) until a GPU run verifies it (bench/run_engine_gpu.sh); checked in the interpreter
+and compiled for sm_90 on CPU (tests/evals_engine/test_decode_aot.py).
 """
 
 from __future__ import annotations
@@ -80,7 +83,8 @@ def _lists_kernel(IDX, LISTS, COUNTS, NK, E, BNK: tl.constexpr):
 @triton.jit
 def _up_tile(X, sx, W1, W3, H, tok, hrow, valid, cols, I, D, BT_: tl.constexpr, BD: tl.constexpr,
              BI: tl.constexpr, LOWP: tl.constexpr):
-    """h[hrow, cols] = SiLU(x[tok] W1[cols]ᵀ) ⊙ (x[tok] W3[cols]ᵀ) for up to BT_ rows (W1, W3: one expert's [I, D])."""
+    """h[hrow, cols] = SiLU(x[tok] W1[cols]ᵀ) ⊙ (x[tok] W3[cols]ᵀ) for up to BT_ rows (W1, W3: one expert's
+    [I, D])."""
     ds = tl.arange(0, BD)
     cm = cols < I
     acc1 = tl.zeros([BT_, BI], tl.float32)

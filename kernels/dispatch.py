@@ -126,6 +126,15 @@ def use_fused(*tensors: torch.Tensor | None) -> bool:
     return fast_path(*tensors) and fused_enabled() and triton_available()
 
 
+def fused_decode_enabled() -> bool:
+    """MIXLAB_FUSED_DECODE=1 turns on the generation engine's fused decode kernels on CUDA (`kda_decode_step`,
+    `kda_decode_layer`'s projections, `mla_decode_paged`, `moe_decode_block` as the engine's MoE form). Opt-in until
+    a GPU run verifies them (bench/run_engine_gpu.sh): they are tested in the Triton interpreter and compiled for
+    sm_90 on CPU only. Off (default), the engine decodes through their torch references, the GPU-verified path.
+    Read per call (the engine reads it when it captures a decode shape)."""
+    return os.environ.get("MIXLAB_FUSED_DECODE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
 _failed_kernels: dict[str, str] = {}
 
 

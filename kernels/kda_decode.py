@@ -7,7 +7,8 @@ Per row b (its sequence in cache slot slots[b]) and head h:
     out = RMSNorm(o) · weight · sigmoid(gate)                        (o rounded to x.dtype first, as the model does)
 
 The reference below is the model's decode math op by op (`short_conv`'s window, `kda_gate`, `recurrent_kda_step`,
-`gated_rms_norm`); on CUDA (fast path) `kda_decode_triton.py` does all of it in one launch per layer.
+`gated_rms_norm`: the engine's GPU-verified path); with MIXLAB_FUSED_DECODE=1 on CUDA — opt-in until a GPU run
+verifies it (bench/run_engine_gpu.sh) — `kda_decode_triton.py` does all of it in one launch per layer.
 Static shapes, no host sync (CUDA-graph safe) on both paths.
 """
 
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 from mixlab.errors import MixlabError
 
-from .dispatch import use_fused, with_fallback
+from .dispatch import fused_decode_enabled, use_fused, with_fallback
 from .kda_common import fp32, l2norm
 from .kda_gate import kda_gate
 from .kda_recurrent import recurrent_kda_step
@@ -33,9 +34,10 @@ except ImportError:
 
 
 def fused_projections() -> bool:
-    """MIXLAB_FUSED_DECODE_PROJ=1: `kda_decode_layer` also fuses the layer's projections on CUDA (one launch for
-    the six input projections, f_b / g_b inside the step kernel). Opt-in until a GPU run times it (read per call)."""
-    return os.environ.get("MIXLAB_FUSED_DECODE_PROJ", "0") == "1"
+    """With the fused decode kernels on (MIXLAB_FUSED_DECODE=1), `kda_decode_layer` also fuses the layer's
+    projections on CUDA (one launch for the six input projections, f_b / g_b inside the step kernel);
+    MIXLAB_FUSED_DECODE_PROJ=0 keeps them as nn.Linear GEMMs (to measure each part). Read per call."""
+    return fused_decode_enabled() and os.environ.get("MIXLAB_FUSED_DECODE_PROJ", "1") != "0"
 
 
 def kda_step_inplace(q, k, v, g, beta, state: torch.Tensor, scale: float) -> torch.Tensor:
@@ -109,7 +111,7 @@ def kda_decode_step(xq, xk, xv, conv, wq, wk, wv, f, A_log, dt_bias, beta_logits
         return kda_decode_step_torch(xq, xk, xv, conv, wq, wk, wv, f, A_log, dt_bias, beta_logits, state, slots,
                                      gate, norm_weight, eps, scale)
 
-    if kda_decode_step_triton is not None and use_fused(xq, conv, state, f, gate):
+    if kda_decode_step_triton is not None and fused_decode_enabled() and use_fused(xq, conv, state, f, gate):
         rows = torch.arange(xq.shape[0], device=xq.device) if slots is None else slots
         return with_fallback("kda_decode_step", lambda: kda_decode_step_triton(
             xq, xk, xv, conv, wq, wk, wv, f, A_log, dt_bias, beta_logits, state, rows, gate, norm_weight, eps, scale),
@@ -124,9 +126,9 @@ def kda_decode_layer(x, wq, wk, wv, conv, cq, ck, cv, wfa, wfb, A_log, dt_bias, 
     the conv weights [P, 1, W]; wfa, wga [KA, D] and wfb, wgb [P, KA] (the low-rank gate factors); wb [H, D].
     Cache, slots and the rest as `kda_decode_step`.
 
-    The projections are nn.Linear's (x·Wᵀ, rounded to x.dtype) and then `kda_decode_step`; with
-    MIXLAB_FUSED_DECODE_PROJ=1 on CUDA, the six projections of x are one Triton launch and f_b, g_b run inside
-    the step kernel (two launches for the whole layer)."""
+    The projections are nn.Linear's (x·Wᵀ, rounded to x.dtype) and then `kda_decode_step`; with the fused decode
+    kernels on (MIXLAB_FUSED_DECODE=1, CUDA), the six projections of x are one Triton launch and f_b, g_b run
+    inside the step kernel (two launches for the whole layer)."""
     def unfused():
         f = F.linear(F.linear(x, wfa), wfb)
         gate = F.linear(F.linear(x, wga), wgb)

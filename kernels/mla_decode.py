@@ -6,10 +6,11 @@ positions[b] + 1 tokens, the last of them the new token's latent, which the op a
 already absorbed into latent space: [q_nope · W_uk, q_rot]. Returns the attention-weighted latents o_lat
 [B, H, rank] (the caller applies W_uv).
 
-The reference writes the latent, gathers each row's blocks into a contiguous copy and runs two batched GEMMs; on
-CUDA (fast path) the Triton kernel (`mla_decode_triton.py`) reads the blocks in place through the table, split over
-the context (flash-decoding) so that a long context spreads over the GPU, then merges the splits; the new latent is
-written and used in the same launch.
+The reference writes the latent, gathers each row's blocks into a contiguous copy and runs two batched GEMMs (the
+engine's GPU-verified path). With MIXLAB_FUSED_DECODE=1 on CUDA — opt-in until a GPU run verifies it
+(bench/run_engine_gpu.sh) — the Triton kernel (`mla_decode_triton.py`) reads the blocks in place through the table,
+split over the context (flash-decoding) so that a long context spreads over the GPU, then merges the splits; the
+new latent is written and used in the same launch.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from mixlab.errors import MixlabError
 
-from .dispatch import use_fused, with_fallback
+from .dispatch import fused_decode_enabled, use_fused, with_fallback
 
 try:  # triton is optional (gpu / dev extras); without it the reference runs
     from .mla_decode_triton import mla_decode_paged_triton
@@ -70,7 +71,8 @@ def mla_decode_paged(q_lat: torch.Tensor, q_rot: torch.Tensor, kv_new: torch.Ten
     def reference():
         return mla_decode_paged_torch(q_lat, q_rot, kv_new, rot_new, pool, table, positions, scale)
 
-    if mla_decode_paged_triton is not None and use_fused(q_lat, pool, table, positions):
+    fast = mla_decode_paged_triton is not None and fused_decode_enabled()
+    if fast and use_fused(q_lat, pool, table, positions):
         return with_fallback("mla_decode_paged", lambda: mla_decode_paged_triton(
             q_lat, q_rot, kv_new, rot_new, pool, table, positions, scale), reference)
     return reference()

@@ -3,9 +3,12 @@
 Program (b, s) reads row b's keys in split s straight from the block pool (token t lives at
 pool[table[b, t // bs], t % bs]), with all heads at once (the latent keys are shared by the heads), and keeps an
 online softmax (fp32 max, sum and weighted latent sum). The new token's latent comes from its input (split 0 also
-appends it to the pool), so the append costs no extra launch and no program waits for it. With one split it writes the output; otherwise a second
-launch merges the splits per (row, head). The split count depends only on shapes (rows, gathered blocks), so a
-CUDA graph captured for a shape stays valid; splits past a row's length exit at once.
+appends it to the pool), so the append costs no extra launch and no program waits for it. With one split it writes
+the output; otherwise a second launch merges the splits per (row, head). The split count depends only on shapes
+(rows, gathered blocks), so a CUDA graph captured for a shape stays valid; splits past a row's length exit at once.
+
+Opt-in (MIXLAB_FUSED_DECODE=1) until a GPU run verifies it (bench/run_engine_gpu.sh); checked in the interpreter
+and compiled for sm_90 on CPU (tests/evals_engine/test_decode_aot.py).
 
 Dots run in the cache dtype with fp32 accumulation (bf16 probabilities, as the reference casts them), fp32 caches
 in IEEE fp32; in the Triton interpreter (its bf16 dot is wrong) tiles are cast to fp32.

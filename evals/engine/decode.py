@@ -9,8 +9,10 @@ forward: tests check greedy tokens against recomputation from scratch and agains
 Every tensor shape depends only on (batch rows, gathered MLA blocks), and nothing synchronises with the host, so
 a step can be captured once per shape as a CUDA graph. Padding rows point at the cache's scratch slot/block.
 The attention parts are two kernel ops: `kda_decode_layer` (projections, conv window, gate, state update, gated
-norm: one Triton launch after the projections on CUDA) and `mla_decode_paged` (appends the latent and attends in
-place through the block table); MoE mode "fused" is `moe_decode_block` (five launches).
+norm) and `mla_decode_paged` (appends the latent and attends through the block table); MoE mode "fused" is
+`moe_decode_block`. By default they run their torch references (the path measured on an H100); MIXLAB_FUSED_DECODE=1
+switches on their Triton kernels on CUDA (KDA layer in two launches, MLA read in place without a gather copy, MoE
+in five launches) — opt-in until a GPU run verifies them (bench/run_engine_gpu.sh).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 
 from mixlab.kernels import kda_decode_layer, mla_decode_paged, moe_decode_block, moe_experts, moe_route
 from mixlab.kernels.decode_moe import moe_experts_gather
+from mixlab.kernels.dispatch import fused_decode_enabled
 from mixlab.model.cache import PagedHybridCache
 
 
@@ -48,14 +51,16 @@ def moe_decode(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Te
 
 def moe_mode(device: torch.device, rows: int, top_k: int, num_experts: int) -> str:
     """CPU: the kernel op (its host sync is free there). CUDA: a shape-static form, chosen by how many experts
-    the step can hit. MIXLAB_ENGINE_MOE=sparse|gather|dense|fused overrides (sparse on CUDA is `moe_experts`, whose
-    bf16 grouped-GEMM fast path has no host sync either; fused is `moe_decode_block`: routing + experts + combine
-    in five Triton launches on CUDA, the gather form elsewhere)."""
+    the step can hit; "fused" (`moe_decode_block`: router, experts and combine in five Triton launches on CUDA, the
+    gather form elsewhere) with MIXLAB_FUSED_DECODE=1. MIXLAB_ENGINE_MOE=sparse|gather|dense|fused overrides
+    (sparse on CUDA is `moe_experts`, whose bf16 grouped-GEMM fast path has no host sync either)."""
     forced = os.environ.get("MIXLAB_ENGINE_MOE", "").strip().lower()
     if forced in ("sparse", "gather", "dense", "fused"):
         return forced
     if device.type != "cuda":
         return "sparse"
+    if fused_decode_enabled():  # opt-in until a GPU run verifies it (bench/run_engine_gpu.sh)
+        return "fused"
     return "gather" if rows * top_k < num_experts else "dense"
 
 

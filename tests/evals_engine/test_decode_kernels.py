@@ -113,6 +113,7 @@ def test_a_failing_kernel_falls_back_to_its_reference(monkeypatch):
 
     monkeypatch.setattr(mla_decode, "mla_decode_paged_triton", broken)
     monkeypatch.setattr(mla_decode, "use_fused", lambda *t: True)
+    monkeypatch.setenv("MIXLAB_FUSED_DECODE", "1")
     args, pool, table, positions = _mla_case(B=3, H=2, rank=32, rope=8, bs=4, num_blocks=24, nb=6,
                                              dtype=torch.float32)
     want = mla_decode_paged_torch(*args, pool.clone(), table, positions, 0.1)
@@ -200,7 +201,7 @@ def test_kda_decode_layer_fused_projections(dtype, tol, monkeypatch):
 
     def run(fused):
         monkeypatch.setattr(kda_decode, "use_fused", lambda *t: fused)
-        monkeypatch.setenv("MIXLAB_FUSED_DECODE_PROJ", "1" if fused else "0")
+        monkeypatch.setenv("MIXLAB_FUSED_DECODE", "1" if fused else "0")
         c, st = conv.clone(), state.clone()
         out = kda_decode.kda_decode_layer(x, wq, wk, wv, c, cq, ck, cv, wfa, wfb, A_log, dt_bias, wb, wga, wgb, st,
                                           slots, norm_w, 1e-5, K**-0.5)
@@ -256,8 +257,9 @@ def test_moe_experts_match_gather_reference(N, D, I, E, k, dtype, tol):
 # ------------------------------------------------------------------------------------------------------ the engine
 @pytest.fixture
 def fused_decode(monkeypatch):
-    """Take the kernels' Triton path on any device (in the interpreter on CPU), as the CUDA fast path does, with
-    the fused MoE decode form."""
+    """Take the kernels' Triton path on any device (in the interpreter on CPU), as MIXLAB_FUSED_DECODE=1 does on
+    CUDA, with the fused MoE decode form."""
+    monkeypatch.setenv("MIXLAB_FUSED_DECODE", "1")
     monkeypatch.setattr(kda_decode, "use_fused", lambda *t: True)
     monkeypatch.setattr(mla_decode, "use_fused", lambda *t: True)
     monkeypatch.setattr(decode_moe, "use_fused", lambda *t: True)
@@ -305,7 +307,7 @@ def test_gpu_kernels_at_1b_shapes(dtype, tol):
     wfb, wgb = _randn(1024, 128, dtype=dtype, seed=47, scale=0.1), _randn(1024, 128, dtype=dtype, seed=48, scale=0.1)
     outs = []
     for fused in ("1", "0"):
-        os.environ["MIXLAB_FUSED_DECODE_PROJ"] = fused
+        os.environ["MIXLAB_FUSED_DECODE"] = fused
         try:
             c, st = args[3].clone(), args[11].clone()
             if fused == "1":
@@ -318,7 +320,7 @@ def test_gpu_kernels_at_1b_shapes(dtype, tol):
                                           F.linear(x, lin[5]), st, slots, F.linear(F.linear(x, lin[4]), wgb), norm_w,
                                           1e-5, 128**-0.5)
         finally:
-            os.environ.pop("MIXLAB_FUSED_DECODE_PROJ", None)
+            os.environ.pop("MIXLAB_FUSED_DECODE", None)
         outs.append((o, c, st))
     for a, b in zip(*outs):
         assert _rel(a, b) < tol, _rel(a, b)
@@ -331,26 +333,27 @@ def test_gpu_kernels_at_1b_shapes(dtype, tol):
         shared = (_randn(384, 1024, dtype=dtype, seed=10, scale=0.03), _randn(384, 1024, dtype=dtype, seed=11,
                                                                               scale=0.03),
                   _randn(1024, 384, dtype=dtype, seed=12, scale=0.05))
-        got = decode_moe.moe_decode_block(x, gate_w, None, w1, w3, w2, 3, renormalize=True, scaling=2.446,
-                                          weights_use_bias=False, activation="sigmoid", shared=shared)
-        try:
-            decode_moe.route_triton = None  # the op's reference path
-            want = decode_moe.moe_decode_block(x, gate_w, None, w1, w3, w2, 3, renormalize=True, scaling=2.446,
-                                               weights_use_bias=False, activation="sigmoid", shared=shared)
-        finally:
-            decode_moe.route_triton = route_triton
+        outs = []
+        for fused in ("1", "0"):  # the op's kernels, then its reference
+            os.environ["MIXLAB_FUSED_DECODE"] = fused
+            try:
+                outs.append(decode_moe.moe_decode_block(x, gate_w, None, w1, w3, w2, 3, renormalize=True,
+                                                        scaling=2.446, weights_use_bias=False, activation="sigmoid",
+                                                        shared=shared))
+            finally:
+                os.environ.pop("MIXLAB_FUSED_DECODE", None)
+        got, want = outs
         assert _rel(got, want) < tol, (N, _rel(got, want))
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_engine_all_fused(tiny, prompt_ids, dtype, monkeypatch):
-    """The engine with the fused MoE decode form and fused KDA projections on the GPU: graphs = same-shape eager;
-    fp32 = recomputation."""
+    """The engine with every fused decode kernel (MIXLAB_FUSED_DECODE=1) on the GPU: graphs = same-shape eager;
+    fp32 = recomputation; none fell back to its reference."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    monkeypatch.setenv("MIXLAB_ENGINE_MOE", "fused")
-    monkeypatch.setenv("MIXLAB_FUSED_DECODE_PROJ", "1")
+    monkeypatch.setenv("MIXLAB_FUSED_DECODE", "1")  # KDA, MLA, MoE (fused form) and projections
     model, tok = tiny
     model = copy.deepcopy(model).to("cuda", dtype)
     eos = eos_token_ids(model, tok)

@@ -15,7 +15,7 @@ from mixlab.kernels import (
     moe_route,
 )
 from mixlab.kernels.dispatch import triton_available
-from mixlab.kernels.moe import moe_experts_fused
+from mixlab.kernels.moe import _cat_pays, moe_experts_fused, moe_impl
 
 
 def test_route_vllm_and_hf_conventions_by_hand():
@@ -163,8 +163,6 @@ def test_fused_function_partial_grads_and_bf16():
 
 
 def test_moe_impl_choice_is_validated(monkeypatch):
-    from mixlab.kernels.moe import moe_impl
-
     assert moe_impl() in ("fused", "grouped")
     monkeypatch.setenv("MIXLAB_MOE_IMPL", "fusd")
     with pytest.raises(MixlabError, match="did you mean 'fused'"):
@@ -200,8 +198,6 @@ def test_fused_function_with_triton_gemms_matches_reference(triton_gemm):
 def test_w13_concat_rule():
     """The concat of w1/w3 is chosen at the 1b-a150m shape (I = 384, 24,576 slots over 48 experts), not at the
     official one (256 experts × 1024 × 2304 weights, 131,072 slots) nor without a backward (meta tensors)."""
-    from mixlab.kernels.moe import _cat_pays
-
     def shape(N, D, I, E, k, grad=True):
         x = torch.empty(N, D, device="meta", requires_grad=grad)
         w = [torch.empty(E, I, D, device="meta"), torch.empty(E, I, D, device="meta"),

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mixlab.kernels import expert_counts, moe_experts, moe_experts_grouped, moe_experts_reference, moe_route
+from mixlab.kernels import expert_counts, moe_experts, moe_experts_grouped, moe_experts_reference, moe_route, set_fused
+from mixlab.kernels.dispatch import fused_enabled
 from mixlab.kernels.moe import moe_experts_fused, moe_impl
 
 pytestmark = [
@@ -101,9 +102,6 @@ def test_dispatch_takes_the_fused_function_without_host_sync_and_captures(monkey
 
 def test_unfused_dispatch_is_the_grouped_mm_peer():
     """set_fused(False) (the off-the-shelf composition of the step benchmark) must not take mixlab's kernels."""
-    from mixlab.kernels import set_fused
-    from mixlab.kernels.dispatch import fused_enabled
-
     args = _inputs(N=512)
     before = fused_enabled()
     set_fused(False)

@@ -16,7 +16,15 @@ if not triton_available() or not (torch.cuda.is_available() or os.environ.get("T
     pytest.skip("needs triton (GPU, or TRITON_INTERPRET=1 on CPU)", allow_module_level=True)
 
 from mixlab.kernels.moe import _gather_sum_torch, _swiglu_w_bwd_torch, _swiglu_w_fwd_torch  # noqa: E402
-from mixlab.kernels.moe_triton import gather_sum, swiglu_weighted_bwd, swiglu_weighted_fwd  # noqa: E402
+from mixlab.kernels.moe_triton import (  # noqa: E402
+    da_swiglu_bwd,
+    dx_proj,
+    gather_sum,
+    route_sort,
+    swiglu_weighted_bwd,
+    swiglu_weighted_fwd,
+    up_proj_swiglu,
+)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -69,8 +77,6 @@ _BIG = pytest.param(4200, 8, 256, marks=[pytest.mark.slow] if DEV == "cpu" else 
 def test_route_sort_equals_stable_torch_sort(N, k, E):
     """The counting sort gives exactly the stable sort's permutation, its inverse, tokens, sorted weights and
     group ends; (4200, 8, 256) needs blocks of 512 for the single scan program."""
-    from mixlab.kernels.moe_triton import route_sort
-
     gen = torch.Generator().manual_seed(N)
     idx = torch.topk(torch.rand(N, E, generator=gen), k).indices.to(DEV)
     idx[0, 0] = E - 1  # the last expert is used
@@ -102,8 +108,6 @@ def test_up_proj_swiglu_against_torch(cfg, I, D):
     """Triton grouped up-projection (gather in the load, w1 and w3 as two accumulators, weighted SwiGLU in the
     epilogue) against per-expert torch matmuls; segment lengths around the row tile, an empty expert, and I and D
     not multiples of the blocks (masked tiles)."""
-    from mixlab.kernels.moe_triton import up_proj_swiglu
-
     E = 5
     token_of, offs, M = _segments([17, 0, 33, 1, 16], seed=0)
     x = _randn(11, D, seed=1)
@@ -122,8 +126,6 @@ def test_up_proj_swiglu_against_torch(cfg, I, D):
 @pytest.mark.parametrize("I,D", [(40, 24), (32, 48)])
 @pytest.mark.parametrize("cfg", [dict(BM=16, BN=16, BK=16), dict(BM=32, BN=16, BK=16)])
 def test_dx_proj_against_torch(cfg, I, D):
-    from mixlab.kernels.moe_triton import dx_proj
-
     E = 5
     _, offs, M = _segments([17, 0, 33, 1, 16], seed=0)
     dh = _randn(M, 2 * I, seed=5)
@@ -141,8 +143,6 @@ def test_dx_proj_against_torch(cfg, I, D):
 def test_da_swiglu_bwd_against_torch(cfg, I, D):
     """d a_w = dy·w2[e] per segment with the weighted-SwiGLU backward in the epilogue, against torch matmuls and the
     torch SwiGLU backward; dw summed over column tiles."""
-    from mixlab.kernels.moe_triton import da_swiglu_bwd
-
     E = 5
     _, offs, M = _segments([17, 0, 33, 1, 16], seed=0)
     dy = _randn(M, D, seed=6)

@@ -14,13 +14,25 @@ import tempfile
 
 import pytest
 
+from mixlab import procs
+from mixlab.kernels.dispatch import triton_available
+from mixlab.kernels.kda_triton_aot import SM90_SHARED_LIMIT
+
+if not triton_available():
+    pytest.skip("triton not installed", allow_module_level=True)
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.backends.nvidia.compiler import get_ptxas  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from mixlab.kernels import moe_triton as mt  # noqa: E402
+
 BF, F32, I64, I32, P32 = "*bf16", "*fp32", "*i64", "i32", "*i32"
 
 
 def _specs():
     """(kernel name, signature, constexprs, launch options) as moe_triton.py launches them."""
-    from mixlab.kernels import moe_triton as mt
-
     gemm = {"up": mt.UP_CONFIG, "da": mt.DA_CONFIG, "dx": mt.DX_CONFIG}
     tile = lambda cfg, e_p: dict(E_P=e_p, BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], EVEN=True)  # noqa: E731
     launch = lambda cfg: {k: cfg[k] for k in ("num_warps", "num_stages")}  # noqa: E731
@@ -53,13 +65,6 @@ def _specs():
 
 
 def report(arch: int = 90) -> dict:
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas
-    from triton.compiler import ASTSource
-
-    from mixlab.kernels import moe_triton as mt
-
     res = {}
     for name, sig, const, launch in _specs():
         fn = getattr(mt, name)
@@ -81,12 +86,6 @@ def report(arch: int = 90) -> dict:
 
 
 def test_moe_kernels_compile_for_hopper_within_shared_memory():  # ~11-15 s on 2 CPU cores
-    from mixlab import procs
-    from mixlab.kernels.dispatch import triton_available
-    from mixlab.kernels.kda_triton_aot import SM90_SHARED_LIMIT
-
-    if not triton_available():
-        pytest.skip("triton not installed")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = procs.run([__file__], env_base=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -169,6 +169,7 @@ SWEEP = [
     {"_scores_fwd_kernel": {"num_warps": 4}, "_scores_bwd_kernel": {"num_warps": 4}},
     {"_solve_fwd_kernel": {"num_warps": 4}, "_output_fwd_kernel": {"num_warps": 8},
      "_dv0_bwd_kernel": {"num_warps": 8}},
+    {"store": "fp32"},  # fp32 intermediates for bf16 inputs: what the 16-bit storage saves (and costs in error)
 ]
 
 
@@ -189,6 +190,7 @@ def sweep(args) -> None:
     leaves = [t.requires_grad_(True) for t in (q, k, v, g, beta)]
     do = torch.randn_like(v)
     default_launch = {n: dict(o) for n, o in kda_triton.LAUNCH.items()}
+    default_store = kda_triton._store_dtype
     out = {"device": torch.cuda.get_device_name() if dev == "cuda" else dev, "T": T, "B": B, "H": H, "K": K,
            "defaults": default_launch, "variants": []}
     t_start = time.time()
@@ -198,8 +200,9 @@ def sweep(args) -> None:
         kda_triton.LAUNCH.clear()
         kda_triton.LAUNCH.update({n: dict(o) for n, o in default_launch.items()})
         kda_triton.STATE_BV = variant.get("state_bv", 32)
+        kda_triton._store_dtype = default_store if "store" not in variant else (lambda v: torch.float32)
         for name, opts in variant.items():
-            if name != "state_bv":
+            if name not in ("state_bv", "store"):
                 kda_triton.LAUNCH[name] = opts
         fn = lambda: chunk_kda_triton(*leaves, use_qk_l2norm=True)[0]  # noqa: E731
 

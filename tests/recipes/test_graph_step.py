@@ -13,6 +13,7 @@ from datasets import Dataset
 
 from mixlab.errors import MixlabError
 from mixlab.model import load_model_and_tokenizer
+from mixlab.model.training import RouterBiasCallback
 from mixlab.recipes.graph_step import (
     GraphStepMixin,
     bucket_multiple,
@@ -39,7 +40,8 @@ def _train(tmp_path, mode, monkeypatch, *, rows, packing=False, ga=2, overrides=
                          logging_steps=1, max_length=64, optim="sgd", learning_rate=0.5, disable_tqdm=True,
                          packing=packing, seed=0, bf16=False, pad_to_multiple_of=pad_to)
     trainer = with_graph_step(trl.SFTTrainer)(model=lm.model, args=args, processing_class=lm.tokenizer,
-                                               train_dataset=Dataset.from_list(rows))
+                                               train_dataset=Dataset.from_list(rows),
+                                               callbacks=[RouterBiasCallback()])  # as the runner adds it
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     params = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
@@ -62,10 +64,13 @@ def _assert_same_training(a, b, tol=2e-5):
 def test_static_step_trains_exactly_as_trls_step(tmp_path, monkeypatch):
     # 18 rows, batch 4, accumulation 2: two optimizer steps of two graphed micro-batches, then the epoch's last
     # batch of 2 rows alone (a shape not graphed: TRL's own step)
-    overrides = {"seq_aux_loss_coef": 0.01}  # the aux loss's gradient is attached inside the MoE blocks
+    # the aux loss's gradient is attached inside the MoE blocks; the router-bias update reads the graphed load counters
+    overrides = {"seq_aux_loss_coef": 0.01, "router_bias_update_rate": 0.01}
     graphed = _train(tmp_path, "eager", monkeypatch, rows=_rows(), overrides=overrides, shapes=1)
     plain = _train(tmp_path, "off", monkeypatch, rows=_rows(), overrides=overrides)
-    _assert_same_training(graphed, plain)
+    _assert_same_training(graphed, plain)  # parameters include each router's e_score_correction_bias
+    bias = [p for n, p in graphed[3].named_parameters() if n.endswith("e_score_correction_bias")]
+    assert bias and any(float(b.abs().sum()) > 0 for b in bias)  # the balancing update did move them
     stats = graphed[0].graph_stats
     assert stats["graph"] == 4 and stats["eager"] == 1, stats
     assert list(stats["reasons"]) == ["batch shape (2, 32): 1 other shapes are graphed (MIXLAB_GRAPH_STEP_SHAPES)"]

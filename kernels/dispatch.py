@@ -107,8 +107,9 @@ def kda_backend(*tensors: torch.Tensor | None) -> str:
     """Which chunked-KDA implementation runs on these tensors: "fla", "mixlab" (kda_triton.py) or "torch".
 
     MIXLAB_KDA_BACKEND (read per call) picks among the fast ones: "auto" (default) and "fla" take fla-core where
-    it imports, "triton" takes mixlab's own Triton kernels (opt-in: bench/bench_kda_gpu.py has the numbers against
-    fla), "torch" the reference. CPU tensors and the "torch" kernel backend always get the reference.
+    it imports, "triton" takes mixlab's own Triton kernels (opt-in until a GPU run of bench/gpu_kda.sh shows them
+    correct and at least as fast as fla at T = 2k/8k/32k; the first design measured 2.9× slower), "torch" the
+    reference. CPU tensors and the "torch" kernel backend always get the reference.
     """
     choice = os.environ.get("MIXLAB_KDA_BACKEND", "auto").strip().lower()
     if choice not in KDA_BACKENDS:

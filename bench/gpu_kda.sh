@@ -13,7 +13,7 @@ python3 -c "import torch, triton; print(torch.__version__, triton.__version__, t
 timeout 75 python3 -P -m pytest -p no:cacheprovider --import-mode=importlib -q -s -m gpu \
   tests/kernels/test_kda_triton.py 2>&1 | tail -30 | tee "$OUT/kda_gpu_tests.log"
 # Launch variants of mixlab's kernels at T=8k (what to tune next), while the budget lasts.
-timeout 35 python3 -P bench/bench_kda_gpu.py --sweep-T 8192 --reps 5 --profile --budget 20 \
+timeout 30 python3 -P bench/bench_kda_gpu.py --sweep-T 8192 --reps 5 --profile --budget 15 \
   --out "$OUT/kda_sweep.json" 2>&1 | grep "^sweep" | cut -c1-400 | tee "$OUT/kda_sweep.log"
 # fla compiles ~200 s on a cold Triton cache (the lead carries the cache); one autotune config per kernel.
 timeout 85 python3 -P bench/bench_kda_gpu.py --issue --Ts 2048 8192 32768 --fla-configs 1 --reps 5 --profile \

@@ -92,6 +92,7 @@ def test_right_padding_stays_dense_and_trains_as_the_varlen_step(tmp_path, monke
     assert all(s.grads is steps[0].grads for s in steps)  # shapes accumulate into the same gradients
 
 
+@pytest.mark.slow
 def test_packed_batches_and_padding_with_the_aux_loss_run_trls_step(tmp_path, monkeypatch):
     packed, logs, _, _ = _train(tmp_path, "eager", monkeypatch, rows=_rows(n=24, ragged=True), packing=True, ga=1)
     assert packed.graph_stats["graph"] == 0

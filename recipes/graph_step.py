@@ -21,8 +21,11 @@ distinct reason is logged once):
   equal the varlen step's; the padding only costs compute). Packed batches (position-id resets), left or inner
   padding, and right padding with the sequence aux loss on (it counts tokens per row) take the varlen layout, whose
   boundaries are data-dependent and not capturable: they run eagerly;
-- one graph per batch shape, up to MIXLAB_GRAPH_STEP_SHAPES (default 4) shapes sharing one memory pool; the runner
-  pads unpacked SFT batches on a GPU to a multiple of max_length / 4 (`bucket_multiple`), so they come in <= 4 shapes.
+- one graph per batch shape, up to MIXLAB_GRAPH_STEP_SHAPES (default 4) shapes sharing one memory pool; with the
+  graph step on, the runner pads unpacked SFT batches on a GPU to a multiple of max_length / 4 (`bucket_multiple`),
+  so they come in <= 4 shapes.
+The step also opts its model into MIXLAB_MOE_AUTOCAST's cast (fp32 master weights under autocast take the grouped
+MoE path; the per-expert reference would read group sizes on the host, which a capture refuses).
 
 What the graph computes is what the eager step computes: the model's own shifted cross-entropy (sum / TRL's
 `num_items_in_batch` when given, else the mean), scaled for gradient accumulation exactly as `Trainer.training_step`

@@ -144,14 +144,14 @@ class KDATritonFunction(torch.autograd.Function):
         ST = torch.empty(N, H, K, DV, **f32) if output_final_state else None
         S0 = initial_state.float().contiguous() if initial_state is not None else None
         BV = _bv(DV)
-        _state_fwd_kernel[(DV // BV, N * H)](
+        _state_fwd_kernel[(N * H * (DV // BV),)](
             kd, G, w, u, v_new, S0 if S0 is not None else G, starts, ST if ST is not None else G, cu, co,
             H=H, K=K, DV=DV, C=CHUNK, BV=BV, HAS_S0=S0 is not None, STORE_ST=ST is not None,
             **launch_options("_state_fwd_kernel", starts.dtype),
         )
         o = torch.empty_like(v)
         BVO = _bv_out(DV)
-        _output_fwd_kernel[(DV // BVO, NT, H)](qg, starts, Aqk, v_new, o, cu, ci, H=H, K=K, DV=DV, C=CHUNK, BV=BVO,
+        _output_fwd_kernel[(NT, DV // BVO, H)](qg, starts, Aqk, v_new, o, cu, ci, H=H, K=K, DV=DV, C=CHUNK, BV=BVO,
                                                **LAUNCH["_output_fwd_kernel"])
         ctx.save_for_backward(q, k, v, G, beta, Aqk, Akk, Tm, w, u, qg, kd, v_new, starts, cu, ci, co)
         ctx.scale = scale
@@ -178,7 +178,7 @@ class KDATritonFunction(torch.autograd.Function):
         dnext = torch.empty_like(starts)
         du = torch.empty_like(v_new)
         dS0 = torch.empty(N, H, K, DV, **f32)
-        _state_bwd_kernel[(DV // BV, N * H)](
+        _state_bwd_kernel[(N * H * (DV // BV),)](
             qg, kd, G, w, do, dv0, du, dST.contiguous() if dST is not None else dS0, dnext, dS0, cu, co,
             H=H, K=K, DV=DV, C=CHUNK, BV=BV, HAS_DST=dST is not None, **launch_options("_state_bwd_kernel", starts.dtype),
         )

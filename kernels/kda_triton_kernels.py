@@ -234,9 +234,10 @@ def _seq_pos(cu, CO, nh, H: tl.constexpr):
 def _state_fwd_kernel(KD, G, W, U, VN, S0, STARTS, ST, cu, CO,
                       H: tl.constexpr, K: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BV: tl.constexpr,
                       HAS_S0: tl.constexpr, STORE_ST: tl.constexpr):
-    """The chunk-to-chunk recurrence (grid: V blocks, sequences·heads), nothing else in the sequential loop:
+    """The chunk-to-chunk recurrence (grid: sequences·heads·V blocks), nothing else in the sequential loop:
     stores each chunk's start state and v_new = u − w S; S ← e^{Γ_last} ⊙ S + kdᵀ v_new. Dots in W's dtype."""
-    iv, nh = tl.program_id(0), tl.program_id(1)
+    pid = tl.program_id(0)  # 1-D grid (V blocks of one head adjacent: they read the same w, kd); no 65535 cap
+    iv, nh = pid % (DV // BV), pid // (DV // BV)
     h = nh % H
     bh, Tn, co = _seq_pos(cu, CO, nh, H)
     rc = tl.arange(0, C)
@@ -270,8 +271,8 @@ def _state_fwd_kernel(KD, G, W, U, VN, S0, STARTS, ST, cu, CO,
 @triton.jit
 def _output_fwd_kernel(QG, STARTS, AQK, VN, O, cu, CI,
                        H: tl.constexpr, K: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BV: tl.constexpr):
-    """o = qg S + Aqk v_new per chunk (grid: V blocks, chunks, heads), in parallel once the states are known."""
-    iv, pid, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    """o = qg S + Aqk v_new per chunk (grid: chunks, V blocks, heads), in parallel once the states are known."""
+    pid, iv, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     th, nv = _chunk_pos(CI, cu, pid, H, C)
     rc = tl.arange(0, C)
     vc = (rc < nv)[:, None]
@@ -316,7 +317,8 @@ def _state_bwd_kernel(QG, KD, G, W, DO, DV0, DU, DST, DNEXT, DS0, cu, CO,
                       HAS_DST: tl.constexpr):
     """Backwards through the recurrence, per chunk from the last: stores dS_{n+1} and du = dv0 + kd dS_{n+1}
     (the gradient of v_new); dS_n = e^{Γ_last} ⊙ dS_{n+1} + qgᵀ dO − wᵀ du."""
-    iv, nh = tl.program_id(0), tl.program_id(1)
+    pid = tl.program_id(0)  # 1-D grid (V blocks of one head adjacent: they read the same w, kd); no 65535 cap
+    iv, nh = pid % (DV // BV), pid // (DV // BV)
     h = nh % H
     bh, Tn, co = _seq_pos(cu, CO, nh, H)
     rc = tl.arange(0, C)

@@ -97,6 +97,15 @@ def test_matches_naive_strong_decay_varlen_with_state():
 
 
 @pytest.mark.slow
+def test_matches_naive_varlen_at_block_boundaries():
+    # Lengths on both sides of the 16-token sub-block and 64-token chunk boundaries (score blocks fully valid,
+    # partial and past the end; a one-token sequence), seven sequences with their initial states.
+    lens = torch.tensor([16, 17, 48, 63, 64, 65, 1])
+    cu = torch.cat((torch.zeros(1, dtype=torch.long), lens.cumsum(0)))
+    _compare(naive_recurrent_kda, _inputs(1, int(cu[-1]), 1, 16, 16, 7, -2.0, seed=12), cu=cu)
+
+
+@pytest.mark.slow
 def test_l2norm_flag_and_bf16_inputs():
     q, k, v, g, beta, s0 = _inputs(1, 64, 1, 32, 16, 1, -0.5, seed=3)
     q, k, v, beta = (t.bfloat16() for t in (q, k, v, beta))

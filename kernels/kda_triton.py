@@ -39,10 +39,10 @@ from .kda_triton_kernels import (
 
 CHUNK = 64
 SUB = 16
-# Launch options per kernel at K=V=128, chosen on CPU from ptxas's report for sm_90 (`python -P -m
-# mixlab.kernels.kda_triton_aot --ptxas`: registers, spills, shared memory) and then by GPU timing
-# (bench/bench_kda_gpu.py). The recurrences pipeline their per-chunk loads (num_stages=2: 80–120 KB of shared
-# memory, under the 227 KB an H100 block may use; a slow test checks the limit).
+# Launch options per kernel at K=V=128 (bf16 intermediates), chosen on CPU from ptxas's report for sm_90 (`python -P
+# -m mixlab.kernels.kda_triton_aot`: registers, spills, shared memory), not yet by GPU timing: bench/gpu_kda.sh
+# times the alternatives in bench_kda_gpu.SWEEP. The recurrences pipeline their per-chunk loads (num_stages=2:
+# 80–120 KB of shared memory, under the 227 KB an H100 block may use; a slow test checks the limit).
 LAUNCH = {
     "_cumsum_kernel": {},
     "_scores_fwd_kernel": {"num_warps": 8},

@@ -180,7 +180,8 @@ class KDATritonFunction(torch.autograd.Function):
         dS0 = torch.empty(N, H, K, DV, **f32)
         _state_bwd_kernel[(N * H * (DV // BV),)](
             qg, kd, G, w, do, dv0, du, dST.contiguous() if dST is not None else dS0, dnext, dS0, cu, co,
-            H=H, K=K, DV=DV, C=CHUNK, BV=BV, HAS_DST=dST is not None, **launch_options("_state_bwd_kernel", starts.dtype),
+            H=H, K=K, DV=DV, C=CHUNK, BV=BV, HAS_DST=dST is not None,
+            **launch_options("_state_bwd_kernel", starts.dtype),
         )
         dq = torch.empty(T, H, K, **f32)
         dk = torch.empty(T, H, K, **f32)

@@ -4,7 +4,8 @@ Layout: every token tensor is [total tokens, H, D] (contiguous [B, T, H, D] view
 sequence through `cu` (cu_seqlens, [N+1]) and its chunk through `CI` (chunk index pairs (sequence, chunk in
 sequence), [NT, 2]), so varlen and fixed-length batches take the same code. Chunks are C = 64 tokens, split into
 sub-blocks of BC = 16 for the score matrices. Notation as in kda_chunk_fn.py: Γ = chunk-local cumsum of g, q is
-pre-scaled, Aqk[t,s] = Σ_d q_t k_s e^{Γ_t − Γ_s} (s ≤ t), Akk the same with k_t (s < t), Tm = (I + diag(β)Akk)⁻¹,
+pre-scaled, Aqk[t,s] = Σ_d q_t k_s e^{Γ_t − Γ_s} (s ≤ t), Akk the same with k_t (s < t),
+Tm = (I + diag(β)Akk)⁻¹,
 u = Tm (β v), w = Tm (β k e^Γ), qg = q e^Γ, kd = k e^{Γ_last − Γ}; per chunk: v_new = u − w S,
 o = qg S + Aqk v_new, S ← e^{Γ_last} ⊙ S + kdᵀ v_new.
 

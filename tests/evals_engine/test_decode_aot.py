@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
+from mixlab import procs
 from mixlab.kernels.dispatch import triton_available
 
 SM90_SHARED_LIMIT = 232448  # bytes per block on H100 / H200
@@ -73,7 +72,7 @@ print(json.dumps(out))
 @pytest.mark.skipif(not triton_available(), reason="needs triton")
 def test_decode_kernels_compile_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-P", "-c", CHILD], capture_output=True, text=True, env=env, timeout=900)
+    proc = procs.run(["-c", CHILD], env_base=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     shared = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(shared) == 20, shared

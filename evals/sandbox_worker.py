@@ -995,6 +995,10 @@ def _start_sample(req: dict, fds: tuple[int, int, int], workdir: str, drop: bool
     return child, tester, verdict_r
 
 
+# How long a tester may still take to report once the program's process has ended (see `_wait_sample`).
+TESTER_VERDICT_GRACE_S = 2.0
+
+
 def _wait_sample(child: int, tester: int | None, verdict_r: int | None, status: dict) -> None:
     """Reap until the program exits (no tests) or the tester has its verdict; the program then gets a moment to
     finish writing its output. When the program's process ends first, the tester is stopped (a forked child of
@@ -1005,19 +1009,36 @@ def _wait_sample(child: int, tester: int | None, verdict_r: int | None, status: 
     if verdict_r is not None:
         os.set_blocking(verdict_r, False)
 
+    verdict_eof = False
+
     def drain() -> dict | None:
+        nonlocal verdict_eof
         while True:
             try:
                 chunk = os.read(verdict_r, 65536)
             except BlockingIOError:
                 break
             except OSError:
+                verdict_eof = True
                 break
             if not chunk:
+                verdict_eof = True
                 break
             verdict_buf.extend(chunk)
         messages = _parse_messages(bytearray(verdict_buf))
         return messages[0]["verdict"] if messages else None
+
+    def verdict_within(seconds: float) -> dict | None:
+        # A program that ends early (e.g. raises at import) has usually just told the tester why; on a loaded
+        # machine the tester may not have written that verdict yet. Wait for it, briefly and boundedly: a forked
+        # child of the program can keep the tester waiting for ever, so it is killed after this.
+        deadline = time.monotonic() + seconds
+        while (found := drain()) is None and not verdict_eof:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            select.select([verdict_r], [], [], left)
+        return found
 
     while True:
         flags = 0 if grace_until is None else os.WNOHANG
@@ -1034,7 +1055,7 @@ def _wait_sample(child: int, tester: int | None, verdict_r: int | None, status: 
         if pid == child:
             child_done = True
             status.update(wait_status=wstatus, cpu_s=usage.ru_utime + usage.ru_stime, maxrss_kb=usage.ru_maxrss)
-            if tester is not None and not tester_done and drain() is None:
+            if tester is not None and not tester_done and verdict_within(TESTER_VERDICT_GRACE_S) is None:
                 try:
                     os.kill(tester, signal.SIGKILL)
                 except OSError:

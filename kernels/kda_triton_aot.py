@@ -60,16 +60,34 @@ def _specs(H: int, K: int, DV: int, dt: str = "*bf16"):
     }
 
 
-def _compile(name: str, sig: dict, const: dict, arch: int, launch: dict):
-    fn = getattr(kk, name)
+def compile_kernel(fn, sig: dict, const: dict, arch: int = 90, launch: dict | None = None):
+    """Compile Triton kernel `fn` for CUDA `arch` without a GPU: `sig` {arg: type}, `const` {arg: constexpr value},
+    `launch` the launch options (num_warps, num_stages). Shared by every AOT check (KDA, MoE, decode kernels)."""
     signature = {**sig, **{c: "constexpr" for c in const}}
     # Pointers 16-byte aligned, as the JIT specialises them for torch's allocations (without this hint Triton
     # cannot vectorise loads and the register counts are not those of the GPU run).
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a, t in sig.items() if t.startswith("*")}
     src = ASTSource(fn=fn, signature=signature, constexprs={(fn.arg_names.index(c),): v for c, v in const.items()},
                     attrs=attrs)
-    opts = {"num_warps": 4, "num_stages": 3, **launch}
+    opts = {"num_warps": 4, "num_stages": 3, **(launch or {})}
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
+
+
+def resources(compiled, arch: int = 90) -> dict:
+    """{shared, registers, spill_bytes} of a compiled kernel: shared memory from Triton, registers and spills from
+    ptxas -v on its PTX (what limits occupancy and costs local-memory traffic; a GPU reports them only at load)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = os.path.join(tmp, "k.ptx")
+        with open(ptx, "w") as f:
+            f.write(compiled.asm["ptx"])
+        log = subprocess.run([get_ptxas(arch).path, "-v", f"--gpu-name=sm_{arch}a", ptx, "-o", ptx + ".o"],
+                             capture_output=True, text=True, check=True).stderr
+    regs = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores", log)
+    return {"shared": int(compiled.metadata.shared), "registers": int(regs.group(1)) if regs else None,
+            "spill_bytes": int(spills.group(1)) if spills else None}
 
 
 DTYPES = {"bf16": ("*bf16", torch.bfloat16), "fp32": ("*fp32", torch.float32)}  # storage dtypes the GPU runs
@@ -77,29 +95,15 @@ DTYPES = {"bf16": ("*bf16", torch.bfloat16), "fp32": ("*fp32", torch.float32)}  
 
 def ptxas_report(H: int = 32, K: int = 128, DV: int = 128, arch: int = 90, launch: dict | None = None,
                  dtypes: tuple[str, ...] = ("bf16", "fp32")) -> dict:
-    """{"kernel[dtype]": {shared, registers, spill_bytes}} for every kernel and intermediates' dtype, with the launch
-    options kda_triton uses for it: shared memory from Triton, registers and spills from ptxas -v on the PTX (what
-    limits occupancy and costs local-memory traffic; a GPU reports them only at load time). `launch` overrides
-    options per kernel name, to compare them without a GPU."""
-    from triton.backends.nvidia.compiler import get_ptxas
-
+    """{"kernel[dtype]": {shared, registers, spill_bytes}} (`resources`) for every kernel and intermediates' dtype,
+    with the launch options kda_triton uses for it. `launch` overrides options per kernel name, to compare them
+    without a GPU."""
     out = {}
     for dname in dtypes:
         dt, store = DTYPES[dname]
         for name, (sig, const) in _specs(H, K, DV, dt).items():
             opts = {**launch_options(name, store), **(launch or {}).get(name, {})}
-            compiled = _compile(name, sig, const, arch, opts)
-            with tempfile.TemporaryDirectory() as tmp:
-                ptx = os.path.join(tmp, "k.ptx")
-                with open(ptx, "w") as f:
-                    f.write(compiled.asm["ptx"])
-                log = subprocess.run([get_ptxas(arch).path, "-v", f"--gpu-name=sm_{arch}a", ptx, "-o", ptx + ".o"],
-                                     capture_output=True, text=True, check=True).stderr
-            regs = re.search(r"Used (\d+) registers", log)
-            spills = re.search(r"(\d+) bytes spill stores", log)
-            out[f"{name}[{dname}]"] = {"shared": int(compiled.metadata.shared),
-                                       "registers": int(regs.group(1)) if regs else None,
-                                       "spill_bytes": int(spills.group(1)) if spills else None}
+            out[f"{name}[{dname}]"] = resources(compile_kernel(getattr(kk, name), sig, const, arch, opts), arch)
     return out
 
 

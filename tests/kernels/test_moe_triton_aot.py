@@ -7,26 +7,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
 import sys
-import tempfile
 
 import pytest
 
 from mixlab import procs
 from mixlab.kernels.dispatch import triton_available
-from mixlab.kernels.kda_triton_aot import SM90_SHARED_LIMIT
 
 if not triton_available():
     pytest.skip("triton not installed", allow_module_level=True)
 
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.backends.nvidia.compiler import get_ptxas  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
-
 from mixlab.kernels import moe_triton as mt  # noqa: E402
+from mixlab.kernels.kda_triton_aot import SM90_SHARED_LIMIT, compile_kernel, resources  # noqa: E402
 
 BF, F32, I64, I32, P32 = "*bf16", "*fp32", "*i64", "i32", "*i32"
 
@@ -67,21 +59,8 @@ def _specs():
 def report(arch: int = 90) -> dict:
     res = {}
     for name, sig, const, launch in _specs():
-        fn = getattr(mt, name)
-        src = ASTSource(fn=fn, signature={**sig, **{c: "constexpr" for c in const}},
-                        constexprs={(fn.arg_names.index(c),): v for c, v in const.items()})
-        comp = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": 4, "num_stages": 3, **launch})
-        with tempfile.TemporaryDirectory() as tmp:
-            ptx = os.path.join(tmp, "k.ptx")
-            with open(ptx, "w") as f:
-                f.write(comp.asm["ptx"])
-            log = subprocess.run([get_ptxas(arch).path, "-v", f"--gpu-name=sm_{arch}a", ptx, "-o", ptx + ".o"],
-                                 capture_output=True, text=True, check=True).stderr
-        regs, spills = re.search(r"Used (\d+) registers", log), re.search(r"(\d+) bytes spill stores", log)
         key = f"{name}[E_P={const['E_P']}]" if "E_P" in const else name
-        res[key] = {"shared": int(comp.metadata.shared), "registers": int(regs.group(1)) if regs else None,
-                    "spill_bytes": int(spills.group(1)) if spills else None}
+        res[key] = resources(compile_kernel(getattr(mt, name), sig, const, arch, launch), arch)
     return res
 
 

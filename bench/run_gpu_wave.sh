@@ -2,7 +2,7 @@
 # The lead's one device call: runs each area's GPU script (tests + benchmarks) under its own time limit and brings
 # everything back as two archives (the device returns at most 8 files). Triton's compile cache lives in .tritoncache,
 # carried between calls, so fla-core's ~200 s first compile is paid once a session rather than once a call.
-#   usage on the device: OUT=... bash bench/run_gpu_wave.sh "kda:150 step:150 moe:80 engine:170"
+#   usage on the device: OUT=... [WARM_S=400] bash bench/run_gpu_wave.sh "kda:150 step:150 moe:80 engine:170"
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 MIXLAB_DATA= TOKENIZERS_PARALLELISM=false
 export TRITON_CACHE_DIR="$PWD/.tritoncache"; mkdir -p "$TRITON_CACHE_DIR"
@@ -14,6 +14,11 @@ fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "pip install -e . failed"
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name(0))"
 python3 -c "import fla; print('fla', fla.__version__)" 2>&1 | tail -1
+# WARM_S=N: compile fla's kernels into the cache in the background (bench/fla_warm.py) while the first items run.
+if [ -n "${WARM_S:-}" ]; then
+  timeout -k 5 "$WARM_S" python3 -P bench/fla_warm.py > "$WORK/flawarm.log" 2>&1 &
+  WARM_PID=$!
+fi
 declare -A SCRIPT=([kda]=bench/gpu_kda.sh [step]=bench/gpu_step.sh [moe]=bench/gpu_moe.sh [engine]=bench/run_engine_gpu.sh)
 for item in ${1:-kda:150 step:150 moe:80 engine:170}; do
   name=${item%%:*}; secs=${item##*:}; script=${SCRIPT[$name]}
@@ -26,6 +31,7 @@ for item in ${1:-kda:150 step:150 moe:80 engine:170}; do
     echo "missing $script"
   fi
 done
+if [ -n "${WARM_PID:-}" ]; then wait "$WARM_PID"; echo "=== fla warm rc=$?"; grep -v -i warn "$WORK/flawarm.log" | tail -5; fi
 tar czf "$FINAL_OUT/results.tgz" -C "$WORK" .
 tar czf /tmp/tc.tgz .tritoncache && split -b 15m /tmp/tc.tgz "$FINAL_OUT/tritoncache.tgz.part-"
 ls -la "$FINAL_OUT"; du -sh .tritoncache

@@ -23,6 +23,7 @@ from mixlab.errors import MixlabError
 from mixlab.yamlio import did_you_mean
 
 BACKENDS = ("auto", "torch", "triton")
+_ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _backend: str | None = None
 _fused: bool | None = None
 
@@ -71,6 +72,17 @@ def get_backend() -> str:
     return _backend
 
 
+def env_flag(name: str, default: bool) -> bool:
+    """The on/off switch in environment variable `name` (1/0, true/false, yes/no, on/off; unset or empty: `default`).
+    Anything else raises MixlabError naming the variable, so a typo never silently keeps a path off."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in _ON or raw in _OFF:
+        return raw in _ON
+    raise MixlabError(f"{name}={raw!r}{did_you_mean(raw, _ON + _OFF)}; use 1 or 0 (or on/off, true/false, yes/no)")
+
+
 def set_backend(name: str) -> None:
     """Select "auto", "torch" or "triton"; raises MixlabError when "triton" cannot run here."""
     global _backend
@@ -80,7 +92,7 @@ def set_backend(name: str) -> None:
 def fused_enabled() -> bool:
     global _fused
     if _fused is None:
-        _fused = os.environ.get("MIXLAB_FUSED_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
+        _fused = env_flag("MIXLAB_FUSED_KERNELS", True)
     return _fused
 
 
@@ -133,7 +145,7 @@ def fused_decode_enabled() -> bool:
     a GPU run verifies them (bench/run_engine_gpu.sh): they are tested in the Triton interpreter and compiled for
     sm_90 on CPU only. Off (default), the engine decodes through their torch references, the GPU-verified path.
     Read per call (the engine reads it when it captures a decode shape)."""
-    return os.environ.get("MIXLAB_FUSED_DECODE", "0").strip().lower() in ("1", "true", "yes", "on")
+    return env_flag("MIXLAB_FUSED_DECODE", False)
 
 
 _failed_kernels: dict[str, str] = {}

@@ -14,14 +14,12 @@ Static shapes, no host sync (CUDA-graph safe) on both paths.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
 from mixlab.errors import MixlabError
 
-from .dispatch import fused_decode_enabled, use_fused, with_fallback
+from .dispatch import env_flag, fused_decode_enabled, use_fused, with_fallback
 from .kda_common import fp32, l2norm
 from .kda_gate import kda_gate
 from .kda_recurrent import recurrent_kda_step
@@ -37,7 +35,7 @@ def fused_projections() -> bool:
     """With the fused decode kernels on (MIXLAB_FUSED_DECODE=1), `kda_decode_layer` also fuses the layer's
     projections on CUDA (one launch for the six input projections, f_b / g_b inside the step kernel);
     MIXLAB_FUSED_DECODE_PROJ=0 keeps them as nn.Linear GEMMs (to measure each part). Read per call."""
-    return fused_decode_enabled() and os.environ.get("MIXLAB_FUSED_DECODE_PROJ", "1") != "0"
+    return fused_decode_enabled() and env_flag("MIXLAB_FUSED_DECODE_PROJ", True)
 
 
 def kda_step_inplace(q, k, v, g, beta, state: torch.Tensor, scale: float) -> torch.Tensor:

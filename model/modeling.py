@@ -13,7 +13,6 @@ recurrent state stay fp32, also after `model.to(torch.bfloat16)` (see `_Fp32Para
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +33,7 @@ from mixlab.kernels import (
     rms_norm,
     short_conv,
 )
+from mixlab.kernels.dispatch import env_flag
 
 from .cache import KimiLinearCache
 from .config import KimiLinearConfig
@@ -41,9 +41,6 @@ from .layout import SeqLayout, build_layout
 from .state_dict_adapter import diff_inventory, is_official, official_shapes, stacked_target
 
 FP32_PARAM_NAMES = ("A_log", "dt_bias", "e_score_correction_bias")
-# Cast routed-expert inputs and weights to the autocast dtype on CUDA (fp32 master weights then take the grouped MoE
-# path): opt-in until a GPU run verifies it (bench/gpu_step.sh).
-MOE_AUTOCAST = os.environ.get("MIXLAB_MOE_AUTOCAST", "0") == "1"
 
 
 class _Fp32ParamsMixin:
@@ -295,8 +292,10 @@ class KimiSparseMoeBlock(nn.Module):
         self.config = config
         self.layer_idx = layer_idx
         self.top_k = config.num_experts_per_token
-        # Opt-in (MIXLAB_MOE_AUTOCAST=1, or the recipes' graph step) until a GPU run verifies it (bench/gpu_step.sh).
-        self.autocast_experts = MOE_AUTOCAST
+        # Cast routed-expert inputs and weights to the autocast dtype on CUDA (fp32 master weights then take the
+        # grouped MoE path). Opt-in (MIXLAB_MOE_AUTOCAST=1, or the recipes' graph step) until a GPU run verifies it
+        # (bench/gpu_step.sh).
+        self.autocast_experts = env_flag("MIXLAB_MOE_AUTOCAST", False)
         self.gate = KimiMoEGate(config)
         self.experts = KimiStackedExperts(config)
         self.shared_experts = (

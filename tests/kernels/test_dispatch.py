@@ -26,6 +26,24 @@ def test_fused_switch(monkeypatch):
     assert dispatch.fused_enabled()
 
 
+@pytest.mark.parametrize("name", ["MIXLAB_FUSED_DECODE", "MIXLAB_MOE_AUTOCAST", "MIXLAB_FUSED_KERNELS"])
+def test_on_off_switches_refuse_typos(monkeypatch, name):
+    for raw, want in (("1", True), ("On", True), ("0", False), ("off", False), ("", name == "MIXLAB_FUSED_KERNELS")):
+        monkeypatch.setenv(name, raw)
+        assert dispatch.env_flag(name, name == "MIXLAB_FUSED_KERNELS") is want
+    monkeypatch.setenv(name, "ture")
+    with pytest.raises(MixlabError, match=f"{name}='ture'.*did you mean 'true'"):
+        dispatch.env_flag(name, False)
+
+
+def test_fused_decode_switch_reads_env_flag(monkeypatch):
+    monkeypatch.setenv("MIXLAB_FUSED_DECODE", "yes")
+    assert dispatch.fused_decode_enabled()
+    monkeypatch.setenv("MIXLAB_FUSED_DECODE", "2")
+    with pytest.raises(MixlabError, match="MIXLAB_FUSED_DECODE='2'"):
+        dispatch.fused_decode_enabled()
+
+
 def test_unknown_backend_suggests_closest():
     with pytest.raises(MixlabError, match="did you mean 'triton'"):
         set_backend("trition")

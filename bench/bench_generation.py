@@ -1,8 +1,9 @@
 """Generation throughput: mixlab's engine vs transformers `generate`, same model, prompts and run.
 
 Methods (all greedy, same chat-templated prompts of a mixlab preset, random init):
-- engine : `get_backend("torch")`, i.e. the continuous-batching engine (CUDA graphs on GPU)
-- engine-fused : the same with MIXLAB_FUSED_DECODE=1 (the engine's Triton decode kernels; opt-in until timed here)
+- engine : `get_backend("torch")`, i.e. the continuous-batching engine (CUDA graphs on GPU), as configured (on CUDA
+  its Triton decode kernels are the default since the H100 run of BENCHMARKS.md)
+- engine-fused / engine-reference : the same with MIXLAB_FUSED_DECODE=1 / 0 (Triton decode kernels / torch references)
 - loop   : `get_backend("torch", engine=False)`, the plain batched decode loop (the previous default)
 - hf     : `get_backend("hf")`, i.e. `model.generate` (the peer; ratios are against it)
 A random model rarely emits its end-of-turn token, so by default its logit is made to shadow one frequent token
@@ -371,6 +372,8 @@ def main() -> None:
         "engine": lambda: get_backend("torch", model, tokenizer, batch_size=engine_batch),
         "engine-fused": lambda: WithEnv(get_backend("torch", model, tokenizer, batch_size=engine_batch),
                                         MIXLAB_FUSED_DECODE="1"),
+        "engine-reference": lambda: WithEnv(get_backend("torch", model, tokenizer, batch_size=engine_batch),
+                                            MIXLAB_FUSED_DECODE="0"),
         "loop": lambda: get_backend("torch", model, tokenizer, batch_size=args.batch, engine=False),
         "hf": lambda: get_backend("hf", model, tokenizer, batch_size=args.batch),
         "hf-engine-batch": lambda: get_backend("hf", model, tokenizer, batch_size=engine_batch),

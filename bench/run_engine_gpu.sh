@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# One device call (≤ 200 s, run by bench/run_gpu_wave.sh after its pip install). The engine's fused decode kernels
-# (MIXLAB_FUSED_DECODE=1: kda_decode_step / projections, mla_decode_paged, moe_decode_block) are opt-in until this
-# script has run them: engine GPU tests (kernels vs references at 1b-a150m shapes; graphs = eager; fp32 graphs =
-# recomputation, default and all-fused; no kernel fell back), one decode step fused vs references (time, kernels a
-# step, top kernels), batch-64 bf16 engine (default and fused) vs generate, and the 1k/32k context scan at 1 and 4
-# rows with the fused kernels. Flip the default (kernels/dispatch.py: fused_decode_enabled) where it wins.
+# One device call (<= 200 s, run by bench/run_gpu_wave.sh after its pip install): the engine on the GPU with its
+# defaults. Engine GPU tests (fused decode kernels vs references at 1b-a150m shapes; graphs = eager; fp32 graphs =
+# recomputation, default and all-fused; no kernel fell back), batch-64 bf16 engine (default = fused decode kernels,
+# and MIXLAB_FUSED_DECODE=0 references) vs generate, and the 1k/32k context scan at 1 and 4 rows (default path).
+# ENGINE_STEP_COMPARE=1 adds one decode step fused vs references (time, kernels a step, top kernels).
 # JSON and logs -> $OUT.
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -25,11 +24,13 @@ step() {  # full log of each step in $OUT/stepN.log, its tail on the console
   grep -v -i "warn" "$OUT/step$N.log" | tail -${TAIL:-25}; echo "rc=$rc"; save
 }
 step 55 python3 -m pytest -p no:cacheprovider --import-mode=importlib -q -rfE -m gpu tests/evals_engine
-step 45 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" --step-compare 64,256 \
-  --scan-steps 12 --tag step
+if [ "${ENGINE_STEP_COMPARE:-0}" = 1 ]; then
+  step 45 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" --step-compare 64,256 \
+    --scan-steps 12 --tag step
+fi
 step 55 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --prompts 64 --batch 64 --max-new-tokens 128 \
-  --repeats 2 --methods engine,engine-fused,hf
-MIXLAB_FUSED_DECODE=1 step 45 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" \
-  --context-scan 1024,32768 --scan-rows 1,4 --scan-steps 16 --tag ctx-fused
+  --repeats 2 --methods engine,engine-reference,hf
+step 45 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" \
+  --context-scan 1024,32768 --scan-rows 1,4 --scan-steps 16 --tag ctx
 grep -h -o '"ratio_last_vs_first": [0-9.]*\|"speedup[a-z_]*": [0-9.]*\|"ratio_vs_hf": {[^}]*' "$OUT"/generation-cuda-*.json 2>/dev/null
 ls "$OUT"

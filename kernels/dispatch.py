@@ -140,12 +140,13 @@ def use_fused(*tensors: torch.Tensor | None) -> bool:
 
 
 def fused_decode_enabled() -> bool:
-    """MIXLAB_FUSED_DECODE=1 turns on the generation engine's fused decode kernels on CUDA (`kda_decode_step`,
-    `kda_decode_layer`'s projections, `mla_decode_paged`, `moe_decode_block` as the engine's MoE form). Opt-in until
-    a GPU run verifies them (bench/run_engine_gpu.sh): they are tested in the Triton interpreter and compiled for
-    sm_90 on CPU only. Off (default), the engine decodes through their torch references, the GPU-verified path.
-    Read per call (the engine reads it when it captures a decode shape)."""
-    return env_flag("MIXLAB_FUSED_DECODE", False)
+    """The generation engine's fused Triton decode kernels on CUDA (`kda_decode_step`, `kda_decode_layer`'s
+    projections, `mla_decode_paged`, `moe_decode_block` as the engine's MoE form): on by default since the H100 run
+    of bench/run_engine_gpu.sh (GPU tests against the references and full recomputation passed; decode step 1.87x
+    the references, engine 7.7x `generate`; BENCHMARKS.md). MIXLAB_FUSED_DECODE=0 decodes through their torch
+    references. CPU tensors always take the references. Read per call (the engine reads it when it captures a
+    decode shape)."""
+    return env_flag("MIXLAB_FUSED_DECODE", True)
 
 
 _failed_kernels: dict[str, str] = {}

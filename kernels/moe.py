@@ -124,7 +124,9 @@ def moe_experts(
 MOE_IMPLS = ("fused", "grouped")
 
 
-DEFAULT_MOE_IMPL = "grouped"  # `moe_experts_fused` has no GPU timing yet (BENCHMARKS.md): opt-in until it has
+# H100, bench/bench_moe.py (BENCHMARKS.md): eager fwd+bwd at 1b-a150m "grouped" 1.02 ms vs "fused" 1.49 ms, a tie
+# at the official shape (14.6 vs 14.8 ms); only as a CUDA graph is "fused" ahead (0.74 vs 0.97 ms).
+DEFAULT_MOE_IMPL = "grouped"
 
 
 def moe_impl() -> str:
@@ -140,13 +142,19 @@ def moe_impl() -> str:
 
 @functools.cache
 def _grouped_mm_works(device: torch.device) -> bool:
-    """One tiny bf16 `torch._grouped_mm` per device (measured on Hopper; other GPUs may lack a kernel for it)."""
+    """One tiny bf16 `torch._grouped_mm` per device (measured on Hopper; other GPUs may lack a kernel for it).
+    The answer is cached, so the probe copies nothing from the host (offsets from arange) and runs with the sync
+    debug mode off: a first call under `set_sync_debug_mode("error")` must not cache False (it did on the H100)."""
+    debug_mode = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(0)
     try:
         a = torch.ones(4, 16, dtype=torch.bfloat16, device=device)
         b = torch.ones(2, 16, 16, dtype=torch.bfloat16, device=device)
-        torch._grouped_mm(a, b, offs=torch.tensor([2, 4], dtype=torch.int32, device=device))
+        torch._grouped_mm(a, b, offs=torch.arange(2, 5, 2, dtype=torch.int32, device=device))
     except (RuntimeError, AttributeError, NotImplementedError):
         return False
+    finally:
+        torch.cuda.set_sync_debug_mode(debug_mode)
     return True
 
 

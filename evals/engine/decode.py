@@ -52,14 +52,14 @@ def moe_decode(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Te
 def moe_mode(device: torch.device, rows: int, top_k: int, num_experts: int) -> str:
     """CPU: the kernel op (its host sync is free there). CUDA: a shape-static form, chosen by how many experts
     the step can hit; "fused" (`moe_decode_block`: router, experts and combine in five Triton launches on CUDA, the
-    gather form elsewhere) with MIXLAB_FUSED_DECODE=1. MIXLAB_ENGINE_MOE=sparse|gather|dense|fused overrides
+    gather form elsewhere) unless MIXLAB_FUSED_DECODE=0. MIXLAB_ENGINE_MOE=sparse|gather|dense|fused overrides
     (sparse on CUDA is `moe_experts`, whose bf16 grouped-GEMM fast path has no host sync either)."""
     forced = os.environ.get("MIXLAB_ENGINE_MOE", "").strip().lower()
     if forced in ("sparse", "gather", "dense", "fused"):
         return forced
     if device.type != "cuda":
         return "sparse"
-    if fused_decode_enabled():  # opt-in until a GPU run verifies it (bench/run_engine_gpu.sh)
+    if fused_decode_enabled():  # the default (MIXLAB_FUSED_DECODE=0: the shape-static torch forms below)
         return "fused"
     return "gather" if rows * top_k < num_experts else "dense"
 

@@ -52,6 +52,7 @@ class _Seq:
     generated: list[int] = field(default_factory=list)
     finish: str | None = None
     eos_token: int | None = None  # the end-of-sequence token that finished it (not in `generated`)
+    table: torch.Tensor | None = None  # int64 [max blocks a sequence] on CPU: `blocks`, scratch-padded (built once)
 
 
 @dataclass
@@ -379,8 +380,9 @@ class Engine:
         # graphs serve every context length.
         grain = 1 << max(0, need.bit_length() - 4)
         nb = min(-(-need // grain) * grain, self.max_blocks_per_seq)
-        scratch = [self.cache.scratch_block] * nb
-        table = torch.tensor([(s.blocks[:nb] + scratch)[:nb] for s in seqs], dtype=torch.long)
+        # Each sequence's blocks are fixed at admission, so its padded table row is built once: rebuilding the rows
+        # from Python lists took 0.5 ms a step at 4 rows x 32k context (most of the 32k-vs-1k step growth on the H100).
+        table = torch.stack([self._table_row(s)[:nb] for s in seqs])
         longs = torch.tensor([[s.generated[-1] for s in seqs], [s.slot for s in seqs], [s.position for s in seqs]],
                              dtype=torch.long)
         greedy, temp, top_p, u = self._sampling_rows(seqs)
@@ -398,6 +400,12 @@ class Engine:
             seq.position += 1
             self._accept(seq, tok)
         self._retire()
+
+    def _table_row(self, seq: _Seq) -> torch.Tensor:
+        if seq.table is None:
+            seq.table = torch.full((self.max_blocks_per_seq,), self.cache.scratch_block, dtype=torch.long)
+            seq.table[: len(seq.blocks)] = torch.tensor(seq.blocks, dtype=torch.long)
+        return seq.table
 
     # ----------------------------------------------------------------------------------------------- CUDA graphs
     def _replay(self, B, nb, sampled, longs, table, greedy, floats) -> list[int]:

@@ -9,7 +9,7 @@ import torch
 
 from mixlab.kernels import expert_counts, moe_experts, moe_experts_grouped, moe_experts_reference, moe_route, set_fused
 from mixlab.kernels.dispatch import fused_enabled
-from mixlab.kernels.moe import moe_experts_fused, moe_impl
+from mixlab.kernels.moe import _grouped_mm_works, moe_experts_fused, moe_impl
 
 pytestmark = [
     pytest.mark.gpu,
@@ -98,6 +98,17 @@ def test_dispatch_takes_the_fused_function_without_host_sync_and_captures(monkey
     torch.cuda.synchronize()
     for a, b in zip(out, eager):
         assert torch.equal(a, b)
+
+
+def test_grouped_mm_probe_is_not_fooled_by_sync_debug_mode():
+    """The cached probe once ran first under set_sync_debug_mode("error"), cached False, and every later CUDA MoE
+    call took the per-expert loop."""
+    _grouped_mm_works.cache_clear()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        assert _grouped_mm_works(torch.device("cuda", torch.cuda.current_device()))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_unfused_dispatch_is_the_grouped_mm_peer():

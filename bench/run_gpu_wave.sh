@@ -33,5 +33,7 @@ for item in ${1:-kda:150 step:150 moe:80 engine:170}; do
 done
 if [ -n "${WARM_PID:-}" ]; then wait "$WARM_PID"; echo "=== fla warm rc=$?"; grep -v -i warn "$WORK/flawarm.log" | tail -5; fi
 tar czf "$FINAL_OUT/results.tgz" -C "$WORK" .
-tar czf /tmp/tc.tgz .tritoncache && split -b 15m /tmp/tc.tgz "$FINAL_OUT/tritoncache.tgz.part-"
+if [ "${KEEP_CACHE:-1}" = 1 ]; then  # KEEP_CACHE=0: no cache back (the device returns at most 8 files)
+  tar czf /tmp/tc.tgz .tritoncache && split -b 15m /tmp/tc.tgz "$FINAL_OUT/tritoncache.tgz.part-"
+fi
 ls -la "$FINAL_OUT"; du -sh .tritoncache

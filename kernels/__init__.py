@@ -9,9 +9,9 @@ fast path is taken automatically (backend "auto"), CPU tensors run the reference
 | chunk_kda | kda_chunk.py, kda_chunk_fn.py | chunked WY/UT form, hand-written backward, cu_seqlens, any decay |
 | chunk_kda_triton | kda_triton.py, kda_triton_kernels.py | mixlab's own Triton chunked KDA fwd+bwd (chunk 64, varlen, states); MIXLAB_KDA_BACKEND=triton |
 | recurrent_kda_step | kda_recurrent.py | decode from an fp32 state |
-| kda_decode_step, kda_decode_layer | kda_decode.py (+ kda_decode_triton.py) | engine decode: conv window + gate + state update + gated norm over cache slots; one launch with MIXLAB_FUSED_DECODE=1 (opt-in until a GPU run verifies it) |
-| mla_decode_paged | mla_decode.py (+ mla_decode_triton.py) | engine decode: appends the latent, absorbed MLA over the paged cache; flash-decoding over the block table with MIXLAB_FUSED_DECODE=1 (opt-in) |
-| moe_decode_block | decode_moe.py (+ decode_moe_triton.py) | engine decode: router + experts + combine without host sync; 5 launches with MIXLAB_FUSED_DECODE=1 (opt-in) |
+| kda_decode_step, kda_decode_layer | kda_decode.py (+ kda_decode_triton.py) | engine decode: conv window + gate + state update + gated norm over cache slots; one launch on CUDA (MIXLAB_FUSED_DECODE=0: the reference) |
+| mla_decode_paged | mla_decode.py (+ mla_decode_triton.py) | engine decode: appends the latent, absorbed MLA over the paged cache; flash-decoding over the block table on CUDA (MIXLAB_FUSED_DECODE=0: the reference) |
+| moe_decode_block | decode_moe.py (+ decode_moe_triton.py) | engine decode: router + experts + combine without host sync; 5 launches on CUDA (MIXLAB_FUSED_DECODE=0: the reference) |
 | short_conv | short_conv.py (+ short_conv_triton.py) | causal depthwise conv + SiLU, cache, cu_seqlens; fused on CUDA for training calls (no cache) |
 | rms_norm, gated_rms_norm | norm.py (+ norm_triton.py) | fp32 compute; one fused launch each way on CUDA |
 | moe_route, moe_experts (+ _fused, _grouped, _reference, _naive), expert_counts | moe.py (+ moe_triton.py) | sigmoid+bias top-k (vLLM/HF weights); grouped GEMMs + fused SwiGLU / combine on CUDA; MIXLAB_MOE_IMPL=fused: one autograd Function (opt-in until a GPU run verifies it) |

@@ -2,8 +2,8 @@
 sync (CUDA-graph safe).
 
 The reference is the router (`moe_route`) followed by the gather form: each (row, k) pair gathers its expert's
-weights and runs batched GEMMs; the shared experts are a plain MLP. With MIXLAB_FUSED_DECODE=1 on CUDA — opt-in
-until a GPU run verifies it (bench/run_engine_gpu.sh) — `decode_moe_triton.py` does router GEMM, routing, routed and
+weights and runs batched GEMMs; the shared experts are a plain MLP. On CUDA (unless MIXLAB_FUSED_DECODE=0; verified
+on an H100 by bench/run_engine_gpu.sh) `decode_moe_triton.py` does router GEMM, routing, routed and
 shared experts and combine in five launches (instead of ~25) and reads each chosen expert's weights once per step
 however many rows pick it.
 """

@@ -7,8 +7,8 @@ Per row b (its sequence in cache slot slots[b]) and head h:
     out = RMSNorm(o) · weight · sigmoid(gate)                        (o rounded to x.dtype first, as the model does)
 
 The reference below is the model's decode math op by op (`short_conv`'s window, `kda_gate`, `recurrent_kda_step`,
-`gated_rms_norm`: the engine's GPU-verified path); with MIXLAB_FUSED_DECODE=1 on CUDA — opt-in until a GPU run
-verifies it (bench/run_engine_gpu.sh) — `kda_decode_triton.py` does all of it in one launch per layer.
+`gated_rms_norm`); on CUDA (unless MIXLAB_FUSED_DECODE=0; verified on an H100 by bench/run_engine_gpu.sh)
+`kda_decode_triton.py` does all of it in one launch per layer.
 Static shapes, no host sync (CUDA-graph safe) on both paths.
 """
 
@@ -32,7 +32,7 @@ except ImportError:
 
 
 def fused_projections() -> bool:
-    """With the fused decode kernels on (MIXLAB_FUSED_DECODE=1), `kda_decode_layer` also fuses the layer's
+    """With the fused decode kernels on (CUDA, the default), `kda_decode_layer` also fuses the layer's
     projections on CUDA (one launch for the six input projections, f_b / g_b inside the step kernel);
     MIXLAB_FUSED_DECODE_PROJ=0 keeps them as nn.Linear GEMMs (to measure each part). Read per call."""
     return fused_decode_enabled() and env_flag("MIXLAB_FUSED_DECODE_PROJ", True)
@@ -125,7 +125,7 @@ def kda_decode_layer(x, wq, wk, wv, conv, cq, ck, cv, wfa, wfb, A_log, dt_bias, 
     Cache, slots and the rest as `kda_decode_step`.
 
     The projections are nn.Linear's (x·Wᵀ, rounded to x.dtype) and then `kda_decode_step`; with the fused decode
-    kernels on (MIXLAB_FUSED_DECODE=1, CUDA), the six projections of x are one Triton launch and f_b, g_b run
+    kernels on (CUDA, the default), the six projections of x are one Triton launch and f_b, g_b run
     inside the step kernel (two launches for the whole layer)."""
     def unfused():
         f = F.linear(F.linear(x, wfa), wfb)

@@ -8,8 +8,8 @@ cannot race (except padding rows sharing the scratch slot, whose results are dis
 
 Roundings follow the reference: conv outputs and o are rounded to the activation dtype, everything else is fp32.
 
-Opt-in (MIXLAB_FUSED_DECODE=1) until a GPU run verifies it (bench/run_engine_gpu.sh); checked in the interpreter
-and compiled for sm_90 on CPU (tests/evals_engine/test_decode_aot.py).
+The CUDA default (MIXLAB_FUSED_DECODE=0 turns it off); checked against the reference on an H100
+(bench/run_engine_gpu.sh), in the interpreter and compiled for sm_90 on CPU (tests/evals_engine/test_decode_aot.py).
 """
 
 from __future__ import annotations

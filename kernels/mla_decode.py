@@ -6,11 +6,11 @@ positions[b] + 1 tokens, the last of them the new token's latent, which the op a
 already absorbed into latent space: [q_nope · W_uk, q_rot]. Returns the attention-weighted latents o_lat
 [B, H, rank] (the caller applies W_uv).
 
-The reference writes the latent, gathers each row's blocks into a contiguous copy and runs two batched GEMMs (the
-engine's GPU-verified path). With MIXLAB_FUSED_DECODE=1 on CUDA — opt-in until a GPU run verifies it
-(bench/run_engine_gpu.sh) — the Triton kernel (`mla_decode_triton.py`) reads the blocks in place through the table,
-split over the context (flash-decoding) so that a long context spreads over the GPU, then merges the splits; the
-new latent is written and used in the same launch.
+The reference writes the latent, gathers each row's blocks into a contiguous copy and runs two batched GEMMs
+(MIXLAB_FUSED_DECODE=0). On CUDA, by default (verified on an H100 by bench/run_engine_gpu.sh), the Triton kernel
+(`mla_decode_triton.py`) reads the blocks in place through the table, split over the context (flash-decoding)
+so that a long context spreads over the GPU, then merges the splits; the new latent is written and used in the same
+launch.
 """
 
 from __future__ import annotations

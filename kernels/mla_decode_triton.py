@@ -7,8 +7,8 @@ appends it to the pool), so the append costs no extra launch and no program wait
 the output; otherwise a second launch merges the splits per (row, head). The split count depends only on shapes
 (rows, gathered blocks), so a CUDA graph captured for a shape stays valid; splits past a row's length exit at once.
 
-Opt-in (MIXLAB_FUSED_DECODE=1) until a GPU run verifies it (bench/run_engine_gpu.sh); checked in the interpreter
-and compiled for sm_90 on CPU (tests/evals_engine/test_decode_aot.py).
+The CUDA default (MIXLAB_FUSED_DECODE=0 turns it off); checked against the reference on an H100
+(bench/run_engine_gpu.sh), in the interpreter and compiled for sm_90 on CPU (tests/evals_engine/test_decode_aot.py).
 
 Dots run in the cache dtype with fp32 accumulation (bf16 probabilities, as the reference casts them), fp32 caches
 in IEEE fp32; in the Triton interpreter (its bf16 dot is wrong) tiles are cast to fp32.

@@ -10,9 +10,9 @@ Every tensor shape depends only on (batch rows, gathered MLA blocks), and nothin
 a step can be captured once per shape as a CUDA graph. Padding rows point at the cache's scratch slot/block.
 The attention parts are two kernel ops: `kda_decode_layer` (projections, conv window, gate, state update, gated
 norm) and `mla_decode_paged` (appends the latent and attends through the block table); MoE mode "fused" is
-`moe_decode_block`. By default they run their torch references (the path measured on an H100); MIXLAB_FUSED_DECODE=1
-switches on their Triton kernels on CUDA (KDA layer in two launches, MLA read in place without a gather copy, MoE
-in five launches) — opt-in until a GPU run verifies them (bench/run_engine_gpu.sh).
+`moe_decode_block`. On CUDA they run their Triton kernels by default (KDA layer in two launches, MLA read in place without
+a gather copy, MoE in five launches; measured on an H100, BENCHMARKS.md); MIXLAB_FUSED_DECODE=0 runs their torch
+references, as CPU tensors always do.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """MoE expert compute, forward + backward, bf16, one GPU: mixlab's fused paths (`moe_experts_fused`: one autograd
-Function, weight folded into the SwiGLU, with and without concatenated w1/w3, with mixlab's Triton grouped GEMMs;
+Function, weight folded into the SwiGLU, with and without concatenated w1/w3;
 `moe_experts_grouped` fused: autograd over grouped GEMMs + Triton SwiGLU/combine) against `torch._grouped_mm` with
 torch glue (the peer), the per-expert loop (the reference), and a dense SwiGLU GEMM doing the same active FLOPs
 (the floor), in the same run. Each variant is first checked against the reference on the same inputs.
@@ -31,10 +31,6 @@ SHAPES = {
     "1b-a150m": dict(N=8192, D=1024, I=384, E=48, k=3),
     "official": dict(N=16384, D=2304, I=1024, E=256, k=8),
 }
-
-
-TGEMM_B = dict(BM=64, BN=128, BK=64, num_warps=8, num_stages=3)
-ONLY_1B = ("fn_tgemm_b",)  # extra tile configs: compile time is the budget at the official shape
 
 
 def inputs(N, D, I, E, k, seed=0):
@@ -123,10 +119,6 @@ def main() -> None:
         "fn_cat": lambda *a: moe_experts_fused(*a, fused=True, cat_w13=True),
         "fn_nocat": lambda *a: moe_experts_fused(*a, fused=True, cat_w13=False),
         "fn_cat_torchsort": lambda *a: moe_experts_fused(*a, fused=True, cat_w13=True, triton_sort=False),
-        # mixlab's Triton grouped GEMMs: d a_w + SwiGLU backward only; all three (up, da, dx), in two tile configs
-        "fn_tda": lambda *a: moe_experts_fused(*a, fused=True, triton_gemm=dict(parts=["da"])),
-        "fn_tgemm": lambda *a: moe_experts_fused(*a, fused=True, triton_gemm=True),
-        "fn_tgemm_b": lambda *a: moe_experts_fused(*a, fused=True, triton_gemm=TGEMM_B),
     }
     for shape in args.shapes.split(","):
         dims = SHAPES[shape]
@@ -138,8 +130,6 @@ def main() -> None:
             row["dense_same_flops_ms"] = do_bench(lambda: dense_same_flops(x, w1, w3, w2, idx, w, dy),
                                                   return_mode="median", warmup=25, rep=150)
             for name, fn in variants.items():
-                if shape != "1b-a150m" and name in ONLY_1B:
-                    continue
                 if name == "per_expert_loop" and shape == "official" and not args.loop_official:
                     continue  # ~1.4 s per call; measured before: 1,427 ms on an H100
                 y, g = fwd_bwd(fn, x, w1, w3, w2, idx, w, dy)
@@ -175,7 +165,7 @@ def main() -> None:
             row["best_tflops"] = 3 * 2 * N * k * 3 * D * I / (row[f"{best}_ms"] * 1e-3) / 1e12
             if args.profile and shape == "1b-a150m":
                 row["profile"] = {}
-                for n in ("fn_cat", "fn_tda", "fn_tgemm", "fused_grouped"):
+                for n in ("fn_cat", "fused_grouped"):
                     try:
                         row["profile"][n] = profile(variants[n], x, w1, w3, w2, idx, w, dy)
                     except Exception:  # the timings above still count

@@ -4,7 +4,7 @@ Three expert implementations of one contract (`moe_experts`):
 - `moe_experts_fused`: CUDA bf16 calls take it with MIXLAB_MOE_IMPL=fused (`moe_impl`): the whole block as one autograd
   Function with a hand-written backward — a stable counting sort of the slots (Triton), grouped GEMMs, the routing
   weight folded into a Triton SwiGLU so that un-permuting is an unweighted gather-sum, and dw from the SwiGLU
-  backward. Opt-in `triton_gemm` swaps two of its grouped GEMMs for mixlab's Triton ones (moe_triton.py).
+  backward.
 - `moe_experts_reference`: sort by expert, then one SwiGLU per expert over its slice (a host sync for the group
   sizes, ~3 launches per expert and their backward). The CPU path and the oracle of the fast one.
 - `moe_experts_grouped`: the measured fast path (`DEFAULT_MOE_IMPL`), and with fused=False the benchmark peer
@@ -28,11 +28,10 @@ from mixlab.yamlio import did_you_mean
 from .dispatch import fast_path, use_fused
 
 try:  # triton is optional (gpu / dev extras); without it the torch forms below run
-    from .moe_triton import (combine_triton, da_swiglu_bwd, dx_proj, gather_sum, route_sort, swiglu_triton,
-                             swiglu_weighted_bwd, swiglu_weighted_fwd, up_proj_swiglu)
+    from .moe_triton import (combine_triton, gather_sum, route_sort, swiglu_triton, swiglu_weighted_bwd,
+                             swiglu_weighted_fwd)
 except ImportError:
-    combine_triton = da_swiglu_bwd = dx_proj = gather_sum = route_sort = swiglu_triton = swiglu_weighted_bwd = None
-    swiglu_weighted_fwd = up_proj_swiglu = None
+    combine_triton = gather_sum = route_sort = swiglu_triton = swiglu_weighted_bwd = swiglu_weighted_fwd = None
 
 
 def moe_route(
@@ -278,29 +277,11 @@ def _gather_sum_torch(inv, out_dtype, s1, s2=None):
     return src.index_select(0, inv.reshape(-1)).view(N, k, -1).sum(1).to(out_dtype)
 
 
-TRITON_GEMM_PARTS = ("up", "da", "dx")
-
-
-def _triton_parts(triton_gemm) -> tuple[frozenset, dict | None]:
-    """triton_gemm → (which of TRITON_GEMM_PARTS run as Triton GEMMs, tile config or None for the defaults)."""
-    if not triton_gemm:
-        return frozenset(), None
-    if triton_gemm is True:
-        return frozenset(TRITON_GEMM_PARTS), None
-    cfg = dict(triton_gemm)
-    parts = frozenset(cfg.pop("parts", TRITON_GEMM_PARTS))
-    if not parts <= set(TRITON_GEMM_PARTS):
-        raise MixlabError(f"moe_experts_fused: triton_gemm parts must be among {TRITON_GEMM_PARTS}, "
-                          f"got {sorted(parts)}")
-    return parts, (cfg or None)
-
-
 class _MoEExpertsFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w1, w3, w2, topk_idx, topk_weight, fused, cat_w13, triton_sort, triton_gemm):
+    def forward(ctx, x, w1, w3, w2, topk_idx, topk_weight, fused, cat_w13, triton_sort):
         N, k = topk_idx.shape
         E, I, _ = w1.shape
-        parts, tcfg = _triton_parts(triton_gemm)
         perm = route_sort(topk_idx, topk_weight, E) if triton_sort else None
         if perm is not None:
             order, inv, token_of, w_s, offs = perm
@@ -312,58 +293,47 @@ class _MoEExpertsFn(torch.autograd.Function):
             token_of = order // k
             w_s = topk_weight.reshape(-1).index_select(0, order).float()
         w13 = None
-        if "up" in parts:  # gather, both up-projections and the weighted SwiGLU in one Triton kernel
-            xs = x  # gathered again in the backward (the weight-gradient GEMMs need it sorted)
-            h1, h3, a_w = up_proj_swiglu(x, token_of, w1, w3, w_s, offs, tcfg)
+        xs = x.index_select(0, token_of)
+        if cat_w13:
+            w13 = torch.cat([w1, w3], 1)  # [E, 2I, D]: one GEMM of width 2I, better tile use at small I
+            h = torch._grouped_mm(xs, w13.transpose(-2, -1), offs=offs)
+            h1, h3 = h[:, :I], h[:, I:]
         else:
-            xs = x.index_select(0, token_of)
-            if cat_w13:
-                w13 = torch.cat([w1, w3], 1)  # [E, 2I, D]: one GEMM of width 2I, better tile use at small I
-                h = torch._grouped_mm(xs, w13.transpose(-2, -1), offs=offs)
-                h1, h3 = h[:, :I], h[:, I:]
-            else:
-                h1 = torch._grouped_mm(xs, w1.transpose(-2, -1), offs=offs)
-                h3 = torch._grouped_mm(xs, w3.transpose(-2, -1), offs=offs)
-            a_w = (swiglu_weighted_fwd if fused else _swiglu_w_fwd_torch)(h1, h3, w_s)
+            h1 = torch._grouped_mm(xs, w1.transpose(-2, -1), offs=offs)
+            h3 = torch._grouped_mm(xs, w3.transpose(-2, -1), offs=offs)
+        a_w = (swiglu_weighted_fwd if fused else _swiglu_w_fwd_torch)(h1, h3, w_s)
         y = torch._grouped_mm(a_w, w2.transpose(-2, -1), offs=offs)
         out = (gather_sum if fused else _gather_sum_torch)(inv.view(N, k), x.dtype, y)
         ctx.save_for_backward(xs, h1, h3, a_w, w_s, token_of, inv, offs, w1, w3, w2, w13)
-        ctx.fused, ctx.shape, ctx.wdtype, ctx.parts, ctx.tcfg = fused, (N, k), topk_weight.dtype, parts, tcfg
+        ctx.fused, ctx.shape, ctx.wdtype = fused, (N, k), topk_weight.dtype
         return out
 
     @staticmethod
     def backward(ctx, dout):
         xs, h1, h3, a_w, w_s, token_of, inv, offs, w1, w3, w2, w13 = ctx.saved_tensors
         N, k = ctx.shape
-        fused, parts, tcfg = ctx.fused, ctx.parts, ctx.tcfg
+        fused = ctx.fused
         M, I = a_w.shape
-        if "up" in parts:
-            xs = xs.index_select(0, token_of)  # saved was x: the forward gathered inside its GEMM
         dy = dout.index_select(0, token_of)  # d y_slot = dout[token]: the routing weight sits in a_w
         if dy.stride(-1) != 1:
             dy = dy.contiguous()
         dw2 = torch._grouped_mm(dy.t(), a_w, offs=offs) if ctx.needs_input_grad[3] else None  # [E, D, I]
-        if "da" in parts:  # d a_w = dy·w2 with the SwiGLU backward in its epilogue
-            dh, dw_s = da_swiglu_bwd(dy, w2, h1, h3, w_s, offs, tcfg)
-        else:
-            da = torch._grouped_mm(dy, w2, offs=offs)  # [M, I]
-            dh = torch.empty(M, 2 * I, dtype=a_w.dtype, device=a_w.device)
-            dw_s = (swiglu_weighted_bwd if fused else _swiglu_w_bwd_torch)(h1, h3, w_s, da, dh[:, :I], dh[:, I:])
+        da = torch._grouped_mm(dy, w2, offs=offs)  # [M, I]
+        dh = torch.empty(M, 2 * I, dtype=a_w.dtype, device=a_w.device)
+        dw_s = (swiglu_weighted_bwd if fused else _swiglu_w_bwd_torch)(h1, h3, w_s, da, dh[:, :I], dh[:, I:])
         dh1, dh3 = dh[:, :I], dh[:, I:]
         dw1 = torch._grouped_mm(dh1.t(), xs, offs=offs) if ctx.needs_input_grad[1] else None  # [E, I, D]
         dw3 = torch._grouped_mm(dh3.t(), xs, offs=offs) if ctx.needs_input_grad[2] else None
         dx = None
         if ctx.needs_input_grad[0]:
             gsum = gather_sum if fused else _gather_sum_torch
-            if "dx" in parts:
-                dx = gsum(inv.view(N, k), dout.dtype, dx_proj(dh, w1, w3, offs, tcfg))
-            elif w13 is not None:
+            if w13 is not None:
                 dx = gsum(inv.view(N, k), dout.dtype, torch._grouped_mm(dh, w13, offs=offs))
             else:
                 dx = gsum(inv.view(N, k), dout.dtype, torch._grouped_mm(dh1, w1, offs=offs),
                           torch._grouped_mm(dh3, w3, offs=offs))
         dw = dw_s.index_select(0, inv).view(N, k).to(ctx.wdtype) if ctx.needs_input_grad[5] else None
-        return dx, dw1, dw3, dw2, None, dw, None, None, None, None
+        return dx, dw1, dw3, dw2, None, dw, None, None, None
 
 
 def _cat_pays(x, w1, w3, w2, topk_idx, topk_weight) -> bool:
@@ -387,15 +357,13 @@ def moe_experts_fused(
     fused: bool | None = None,
     cat_w13: bool | None = None,
     triton_sort: bool | None = None,
-    triton_gemm: bool | dict = False,
 ) -> torch.Tensor:
     """`moe_experts` as one autograd Function over grouped GEMMs (see the comment above `_MoEExpertsFn`); `fused`
     (default: on for CUDA) runs the SwiGLU and gather-sum glue as Triton kernels, else in torch (any device).
     `cat_w13` (default: `_cat_pays`) copies w1 and w3 into one [E, 2I, D] weight per call;
-    `triton_sort` (default: as `fused`) builds the expert permutation with `moe_triton.route_sort`;
-    `triton_gemm` (needs `fused`; True, or a dict of tile config with optional "parts" ⊆ TRITON_GEMM_PARTS) runs
-    the up-projection ("up": gather + w1/w3 + weighted SwiGLU), d a_w = dy·w2 with the SwiGLU backward ("da") and
-    the input-gradient GEMM ("dx") as mixlab's Triton grouped GEMMs instead of torch._grouped_mm."""
+    `triton_sort` (default: as `fused`) builds the expert permutation with `moe_triton.route_sort`. (Triton grouped
+    GEMMs for the up-projection, d a_w and dx were tried and removed: slower than torch._grouped_mm on an H100,
+    BENCHMARKS.md.)"""
     _check(x, w1, w3, w2, topk_idx, topk_weight)
     if fused is None:
         fused = use_fused(x)
@@ -405,8 +373,4 @@ def moe_experts_fused(
         triton_sort = fused
     if topk_idx.numel() == 0:  # no slots: nothing to launch (empty grids)
         return x * 0
-    if triton_gemm and not fused:
-        raise MixlabError("moe_experts_fused: triton_gemm needs fused=True (Triton kernels)")
-    _triton_parts(triton_gemm)  # validate here, not inside the Function
-    return _MoEExpertsFn.apply(x, w1, w3, w2, topk_idx, topk_weight, bool(fused), bool(cat_w13), bool(triton_sort),
-                               triton_gemm or None)
+    return _MoEExpertsFn.apply(x, w1, w3, w2, topk_idx, topk_weight, bool(fused), bool(cat_w13), bool(triton_sort))

@@ -178,23 +178,6 @@ def test_fused_function_with_fewer_slots_than_experts():
         torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5, msg=name)
 
 
-@pytest.mark.parametrize("triton_gemm", [True, dict(BM=16, BN=16, BK=16, num_warps=4), dict(parts=["da"]),
-                                         dict(parts=["up", "dx"], BM=32, BN=16, BK=16)])
-def test_fused_function_with_triton_gemms_matches_reference(triton_gemm):
-    """The Triton grouped up-projection / input-gradient GEMMs inside the Function (interpreted on CPU, fp32)."""
-    if not triton_available():
-        pytest.skip("triton not installed")
-    args = make_experts(N=29, D=16, I=24, E=6, k=3, dtype=torch.float32, seed=3)
-    got = _fwd_bwd(lambda *a: moe_experts_fused(*a, fused=True, triton_gemm=triton_gemm), *args)
-    want = _fwd_bwd(moe_experts_reference, *args)
-    for name, a, b in zip(NAMES, got, want):
-        torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5, msg=name)
-    with pytest.raises(MixlabError, match="triton_gemm"):
-        moe_experts_fused(*args, fused=False, triton_gemm=True)
-    with pytest.raises(MixlabError, match="parts"):
-        moe_experts_fused(*args, fused=True, triton_gemm=dict(parts=["down"]))
-
-
 def test_w13_concat_rule():
     """The concat of w1/w3 is chosen at the 1b-a150m shape (I = 384, 24,576 slots over 48 experts), not at the
     official one (256 experts × 1024 × 2304 weights, 131,072 slots) nor without a backward (meta tensors)."""

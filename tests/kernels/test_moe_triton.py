@@ -17,13 +17,10 @@ if not triton_available() or not (torch.cuda.is_available() or os.environ.get("T
 
 from mixlab.kernels.moe import _gather_sum_torch, _swiglu_w_bwd_torch, _swiglu_w_fwd_torch  # noqa: E402
 from mixlab.kernels.moe_triton import (  # noqa: E402
-    da_swiglu_bwd,
-    dx_proj,
     gather_sum,
     route_sort,
     swiglu_weighted_bwd,
     swiglu_weighted_fwd,
-    up_proj_swiglu,
 )
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -91,72 +88,3 @@ def test_route_sort_equals_stable_torch_sort(N, k, E):
     assert offs.dtype == torch.int32 and int(offs[-1]) == N * k
     # the group sizes are the expert-load counts the balancing update reads
     assert torch.equal(torch.diff(offs.long(), prepend=offs.new_zeros(1).long()), expert_counts(idx, E))
-
-
-def _segments(M_per_e, seed):
-    """Expert-sorted slots with the given per-expert counts (zeros included) → token_of, offs."""
-    counts = torch.tensor(M_per_e)
-    offs = torch.cumsum(counts, 0).to(torch.int32).to(DEV)
-    M = int(counts.sum())
-    token_of = torch.randint(0, 11, (M,), generator=torch.Generator().manual_seed(seed)).to(DEV)
-    return token_of, offs, M
-
-
-@pytest.mark.parametrize("I,D", [(40, 24), (32, 48)])  # masked tiles; tiles dividing both (the EVEN path)
-@pytest.mark.parametrize("cfg", [dict(BM=16, BN=16, BK=16), dict(BM=32, BN=16, BK=16)])
-def test_up_proj_swiglu_against_torch(cfg, I, D):
-    """Triton grouped up-projection (gather in the load, w1 and w3 as two accumulators, weighted SwiGLU in the
-    epilogue) against per-expert torch matmuls; segment lengths around the row tile, an empty expert, and I and D
-    not multiples of the blocks (masked tiles)."""
-    E = 5
-    token_of, offs, M = _segments([17, 0, 33, 1, 16], seed=0)
-    x = _randn(11, D, seed=1)
-    w1, w3 = _randn(E, I, D, seed=2), _randn(E, I, D, seed=3)
-    w_s = torch.rand(M, generator=torch.Generator().manual_seed(4)).to(DEV)
-    h1, h3, a_w = up_proj_swiglu(x, token_of, w1, w3, w_s, offs, cfg)
-    xs = x[token_of]
-    start = 0
-    for e, end in enumerate(offs.tolist()):
-        torch.testing.assert_close(h1[start:end], xs[start:end] @ w1[e].T, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(h3[start:end], xs[start:end] @ w3[e].T, atol=1e-4, rtol=1e-4)
-        start = end
-    torch.testing.assert_close(a_w, _swiglu_w_fwd_torch(h1, h3, w_s), atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("I,D", [(40, 24), (32, 48)])
-@pytest.mark.parametrize("cfg", [dict(BM=16, BN=16, BK=16), dict(BM=32, BN=16, BK=16)])
-def test_dx_proj_against_torch(cfg, I, D):
-    E = 5
-    _, offs, M = _segments([17, 0, 33, 1, 16], seed=0)
-    dh = _randn(M, 2 * I, seed=5)
-    w1, w3 = _randn(E, I, D, seed=2), _randn(E, I, D, seed=3)
-    dxs = dx_proj(dh, w1, w3, offs, cfg)
-    start = 0
-    for e, end in enumerate(offs.tolist()):
-        want = dh[start:end, :I] @ w1[e] + dh[start:end, I:] @ w3[e]
-        torch.testing.assert_close(dxs[start:end], want, atol=1e-4, rtol=1e-4)
-        start = end
-
-
-@pytest.mark.parametrize("I,D", [(40, 24), (32, 48)])
-@pytest.mark.parametrize("cfg", [dict(BM=16, BN=16, BK=16), dict(BM=32, BN=16, BK=16)])
-def test_da_swiglu_bwd_against_torch(cfg, I, D):
-    """d a_w = dy·w2[e] per segment with the weighted-SwiGLU backward in the epilogue, against torch matmuls and the
-    torch SwiGLU backward; dw summed over column tiles."""
-    E = 5
-    _, offs, M = _segments([17, 0, 33, 1, 16], seed=0)
-    dy = _randn(M, D, seed=6)
-    w2 = _randn(E, D, I, seed=7)
-    h = _randn(M, 2 * I, seed=8)
-    h1, h3 = h[:, :I], h[:, I:]
-    w_s = torch.rand(M, generator=torch.Generator().manual_seed(9)).to(DEV)
-    dh, dw = da_swiglu_bwd(dy, w2, h1, h3, w_s, offs, cfg)
-    da = torch.empty(M, I, device=DEV)
-    start = 0
-    for e, end in enumerate(offs.tolist()):
-        da[start:end] = dy[start:end] @ w2[e]
-        start = end
-    want = torch.empty(M, 2 * I, device=DEV)
-    dw_ref = _swiglu_w_bwd_torch(h1, h3, w_s, da, want[:, :I], want[:, I:])
-    torch.testing.assert_close(dh, want, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(dw, dw_ref, atol=1e-4, rtol=1e-4)

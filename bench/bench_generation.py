@@ -191,34 +191,42 @@ def agreement(model, tokenizer, backend, batch, cfg, hf_batch, hf_batch_alt):
     return out
 
 
-def context_scan(model, contexts, rows, steps, device):
-    """Per-token decode time with every row at each context length (random prompt ids, no EOS)."""
+def timed_engine(model, rows, ctx, steps, device):
+    """An engine decoding `rows` random prompts of `ctx` tokens (no EOS): its prefill (+ first decode step) timed,
+    3 steps to capture the decode shape, then `steps` decode steps timed. Returns (engine, prefill s, s a step);
+    the engine can run a few more steps."""
     import torch
 
     from mixlab.evals.backends import GenerationConfig
     from mixlab.evals.engine import Engine
 
+    engine = Engine(model, eos_ids=set(), max_batch=rows, max_context=ctx + steps + 16)
+    g = torch.Generator().manual_seed(ctx)
+    cfg = GenerationConfig(max_new_tokens=steps + 16)
+    for _ in range(rows):
+        engine.submit(torch.randint(0, model.config.vocab_size - 8, (ctx,), generator=g).tolist(), cfg)
+    sync(device)
+    t0 = time.perf_counter()
+    engine.step()  # prefill (all rows) + the first decode step
+    sync(device)
+    prefill_s = time.perf_counter() - t0
+    for _ in range(3):  # graph capture for this shape happens here
+        engine.step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        engine.step()
+    sync(device)
+    return engine, prefill_s, (time.perf_counter() - t0) / steps
+
+
+def context_scan(model, contexts, rows, steps, device):
+    """Per-token decode time with every row at each context length (random prompt ids, no EOS)."""
+    import torch
+
     out = {}
     for ctx in contexts:
-        engine = Engine(model, eos_ids=set(), max_batch=rows, max_context=ctx + steps + 16,
-                        cache_bytes=None)
-        g = torch.Generator().manual_seed(ctx)
-        cfg = GenerationConfig(max_new_tokens=steps + 8)
-        for _ in range(rows):
-            engine.submit(torch.randint(0, model.config.vocab_size - 8, (ctx,), generator=g).tolist(), cfg)
-        sync(device)
-        t0 = time.perf_counter()
-        engine.step()  # prefill (all rows) + the first decode step
-        sync(device)
-        prefill_s = time.perf_counter() - t0
-        for _ in range(3):  # graph capture for this shape happens here
-            engine.step()
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            engine.step()
-        sync(device)
-        per_step = (time.perf_counter() - t0) / steps
+        engine, prefill_s, per_step = timed_engine(model, rows, ctx, steps, device)
         out[str(ctx)] = {"rows": rows, "step_ms": per_step * 1e3, "per_token_ms": per_step * 1e3 / rows,
                          "tokens_per_s": rows / per_step, "prefill_s": prefill_s}
         print(f"context {ctx:6d}: decode step {per_step * 1e3:8.3f} ms for {rows} rows "
@@ -264,16 +272,14 @@ class WithEnv:
 
 
 def step_compare(model, rows, ctx, steps, device):
-    """Decode-step time and GPU kernels per step, same model and run: "reference" (the default: the decode ops'
-    torch references, the gather/dense MoE form), "fused" (MIXLAB_FUSED_DECODE=1 for `kda_decode_step` and
+    """Decode-step time and GPU kernels per step, same model and run: "reference" (MIXLAB_FUSED_DECODE=0: the decode
+    ops' torch references, the gather/dense MoE form), "fused" (MIXLAB_FUSED_DECODE=1 for `kda_decode_step` and
     `mla_decode_paged` only), "fused+moe" (also `moe_decode_block`) and "fused+moe+proj" (everything
-    MIXLAB_FUSED_DECODE=1 turns on, the KDA projections included)."""
+    MIXLAB_FUSED_DECODE=1 turns on, the KDA projections included: the CUDA default)."""
     import os
 
     import torch
 
-    from mixlab.evals.backends import GenerationConfig
-    from mixlab.evals.engine import Engine
     cfg = model.config
     plain_moe = "gather" if rows * cfg.num_experts_per_token < cfg.num_experts else "dense"
     saved = {k: os.environ.get(k) for k in ("MIXLAB_FUSED_DECODE", "MIXLAB_ENGINE_MOE", "MIXLAB_FUSED_DECODE_PROJ")}
@@ -283,19 +289,7 @@ def step_compare(model, rows, ctx, steps, device):
             os.environ["MIXLAB_FUSED_DECODE"] = "0" if name == "reference" else "1"
             os.environ["MIXLAB_ENGINE_MOE"] = "fused" if "moe" in name else plain_moe
             os.environ["MIXLAB_FUSED_DECODE_PROJ"] = "1" if "proj" in name else "0"
-            engine = Engine(model, eos_ids=set(), max_batch=rows, max_context=ctx + steps + 16)
-            g = torch.Generator().manual_seed(ctx)
-            cfg = GenerationConfig(max_new_tokens=steps + 16)
-            for _ in range(rows):
-                engine.submit(torch.randint(0, model.config.vocab_size - 8, (ctx,), generator=g).tolist(), cfg)
-            for _ in range(4):  # prefill, then graph capture for this shape
-                engine.step()
-            sync(device)
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                engine.step()
-            sync(device)
-            per_step = (time.perf_counter() - t0) / steps
+            engine, _, per_step = timed_engine(model, rows, ctx, steps, device)
             launches = busy = None
             if device.startswith("cuda"):
                 with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:

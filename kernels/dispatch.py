@@ -119,8 +119,8 @@ def kda_backend(*tensors: torch.Tensor | None) -> str:
     """Which chunked-KDA implementation runs on these tensors: "fla", "mixlab" (kda_triton.py) or "torch".
 
     MIXLAB_KDA_BACKEND (read per call) picks among the fast ones: "auto" (default) and "fla" take fla-core where
-    it imports, "triton" takes mixlab's own Triton kernels (opt-in until a GPU run of bench/gpu_kda.sh shows them
-    correct and at least as fast as fla at T = 2k/8k/32k; the first design measured 2.9× slower), "torch" the
+    it imports, "triton" takes mixlab's own Triton kernels (opt-in until bench/gpu_kda.sh shows them at least as fast
+    as fla at T = 2k/8k/32k: correct on an H100, but 1.5× slower at 2k and 8k), "torch" the
     reference. CPU tensors and the "torch" kernel backend always get the reference.
     """
     choice = os.environ.get("MIXLAB_KDA_BACKEND", "auto").strip().lower()

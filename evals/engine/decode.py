@@ -10,9 +10,9 @@ Every tensor shape depends only on (batch rows, gathered MLA blocks), and nothin
 a step can be captured once per shape as a CUDA graph. Padding rows point at the cache's scratch slot/block.
 The attention parts are two kernel ops: `kda_decode_layer` (projections, conv window, gate, state update, gated
 norm) and `mla_decode_paged` (appends the latent and attends through the block table); MoE mode "fused" is
-`moe_decode_block`. On CUDA they run their Triton kernels by default (KDA layer in two launches, MLA read in place without
-a gather copy, MoE in five launches; measured on an H100, BENCHMARKS.md); MIXLAB_FUSED_DECODE=0 runs their torch
-references, as CPU tensors always do.
+`moe_decode_block`. On CUDA they run their Triton kernels by default (KDA layer in two launches, MLA read in
+place without a gather copy, MoE in five launches; measured on an H100, BENCHMARKS.md); MIXLAB_FUSED_DECODE=0 runs
+their torch references, as CPU tensors always do.
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ import os
 import torch
 import torch.nn.functional as F
 
+from mixlab.errors import MixlabError
 from mixlab.kernels import kda_decode_layer, mla_decode_paged, moe_decode_block, moe_experts, moe_route
 from mixlab.kernels.decode_moe import moe_experts_gather
 from mixlab.kernels.dispatch import fused_decode_enabled
 from mixlab.model.cache import PagedHybridCache
+from mixlab.yamlio import did_you_mean
 
 
 def moe_decode(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, idx: torch.Tensor,
@@ -49,13 +51,19 @@ def moe_decode(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Te
     return torch.einsum("ne,end->nd", dense, y.float()).to(x.dtype)
 
 
+MOE_MODES = ("sparse", "gather", "dense", "fused")
+
+
 def moe_mode(device: torch.device, rows: int, top_k: int, num_experts: int) -> str:
     """CPU: the kernel op (its host sync is free there). CUDA: a shape-static form, chosen by how many experts
     the step can hit; "fused" (`moe_decode_block`: router, experts and combine in five Triton launches on CUDA, the
     gather form elsewhere) unless MIXLAB_FUSED_DECODE=0. MIXLAB_ENGINE_MOE=sparse|gather|dense|fused overrides
     (sparse on CUDA is `moe_experts`, whose bf16 grouped-GEMM fast path has no host sync either)."""
     forced = os.environ.get("MIXLAB_ENGINE_MOE", "").strip().lower()
-    if forced in ("sparse", "gather", "dense", "fused"):
+    if forced:
+        if forced not in MOE_MODES:
+            raise MixlabError(f"MIXLAB_ENGINE_MOE={forced!r}{did_you_mean(forced, MOE_MODES)}; choose one of "
+                              f"{', '.join(MOE_MODES)}")
         return forced
     if device.type != "cuda":
         return "sparse"

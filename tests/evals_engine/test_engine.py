@@ -261,3 +261,19 @@ def recompute_greedy_cuda(model, ids, max_new, eos):
         out.append(t)
         seq.append(t)
     return out, "length"
+
+
+def test_engine_moe_override_refuses_typos(monkeypatch):
+    from mixlab.evals.engine.decode import moe_mode
+
+    cuda = torch.device("cuda")  # moe_mode only reads the device type
+    monkeypatch.setenv("MIXLAB_ENGINE_MOE", "gather")
+    assert moe_mode(cuda, 64, 3, 48) == "gather"
+    monkeypatch.setenv("MIXLAB_ENGINE_MOE", "fsued")
+    with pytest.raises(MixlabError, match="MIXLAB_ENGINE_MOE='fsued'.*did you mean 'fused'"):
+        moe_mode(cuda, 64, 3, 48)
+    monkeypatch.delenv("MIXLAB_ENGINE_MOE")
+    monkeypatch.setenv("MIXLAB_FUSED_DECODE", "0")
+    assert moe_mode(cuda, 64, 3, 48) == "dense" and moe_mode(cuda, 4, 3, 48) == "gather"
+    monkeypatch.setenv("MIXLAB_FUSED_DECODE", "1")
+    assert moe_mode(cuda, 4, 3, 48) == "fused" and moe_mode(torch.device("cpu"), 4, 3, 48) == "sparse"

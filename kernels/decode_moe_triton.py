@@ -5,7 +5,7 @@ reference and op in decode_moe.py.
    lowest expert; the scores are continuous, so they do not occur in practice), weights, renormalisation, scaling.
 2. `_lists_kernel` (one program) lists each expert's (row, k) pairs in row order with a prefix sum (no sort, no
    host sync).
-3. `_up_kernel`, program per (expert, I-tile), plus one more expert row for the shared experts (every row): gathers
+3. `_up_kernel`, program per (expert, I-tile), plus programs for the shared experts (16 rows each): gathers
    the expert's rows 16 at a time and computes h = SiLU(x W1ᵀ) ⊙ (x W3ᵀ) with one read of the weight tile.
 4. `_down_kernel`, program per (expert, D-tile), the same way: y = h W2ᵀ.
 5. `_combine_kernel`, program per (row, D-tile): Σ_k weight · y_pair in fp32, fixed order, then + shared.
@@ -26,6 +26,10 @@ import triton
 import triton.language as tl
 
 BT = 16  # pair rows per dot tile (8 warps: ptxas for sm_90 then needs no spills at D = 1024, I = 384)
+# Tiles and launch options of the two expert kernels: the one table bench/bench_decode_moe.py sweeps on a GPU (it
+# replaces this dict) and test_decode_aot.py compiles for sm_90. BI/BD: the [BI, BD] weight tile of one dot step.
+EXPERT_LAUNCH = {"up": dict(BI=64, BD=64, num_warps=8, num_stages=1),
+                 "down": dict(BI=64, BD=64, num_warps=8, num_stages=1)}
 
 
 @triton.jit
@@ -124,11 +128,10 @@ def _up_kernel(X, sx, W1, W3, LISTS, COUNTS, H, WS1, WS3, HS, N, NK, E, D, I, IS
                 valid = slots < cnt
                 pair = tl.load(LISTS + e.to(tl.int64) * NK + slots, mask=valid, other=0).to(tl.int64)
                 _up_tile(X, sx, W1 + wbase, W3 + wbase, H, pair // K, pair, valid, cols, I, D, BT_, BD, BI, LOWP)
-    else:  # the shared experts: every row
+    else:  # the shared experts: one BT_-row group of every row per program
         if it * BI < IS:
-            for t0 in range(0, N, BT_):
-                rows = (t0 + tl.arange(0, BT_)).to(tl.int64)
-                _up_tile(X, sx, WS1, WS3, HS, rows, rows, rows < N, cols, IS, D, BT_, BD, BI, LOWP)
+            rows = ((e - E) * BT_ + tl.arange(0, BT_)).to(tl.int64)
+            _up_tile(X, sx, WS1, WS3, HS, rows, rows, rows < N, cols, IS, D, BT_, BD, BI, LOWP)
 
 
 @triton.jit
@@ -163,10 +166,9 @@ def _down_kernel(H, W2, LISTS, COUNTS, Y, HS, WS2, YS, N, NK, E, D, I, IS, BT_: 
             valid = slots < cnt
             pair = tl.load(LISTS + e.to(tl.int64) * NK + slots, mask=valid, other=0).to(tl.int64)
             _down_tile(H, W2 + wbase, Y, pair, valid, cols, I, D, BT_, BD, BI, LOWP)
-    else:
-        for t0 in range(0, N, BT_):
-            rows = (t0 + tl.arange(0, BT_)).to(tl.int64)
-            _down_tile(HS, WS2, YS, rows, rows < N, cols, IS, D, BT_, BD, BI, LOWP)
+    else:  # the shared experts, as in _up_kernel
+        rows = ((e - E) * BT_ + tl.arange(0, BT_)).to(tl.int64)
+        _down_tile(HS, WS2, YS, rows, rows < N, cols, IS, D, BT_, BD, BI, LOWP)
 
 
 @triton.jit
@@ -235,13 +237,14 @@ def experts_triton(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torc
     else:
         ws1 = ws3 = ws2 = hs = ys = h  # unused: no program for them
         IS = 0
-    n_exp = E + (shared is not None)
-    BI, BD = 64, 64
-    _up_kernel[(n_exp, triton.cdiv(max(I, IS), BI))](x, x.stride(0), w1, w3, lists, counts, h, ws1, ws3, hs, N, NK,
-                                                      E, D, I, IS, K=k, BT_=BT, BD=BD, BI=BI, LOWP=lowp, num_warps=8,
-                                                      num_stages=1)
-    _down_kernel[(n_exp, triton.cdiv(D, BD))](h, w2, lists, counts, y, hs, ws2, ys, N, NK, E, D, I, IS, BT_=BT, BD=BD,
-                                              BI=BI, LOWP=lowp, num_warps=8, num_stages=1)
+    # Program rows: one per routed expert, then one per BT-row group of the shared experts (a program looping over
+    # every row group would run several times longer than the rest and set the kernel's time).
+    n_prog = E + (triton.cdiv(N, BT) if shared is not None else 0)
+    up, down = EXPERT_LAUNCH["up"], EXPERT_LAUNCH["down"]
+    _up_kernel[(n_prog, triton.cdiv(max(I, IS), up["BI"]))](x, x.stride(0), w1, w3, lists, counts, h, ws1, ws3, hs, N,
+                                                            NK, E, D, I, IS, K=k, BT_=BT, LOWP=lowp, **up)
+    _down_kernel[(n_prog, triton.cdiv(D, down["BD"]))](h, w2, lists, counts, y, hs, ws2, ys, N, NK, E, D, I, IS,
+                                                       BT_=BT, LOWP=lowp, **down)
     out = torch.empty(N, D, dtype=x.dtype, device=dev)
     BD_c = min(1024, triton.next_power_of_2(D))
     _combine_kernel[(N, triton.cdiv(D, BD_c))](y, weight, ys, out, D, K=k, BD=BD_c, HAS_SHARED=shared is not None,

@@ -43,12 +43,14 @@ for dt in ("*bf16", "*fp32"):
             sqlh="i32", sqrb="i32", sqrh="i32", skv="i32", skr="i32", stb="i32", H="i32", split_tokens="i32",
             scale=F), dict(RANK=256, ROPE=64, BR=256, BP=64, BH=16, BS=16, BN=md.BLOCK_N, NSPLIT=ns, LOWP=lowp),
             dict(num_warps=4, num_stages=2))
+    tiles = {n: {key: v for key, v in c.items() if key in ("BI", "BD")} for n, c in dm.EXPERT_LAUNCH.items()}
+    opts = {n: {key: v for key, v in c.items() if key not in ("BI", "BD")} for n, c in dm.EXPERT_LAUNCH.items()}
     comp(f"moe_up {dt}", dm._up_kernel, dict(X=dt, sx="i32", W1=dt, W3=dt, LISTS="*i32", COUNTS="*i32", H=dt,
          WS1=dt, WS3=dt, HS=dt, N="i32", NK="i32", E="i32", D="i32", I="i32", IS="i32"),
-         dict(K=3, BT_=dm.BT, BD=64, BI=64, LOWP=lowp), dict(num_warps=8, num_stages=1))
+         dict(K=3, BT_=dm.BT, LOWP=lowp, **tiles["up"]), opts["up"])
     comp(f"moe_down {dt}", dm._down_kernel, dict(H=dt, W2=dt, LISTS="*i32", COUNTS="*i32", Y=dt, HS=dt, WS2=dt,
-         YS=dt, N="i32", NK="i32", E="i32", D="i32", I="i32", IS="i32"), dict(BT_=dm.BT, BD=64, BI=64, LOWP=lowp),
-         dict(num_warps=8, num_stages=1))
+         YS=dt, N="i32", NK="i32", E="i32", D="i32", I="i32", IS="i32"), dict(BT_=dm.BT, LOWP=lowp, **tiles["down"]),
+         opts["down"])
     comp(f"moe_route {dt}", dm._route_kernel, dict(X=dt, sx="i32", WG=dt, BIAS=P, IDX=I64, WEIGHT=P, E="i32",
          D="i32", scaling=F), dict(K=3, BE=64, BK=4, BD=64, HAS_BIAS=True, SOFTMAX=False, RENORM=True,
          USE_BIAS_W=False), dict(num_warps=4))

@@ -12,6 +12,8 @@ Modes (same model weights, same batch):
 - recipe_graph : what a recipe's SFT stage on a GPU runs (recipes/graph_step.py): fp32 master weights under bf16
                 autocast, the static-buffer step replayed as one CUDA graph. recipe_eager: the same step, eager.
                 (Its own fp32 copy of the model; the other modes share one bf16 copy.)
+- fast_graph_grouped, recipe_graph_grouped : the graph modes with the MoE on `moe_experts_grouped` (MIXLAB_MOE_IMPL=
+                grouped), the one they took before the default became "auto" (the fused MoE Function under capture).
 - fast_nosc, fast_nosc_graph : the same without the fused short convolution (not in the default list; the
                 first H100 numbers in BENCHMARKS.md were taken before that kernel existed, i.e. in this configuration).
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import statistics
 import time
 import traceback
@@ -120,17 +123,19 @@ class Runner:
 
 
 def run_mode(model, ids, mode: str, iters: int) -> dict:
+    os.environ["MIXLAB_MOE_IMPL"] = "grouped" if mode.endswith("_grouped") else "auto"
+    base = mode.removesuffix("_grouped")
     set_backend("auto")
     set_fused(mode != "peer")
     short_conv_module.FUSED_SHORT_CONV = mode != "peer" and "_nosc" not in mode
-    r = Runner(model, ids, mode)
+    r = Runner(model, ids, base)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     r.step() if r.recipe is not None else r.eager()  # first call: fla autotune / triton compile (+ capture)
     torch.cuda.synchronize()
     first_s = time.perf_counter() - t0
-    if mode.endswith("_graph") and r.recipe is None:
+    if base.endswith("_graph") and r.recipe is None:
         r.capture()
     for _ in range(2):
         r.step()

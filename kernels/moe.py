@@ -1,13 +1,13 @@
 """MoE routing (sigmoid scores + correction bias, top-k) and grouped SwiGLU expert compute.
 
 Three expert implementations of one contract (`moe_experts`):
-- `moe_experts_fused`: CUDA bf16 calls take it with MIXLAB_MOE_IMPL=fused (`moe_impl`): the whole block as one autograd
-  Function with a hand-written backward — a stable counting sort of the slots (Triton), grouped GEMMs, the routing
+- `moe_experts_fused`: CUDA bf16 calls take it while a CUDA graph is captured, or always with MIXLAB_MOE_IMPL=fused
+  (`moe_impl`): the whole block as one autograd Function with a hand-written backward — a stable counting sort of the slots (Triton), grouped GEMMs, the routing
   weight folded into a Triton SwiGLU so that un-permuting is an unweighted gather-sum, and dw from the SwiGLU
   backward.
 - `moe_experts_reference`: sort by expert, then one SwiGLU per expert over its slice (a host sync for the group
   sizes, ~3 launches per expert and their backward). The CPU path and the oracle of the fast one.
-- `moe_experts_grouped`: the measured fast path (`DEFAULT_MOE_IMPL`), and with fused=False the benchmark peer
+- `moe_experts_grouped`: the eager fast path (`moe_impl`), and with fused=False the benchmark peer
   (grouped_mm + torch glue through autograd, the off-the-shelf composition). Token permutation by expert (a
   stable sort), three grouped GEMMs over all experts at once (`torch._grouped_mm`, group offsets from a device-side
   count: no host sync), SwiGLU, and the un-permutation as a weighted gather-sum (no atomics, deterministic); with
@@ -120,22 +120,27 @@ def moe_experts(
     return moe_experts_reference(x, w1, w3, w2, topk_idx, topk_weight)
 
 
-MOE_IMPLS = ("fused", "grouped")
+MOE_IMPLS = ("auto", "fused", "grouped")
 
 
-# H100, bench/bench_moe.py (BENCHMARKS.md): eager fwd+bwd at 1b-a150m "grouped" 1.02 ms vs "fused" 1.49 ms, a tie
-# at the official shape (14.6 vs 14.8 ms); only as a CUDA graph is "fused" ahead (0.74 vs 0.97 ms).
-DEFAULT_MOE_IMPL = "grouped"
+# H100, bench/bench_moe.py (BENCHMARKS.md): eager fwd+bwd at 1b-a150m "grouped" 1.02 ms vs "fused" 1.49 ms (more,
+# smaller launches), a tie at the official shape (14.6 vs 14.8 ms); as a CUDA graph, where launches cost nothing,
+# "fused" is ahead (0.74 vs 0.97 ms: less GPU work). So "auto" takes "fused" while a CUDA graph is being captured
+# (the graph step, CapturedStep) and "grouped" eagerly.
+DEFAULT_MOE_IMPL = "auto"
 
 
 def moe_impl() -> str:
-    """The CUDA MoE implementation: MIXLAB_MOE_IMPL (read per call) "grouped" (`moe_experts_grouped`, measured on an
-    H100) or "fused" (`moe_experts_fused`); both are checked against the per-expert loop, bench/bench_moe.py times
-    them. DEFAULT_MOE_IMPL is the one measured faster."""
+    """The CUDA MoE implementation for this call: MIXLAB_MOE_IMPL (read per call) "grouped"
+    (`moe_experts_grouped`), "fused" (`moe_experts_fused`) or "auto" (DEFAULT_MOE_IMPL: "fused" under CUDA-graph
+    capture, else "grouped"); both are checked against the per-expert loop, bench/bench_moe.py times them."""
     choice = os.environ.get("MIXLAB_MOE_IMPL", DEFAULT_MOE_IMPL).strip().lower()
     if choice not in MOE_IMPLS:
         raise MixlabError(f"MIXLAB_MOE_IMPL={choice!r}{did_you_mean(choice, MOE_IMPLS)}; choose one of "
                           f"{', '.join(MOE_IMPLS)}")
+    if choice == "auto":
+        capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()  # CPU builds raise
+        return "fused" if capturing else "grouped"
     return choice
 
 

@@ -164,6 +164,15 @@ def test_fused_function_partial_grads_and_bf16():
 
 def test_moe_impl_choice_is_validated(monkeypatch):
     assert moe_impl() in ("fused", "grouped")
+    # auto (the default): the fused Function only while a CUDA graph is captured, where it was measured faster
+    monkeypatch.delenv("MIXLAB_MOE_IMPL", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for capturing, want in ((True, "fused"), (False, "grouped")):
+        monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda c=capturing: c)
+        assert moe_impl() == want
+        monkeypatch.setenv("MIXLAB_MOE_IMPL", "grouped")  # an explicit choice wins over the capture
+        assert moe_impl() == "grouped"
+        monkeypatch.delenv("MIXLAB_MOE_IMPL")
     monkeypatch.setenv("MIXLAB_MOE_IMPL", "fusd")
     with pytest.raises(MixlabError, match="did you mean 'fused'"):
         moe_impl()

@@ -28,8 +28,10 @@ if [ "${ENGINE_STEP_COMPARE:-0}" = 1 ]; then
   step 45 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" --step-compare 64,256 \
     --scan-steps 12 --tag step
 fi
-step 55 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --prompts 64 --batch 64 --max-new-tokens 128 \
-  --repeats 2 --methods engine,engine-reference,hf
+if [ "${ENGINE_E2E:-1}" = 1 ]; then  # ENGINE_E2E=0: skip the end-to-end comparison with generate
+  step 55 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --prompts 64 --batch 64 --max-new-tokens 128 \
+    --repeats 2 --methods engine,engine-reference,hf
+fi
 step 45 $PY bench/bench_generation.py --preset 1b-a150m --device cuda --methods "" \
   --context-scan 1024,32768 --scan-rows 1,4 --scan-steps 16 --tag ctx
 grep -h -o '"ratio_last_vs_first": [0-9.]*\|"speedup[a-z_]*": [0-9.]*\|"ratio_vs_hf": {[^}]*' "$OUT"/generation-cuda-*.json 2>/dev/null

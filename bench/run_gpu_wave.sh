@@ -33,6 +33,7 @@ for item in ${1:-kda:150 step:150 moe:80 engine:170}; do
   else
     echo "missing $script"
   fi
+  tar czf "$FINAL_OUT/results.tgz" -C "$WORK" .  # after each item: a call cut at its limit still returns the rest
 done
 if [ -n "${WARM_PID:-}" ]; then wait "$WARM_PID"; echo "=== fla warm rc=$?"; grep -v -i warn "$WORK/flawarm.log" | tail -5; fi
 tar czf "$FINAL_OUT/results.tgz" -C "$WORK" .

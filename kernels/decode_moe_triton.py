@@ -28,8 +28,8 @@ import triton.language as tl
 BT = 16  # pair rows per dot tile (8 warps: ptxas for sm_90 then needs no spills at D = 1024, I = 384)
 # Tiles and launch options of the two expert kernels: the one table bench/bench_decode_moe.py sweeps on a GPU (it
 # replaces this dict) and test_decode_aot.py compiles for sm_90. BI/BD: the [BI, BD] weight tile of one dot step.
-EXPERT_LAUNCH = {"up": dict(BI=64, BD=64, num_warps=8, num_stages=1),
-                 "down": dict(BI=64, BD=64, num_warps=8, num_stages=1)}
+EXPERT_LAUNCH = {"up": dict(BI=32, BD=64, num_warps=4, num_stages=3),
+                 "down": dict(BI=64, BD=32, num_warps=4, num_stages=3)}
 
 
 @triton.jit

@@ -27,8 +27,10 @@ def _batch(model, B=2, T=256, seed=0):
     return {"input_ids": ids, "labels": labels, "count_mask": mask, "scale": torch.full((), 0.5, device="cuda")}
 
 
+@pytest.mark.parametrize("moe_impl", ["auto", "grouped"])  # auto: the fused MoE Function under capture
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_captured_model_step_matches_eager(checkpointing):
+def test_captured_model_step_matches_eager(checkpointing, moe_impl, monkeypatch):
+    monkeypatch.setenv("MIXLAB_MOE_IMPL", moe_impl)
     model = load_model("small", dtype=torch.float32, device="cuda", seed=0).train()
     if checkpointing:
         model.gradient_checkpointing_enable()
@@ -49,7 +51,11 @@ def test_captured_model_step_matches_eager(checkpointing):
     assert lg == pytest.approx(le, rel=1e-3)
     num = sum(float((a - b).float().pow(2).sum()) for a, b in zip(gg, ge))
     den = sum(float(b.float().pow(2).sum()) for b in ge)
-    assert (num / den) ** 0.5 < 2e-2, (num / den) ** 0.5  # bf16 autocast: different kernels order reductions
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    worst = sorted(((float((a - b).float().norm() / b.float().norm().clamp_min(1e-12)), n)
+                    for n, a, b in zip(names, gg, ge)), reverse=True)[:6]
+    # bf16 autocast: different kernels order reductions
+    assert (num / den) ** 0.5 < 2e-2, ((num / den) ** 0.5, worst)
 
 
 def test_sft_trainer_on_cuda_replays_the_graph(tmp_path, monkeypatch):
@@ -68,6 +74,6 @@ def test_sft_trainer_on_cuda_replays_the_graph(tmp_path, monkeypatch):
                                                train_dataset=datasets.Dataset.from_list(rows))
     trainer.train()
     assert trainer.graph_stats["graph"] == 4, trainer.graph_stats
-    assert trainer._graph_step.graph is not None
+    assert [s.graph is not None for s in trainer.graph_steps.values()] == [True]  # one batch shape: one graph
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 4 and all(l == l and 0 < l < 20 for l in losses), losses

@@ -1,12 +1,10 @@
 """GPU benchmark (CUDA only): torch-reference chunk_kda vs fla's Triton chunk_kda vs SDPA, forward+backward;
-with --issue, mixlab's own Triton KDA vs fla vs the torch reference at the issue's shape (H=32, K=V=128, 16k tokens);
-with --scores, mixlab's two score-kernel variants (v1 vs v2) at that shape, per-kernel times, no fla needed.
+with --issue, mixlab's own Triton KDA vs fla vs the torch reference at the issue's shape (H=32, K=V=128, 16k tokens).
 
 Shape of the `1b-a150m` preset's KDA layers (H=8, K=V=128) at B=4, T=2048, bf16 inputs. Writes
 bench/results/kda_gpu.json with the GPU name. fla rows are skipped when fla-core is not installed.
 
     python bench/bench_kda_gpu.py [--T 2048] [--B 4]
-    python -P bench/bench_kda_gpu.py --scores --Ts 2048 8192 --out /tmp/out/kda_scores.json
 """
 
 from __future__ import annotations
@@ -226,62 +224,6 @@ def sweep(args) -> None:
         Path(args.out).write_text(json.dumps(out, indent=2))
 
 
-def scores_compare(args) -> None:
-    """mixlab's two score-kernel variants (kda_triton.SCORES: v1 16-row blocks, v2 whole-chunk level dots) in one
-    run at the issue's shape (H=32, K=V=128, 16k tokens, each T of --Ts; bf16, in-op L2 norm), without fla: fwd and
-    fwd+bwd, GPU time per kernel, v1/v2 ratios, and v2's outputs and gradients against v1's."""
-    from mixlab.kernels import kda_triton
-    from mixlab.kernels.kda_triton import chunk_kda_triton
-
-    H, K, dev = args.issue_H, args.issue_K, args.device
-    out = {"device": torch.cuda.get_device_name() if dev == "cuda" else dev, "H": H, "K": K, "tokens": args.tokens,
-           "shapes": {}}
-    for T in args.Ts:
-        B = max(1, args.tokens // T)
-        torch.manual_seed(0)
-        q, k, v = (torch.randn(B, T, H, K, device=dev, dtype=torch.bfloat16) for _ in range(3))
-        g = -torch.rand(B, T, H, K, device=dev) * 0.2 - 0.01
-        beta = torch.rand(B, T, H, device=dev, dtype=torch.bfloat16)
-        leaves = [t.requires_grad_(True) for t in (q, k, v, g, beta)]
-        do = torch.randn_like(v)
-        fn = lambda: chunk_kda_triton(*leaves, use_qk_l2norm=True)[0]  # noqa: E731
-
-        def step():
-            fn().backward(do)
-            for t in leaves:
-                t.grad = None
-        row, grads = {}, {}
-        for variant in kda_triton.SCORES_VARIANTS:
-            kda_triton.SCORES = variant
-            try:
-                o = fn()
-                o.backward(do)
-                grads[variant] = [o.detach()] + [t.grad.clone() for t in leaves]
-                for t in leaves:
-                    t.grad = None
-                with torch.no_grad():
-                    fwd = cuda_time(fn, reps=args.reps)
-                row[variant] = {"fwd_ms": fwd, "fwd_bwd_ms": cuda_time(step, reps=args.reps)}
-                if dev == "cuda":
-                    row[variant]["kernels_fwd_bwd"] = kernel_breakdown(step, top=16)
-            except Exception as e:  # report and go on: the other variant's numbers still come back
-                row[variant] = {"error": repr(e)[:300]}
-            print(T, variant, json.dumps(row[variant]), flush=True)
-        if all("fwd_bwd_ms" in row.get(n, {}) for n in ("v1", "v2")):
-            row["v1_over_v2"] = {m: row["v1"][m] / row["v2"][m] for m in ("fwd_ms", "fwd_bwd_ms")}
-            print(f"T={T} v1/v2: fwd {row['v1_over_v2']['fwd_ms']:.2f}x, "
-                  f"fwd+bwd {row['v1_over_v2']['fwd_bwd_ms']:.2f}x", flush=True)
-        if "v1" in grads and "v2" in grads:
-            row["rel_err_v2_vs_v1"] = {n: _rel(a, b) for n, a, b in zip(
-                ("o", "dq", "dk", "dv", "dg", "dbeta"), grads["v2"], grads["v1"])}
-            print(T, "v2 vs v1", row["rel_err_v2_vs_v1"], flush=True)
-        out["shapes"][f"B{B}_T{T}"] = row
-        del grads
-        path = Path(args.out)  # after every shape: a run cut short still leaves its numbers
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(out, indent=2))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--issue", action="store_true", help="mixlab Triton vs fla vs torch at H=32, K=V=128")
@@ -300,10 +242,7 @@ def main() -> None:
     ap.add_argument("--H", type=int, default=8)
     ap.add_argument("--K", type=int, default=128)
     ap.add_argument("--sweep-T", type=int, default=0, help="time mixlab's launch variants at this T (see SWEEP)")
-    ap.add_argument("--scores", action="store_true", help="mixlab's score kernels v1 vs v2 at the issue's shape")
     args = ap.parse_args()
-    if args.scores:
-        return scores_compare(args)
     if args.sweep_T:
         return sweep(args)
     if args.issue:

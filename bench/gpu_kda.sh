@@ -4,19 +4,11 @@
 #   2. a sweep of mixlab's launch options at T=8k (mixlab only: its numbers arrive even if fla's compile is slow);
 #   3. forward / forward+backward at H=32, K=V=128, 16k tokens per batch, T = 2k / 8k / 32k: mixlab vs fla-core
 #      chunk_kda vs the torch reference, relative errors of each against the reference, GPU time per kernel.
-# KDA_SCORES=1: only the score kernels' variants (MIXLAB_KDA_SCORES v1 vs v2), their GPU tests and timing, no fla.
 # Prints the ratio fla/mixlab per T and the errors; JSON and logs go to $OUT (default /tmp/out).
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 cd "$(dirname "$0")/.." || exit 2
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name(0))"
-if [ "${KDA_SCORES:-0}" = 1 ]; then  # quick: the score kernels' variants v1 vs v2 only (GPU tests of v2, no fla)
-  timeout 60 python3 -P -m pytest -p no:cacheprovider --import-mode=importlib -q -m gpu -k v2 \
-    tests/kernels/test_kda_triton.py 2>&1 | tail -8 | tee "$OUT/kda_gpu_tests.log"
-  timeout 50 python3 -P bench/bench_kda_gpu.py --scores --Ts 2048 8192 --reps 5 --out "$OUT/kda_scores.json" 2>&1 \
-    | grep -v "^ \|^{\|^}" | tee "$OUT/kda_scores.log"
-  exit
-fi
 # The tests compile every kernel twice (bf16 and fp32 intermediates, ~24 compiles); later steps hit that cache.
 timeout 75 python3 -P -m pytest -p no:cacheprovider --import-mode=importlib -q -s -m gpu \
   tests/kernels/test_kda_triton.py 2>&1 | tail -30 | tee "$OUT/kda_gpu_tests.log"

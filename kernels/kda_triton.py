@@ -1,12 +1,11 @@
 """mixlab's own chunked KDA in Triton: forward and backward as one torch.autograd.Function.
 
-The algorithm is the chunked delta rule of kda_chunk.py / kda_chunk_fn.py (WY representation with the UT transform
-inside 64-token chunks, an fp32 state recurrence across chunks), with the same hand-derived backward; the kernels
-are in kda_triton_kernels.py (the score kernels in two variants, `SCORES`). Launches per call: forward 5 (cumsum,
-scores, solve, recurrence, output), backward 6 (output part, recurrence, intra-chunk in two, scores, reverse
-cumsum). Only the state update runs sequentially over chunks; the backward reuses what the forward saved (score
-matrices, the inverse, w, u, qg, kd, v_new and the chunk-start states, in the inputs' 16-bit dtype like fla-core's,
-or fp32 for fp32 inputs).
+The algorithm is the chunked delta rule of kda_chunk.py / kda_chunk_fn.py (WY representation with the UT
+transform inside 64-token chunks, an fp32 state recurrence across chunks), with the same hand-derived backward;
+the kernels are in kda_triton_kernels.py. Launches per call: forward 5 (cumsum, scores, solve, recurrence,
+output), backward 6 (output part, recurrence, intra-chunk in two, scores, reverse cumsum). Only the state update runs
+sequentially over chunks; the backward reuses what the forward saved (score matrices, the inverse, w, u, qg, kd,
+v_new and the chunk-start states, in the inputs' 16-bit dtype like fla-core's, or fp32 for fp32 inputs).
 
 Requirements: g ≤ 0 (log decay, as `kda_gate` gives), K and V powers of two from 16 to 256, chunk size 64.
 q and k are L2-normalised here (`L2NormTriton`, the Triton twin of `kda_common.l2norm`) when asked. Reference:
@@ -15,8 +14,6 @@ on CPU, real shapes on GPU).
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
@@ -34,9 +31,7 @@ from .kda_triton_kernels import (
     _l2norm_fwd_kernel,
     _output_fwd_kernel,
     _scores_bwd_kernel,
-    _scores_bwd_levels_kernel,
     _scores_fwd_kernel,
-    _scores_fwd_levels_kernel,
     _solve_fwd_kernel,
     _state_bwd_kernel,
     _state_fwd_kernel,
@@ -59,8 +54,6 @@ LAUNCH = {
     "_intra_bwd_v_kernel": {"num_warps": 4},
     "_intra_bwd_kernel": {"num_warps": 8, "num_stages": 1},
     "_scores_bwd_kernel": {"num_warps": 8},
-    "_scores_fwd_levels_kernel": {"num_warps": 8},  # 4 warps: 255 registers (bwd: spills)
-    "_scores_bwd_levels_kernel": {"num_warps": 8},
     "_l2norm_fwd_kernel": {"num_warps": 4},
     "_l2norm_bwd_kernel": {"num_warps": 4},
 }
@@ -69,21 +62,6 @@ LAUNCH = {
 LAUNCH_FP32 = {"_state_fwd_kernel": {"num_warps": 8, "num_stages": 1},
                "_state_bwd_kernel": {"num_warps": 8, "num_stages": 1}}
 L2_ROWS = 32  # rows per program of the L2 norm
-# The score kernels' variant (kda_triton_kernels.py): "v1" `_scores_fwd_kernel` / `_scores_bwd_kernel` (16-row
-# blocks, the diagonal block column by column), "v2" the `_levels` kernels (whole chunks as six reference-row
-# levels of [64, 64] dots). Environment MIXLAB_KDA_SCORES, read once here; the bench sets `SCORES` to time both.
-SCORES_VARIANTS = ("v1", "v2")
-SCORES_BK = 32  # K columns per step of the v2 kernels (their [64, BK] tiles)
-
-
-def _scores_variant() -> str:
-    raw = os.environ.get("MIXLAB_KDA_SCORES", "").strip().lower() or "v1"
-    if raw not in SCORES_VARIANTS:
-        raise MixlabError(f"MIXLAB_KDA_SCORES={raw!r}: choose one of {', '.join(SCORES_VARIANTS)}")
-    return raw
-
-
-SCORES = _scores_variant()
 
 
 def launch_options(name: str, store_dtype: torch.dtype) -> dict:
@@ -154,13 +132,8 @@ class KDATritonFunction(torch.autograd.Function):
         _cumsum_kernel[(NT, H)](g, G, cu, ci, H=H, K=K, C=CHUNK, REVERSE=False, **LAUNCH["_cumsum_kernel"])
         Aqk = torch.empty(T, H, CHUNK, **f32)
         Akk = torch.empty(T, H, CHUNK, **f32)
-        levels = SCORES == "v2"
-        if levels:
-            _scores_fwd_levels_kernel[(NT, H)](q, k, G, Aqk, Akk, cu, ci, scale, H=H, K=K, C=CHUNK,
-                                               BK=min(K, SCORES_BK), **LAUNCH["_scores_fwd_levels_kernel"])
-        else:
-            _scores_fwd_kernel[(NT, CHUNK // SUB, H)](q, k, G, Aqk, Akk, cu, ci, scale, H=H, K=K, C=CHUNK, BC=SUB,
-                                                        **LAUNCH["_scores_fwd_kernel"])
+        _scores_fwd_kernel[(NT, CHUNK // SUB, H)](q, k, G, Aqk, Akk, cu, ci, scale, H=H, K=K, C=CHUNK, BC=SUB,
+                                                    **LAUNCH["_scores_fwd_kernel"])
         Tm = torch.empty(T, H, CHUNK, **f32)
         w, qg, kd = (torch.empty(T, H, K, **sd) for _ in range(3))
         u = torch.empty(T, H, DV, **sd)
@@ -182,7 +155,6 @@ class KDATritonFunction(torch.autograd.Function):
                                                **LAUNCH["_output_fwd_kernel"])
         ctx.save_for_backward(q, k, v, G, beta, Aqk, Akk, Tm, w, u, qg, kd, v_new, starts, cu, ci, co)
         ctx.scale = scale
-        ctx.levels = levels
         ctx.has_s0 = initial_state is not None
         ctx.s0_dtype = None if initial_state is None else initial_state.dtype
         ctx.dtypes = (q.dtype, k.dtype, g.dtype)
@@ -223,17 +195,10 @@ class KDATritonFunction(torch.autograd.Function):
             k, G, beta, Akk, Tm, w, qg, v_new, starts, dnext, do, du, dq, dk, dG, dbeta, dAkk, cu, ci,
             H=H, K=K, DV=DV, C=CHUNK, BV=BV, **LAUNCH["_intra_bwd_kernel"],
         )
-        if ctx.levels:
-            BK = min(K, SCORES_BK)
-            _scores_bwd_levels_kernel[(NT * (K // BK), H)](
-                q, k, G, dAqk, dAkk, dq, dk, dG, cu, ci, ctx.scale, H=H, K=K, C=CHUNK, BK=BK,
-                **LAUNCH["_scores_bwd_levels_kernel"],
-            )
-        else:
-            _scores_bwd_kernel[(NT, CHUNK // SUB, H)](
-                q, k, G, dAqk, dAkk, dq, dk, dG, cu, ci, ctx.scale, H=H, K=K, C=CHUNK, BC=SUB,
-                **LAUNCH["_scores_bwd_kernel"],
-            )
+        _scores_bwd_kernel[(NT, CHUNK // SUB, H)](
+            q, k, G, dAqk, dAkk, dq, dk, dG, cu, ci, ctx.scale, H=H, K=K, C=CHUNK, BC=SUB,
+            **LAUNCH["_scores_bwd_kernel"],
+        )
         dg = torch.empty(T, H, K, **f32)
         _cumsum_kernel[(NT, H)](dG, dg, cu, ci, H=H, K=K, C=CHUNK, REVERSE=True, **LAUNCH["_cumsum_kernel"])
         shape = (1, T, H, K)

@@ -25,15 +25,14 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import kda_triton_kernels as kk
-from .kda_triton import CHUNK, L2_ROWS, SCORES_BK, SUB, _bv, _bv_out, launch_options
+from .kda_triton import CHUNK, L2_ROWS, SUB, _bv, _bv_out, launch_options
 
 # Shared memory one block may use: H100 and H200 (sm_90), as the device reported it.
 SM90_SHARED_LIMIT = 232448
 
 
 def _specs(H: int, K: int, DV: int, dt: str = "*bf16"):
-    """Signature and constants of every kernel as kda_triton.py launches it (dt: the intermediates' dtype), both
-    variants of the score kernels (kda_triton.SCORES) included."""
+    """Signature and constants of every kernel as kda_triton.py launches it (dt: the intermediates' dtype)."""
     P, I, F = "*fp32", "*i32", "fp32"
     BV, BVO = _bv(DV), _bv_out(DV)
     return {
@@ -56,10 +55,6 @@ def _specs(H: int, K: int, DV: int, dt: str = "*bf16"):
                               dict(H=H, K=K, DV=DV, C=CHUNK, BV=BV)),
         "_scores_bwd_kernel": (dict(Q=dt, Kt=dt, G=P, DAQK=P, DAKK=P, DQ=P, DK=P, DG=P, cu=I, CI=I, scale=F),
                                dict(H=H, K=K, C=CHUNK, BC=SUB)),
-        "_scores_fwd_levels_kernel": (dict(Q=dt, Kt=dt, G=P, AQK=P, AKK=P, cu=I, CI=I, scale=F),
-                                      dict(H=H, K=K, C=CHUNK, BK=min(K, SCORES_BK))),
-        "_scores_bwd_levels_kernel": (dict(Q=dt, Kt=dt, G=P, DAQK=P, DAKK=P, DQ=P, DK=P, DG=P, cu=I, CI=I,
-                                           scale=F), dict(H=H, K=K, C=CHUNK, BK=min(K, SCORES_BK))),
         "_l2norm_fwd_kernel": (dict(X=dt, Y=P, R=P, n_rows="i32", eps=F), dict(D=K, BR=L2_ROWS)),
         "_l2norm_bwd_kernel": (dict(Y=P, R=P, DY=P, DX=dt, n_rows="i32"), dict(D=K, BR=L2_ROWS)),
     }

@@ -9,13 +9,6 @@ Tm = (I + diag(β)Akk)⁻¹,
 u = Tm (β v), w = Tm (β k e^Γ), qg = q e^Γ, kd = k e^{Γ_last − Γ}; per chunk: v_new = u − w S,
 o = qg S + Aqk v_new, S ← e^{Γ_last} ⊙ S + kdᵀ v_new.
 
-Score kernels, two variants (kda_triton.SCORES): v1 (`_scores_fwd_kernel`, `_scores_bwd_kernel`) one program per
-16-row sub-block, earlier sub-blocks by [16, K] dots, the diagonal sub-block column by column (16 serial [16, K]
-passes with a reduction over K each: latency-bound); v2 (the `_levels` kernels) one program per chunk (backward: per
-chunk and block of K columns) and every entry t > s through `_level` dots: level b ∈ {32, ..., 1} holds the pairs
-whose index bits first differ at b, factored through the reference row between them (each factor e^{≤0}): per
-block of BK columns of K, one [64, BK] × [BK, 64] dot per level and matrix (tensor cores at M = 64), no serial passes.
-
 Work split (as in fla-core's chunked kernels): everything per chunk runs in parallel kernels; the two recurrences
 (forward over chunks, backward in reverse) keep only the state update in their sequential loop.
 
@@ -23,11 +16,11 @@ Addressing: a program adds its chunk's int64 offset to the base pointer once (a 
 int32 offsets (row · H·D + column); int64 offset tiles cost two registers per element and defeat vectorised loads.
 
 Numerics: every exponent is clamped with min(·, 0). For g ≤ 0 (a decay, as KDA's gate always gives) the clamp
-changes nothing on the entries that are used: score entries are split so each factor is e^{≤0} (v1: pairwise inside
-a 16-token sub-block, through the sub-block boundary between sub-blocks; v2: through the reference row of the pair's
-level), and the clamp keeps masked and padded entries finite (no inf·0 = NaN). Score matrices, Tm, Γ and the
-recurrent state are fp32; the intermediates passed between kernels (w, u, qg, kd, v_new, chunk states, du) and the
-tensor-core dots over them are in their storage dtype (the inputs' bf16/fp16, else fp32), accumulating in fp32.
+changes nothing on the entries that are used: score entries are split so each factor is e^{≤0} (pairwise inside a
+16-token sub-block, through the sub-block boundary between sub-blocks), and the clamp keeps masked and padded
+entries finite (no inf·0 = NaN). Score matrices, Tm, Γ and the recurrent state are fp32; the intermediates passed
+between kernels (w, u, qg, kd, v_new, chunk states, du) and the tensor-core dots over them are in their storage
+dtype (the inputs' bf16/fp16, else fp32), accumulating in fp32.
 """
 
 from __future__ import annotations
@@ -537,109 +530,6 @@ def _scores_bwd_kernel(Q, Kt, G, DAQK, DAKK, DQ, DK, DG, cu, CI, scale,
     tl.store(DQ + bk + off_b, dq * scale, mask=m)
     tl.store(DK + bk + off_b, tl.load(DK + bk + off_b, mask=m, other=0.0) + dk_r + dk_c, mask=m)
     tl.store(DG + bk + off_b, tl.load(DG + bk + off_b, mask=m, other=0.0) + dg_b, mask=m)
-
-
-@triton.jit
-def _dot3(a, b):
-    # The forward's level dots in tf32x3 (about fp32): they give every score entry, the diagonal sub-blocks' too,
-    # which v1 sums elementwise in fp32 (Akk feeds the inverse). The backward's are tf32, like v1's off-diagonal
-    # blocks: tf32x3 splits its [C, C] operands in registers and spills.
-    return tl.dot(a, b, input_precision="tf32x3")
-
-
-@triton.jit
-def _level(Gb, g, d, nv, b, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr):
-    """Level b (C/2, ..., 2, 1) of a chunk's score matrices (v2) over the K columns d (g: the chunk's Γ there, [C, BK]):
-    the pairs t > s whose highest differing index bit is b, i.e. t in the upper and s in the lower half of one
-    2b-aligned group, whose reference row r (the lower half's last) lies between them, so that
-    e^{Γ_t − Γ_s} = e^{Γ_t − Γ_r} · e^{Γ_r − Γ_s} with both factors e^{≤0}: no overflow whatever the decay, and a
-    dot over K (factors er on the t side, ec on the s side) gives those pairs. The levels cover every t > s once.
-    Returns (er, ec, pair mask [C, C]). Γ falls along the chunk (g ≤ 0): one exponential per entry, e^{−|Γ − Γ_r|}
-    is er after r and ec up to r (the other factor is 1; min(·, 0) clamps would give the same)."""
-    rc = tl.arange(0, C)
-    rr = rc // (2 * b) * (2 * b) + (b - 1)
-    g_r = tl.load(Gb + rr[:, None] * (H * K) + d[None, :], mask=(rr < nv)[:, None], other=0.0)
-    x = g - g_r
-    ex = tl.exp(-tl.abs(x))
-    hb = rc // b
-    pair = (hb[:, None] == hb[None, :] + 1) & (hb % 2 == 1)[:, None]
-    return tl.where(x < 0, ex, 1.0), tl.where(x > 0, ex, 1.0), pair
-
-
-@triton.jit
-def _scores_fwd_levels_kernel(Q, Kt, G, AQK, AKK, cu, CI, scale,
-                              H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr):
-    """v2 of `_scores_fwd_kernel` (kda_triton.SCORES): Aqk and Akk of a whole chunk (grid: chunks, heads) as the
-    sum of `_level` dots ([C, BK] × [BK, C], six levels per block of BK columns of K) plus Aqk's diagonal q_t·k_t.
-    Full [C, C] products instead of v1's [BC, BC] blocks and BC serial column passes: the tensor cores see M = 64."""
-    tl.static_assert(C == 64)  # six levels
-    pid, h = tl.program_id(0), tl.program_id(1)
-    th, nv = _chunk_pos(CI, cu, pid, H, C)
-    bk = (th + h) * K
-    rc = tl.arange(0, C)
-    vc = (rc < nv)[:, None]
-    aq = tl.zeros([C, C], dtype=tl.float32)
-    ak = tl.zeros([C, C], dtype=tl.float32)
-    qk = tl.zeros([C], dtype=tl.float32)
-    for kb in range(K // BK):
-        d = kb * BK + tl.arange(0, BK)
-        off = rc[:, None] * (H * K) + d[None, :]
-        q = tl.load(Q + bk + off, mask=vc, other=0.0).to(tl.float32) * scale
-        k = tl.load(Kt + bk + off, mask=vc, other=0.0).to(tl.float32)
-        g = tl.load(G + bk + off, mask=vc, other=0.0)
-        qk += tl.sum(q * k, 1)
-        for lv in range(6):  # a loop, not unrolled: one level's tiles live at a time (registers)
-            er, ec, pair = _level(G + bk, g, d, nv, 32 >> lv, H, K, C)
-            kc = tl.trans(k * ec)
-            aq += tl.where(pair, _dot3(q * er, kc), 0.0)
-            ak += tl.where(pair, _dot3(k * er, kc), 0.0)
-    aq = tl.where(rc[:, None] == rc[None, :], qk[:, None], aq)
-    off_a = (th + h) * C + rc[:, None] * (H * C) + rc[None, :]
-    tl.store(AQK + off_a, aq, mask=vc)
-    tl.store(AKK + off_a, ak, mask=vc)
-
-
-@triton.jit
-def _scores_bwd_levels_kernel(Q, Kt, G, DAQK, DAKK, DQ, DK, DG, cu, CI, scale,
-                              H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr):
-    """v2 of `_scores_bwd_kernel`: the score matrices' backward for BK columns of K of a whole chunk (grid: chunks ×
-    column blocks, heads; a chunk's column blocks adjacent, as they read the same dA), by the `_level`s of the
-    forward: per level, dq, dk of the rows t (factor er after a [C, C] × [C, BK] dot) and dk of the columns s
-    (factor ec before one), plus Aqk's diagonal. Adds to the partial dq, dk, dΓ; dq finally times `scale`."""
-    tl.static_assert(C == 64)  # six levels
-    pid, h = tl.program_id(0), tl.program_id(1)
-    kb, pid = pid % (K // BK), pid // (K // BK)
-    th, nv = _chunk_pos(CI, cu, pid, H, C)
-    bk, bc = (th + h) * K, (th + h) * C
-    rc = tl.arange(0, C)
-    vc = (rc < nv)[:, None]
-    d = kb * BK + tl.arange(0, BK)
-    off = rc[:, None] * (H * K) + d[None, :]
-    q = tl.load(Q + bk + off, mask=vc, other=0.0).to(tl.float32) * scale
-    k = tl.load(Kt + bk + off, mask=vc, other=0.0).to(tl.float32)
-    g = tl.load(G + bk + off, mask=vc, other=0.0)
-    off_c = bc + rc[:, None] * (H * C) + rc[None, :]
-    dd = tl.load(DAQK + bc + rc * (H * C + 1), mask=rc < nv, other=0.0)[:, None]  # Aqk[t,t] = q_t·k_t
-    # Two passes over the levels, rows t then columns s, so that few tiles are live at once (registers); each
-    # level's pairs of dA are loaded masked (cache hits after the first).
-    dq_r = dd * k
-    dk_r = tl.zeros([C, BK], dtype=tl.float32)
-    for lv in range(6):  # loops, not unrolled: one level's tiles live at a time
-        er, ec, pair = _level(G + bk, g, d, nv, 32 >> lv, H, K, C)
-        kc = k * ec
-        dq_r += er * tl.dot(tl.load(DAQK + off_c, mask=pair & vc, other=0.0), kc)
-        dk_r += er * tl.dot(tl.load(DAKK + off_c, mask=pair & vc, other=0.0), kc)
-    dq = tl.load(DQ + bk + off, mask=vc, other=0.0) + dq_r
-    tl.store(DQ + bk + off, dq * scale, mask=vc)
-    dg = q * dq_r + k * dk_r
-    dk_c = dd * q
-    for lv in range(6):
-        er, ec, pair = _level(G + bk, g, d, nv, 32 >> lv, H, K, C)
-        mq = tl.load(DAQK + off_c, mask=pair & vc, other=0.0)
-        mk = tl.load(DAKK + off_c, mask=pair & vc, other=0.0)
-        dk_c += ec * tl.dot(tl.trans(mk), k * er, tl.dot(tl.trans(mq), q * er))
-    tl.store(DK + bk + off, tl.load(DK + bk + off, mask=vc, other=0.0) + dk_r + dk_c, mask=vc)
-    tl.store(DG + bk + off, tl.load(DG + bk + off, mask=vc, other=0.0) + dg - k * dk_c, mask=vc)
 
 
 @triton.jit

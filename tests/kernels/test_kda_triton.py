@@ -25,15 +25,6 @@ from mixlab.kernels.kda_triton import chunk_kda_triton  # noqa: E402
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.fixture(params=["v1", "v2"])
-def scores(request, monkeypatch):
-    """Each variant of the score kernels (kda_triton.SCORES: v1 16-row blocks, v2 whole-chunk level dots)."""
-    from mixlab.kernels import kda_triton
-
-    monkeypatch.setattr(kda_triton, "SCORES", request.param)
-    return request.param
-
-
 def _inputs(B, T, H, K, V, n_state, g_min, seed, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(B, T, H, K, generator=gen)
@@ -81,18 +72,18 @@ def _compare(ref_fn, tensors, cu=None, use_s0=True, tol=1e-4, seed=0):
     return errs
 
 
-def test_matches_naive_two_chunks_with_state(scores):
+def test_matches_naive_two_chunks_with_state():
     # T=70: a full chunk, then one of 6 tokens; initial and final state.
     _compare(naive_recurrent_kda, _inputs(1, 70, 1, 16, 16, 1, -1.0, seed=0))
 
 
-def test_matches_naive_varlen_no_initial_state(scores):
+def test_matches_naive_varlen_no_initial_state():
     # Packed sequences of 5, 30 and 1 tokens: chunks restart at each boundary; V ≠ K.
     cu = torch.tensor([0, 5, 35, 36])
     _compare(naive_recurrent_kda, _inputs(1, 36, 1, 16, 32, 3, -1.0, seed=1), cu=cu, use_s0=False)
 
 
-def test_matches_naive_strong_decay_no_overflow(scores):
+def test_matches_naive_strong_decay_no_overflow():
     # Gates down to −20 per token: Γ falls by ~160 over a 16-token sub-block and ~640 over a chunk, so a factor
     # e^{Γ_t − Γ_ref} with t before the reference row overflows fp32 (e^{88}); every exponent must stay ≤ 0 (no
     # inf, no NaN: `_compare` checks every gradient is finite). A full chunk and a partial one.
@@ -101,20 +92,20 @@ def test_matches_naive_strong_decay_no_overflow(scores):
 
 
 @pytest.mark.slow
-def test_matches_naive_batch(scores):
+def test_matches_naive_batch():
     # B=2 sequences of 130 tokens (two full chunks and a partial one each), two heads.
     _compare(naive_recurrent_kda, _inputs(2, 130, 2, 16, 16, 2, -3.0, seed=6))
 
 
 @pytest.mark.slow
-def test_matches_naive_strong_decay_varlen_with_state(scores):
+def test_matches_naive_strong_decay_varlen_with_state():
     # g down to −20 per token (where the factored score form would overflow), two heads, 3 chunks in a sequence.
     cu = torch.tensor([0, 150, 190])
     _compare(naive_recurrent_kda, _inputs(1, 190, 2, 16, 16, 2, -20.0, seed=2), cu=cu)
 
 
 @pytest.mark.slow
-def test_matches_naive_varlen_at_block_boundaries(scores):
+def test_matches_naive_varlen_at_block_boundaries():
     # Lengths on both sides of the 16-token sub-block and 64-token chunk boundaries (score blocks fully valid,
     # partial and past the end; a one-token sequence), seven sequences with their initial states.
     lens = torch.tensor([16, 17, 48, 63, 64, 65, 1])
@@ -170,7 +161,7 @@ def bf16_path_on_cpu(monkeypatch):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter-only check (the GPU tests cover this path)")
-def test_bf16_intermediates_path_matches_naive(bf16_path_on_cpu, scores):
+def test_bf16_intermediates_path_matches_naive(bf16_path_on_cpu):
     # bf16 inputs, intermediates in bf16 (w, u, qg, kd, v_new, states, du) with bf16 dots: errors at bf16 level
     # against the fp32 token loop; two chunks (one partial), initial and final state.
     q, k, v, g, beta, s0 = _inputs(1, 70, 1, 16, 16, 1, -1.0, seed=10)
@@ -181,7 +172,7 @@ def test_bf16_intermediates_path_matches_naive(bf16_path_on_cpu, scores):
 
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter-only check (the GPU tests cover this path)")
-def test_bf16_intermediates_path_strong_decay_varlen(bf16_path_on_cpu, scores):
+def test_bf16_intermediates_path_strong_decay_varlen(bf16_path_on_cpu):
     cu = torch.tensor([0, 150, 190])
     q, k, v, g, beta, s0 = _inputs(1, 190, 2, 16, 32, 2, -20.0, seed=11)
     tensors = [t.bfloat16() for t in (q, k, v)] + [g, beta.bfloat16(), s0]
@@ -210,7 +201,7 @@ def test_kernels_compile_for_hopper_within_shared_memory():
                     timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads(res.stdout.strip().splitlines()[-1])
-    assert len(report) == 2 * 14
+    assert len(report) == 2 * 12
     assert max(r["shared"] for r in report.values()) <= SM90_SHARED_LIMIT, report
     assert max(r["spill_bytes"] for r in report.values()) <= 1024, report
 
@@ -218,7 +209,7 @@ def test_kernels_compile_for_hopper_within_shared_memory():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("varlen", [False, True])
-def test_gpu_kimi_shape_matches_torch_reference(varlen, scores):
+def test_gpu_kimi_shape_matches_torch_reference(varlen):
     # H=32, K=V=128 (Kimi Linear), fp32 inputs; tf32 tensor-core dots inside the kernels, hence the tolerance.
     T = 2048 if varlen else 1024
     cu = torch.tensor([0, 300, 1100, 2048], device=DEV) if varlen else None
@@ -231,7 +222,7 @@ def test_gpu_kimi_shape_matches_torch_reference(varlen, scores):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_kimi_shape_bf16_matches_torch_reference(scores):
+def test_gpu_kimi_shape_bf16_matches_torch_reference():
     # bf16 inputs take the 16-bit path (w, u, qg, kd, v_new, chunk states and du stored in bf16, bf16 tensor-core
     # dots with fp32 accumulation, as fla-core does): errors at bf16 level against the fp32 torch reference.
     q, k, v, g, beta, s0 = _inputs(2, 1024, 32, 128, 128, 2, -1.0, seed=8, device=DEV)

@@ -1,7 +1,7 @@
 """Fill Triton's compile cache (TRITON_CACHE_DIR) with fla-core's and mixlab's kernels at the shapes the GPU benches
 use, with the benches' one-autotune-config cap, so that bench_kda_gpu / bench_step / bench_loss_agreement find them
-compiled. fla's first use compiles for ~200 s; run_gpu_wave.sh starts this in the background while benches that do
-not use fla run, and carries the cache to the next call. Does little GPU work (B=1, T=2048).
+compiled. fla's first use compiles for ~200 s; run_gpu_wave.sh runs this first (WARM_S) and carries the cache to the
+next call. Not in the background of timed runs: its compiles and GPU work (B=1, T=2048) disturbed them in wave 5.
     python3 -P bench/fla_warm.py
 """
 

@@ -2,12 +2,13 @@
 # The lead's one device call: runs each area's GPU script (tests + benchmarks) under its own time limit and brings
 # everything back as two archives (the device returns at most 8 files). Triton's compile cache lives in .tritoncache,
 # carried between calls (or packed in .tcpack/), so fla-core's ~200 s first compile is not paid every call.
-#   usage on the device: OUT=... [WARM_S=400] bash bench/run_gpu_wave.sh "kda:150 step:150 moe:80 engine:170"
+#   usage on the device: OUT=... [WARM_S=60] bash bench/run_gpu_wave.sh "kda:150 step:150 moe:80 engine:170"
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 MIXLAB_DATA= TOKENIZERS_PARALLELISM=false
 export TRITON_CACHE_DIR="$PWD/.tritoncache"; mkdir -p "$TRITON_CACHE_DIR"
 # A cache brought back by an earlier call (its tritoncache.tgz.part-* files, saved here under the ignored .tcpack/ and
-# carried; 34 MB for fla's H=32 KDA + mixlab's kernels) is unpacked first: it survives between sessions.
+# carried; 53 MB after wave 5: fla's H=32 KDA and 1b-a150m kernels + mixlab's) is unpacked first: it survives between
+# sessions.
 if ls .tcpack/tritoncache.tgz.part-* >/dev/null 2>&1; then cat .tcpack/tritoncache.tgz.part-* | tar xzf - && echo "cache unpacked"; fi
 FINAL_OUT=${OUT:-/tmp/out}; WORK=/tmp/wave; rm -rf "$WORK"; mkdir -p "$WORK" "$FINAL_OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -17,10 +18,11 @@ fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "pip install -e . failed"
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name(0))"
 python3 -c "import fla; print('fla', fla.__version__)" 2>&1 | tail -1
-# WARM_S=N: compile fla's kernels into the cache in the background (bench/fla_warm.py) while the first items run.
+# WARM_S=N: first compile fla's kernels into the cache (bench/fla_warm.py), for at most N s. In the foreground: run in
+# the background (wave 5) its GPU work and compiles overlapped the engine's timings and made them unusable.
 if [ -n "${WARM_S:-}" ]; then
-  timeout -k 5 "$WARM_S" python3 -P bench/fla_warm.py > "$WORK/flawarm.log" 2>&1 &
-  WARM_PID=$!
+  timeout -k 5 "$WARM_S" python3 -P bench/fla_warm.py > "$WORK/flawarm.log" 2>&1
+  echo "=== fla warm rc=$?"; grep -v -i warn "$WORK/flawarm.log" | tail -5
 fi
 declare -A SCRIPT=([kda]=bench/gpu_kda.sh [step]=bench/gpu_step.sh [moe]=bench/gpu_moe.sh [engine]=bench/run_engine_gpu.sh)
 for item in ${1:-kda:150 step:150 moe:80 engine:170}; do
@@ -35,7 +37,6 @@ for item in ${1:-kda:150 step:150 moe:80 engine:170}; do
   fi
   tar czf "$FINAL_OUT/results.tgz" -C "$WORK" .  # after each item: a call cut at its limit still returns the rest
 done
-if [ -n "${WARM_PID:-}" ]; then wait "$WARM_PID"; echo "=== fla warm rc=$?"; grep -v -i warn "$WORK/flawarm.log" | tail -5; fi
 tar czf "$FINAL_OUT/results.tgz" -C "$WORK" .
 if [ "${KEEP_CACHE:-1}" = 1 ]; then  # KEEP_CACHE=0: no cache back (the device returns at most 8 files)
   tar czf /tmp/tc.tgz .tritoncache && split -b 15m /tmp/tc.tgz "$FINAL_OUT/tritoncache.tgz.part-"

@@ -1,7 +1,7 @@
 """The engine's MoE decode experts (decode_moe_triton.experts_triton) at the 1b-a150m shape: a sweep of the expert
 kernels' launch table (EXPERT_LAUNCH) against the gather reference, in the same run, each timed as a CUDA graph
-(as the engine replays it). Prints ms per call, the weight bandwidth it reaches and each candidate's largest
-deviation from the current default.
+replay (as the engine runs it; `bench_moe.graph_ms`). Prints ms per call, the weight bandwidth it reaches and each
+candidate's largest deviation from the current default.
 
     python3 -P bench/bench_decode_moe.py --rows 64 --out bench/results/decode_moe.json   # on a GPU
     python3 -P bench/bench_decode_moe.py --aot     # on CPU: shared memory, registers and spills for sm_90 (ptxas)
@@ -14,11 +14,15 @@ import itertools
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 from mixlab.kernels import decode_moe_triton as dm
 from mixlab.kernels.decode_moe import moe_experts_gather
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_moe import graph_ms  # noqa: E402  (CUDA-graph replay timing, as the engine replays the step)
 
 # 1b-a150m: d 1024, 48 routed experts top-3 + 1 shared, expert width 384
 D, I, E, TOP_K, IS = 1024, 384, 48, 3, 384
@@ -50,28 +54,6 @@ def aot_report() -> dict:
             out[f"{kind} {json.dumps(c)}"] = r
             print(f"{kind:<5} {c} {r}", file=sys.stderr, flush=True)
     return out
-
-
-def graph_ms(fn, iters: int = 50) -> float:
-    """ms per call of fn replayed as a CUDA graph (warm, median of 5 batches of `iters`)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    times = []
-    for _ in range(5):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            g.replay()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) / iters * 1e3)
-    return sorted(times)[2]
 
 
 def main() -> None:

@@ -24,9 +24,12 @@ MIXLAB_KDA_BACKEND=triton timeout "$(left 60)" $PY -m pytest -p no:cacheprovider
 say "gpu tests rc=$?"; grep -E "^E  |passed|failed" "$OUT/step_gpu_tests.log" | cut -c1-600 | tail -n 12
 
 # The comparison: the off-the-shelf peer (fla KDA + grouped_mm + SDPA) against mixlab's paths.
-[ "${STEP_BENCH:-1}" = 1 ] && timeout "$(left 150)" $PY bench/bench_step.py --tokens 8192,16384 --modes peer,fast,fast_graph,fast_graph_grouped,recipe_graph \
-    --iters 10 --fla-configs 1 --out "$OUT/step.json" > "$OUT/step.log" 2>&1
-say "bench_step rc=$?"; tail -n 10 "$OUT/step.log"
+if [ "${STEP_BENCH:-1}" = 1 ]; then
+  timeout "$(left 150)" $PY bench/bench_step.py --tokens 8192,16384 \
+    --modes peer,fast,fast_graph,fast_graph_grouped,recipe_graph --iters 10 --fla-configs 1 --out "$OUT/step.json" \
+    > "$OUT/step.log" 2>&1
+  say "bench_step rc=$?"; tail -n 10 "$OUT/step.log"
+fi
 
 timeout "$(left 150)" $PY bench/bench_loss_agreement.py --steps 200 --fla-configs 1 --recipe \
     --out "$OUT/loss_agreement.json" > "$OUT/loss_agreement.log" 2>&1

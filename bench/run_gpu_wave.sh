@@ -37,7 +37,6 @@ for item in ${1:-kda:150 step:150 moe:80 engine:170}; do
   fi
   tar czf "$FINAL_OUT/results.tgz" -C "$WORK" .  # after each item: a call cut at its limit still returns the rest
 done
-tar czf "$FINAL_OUT/results.tgz" -C "$WORK" .
 if [ "${KEEP_CACHE:-1}" = 1 ]; then  # KEEP_CACHE=0: no cache back (the device returns at most 8 files)
   tar czf /tmp/tc.tgz .tritoncache && split -b 15m /tmp/tc.tgz "$FINAL_OUT/tritoncache.tgz.part-"
 fi

@@ -9,7 +9,9 @@ reference and op in decode_moe.py.
    the expert's rows 16 at a time and computes h = SiLU(x W1ᵀ) ⊙ (x W3ᵀ) with one read of the weight tile.
 4. `_down_kernel`, program per (expert, D-tile), the same way: y = h W2ᵀ.
 5. `_combine_kernel`, program per (row, D-tile): Σ_k weight · y_pair in fp32, fixed order, then + shared.
-Each expert's weights are read once per step however many rows pick it, and every shape depends only on the rows.
+Each routed expert's weights are read once per step however many rows pick it (up to 16; beyond, again from L2),
+the shared experts' once per 16-row group (concurrently, from L2 after the first), and every shape depends only on
+the rows.
 Roundings follow the reference (gather form + the shared MLP): GEMM outputs, SiLU and the product in the
 activation dtype, the weighted sum in fp32.
 
@@ -25,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-BT = 16  # pair rows per dot tile (8 warps: ptxas for sm_90 then needs no spills at D = 1024, I = 384)
+BT = 16  # pair rows per dot tile (the smallest tensor-core tile; decode batches put a few rows on each expert)
 # Tiles and launch options of the two expert kernels: the one table bench/bench_decode_moe.py sweeps on a GPU (it
 # replaces this dict) and test_decode_aot.py compiles for sm_90. BI/BD: the [BI, BD] weight tile of one dot step.
 EXPERT_LAUNCH = {"up": dict(BI=32, BD=64, num_warps=4, num_stages=3),

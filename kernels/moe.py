@@ -2,9 +2,9 @@
 
 Three expert implementations of one contract (`moe_experts`):
 - `moe_experts_fused`: CUDA bf16 calls take it while a CUDA graph is captured, or always with MIXLAB_MOE_IMPL=fused
-  (`moe_impl`): the whole block as one autograd Function with a hand-written backward — a stable counting sort of the slots (Triton), grouped GEMMs, the routing
-  weight folded into a Triton SwiGLU so that un-permuting is an unweighted gather-sum, and dw from the SwiGLU
-  backward.
+  (`moe_impl`): the whole block as one autograd Function with a hand-written backward — a stable counting sort of
+  the slots (Triton), grouped GEMMs, the routing weight folded into a Triton SwiGLU so that un-permuting is an
+  unweighted gather-sum, and dw from the SwiGLU backward.
 - `moe_experts_reference`: sort by expert, then one SwiGLU per expert over its slice (a host sync for the group
   sizes, ~3 launches per expert and their backward). The CPU path and the oracle of the fast one.
 - `moe_experts_grouped`: the eager fast path (`moe_impl`), and with fused=False the benchmark peer

@@ -64,7 +64,9 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=120.0, help="stop the sweep after this long")
     args = parser.parse_args()
     if args.aot:
-        json.dump(aot_report(), open(args.out, "w"), indent=1)
+        report = aot_report()
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
         return
     t_start = time.time()
     dev, dt = "cuda", torch.bfloat16
@@ -101,16 +103,16 @@ def main() -> None:
         for kind, cands in (("up", UP), ("down", DOWN)):
             for c in cands:
                 if time.time() - t_start > args.budget_s:
-                    print("budget spent: sweep cut short", flush=True)
+                    print(f"budget spent: {kind} sweep cut short", flush=True)
                     break
                 dm.EXPERT_LAUNCH = {**default, kind: c}
                 try:
-                    dev_ = (fused().float() - want).abs().max().item()
+                    max_dev = (fused().float() - want).abs().max().item()
                     ms = graph_ms(fused)
                 except Exception as e:  # a candidate over the shared memory fails at launch: record, go on
                     row[kind].append({"config": c, "error": f"{type(e).__name__}: {str(e)[:120]}"})
                     continue
-                row[kind].append({"config": c, "ms": ms, "max_abs_dev": dev_})
+                row[kind].append({"config": c, "ms": ms, "max_abs_dev": max_dev})
             ok = [r for r in row[kind] if "ms" in r]
             if ok:
                 best = min(ok, key=lambda r: r["ms"])

@@ -122,8 +122,16 @@ class Runner:
             self.eager()
 
 
+USER_MOE_IMPL = os.environ.get("MIXLAB_MOE_IMPL")  # what the other modes run (unset: the default, "auto")
+
+
 def run_mode(model, ids, mode: str, iters: int) -> dict:
-    os.environ["MIXLAB_MOE_IMPL"] = "grouped" if mode.endswith("_grouped") else "auto"
+    if mode.endswith("_grouped"):
+        os.environ["MIXLAB_MOE_IMPL"] = "grouped"
+    elif USER_MOE_IMPL is None:
+        os.environ.pop("MIXLAB_MOE_IMPL", None)
+    else:
+        os.environ["MIXLAB_MOE_IMPL"] = USER_MOE_IMPL
     base = mode.removesuffix("_grouped")
     set_backend("auto")
     set_fused(mode != "peer")

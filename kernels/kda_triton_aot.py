@@ -60,13 +60,17 @@ def _specs(H: int, K: int, DV: int, dt: str = "*bf16"):
     }
 
 
-def compile_kernel(fn, sig: dict, const: dict, arch: int = 90, launch: dict | None = None):
+def compile_kernel(fn, sig: dict, const: dict, arch: int = 90, launch: dict | None = None,
+                   aligned: tuple[str, ...] = ()):
     """Compile Triton kernel `fn` for CUDA `arch` without a GPU: `sig` {arg: type}, `const` {arg: constexpr value},
-    `launch` the launch options (num_warps, num_stages). Shared by every AOT check (KDA, MoE, decode kernels)."""
+    `launch` the launch options (num_warps, num_stages), `aligned` the integer arguments that are multiples of 16 at
+    the shape of interest. Shared by every AOT check (KDA, MoE, decode kernels)."""
     signature = {**sig, **{c: "constexpr" for c in const}}
-    # Pointers 16-byte aligned, as the JIT specialises them for torch's allocations (without this hint Triton
-    # cannot vectorise loads and the register counts are not those of the GPU run).
-    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a, t in sig.items() if t.startswith("*")}
+    # Pointers 16-byte aligned, and `aligned` integers divisible by 16, as the JIT specialises them at launch. Without
+    # the hints Triton cannot vectorise loads of rows strided by those integers, and its pipeliner then issues no
+    # async copies whatever num_stages: registers and shared memory would not be those of the GPU run.
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a, t in sig.items()
+             if t.startswith("*") or a in aligned}
     src = ASTSource(fn=fn, signature=signature, constexprs={(fn.arg_names.index(c),): v for c, v in const.items()},
                     attrs=attrs)
     opts = {"num_warps": 4, "num_stages": 3, **(launch or {})}

@@ -2,7 +2,7 @@
 # The lead's one device call: runs each area's GPU script (tests + benchmarks) under its own time limit and brings
 # everything back as two archives (the device returns at most 8 files). Triton's compile cache lives in .tritoncache,
 # carried between calls (or packed in .tcpack/), so fla-core's ~200 s first compile is not paid every call.
-#   usage on the device: OUT=... [WARM_S=60] bash bench/run_gpu_wave.sh "kda:150 step:150 moe:80 engine:170"
+#   usage on the device: OUT=... [WARM_S=60] bash bench/run_gpu_wave.sh "engine:200 warm:60 step:220 moe:80 kda:150"
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 MIXLAB_DATA= TOKENIZERS_PARALLELISM=false
 export TRITON_CACHE_DIR="$PWD/.tritoncache"; mkdir -p "$TRITON_CACHE_DIR"
@@ -18,15 +18,19 @@ fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "pip install -e . failed"
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name(0))"
 python3 -c "import fla; print('fla', fla.__version__)" 2>&1 | tail -1
-# WARM_S=N: first compile fla's kernels into the cache (bench/fla_warm.py), for at most N s. In the foreground: run in
-# the background (wave 5) its GPU work and compiles overlapped the engine's timings and made them unusable.
-if [ -n "${WARM_S:-}" ]; then
-  timeout -k 5 "$WARM_S" python3 -P bench/fla_warm.py > "$WORK/flawarm.log" 2>&1
+# Item warm:N (or WARM_S=N, before every item): compile fla's kernels into the cache first (bench/fla_warm.py), for at
+# most N s. In the foreground: run in the background (wave 5) its GPU work and compiles overlapped the engine's
+# timings and made them unusable. The engine hides fla, so "engine:200 warm:60 step:220" times the engine first.
+warm() {
+  timeout -k 5 "$1" python3 -P bench/fla_warm.py > "$WORK/flawarm.log" 2>&1
   echo "=== fla warm rc=$?"; grep -v -i warn "$WORK/flawarm.log" | tail -5
-fi
+}
+if [ -n "${WARM_S:-}" ]; then warm "$WARM_S"; fi
 declare -A SCRIPT=([kda]=bench/gpu_kda.sh [step]=bench/gpu_step.sh [moe]=bench/gpu_moe.sh [engine]=bench/run_engine_gpu.sh)
 for item in ${1:-kda:150 step:150 moe:80 engine:170}; do
-  name=${item%%:*}; secs=${item##*:}; script=${SCRIPT[$name]}
+  name=${item%%:*}; secs=${item##*:}
+  if [ "$name" = warm ]; then warm "$secs"; continue; fi
+  script=${SCRIPT[$name]}
   mkdir -p "$WORK/$name"
   echo "=== $name ($script, ${secs} s) $(date +%T)"
   if [ -f "$script" ]; then

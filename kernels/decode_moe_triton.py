@@ -3,7 +3,7 @@ reference and op in decode_moe.py.
 
 1. `_route_kernel`, program per row: logits = x·Wgᵀ in fp32, act(logits) + bias, top-k by repeated arg-max (ties →
    lowest expert; the scores are continuous, so they do not occur in practice), weights, renormalisation, scaling.
-2. `_lists_kernel` (one program) lists each expert's (row, k) pairs in row order with a prefix sum (no sort, no
+2. `_lists_kernel` (program per expert) lists the expert's (row, k) pairs in row order with a prefix sum (no sort, no
    host sync).
 3. `_up_kernel`, program per (expert, I-tile), plus programs for the shared experts (16 rows each): gathers
    the expert's rows 16 at a time and computes h = SiLU(x W1ᵀ) ⊙ (x W3ᵀ) with one read of the weight tile.
@@ -76,14 +76,13 @@ def _route_kernel(X, sx, WG, BIAS, IDX, WEIGHT, E, D, scaling, K: tl.constexpr, 
 
 
 @triton.jit
-def _lists_kernel(IDX, LISTS, COUNTS, NK, E, BNK: tl.constexpr):
+def _lists_kernel(IDX, LISTS, COUNTS, NK, BNK: tl.constexpr):
+    e = tl.program_id(0)  # one program per expert: a single program looping over the experts took 18 µs a layer
     ps = tl.arange(0, BNK)
-    ex = tl.load(IDX + ps, mask=ps < NK, other=-1)
-    for e in range(E):
-        m = ex == e
-        rank = tl.cumsum(m.to(tl.int32), 0) - 1
-        tl.store(LISTS + e * NK + rank, ps, mask=m)  # E · NK stays far below 2^31
-        tl.store(COUNTS + e, tl.sum(m.to(tl.int32), 0))
+    m = tl.load(IDX + ps, mask=ps < NK, other=-1) == e
+    rank = tl.cumsum(m.to(tl.int32), 0) - 1
+    tl.store(LISTS + e * NK + rank, ps, mask=m)  # E · NK stays far below 2^31
+    tl.store(COUNTS + e, tl.sum(m.to(tl.int32), 0))
 
 
 @triton.jit
@@ -228,7 +227,7 @@ def experts_triton(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torc
     dev = x.device
     lists = torch.empty(E, NK, dtype=torch.int32, device=dev)
     counts = torch.empty(E, dtype=torch.int32, device=dev)
-    _lists_kernel[(1,)](idx, lists, counts, NK, E, BNK=max(16, triton.next_power_of_2(NK)), num_warps=4)
+    _lists_kernel[(E,)](idx, lists, counts, NK, BNK=max(16, triton.next_power_of_2(NK)), num_warps=4)
     h = torch.empty(NK, I, dtype=x.dtype, device=dev)
     y = torch.empty(NK, D, dtype=x.dtype, device=dev)
     if shared is not None:

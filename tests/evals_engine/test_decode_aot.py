@@ -61,7 +61,7 @@ for dt in ("*bf16", "*fp32"):
          dict(K=3, BD=1024, HAS_SHARED=True), dict(num_warps=4))
 comp("mla_merge", md._merge_kernel, dict(MS=P, LS=P, ACC=P, OUT="*bf16", H="i32"),
      dict(RANK=256, BR=256, NSPLIT=66, BSPLIT=128), dict(num_warps=4))
-comp("moe_lists", dm._lists_kernel, dict(IDX=I64, LISTS="*i32", COUNTS="*i32", NK="i32", E="i32"), dict(BNK=256),
+comp("moe_lists", dm._lists_kernel, dict(IDX=I64, LISTS="*i32", COUNTS="*i32", NK="i32"), dict(BNK=256),
      dict(num_warps=4))
 print(json.dumps(out))
 '''

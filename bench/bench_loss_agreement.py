@@ -113,6 +113,9 @@ def main() -> None:
     parser.add_argument("--recipe", action="store_true", help="also train the recipe's graph step (fp32 masters)")
     parser.add_argument("--fp32-reference", action="store_true",
                         help="also train the reference path in fp32: the bf16 noise floor")
+    parser.add_argument("--reuse", default=None,
+                        help="take the reference and fast curves from this earlier result (same settings) instead of "
+                             "training them again; then only --recipe / --fp32-reference run")
     args = parser.parse_args()
     if args.fla_configs:
         _limit_autotune(args.fla_configs)
@@ -120,8 +123,16 @@ def main() -> None:
 
     V = get_preset("1b-a150m").vocab_size
     data = markov_batches(args.steps, args.batch, args.seq, V, order=args.order)
-    ref, ref_s = train("torch", data, args.lr)
-    fast, fast_s = train("auto", data, args.lr)
+    if args.reuse:
+        old = json.loads(Path(args.reuse).read_text())
+        settings = ("steps", "batch", "seq", "lr", "markov_order")
+        mine = (args.steps, args.batch, args.seq, args.lr, args.order)
+        if tuple(old[k] for k in settings) != mine:
+            raise SystemExit(f"--reuse {args.reuse}: its {settings} are not {mine}")
+        ref, ref_s, fast, fast_s = old["loss_reference"], old["reference_s"], old["loss_fast"], old["fast_s"]
+    else:
+        ref, ref_s = train("torch", data, args.lr)
+        fast, fast_s = train("auto", data, args.lr)
     diffs = deviation(ref, fast)
     worst = max(range(len(diffs)), key=diffs.__getitem__)
     res = {
@@ -131,7 +142,7 @@ def main() -> None:
         "max_abs_dev": diffs[worst], "max_abs_dev_step": worst, "max_rel_dev": max(d / r for d, r in zip(diffs, ref)),
         "mean_abs_dev_last20": sum(diffs[-20:]) / len(diffs[-20:]),
         "final_loss_reference": ref[-1], "final_loss_fast": fast[-1],
-        "loss_reference": ref, "loss_fast": fast,
+        "loss_reference": ref, "loss_fast": fast, "reused": args.reuse,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,8 @@ if [ "${STEP_BENCH:-1}" = 1 ]; then
   say "bench_step rc=$?"; tail -n 10 "$OUT/step.log"
 fi
 
-# LOSS_ARGS: extra runs (default --recipe; "--fp32-reference --recipe" adds the bf16 noise floor first).
+# LOSS_ARGS: extra runs (default --recipe; "--recipe --fp32-reference" adds the bf16 noise floor after it; "--reuse
+# FILE" takes the first two curves from an earlier result).
 timeout "$(left 400)" $PY bench/bench_loss_agreement.py --steps 200 --fla-configs 1 ${LOSS_ARGS:---recipe} \
     --out "$OUT/loss_agreement.json" > "$OUT/loss_agreement.log" 2>&1
 say "loss agreement rc=$?"; grep -v -i warn "$OUT/loss_agreement.log" | tail -n 3

@@ -2,15 +2,17 @@
 (backend "torch": per-expert MoE loop, torch KDA, torch norms), same init, same data; reports the largest deviation.
 With `--recipe` a third run trains as a recipe's SFT stage does on a GPU: fp32 master weights under bf16 autocast,
 forward + backward replayed as one CUDA graph (recipes/graph_step.py), AdamW outside the graph.
-With `--fp32-reference` (after the recipe run) the reference path also trains in fp32: its distance from the bf16 reference is what bf16
-rounding alone does to the curve (the tolerance the fast path's deviation is judged by; the curves drift apart most
-while the loss falls fastest, where a few steps' lag is a large difference).
+With `--fp32-reference` (after the recipe run) the reference path also trains in fp32: its distance from the bf16
+reference is what bf16 rounding alone does to the curve (the tolerance the fast path's deviation is judged by; the
+curves drift apart most while the loss falls fastest, where a few steps' lag is a large difference). `--reuse FILE`
+takes the reference and fast curves from an earlier result instead of training them again.
 
 The data is a fixed-seed Markov chain over the vocabulary, each context with 4 possible successors (entropy ln 4).
 Order 1 (default) is learnable within a few hundred steps; the first H100 run used order 2 (a million contexts),
 on which the loss stays near ln(vocab) for 200 steps, which makes the agreement check weak.
 
-Usage: python bench/bench_loss_agreement.py [--steps 200] [--batch 2] [--seq 1024] [--out bench/results/loss_agreement.json]
+Usage: python bench/bench_loss_agreement.py [--steps 200] [--batch 2] [--seq 1024] [--recipe] [--fp32-reference]
+    [--reuse bench/results/loss_agreement_h100_s6.json] [--out bench/results/loss_agreement.json]
 """
 
 from __future__ import annotations

@@ -293,8 +293,7 @@ class KimiSparseMoeBlock(nn.Module):
         self.layer_idx = layer_idx
         self.top_k = config.num_experts_per_token
         # Cast routed-expert inputs and weights to the autocast dtype on CUDA (fp32 master weights then take the
-        # grouped MoE path). Opt-in (MIXLAB_MOE_AUTOCAST=1, or the recipes' graph step) until a GPU run verifies it
-        # (bench/gpu_step.sh).
+        # grouped MoE path). Opt-in (MIXLAB_MOE_AUTOCAST=1, or the recipes' graph step) as long as the graph step is.
         self.autocast_experts = env_flag("MIXLAB_MOE_AUTOCAST", False)
         self.gate = KimiMoEGate(config)
         self.experts = KimiStackedExperts(config)

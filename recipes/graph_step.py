@@ -2,9 +2,9 @@
 shape run forward + backward as one captured CUDA graph (`mixlab.kernels.step_graph.StaticBatchStep`); the optimizer,
 clipping, scheduler and logging stay the Trainer's own, eager, outside the graph.
 
-OPT-IN (MIXLAB_GRAPH_STEP=auto) until a GPU run verifies it (bench/gpu_step.sh): it is verified on CPU against TRL's
-own step (tests/recipes/test_graph_step.py) but its capture has never run on a GPU, so TRL's eager step stays the
-default.
+OPT-IN (MIXLAB_GRAPH_STEP=auto): verified on CPU against TRL's own step (tests/recipes/test_graph_step.py) and its
+capture on an H100 (tests/recipes/test_graph_step_gpu.py), but no 200-step loss curve of it has run on a GPU yet
+(bench/gpu_step.sh), so TRL's eager step stays the default.
 
 Why: the `1b-a150m` step is launch-bound when eager (GPU busy 64 % at 8k tokens); replaying one graph took it to 99 %
 and 1.76x the off-the-shelf peer (BENCHMARKS.md, "Step").
@@ -61,7 +61,7 @@ _PACKED_KEYS = {"cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k"
 
 
 def graph_mode() -> str:
-    mode = os.environ.get("MIXLAB_GRAPH_STEP", "off").strip().lower()  # opt-in until a GPU run verifies it
+    mode = os.environ.get("MIXLAB_GRAPH_STEP", "off").strip().lower()  # opt-in: see the module docstring
     if mode in ("0", "false", "no"):
         mode = "off"
     if mode not in GRAPH_MODES:

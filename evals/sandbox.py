@@ -471,12 +471,24 @@ def _classify(raw: dict, request: dict, with_tests: bool) -> SandboxResult:
 
 _BUILTIN_NAMES = frozenset(dir(builtins)) | {"__name__", "__file__", "__builtins__", "__doc__"}
 
+# CPython 3.11 keeps the AST constructor's recursion-depth counter per interpreter, not per thread: two threads inside
+# ast.parse at once (a garbage collection or a finaliser lets them switch) fail with "SystemError: AST constructor
+# recursion depth mismatch" (python/cpython#106905). Code scoring parses in a thread pool, and one `make demo` run
+# lost its GRPO stage to it. Every parse of untrusted source in mixlab goes through `parse_python`.
+_AST_LOCK = threading.Lock()
+
+
+def parse_python(source: str) -> ast.Module:
+    """`ast.parse`, one thread at a time (see _AST_LOCK)."""
+    with _AST_LOCK:
+        return ast.parse(source)
+
 
 def free_names(tests: str) -> list[str]:
     """Names the tests use but do not bind themselves (nor are builtins): the program's functions and classes,
     and modules the tests use without importing them (bound in the tester from the stdlib)."""
     try:
-        tree = ast.parse(tests)
+        tree = parse_python(tests)
     except (SyntaxError, ValueError, MemoryError, RecursionError):
         return []  # the tester reports the SyntaxError itself
     loaded: set[str] = set()

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mixlab.errors import MixlabError
-from mixlab.evals.sandbox import default_pool, run_many
+from mixlab.evals.sandbox import default_pool, parse_python, run_many
 from mixlab.evals.stats import mean_ci, pass_at_k
 from mixlab.evals.tasks._data import apply_limit, load_rows
 from mixlab.evals.tasks.base import EvalItem, Score, Task, register_task
@@ -123,7 +123,7 @@ def strip_main_guard(code: str, entry_point: str | None = None) -> str:
     input, the entry point or a test runner (they may read stdin, loop, or assert the model's own wrong example).
     Definitions, imports and assignments stay."""
     try:
-        tree = ast.parse(code)
+        tree = parse_python(code)
     except (SyntaxError, ValueError, MemoryError, RecursionError):
         return code
     drop = [(node.lineno, node.end_lineno or node.lineno) for node in tree.body if _is_demo(node, entry_point)]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from mixlab.errors import MixlabError
 from mixlab.evals.sandbox import SandboxPool, Limits, run_code, run_many, run_tests, free_names
+from mixlab.evals.tasks.code import strip_main_guard
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="uid drop and namespaces need root")
 
@@ -256,3 +259,36 @@ def test_degraded_mode_removes_sysv_ipc_left_behind():
         pytest.skip("no private uids here (shared 65534): the sweep is off")
     keys = [int(line.split()[0]) for line in Path("/proc/sysvipc/shm").read_text().splitlines()[1:]]
     assert key not in keys
+
+
+class _Finalised:
+    def __del__(self):  # Python code run by the garbage collector: a point where threads switch
+        pass
+
+
+def test_parsing_in_threads_does_not_race():
+    """CPython 3.11's AST constructor counts its recursion per interpreter: concurrent `ast.parse` calls, with a
+    garbage collection switching threads mid-parse, raised "SystemError: AST constructor recursion depth mismatch"
+    in 7 of 8 threads here, and once failed a `make demo` GRPO stage. mixlab's parses (the tests' free names, the
+    answer's demo code) are serialised; the same load must give no error."""
+    source = "\n".join(f"assert solve{i}([[(a, {{b: [c for c in range(3)]}}) for a in x] for b in x]) == 1"
+                       for i in range(40))
+
+    def work(_):
+        for _ in range(25):
+            junk = [_Finalised() for _ in range(10)]
+            for j in junk:
+                j.self = j  # reference cycles: collected during another thread's parse
+            del junk
+            assert {"solve0", "solve39", "x"} <= set(free_names(source))
+            assert strip_main_guard(source).strip() == ""  # every line is a top-level assert: demo code
+
+    interval, thresholds = sys.getswitchinterval(), gc.get_threshold()
+    sys.setswitchinterval(1e-6)
+    gc.set_threshold(50, 2, 2)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(work, range(8)))
+    finally:
+        sys.setswitchinterval(interval)
+        gc.set_threshold(*thresholds)

@@ -17,44 +17,31 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from mixlab.kernels import moe as moe_kernels
-from mixlab.kernels import set_backend
-from mixlab.model import get_preset, load_model
-from mixlab.model import modeling
+from mixlab.model import get_preset, modeling
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_loss_agreement import deviation, markov_batches  # noqa: E402  (the same data and the same measure)
+from bench_loss_agreement import deviation, markov_batches, train  # noqa: E402  (the same data, loop and measure)
 
 
 def _sorted_grouped_moe(x, w1, w3, w2, topk_idx, topk_weight):
     return moe_kernels.moe_experts_fused(x, w1, w3, w2, topk_idx, topk_weight, fused=False)
 
 
-def train(preset: str, data: torch.Tensor, lr: float, dtype: torch.dtype, swap_moe: bool) -> tuple[list[float], float]:
-    set_backend("torch")
-    model = load_model(preset, dtype=dtype, device="cpu", seed=0).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+def train_cpu(preset: str, data: torch.Tensor, lr: float, dtype: torch.dtype, swap_moe: bool
+              ) -> tuple[list[float], float]:
+    """The reference path on CPU; swap_moe: its MoE experts through `_sorted_grouped_moe` instead of the loop."""
     original = modeling.moe_experts
     if swap_moe:  # the MoE block calls the name modeling imported
         modeling.moe_experts = _sorted_grouped_moe
-    losses = []
-    t0 = time.perf_counter()
     try:
-        for step in range(data.shape[0]):
-            opt.zero_grad(set_to_none=True)
-            loss = model(input_ids=data[step], labels=data[step]).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            losses.append(float(loss.detach()))
+        return train("torch", data, lr, dtype, preset=preset, device="cpu")
     finally:
         modeling.moe_experts = original
-    return losses, time.perf_counter() - t0
 
 
 def summary(a: list[float], b: list[float]) -> dict:
@@ -76,7 +63,7 @@ def main() -> None:
     runs = {}
     for name, dtype, swap in (("bf16", torch.bfloat16, False), ("fp32", torch.float32, False),
                               ("bf16_sorted_moe", torch.bfloat16, True)):
-        runs[name], secs = train(args.preset, data, args.lr, dtype, swap)
+        runs[name], secs = train_cpu(args.preset, data, args.lr, dtype, swap)
         print(f"{name:<16} {secs:7.1f} s  loss {runs[name][0]:.3f} -> {runs[name][-1]:.3f}", flush=True)
     res = {"preset": args.preset, "steps": args.steps, "batch": args.batch, "seq": args.seq, "lr": args.lr,
            "torch_threads": torch.get_num_threads(),

@@ -57,24 +57,24 @@ def _limit_autotune(n: int) -> None:
     triton.autotune = limited
 
 
-def train(backend: str, data: torch.Tensor, lr: float, dtype: torch.dtype = torch.bfloat16
-          ) -> tuple[list[float], float]:
+def train(backend: str, data: torch.Tensor, lr: float, dtype: torch.dtype = torch.bfloat16,
+          preset: str = "1b-a150m", device: str = "cuda") -> tuple[list[float], float]:
+    """Losses of data.shape[0] AdamW steps (grad-norm clip 1.0) from the seed-0 init; also bench_bf16_drift's loop."""
     set_backend(backend)
     set_fused(True)
-    model = load_model("1b-a150m", dtype=dtype, device="cuda", seed=0).train()
+    model = load_model(preset, dtype=dtype, device=device, seed=0).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     losses = []
     t0 = time.perf_counter()
     for step in range(data.shape[0]):
-        ids = data[step].cuda(non_blocking=True)
+        ids = data[step].to(device, non_blocking=True)
         opt.zero_grad(set_to_none=True)
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(loss.detach())
-    losses = [float(x) for x in torch.stack(losses).cpu()]
-    torch.cuda.synchronize()
+    losses = [float(x) for x in torch.stack(losses).cpu()]  # one host read, after the last step
     return losses, time.perf_counter() - t0
 
 
@@ -126,12 +126,16 @@ def main() -> None:
     V = get_preset("1b-a150m").vocab_size
     data = markov_batches(args.steps, args.batch, args.seq, V, order=args.order)
     if args.reuse:
-        old = json.loads(Path(args.reuse).read_text())
         settings = ("steps", "batch", "seq", "lr", "markov_order")
         mine = (args.steps, args.batch, args.seq, args.lr, args.order)
-        if tuple(old[k] for k in settings) != mine:
-            raise SystemExit(f"--reuse {args.reuse}: its {settings} are not {mine}")
-        ref, ref_s, fast, fast_s = old["loss_reference"], old["reference_s"], old["loss_fast"], old["fast_s"]
+        try:
+            old = json.loads(Path(args.reuse).read_text())
+            theirs = tuple(old[k] for k in settings)
+            ref, ref_s, fast, fast_s = old["loss_reference"], old["reference_s"], old["loss_fast"], old["fast_s"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            parser.error(f"--reuse {args.reuse}: not an earlier result of this script ({type(e).__name__}: {e})")
+        if theirs != mine:
+            parser.error(f"--reuse {args.reuse}: its {settings} are {theirs}, not {mine}")
     else:
         ref, ref_s = train("torch", data, args.lr)
         fast, fast_s = train("auto", data, args.lr)

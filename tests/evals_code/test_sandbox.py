@@ -262,8 +262,10 @@ def test_degraded_mode_removes_sysv_ipc_left_behind():
 
 
 class _Finalised:
+    collected = 0
+
     def __del__(self):  # Python code run by the garbage collector: a point where threads switch
-        pass
+        type(self).collected += 1
 
 
 def test_parsing_in_threads_does_not_race():
@@ -283,6 +285,7 @@ def test_parsing_in_threads_does_not_race():
             assert {"solve0", "solve39", "x"} <= set(free_names(source))
             assert strip_main_guard(source).strip() == ""  # every line is a top-level assert: demo code
 
+    _Finalised.collected = 0
     interval, thresholds = sys.getswitchinterval(), gc.get_threshold()
     sys.setswitchinterval(1e-6)
     gc.set_threshold(50, 2, 2)
@@ -292,3 +295,4 @@ def test_parsing_in_threads_does_not_race():
     finally:
         sys.setswitchinterval(interval)
         gc.set_threshold(*thresholds)
+    assert _Finalised.collected > 0  # the collector ran finalisers meanwhile: the load that raced did happen

@@ -293,8 +293,9 @@ class KimiSparseMoeBlock(nn.Module):
         self.layer_idx = layer_idx
         self.top_k = config.num_experts_per_token
         # Cast routed-expert inputs and weights to the autocast dtype on CUDA (fp32 master weights then take the
-        # grouped MoE path). Opt-in (MIXLAB_MOE_AUTOCAST=1, or the recipes' graph step) as long as the graph step is.
-        self.autocast_experts = env_flag("MIXLAB_MOE_AUTOCAST", False)
+        # grouped MoE path). On by default (the recipes' graph step needs it); MIXLAB_MOE_AUTOCAST=0 turns it off.
+        # It acts only under CUDA autocast: on CPU or without autocast nothing is cast (`routed_experts`).
+        self.autocast_experts = env_flag("MIXLAB_MOE_AUTOCAST", True)
         self.gate = KimiMoEGate(config)
         self.experts = KimiStackedExperts(config)
         self.shared_experts = (

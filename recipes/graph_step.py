@@ -2,9 +2,10 @@
 shape run forward + backward as one captured CUDA graph (`mixlab.kernels.step_graph.StaticBatchStep`); the optimizer,
 clipping, scheduler and logging stay the Trainer's own, eager, outside the graph.
 
-OPT-IN (MIXLAB_GRAPH_STEP=auto): verified on CPU against TRL's own step (tests/recipes/test_graph_step.py) and its
-capture on an H100 (tests/recipes/test_graph_step_gpu.py), but no 200-step loss curve of it has run on a GPU yet
-(bench/gpu_step.sh), so TRL's eager step stays the default.
+The default on one GPU (MIXLAB_GRAPH_STEP=auto; "off" for TRL's eager step). Verified on CPU against TRL's own step
+(tests/recipes/test_graph_step.py) and its capture on an H100 (tests/recipes/test_graph_step_gpu.py). 200 AdamW steps
+of `1b-a150m` on an H100 stay within bf16 noise of the reference path: largest |Δloss| 0.42 (bf16 reference vs fp32
+reference: 0.41), mean over the last 20 steps 0.018 (0.013) (BENCHMARKS.md, "Wave 7").
 
 Why: the `1b-a150m` step is launch-bound when eager (GPU busy 64 % at 8k tokens); replaying one graph took it to 99 %
 and 1.76x the off-the-shelf peer (BENCHMARKS.md, "Step").
@@ -24,8 +25,9 @@ distinct reason is logged once):
 - one graph per batch shape, up to MIXLAB_GRAPH_STEP_SHAPES (default 4) shapes sharing one memory pool; with the
   graph step on, the runner pads unpacked SFT batches on a GPU to a multiple of max_length / 4 (`bucket_multiple`),
   so they come in <= 4 shapes.
-The step also opts its model into MIXLAB_MOE_AUTOCAST's cast (fp32 master weights under autocast take the grouped
-MoE path; the per-expert reference would read group sizes on the host, which a capture refuses).
+The step turns MIXLAB_MOE_AUTOCAST's cast on for its model, even where that variable is 0 (fp32 master weights under
+autocast take the grouped MoE path; the per-expert reference would read group sizes on the host, which a capture
+refuses).
 
 What the graph computes is what the eager step computes: the model's own shifted cross-entropy (sum / TRL's
 `num_items_in_batch` when given, else the mean), scaled for gradient accumulation exactly as `Trainer.training_step`
@@ -33,8 +35,9 @@ does, the MoE aux-loss gradient attached inside the blocks. TRL's per-batch entr
 computed on graphed steps (they need the logits on the host); `num_tokens` is still counted, and the metric
 `graph_step` (fraction of graphed micro-steps) is logged beside the loss.
 
-`MIXLAB_GRAPH_STEP`: "off" (default: TRL's eager step), "auto" (graphs on CUDA, eager elsewhere), "eager" (the same
-static-buffer step without capture, on any device: the CPU twin the tests compare against the trainer's own step).
+`MIXLAB_GRAPH_STEP`: "auto" (default: graphs on CUDA, TRL's eager step elsewhere), "off" (TRL's eager step
+everywhere), "eager" (the same static-buffer step without capture, on any device: the CPU twin the tests compare
+against the trainer's own step).
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ _PACKED_KEYS = {"cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k"
 
 
 def graph_mode() -> str:
-    mode = os.environ.get("MIXLAB_GRAPH_STEP", "off").strip().lower()  # opt-in: see the module docstring
+    mode = os.environ.get("MIXLAB_GRAPH_STEP", "").strip().lower() or "auto"  # unset: graphs on CUDA only
     if mode in ("0", "false", "no"):
         mode = "off"
     if mode not in GRAPH_MODES:
@@ -269,7 +272,7 @@ def model_step(core, *, bf16: bool, with_num_items: bool = False, capture: bool 
     device_type = next(core.parameters()).device.type
     coef = float(getattr(core.config, "seq_aux_loss_coef", 0.0) or 0.0)
     # fp32 master weights under autocast: the MoE must cast its experts to bf16 to take the grouped path (the
-    # per-expert reference reads group sizes on the host, which a capture refuses). This step opts its model in.
+    # per-expert reference reads group sizes on the host, which a capture refuses). On by default; forced on here.
     for block in core.model.moe_blocks().values():
         block.autocast_experts = True
 

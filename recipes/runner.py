@@ -427,7 +427,7 @@ class RecipeRunner:
         kwargs.update(spec.stage_args(stage))
         if (spec.name == "sft" and self.device.startswith("cuda") and not self.dist.enabled and not stage.packing
                 and graph_mode() == "auto" and "pad_to_multiple_of" not in stage.args):
-            # Opt-in graph step only: padded batches in a few lengths, so the CUDA-graph step replays every one of them.
+            # The graph step (default on a GPU): padded batches in a few lengths, so its CUDA graphs replay all of them.
             kwargs["pad_to_multiple_of"] = bucket_multiple(kwargs.get("max_length", 1024))
         if self.dist.enabled:
             kwargs.update(fsdp_training_args(offload=recipe.fsdp.offload))

@@ -28,12 +28,30 @@ def test_fused_switch(monkeypatch):
 
 @pytest.mark.parametrize("name", ["MIXLAB_FUSED_DECODE", "MIXLAB_MOE_AUTOCAST", "MIXLAB_FUSED_KERNELS"])
 def test_on_off_switches_refuse_typos(monkeypatch, name):
-    for raw, want in (("1", True), ("On", True), ("0", False), ("off", False), ("", name == "MIXLAB_FUSED_KERNELS")):
+    for raw, want in (("1", True), ("On", True), ("0", False), ("off", False)):
         monkeypatch.setenv(name, raw)
-        assert dispatch.env_flag(name, name == "MIXLAB_FUSED_KERNELS") is want
+        assert dispatch.env_flag(name, not want) is want  # the value wins over the default
+    for raw in ("", " "):  # empty: the default
+        monkeypatch.setenv(name, raw)
+        assert dispatch.env_flag(name, True) is True and dispatch.env_flag(name, False) is False
     monkeypatch.setenv(name, "ture")
     with pytest.raises(MixlabError, match=f"{name}='ture'.*did you mean 'true'"):
         dispatch.env_flag(name, False)
+
+
+def test_switches_default_on(monkeypatch):
+    from mixlab.model import get_preset
+    from mixlab.model.modeling import KimiSparseMoeBlock
+
+    for name in ("MIXLAB_FUSED_DECODE", "MIXLAB_MOE_AUTOCAST", "MIXLAB_FUSED_KERNELS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(dispatch, "_fused", None)
+    assert dispatch.fused_enabled() and dispatch.fused_decode_enabled()
+    config = get_preset("tiny")
+    layer = next(i for i in range(config.num_hidden_layers) if config.is_moe_layer(i))
+    assert KimiSparseMoeBlock(config, layer).autocast_experts
+    monkeypatch.setenv("MIXLAB_MOE_AUTOCAST", "0")
+    assert not KimiSparseMoeBlock(config, layer).autocast_experts
 
 
 def test_fused_decode_switch_reads_env_flag(monkeypatch):

@@ -185,3 +185,28 @@ def test_router_and_gates_stay_fp32_under_autocast(make_model):
     out.loss.backward()
     assert out.logits.dtype == torch.bfloat16  # autocast is active for the projections ...
     assert seen["router_logits"] == torch.float32  # ... but not for the router
+
+
+def test_moe_autocast_cast_is_on_by_default_and_changes_nothing_on_cpu(make_model, monkeypatch):
+    # MIXLAB_MOE_AUTOCAST casts routed experts only under CUDA autocast: on CPU (fp32, or under CPU autocast) a model
+    # with the cast on trains bit for bit as one with it off.
+    monkeypatch.delenv("MIXLAB_MOE_AUTOCAST", raising=False)
+    ids = torch.randint(0, 1000, (2, 12))
+    for autocast in (False, True):
+        runs = []
+        for cast in (True, False):
+            model = make_model(seed=9).train()
+            blocks = model.model.moe_blocks().values()
+            assert blocks and all(b.autocast_experts for b in blocks)  # the default
+            for b in blocks:
+                b.autocast_experts = cast
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                out = model(ids, labels=ids)
+            out.loss.backward()
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+            runs.append((out.loss.detach(), grads))
+        (loss_on, grads_on), (loss_off, grads_off) = runs
+        assert torch.equal(loss_on, loss_off) and grads_on.keys() == grads_off.keys()
+        assert all(torch.equal(grads_on[n], grads_off[n]) for n in grads_on)
+    monkeypatch.setenv("MIXLAB_MOE_AUTOCAST", "0")
+    assert not any(b.autocast_experts for b in make_model().model.moe_blocks().values())

@@ -32,10 +32,13 @@ def _rows(n=18, T=32, ragged=False):
 
 
 def _train(tmp_path, mode, monkeypatch, *, rows, packing=False, ga=2, overrides=None, shapes=4, pad_to=None):
-    monkeypatch.setenv("MIXLAB_GRAPH_STEP", mode)
+    if mode is None:  # the default
+        monkeypatch.delenv("MIXLAB_GRAPH_STEP", raising=False)
+    else:
+        monkeypatch.setenv("MIXLAB_GRAPH_STEP", mode)
     monkeypatch.setenv("MIXLAB_GRAPH_STEP_SHAPES", str(shapes))
     lm = load_model_and_tokenizer("tiny", device="cpu", dtype=torch.float32, seed=0, overrides=overrides)
-    args = trl.SFTConfig(output_dir=str(tmp_path / mode), max_steps=3, per_device_train_batch_size=4,
+    args = trl.SFTConfig(output_dir=str(tmp_path / (mode or "default")), max_steps=3, per_device_train_batch_size=4,
                          gradient_accumulation_steps=ga, use_cpu=True, report_to="none", loss_type="nll",
                          logging_steps=1, max_length=64, optim="sgd", learning_rate=0.5, disable_tqdm=True,
                          packing=packing, seed=0, bf16=False, pad_to_multiple_of=pad_to)
@@ -103,11 +106,17 @@ def test_packed_batches_and_padding_with_the_aux_loss_run_trls_step(tmp_path, mo
     assert list(aux.graph_stats["reasons"]) == ["padding or position resets (varlen layout)"]
 
 
-def test_on_cpu_auto_mode_stays_eager(tmp_path, monkeypatch):
-    trainer, logs, _, _ = _train(tmp_path, "auto", monkeypatch, rows=_rows(n=8), ga=1)
-    assert trainer.graph_stats["graph"] == 0
+def test_on_cpu_the_default_auto_mode_trains_as_off(tmp_path, monkeypatch):
+    # the default is "auto": on CPU it runs TRL's own step, exactly as MIXLAB_GRAPH_STEP=off does
+    default = _train(tmp_path, None, monkeypatch, rows=_rows(n=8), ga=1)
+    trainer, logs, params, _ = default
+    assert trainer.graph_stats["graph"] == 0 and trainer.graph_stats["eager"] == len(logs) == 3
     assert list(trainer.graph_stats["reasons"]) == ["model on cpu, not CUDA"]
     assert "graph_step" not in logs[0]
+    off = _train(tmp_path, "off", monkeypatch, rows=_rows(n=8), ga=1)
+    assert off[0].graph_stats["reasons"] == {"MIXLAB_GRAPH_STEP=off": 3}
+    assert [h["loss"] for h in logs] == [h["loss"] for h in off[1]]
+    assert all(torch.equal(params[n], off[2][n]) for n in params)
 
 
 def test_inspect_batch():
@@ -128,9 +137,11 @@ def test_inspect_batch():
 
 def test_graph_mode_setting(monkeypatch):
     monkeypatch.delenv("MIXLAB_GRAPH_STEP", raising=False)
-    assert graph_mode() == "off"  # opt-in until a GPU run verifies the capture (bench/gpu_step.sh)
-    monkeypatch.setenv("MIXLAB_GRAPH_STEP", "0")
-    assert graph_mode() == "off"
+    assert graph_mode() == "auto"  # the default: graphs on CUDA, TRL's step elsewhere
+    for raw, want in (("", "auto"), (" Auto ", "auto"), ("off", "off"), ("0", "off"), ("false", "off"),
+                      ("eager", "eager")):
+        monkeypatch.setenv("MIXLAB_GRAPH_STEP", raw)
+        assert graph_mode() == want, raw
     monkeypatch.setenv("MIXLAB_GRAPH_STEP", "always")
     with pytest.raises(MixlabError, match="MIXLAB_GRAPH_STEP='always'"):
         graph_mode()
@@ -150,11 +161,15 @@ def test_sft_recipes_build_the_graph_capable_trainer(tmp_path):
     assert isinstance(trainer, GraphStepMixin) and isinstance(trainer, trl.SFTTrainer)
 
 
-def test_the_moe_autocast_cast_is_opt_in_and_the_graph_step_opts_in():
+def test_the_moe_autocast_cast_is_on_by_default_and_the_graph_step_forces_it(monkeypatch):
     from mixlab.recipes.graph_step import model_step
 
+    monkeypatch.delenv("MIXLAB_MOE_AUTOCAST", raising=False)
+    model = load_model_and_tokenizer("tiny", device="cpu", dtype=torch.float32, seed=0).model
+    assert all(b.autocast_experts for b in model.model.moe_blocks().values())  # unset: on
+    monkeypatch.setenv("MIXLAB_MOE_AUTOCAST", "0")
     model = load_model_and_tokenizer("tiny", device="cpu", dtype=torch.float32, seed=0).model
     blocks = model.model.moe_blocks().values()
-    assert blocks and not any(b.autocast_experts for b in blocks)  # MIXLAB_MOE_AUTOCAST unset: off
+    assert blocks and not any(b.autocast_experts for b in blocks)  # MIXLAB_MOE_AUTOCAST=0: off
     model_step(model, bf16=False, capture=False)
-    assert all(b.autocast_experts for b in blocks)
+    assert all(b.autocast_experts for b in blocks)  # the graph step needs the grouped path

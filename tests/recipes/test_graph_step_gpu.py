@@ -67,7 +67,7 @@ def test_sft_trainer_on_cuda_replays_the_graph(tmp_path, monkeypatch):
     from mixlab.model import load_model_and_tokenizer
     from mixlab.recipes.graph_step import with_graph_step
 
-    monkeypatch.setenv("MIXLAB_GRAPH_STEP", "auto")
+    monkeypatch.delenv("MIXLAB_GRAPH_STEP", raising=False)  # the default, "auto"
     lm = load_model_and_tokenizer("small", device="cpu", dtype=torch.float32, seed=0)
     gen = torch.Generator().manual_seed(0)
     rows = [{"input_ids": torch.randint(0, 1000, (128,), generator=gen).tolist()} for _ in range(32)]

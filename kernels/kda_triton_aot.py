@@ -25,7 +25,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import kda_triton_kernels as kk
-from .kda_triton import CHUNK, L2_ROWS, SUB, _bv, _bv_out, launch_options
+from .kda_triton import CHUNK, L2_ROWS, SCORES_BK, SUB, _bv, _bv_out, launch_options
 
 # Shared memory one block may use: H100 and H200 (sm_90), as the device reported it.
 SM90_SHARED_LIMIT = 232448
@@ -38,7 +38,7 @@ def _specs(H: int, K: int, DV: int, dt: str = "*bf16"):
     return {
         "_cumsum_kernel": (dict(X=P, Y=P, cu=I, CI=I), dict(H=H, K=K, C=CHUNK, REVERSE=False)),
         "_scores_fwd_kernel": (dict(Q=dt, Kt=dt, G=P, AQK=P, AKK=P, cu=I, CI=I, scale=F),
-                               dict(H=H, K=K, C=CHUNK, BC=SUB)),
+                               dict(H=H, K=K, C=CHUNK, BC=SUB, BK=min(SCORES_BK, K))),
         "_solve_fwd_kernel": (dict(Q=dt, Kt=dt, V=dt, G=P, BETA=dt, AKK=P, TM=P, W=dt, U=dt, QG=dt, KD=dt, cu=I,
                                    CI=I, scale=F), dict(H=H, K=K, DV=DV, C=CHUNK, BC=SUB)),
         "_state_fwd_kernel": (dict(KD=dt, G=P, W=dt, U=dt, VN=dt, S0=P, STARTS=dt, ST=P, cu=I, CO=I),

@@ -59,58 +59,6 @@ def _cumsum_kernel(X, Y, cu, CI, H: tl.constexpr, K: tl.constexpr, C: tl.constex
 
 
 @triton.jit
-def _scores_fwd_kernel(Q, Kt, G, AQK, AKK, cu, CI, scale,
-                       H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr):
-    """Rows [i·BC, (i+1)·BC) of Aqk and Akk of one chunk (grid: chunks, sub-blocks, heads), one [BC, BC] block at
-    a time (only [BC, K] tiles in registers)."""
-    pid, i, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    th, nv = _chunk_pos(CI, cu, pid, H, C)
-    bk = (th + h) * K
-    Qb, Kb, Gb = Q + bk, Kt + bk, G + bk
-    jb = tl.arange(0, BC)
-    rb = i * BC + jb
-    d = tl.arange(0, K)
-    vb = rb < nv
-    off_b = rb[:, None] * (H * K) + d[None, :]
-    q_b = tl.load(Qb + off_b, mask=vb[:, None], other=0.0).to(tl.float32) * scale
-    k_b = tl.load(Kb + off_b, mask=vb[:, None], other=0.0).to(tl.float32)
-    g_b = tl.load(Gb + off_b, mask=vb[:, None], other=0.0)
-    ba = (th + h) * C
-    off_a = rb[:, None] * (H * C) + jb[None, :]
-    # Earlier sub-blocks j < i: both factors relative to Γ at the row before this sub-block (each e^{≤0}).
-    r_ref = tl.maximum(i * BC - 1, 0)
-    g_ref = tl.load(Gb + r_ref * (H * K) + d, mask=d * 0 + r_ref < nv, other=0.0)
-    e_b = tl.exp(tl.minimum(g_b - g_ref[None, :], 0.0))
-    qe = q_b * e_b
-    ke = k_b * e_b
-    for j in range(i):
-        vj = (j * BC + jb < nv)[:, None]  # all true unless block i is past the end (then nothing is stored)
-        off_j = (j * BC + jb)[:, None] * (H * K) + d[None, :]
-        k_j = tl.load(Kb + off_j, mask=vj, other=0.0).to(tl.float32)
-        g_j = tl.load(Gb + off_j, mask=vj, other=0.0)
-        kcol = k_j * tl.exp(tl.minimum(g_ref[None, :] - g_j, 0.0))
-        tl.store(AQK + ba + off_a + j * BC, tl.dot(qe, tl.trans(kcol)), mask=vb[:, None])
-        tl.store(AKK + ba + off_a + j * BC, tl.dot(ke, tl.trans(kcol)), mask=vb[:, None])
-    # The diagonal sub-block: pairwise decays, one column at a time.
-    aq = tl.zeros([BC, BC], dtype=tl.float32)
-    ak = tl.zeros([BC, BC], dtype=tl.float32)
-    for j in range(BC):
-        s = i * BC + j
-        k_s = tl.load(Kb + s * (H * K) + d, mask=d * 0 + s < nv, other=0.0).to(tl.float32)
-        g_s = tl.load(Gb + s * (H * K) + d, mask=d * 0 + s < nv, other=0.0)
-        e = tl.exp(tl.minimum(g_b - g_s[None, :], 0.0)) * k_s[None, :]
-        col = (jb == j)[None, :]
-        aq = tl.where(col & (jb >= j)[:, None], tl.sum(q_b * e, 1)[:, None], aq)
-        ak = tl.where(col & (jb > j)[:, None], tl.sum(k_b * e, 1)[:, None], ak)
-    tl.store(AQK + ba + off_a + i * BC, aq, mask=vb[:, None])
-    tl.store(AKK + ba + off_a + i * BC, ak, mask=vb[:, None])
-    zero = tl.zeros([BC, BC], dtype=tl.float32)
-    for j in range(i + 1, C // BC):
-        tl.store(AQK + ba + off_a + j * BC, zero, mask=vb[:, None])
-        tl.store(AKK + ba + off_a + j * BC, zero, mask=vb[:, None])
-
-
-@triton.jit
 def _diag_inv(Ab, Bb, nv, i, H: tl.constexpr, C: tl.constexpr, BC: tl.constexpr):
     """(I + diag(β) Akk)⁻¹ of diagonal sub-block i ([BC, BC]) by forward substitution, row by row
     (Ab, Bb: the chunk's Akk and β base pointers)."""
@@ -530,6 +478,62 @@ def _scores_bwd_kernel(Q, Kt, G, DAQK, DAKK, DQ, DK, DG, cu, CI, scale,
     tl.store(DQ + bk + off_b, dq * scale, mask=m)
     tl.store(DK + bk + off_b, tl.load(DK + bk + off_b, mask=m, other=0.0) + dk_r + dk_c, mask=m)
     tl.store(DG + bk + off_b, tl.load(DG + bk + off_b, mask=m, other=0.0) + dg_b, mask=m)
+
+
+@triton.jit
+def _scores_fwd_kernel(Q, Kt, G, AQK, AKK, cu, CI, scale,
+                       H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr):
+    """Rows [i·BC, (i+1)·BC) of Aqk and Akk of one chunk (grid: chunks × sub-blocks, heads; a chunk's sub-blocks run
+    side by side and share its k and Γ in L2), K in blocks of BK.
+
+    Earlier sub-blocks: one [BC, C] tensor-core dot per K block, both factors relative to Γ at the row before this
+    sub-block (each e^{≤0}; the columns from this sub-block on are discarded). The diagonal sub-block: all [BC, BC]
+    pairwise decays of a K block at once, as a [BC, BC, BK] product summed over K (one exponential per pair and
+    channel, no per-column loop)."""
+    NB: tl.constexpr = C // BC
+    p0, h = tl.program_id(0), tl.program_id(1)
+    pid, i = p0 // NB, p0 % NB
+    th, nv = _chunk_pos(CI, cu, pid, H, C)
+    bk = (th + h) * K
+    Qb, Kb, Gb = Q + bk, Kt + bk, G + bk
+    jb = tl.arange(0, BC)
+    rb = i * BC + jb
+    rc = tl.arange(0, C)
+    vb = rb < nv
+    vc = rc < nv
+    r_ref = tl.maximum(i * BC - 1, 0)
+    acc_q = tl.zeros([BC, C], dtype=tl.float32)
+    acc_k = tl.zeros([BC, C], dtype=tl.float32)
+    aq = tl.zeros([BC, BC], dtype=tl.float32)
+    ak = tl.zeros([BC, BC], dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        d = k0 + tl.arange(0, BK)
+        off_b = rb[:, None] * (H * K) + d[None, :]
+        q_b = tl.load(Qb + off_b, mask=vb[:, None], other=0.0).to(tl.float32) * scale
+        k_b = tl.load(Kb + off_b, mask=vb[:, None], other=0.0).to(tl.float32)
+        g_b = tl.load(Gb + off_b, mask=vb[:, None], other=0.0)
+        if i > 0:
+            g_ref = tl.load(Gb + r_ref * (H * K) + d, mask=d * 0 + r_ref < nv, other=0.0)
+            e_b = tl.exp(tl.minimum(g_b - g_ref[None, :], 0.0))
+            off_c = rc[:, None] * (H * K) + d[None, :]
+            vcol = (vc & (rc < i * BC))[:, None]
+            k_c = tl.load(Kb + off_c, mask=vcol, other=0.0).to(tl.float32)
+            g_c = tl.load(Gb + off_c, mask=vcol, other=0.0)
+            kcol = tl.trans(k_c * tl.exp(tl.minimum(g_ref[None, :] - g_c, 0.0)))
+            acc_q += tl.dot(q_b * e_b, kcol)
+            acc_k += tl.dot(k_b * e_b, kcol)
+        e3 = tl.exp(tl.minimum(g_b[:, None, :] - g_b[None, :, :], 0.0))  # [t, s, d]
+        ke3 = k_b[None, :, :] * e3
+        aq += tl.sum(q_b[:, None, :] * ke3, 2)
+        ak += tl.sum(k_b[:, None, :] * ke3, 2)
+    ba = (th + h) * C
+    off_a = rb[:, None] * (H * C) + rc[None, :]
+    own = (rc >= i * BC) & (rc < (i + 1) * BC)
+    tl.store(AQK + ba + off_a, tl.where((rc < i * BC)[None, :], acc_q, 0.0), mask=vb[:, None] & ~own[None, :])
+    tl.store(AKK + ba + off_a, tl.where((rc < i * BC)[None, :], acc_k, 0.0), mask=vb[:, None] & ~own[None, :])
+    off_d = rb[:, None] * (H * C) + i * BC + jb[None, :]
+    tl.store(AQK + ba + off_d, tl.where(jb[:, None] >= jb[None, :], aq, 0.0), mask=vb[:, None])
+    tl.store(AKK + ba + off_d, tl.where(jb[:, None] > jb[None, :], ak, 0.0), mask=vb[:, None])
 
 
 @triton.jit

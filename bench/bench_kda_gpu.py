@@ -161,16 +161,17 @@ def issue_compare(args) -> None:
 # Launch variants timed by --sweep (mixlab only): one change each against the defaults in kda_triton.LAUNCH.
 SWEEP = [
     {},
-    {"scores_bk": 16},
-    {"_scores_fwd_kernel": {"num_warps": 8}},
+    {"scores_bh": 4, "_scores_diag_fwd_kernel": {"num_warps": 4}, "_scores_diag_bwd_kernel": {"num_warps": 4}},
+    {"scores_bh": 1},
+    {"scores_off_bk": {"fwd": 64, "bwd": 64}},
+    {"_solve_fwd_kernel": {"num_warps": 8}},
     {"state_bv": 32},
     {"_state_bwd_kernel": {"num_warps": 8, "num_stages": 2}},
     {"_intra_bwd_kernel": {"num_warps": 4, "num_stages": 1}},
-    {"_solve_fwd_kernel": {"num_warps": 4}, "_output_fwd_kernel": {"num_warps": 8},
-     "_dv0_bwd_kernel": {"num_warps": 8}},
+    {"_dv0_bwd_kernel": {"num_warps": 8}},
     {"store": "fp32"},  # fp32 intermediates for bf16 inputs: what the 16-bit storage saves (and costs in error)
-    # last: at 4 warps / 1 stage the state kernels hit an illegal memory access on an H100 (wave 7, with 32-wide V
-    # blocks), which ends the process's CUDA context
+    # last: at 4 warps / 1 stage with 32-wide V blocks the state kernels hit an illegal memory access on an H100
+    # (wave 7; not seen with 64-wide blocks, the default since), which ends the process's CUDA context
     {"_state_fwd_kernel": {"num_warps": 4, "num_stages": 1}, "_state_bwd_kernel": {"num_warps": 4, "num_stages": 1}},
 ]
 
@@ -193,7 +194,8 @@ def sweep(args) -> None:
     do = torch.randn_like(v)
     default_launch = {n: dict(o) for n, o in kda_triton.LAUNCH.items()}
     default_store = kda_triton._store_dtype
-    default_bk, default_bv = kda_triton.SCORES_BK, kda_triton.STATE_BV
+    defaults = {name: getattr(kda_triton, name.upper())  # module constants a variant sets
+                for name in ("scores_bh", "scores_off_bk", "state_bv")}
     out = {"device": torch.cuda.get_device_name() if dev == "cuda" else dev, "T": T, "B": B, "H": H, "K": K,
            "defaults": default_launch, "variants": []}
     t_start = time.time()
@@ -202,11 +204,11 @@ def sweep(args) -> None:
             break
         kda_triton.LAUNCH.clear()
         kda_triton.LAUNCH.update({n: dict(o) for n, o in default_launch.items()})
-        kda_triton.STATE_BV = variant.get("state_bv", default_bv)
+        for const, value in defaults.items():
+            setattr(kda_triton, const.upper(), variant.get(const, value))
         kda_triton._store_dtype = default_store if "store" not in variant else (lambda v: torch.float32)
-        kda_triton.SCORES_BK = variant.get("scores_bk", default_bk)
         for name, opts in variant.items():
-            if name not in ("state_bv", "store", "scores_bk"):
+            if name not in defaults and name != "store":
                 kda_triton.LAUNCH[name] = opts
         fn = lambda: chunk_kda_triton(*leaves, use_qk_l2norm=True)[0]  # noqa: E731
 

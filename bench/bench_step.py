@@ -197,8 +197,8 @@ def main() -> None:
     parser.add_argument("--fla-configs", type=int, default=0,
                         help="keep at most N autotune configs per Triton kernel (fla's first use: ~170 s uncapped)")
     parser.add_argument("--no-fla", action="store_true",
-                        help="no fla in any mode (no fla compile): KDA on the torch reference (not capturable: it reads "
-                             "a chunk count on the host) or, with MIXLAB_KDA_BACKEND=triton, on mixlab's Triton KDA")
+                        help="no fla in any mode (no fla compile): KDA on mixlab's Triton kernels (what `auto` takes "
+                             "without fla-core), or on the torch reference with MIXLAB_KDA_BACKEND=torch")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "bench_step needs a CUDA GPU"
     if args.fla_configs:
@@ -206,7 +206,7 @@ def main() -> None:
     if args.no_fla:
         dispatch.fla_available = lambda: False  # use_triton looks the name up at call time
     if not dispatch.fla_available():
-        print("WARNING: fla-core not importable: KDA runs the torch reference in every mode (not the peer)")
+        print("WARNING: fla-core not importable: KDA runs mixlab's Triton kernels in every mode (not the peer)")
     cfg = get_preset(args.preset)
     model = load_model(args.preset, dtype=torch.bfloat16, device="cuda", seed=0).train()
     master = None  # fp32 master weights for the recipe modes, made on first use

@@ -118,10 +118,11 @@ KDA_BACKENDS = ("auto", "fla", "triton", "torch")
 def kda_backend(*tensors: torch.Tensor | None) -> str:
     """Which chunked-KDA implementation runs on these tensors: "fla", "mixlab" (kda_triton.py) or "torch".
 
-    MIXLAB_KDA_BACKEND (read per call) picks among the fast ones: "auto" (default) and "fla" take fla-core where
-    it imports, "triton" takes mixlab's own Triton kernels (opt-in until bench/gpu_kda.sh shows them at least as fast
-    as fla at T = 2k/8k/32k: correct on an H100, but 1.5× slower at 2k and 8k), "torch" the
-    reference. CPU tensors and the "torch" kernel backend always get the reference.
+    MIXLAB_KDA_BACKEND (read per call) picks among the fast ones: "auto" (default) takes fla-core where it imports,
+    else mixlab's own Triton kernels where their head dims fit (K, V powers of two, 16–256), else the reference;
+    "fla" takes fla-core where it imports; "triton" mixlab's kernels; "torch" the reference. On an H100 (wave 7,
+    bench/gpu_kda.sh) mixlab's forward + backward is 0.94–0.96x fla's speed at T = 2k/8k/32k and 2.9x the
+    reference's, hence the order. CPU tensors and the "torch" kernel backend always get the reference.
     """
     choice = os.environ.get("MIXLAB_KDA_BACKEND", "auto").strip().lower()
     if choice not in KDA_BACKENDS:
@@ -131,7 +132,17 @@ def kda_backend(*tensors: torch.Tensor | None) -> str:
         return "torch"
     if choice == "triton" and triton_available():
         return "mixlab"
-    return "fla" if fla_available() else "torch"
+    if fla_available():
+        return "fla"
+    if choice == "auto" and triton_available() and _triton_kda_dims_ok(tensors):
+        return "mixlab"
+    return "torch"
+
+
+def _triton_kda_dims_ok(tensors: tuple[torch.Tensor | None, ...]) -> bool:
+    """Whether mixlab's Triton KDA takes these head dims (q, k, v last dims: powers of two, 16–256)."""
+    dims = {t.shape[-1] for t in tensors[:3] if t is not None}
+    return all(16 <= n <= 256 and n & (n - 1) == 0 for n in dims)
 
 
 def use_fused(*tensors: torch.Tensor | None) -> bool:

@@ -2,9 +2,9 @@
 
 The algorithm is the chunked delta rule of kda_chunk.py / kda_chunk_fn.py (WY representation with the UT
 transform inside 64-token chunks, an fp32 state recurrence across chunks), with the same hand-derived backward;
-the kernels are in kda_triton_kernels.py. Launches per call: forward 5 (cumsum, scores, solve, recurrence,
-output), backward 6 (output part, recurrence, intra-chunk in two, scores, reverse cumsum). Only the state update runs
-sequentially over chunks; the backward reuses what the forward saved (score matrices, the inverse, w, u, qg, kd,
+the kernels are in kda_triton_kernels.py. Launches per call: forward 6 (cumsum, scores in two: the diagonal 16×16
+sub-blocks token by token and the rest as tensor-core dots, solve, recurrence, output), backward 7 (output part,
+recurrence, intra-chunk in two, scores in two, reverse cumsum). Only the state update runs sequentially over chunks; the backward reuses what the forward saved (score matrices, the inverse, w, u, qg, kd,
 v_new and the chunk-start states, in the inputs' 16-bit dtype like fla-core's, or fp32 for fp32 inputs).
 
 Requirements: g ≤ 0 (log decay, as `kda_gate` gives), K and V powers of two from 16 to 256, chunk size 64.
@@ -14,6 +14,8 @@ on CPU, real shapes on GPU).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -30,8 +32,10 @@ from .kda_triton_kernels import (
     _l2norm_bwd_kernel,
     _l2norm_fwd_kernel,
     _output_fwd_kernel,
-    _scores_bwd_kernel,
-    _scores_fwd_kernel,
+    _scores_diag_bwd_kernel,
+    _scores_diag_fwd_kernel,
+    _scores_off_bwd_kernel,
+    _scores_off_fwd_kernel,
     _solve_fwd_kernel,
     _state_bwd_kernel,
     _state_fwd_kernel,
@@ -39,21 +43,23 @@ from .kda_triton_kernels import (
 
 CHUNK = 64
 SUB = 16
-# Launch options per kernel at K=V=128 (bf16 intermediates), chosen on CPU from ptxas's report for sm_90 (`python -P
-# -m mixlab.kernels.kda_triton_aot`: registers, spills, shared memory), not yet by GPU timing: bench/gpu_kda.sh
-# times the alternatives in bench_kda_gpu.SWEEP. The recurrences pipeline their per-chunk loads (num_stages=2:
+# Launch options per kernel at K=V=128 (bf16 intermediates): first from ptxas's report for sm_90 (`python -P -m
+# mixlab.kernels.kda_triton_aot`: registers, spills, shared memory), then by H100 timing of the alternatives in
+# bench_kda_gpu.SWEEP (bench/gpu_kda.sh; the score kernels, the solve and the state V block in wave 7). The recurrences pipeline their per-chunk loads (num_stages=2:
 # 80–120 KB of shared memory, under the 227 KB an H100 block may use; a slow test checks the limit).
 LAUNCH = {
     "_cumsum_kernel": {},
-    "_scores_fwd_kernel": {"num_warps": 4},
-    "_solve_fwd_kernel": {"num_warps": 8},
+    "_scores_off_fwd_kernel": {"num_warps": 4},
+    "_scores_diag_fwd_kernel": {"num_warps": 1},
+    "_scores_off_bwd_kernel": {"num_warps": 8},
+    "_scores_diag_bwd_kernel": {"num_warps": 1},
+    "_solve_fwd_kernel": {"num_warps": 4},
     "_state_fwd_kernel": {"num_warps": 4, "num_stages": 2},
     "_output_fwd_kernel": {"num_warps": 4},
     "_dv0_bwd_kernel": {"num_warps": 4},
     "_state_bwd_kernel": {"num_warps": 4, "num_stages": 2},
     "_intra_bwd_v_kernel": {"num_warps": 4},
     "_intra_bwd_kernel": {"num_warps": 8, "num_stages": 1},
-    "_scores_bwd_kernel": {"num_warps": 8},
     "_l2norm_fwd_kernel": {"num_warps": 4},
     "_l2norm_bwd_kernel": {"num_warps": 4},
 }
@@ -62,8 +68,10 @@ LAUNCH = {
 LAUNCH_FP32 = {"_state_fwd_kernel": {"num_warps": 8, "num_stages": 1},
                "_state_bwd_kernel": {"num_warps": 8, "num_stages": 1}}
 L2_ROWS = 32  # rows per program of the L2 norm
-# K block of the forward score kernel (its diagonal sub-block is a [16, 16, SCORES_BK] product).
-SCORES_BK = 32
+# The score matrices' diagonal 16×16 sub-blocks run one token per program for SCORES_BH heads (fla-core's forward
+# does the same); the rest are tensor-core dots, K in blocks of SCORES_OFF_BK. An H100 sweep (wave 7) chose these.
+SCORES_BH = 2
+SCORES_OFF_BK = {"fwd": 32, "bwd": 128}
 
 
 def launch_options(name: str, store_dtype: torch.dtype) -> dict:
@@ -134,8 +142,12 @@ class KDATritonFunction(torch.autograd.Function):
         _cumsum_kernel[(NT, H)](g, G, cu, ci, H=H, K=K, C=CHUNK, REVERSE=False, **LAUNCH["_cumsum_kernel"])
         Aqk = torch.empty(T, H, CHUNK, **f32)
         Akk = torch.empty(T, H, CHUNK, **f32)
-        _scores_fwd_kernel[(NT * (CHUNK // SUB), H)](q, k, G, Aqk, Akk, cu, ci, scale, H=H, K=K, C=CHUNK, BC=SUB,
-                                                     BK=min(SCORES_BK, K), **LAUNCH["_scores_fwd_kernel"])
+        _scores_off_fwd_kernel[(NT * (CHUNK // SUB), H)](
+            q, k, G, Aqk, Akk, cu, ci, scale, H=H, K=K, C=CHUNK, BC=SUB, BK=min(SCORES_OFF_BK["fwd"], K),
+            **LAUNCH["_scores_off_fwd_kernel"])
+        BH = math.gcd(H, SCORES_BH)
+        _scores_diag_fwd_kernel[(NT * CHUNK, H // BH)](q, k, G, Aqk, Akk, cu, ci, scale, H=H, K=K, C=CHUNK, BC=SUB,
+                                                       BH=BH, **LAUNCH["_scores_diag_fwd_kernel"])
         Tm = torch.empty(T, H, CHUNK, **f32)
         w, qg, kd = (torch.empty(T, H, K, **sd) for _ in range(3))
         u = torch.empty(T, H, DV, **sd)
@@ -197,10 +209,14 @@ class KDATritonFunction(torch.autograd.Function):
             k, G, beta, Akk, Tm, w, qg, v_new, starts, dnext, do, du, dq, dk, dG, dbeta, dAkk, cu, ci,
             H=H, K=K, DV=DV, C=CHUNK, BV=BV, **LAUNCH["_intra_bwd_kernel"],
         )
-        _scores_bwd_kernel[(NT, CHUNK // SUB, H)](
-            q, k, G, dAqk, dAkk, dq, dk, dG, cu, ci, ctx.scale, H=H, K=K, C=CHUNK, BC=SUB,
-            **LAUNCH["_scores_bwd_kernel"],
-        )
+        BK = min(SCORES_OFF_BK["bwd"], K)
+        _scores_off_bwd_kernel[(NT * (CHUNK // SUB) * (K // BK), H)](
+            q, k, G, dAqk, dAkk, dq, dk, dG, cu, ci, ctx.scale, H=H, K=K, C=CHUNK, BC=SUB, BK=BK,
+            **LAUNCH["_scores_off_bwd_kernel"])
+        BH = math.gcd(H, SCORES_BH)  # after the off-diagonal part: it applies `scale` to the finished dq
+        _scores_diag_bwd_kernel[(NT * CHUNK, H // BH)](
+            q, k, G, dAqk, dAkk, dq, dk, dG, cu, ci, ctx.scale, H=H, K=K, C=CHUNK, BC=SUB, BH=BH,
+            **LAUNCH["_scores_diag_bwd_kernel"])
         dg = torch.empty(T, H, K, **f32)
         _cumsum_kernel[(NT, H)](dG, dg, cu, ci, H=H, K=K, C=CHUNK, REVERSE=True, **LAUNCH["_cumsum_kernel"])
         shape = (1, T, H, K)

@@ -397,143 +397,179 @@ def _intra_bwd_kernel(Kt, G, BETA, AKK, TM, W, QG, VN, STARTS, DNEXT, DO, DU,
 
 
 @triton.jit
-def _scores_bwd_kernel(Q, Kt, G, DAQK, DAKK, DQ, DK, DG, cu, CI, scale,
-                       H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr):
-    """Backward of the score matrices for the rows/columns of sub-block i; adds to the partial dq, dk, dΓ.
-
-    Row side (t in block i): factors relative to Γ before the block; column side (s in block i): relative to Γ at
-    the block's last row, so every factor is e^{≤0}. One [BC, BC] block of dAqk/dAkk at a time (only [BC, K]
-    tiles live). dq is finally multiplied by `scale` (it was w.r.t. q·scale).
-    """
-    pid, i, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    th, nv = _chunk_pos(CI, cu, pid, H, C)
-    bk, bc = (th + h) * K, (th + h) * C
-    Qb, Kb, Gb = Q + bk, Kt + bk, G + bk
-    jb = tl.arange(0, BC)
-    rb = i * BC + jb
-    d = tl.arange(0, K)
-    vb = rb < nv
-    off_b = rb[:, None] * (H * K) + d[None, :]
-    q_b = tl.load(Qb + off_b, mask=vb[:, None], other=0.0).to(tl.float32) * scale
-    k_b = tl.load(Kb + off_b, mask=vb[:, None], other=0.0).to(tl.float32)
-    g_b = tl.load(Gb + off_b, mask=vb[:, None], other=0.0)
-    # Row side: earlier blocks j < i through dots, then the diagonal block column by column.
-    r_ref = tl.maximum(i * BC - 1, 0)
-    g_ref = tl.load(Gb + r_ref * (H * K) + d, mask=d * 0 + r_ref < nv, other=0.0)
-    off_ab = rb[:, None] * (H * C) + jb[None, :]
-    dq_r = tl.zeros([BC, K], dtype=tl.float32)
-    dk_r = tl.zeros([BC, K], dtype=tl.float32)
-    for j in range(i):
-        vj = (j * BC + jb < nv)[:, None]
-        off_j = (j * BC + jb)[:, None] * (H * K) + d[None, :]
-        g_j = tl.load(Gb + off_j, mask=vj, other=0.0)
-        kcol = tl.load(Kb + off_j, mask=vj, other=0.0).to(tl.float32) * tl.exp(tl.minimum(g_ref[None, :] - g_j, 0.0))
-        dq_r += tl.dot(tl.load(DAQK + bc + off_ab + j * BC, mask=vb[:, None], other=0.0), kcol)
-        dk_r += tl.dot(tl.load(DAKK + bc + off_ab + j * BC, mask=vb[:, None], other=0.0), kcol)
-    e_b = tl.exp(tl.minimum(g_b - g_ref[None, :], 0.0))
-    dq_r *= e_b
-    dk_r *= e_b
-    daq_d = tl.load(DAQK + bc + off_ab + i * BC, mask=vb[:, None], other=0.0)
-    dak_d = tl.load(DAKK + bc + off_ab + i * BC, mask=vb[:, None], other=0.0)
-    for j in range(BC):
-        s = i * BC + j
-        k_s = tl.load(Kb + s * (H * K) + d, mask=d * 0 + s < nv, other=0.0).to(tl.float32)
-        g_s = tl.load(Gb + s * (H * K) + d, mask=d * 0 + s < nv, other=0.0)
-        e = tl.exp(tl.minimum(g_b - g_s[None, :], 0.0)) * k_s[None, :]
-        col = (jb == j)[None, :]
-        cq = tl.sum(tl.where(col & (jb >= j)[:, None], daq_d, 0.0), 1)
-        ck = tl.sum(tl.where(col & (jb > j)[:, None], dak_d, 0.0), 1)
-        dq_r += cq[:, None] * e
-        dk_r += ck[:, None] * e
-    dg_b = q_b * dq_r + k_b * dk_r
-    # Column side: later blocks j > i through dots (relative to Γ at this block's last row), then the diagonal.
-    r_ref2 = (i + 1) * BC - 1
-    g_ref2 = tl.load(Gb + r_ref2 * (H * K) + d, mask=d * 0 + r_ref2 < nv, other=0.0)
-    dk_c = tl.zeros([BC, K], dtype=tl.float32)
-    for j in range(i + 1, C // BC):
-        rj = j * BC + jb
-        vj = (rj < nv)[:, None]
-        off_j = rj[:, None] * (H * K) + d[None, :]
-        e_r = tl.exp(tl.minimum(tl.load(Gb + off_j, mask=vj, other=0.0) - g_ref2[None, :], 0.0))
-        qhat = tl.load(Qb + off_j, mask=vj, other=0.0).to(tl.float32) * scale * e_r
-        khat = tl.load(Kb + off_j, mask=vj, other=0.0).to(tl.float32) * e_r
-        off_cb = rj[:, None] * (H * C) + i * BC + jb[None, :]
-        daq_c = tl.load(DAQK + bc + off_cb, mask=vj, other=0.0)
-        dak_c = tl.load(DAKK + bc + off_cb, mask=vj, other=0.0)
-        dk_c += tl.dot(tl.trans(daq_c), qhat) + tl.dot(tl.trans(dak_c), khat)
-    dk_c *= tl.exp(tl.minimum(g_ref2[None, :] - g_b, 0.0))
-    for j in range(BC):
-        t = i * BC + j
-        row = t * (H * K) + d
-        q_t = tl.load(Qb + row, mask=d * 0 + t < nv, other=0.0).to(tl.float32) * scale
-        k_t = tl.load(Kb + row, mask=d * 0 + t < nv, other=0.0).to(tl.float32)
-        g_t = tl.load(Gb + row, mask=d * 0 + t < nv, other=0.0)
-        e = tl.exp(tl.minimum(g_t[None, :] - g_b, 0.0))
-        rq = tl.load(DAQK + bc + t * (H * C) + rb, mask=(rb <= t) & (rb * 0 + t < nv), other=0.0)
-        rk = tl.load(DAKK + bc + t * (H * C) + rb, mask=(rb < t) & (rb * 0 + t < nv), other=0.0)
-        dk_c += (rq[:, None] * q_t[None, :] + rk[:, None] * k_t[None, :]) * e
-    dg_b -= k_b * dk_c
-    m = vb[:, None]
-    dq = tl.load(DQ + bk + off_b, mask=m, other=0.0) + dq_r
-    tl.store(DQ + bk + off_b, dq * scale, mask=m)
-    tl.store(DK + bk + off_b, tl.load(DK + bk + off_b, mask=m, other=0.0) + dk_r + dk_c, mask=m)
-    tl.store(DG + bk + off_b, tl.load(DG + bk + off_b, mask=m, other=0.0) + dg_b, mask=m)
-
-
-@triton.jit
-def _scores_fwd_kernel(Q, Kt, G, AQK, AKK, cu, CI, scale,
-                       H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr):
-    """Rows [i·BC, (i+1)·BC) of Aqk and Akk of one chunk (grid: chunks × sub-blocks, heads; a chunk's sub-blocks run
-    side by side and share its k and Γ in L2), K in blocks of BK.
-
-    Earlier sub-blocks: one [BC, C] tensor-core dot per K block, both factors relative to Γ at the row before this
-    sub-block (each e^{≤0}; the columns from this sub-block on are discarded). The diagonal sub-block: all [BC, BC]
-    pairwise decays of a K block at once, as a [BC, BC, BK] product summed over K (one exponential per pair and
-    channel, no per-column loop)."""
+def _scores_off_fwd_kernel(Q, Kt, G, AQK, AKK, cu, CI, scale,
+                           H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr):
+    """Rows [i·BC, (i+1)·BC) of Aqk and Akk outside their diagonal sub-block (grid: chunks × sub-blocks, heads):
+    the columns of earlier sub-blocks by one [BC, C] tensor-core dot per K block, both factors relative to Γ at the
+    row before this sub-block (each e^{≤0}), zeros after the sub-block. The diagonal sub-block is
+    `_scores_diag_fwd_kernel`'s."""
     NB: tl.constexpr = C // BC
     p0, h = tl.program_id(0), tl.program_id(1)
     pid, i = p0 // NB, p0 % NB
     th, nv = _chunk_pos(CI, cu, pid, H, C)
     bk = (th + h) * K
     Qb, Kb, Gb = Q + bk, Kt + bk, G + bk
-    jb = tl.arange(0, BC)
-    rb = i * BC + jb
+    rb = i * BC + tl.arange(0, BC)
     rc = tl.arange(0, C)
     vb = rb < nv
-    vc = rc < nv
-    r_ref = tl.maximum(i * BC - 1, 0)
     acc_q = tl.zeros([BC, C], dtype=tl.float32)
     acc_k = tl.zeros([BC, C], dtype=tl.float32)
-    aq = tl.zeros([BC, BC], dtype=tl.float32)
-    ak = tl.zeros([BC, BC], dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        d = k0 + tl.arange(0, BK)
-        off_b = rb[:, None] * (H * K) + d[None, :]
-        q_b = tl.load(Qb + off_b, mask=vb[:, None], other=0.0).to(tl.float32) * scale
-        k_b = tl.load(Kb + off_b, mask=vb[:, None], other=0.0).to(tl.float32)
-        g_b = tl.load(Gb + off_b, mask=vb[:, None], other=0.0)
-        if i > 0:
+    if i > 0:
+        r_ref = i * BC - 1
+        before = ((rc < nv) & (rc < i * BC))[:, None]
+        for k0 in range(0, K, BK):
+            d = k0 + tl.arange(0, BK)
+            off_b = rb[:, None] * (H * K) + d[None, :]
+            q_b = tl.load(Qb + off_b, mask=vb[:, None], other=0.0).to(tl.float32) * scale
+            k_b = tl.load(Kb + off_b, mask=vb[:, None], other=0.0).to(tl.float32)
+            g_b = tl.load(Gb + off_b, mask=vb[:, None], other=0.0)
             g_ref = tl.load(Gb + r_ref * (H * K) + d, mask=d * 0 + r_ref < nv, other=0.0)
             e_b = tl.exp(tl.minimum(g_b - g_ref[None, :], 0.0))
             off_c = rc[:, None] * (H * K) + d[None, :]
-            vcol = (vc & (rc < i * BC))[:, None]
-            k_c = tl.load(Kb + off_c, mask=vcol, other=0.0).to(tl.float32)
-            g_c = tl.load(Gb + off_c, mask=vcol, other=0.0)
+            k_c = tl.load(Kb + off_c, mask=before, other=0.0).to(tl.float32)
+            g_c = tl.load(Gb + off_c, mask=before, other=0.0)
             kcol = tl.trans(k_c * tl.exp(tl.minimum(g_ref[None, :] - g_c, 0.0)))
             acc_q += tl.dot(q_b * e_b, kcol)
             acc_k += tl.dot(k_b * e_b, kcol)
-        e3 = tl.exp(tl.minimum(g_b[:, None, :] - g_b[None, :, :], 0.0))  # [t, s, d]
-        ke3 = k_b[None, :, :] * e3
-        aq += tl.sum(q_b[:, None, :] * ke3, 2)
-        ak += tl.sum(k_b[:, None, :] * ke3, 2)
     ba = (th + h) * C
     off_a = rb[:, None] * (H * C) + rc[None, :]
-    own = (rc >= i * BC) & (rc < (i + 1) * BC)
-    tl.store(AQK + ba + off_a, tl.where((rc < i * BC)[None, :], acc_q, 0.0), mask=vb[:, None] & ~own[None, :])
-    tl.store(AKK + ba + off_a, tl.where((rc < i * BC)[None, :], acc_k, 0.0), mask=vb[:, None] & ~own[None, :])
-    off_d = rb[:, None] * (H * C) + i * BC + jb[None, :]
-    tl.store(AQK + ba + off_d, tl.where(jb[:, None] >= jb[None, :], aq, 0.0), mask=vb[:, None])
-    tl.store(AKK + ba + off_d, tl.where(jb[:, None] > jb[None, :], ak, 0.0), mask=vb[:, None])
+    earlier = (rc < i * BC)[None, :]
+    outside = vb[:, None] & ((rc < i * BC) | (rc >= (i + 1) * BC))[None, :]
+    tl.store(AQK + ba + off_a, tl.where(earlier, acc_q, 0.0), mask=outside)
+    tl.store(AKK + ba + off_a, tl.where(earlier, acc_k, 0.0), mask=outside)
+
+
+@triton.jit
+def _scores_diag_fwd_kernel(Q, Kt, G, AQK, AKK, cu, CI, scale,
+                            H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BH: tl.constexpr):
+    """The diagonal sub-block's entries of one token's rows of Aqk and Akk, for BH heads (grid: chunks × tokens,
+    head blocks): a loop over the earlier tokens of its sub-block (at most BC − 1), each one [BH, K] product with its
+    pairwise decays e^{Γ_t − Γ_s} (≤ 1). Token-parallel, as fla-core's forward."""
+    p0, hb = tl.program_id(0), tl.program_id(1)
+    pid, r = p0 // C, p0 % C
+    th, nv = _chunk_pos(CI, cu, pid, H, C)
+    if r >= nv:
+        return
+    hh = hb * BH + tl.arange(0, BH)
+    d = tl.arange(0, K)
+    ts = (r // BC) * BC
+    off_t = (th + r * H + hh[:, None]) * K + d[None, :]
+    q_t = tl.load(Q + off_t).to(tl.float32) * scale
+    k_t = tl.load(Kt + off_t).to(tl.float32)
+    g_t = tl.load(G + off_t)
+    jb = tl.arange(0, BC)
+    aq = tl.zeros([BH, BC], dtype=tl.float32)
+    ak = tl.zeros([BH, BC], dtype=tl.float32)
+    for s in range(ts, r + 1):
+        off_s = (th + s * H + hh[:, None]) * K + d[None, :]
+        ke = tl.load(Kt + off_s).to(tl.float32) * tl.exp(tl.minimum(g_t - tl.load(G + off_s), 0.0))
+        col = (jb == s - ts)[None, :]
+        aq = tl.where(col, tl.sum(q_t * ke, 1)[:, None], aq)
+        ak = tl.where(col & (s < r), tl.sum(k_t * ke, 1)[:, None], ak)
+    off_a = (th + r * H + hh[:, None]) * C + ts + jb[None, :]
+    tl.store(AQK + off_a, aq)
+    tl.store(AKK + off_a, ak)
+
+
+@triton.jit
+def _scores_off_bwd_kernel(Q, Kt, G, DAQK, DAKK, DQ, DK, DG, cu, CI, scale,
+                           H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr):
+    """Backward of the score entries outside the diagonal sub-blocks, for the rows and columns of sub-block i and
+    channels [kb·BK, (kb+1)·BK) (grid: chunks × sub-blocks × K blocks, heads; every term is separable over
+    channels); adds to the partial dq (w.r.t. q·scale), dk, dΓ. (Rows and columns as two launches, with fewer
+    registers each, measured slower on an H100.)
+
+    Row side (t in block i, s in earlier blocks): factors relative to Γ before the block, one [BC, C] × [C, BK] dot.
+    Column side (s in block i, t in later blocks): relative to Γ at the block's last row, one [C, BC]ᵀ × [C, BK]
+    dot per score matrix. `_scores_diag_bwd_kernel` adds the diagonal blocks and applies `scale` to dq."""
+    NKB: tl.constexpr = K // BK
+    NB: tl.constexpr = C // BC
+    p0, h = tl.program_id(0), tl.program_id(1)
+    pid, i, kb = p0 // (NB * NKB), (p0 // NKB) % NB, p0 % NKB
+    th, nv = _chunk_pos(CI, cu, pid, H, C)
+    bk, bc = (th + h) * K, (th + h) * C
+    Qb, Kb, Gb = Q + bk, Kt + bk, G + bk
+    jb = tl.arange(0, BC)
+    rb = i * BC + jb
+    rc = tl.arange(0, C)
+    d = kb * BK + tl.arange(0, BK)
+    vb = rb < nv
+    vc = rc < nv
+    m = vb[:, None]
+    off_b = rb[:, None] * (H * K) + d[None, :]
+    k_b = tl.load(Kb + off_b, mask=m, other=0.0).to(tl.float32)
+    g_b = tl.load(Gb + off_b, mask=m, other=0.0)
+    off_c = rc[:, None] * (H * K) + d[None, :]
+    # Row side, earlier blocks: dA[t, s] for s < i·BC against k_s e^{Γ_ref − Γ_s}.
+    r_ref = tl.maximum(i * BC - 1, 0)
+    g_ref = tl.load(Gb + r_ref * (H * K) + d, mask=d * 0 + r_ref < nv, other=0.0)
+    before = vc & (rc < i * BC)
+    k_c = tl.load(Kb + off_c, mask=before[:, None], other=0.0).to(tl.float32)
+    g_c = tl.load(Gb + off_c, mask=before[:, None], other=0.0)
+    kcol = k_c * tl.exp(tl.minimum(g_ref[None, :] - g_c, 0.0))
+    off_row = rb[:, None] * (H * C) + rc[None, :]
+    m_row = m & before[None, :]
+    e_b = tl.exp(tl.minimum(g_b - g_ref[None, :], 0.0))
+    dq_r = tl.dot(tl.load(DAQK + bc + off_row, mask=m_row, other=0.0), kcol) * e_b
+    dk_r = tl.dot(tl.load(DAKK + bc + off_row, mask=m_row, other=0.0), kcol) * e_b
+    # Column side, later blocks: dA[t, s] for t ≥ (i+1)·BC against q_t, k_t e^{Γ_t − Γ_ref2}.
+    r_ref2 = (i + 1) * BC - 1
+    g_ref2 = tl.load(Gb + r_ref2 * (H * K) + d, mask=d * 0 + r_ref2 < nv, other=0.0)
+    after = vc & (rc > r_ref2)
+    q_a = tl.load(Qb + off_c, mask=after[:, None], other=0.0).to(tl.float32) * scale
+    k_a = tl.load(Kb + off_c, mask=after[:, None], other=0.0).to(tl.float32)
+    e_a = tl.exp(tl.minimum(tl.load(Gb + off_c, mask=after[:, None], other=0.0) - g_ref2[None, :], 0.0))
+    off_col = rc[:, None] * (H * C) + i * BC + jb[None, :]
+    m_col = after[:, None] & vb[None, :]
+    daq_col = tl.load(DAQK + bc + off_col, mask=m_col, other=0.0)
+    dak_col = tl.load(DAKK + bc + off_col, mask=m_col, other=0.0)
+    dk_c = tl.dot(tl.trans(daq_col), q_a * e_a) + tl.dot(tl.trans(dak_col), k_a * e_a)
+    dk_c *= tl.exp(tl.minimum(g_ref2[None, :] - g_b, 0.0))
+    q_b = tl.load(Qb + off_b, mask=m, other=0.0).to(tl.float32) * scale
+    tl.store(DQ + bk + off_b, tl.load(DQ + bk + off_b, mask=m, other=0.0) + dq_r, mask=m)
+    tl.store(DK + bk + off_b, tl.load(DK + bk + off_b, mask=m, other=0.0) + dk_r + dk_c, mask=m)
+    tl.store(DG + bk + off_b, tl.load(DG + bk + off_b, mask=m, other=0.0) + q_b * dq_r + k_b * (dk_r - dk_c),
+             mask=m)
+
+
+@triton.jit
+def _scores_diag_bwd_kernel(Q, Kt, G, DAQK, DAKK, DQ, DK, DG, cu, CI, scale,
+                            H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BH: tl.constexpr):
+    """Backward of the diagonal sub-blocks' score entries for one token t and BH heads (grid: chunks × tokens, head
+    blocks), launched after `_scores_off_bwd_kernel`: its row (s ≤ t in its sub-block: dq, dk) and its column
+    (later tokens u ≥ t of its sub-block: dk), each a loop of ≤ BC [BH, K] products; adds dq, dk, dΓ and finally
+    multiplies dq by `scale` (the partial dq was w.r.t. q·scale)."""
+    p0, hb = tl.program_id(0), tl.program_id(1)
+    pid, r = p0 // C, p0 % C
+    th, nv = _chunk_pos(CI, cu, pid, H, C)
+    if r >= nv:
+        return
+    hh = hb * BH + tl.arange(0, BH)
+    d = tl.arange(0, K)
+    ts = (r // BC) * BC
+    off_t = (th + r * H + hh[:, None]) * K + d[None, :]
+    q_t = tl.load(Q + off_t).to(tl.float32) * scale
+    k_t = tl.load(Kt + off_t).to(tl.float32)
+    g_t = tl.load(G + off_t)
+    row_a = (th + r * H + hh) * C  # row t of dAqk / dAkk, per head
+    dq = tl.zeros([BH, K], dtype=tl.float32)
+    dk = tl.zeros([BH, K], dtype=tl.float32)
+    for s in range(ts, r + 1):
+        off_s = (th + s * H + hh[:, None]) * K + d[None, :]
+        ke = tl.load(Kt + off_s).to(tl.float32) * tl.exp(tl.minimum(g_t - tl.load(G + off_s), 0.0))
+        dq += tl.load(DAQK + row_a + s)[:, None] * ke
+        dk += tl.load(DAKK + row_a + s, mask=(hh * 0 + s) < r, other=0.0)[:, None] * ke
+    dkc = tl.zeros([BH, K], dtype=tl.float32)
+    for u in range(r, tl.minimum(ts + BC, nv)):
+        off_u = (th + u * H + hh[:, None]) * K + d[None, :]
+        e = tl.exp(tl.minimum(tl.load(G + off_u) - g_t, 0.0))
+        col_a = (th + u * H + hh) * C + r  # column t of dAqk / dAkk in row u
+        daq = tl.load(DAQK + col_a)[:, None] * scale * tl.load(Q + off_u).to(tl.float32)
+        dak = tl.load(DAKK + col_a, mask=(hh * 0 + u) > r, other=0.0)[:, None] * tl.load(Kt + off_u).to(tl.float32)
+        dkc += (daq + dak) * e
+    tl.store(DQ + off_t, (tl.load(DQ + off_t) + dq) * scale)
+    tl.store(DK + off_t, tl.load(DK + off_t) + dk + dkc)
+    tl.store(DG + off_t, tl.load(DG + off_t) + q_t * dq + k_t * dk - k_t * dkc)
 
 
 @triton.jit

@@ -121,7 +121,7 @@ def kda_backend(*tensors: torch.Tensor | None) -> str:
     MIXLAB_KDA_BACKEND (read per call) picks among the fast ones: "auto" (default) takes fla-core where it imports,
     else mixlab's own Triton kernels where their head dims fit (K, V powers of two, 16–256), else the reference;
     "fla" takes fla-core where it imports; "triton" mixlab's kernels; "torch" the reference. On an H100 (wave 7,
-    bench/gpu_kda.sh) mixlab's forward + backward is 0.94–0.96x fla's speed at T = 2k/8k/32k and 2.9x the
+    bench/gpu_kda.sh) mixlab's forward + backward is 0.94–0.96x fla's speed at T = 2k/8k/32k and 2.9–4.1x the
     reference's, hence the order. CPU tensors and the "torch" kernel backend always get the reference.
     """
     choice = os.environ.get("MIXLAB_KDA_BACKEND", "auto").strip().lower()

@@ -440,23 +440,32 @@ def _scores_off_fwd_kernel(Q, Kt, G, AQK, AKK, cu, CI, scale,
 
 
 @triton.jit
+def _token_pos(CI, cu, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BH: tl.constexpr):
+    """A token-parallel program's place (grid: chunks × tokens, head blocks): its chunk's `_chunk_pos` (first token ·
+    H, valid rows), its row r in the chunk, the first row of its sub-block, its BH heads and the K channels."""
+    p0, hb = tl.program_id(0), tl.program_id(1)
+    th, nv = _chunk_pos(CI, cu, p0 // C, H, C)
+    r = p0 % C
+    return th, nv, r, (r // BC) * BC, hb * BH + tl.arange(0, BH), tl.arange(0, K)
+
+
+@triton.jit
+def _token_rows(Q, Kt, G, th, r, hh, d, scale, H: tl.constexpr, K: tl.constexpr):
+    """(offsets, q·scale, k, Γ) of row r of the chunk, for heads hh: [BH, K] fp32."""
+    off = (th + r * H + hh[:, None]) * K + d[None, :]
+    return off, tl.load(Q + off).to(tl.float32) * scale, tl.load(Kt + off).to(tl.float32), tl.load(G + off)
+
+
+@triton.jit
 def _scores_diag_fwd_kernel(Q, Kt, G, AQK, AKK, cu, CI, scale,
                             H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BH: tl.constexpr):
     """The diagonal sub-block's entries of one token's rows of Aqk and Akk, for BH heads (grid: chunks × tokens,
     head blocks): a loop over the earlier tokens of its sub-block (at most BC − 1), each one [BH, K] product with its
     pairwise decays e^{Γ_t − Γ_s} (≤ 1). Token-parallel, as fla-core's forward."""
-    p0, hb = tl.program_id(0), tl.program_id(1)
-    pid, r = p0 // C, p0 % C
-    th, nv = _chunk_pos(CI, cu, pid, H, C)
+    th, nv, r, ts, hh, d = _token_pos(CI, cu, H, K, C, BC, BH)
     if r >= nv:
         return
-    hh = hb * BH + tl.arange(0, BH)
-    d = tl.arange(0, K)
-    ts = (r // BC) * BC
-    off_t = (th + r * H + hh[:, None]) * K + d[None, :]
-    q_t = tl.load(Q + off_t).to(tl.float32) * scale
-    k_t = tl.load(Kt + off_t).to(tl.float32)
-    g_t = tl.load(G + off_t)
+    off_t, q_t, k_t, g_t = _token_rows(Q, Kt, G, th, r, hh, d, scale, H, K)
     jb = tl.arange(0, BC)
     aq = tl.zeros([BH, BC], dtype=tl.float32)
     ak = tl.zeros([BH, BC], dtype=tl.float32)
@@ -539,18 +548,10 @@ def _scores_diag_bwd_kernel(Q, Kt, G, DAQK, DAKK, DQ, DK, DG, cu, CI, scale,
     blocks), launched after `_scores_off_bwd_kernel`: its row (s ≤ t in its sub-block: dq, dk) and its column
     (later tokens u ≥ t of its sub-block: dk), each a loop of ≤ BC [BH, K] products; adds dq, dk, dΓ and finally
     multiplies dq by `scale` (the partial dq was w.r.t. q·scale)."""
-    p0, hb = tl.program_id(0), tl.program_id(1)
-    pid, r = p0 // C, p0 % C
-    th, nv = _chunk_pos(CI, cu, pid, H, C)
+    th, nv, r, ts, hh, d = _token_pos(CI, cu, H, K, C, BC, BH)
     if r >= nv:
         return
-    hh = hb * BH + tl.arange(0, BH)
-    d = tl.arange(0, K)
-    ts = (r // BC) * BC
-    off_t = (th + r * H + hh[:, None]) * K + d[None, :]
-    q_t = tl.load(Q + off_t).to(tl.float32) * scale
-    k_t = tl.load(Kt + off_t).to(tl.float32)
-    g_t = tl.load(G + off_t)
+    off_t, q_t, k_t, g_t = _token_rows(Q, Kt, G, th, r, hh, d, scale, H, K)
     row_a = (th + r * H + hh) * C  # row t of dAqk / dAkk, per head
     dq = tl.zeros([BH, K], dtype=tl.float32)
     dk = tl.zeros([BH, K], dtype=tl.float32)

@@ -4,8 +4,9 @@ The algorithm is the chunked delta rule of kda_chunk.py / kda_chunk_fn.py (WY re
 transform inside 64-token chunks, an fp32 state recurrence across chunks), with the same hand-derived backward;
 the kernels are in kda_triton_kernels.py. Launches per call: forward 6 (cumsum, scores in two: the diagonal 16×16
 sub-blocks token by token and the rest as tensor-core dots, solve, recurrence, output), backward 7 (output part,
-recurrence, intra-chunk in two, scores in two, reverse cumsum). Only the state update runs sequentially over chunks; the backward reuses what the forward saved (score matrices, the inverse, w, u, qg, kd,
-v_new and the chunk-start states, in the inputs' 16-bit dtype like fla-core's, or fp32 for fp32 inputs).
+recurrence, intra-chunk in two, scores in two, reverse cumsum). Only the state update runs sequentially over chunks;
+the backward reuses what the forward saved (score matrices, the inverse, w, u, qg, kd, v_new and the chunk-start
+states, in the inputs' 16-bit dtype like fla-core's, or fp32 for fp32 inputs).
 
 Requirements: g ≤ 0 (log decay, as `kda_gate` gives), K and V powers of two from 16 to 256, chunk size 64.
 q and k are L2-normalised here (`L2NormTriton`, the Triton twin of `kda_common.l2norm`) when asked. Reference:
@@ -45,8 +46,9 @@ CHUNK = 64
 SUB = 16
 # Launch options per kernel at K=V=128 (bf16 intermediates): first from ptxas's report for sm_90 (`python -P -m
 # mixlab.kernels.kda_triton_aot`: registers, spills, shared memory), then by H100 timing of the alternatives in
-# bench_kda_gpu.SWEEP (bench/gpu_kda.sh; the score kernels, the solve and the state V block in wave 7). The recurrences pipeline their per-chunk loads (num_stages=2:
-# 80–120 KB of shared memory, under the 227 KB an H100 block may use; a slow test checks the limit).
+# bench_kda_gpu.SWEEP (bench/gpu_kda.sh; the score kernels, the solve and the state V block in wave 7). The
+# recurrences pipeline their per-chunk loads (num_stages=2: 80–140 KB of shared memory, under the 227 KB an H100
+# block may use; a slow test checks the limit).
 LAUNCH = {
     "_cumsum_kernel": {},
     "_scores_off_fwd_kernel": {"num_warps": 4},

@@ -161,14 +161,15 @@ def issue_compare(args) -> None:
 # Launch variants timed by --sweep (mixlab only): one change each against the defaults in kda_triton.LAUNCH.
 SWEEP = [
     {},
-    {"scores_bh": 4, "_scores_diag_fwd_kernel": {"num_warps": 4}, "_scores_diag_bwd_kernel": {"num_warps": 4}},
-    {"scores_bh": 1},
-    {"scores_off_bk": {"fwd": 64, "bwd": 64}},
-    {"_solve_fwd_kernel": {"num_warps": 8}},
-    {"state_bv": 32},
-    {"_state_bwd_kernel": {"num_warps": 8, "num_stages": 2}},
-    {"_intra_bwd_kernel": {"num_warps": 4, "num_stages": 1}},
-    {"_dv0_bwd_kernel": {"num_warps": 8}},
+    {"qk_norm_16bit": False},  # fp32 q and k after the L2 norm (waves 4-7): what the 16-bit copies save
+    {"_scores_off_fwd_kernel": {"num_warps": 1}},
+    {"_scores_off_fwd_kernel": {"num_warps": 4}},
+    {"scores_off_bk": {"fwd": 64, "bwd": 128}},
+    {"_scores_off_bwd_kernel": {"num_warps": 4}},
+    {"scores_off_bk": {"fwd": 32, "bwd": 64}},
+    {"scores_off_bk": {"fwd": 32, "bwd": 64}, "_scores_off_bwd_kernel": {"num_warps": 4}},
+    {"scores_bh": 4, "_scores_diag_fwd_kernel": {"num_warps": 2}, "_scores_diag_bwd_kernel": {"num_warps": 2}},
+    {"_solve_fwd_kernel": {"num_warps": 4, "num_stages": 1}},
     {"store": "fp32"},  # fp32 intermediates for bf16 inputs: what the 16-bit storage saves (and costs in error)
     # last: at 4 warps / 1 stage with 32-wide V blocks the state kernels hit an illegal memory access on an H100
     # (wave 7; not seen with 64-wide blocks, the default since), which ends the process's CUDA context
@@ -195,7 +196,7 @@ def sweep(args) -> None:
     default_launch = {n: dict(o) for n, o in kda_triton.LAUNCH.items()}
     default_store = kda_triton._store_dtype
     defaults = {name: getattr(kda_triton, name.upper())  # module constants a variant sets
-                for name in ("scores_bh", "scores_off_bk", "state_bv")}
+                for name in ("scores_bh", "scores_off_bk", "state_bv", "solve_bd", "qk_norm_16bit")}
     out = {"device": torch.cuda.get_device_name() if dev == "cuda" else dev, "T": T, "B": B, "H": H, "K": K,
            "defaults": default_launch, "variants": []}
     t_start = time.time()

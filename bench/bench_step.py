@@ -16,6 +16,8 @@ Modes (same model weights, same batch):
                 grouped), the one they took before the default became "auto" (the fused MoE Function under capture).
 - fast_nosc, fast_nosc_graph : the same without the fused short convolution (not in the default list; the
                 first H100 numbers in BENCHMARKS.md were taken before that kernel existed, i.e. in this configuration).
+- <mode>_mixkda : any mode with KDA on mixlab's own Triton kernels (MIXLAB_KDA_BACKEND=triton) instead of what
+                `auto` picks. The peer always runs fla-core's KDA; the other modes run MIXLAB_KDA_BACKEND as set.
 
 Per mode and batch: tokens/s (median of timed steps), ratio to the peer, MFU (6 · active non-embedding params · tok/s
 plus causal MLA attention FLOPs, over the 780 TFLOP/s measured bf16 peak; KDA's own FLOPs are not counted), GPU busy %
@@ -123,16 +125,22 @@ class Runner:
 
 
 USER_MOE_IMPL = os.environ.get("MIXLAB_MOE_IMPL")  # what the other modes run (unset: the default, "auto")
+USER_KDA_BACKEND = os.environ.get("MIXLAB_KDA_BACKEND")
+
+
+def _set_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def run_mode(model, ids, mode: str, iters: int) -> dict:
-    if mode.endswith("_grouped"):
-        os.environ["MIXLAB_MOE_IMPL"] = "grouped"
-    elif USER_MOE_IMPL is None:
-        os.environ.pop("MIXLAB_MOE_IMPL", None)
-    else:
-        os.environ["MIXLAB_MOE_IMPL"] = USER_MOE_IMPL
-    base = mode.removesuffix("_grouped")
+    peer_fla = mode == "peer" and dispatch.fla_available()
+    _set_env("MIXLAB_KDA_BACKEND", "fla" if peer_fla else "triton" if mode.endswith("_mixkda") else USER_KDA_BACKEND)
+    mode_base = mode.removesuffix("_mixkda")
+    _set_env("MIXLAB_MOE_IMPL", "grouped" if mode_base.endswith("_grouped") else USER_MOE_IMPL)
+    base = mode_base.removesuffix("_grouped")
     set_backend("auto")
     set_fused(mode != "peer")
     short_conv_module.FUSED_SHORT_CONV = mode != "peer" and "_nosc" not in mode

@@ -9,7 +9,7 @@ the backward reuses what the forward saved (score matrices, the inverse, w, u, q
 states, in the inputs' 16-bit dtype like fla-core's, or fp32 for fp32 inputs).
 
 Requirements: g ≤ 0 (log decay, as `kda_gate` gives), K and V powers of two from 16 to 256, chunk size 64.
-q and k are L2-normalised here (`L2NormTriton`, the Triton twin of `kda_common.l2norm`) when asked. Reference:
+q and k are L2-normalised inside the op (`_l2norm_fwd`, the Triton twin of `kda_common.l2norm`) when asked. Reference:
 `chunk_kda_torch` and the token loop `naive_recurrent_kda`; tests in tests/kernels/test_kda_triton.py (interpreter
 on CPU, real shapes on GPU).
 """
@@ -46,14 +46,14 @@ CHUNK = 64
 SUB = 16
 # Launch options per kernel at K=V=128 (bf16 intermediates): first from ptxas's report for sm_90 (`python -P -m
 # mixlab.kernels.kda_triton_aot`: registers, spills, shared memory), then by H100 timing of the alternatives in
-# bench_kda_gpu.SWEEP (bench/gpu_kda.sh; the score kernels, the solve and the state V block in wave 7). The
+# bench_kda_gpu.SWEEP (bench/gpu_kda.sh; the score kernels, the solve and the state V block in waves 7 and 8). The
 # recurrences pipeline their per-chunk loads (num_stages=2: 80–140 KB of shared memory, under the 227 KB an H100
 # block may use; a slow test checks the limit).
 LAUNCH = {
     "_cumsum_kernel": {},
-    "_scores_off_fwd_kernel": {"num_warps": 4},
+    "_scores_off_fwd_kernel": {"num_warps": 2},
     "_scores_diag_fwd_kernel": {"num_warps": 1},
-    "_scores_off_bwd_kernel": {"num_warps": 8},
+    "_scores_off_bwd_kernel": {"num_warps": 4},
     "_scores_diag_bwd_kernel": {"num_warps": 1},
     "_solve_fwd_kernel": {"num_warps": 4},
     "_state_fwd_kernel": {"num_warps": 4, "num_stages": 2},
@@ -74,6 +74,10 @@ L2_ROWS = 32  # rows per program of the L2 norm
 # does the same); the rest are tensor-core dots, K in blocks of SCORES_OFF_BK. An H100 sweep (wave 7) chose these.
 SCORES_BH = 2
 SCORES_OFF_BK = {"fwd": 32, "bwd": 128}
+SOLVE_BD = 64  # K and V block of the solve's w, u, qg, kd tiles
+# L2-normalised q and k in the inputs' 16-bit dtype, as fla-core's l2norm_fwd gives them (False: fp32). Six kernels
+# read q and k; fp32 copies double those bytes. Measured against fp32 in bench_kda_gpu.SWEEP.
+QK_NORM_16BIT = True
 
 
 def launch_options(name: str, store_dtype: torch.dtype) -> dict:
@@ -127,11 +131,41 @@ def _store_dtype(v: torch.Tensor) -> torch.dtype:
     return torch.float32 if v.device.type == "cpu" else gpu_store_dtype(v.dtype)
 
 
+L2_EPS = 1e-6  # kda_common.l2norm's
+
+
+def _l2norm_fwd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`kda_common.l2norm`'s forward in one kernel: (y = x (Σx² + eps)^-½ per row of the last dim, r = (Σx² + eps)^-½
+    for the backward); y in the KDA intermediates' dtype when QK_NORM_16BIT (16-bit on a GPU for 16-bit x), else
+    fp32. x contiguous."""
+    D = x.shape[-1]
+    n = x.numel() // D
+    y = torch.empty(x.shape, device=x.device, dtype=_store_dtype(x) if QK_NORM_16BIT else torch.float32)
+    r = torch.empty(n, device=x.device, dtype=torch.float32)
+    _l2norm_fwd_kernel[(triton.cdiv(n, L2_ROWS),)](x, y, r, n, L2_EPS, D=D, BR=L2_ROWS, **LAUNCH["_l2norm_fwd_kernel"])
+    return y, r
+
+
+def _l2norm_bwd(y: torch.Tensor, r: torch.Tensor, dy: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """dx of `_l2norm_fwd` (in `dtype`) from its saved (y, r) and dy (contiguous, any float dtype)."""
+    D = y.shape[-1]
+    dx = torch.empty(y.shape, device=y.device, dtype=dtype)
+    n = r.numel()
+    _l2norm_bwd_kernel[(triton.cdiv(n, L2_ROWS),)](y, r, dy, dx, n, D=D, BR=L2_ROWS, **LAUNCH["_l2norm_bwd_kernel"])
+    return dx
+
+
 class KDATritonFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, g, beta, scale, initial_state, output_final_state, cu, seq_len):
+    def forward(ctx, q, k, v, g, beta, scale, initial_state, output_final_state, cu, seq_len, qk_l2norm):
         """q, k, g [1, T, H, K] (token-flat), v [1, T, H, V], beta [1, T, H]; cu int32 [N+1]; state [N, H, K, V];
-        seq_len: the length of every sequence when they are equal (no varlen), else None."""
+        seq_len: the length of every sequence when they are equal (no varlen), else None; qk_l2norm: L2-normalise
+        q and k first (inside the op, as fla-core does: the backward takes the norm's gradient from the fp32 dq
+        and dk, with no cast to q's dtype and back between two autograd nodes)."""
+        ctx.dtypes = (q.dtype, k.dtype, g.dtype)
+        rq = rk = None
+        if qk_l2norm:
+            (q, rq), (k, rk) = _l2norm_fwd(q), _l2norm_fwd(k)
         _, T, H, K = q.shape
         DV = v.shape[-1]
         N = cu.numel() - 1
@@ -154,7 +188,7 @@ class KDATritonFunction(torch.autograd.Function):
         w, qg, kd = (torch.empty(T, H, K, **sd) for _ in range(3))
         u = torch.empty(T, H, DV, **sd)
         _solve_fwd_kernel[(NT, H)](q, k, v, G, beta, Akk, Tm, w, u, qg, kd, cu, ci, scale, H=H, K=K, DV=DV, C=CHUNK,
-                                   BC=SUB, **LAUNCH["_solve_fwd_kernel"])
+                                   BC=SUB, BD=min(SOLVE_BD, K, DV), **LAUNCH["_solve_fwd_kernel"])
         starts = torch.empty(NT, H, K, DV, **sd)
         v_new = torch.empty(T, H, DV, **sd)
         ST = torch.empty(N, H, K, DV, **f32) if output_final_state else None
@@ -169,17 +203,16 @@ class KDATritonFunction(torch.autograd.Function):
         BVO = _bv_out(DV)
         _output_fwd_kernel[(NT, DV // BVO, H)](qg, starts, Aqk, v_new, o, cu, ci, H=H, K=K, DV=DV, C=CHUNK, BV=BVO,
                                                **LAUNCH["_output_fwd_kernel"])
-        ctx.save_for_backward(q, k, v, G, beta, Aqk, Akk, Tm, w, u, qg, kd, v_new, starts, cu, ci, co)
+        ctx.save_for_backward(q, k, v, G, beta, Aqk, Akk, Tm, w, u, qg, kd, v_new, starts, cu, ci, co, rq, rk)
         ctx.scale = scale
         ctx.has_s0 = initial_state is not None
         ctx.s0_dtype = None if initial_state is None else initial_state.dtype
-        ctx.dtypes = (q.dtype, k.dtype, g.dtype)
         return o, ST
 
     @staticmethod
     @once_differentiable
     def backward(ctx, do, dST):
-        q, k, v, G, beta, Aqk, Akk, Tm, w, u, qg, kd, v_new, starts, cu, ci, co = ctx.saved_tensors
+        q, k, v, G, beta, Aqk, Akk, Tm, w, u, qg, kd, v_new, starts, cu, ci, co, rq, rk = ctx.saved_tensors
         T, H, K = G.shape
         DV = v.shape[-1]
         N = cu.numel() - 1
@@ -223,39 +256,13 @@ class KDATritonFunction(torch.autograd.Function):
         _cumsum_kernel[(NT, H)](dG, dg, cu, ci, H=H, K=K, C=CHUNK, REVERSE=True, **LAUNCH["_cumsum_kernel"])
         shape = (1, T, H, K)
         q_dtype, k_dtype, g_dtype = ctx.dtypes
+        if rq is not None:  # the L2 norm's backward, from fp32 dq and dk
+            dq, dk = _l2norm_bwd(q, rq, dq, q_dtype), _l2norm_bwd(k, rk, dk, k_dtype)
         return (
             dq.view(shape).to(q_dtype), dk.view(shape).to(k_dtype), dv, dg.view(shape).to(g_dtype),
             dbeta.view(1, T, H).to(beta.dtype), None, dS0.to(ctx.s0_dtype) if ctx.has_s0 else None, None, None,
-            None,
+            None, None,
         )
-
-
-class L2NormTriton(torch.autograd.Function):
-    """`kda_common.l2norm` (fp32 result, same backward) as one Triton kernel each way instead of torch's passes."""
-
-    @staticmethod
-    def forward(ctx, x, eps):
-        D = x.shape[-1]
-        xc = x.contiguous()
-        n = xc.numel() // D
-        y = torch.empty(x.shape, device=x.device, dtype=torch.float32)
-        r = torch.empty(n, device=x.device, dtype=torch.float32)
-        _l2norm_fwd_kernel[(triton.cdiv(n, L2_ROWS),)](xc, y, r, n, eps, D=D, BR=L2_ROWS,
-                                                       **LAUNCH["_l2norm_fwd_kernel"])
-        ctx.save_for_backward(y, r)
-        ctx.x_dtype = x.dtype
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        y, r = ctx.saved_tensors
-        D = y.shape[-1]
-        dx = torch.empty(y.shape, device=y.device, dtype=ctx.x_dtype)
-        n = r.numel()
-        _l2norm_bwd_kernel[(triton.cdiv(n, L2_ROWS),)](y, r, dy.contiguous(), dx, n, D=D, BR=L2_ROWS,
-                                                       **LAUNCH["_l2norm_bwd_kernel"])
-        return dx, None
 
 
 def _pow2_dim(op: str, name: str, n: int) -> None:
@@ -285,9 +292,6 @@ def chunk_kda_triton(
     _pow2_dim("chunk_kda_triton", "K", K)
     _pow2_dim("chunk_kda_triton", "V", v.shape[-1])
     scale = K ** -0.5 if scale is None else float(scale)
-    if use_qk_l2norm:
-        # fp32 (kept: rounding them to bf16 costs ~1e-3 relative on the state)
-        q, k = L2NormTriton.apply(q, 1e-6), L2NormTriton.apply(k, 1e-6)
     if cu_seqlens is None:
         cu = torch.arange(0, B + 1, device=q.device, dtype=torch.int32) * T
     else:
@@ -295,6 +299,6 @@ def chunk_kda_triton(
     flat = lambda t: t.reshape(1, B * T, *t.shape[2:]).contiguous()  # noqa: E731
     o, S = KDATritonFunction.apply(
         flat(q), flat(k), flat(v), flat(g.float()), flat(beta), scale, initial_state, output_final_state, cu,
-        T if cu_seqlens is None else None,
+        T if cu_seqlens is None else None, use_qk_l2norm,
     )
     return o.view(v.shape), S

@@ -26,7 +26,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import kda_triton_kernels as kk
-from .kda_triton import CHUNK, L2_ROWS, SCORES_BH, SCORES_OFF_BK, SUB, _bv, _bv_out, launch_options
+from .kda_triton import CHUNK, L2_ROWS, SCORES_BH, SCORES_OFF_BK, SOLVE_BD, SUB, _bv, _bv_out, launch_options
 
 # Shared memory one block may use: H100 and H200 (sm_90), as the device reported it.
 SM90_SHARED_LIMIT = 232448
@@ -47,7 +47,7 @@ def _specs(H: int, K: int, DV: int, dt: str = "*bf16"):
         "_scores_diag_bwd_kernel": (dict(Q=dt, Kt=dt, G=P, DAQK=P, DAKK=P, DQ=P, DK=P, DG=P, cu=I, CI=I, scale=F),
                                     dict(H=H, K=K, C=CHUNK, BC=SUB, BH=math.gcd(H, SCORES_BH))),
         "_solve_fwd_kernel": (dict(Q=dt, Kt=dt, V=dt, G=P, BETA=dt, AKK=P, TM=P, W=dt, U=dt, QG=dt, KD=dt, cu=I,
-                                   CI=I, scale=F), dict(H=H, K=K, DV=DV, C=CHUNK, BC=SUB)),
+                                   CI=I, scale=F), dict(H=H, K=K, DV=DV, C=CHUNK, BC=SUB, BD=min(SOLVE_BD, K, DV))),
         "_state_fwd_kernel": (dict(KD=dt, G=P, W=dt, U=dt, VN=dt, S0=P, STARTS=dt, ST=P, cu=I, CO=I),
                               dict(H=H, K=K, DV=DV, C=CHUNK, BV=BV, HAS_S0=True, STORE_ST=True)),
         "_output_fwd_kernel": (dict(QG=dt, STARTS=dt, AQK=P, VN=dt, O=dt, cu=I, CI=I),
@@ -60,8 +60,8 @@ def _specs(H: int, K: int, DV: int, dt: str = "*bf16"):
         "_intra_bwd_kernel": (dict(Kt=dt, G=P, BETA=dt, AKK=P, TM=P, W=dt, QG=dt, VN=dt, STARTS=dt, DNEXT=dt, DO=dt,
                                    DU=dt, DQ=P, DK=P, DG=P, DBETA=P, DAKK=P, cu=I, CI=I),
                               dict(H=H, K=K, DV=DV, C=CHUNK, BV=BV)),
-        "_l2norm_fwd_kernel": (dict(X=dt, Y=P, R=P, n_rows="i32", eps=F), dict(D=K, BR=L2_ROWS)),
-        "_l2norm_bwd_kernel": (dict(Y=P, R=P, DY=P, DX=dt, n_rows="i32"), dict(D=K, BR=L2_ROWS)),
+        "_l2norm_fwd_kernel": (dict(X=dt, Y=dt, R=P, n_rows="i32", eps=F), dict(D=K, BR=L2_ROWS)),
+        "_l2norm_bwd_kernel": (dict(Y=dt, R=P, DY=P, DX=dt, n_rows="i32"), dict(D=K, BR=L2_ROWS)),
     }
 
 

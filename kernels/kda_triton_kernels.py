@@ -59,21 +59,29 @@ def _cumsum_kernel(X, Y, cu, CI, H: tl.constexpr, K: tl.constexpr, C: tl.constex
 
 
 @triton.jit
+def _dot32(a, b):
+    # The inverse's small products in full fp32 (not tf32): Tm as exact as a forward substitution.
+    return tl.dot(a, b, input_precision="ieee")
+
+
+@triton.jit
 def _diag_inv(Ab, Bb, nv, i, H: tl.constexpr, C: tl.constexpr, BC: tl.constexpr):
-    """(I + diag(β) Akk)⁻¹ of diagonal sub-block i ([BC, BC]) by forward substitution, row by row
-    (Ab, Bb: the chunk's Akk and β base pointers)."""
+    """(I + L)⁻¹ of diagonal sub-block i ([BC, BC]), L = diag(β) Akk strictly lower (Ab, Bb: the chunk's Akk and
+    β base pointers). L is nilpotent (L^BC = 0), so (I + L)⁻¹ = Σ_{n<BC} (−L)^n = (I − L)(I + L²)(I + L⁴)(I + L⁸):
+    six fp32 products instead of BC − 1 serial substitution steps, each a cross-thread reduction."""
+    tl.static_assert(BC == 16)
     rb = tl.arange(0, BC)
     rows = i * BC + rb
     vr = rows < nv
     b = tl.load(Bb + rows * H, mask=vr, other=0.0).to(tl.float32)
     lt = tl.load(Ab + rows[:, None] * (H * C) + i * BC + rb[None, :], mask=vr[:, None], other=0.0)
-    lt = tl.where(rb[:, None] > rb[None, :], lt * b[:, None], 0.0)
-    x = tl.where(rb[:, None] == rb[None, :], 1.0, 0.0)
-    for r in range(1, BC):
-        lrow = tl.sum(tl.where((rb == r)[:, None], lt, 0.0), 0)  # row r of L (zero from column r on)
-        acc = tl.sum(lrow[:, None] * x, 0)  # Σ_{s<r} L[r,s] X[s,:]
-        x = tl.where((rb == r)[:, None], tl.where(rb == r, 1.0, 0.0)[None, :] - acc[None, :], x)
-    return x
+    n1 = tl.where(rb[:, None] > rb[None, :], -lt * b[:, None], 0.0)
+    eye = tl.where(rb[:, None] == rb[None, :], 1.0, 0.0)
+    n2 = _dot32(n1, n1)
+    n4 = _dot32(n2, n2)
+    x = _dot32(eye + n1, eye + n2)
+    x = _dot32(x, eye + n4)
+    return _dot32(x, eye + _dot32(n4, n4))
 
 
 @triton.jit
@@ -95,17 +103,12 @@ def _store_blk(Tb, x, nv, i, j, H: tl.constexpr, C: tl.constexpr, BC: tl.constex
 
 
 @triton.jit
-def _dot32(a, b):
-    # The inverse's small products in full fp32 (not tf32): Tm as exact as a forward substitution.
-    return tl.dot(a, b, input_precision="ieee")
-
-
-@triton.jit
 def _solve_fwd_kernel(Q, Kt, V, G, BETA, AKK, TM, W, U, QG, KD, cu, CI, scale,
-                      H: tl.constexpr, K: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BC: tl.constexpr):
-    """Tm = (I + diag(β) Akk)⁻¹ by blocks of BC (forward substitution inside the four diagonal blocks, products
-    for the six below), then w = Tm (β k e^Γ), u = Tm (β v), and the chunk's qg = q·scale·e^Γ and
-    kd = k e^{Γ_last − Γ} for the recurrences (w, u, qg, kd in the dtype of W)."""
+                      H: tl.constexpr, K: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BC: tl.constexpr,
+                      BD: tl.constexpr):
+    """Tm = (I + diag(β) Akk)⁻¹ by blocks of BC (`_diag_inv` for the four diagonal blocks, products for the six
+    below), then w = Tm (β k e^Γ), u = Tm (β v), and the chunk's qg = q·scale·e^Γ and kd = k e^{Γ_last − Γ} for
+    the recurrences (w, u, qg, kd in the dtype of W), K and V in blocks of BD."""
     tl.static_assert(C == 4 * BC)
     pid, h = tl.program_id(0), tl.program_id(1)
     th, nv = _chunk_pos(CI, cu, pid, H, C)
@@ -149,25 +152,28 @@ def _solve_fwd_kernel(Q, Kt, V, G, BETA, AKK, TM, W, U, QG, KD, cu, CI, scale,
     vc = rc < nv
     tm = tl.load(Tb + rc[:, None] * (H * C) + rc[None, :], mask=vc[:, None], other=0.0)
     beta = tl.load(Bb + rc * H, mask=vc, other=0.0).to(tl.float32)
-    d = tl.arange(0, K)
     bk = (th + h) * K
-    off_k = rc[:, None] * (H * K) + d[None, :]
-    k = tl.load(Kt + bk + off_k, mask=vc[:, None], other=0.0).to(tl.float32)
-    g = tl.load(G + bk + off_k, mask=vc[:, None], other=0.0)
-    E = tl.exp(tl.minimum(g, 0.0))
-    w = tl.dot(tm, k * E * beta[:, None])
-    tl.store(W + bk + off_k, w.to(W.dtype.element_ty), mask=vc[:, None])
-    g_last = tl.load(G + bk + (nv - 1) * (H * K) + d)
-    tl.store(KD + bk + off_k, (k * tl.exp(tl.minimum(g_last[None, :] - g, 0.0))).to(KD.dtype.element_ty),
-             mask=vc[:, None])
-    q = tl.load(Q + bk + off_k, mask=vc[:, None], other=0.0).to(tl.float32)
-    tl.store(QG + bk + off_k, (q * scale * E).to(QG.dtype.element_ty), mask=vc[:, None])
-    dv = tl.arange(0, DV)
+    # K and V in blocks of BD: [C, BD] tiles keep the program's registers (and so its occupancy) bounded
+    for d0 in range(0, K, BD):
+        d = d0 + tl.arange(0, BD)
+        off_k = rc[:, None] * (H * K) + d[None, :]
+        k = tl.load(Kt + bk + off_k, mask=vc[:, None], other=0.0).to(tl.float32)
+        g = tl.load(G + bk + off_k, mask=vc[:, None], other=0.0)
+        E = tl.exp(tl.minimum(g, 0.0))
+        w = tl.dot(tm, k * E * beta[:, None])
+        tl.store(W + bk + off_k, w.to(W.dtype.element_ty), mask=vc[:, None])
+        g_last = tl.load(G + bk + (nv - 1) * (H * K) + d)
+        tl.store(KD + bk + off_k, (k * tl.exp(tl.minimum(g_last[None, :] - g, 0.0))).to(KD.dtype.element_ty),
+                 mask=vc[:, None])
+        q = tl.load(Q + bk + off_k, mask=vc[:, None], other=0.0).to(tl.float32)
+        tl.store(QG + bk + off_k, (q * scale * E).to(QG.dtype.element_ty), mask=vc[:, None])
     bv = (th + h) * DV
-    off_v = rc[:, None] * (H * DV) + dv[None, :]
-    v = tl.load(V + bv + off_v, mask=vc[:, None], other=0.0).to(tl.float32)
-    u = tl.dot(tm, v * beta[:, None])
-    tl.store(U + bv + off_v, u.to(U.dtype.element_ty), mask=vc[:, None])
+    for d0 in range(0, DV, BD):
+        dv = d0 + tl.arange(0, BD)
+        off_v = rc[:, None] * (H * DV) + dv[None, :]
+        v = tl.load(V + bv + off_v, mask=vc[:, None], other=0.0).to(tl.float32)
+        u = tl.dot(tm, v * beta[:, None])
+        tl.store(U + bv + off_v, u.to(U.dtype.element_ty), mask=vc[:, None])
 
 
 @triton.jit
@@ -490,7 +496,8 @@ def _scores_off_bwd_kernel(Q, Kt, G, DAQK, DAKK, DQ, DK, DG, cu, CI, scale,
 
     Row side (t in block i, s in earlier blocks): factors relative to Γ before the block, one [BC, C] × [C, BK] dot.
     Column side (s in block i, t in later blocks): relative to Γ at the block's last row, one [C, BC]ᵀ × [C, BK]
-    dot per score matrix. `_scores_diag_bwd_kernel` adds the diagonal blocks and applies `scale` to dq."""
+    dot per score matrix. `_scores_diag_bwd_kernel` adds the diagonal blocks and applies `scale` to dq. (The
+    diagonal blocks here too, one column per step over [BC, BK] tiles, measured 2.3-3.5x slower on an H100.)"""
     NKB: tl.constexpr = K // BK
     NB: tl.constexpr = C // BC
     p0, h = tl.program_id(0), tl.program_id(1)
@@ -575,13 +582,13 @@ def _scores_diag_bwd_kernel(Q, Kt, G, DAQK, DAKK, DQ, DK, DG, cu, CI, scale,
 
 @triton.jit
 def _l2norm_fwd_kernel(X, Y, R, n_rows, eps, D: tl.constexpr, BR: tl.constexpr):
-    """y = x (Σx² + eps)^-½ over rows of D (fp32 out), r = (Σx² + eps)^-½ kept for the backward."""
+    """y = x (Σx² + eps)^-½ over rows of D (in the dtype of Y), r = (Σx² + eps)^-½ kept for the backward."""
     rows = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
     m = (rows < n_rows)[:, None]
     d = tl.arange(0, D)
     x = tl.load(X + rows[:, None] * D + d[None, :], mask=m, other=0.0).to(tl.float32)
     r = 1.0 / tl.sqrt(tl.sum(x * x, 1) + eps)
-    tl.store(Y + rows[:, None] * D + d[None, :], x * r[:, None], mask=m)
+    tl.store(Y + rows[:, None] * D + d[None, :], (x * r[:, None]).to(Y.dtype.element_ty), mask=m)
     tl.store(R + rows, r, mask=rows < n_rows)
 
 
@@ -592,7 +599,7 @@ def _l2norm_bwd_kernel(Y, R, DY, DX, n_rows, D: tl.constexpr, BR: tl.constexpr):
     m = (rows < n_rows)[:, None]
     d = tl.arange(0, D)
     off = rows[:, None] * D + d[None, :]
-    y = tl.load(Y + off, mask=m, other=0.0)
+    y = tl.load(Y + off, mask=m, other=0.0).to(tl.float32)
     dy = tl.load(DY + off, mask=m, other=0.0).to(tl.float32)
     r = tl.load(R + rows, mask=rows < n_rows, other=0.0)
     dx = (dy - y * tl.sum(dy * y, 1)[:, None]) * r[:, None]

@@ -49,7 +49,7 @@ def _rel(a, b):
     return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
 
 
-def _compare(ref_fn, tensors, cu=None, use_s0=True, tol=1e-4, seed=0):
+def _compare(ref_fn, tensors, cu=None, use_s0=True, tol=1e-4, seed=0, **flags):
     gen = torch.Generator().manual_seed(seed + 100)
     o_shape = tensors[2].shape
     n, H, K, V = tensors[5].shape
@@ -57,10 +57,10 @@ def _compare(ref_fn, tensors, cu=None, use_s0=True, tol=1e-4, seed=0):
                torch.randn(n, H, K, V, generator=gen).to(tensors[0].device))
 
     def ours(*a, **kw):
-        return chunk_kda_triton(*a, cu_seqlens=cu, **kw)
+        return chunk_kda_triton(*a, cu_seqlens=cu, **flags, **kw)
 
     def ref(*a, **kw):
-        return ref_fn(*a, cu_seqlens=cu, **kw)
+        return ref_fn(*a, cu_seqlens=cu, **flags, **kw)
 
     o, S, grads = _run(ours, tensors, use_s0, weights)
     o_r, S_r, grads_r = _run(ref, tensors, use_s0, weights)
@@ -123,20 +123,24 @@ def test_l2norm_flag_and_bf16_inputs():
     assert _rel(o, o_r) < 2e-2 and _rel(S, S_r) < 1e-4
 
 
-def test_l2norm_kernel_matches_torch():
-    from mixlab.kernels.kda_triton import L2NormTriton
+def _l2norm_kernels_vs_torch(x, dy):
+    """(y, dx) of the Triton L2 norm kernels and of `kda_common.l2norm` under autograd, for x and upstream dy."""
+    from mixlab.kernels.kda_triton import _l2norm_bwd, _l2norm_fwd
 
+    y, r = _l2norm_fwd(x)
+    dx = _l2norm_bwd(y, r, dy, x.dtype)
+    xr = x.clone().requires_grad_(True)
+    y_ref = l2norm(xr)
+    y_ref.backward(dy.float())
+    return (y, dx), (y_ref.detach(), xr.grad)
+
+
+def test_l2norm_kernel_matches_torch():
     gen = torch.Generator().manual_seed(9)
     x = torch.randn(3, 37, 2, 32, generator=gen)  # 222 rows: the last program is partial
-    dy = torch.randn(3, 37, 2, 32, generator=gen)
-    ys = []
-    for fn in (lambda t: L2NormTriton.apply(t, 1e-6), l2norm):
-        xi = x.clone().requires_grad_(True)
-        y = fn(xi)
-        y.backward(dy)
-        ys.append((y.detach(), xi.grad))
-    assert ys[0][0].dtype == torch.float32
-    assert _rel(ys[0][0], ys[1][0]) < 1e-6 and _rel(ys[0][1], ys[1][1]) < 1e-5
+    (y, dx), (y_ref, dx_ref) = _l2norm_kernels_vs_torch(x, torch.randn(3, 37, 2, 32, generator=gen))
+    assert y.dtype == torch.float32 and dx.dtype == torch.float32
+    assert _rel(y, y_ref) < 1e-6 and _rel(dx, dx_ref) < 1e-5
 
 
 @pytest.fixture
@@ -168,6 +172,21 @@ def test_bf16_intermediates_path_matches_naive(bf16_path_on_cpu):
     tensors = [t.bfloat16() for t in (q, k, v)] + [g, beta.bfloat16(), s0]
     errs = _compare(naive_recurrent_kda, tensors, tol=3e-2)  # measured: 0.4–1.3 % (fp32 path: o 0.5 %, rest ≤ 4e-7)
     assert errs["S"] > 1e-4  # the 16-bit path really ran (fp32 intermediates give a final state within 1e-7)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter-only check (the GPU tests cover this path)")
+def test_bf16_path_normalises_q_and_k_in_bf16(bf16_path_on_cpu):
+    # On the 16-bit path the L2-normalised q and k are bf16 (as fla-core's l2norm gives them): the kernel's output
+    # is the fp32 norm cast once (within one bf16 ulp: the interpreter truncates where a GPU rounds), its backward
+    # matches, and the whole op stays at bf16 level against the fp32 loop.
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(2, 37, 3, 32, generator=gen).bfloat16()  # 222 rows: the last program is partial
+    (y, dx), (y_ref, dx_ref) = _l2norm_kernels_vs_torch(x, torch.randn(2, 37, 3, 32, generator=gen))
+    assert y.dtype == torch.bfloat16 and dx.dtype == torch.bfloat16
+    assert _rel(y, y_ref) < 2 ** -7 and _rel(dx, dx_ref) < 1e-2
+    q, k, v, g, beta, s0 = _inputs(1, 70, 1, 16, 16, 1, -1.0, seed=14)
+    tensors = [t.bfloat16() for t in (q, k, v)] + [g, beta.bfloat16(), s0]
+    _compare(naive_recurrent_kda, tensors, tol=3e-2, use_qk_l2norm=True)
 
 
 @pytest.mark.slow

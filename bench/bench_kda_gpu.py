@@ -162,12 +162,10 @@ def issue_compare(args) -> None:
 SWEEP = [
     {},
     {"qk_norm_16bit": False},  # fp32 q and k after the L2 norm (waves 4-7): what the 16-bit copies save
+    {"_scores_off_fwd_kernel": {"num_warps": 4}, "_scores_off_bwd_kernel": {"num_warps": 8}},  # the wave-7 defaults
     {"_scores_off_fwd_kernel": {"num_warps": 1}},
-    {"_scores_off_fwd_kernel": {"num_warps": 4}},
     {"scores_off_bk": {"fwd": 64, "bwd": 128}},
-    {"_scores_off_bwd_kernel": {"num_warps": 4}},
     {"scores_off_bk": {"fwd": 32, "bwd": 64}},
-    {"scores_off_bk": {"fwd": 32, "bwd": 64}, "_scores_off_bwd_kernel": {"num_warps": 4}},
     {"scores_bh": 4, "_scores_diag_fwd_kernel": {"num_warps": 2}, "_scores_diag_bwd_kernel": {"num_warps": 2}},
     {"_solve_fwd_kernel": {"num_warps": 4, "num_stages": 1}},
     {"store": "fp32"},  # fp32 intermediates for bf16 inputs: what the 16-bit storage saves (and costs in error)

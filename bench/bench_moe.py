@@ -8,7 +8,8 @@ Shapes: `1b-a150m` (8,192 tokens, D 1024, I 384, 48 experts top-3) and the offic
 tokens, D 2304, I 1024, 256 experts top-8; the loop is timed with few iterations there: it takes about a second).
 
 `--profile` adds a per-kernel GPU-time table (torch.profiler) of each fused variant at the 1b shape, split into
-GEMM and glue; `graph` rows time the same fwd+bwd replayed as one CUDA graph (GPU time without launch overhead).
+GEMM and glue; `graph` rows time the same fwd+bwd replayed as one CUDA graph (GPU time without launch overhead),
+`host` rows the CPU time to issue one eager fwd+bwd (at 1b-a150m).
 
 Usage: python bench/bench_moe.py [--out bench/results/moe.json] [--shapes 1b-a150m,official] [--profile]
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 import traceback
 from pathlib import Path
 
@@ -72,6 +74,19 @@ def graph_ms(step):
     with torch.cuda.graph(g):
         step()
     return do_bench(g.replay, return_mode="median", warmup=25, rep=200)
+
+
+def host_ms(step, n: int = 20) -> float:
+    """CPU time to issue one step() (ms; no sync inside, the GPU queue absorbs the work): where it exceeds the GPU
+    time (the graph rows), the eager step is bound by its launches, not by the GPU."""
+    step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / n * 1e3
 
 
 def profile(fn, x, w1, w3, w2, idx, w, dy, iters=5):
@@ -146,6 +161,9 @@ def main() -> None:
                 for name in ("fn_cat", "fused_grouped"):
                     row[f"{name}_graph_ms"] = graph_ms(lambda: fwd_bwd(variants[name], x, w1, w3, w2, idx, w, dy))
                 row["dense_graph_ms"] = graph_ms(lambda: dense_same_flops(x, w1, w3, w2, idx, w, dy))
+                for name in ("fn_cat", "fused_grouped", "dispatch"):
+                    row[f"{name}_host_ms"] = host_ms(lambda: fwd_bwd(variants[name], x, w1, w3, w2, idx, w, dy))
+                row["dense_host_ms"] = host_ms(lambda: dense_same_flops(x, w1, w3, w2, idx, w, dy))
             except Exception as exc:
                 if shape == "1b-a150m":
                     traceback.print_exc()

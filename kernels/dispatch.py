@@ -121,7 +121,7 @@ def kda_backend(*tensors: torch.Tensor | None) -> str:
     MIXLAB_KDA_BACKEND (read per call) picks among the fast ones: "auto" (default) takes fla-core where it imports,
     else mixlab's own Triton kernels where their head dims fit (K, V powers of two, 16–256), else the reference;
     "fla" takes fla-core where it imports; "triton" mixlab's kernels; "torch" the reference. On an H100 (wave 8,
-    bench/gpu_kda.sh) mixlab's forward + backward is 1.06–1.09x fla's speed at H=32, T = 2k/8k/32k and 3.3–4.7x the
+    bench/gpu_kda.sh) mixlab's forward + backward is 1.06–1.10x fla's speed at H=32, T = 2k/8k/32k and 3.3–4.7x the
     reference's; in the 1b-a150m CUDA-graph step (H=8; bench_step.py) the two tie (1.00x at 8k tokens, 1.03x at
     16k) while mixlab's saves more for its backward (+1.4 / +2.7 GiB peak), hence fla-core first where it imports.
     CPU tensors and the "torch" kernel backend always get the reference.

@@ -26,7 +26,8 @@ if [ "${STEP_TESTS:-1}" = 1 ]; then  # STEP_TESTS=0 skips them
 fi
 
 # The issue's comparison: the off-the-shelf peer (fla KDA + grouped_mm + SDPA) against mixlab's paths.
-# STEP_MODES: the modes to time (bench_step.py's list; "_mixkda" runs a mode on mixlab's Triton KDA), STEP_BENCH_S its cap.
+# STEP_MODES: the modes to time (bench_step.py's list; "_mixkda" runs a mode on mixlab's Triton KDA); STEP_BENCH_S:
+# its time cap.
 if [ "${STEP_BENCH:-1}" = 1 ]; then
   timeout "$(left "${STEP_BENCH_S:-150}")" $PY bench/bench_step.py --tokens 8192,16384 \
     --modes "${STEP_MODES:-peer,fast,fast_graph,fast_graph_grouped,recipe_graph}" --iters 10 --fla-configs 1 \
@@ -34,11 +35,13 @@ if [ "${STEP_BENCH:-1}" = 1 ]; then
   say "bench_step rc=$?"; tail -n 10 "$OUT/step.log"
 fi
 
-# STEP_LOSS=0 skips this. LOSS_ARGS: extra runs (default --recipe; "--recipe --fp32-reference" adds the bf16 noise floor after it; "--reuse
-# FILE" takes the first two curves from an earlier result).
-[ "${STEP_LOSS:-1}" = 1 ] && timeout "$(left 400)" $PY bench/bench_loss_agreement.py --steps 200 --fla-configs 1 ${LOSS_ARGS:---recipe} \
-    --out "$OUT/loss_agreement.json" > "$OUT/loss_agreement.log" 2>&1
-say "loss agreement rc=$?"; grep -v -i warn "$OUT/loss_agreement.log" | tail -n 3
+# STEP_LOSS=0 skips this. LOSS_ARGS: extra runs (default --recipe; "--recipe --fp32-reference" adds the bf16 noise
+# floor after it; "--reuse FILE" takes the first two curves from an earlier result).
+if [ "${STEP_LOSS:-1}" = 1 ]; then
+  timeout "$(left 400)" $PY bench/bench_loss_agreement.py --steps 200 --fla-configs 1 ${LOSS_ARGS:---recipe} \
+      --out "$OUT/loss_agreement.json" > "$OUT/loss_agreement.log" 2>&1
+  say "loss agreement rc=$?"; grep -v -i warn "$OUT/loss_agreement.log" | tail -n 3
+fi
 
 # Quick, if time is left: no fla at all; the graph modes against the eager fast path, mixlab's Triton KDA throughout.
 MIXLAB_KDA_BACKEND=triton timeout "$(left 40)" $PY bench/bench_step.py --no-fla --tokens 8192 --modes fast,fast_graph,recipe_eager,recipe_graph \

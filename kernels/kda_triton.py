@@ -4,7 +4,8 @@ The algorithm is the chunked delta rule of kda_chunk.py / kda_chunk_fn.py (WY re
 transform inside 64-token chunks, an fp32 state recurrence across chunks), with the same hand-derived backward;
 the kernels are in kda_triton_kernels.py. Launches per call: forward 6 (cumsum, scores in two: the diagonal 16×16
 sub-blocks token by token and the rest as tensor-core dots, solve, recurrence, output), backward 7 (output part,
-recurrence, intra-chunk in two, scores in two, reverse cumsum). Only the state update runs sequentially over chunks;
+recurrence, intra-chunk in two, scores in two, reverse cumsum), plus one L2-norm launch each for q and k each way
+when asked. Only the state update runs sequentially over chunks;
 the backward reuses what the forward saved (score matrices, the inverse, w, u, qg, kd, v_new and the chunk-start
 states, in the inputs' 16-bit dtype like fla-core's, or fp32 for fp32 inputs).
 

@@ -343,7 +343,8 @@ def _intra_bwd_kernel(Kt, G, BETA, AKK, TM, W, QG, VN, STARTS, DNEXT, DO, DU,
     """Per chunk, everything else but the score matrices' own backward (see ChunkKDAFunction.backward, same names).
 
     Finishes dβ and writes dAkk (DAKK holds dvb uᵀ from `_intra_bwd_v_kernel` on entry); writes dq (w.r.t. the
-    scaled q), dk and dΓ partially (the score part is added by `_scores_bwd_kernel`; dAqk is `_dv0_bwd_kernel`'s).
+    scaled q), dk and dΓ partially (the score parts are added by `_scores_off_bwd_kernel` and
+    `_scores_diag_bwd_kernel`; dAqk is `_dv0_bwd_kernel`'s).
     """
     pid, h = tl.program_id(0), tl.program_id(1)
     th, nv = _chunk_pos(CI, cu, pid, H, C)

@@ -175,7 +175,7 @@ def test_bf16_intermediates_path_matches_naive(bf16_path_on_cpu):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter-only check (the GPU tests cover this path)")
-def test_bf16_path_normalises_q_and_k_in_bf16(bf16_path_on_cpu):
+def test_bf16_path_normalises_q_and_k_in_bf16(bf16_path_on_cpu, monkeypatch):
     # On the 16-bit path the L2-normalised q and k are bf16 (as fla-core's l2norm gives them): the kernel's output
     # is the fp32 norm cast once (within one bf16 ulp: the interpreter truncates where a GPU rounds), its backward
     # matches, and the whole op stays at bf16 level against the fp32 loop.
@@ -187,6 +187,11 @@ def test_bf16_path_normalises_q_and_k_in_bf16(bf16_path_on_cpu):
     q, k, v, g, beta, s0 = _inputs(1, 70, 1, 16, 16, 1, -1.0, seed=14)
     tensors = [t.bfloat16() for t in (q, k, v)] + [g, beta.bfloat16(), s0]
     _compare(naive_recurrent_kda, tensors, tol=3e-2, use_qk_l2norm=True)
+    from mixlab.kernels import kda_triton
+
+    monkeypatch.setattr(kda_triton, "QK_NORM_16BIT", False)  # the switch back to fp32 copies (the sweep's baseline)
+    (y32, dx32), _ = _l2norm_kernels_vs_torch(x, torch.randn(2, 37, 3, 32, generator=gen))
+    assert y32.dtype == torch.float32 and dx32.dtype == torch.bfloat16 and _rel(y32, y_ref) < 1e-6
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ Modes (same model weights, same batch):
 - peer        : fla-core KDA + `torch._grouped_mm` MoE + SDPA, eager, torch elementwise ops (mixlab's fused Triton
                 kernels off) — the composition issue 11 measures against.
 - fast        : mixlab's fast path, eager: the peer plus fused Triton RMSNorm / gated norm / KDA gate / SwiGLU /
-                MoE combine, and no host sync in the step.
+                the fused MoE Function, and no host sync in the step.
 - fast_graph  : `fast` with the whole forward + backward captured once as a CUDA graph and replayed
                 (`mixlab.kernels.step_graph.CapturedStep`; possible because the step has static shapes and no host
                 syncs); removes the launch gaps.
@@ -13,7 +13,7 @@ Modes (same model weights, same batch):
                 autocast, the static-buffer step replayed as one CUDA graph. recipe_eager: the same step, eager.
                 (Its own fp32 copy of the model; the other modes share one bf16 copy.)
 - fast_graph_grouped, recipe_graph_grouped : the graph modes with the MoE on `moe_experts_grouped` (MIXLAB_MOE_IMPL=
-                grouped), the one they took before the default became "auto" (the fused MoE Function under capture).
+                grouped), the one they took before the default became "auto" (the fused MoE Function).
 - fast_nosc, fast_nosc_graph : the same without the fused short convolution (not in the default list; the
                 first H100 numbers in BENCHMARKS.md were taken before that kernel existed, i.e. in this configuration).
 - <mode>_mixkda : any mode with KDA on mixlab's own Triton kernels (MIXLAB_KDA_BACKEND=triton) instead of what
@@ -21,7 +21,8 @@ Modes (same model weights, same batch):
 
 Per mode and batch: tokens/s (median of timed steps), ratio to the peer, MFU (6 · active non-embedding params · tok/s
 plus causal MLA attention FLOPs, over the 780 TFLOP/s measured bf16 peak; KDA's own FLOPs are not counted), GPU busy %
-(union of kernel intervals from a profiled step over the unprofiled median step time), peak memory, loss.
+(union of kernel intervals from a profiled step over the unprofiled median step time), peak memory, loss; the graph
+modes also keep their 30 kernels with the most GPU time per step (`top_kernels_ms_per_step`).
 
 Usage: python bench/bench_step.py [--tokens 8192,16384] [--seq 2048] [--modes peer,fast,fast_graph,recipe_graph]
                                   [--fla-configs N] [--out bench/results/step.json]
@@ -78,6 +79,19 @@ def _events_busy(prof, steps: int) -> float | None:
             cur_e = max(cur_e, e)
     total += cur_e - cur_s
     return total / 1e3 / steps
+
+
+def _top_kernels(prof, steps: int, n: int = 30) -> list[tuple[str, float, float]]:
+    """(kernel name, GPU ms per step, launches per step) of the n kernels with the most GPU time: where the graph
+    modes' time goes (their launch gaps are gone, so this is the whole step)."""
+    totals: dict[str, list[float]] = {}
+    for evt in prof.events():
+        if evt.device_type == torch.autograd.DeviceType.CUDA and evt.time_range.elapsed_us() > 0:
+            t = totals.setdefault(evt.name, [0.0, 0.0])
+            t[0] += evt.time_range.elapsed_us() / 1e3 / steps
+            t[1] += 1 / steps
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:n]
+    return [(name[:120], round(ms, 4), round(count, 2)) for name, (ms, count) in ranked]
 
 
 def _limit_autotune(n: int) -> None:
@@ -165,7 +179,7 @@ def run_mode(model, ids, mode: str, iters: int) -> dict:
         end.synchronize()
         times.append(start.elapsed_time(end))
     ms = statistics.median(times)
-    busy_ms = None
+    busy_ms = top = None
     try:
         steps = 3
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
@@ -173,6 +187,7 @@ def run_mode(model, ids, mode: str, iters: int) -> dict:
                 r.step()
             torch.cuda.synchronize()
         busy_ms = _events_busy(prof, steps)
+        top = _top_kernels(prof, steps) if base.endswith("_graph") else None
     except Exception as exc:  # profiling is best-effort; the timing above stands
         print(f"[{mode}] profiler failed: {exc!r}")
     tokens = ids.numel()
@@ -189,6 +204,8 @@ def run_mode(model, ids, mode: str, iters: int) -> dict:
         "loss": float(r.loss),
         "kda": dispatch.kda_backend(ids.float()),  # which KDA implementation ran: fla, mixlab (Triton) or torch
     }
+    if top is not None:
+        rec["top_kernels_ms_per_step"] = top
     del r
     torch.cuda.empty_cache()
     return rec
@@ -261,6 +278,11 @@ def main() -> None:
         print(f"{r['tokens_per_batch']:>7} {r['mode']:>11} {r['tokens_per_s']:>9.0f} {r.get('speedup_vs_peer', 0):>7.2f} "
               f"{r['mfu_pct']:>6.2f} {busy if busy is not None else float('nan'):>6.1f} {r['peak_mem_gib']:>6.2f} "
               f"{r['loss']:>8.4f}")
+    for r in results["rows"]:
+        if r.get("top_kernels_ms_per_step"):
+            print(f"\n{r['mode']} at {r['tokens_per_batch']} tokens: GPU ms per step, launches per step, kernel")
+            for name, ms, count in r["top_kernels_ms_per_step"][:20]:
+                print(f"  {ms:8.3f} {count:6.1f}  {name[:100]}")
 
 
 if __name__ == "__main__":

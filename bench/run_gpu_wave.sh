@@ -26,7 +26,8 @@ warm() {
   echo "=== fla warm rc=$?"; grep -v -i warn "$WORK/flawarm.log" | tail -5
 }
 if [ -n "${WARM_S:-}" ]; then warm "$WARM_S"; fi
-declare -A SCRIPT=([kda]=bench/gpu_kda.sh [step]=bench/gpu_step.sh [moe]=bench/gpu_moe.sh [engine]=bench/run_engine_gpu.sh)
+declare -A SCRIPT=([kda]=bench/gpu_kda.sh [step]=bench/gpu_step.sh [moe]=bench/gpu_moe.sh [engine]=bench/run_engine_gpu.sh
+                   [conv]=bench/gpu_conv.sh)
 for item in ${1:-kda:150 step:150 moe:80 engine:170}; do
   name=${item%%:*}; secs=${item##*:}
   if [ "$name" = warm ]; then warm "$secs"; continue; fi

@@ -14,7 +14,7 @@ fast path is taken automatically (backend "auto"), CPU tensors run the reference
 | moe_decode_block | decode_moe.py (+ decode_moe_triton.py) | engine decode: router + experts + combine without host sync; 5 launches on CUDA (MIXLAB_FUSED_DECODE=0: the reference) |
 | short_conv | short_conv.py (+ short_conv_triton.py) | causal depthwise conv + SiLU, cache, cu_seqlens; fused on CUDA for training calls (no cache) |
 | rms_norm, gated_rms_norm | norm.py (+ norm_triton.py) | fp32 compute; one fused launch each way on CUDA |
-| moe_route, moe_experts (+ _fused, _grouped, _reference, _naive), expert_counts | moe.py (+ moe_triton.py) | sigmoid+bias top-k (vLLM/HF weights); grouped GEMMs + fused SwiGLU / combine on CUDA; under CUDA-graph capture one autograd Function (MIXLAB_MOE_IMPL=auto, the default) |
+| moe_route, moe_experts (+ _fused, _grouped, _reference, _naive), expert_counts | moe.py (+ moe_triton.py) | sigmoid+bias top-k (vLLM/HF weights); on CUDA one autograd Function over grouped GEMMs with Triton sort / SwiGLU / gather-sum (MIXLAB_MOE_IMPL=auto, the default; `grouped`: autograd over grouped GEMMs) |
 | CapturedStep, StaticBatchStep | step_graph.py | a whole fwd+bwd step as one CUDA graph (static shapes, no host sync); StaticBatchStep: copy-in buffers, fixed gradients that survive zero_grad, accumulation (recipes' graph step) |
 | get_backend, set_backend, set_fused | dispatch.py | "auto" (default: fast path on CUDA), "torch" (references), "triton" (auto, fla required) |
 """

@@ -1,13 +1,13 @@
 """MoE routing (sigmoid scores + correction bias, top-k) and grouped SwiGLU expert compute.
 
 Three expert implementations of one contract (`moe_experts`):
-- `moe_experts_fused`: CUDA bf16 calls take it while a CUDA graph is captured, or always with MIXLAB_MOE_IMPL=fused
-  (`moe_impl`): the whole block as one autograd Function with a hand-written backward — a stable counting sort of
-  the slots (Triton), grouped GEMMs, the routing weight folded into a Triton SwiGLU so that un-permuting is an
-  unweighted gather-sum, and dw from the SwiGLU backward.
+- `moe_experts_fused`: what CUDA bf16 calls take (`moe_impl`, MIXLAB_MOE_IMPL=auto or fused): the whole block as
+  one autograd Function with a hand-written backward — a stable counting sort of the slots (Triton), grouped GEMMs,
+  the routing weight folded into a Triton SwiGLU so that un-permuting is an unweighted gather-sum, and dw from the
+  SwiGLU backward.
 - `moe_experts_reference`: sort by expert, then one SwiGLU per expert over its slice (a host sync for the group
   sizes, ~3 launches per expert and their backward). The CPU path and the oracle of the fast one.
-- `moe_experts_grouped`: the eager fast path (`moe_impl`), and with fused=False the benchmark peer
+- `moe_experts_grouped`: MIXLAB_MOE_IMPL=grouped (`moe_impl`), and with fused=False the benchmark peer
   (grouped_mm + torch glue through autograd, the off-the-shelf composition). Token permutation by expert (a
   stable sort), three grouped GEMMs over all experts at once (`torch._grouped_mm`, group offsets from a device-side
   count: no host sync), SwiGLU, and the un-permutation as a weighted gather-sum (no atomics, deterministic); with
@@ -123,25 +123,23 @@ def moe_experts(
 MOE_IMPLS = ("auto", "fused", "grouped")
 
 
-# H100, bench/bench_moe.py (BENCHMARKS.md): eager fwd+bwd at 1b-a150m "grouped" 1.02 ms vs "fused" 1.49 ms (more,
-# smaller launches), a tie at the official shape (14.6 vs 14.8 ms); as a CUDA graph, where launches cost nothing,
-# "fused" is ahead (0.74 vs 0.97 ms: less GPU work). So "auto" takes "fused" while a CUDA graph is being captured
-# (the graph step, CapturedStep) and "grouped" eagerly.
+# H100, bench/bench_moe.py (BENCHMARKS.md, wave 9): the fused Function does less GPU work (0.69 against 0.97 ms at
+# 1b-a150m as a CUDA graph) and, since its launch trims, issues less host work too (1.09 against 1.62 ms to issue
+# one eager fwd+bwd), eager 1.24 against 1.65 ms at 1b-a150m and 13.7-14.3 against 14.4 ms at the official shape. So
+# "auto" takes it everywhere; "grouped" stays selectable (and is the benchmark peer with the fused kernels off).
+# (Until wave 8 "auto" took the grouped path eagerly: it was ahead on the wave-4 host, 1.02 against 1.49 ms.)
 DEFAULT_MOE_IMPL = "auto"
 
 
 def moe_impl() -> str:
-    """The CUDA MoE implementation for this call: MIXLAB_MOE_IMPL (read per call) "grouped"
-    (`moe_experts_grouped`), "fused" (`moe_experts_fused`) or "auto" (DEFAULT_MOE_IMPL: "fused" under CUDA-graph
-    capture, else "grouped"); both are checked against the per-expert loop, bench/bench_moe.py times them."""
+    """The CUDA MoE implementation for this call: MIXLAB_MOE_IMPL (read per call) "fused" (`moe_experts_fused`),
+    "grouped" (`moe_experts_grouped`) or "auto" (DEFAULT_MOE_IMPL: "fused"); both are checked against the
+    per-expert loop, bench/bench_moe.py times them."""
     choice = os.environ.get("MIXLAB_MOE_IMPL", DEFAULT_MOE_IMPL).strip().lower()
     if choice not in MOE_IMPLS:
         raise MixlabError(f"MIXLAB_MOE_IMPL={choice!r}{did_you_mean(choice, MOE_IMPLS)}; choose one of "
                           f"{', '.join(MOE_IMPLS)}")
-    if choice == "auto":
-        capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()  # CPU builds raise
-        return "fused" if capturing else "grouped"
-    return choice
+    return "fused" if choice == "auto" else choice
 
 
 @functools.cache
@@ -266,14 +264,15 @@ def _swiglu_w_fwd_torch(h1, h3, w):
     return (F.silu(h1.float()) * h3.float() * w.float()[:, None]).to(h1.dtype)
 
 
-def _swiglu_w_bwd_torch(h1, h3, w, da, dh1, dh3):
+def _swiglu_w_bwd_torch(h1, h3, w, da, dh1, dh3, order):
     h1f, h3f, daf = h1.float(), h3.float(), da.float()
     s = torch.sigmoid(h1f)
     silu = h1f * s
     g = daf * w.float()[:, None]
     dh1.copy_(g * h3f * s * (1.0 + h1f * (1.0 - s)))
     dh3.copy_(g * silu)
-    return (daf * silu * h3f).sum(1)
+    dw_sorted = (daf * silu * h3f).sum(1)
+    return torch.empty_like(dw_sorted).index_copy_(0, order, dw_sorted)
 
 
 def _gather_sum_torch(inv, out_dtype, s1, s2=None):
@@ -309,13 +308,13 @@ class _MoEExpertsFn(torch.autograd.Function):
         a_w = (swiglu_weighted_fwd if fused else _swiglu_w_fwd_torch)(h1, h3, w_s)
         y = torch._grouped_mm(a_w, w2.transpose(-2, -1), offs=offs)
         out = (gather_sum if fused else _gather_sum_torch)(inv.view(N, k), x.dtype, y)
-        ctx.save_for_backward(xs, h1, h3, a_w, w_s, token_of, inv, offs, w1, w3, w2, w13)
+        ctx.save_for_backward(xs, h1, h3, a_w, w_s, order, token_of, inv, offs, w1, w3, w2, w13)
         ctx.fused, ctx.shape, ctx.wdtype = fused, (N, k), topk_weight.dtype
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        xs, h1, h3, a_w, w_s, token_of, inv, offs, w1, w3, w2, w13 = ctx.saved_tensors
+        xs, h1, h3, a_w, w_s, order, token_of, inv, offs, w1, w3, w2, w13 = ctx.saved_tensors
         N, k = ctx.shape
         fused = ctx.fused
         M, I = a_w.shape
@@ -325,10 +324,16 @@ class _MoEExpertsFn(torch.autograd.Function):
         dw2 = torch._grouped_mm(dy.t(), a_w, offs=offs) if ctx.needs_input_grad[3] else None  # [E, D, I]
         da = torch._grouped_mm(dy, w2, offs=offs)  # [M, I]
         dh = torch.empty(M, 2 * I, dtype=a_w.dtype, device=a_w.device)
-        dw_s = (swiglu_weighted_bwd if fused else _swiglu_w_bwd_torch)(h1, h3, w_s, da, dh[:, :I], dh[:, I:])
+        dw_slot = (swiglu_weighted_bwd if fused else _swiglu_w_bwd_torch)(h1, h3, w_s, da, dh[:, :I], dh[:, I:],
+                                                                           order)
         dh1, dh3 = dh[:, :I], dh[:, I:]
-        dw1 = torch._grouped_mm(dh1.t(), xs, offs=offs) if ctx.needs_input_grad[1] else None  # [E, I, D]
-        dw3 = torch._grouped_mm(dh3.t(), xs, offs=offs) if ctx.needs_input_grad[2] else None
+        dw1 = dw3 = None
+        if w13 is not None and ctx.needs_input_grad[1] and ctx.needs_input_grad[2]:
+            dw13 = torch._grouped_mm(dh.t(), xs, offs=offs)  # [E, 2I, D]: one GEMM (and launch) for both
+            dw1, dw3 = dw13[:, :I], dw13[:, I:]
+        else:
+            dw1 = torch._grouped_mm(dh1.t(), xs, offs=offs) if ctx.needs_input_grad[1] else None  # [E, I, D]
+            dw3 = torch._grouped_mm(dh3.t(), xs, offs=offs) if ctx.needs_input_grad[2] else None
         dx = None
         if ctx.needs_input_grad[0]:
             gsum = gather_sum if fused else _gather_sum_torch
@@ -337,7 +342,7 @@ class _MoEExpertsFn(torch.autograd.Function):
             else:
                 dx = gsum(inv.view(N, k), dout.dtype, torch._grouped_mm(dh1, w1, offs=offs),
                           torch._grouped_mm(dh3, w3, offs=offs))
-        dw = dw_s.index_select(0, inv).view(N, k).to(ctx.wdtype) if ctx.needs_input_grad[5] else None
+        dw = dw_slot.view(N, k).to(ctx.wdtype) if ctx.needs_input_grad[5] else None
         return dx, dw1, dw3, dw2, None, dw, None, None, None
 
 

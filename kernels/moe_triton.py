@@ -147,7 +147,7 @@ def _swiglu_w_fwd(H1, H3, W, A, M, I, s_h1, s_h3, s_a, BLOCK_R: tl.constexpr, BL
 
 
 @triton.jit
-def _swiglu_w_bwd(H1, H3, W, DA, DH1, DH3, DW, M, I, s_h1, s_h3, s_da, s_dh1, s_dh3,
+def _swiglu_w_bwd(H1, H3, W, DA, DH1, DH3, DW, ORDER, M, I, s_h1, s_h3, s_da, s_dh1, s_dh3,
                   BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = rows < M
@@ -167,7 +167,8 @@ def _swiglu_w_bwd(H1, H3, W, DA, DH1, DH3, DW, M, I, s_h1, s_h3, s_da, s_dh1, s_
         tl.store(DH1 + r64 * s_dh1 + cols[None, :], (g * h3 * s * (1.0 + h1 * (1.0 - s))).to(DH1.dtype.element_ty),
                  mask=mask)
         tl.store(DH3 + r64 * s_dh3 + cols[None, :], (g * silu).to(DH3.dtype.element_ty), mask=mask)
-    tl.store(DW + rows, dw, mask=rmask)
+    slot = tl.load(ORDER + rows, mask=rmask, other=0)  # dw back in the caller's slot order: a permutation
+    tl.store(DW + slot, dw, mask=rmask)
 
 
 @triton.jit
@@ -202,17 +203,18 @@ def swiglu_weighted_fwd(h1: torch.Tensor, h3: torch.Tensor, w: torch.Tensor) -> 
     return a
 
 
-def swiglu_weighted_bwd(h1, h3, w, da, dh1, dh3) -> torch.Tensor:
+def swiglu_weighted_bwd(h1, h3, w, da, dh1, dh3, order) -> torch.Tensor:
     """Backward of `swiglu_weighted_fwd` for the upstream gradient da: writes dh1, dh3 (row-strided [M, I], may be
-    halves of one buffer) and returns dw [M] fp32 = Σ_i da · silu(h1) · h3."""
+    halves of one buffer) and returns dw [M] fp32 with dw[order[r]] = Σ_i da[r] · silu(h1[r]) · h3[r] (order: the
+    sorted row -> caller's slot permutation, so no gather follows)."""
     h1, h3, da = _row_major(h1), _row_major(h3), _row_major(da)
     assert dh1.stride(-1) == 1 and dh3.stride(-1) == 1
     M, I = h1.shape
     dw = torch.empty(M, dtype=torch.float32, device=h1.device)
     BLOCK_R, BLOCK_I = 4, min(256, triton.next_power_of_2(I))  # 56 registers; 16 rows needed 255 and spilled
     _swiglu_w_bwd[(triton.cdiv(M, BLOCK_R),)](
-        h1, h3, w.contiguous(), da, dh1, dh3, dw, M, I, h1.stride(0), h3.stride(0), da.stride(0), dh1.stride(0),
-        dh3.stride(0), BLOCK_R=BLOCK_R, BLOCK_I=BLOCK_I)
+        h1, h3, w.contiguous(), da, dh1, dh3, dw, order.contiguous(), M, I, h1.stride(0), h3.stride(0),
+        da.stride(0), dh1.stride(0), dh3.stride(0), BLOCK_R=BLOCK_R, BLOCK_I=BLOCK_I)
     return dw
 
 
@@ -234,8 +236,10 @@ def gather_sum(inv: torch.Tensor, out_dtype: torch.dtype, s1: torch.Tensor, s2: 
 
 # --- Routing permutation as a stable counting sort (replaces argsort + scatter + searchsorted + gathers): the
 # expert ids are few, so each slot's sorted position is its expert's start + the count of earlier slots with the
-# same expert. Three launches: per-block histograms, one scan program, per-block placement. The result equals the
-# stable argsort's, so everything downstream (including the dW summation order) is unchanged.
+# same expert. Two launches: per-block histograms, then per-block placement, each placing program summing the
+# histograms itself (a few KB from L2) instead of a third launch for the scan: at 1b-a150m the eager MoE is bound
+# by its host's launches. The result equals the stable argsort's, so everything downstream (including the dW
+# summation order) is unchanged.
 
 @triton.jit
 def _route_hist(IDX, HIST, M, E, E_P: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
@@ -250,23 +254,21 @@ def _route_hist(IDX, HIST, M, E, E_P: tl.constexpr, BLOCK: tl.constexpr, CHUNK: 
 
 
 @triton.jit
-def _route_scan(HIST, BASE, OFFS, NB, E, NB_P: tl.constexpr, E_P: tl.constexpr):
-    b = tl.arange(0, NB_P)
-    ecols = tl.arange(0, E_P)
-    h = tl.load(HIST + b[:, None] * E_P + ecols[None, :], mask=(b < NB)[:, None], other=0)
-    tot = tl.sum(h, 0)  # slots per expert
-    ends = tl.cumsum(tot, 0)
-    base = (ends - tot)[None, :] + tl.cumsum(h, 0) - h  # expert start + slots of that expert in earlier blocks
-    tl.store(BASE + b[:, None] * E_P + ecols[None, :], base, mask=(b < NB)[:, None])
-    tl.store(OFFS + ecols, ends, mask=ecols < E)
-
-
-@triton.jit
-def _route_place(IDX, W, BASE, ORDER, INV, TOKEN, WS, M, KTOP, E_P: tl.constexpr, BLOCK: tl.constexpr,
-                 CHUNK: tl.constexpr):
+def _route_place(IDX, W, HIST, OFFS, ORDER, INV, TOKEN, WS, M, KTOP, NB, E, E_P: tl.constexpr, BLOCK: tl.constexpr,
+                 CHUNK: tl.constexpr, NB_CHUNK: tl.constexpr):
     pid = tl.program_id(0)
     ecols = tl.arange(0, E_P)
-    run = tl.load(BASE + pid * E_P + ecols)  # next free position per expert
+    tot = tl.zeros([E_P], dtype=tl.int32)  # slots per expert
+    earlier = tl.zeros([E_P], dtype=tl.int32)  # slots per expert in the blocks before this one
+    for b0 in range(0, NB, NB_CHUNK):
+        b = b0 + tl.arange(0, NB_CHUNK)
+        h = tl.load(HIST + b[:, None] * E_P + ecols[None, :], mask=(b < NB)[:, None], other=0)
+        tot += tl.sum(h, 0)
+        earlier += tl.sum(tl.where((b < pid)[:, None], h, 0), 0)
+    ends = tl.cumsum(tot, 0)
+    if pid == 0:
+        tl.store(OFFS + ecols, ends, mask=ecols < E)
+    run = ends - tot + earlier  # next free position per expert
     for c0 in range(0, BLOCK, CHUNK):
         rows = pid * BLOCK + c0 + tl.arange(0, CHUNK)
         rmask = rows < M
@@ -283,28 +285,27 @@ def _route_place(IDX, W, BASE, ORDER, INV, TOKEN, WS, M, KTOP, E_P: tl.constexpr
 
 def route_sort(topk_idx: torch.Tensor, topk_weight: torch.Tensor, num_experts: int):
     """Stable counting sort of the N·k slots by expert → (order, inv, token_of, w_sorted fp32, offs int32 [E]);
-    order/inv/token_of int64 as `torch.sort(stable=True)` would give them. None when the shape is outside the
-    scan's single program (then the caller sorts with torch)."""
+    order/inv/token_of int64 as `torch.sort(stable=True)` would give them. None when the histograms would exceed
+    32,768 counts even at 4,096 slots per block (then the caller sorts with torch)."""
     N, k = topk_idx.shape
     M = N * k
     E_P = max(16, triton.next_power_of_2(num_experts))
-    BLOCK = 256  # the smallest block (most programs) whose block count fits the scan program
+    BLOCK = 256  # the smallest block (most programs) whose histograms (read whole by every placing program) stay small
     while max(2, triton.next_power_of_2(triton.cdiv(M, BLOCK))) * E_P > 32768 and BLOCK < 4096:
         BLOCK *= 2
     NB = triton.cdiv(M, BLOCK)
-    NB_P = max(2, triton.next_power_of_2(NB))
-    if NB_P * E_P > 32768:
+    if max(2, triton.next_power_of_2(NB)) * E_P > 32768:
         return None
     CHUNK = max(16, min(64, 4096 // E_P))
     dev = topk_idx.device
     idx = topk_idx.reshape(-1).contiguous()
     w = topk_weight.reshape(-1).contiguous()
+    # four allocations for six buffers: each costs host time, and the eager block is host-bound at 1b-a150m
     hist = torch.empty(NB, E_P, dtype=torch.int32, device=dev)
-    base = torch.empty_like(hist)
+    order, inv, token = torch.empty(3, M, dtype=torch.int64, device=dev).unbind(0)
     offs = torch.empty(num_experts, dtype=torch.int32, device=dev)
-    order, inv, token = (torch.empty(M, dtype=torch.int64, device=dev) for _ in range(3))
     w_s = torch.empty(M, dtype=torch.float32, device=dev)
     _route_hist[(NB,)](idx, hist, M, num_experts, E_P=E_P, BLOCK=BLOCK, CHUNK=CHUNK)
-    _route_scan[(1,)](hist, base, offs, NB, num_experts, NB_P=NB_P, E_P=E_P, num_warps=8)
-    _route_place[(NB,)](idx, w, base, order, inv, token, w_s, M, k, E_P=E_P, BLOCK=BLOCK, CHUNK=CHUNK)
+    _route_place[(NB,)](idx, w, hist, offs, order, inv, token, w_s, M, k, NB, num_experts, E_P=E_P, BLOCK=BLOCK,
+                        CHUNK=CHUNK, NB_CHUNK=max(2, min(16, 4096 // E_P)))
     return order, inv, token, w_s, offs

@@ -113,16 +113,17 @@ def test_moe_combine():
 
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("activation", ["silu", None])
-def test_short_conv(packed, activation):
+@pytest.mark.parametrize("W,rows", [(4, 27), (3, 300)])  # 300 rows: 10 row blocks, several per backward program
+def test_short_conv(packed, activation, W, rows):
     from mixlab.kernels.short_conv import short_conv
     from mixlab.kernels.short_conv_triton import short_conv_triton
 
-    D, W = 40, 4
-    if packed:  # three packed sequences, one shorter than the kernel: nothing may leak across them
-        x = _randn(1, 23, D, seed=14)
-        cu = torch.tensor([0, 2, 13, 23], device=DEV)
+    D = 40
+    if packed:  # packed sequences, one shorter than the kernel: nothing may leak across them
+        x = _randn(1, rows - 4, D, seed=14)
+        cu = torch.tensor([0, 2, 13, 40 if rows > 27 else 23] + ([rows - 4] if rows > 27 else []), device=DEV)
     else:
-        x = _randn(3, 9, D, seed=14)
+        x = _randn(3, rows // 3, D, seed=14)
         cu = None
     w = _randn(D, 1, W, seed=15) * 0.5
 

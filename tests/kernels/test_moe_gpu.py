@@ -125,12 +125,13 @@ def test_unfused_dispatch_is_the_grouped_mm_peer():
         assert torch.equal(a, b)
 
 
-def test_auto_takes_the_fused_function_under_capture_and_grouped_eagerly(monkeypatch):
-    """The default MIXLAB_MOE_IMPL=auto: bitwise the fused Function inside a CUDA graph, the grouped path eagerly."""
+def test_auto_takes_the_fused_function_eagerly_and_under_capture(monkeypatch):
+    """The default MIXLAB_MOE_IMPL=auto: bitwise the fused Function, eagerly and inside a CUDA graph; "grouped" is the
+    other path (its rounding differs, so the checks can tell the two apart)."""
     monkeypatch.delenv("MIXLAB_MOE_IMPL", raising=False)
     x, w1, w3, w2, idx, w = _inputs(N=1024)
     eager = moe_experts(x, w1, w3, w2, idx, w)
-    assert torch.equal(eager, moe_experts_grouped(x, w1, w3, w2, idx, w))
+    assert torch.equal(eager, moe_experts_fused(x, w1, w3, w2, idx, w))
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -141,5 +142,8 @@ def test_auto_takes_the_fused_function_under_capture_and_grouped_eagerly(monkeyp
         captured = moe_experts(x, w1, w3, w2, idx, w)
     g.replay()
     torch.cuda.synchronize()
-    assert torch.equal(captured, moe_experts_fused(x, w1, w3, w2, idx, w))
-    assert not torch.equal(captured, eager)  # the two paths round differently: the check above can tell them apart
+    assert torch.equal(captured, eager)
+    monkeypatch.setenv("MIXLAB_MOE_IMPL", "grouped")
+    grouped = moe_experts(x, w1, w3, w2, idx, w)
+    assert torch.equal(grouped, moe_experts_grouped(x, w1, w3, w2, idx, w))
+    assert not torch.equal(grouped, eager)

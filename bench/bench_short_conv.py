@@ -1,31 +1,34 @@
 """Causal depthwise short convolution + SiLU, forward + backward, bf16, one GPU: mixlab's fused Triton kernels
-(`short_conv_triton`: one launch forward, one backward) against fla-core's `causal_conv1d` (Triton backend: a
+(`short_conv_triton`: one launch forward, two backward) against fla-core's `causal_conv1d` (Triton backend: a
 forward, then in the backward a recomputed pre-activation and the gradient kernel) and the torch reference
 (`short_conv` with the fused kernel off), in the same run, at the 1b-a150m KDA projection shape (D = 1024 channels,
 kernel 4) for 8k and 16k tokens. Every variant is first checked against an fp32 reference on the same inputs.
 
-`--sweep` first times mixlab's backward launch options (`short_conv_triton._BWD_*`) and keeps the fastest correct one
-for the comparison; the default options are timed beside it.
+Two timings per variant: `graph` replays the fwd+bwd as one CUDA graph (GPU time, what the graph training step
+pays), `eager` is triton's do_bench of the eager call (at this size mostly the host's launch time).
 
-Usage: python bench/bench_short_conv.py [--out bench/results/short_conv.json] [--sweep]
+Usage: python bench/bench_short_conv.py [--out bench/results/short_conv.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
+import importlib
 import json
+import sys
 from pathlib import Path
 
 import torch
 from triton.testing import do_bench
 
-from mixlab.kernels import short_conv as short_conv_module
 from mixlab.kernels import short_conv_triton as sct
 from mixlab.kernels.short_conv import short_conv
 
+short_conv_module = importlib.import_module("mixlab.kernels.short_conv")  # the package re-exports the function
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_moe import graph_ms  # noqa: E402  (fwd+bwd captured once as a CUDA graph, replays timed)
+
 D, W = 1024, 4
-BWD_KNOBS = ("_BWD_BLOCK_R", "_BWD_BLOCK_D", "_BWD_WARPS", "_BWD_PROGRAMS_PER_SM")
 
 
 def _inputs(tokens: int, seed: int = 0):
@@ -68,68 +71,43 @@ def _rel_errors(got, want) -> dict:
             for n, a, b in zip(("y", "dx", "dw"), got, want)}
 
 
-def _time(fn, x, w, dy) -> float:
-    return do_bench(lambda: _fwd_bwd(fn, x, w, dy), return_mode="median", warmup=25, rep=200)
-
-
-def _sweep(x, w, dy, want) -> list[dict]:
-    rows = []
-    default = {k: getattr(sct, k) for k in BWD_KNOBS}
-    for br, bd, warps, pps in itertools.product((8, 16, 32), (64, 128), (4, 8), (4, 16)):
-        for k, v in zip(BWD_KNOBS, (br, bd, warps, pps)):
-            setattr(sct, k, v)
-        try:
-            errs = _rel_errors(_fwd_bwd(_mixlab, x, w, dy), want)
-            ok = max(errs.values()) < 2e-2
-            rows.append({"config": [br, bd, warps, pps], "ok": ok, "ms": _time(_mixlab, x, w, dy) if ok else None})
-        except Exception as exc:  # a config that fails to compile (shared memory, registers) is skipped
-            rows.append({"config": [br, bd, warps, pps], "error": repr(exc)[:200]})
-    for k, v in default.items():
-        setattr(sct, k, v)
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="bench/results/short_conv.json")
-    parser.add_argument("--sweep", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    variants = {"mixlab": _mixlab, "reference": _reference}
     fla = _fla()
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "fla": fla is not None,
-              "default_bwd": {k: getattr(sct, k) for k in BWD_KNOBS}, "rows": []}
+    if fla is not None:
+        variants["fla"] = fla
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "fla": fla is not None, "rows": []}
     for tokens in (8192, 16384):
         x, w, dy = _inputs(tokens)
         want = _fwd_bwd(_reference, x.float(), w.float(), dy.float())
         row = {"tokens": tokens}
-        if args.sweep and tokens == 8192:
-            row["sweep"] = _sweep(x, w, dy, want)
-            good = [r for r in row["sweep"] if r.get("ms")]
-            best = min(good, key=lambda r: r["ms"])["config"] if good else None
-            row["sweep_best"] = best
-        variants = {"mixlab": _mixlab, "reference": _reference}
-        if fla is not None:
-            variants["fla"] = fla
         for name, fn in variants.items():
             row[f"{name}_rel_err"] = _rel_errors(_fwd_bwd(fn, x, w, dy), want)
-            row[f"{name}_ms"] = _time(fn, x, w, dy)
-        for name in ("reference", "fla"):
-            if f"{name}_ms" in row:
-                row[f"{name}_over_mixlab"] = row[f"{name}_ms"] / row["mixlab_ms"]
+            row[f"{name}_eager_ms"] = do_bench(lambda: _fwd_bwd(fn, x, w, dy), return_mode="median", warmup=25,
+                                               rep=200)
+            try:  # the eager timing above stands if a capture fails
+                row[f"{name}_graph_ms"] = graph_ms(lambda: _fwd_bwd(fn, x, w, dy))
+            except Exception as exc:
+                row[f"{name}_graph_error"] = repr(exc)[:200]
+        for name in ("fla", "reference"):
+            for how in ("graph", "eager"):
+                if f"{name}_{how}_ms" in row and f"mixlab_{how}_ms" in row:
+                    row[f"{name}_over_mixlab_{how}"] = row[f"{name}_{how}_ms"] / row[f"mixlab_{how}_ms"]
         result["rows"].append(row)
         out.write_text(json.dumps(result, indent=2))
-        print(json.dumps({k: v for k, v in row.items() if k != "sweep"}), flush=True)
+        print(json.dumps(row), flush=True)
     print(f"\n{result['device']}  short conv (D={D}, W={W}) + SiLU fwd+bwd bf16, ms (median)")
     for r in result["rows"]:
-        cells = "  ".join(f"{n} {r[f'{n}_ms']:.3f}" for n in ("mixlab", "fla", "reference") if f"{n}_ms" in r)
-        ratios = "  ".join(f"{n}/mixlab {r[f'{n}_over_mixlab']:.2f}" for n in ("fla", "reference")
-                           if f"{n}_over_mixlab" in r)
-        print(f"{r['tokens']:>6} tokens: {cells}   {ratios}")
-        if r.get("sweep"):
-            ranked = sorted((s for s in r["sweep"] if s.get("ms")), key=lambda s: s["ms"])[:8]
-            print("  backward launch sweep (BLOCK_R, BLOCK_D, warps, programs/SM): "
-                  + ", ".join(f"{s['config']} {s['ms']:.3f}" for s in ranked))
+        for how in ("graph", "eager"):
+            cells = "  ".join(f"{n} {r[f'{n}_{how}_ms']:.3f}" for n in variants if f"{n}_{how}_ms" in r)
+            ratios = "  ".join(f"{n}/mixlab {r[f'{n}_over_mixlab_{how}']:.2f}" for n in ("fla", "reference")
+                               if f"{n}_over_mixlab_{how}" in r)
+            print(f"{r['tokens']:>6} tokens, {how:>5}: {cells}   {ratios}")
 
 
 if __name__ == "__main__":

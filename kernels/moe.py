@@ -123,11 +123,11 @@ def moe_experts(
 MOE_IMPLS = ("auto", "fused", "grouped")
 
 
-# H100, bench/bench_moe.py (BENCHMARKS.md, wave 9): the fused Function does less GPU work (0.69 against 0.97 ms at
-# 1b-a150m as a CUDA graph) and, since its launch trims, issues less host work too (1.09 against 1.62 ms to issue
-# one eager fwd+bwd), eager 1.24 against 1.65 ms at 1b-a150m and 13.7-14.3 against 14.4 ms at the official shape. So
-# "auto" takes it everywhere; "grouped" stays selectable (and is the benchmark peer with the fused kernels off).
-# (Until wave 8 "auto" took the grouped path eagerly: it was ahead on the wave-4 host, 1.02 against 1.49 ms.)
+# H100, bench/bench_moe.py (BENCHMARKS.md, wave 9), fwd+bwd at 1b-a150m: the fused Function does less GPU work (0.69
+# against 0.97 ms as a CUDA graph) and, with its wave-9 launch trims, less host work (1.37 against 1.74 ms to issue
+# one eager call); eager 0.86 against 1.39 ms, and 13.6 against 14.4 ms at the official shape. So "auto" takes it
+# eagerly too; "grouped" stays selectable (and, with the fused kernels off, is the benchmark peer). Until wave 8
+# "auto" took the grouped path eagerly, which had led on the wave-4 host (1.02 against 1.49 ms).
 DEFAULT_MOE_IMPL = "auto"
 
 

@@ -2,8 +2,7 @@
 no state out, optionally packed sequences (cu_seqlens); reference in short_conv.py.
 
 The reference runs cast, transpose, concat, conv1d, SiLU, transpose and cast (and their backward) per projection;
-here one launch forward and one backward (dx and the weight-gradient partials, recomputing the pre-activation from
-x rather than storing it), plus the sum of the partials. Sequences are handled by
+here one launch forward and two backward (dz, then dx and the weight-gradient partials). Sequences are handled by
 each row's sequence start: row r of the flattened [B·T] input sees inputs r-W+1 … r that lie at or after its start
 (b·T without cu_seqlens, its cu_seqlens entry with them), so nothing leaks across rows or packed sequences.
 On by default on CUDA (MIXLAB_FUSED_SHORT_CONV=0 turns it off); the cached / state-returning calls (decode, chunked
@@ -54,25 +53,26 @@ def _conv_fwd(X, Wt, Y, SS, R, T, D, W: tl.constexpr, VARLEN: tl.constexpr, ACT:
 
 
 @triton.jit
-def _conv_dz(X, Wt, DY, o, cols, so, mo, cmask, D, W: tl.constexpr, ACT: tl.constexpr, BLOCK_R: tl.constexpr,
-             BLOCK_D: tl.constexpr):
-    """dz = dL/d(pre-activation) at rows o (0 where mo is off), recomputing z from x instead of reading a stored
-    fp32 dz: the shifted x tiles come from L1/L2, while a stored dz cost a launch and 6 bytes per element."""
-    dz = tl.load(DY + o[:, None].to(tl.int64) * D + cols[None, :], mask=mo[:, None] & cmask[None, :],
-                 other=0.0).to(tl.float32)
+def _conv_bwd_dz(X, Wt, DY, DZ, SS, R, T, D, W: tl.constexpr, VARLEN: tl.constexpr, ACT: tl.constexpr,
+                 BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    rmask = rows < R
+    cmask = cols < D
+    mask = rmask[:, None] & cmask[None, :]
+    off = rows[:, None].to(tl.int64) * D + cols[None, :]
+    dz = tl.load(DY + off, mask=mask, other=0.0).to(tl.float32)
     if ACT:
-        z = _conv_z(X, Wt, o, cols, so, mo, cmask, D, W, BLOCK_R, BLOCK_D)
+        start = _seq_start(SS, rows, R, T, VARLEN)
+        z = _conv_z(X, Wt, rows, cols, start, rmask, cmask, D, W, BLOCK_R, BLOCK_D)
         s = tl.sigmoid(z)
         dz = dz * s * (1.0 + z * (1.0 - s))
-    return dz
+    tl.store(DZ + off, dz, mask=mask)
 
 
 @triton.jit
-def _conv_bwd(X, Wt, DY, DX, DW, SS, R, T, D, W: tl.constexpr, BLOCK_W: tl.constexpr, VARLEN: tl.constexpr,
-              ACT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """dx and per-program dW partials in one pass. Output o = r + W-1-j reads input r through tap j, so with
-    dz_j[r] = dz[r + W-1-j] (0 unless o exists and r lies in o's sequence): dx[r] = Σ_j w[j] · dz_j[r] and
-    dW[j] = Σ_r dz_j[r] · x[r] — one x tile per row block, no shifted x for dW (as fla-core's backward)."""
+def _conv_bwd_dx(X, Wt, DZ, DX, DW, SS, R, T, D, W: tl.constexpr, BLOCK_W: tl.constexpr, VARLEN: tl.constexpr,
+                 BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -82,26 +82,32 @@ def _conv_bwd(X, Wt, DY, DX, DW, SS, R, T, D, W: tl.constexpr, BLOCK_W: tl.const
     for r0 in range(pid * BLOCK_R, R, nprog * BLOCK_R):
         rows = r0 + tl.arange(0, BLOCK_R)
         rmask = rows < R
-        off = rows[:, None].to(tl.int64) * D + cols[None, :]
-        xr = tl.load(X + off, mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+        start = _seq_start(SS, rows, R, T, VARLEN)
+        dzt = tl.load(DZ + rows[:, None].to(tl.int64) * D + cols[None, :], mask=rmask[:, None] & cmask[None, :],
+                      other=0.0)
         dx = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
         for j in tl.static_range(W):
+            wv = tl.load(Wt + cols * W + j, mask=cmask, other=0.0).to(tl.float32)
+            # dx[r] += w[j] · dz[o] for the output o = r + W-1-j, if o exists and r lies in o's sequence
             o = rows + (W - 1) - j
             so = _seq_start(SS, o, R, T, VARLEN)
-            mo = rmask & (o < R) & (so <= rows)  # o exists and r lies in o's sequence
-            dzj = _conv_dz(X, Wt, DY, o, cols, so, mo, cmask, D, W, ACT, BLOCK_R, BLOCK_D)
-            wv = tl.load(Wt + cols * W + j, mask=cmask, other=0.0).to(tl.float32)
-            dx += dzj * wv[None, :]
-            dw += tl.where(jidx[:, None] == j, tl.sum(dzj * xr, 0)[None, :], 0.0)
-        tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
+            mo = rmask & (o < R) & (so <= rows)
+            dzo = tl.load(DZ + o[:, None].to(tl.int64) * D + cols[None, :], mask=mo[:, None] & cmask[None, :],
+                          other=0.0)
+            dx += dzo * wv[None, :]
+            # dw[j] += dz[r] · x[r - (W-1) + j] where that input is in r's sequence
+            src = rows - (W - 1) + j
+            ms = rmask & (src >= start)
+            xv = tl.load(X + src[:, None].to(tl.int64) * D + cols[None, :], mask=ms[:, None] & cmask[None, :],
+                         other=0.0).to(tl.float32)
+            contrib = tl.sum(dzt * xv, 0)
+            dw += tl.where(jidx[:, None] == j, contrib[None, :], 0.0)
+        tl.store(DX + rows[:, None].to(tl.int64) * D + cols[None, :], dx.to(DX.dtype.element_ty),
+                 mask=rmask[:, None] & cmask[None, :])
     tl.store(DW + pid * D * W + cols[None, :] * W + jidx[:, None], dw, mask=(jidx[:, None] < W) & cmask[None, :])
 
 
 _BLOCK_R, _BLOCK_D = 32, 64
-# Backward launch (bench/bench_short_conv.py sweeps these): tile rows/columns and warps (138 registers, no spills on
-# sm_90 at 16 x 64, 4 warps), and row programs per column block as thread blocks per SM — each program sums its
-# dW partial over the row blocks it walks, and the [programs, D, W] partials are summed after.
-_BWD_BLOCK_R, _BWD_BLOCK_D, _BWD_WARPS, _BWD_PROGRAMS_PER_SM = 16, 64, 4, 8
 
 
 class _ShortConvFn(torch.autograd.Function):
@@ -130,14 +136,17 @@ class _ShortConvFn(torch.autograd.Function):
         varlen = seq_start is not None
         ss = seq_start if varlen else w2
         dy2 = dy.reshape(R, D).contiguous()
-        nd = triton.cdiv(D, _BWD_BLOCK_D)
-        sms = torch.cuda.get_device_properties(x2.device).multi_processor_count if x2.is_cuda else 1
-        nprog = max(1, min(triton.cdiv(R, _BWD_BLOCK_R), _BWD_PROGRAMS_PER_SM * sms // nd))
+        dz = torch.empty(R, D, dtype=torch.float32, device=x2.device)
+        grid = (triton.cdiv(R, _BLOCK_R), triton.cdiv(D, _BLOCK_D))
+        _conv_bwd_dz[grid](x2, w2, dy2, dz, ss, R, T, D, W=W, VARLEN=varlen, ACT=ctx.act, BLOCK_R=_BLOCK_R,
+                           BLOCK_D=_BLOCK_D)
+        nd = triton.cdiv(D, _BLOCK_D)
+        cap = 4 * torch.cuda.get_device_properties(x2.device).multi_processor_count if x2.is_cuda else 2
+        nprog = max(1, min(triton.cdiv(R, _BLOCK_R), max(1, cap // nd)))
         dx = torch.empty_like(x2)
         dwp = torch.empty(nprog, D, W, dtype=torch.float32, device=x2.device)
-        _conv_bwd[(nprog, nd)](x2, w2, dy2, dx, dwp, ss, R, T, D, W=W, BLOCK_W=triton.next_power_of_2(W),
-                               VARLEN=varlen, ACT=ctx.act, BLOCK_R=_BWD_BLOCK_R, BLOCK_D=_BWD_BLOCK_D,
-                               num_warps=_BWD_WARPS)
+        _conv_bwd_dx[(nprog, nd)](x2, w2, dz, dx, dwp, ss, R, T, D, W=W, BLOCK_W=triton.next_power_of_2(W),
+                                  VARLEN=varlen, BLOCK_R=_BLOCK_R, BLOCK_D=_BLOCK_D)
         return dx.view(B, T, D), dwp.sum(0).view(ctx.wshape).to(ctx.wdtype), None, None
 
 

@@ -27,9 +27,9 @@ def _batch(model, B=2, T=256, seed=0):
     return {"input_ids": ids, "labels": labels, "count_mask": mask, "scale": torch.full((), 0.5, device="cuda")}
 
 
-# One MoE implementation in both steps: the default "auto" takes the fused Function only under capture, and bf16
-# rounding differences between two implementations are amplified in some gradients (A_log, dt_bias: sums over all
-# tokens that cancel), which is not what this test is about (test_moe_gpu.py checks auto's choice).
+# One MoE implementation in both steps, each in turn: bf16 rounding differences between two implementations are
+# amplified in some gradients (A_log, dt_bias: sums over all tokens that cancel), which is not what this test is
+# about (test_moe_gpu.py checks auto's choice).
 @pytest.mark.parametrize("moe_impl", ["fused", "grouped"])
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_captured_model_step_matches_eager(checkpointing, moe_impl, monkeypatch):

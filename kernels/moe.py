@@ -327,7 +327,6 @@ class _MoEExpertsFn(torch.autograd.Function):
         dw_slot = (swiglu_weighted_bwd if fused else _swiglu_w_bwd_torch)(h1, h3, w_s, da, dh[:, :I], dh[:, I:],
                                                                            order)
         dh1, dh3 = dh[:, :I], dh[:, I:]
-        dw1 = dw3 = None
         if w13 is not None and ctx.needs_input_grad[1] and ctx.needs_input_grad[2]:
             dw13 = torch._grouped_mm(dh.t(), xs, offs=offs)  # [E, 2I, D]: one GEMM (and launch) for both
             dw1, dw3 = dw13[:, :I], dw13[:, I:]

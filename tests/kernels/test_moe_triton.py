@@ -68,15 +68,22 @@ def test_gather_sum(two):
     torch.testing.assert_close(got, by_hand, atol=1e-5, rtol=1e-5)
 
 
-_BIG = pytest.param(4200, 8, 256, marks=[pytest.mark.slow] if DEV == "cpu" else [])  # ~25 s interpreted
+_BIG = pytest.param(4200, 8, 256, "random", marks=[pytest.mark.slow] if DEV == "cpu" else [])  # ~25 s interpreted
 
 
-@pytest.mark.parametrize("N,k,E", [(29, 3, 6), (1, 2, 5), (700, 3, 48), _BIG])
-def test_route_sort_equals_stable_torch_sort(N, k, E):
+@pytest.mark.parametrize("N,k,E,routing", [(29, 3, 6, "random"), (1, 2, 5, "random"), (700, 3, 48, "random"),
+                                             (700, 3, 48, "skewed"), (700, 3, 48, "same"), _BIG])
+def test_route_sort_equals_stable_torch_sort(N, k, E, routing):
     """The counting sort gives exactly the stable sort's permutation, its inverse, tokens, sorted weights and
-    group ends; (4200, 8, 256) needs blocks of 512 for the single scan program."""
+    group ends, over several placing blocks (700 · 3 slots: 9 blocks of 256), also with most slots on three experts
+    and others empty ("skewed") or every token on the same k experts ("same"); (4200, 8, 256) takes blocks of 512."""
     gen = torch.Generator().manual_seed(N)
-    idx = torch.topk(torch.rand(N, E, generator=gen), k).indices.to(DEV)
+    scores = torch.rand(N, E, generator=gen)
+    if routing == "skewed":
+        scores[:, :3] += 0.9
+    elif routing == "same":
+        scores = torch.arange(E, dtype=torch.float32).expand(N, E) + scores * 1e-3
+    idx = torch.topk(scores, k).indices.to(DEV)
     idx[0, 0] = E - 1  # the last expert is used
     w = torch.rand(N, k, generator=gen).to(DEV)
     order, inv, token, w_s, offs = route_sort(idx, w, E)

@@ -3,6 +3,7 @@
 # everything back as two archives (the device returns at most 8 files). Triton's compile cache lives in .tritoncache,
 # carried between calls (or packed in .tcpack/), so fla-core's ~200 s first compile is not paid every call.
 #   usage on the device: OUT=... [WARM_S=60] bash bench/run_gpu_wave.sh "engine:200 warm:60 step:220 moe:80 kda:150"
+#   (items: kda, step, moe, conv, engine, warm; each NAME:SECONDS)
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 MIXLAB_DATA= TOKENIZERS_PARALLELISM=false
 export TRITON_CACHE_DIR="$PWD/.tritoncache"; mkdir -p "$TRITON_CACHE_DIR"

@@ -76,17 +76,19 @@ def graph_ms(step):
     return do_bench(g.replay, return_mode="median", warmup=25, rep=200)
 
 
-def host_ms(step, n: int = 20) -> float:
-    """CPU time to issue one step() (ms; no sync inside, the GPU queue absorbs the work): where it exceeds the GPU
-    time (the graph rows), the eager step is bound by its launches, not by the GPU."""
+def host_ms(step, n: int = 20, rounds: int = 5) -> float:
+    """CPU time to issue one step() (ms; median over `rounds` of n calls, synced between rounds only: the GPU queue
+    absorbs the work): where it exceeds the GPU time (the graph rows), the eager step is bound by its launches."""
     step()
     torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        step()
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    return (t1 - t0) / n * 1e3
+    per = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            step()
+        per.append((time.perf_counter() - t0) / n * 1e3)
+        torch.cuda.synchronize()
+    return sorted(per)[len(per) // 2]
 
 
 def profile(fn, x, w1, w3, w2, idx, w, dy, iters=5):

@@ -17,7 +17,6 @@ import io
 import json
 import pstats
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,7 +30,7 @@ from mixlab.kernels.moe import moe_experts_fused
 from mixlab.kernels.moe_triton import gather_sum, route_sort, swiglu_weighted_fwd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_moe import SHAPES, dense_same_flops, fwd_bwd, inputs  # noqa: E402  (the same shapes, inputs and peer)
+from bench_moe import SHAPES, dense_same_flops, fwd_bwd, host_ms, inputs  # noqa: E402  (same shapes, inputs, peer)
 
 
 @triton.jit
@@ -40,18 +39,8 @@ def _noop(X, n, BLOCK: tl.constexpr):
     tl.store(X + offs, tl.load(X + offs, mask=offs < n), mask=offs < n)
 
 
-def host_us(fn, n: int = 40, rounds: int = 5) -> float:
-    """Median over `rounds` of the CPU µs per fn() call, n calls per round, synced between rounds only."""
-    fn()
-    torch.cuda.synchronize()
-    per = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        per.append((time.perf_counter() - t0) / n * 1e6)
-        torch.cuda.synchronize()
-    return sorted(per)[len(per) // 2]
+def host_us(fn, n: int = 40) -> float:
+    return host_ms(fn, n) * 1e3
 
 
 def timeline(prof, max_depth: int = 2) -> list[str]:

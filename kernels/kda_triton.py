@@ -5,14 +5,14 @@ transform inside 64-token chunks, an fp32 state recurrence across chunks), with 
 the kernels are in kda_triton_kernels.py. Launches per call: forward 6 (cumsum, scores in two: the diagonal 16×16
 sub-blocks token by token and the rest as tensor-core dots, solve, recurrence, output), backward 7 (output part,
 recurrence, intra-chunk in two, scores in two, reverse cumsum), plus one L2-norm launch each for q and k each way
-when asked. Only the state update runs sequentially over chunks;
-the backward reuses what the forward saved (score matrices, the inverse, w, u, qg, kd, v_new and the chunk-start
-states, in the inputs' 16-bit dtype like fla-core's, or fp32 for fp32 inputs).
+when asked. Only the state update runs sequentially over chunks; the backward reuses what the forward saved (score
+matrices, the inverse, w, u, qg, kd, v_new and the chunk-start states, in the inputs' 16-bit dtype like fla-core's,
+or fp32 for fp32 inputs).
 
 Requirements: g ≤ 0 (log decay, as `kda_gate` gives), K and V powers of two from 16 to 256, chunk size 64.
-q and k are L2-normalised inside the op (`_l2norm_fwd`, the Triton twin of `kda_common.l2norm`) when asked. Reference:
-`chunk_kda_torch` and the token loop `naive_recurrent_kda`; tests in tests/kernels/test_kda_triton.py (interpreter
-on CPU, real shapes on GPU).
+q and k are L2-normalised inside the op (`_l2norm_fwd`, the Triton twin of `kda_common.l2norm`) when asked.
+Reference: `chunk_kda_torch` and the token loop `naive_recurrent_kda`; tests in tests/kernels/test_kda_triton.py
+(interpreter on CPU, real shapes on GPU).
 """
 
 from __future__ import annotations

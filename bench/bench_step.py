@@ -31,9 +31,11 @@ Usage: python bench/bench_step.py [--tokens 8192,16384] [--seq 2048] [--modes pe
 from __future__ import annotations
 
 import argparse
+import cProfile
 import importlib
 import json
 import os
+import pstats
 import statistics
 import time
 import traceback
@@ -106,6 +108,36 @@ def _limit_autotune(n: int) -> None:
     triton.autotune = limited
 
 
+HOST_AREAS = (("fla", "/fla/"), ("triton", "/triton/"), ("mixlab kernels", "/kernels/"), ("mixlab model", "/model/"),
+              ("torch (python)", "/torch/"))
+
+
+def host_profile(step, steps: int = 2) -> dict:
+    """Where an eager step's host time goes: cProfile over `steps` steps, own (tottime) ms per step summed by area
+    (the file's package; C builtins, e.g. torch ops and the final sync, by name) and the 25 heaviest functions.
+    cProfile sees the main thread only: the backward, which autograd runs on its device thread, is one entry."""
+    prof = cProfile.Profile()
+    torch.cuda.synchronize()
+    prof.enable()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()  # GPU time the host did not cover shows up here
+    prof.disable()
+    stats = pstats.Stats(prof).stats
+    areas: dict[str, float] = {}
+    rows = []
+    for (file, line, func), (_cc, calls, tottime, cumtime, _callers) in stats.items():
+        area = next((name for name, part in HOST_AREAS if part in file), "other python")
+        if file == "~":  # a C function: {built-in method ...}
+            area = ("cuda synchronize" if "synchronize" in func else "backward (autograd's thread)"
+                    if "run_backward" in func else "C builtins (torch ops, launches)")
+        areas[area] = areas.get(area, 0.0) + tottime * 1e3 / steps
+        rows.append((tottime * 1e3 / steps, cumtime * 1e3 / steps, calls / steps, f"{file}:{line}({func})"[-110:]))
+    rows.sort(reverse=True)
+    return {"host_ms_per_step_by_area": dict(sorted(areas.items(), key=lambda kv: -kv[1])),
+            "host_top_functions": [[round(a, 3), round(b, 3), c, name] for a, b, c, name in rows[:25]]}
+
+
 class Runner:
     def __init__(self, model, ids, mode: str):
         self.model, self.ids, self.mode = model, ids, mode
@@ -149,7 +181,7 @@ def _set_env(name: str, value: str | None) -> None:
         os.environ[name] = value
 
 
-def run_mode(model, ids, mode: str, iters: int) -> dict:
+def run_mode(model, ids, mode: str, iters: int, host: bool = False) -> dict:
     peer_fla = mode == "peer" and dispatch.fla_available()
     _set_env("MIXLAB_KDA_BACKEND", "fla" if peer_fla else "triton" if mode.endswith("_mixkda") else USER_KDA_BACKEND)
     mode_base = mode.removesuffix("_mixkda")
@@ -206,6 +238,8 @@ def run_mode(model, ids, mode: str, iters: int) -> dict:
     }
     if top is not None:
         rec["top_kernels_ms_per_step"] = top
+    if host and not base.endswith("_graph"):
+        rec.update(host_profile(r.step))
     del r
     torch.cuda.empty_cache()
     return rec
@@ -224,6 +258,8 @@ def main() -> None:
     parser.add_argument("--no-fla", action="store_true",
                         help="no fla in any mode (no fla compile): KDA on mixlab's Triton kernels (what `auto` takes "
                              "without fla-core), or on the torch reference with MIXLAB_KDA_BACKEND=torch")
+    parser.add_argument("--host-profile", action="store_true",
+                        help="eager modes: also a cProfile of two steps, host ms per step by area (host_profile)")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "bench_step needs a CUDA GPU"
     if args.fla_configs:
@@ -252,7 +288,8 @@ def main() -> None:
             try:
                 if mode.startswith("recipe") and master is None:
                     master = load_model(args.preset, dtype=torch.float32, device="cuda", seed=0).train()
-                rec = run_mode(master if mode.startswith("recipe") else model, ids, mode, args.iters)
+                rec = run_mode(master if mode.startswith("recipe") else model, ids, mode, args.iters,
+                               args.host_profile)
             except Exception as exc:
                 traceback.print_exc()
                 rec = {"mode": mode, "error": repr(exc)[:500]}
@@ -283,6 +320,12 @@ def main() -> None:
             print(f"\n{r['mode']} at {r['tokens_per_batch']} tokens: GPU ms per step, launches per step, kernel")
             for name, ms, count in r["top_kernels_ms_per_step"][:20]:
                 print(f"  {ms:8.3f} {count:6.1f}  {name[:100]}")
+    for r in results["rows"]:
+        if r.get("host_ms_per_step_by_area"):
+            print(f"\n{r['mode']} at {r['tokens_per_batch']} tokens: host ms per step by area (cProfile)")
+            print("  " + ", ".join(f"{k} {v:.1f}" for k, v in r["host_ms_per_step_by_area"].items()))
+            for own, cum, calls, name in r["host_top_functions"][:12]:
+                print(f"  {own:8.2f} {cum:8.2f} {calls:7.0f}  {name}")
 
 
 if __name__ == "__main__":

@@ -27,12 +27,13 @@ fi
 
 # The issue's comparison: the off-the-shelf peer (fla KDA + grouped_mm + SDPA) against mixlab's paths.
 # STEP_MODES: the modes to time (bench_step.py's list; "_mixkda" runs a mode on mixlab's Triton KDA); STEP_BENCH_S:
-# its time cap.
+# its time cap; STEP_TOKENS: the batch sizes; STEP_ARGS: more bench_step.py flags (e.g. --host-profile).
 if [ "${STEP_BENCH:-1}" = 1 ]; then
-  timeout "$(left "${STEP_BENCH_S:-150}")" $PY bench/bench_step.py --tokens 8192,16384 \
+  timeout "$(left "${STEP_BENCH_S:-150}")" $PY bench/bench_step.py --tokens "${STEP_TOKENS:-8192,16384}" \
     --modes "${STEP_MODES:-peer,fast,fast_graph,fast_graph_grouped,recipe_graph}" --iters 10 --fla-configs 1 \
+    ${STEP_ARGS:-} \
     --out "$OUT/step.json" > "$OUT/step.log" 2>&1
-  say "bench_step rc=$?"; tail -n 10 "$OUT/step.log"
+  say "bench_step rc=$?"; tail -n "${STEP_TAIL:-10}" "$OUT/step.log"
 fi
 
 # STEP_LOSS=0 skips this. LOSS_ARGS: extra runs (default --recipe; "--recipe --fp32-reference" adds the bf16 noise
@@ -43,7 +44,9 @@ if [ "${STEP_LOSS:-1}" = 1 ]; then
   say "loss agreement rc=$?"; grep -v -i warn "$OUT/loss_agreement.log" | tail -n 3
 fi
 
-# Quick, if time is left: no fla at all; the graph modes against the eager fast path, mixlab's Triton KDA throughout.
+# Quick, if time is left (STEP_NOFLA=0 skips it): no fla at all; the graph modes against the eager fast path,
+# mixlab's Triton KDA throughout.
+[ "${STEP_NOFLA:-1}" = 1 ] || exit 0
 MIXLAB_KDA_BACKEND=triton timeout "$(left 40)" $PY bench/bench_step.py --no-fla --tokens 8192 --modes fast,fast_graph,recipe_eager,recipe_graph \
     --iters 5 --out "$OUT/step_nofla.json" > "$OUT/step_nofla.log" 2>&1
 say "bench_step --no-fla rc=$?"; tail -n 6 "$OUT/step_nofla.log"

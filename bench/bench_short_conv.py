@@ -7,7 +7,10 @@ kernel 4) for 8k and 16k tokens. Every variant is first checked against an fp32 
 Two timings per variant: `graph` replays the fwd+bwd as one CUDA graph (GPU time, what the graph training step
 pays), `eager` is triton's do_bench of the eager call (at this size mostly the host's launch time).
 
-Usage: python bench/bench_short_conv.py [--out bench/results/short_conv.json]
+`--sweep` also times mixlab's variant (graph) for each dx-kernel grid choice (`_DX_PROGRAMS_PER_SM`,
+`_DX_BLOCK_R` of short_conv_triton), the first being the shipped one.
+
+Usage: python bench/bench_short_conv.py [--sweep] [--out bench/results/short_conv.json]
 """
 
 from __future__ import annotations
@@ -71,9 +74,27 @@ def _rel_errors(got, want) -> dict:
             for n, a, b in zip(("y", "dx", "dw"), got, want)}
 
 
+def _sweep(x, w, dy, want) -> dict:
+    """mixlab's fwd+bwd graph ms for each (programs per SM, rows per iteration) of the dx kernel; checked first."""
+    shipped = (sct._DX_PROGRAMS_PER_SM, sct._DX_BLOCK_R)
+    res = {}
+    try:
+        for ppsm, block_r in [shipped] + [(p, b) for p in (2, 8, 16, 32) for b in (16, 32, 64)]:
+            sct._DX_PROGRAMS_PER_SM, sct._DX_BLOCK_R = ppsm, block_r
+            err = max(_rel_errors(_fwd_bwd(_mixlab, x, w, dy), want).values())
+            res[f"{ppsm}x{block_r}"] = {"graph_ms": graph_ms(lambda: _fwd_bwd(_mixlab, x, w, dy)), "max_rel_err": err}
+    finally:
+        sct._DX_PROGRAMS_PER_SM, sct._DX_BLOCK_R = shipped
+    best = min(res, key=lambda k: res[k]["graph_ms"])
+    print(f"dx grid sweep ({x.shape[0] * x.shape[1]} tokens): best {best} {res[best]['graph_ms']:.4f} ms, shipped "
+          f"{shipped[0]}x{shipped[1]} {res[f'{shipped[0]}x{shipped[1]}']['graph_ms']:.4f} ms", flush=True)
+    return res
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="bench/results/short_conv.json")
+    parser.add_argument("--sweep", action="store_true", help="also time the dx kernel's grid choices (graph)")
     args = parser.parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -94,6 +115,8 @@ def main() -> None:
                 row[f"{name}_graph_ms"] = graph_ms(lambda: _fwd_bwd(fn, x, w, dy))
             except Exception as exc:
                 row[f"{name}_graph_error"] = repr(exc)[:200]
+        if args.sweep:
+            row["mixlab_dx_grid_sweep_graph_ms"] = _sweep(x, w, dy, want)
         for name in ("fla", "reference"):
             for how in ("graph", "eager"):
                 if f"{name}_{how}_ms" in row and f"mixlab_{how}_ms" in row:

@@ -11,6 +11,8 @@ prefill) keep the reference.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -108,6 +110,15 @@ def _conv_bwd_dx(X, Wt, DZ, DX, DW, SS, R, T, D, W: tl.constexpr, BLOCK_W: tl.co
 
 
 _BLOCK_R, _BLOCK_D = 32, 64
+# The dx / weight-gradient kernel runs a grid-stride loop over row blocks: this many programs per SM in all (fewer
+# programs, fewer fp32 dw partials to sum) with rows of _DX_BLOCK_R per iteration. bench_short_conv.py --sweep times
+# the choices on a GPU.
+_DX_PROGRAMS_PER_SM, _DX_BLOCK_R = 4, 32
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count  # a host query: once per device
 
 
 class _ShortConvFn(torch.autograd.Function):
@@ -141,12 +152,12 @@ class _ShortConvFn(torch.autograd.Function):
         _conv_bwd_dz[grid](x2, w2, dy2, dz, ss, R, T, D, W=W, VARLEN=varlen, ACT=ctx.act, BLOCK_R=_BLOCK_R,
                            BLOCK_D=_BLOCK_D)
         nd = triton.cdiv(D, _BLOCK_D)
-        cap = 4 * torch.cuda.get_device_properties(x2.device).multi_processor_count if x2.is_cuda else 2
-        nprog = max(1, min(triton.cdiv(R, _BLOCK_R), max(1, cap // nd)))
+        cap = _DX_PROGRAMS_PER_SM * _sm_count(x2.device) if x2.is_cuda else 2
+        nprog = max(1, min(triton.cdiv(R, _DX_BLOCK_R), max(1, cap // nd)))
         dx = torch.empty_like(x2)
         dwp = torch.empty(nprog, D, W, dtype=torch.float32, device=x2.device)
         _conv_bwd_dx[(nprog, nd)](x2, w2, dz, dx, dwp, ss, R, T, D, W=W, BLOCK_W=triton.next_power_of_2(W),
-                                  VARLEN=varlen, BLOCK_R=_BLOCK_R, BLOCK_D=_BLOCK_D)
+                                  VARLEN=varlen, BLOCK_R=_DX_BLOCK_R, BLOCK_D=_BLOCK_D)
         return dx.view(B, T, D), dwp.sum(0).view(ctx.wshape).to(ctx.wdtype), None, None
 
 

@@ -26,13 +26,13 @@ def _seq_start(SS, rows, R, T, VARLEN: tl.constexpr):
 
 
 @triton.jit
-def _conv_z(X, Wt, rows, cols, start, rmask, cmask, D, W: tl.constexpr, BLOCK_R: tl.constexpr,
+def _conv_z(X, Wt, rows, cols, start, rmask, cmask, sx, W: tl.constexpr, BLOCK_R: tl.constexpr,
             BLOCK_D: tl.constexpr):
     acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
     for j in tl.static_range(W):
         src = rows - (W - 1) + j
         m = rmask & (src >= start)
-        xv = tl.load(X + src[:, None].to(tl.int64) * D + cols[None, :], mask=m[:, None] & cmask[None, :],
+        xv = tl.load(X + src[:, None].to(tl.int64) * sx + cols[None, :], mask=m[:, None] & cmask[None, :],
                      other=0.0).to(tl.float32)
         wv = tl.load(Wt + cols * W + j, mask=cmask, other=0.0).to(tl.float32)
         acc += xv * wv[None, :]
@@ -40,14 +40,14 @@ def _conv_z(X, Wt, rows, cols, start, rmask, cmask, D, W: tl.constexpr, BLOCK_R:
 
 
 @triton.jit
-def _conv_fwd(X, Wt, Y, SS, R, T, D, W: tl.constexpr, VARLEN: tl.constexpr, ACT: tl.constexpr,
+def _conv_fwd(X, Wt, Y, SS, R, T, D, sx, W: tl.constexpr, VARLEN: tl.constexpr, ACT: tl.constexpr,
               BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     rmask = rows < R
     cmask = cols < D
     start = _seq_start(SS, rows, R, T, VARLEN)
-    z = _conv_z(X, Wt, rows, cols, start, rmask, cmask, D, W, BLOCK_R, BLOCK_D)
+    z = _conv_z(X, Wt, rows, cols, start, rmask, cmask, sx, W, BLOCK_R, BLOCK_D)
     if ACT:
         z = z * tl.sigmoid(z)
     tl.store(Y + rows[:, None].to(tl.int64) * D + cols[None, :], z.to(Y.dtype.element_ty),
@@ -55,7 +55,7 @@ def _conv_fwd(X, Wt, Y, SS, R, T, D, W: tl.constexpr, VARLEN: tl.constexpr, ACT:
 
 
 @triton.jit
-def _conv_bwd_dz(X, Wt, DY, DZ, SS, R, T, D, W: tl.constexpr, VARLEN: tl.constexpr, ACT: tl.constexpr,
+def _conv_bwd_dz(X, Wt, DY, DZ, SS, R, T, D, sx, W: tl.constexpr, VARLEN: tl.constexpr, ACT: tl.constexpr,
                  BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -66,14 +66,14 @@ def _conv_bwd_dz(X, Wt, DY, DZ, SS, R, T, D, W: tl.constexpr, VARLEN: tl.constex
     dz = tl.load(DY + off, mask=mask, other=0.0).to(tl.float32)
     if ACT:
         start = _seq_start(SS, rows, R, T, VARLEN)
-        z = _conv_z(X, Wt, rows, cols, start, rmask, cmask, D, W, BLOCK_R, BLOCK_D)
+        z = _conv_z(X, Wt, rows, cols, start, rmask, cmask, sx, W, BLOCK_R, BLOCK_D)
         s = tl.sigmoid(z)
         dz = dz * s * (1.0 + z * (1.0 - s))
     tl.store(DZ + off, dz, mask=mask)
 
 
 @triton.jit
-def _conv_bwd_dx(X, Wt, DZ, DX, DW, SS, R, T, D, W: tl.constexpr, BLOCK_W: tl.constexpr, VARLEN: tl.constexpr,
+def _conv_bwd_dx(X, Wt, DZ, DX, DW, SS, R, T, D, sx, W: tl.constexpr, BLOCK_W: tl.constexpr, VARLEN: tl.constexpr,
                  BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -100,7 +100,7 @@ def _conv_bwd_dx(X, Wt, DZ, DX, DW, SS, R, T, D, W: tl.constexpr, BLOCK_W: tl.co
             # dw[j] += dz[r] · x[r - (W-1) + j] where that input is in r's sequence
             src = rows - (W - 1) + j
             ms = rmask & (src >= start)
-            xv = tl.load(X + src[:, None].to(tl.int64) * D + cols[None, :], mask=ms[:, None] & cmask[None, :],
+            xv = tl.load(X + src[:, None].to(tl.int64) * sx + cols[None, :], mask=ms[:, None] & cmask[None, :],
                          other=0.0).to(tl.float32)
             contrib = tl.sum(dzt * xv, 0)
             dw += tl.where(jidx[:, None] == j, contrib[None, :], 0.0)
@@ -126,14 +126,16 @@ class _ShortConvFn(torch.autograd.Function):
     def forward(ctx, x, weight, seq_start, act):
         B, T, D = x.shape
         W = weight.shape[-1]
-        x2 = x.reshape(B * T, D).contiguous()
+        x2 = x.reshape(B * T, D)  # a view when x is row-strided (a column slice of a joint projection's output)
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
         w2 = weight.reshape(D, W).contiguous()
         R = B * T
-        y = torch.empty_like(x2)
+        y = torch.empty(R, D, dtype=x.dtype, device=x.device)
         varlen = seq_start is not None
         ss = seq_start if varlen else w2
         grid = (triton.cdiv(R, _BLOCK_R), triton.cdiv(D, _BLOCK_D))
-        _conv_fwd[grid](x2, w2, y, ss, R, T, D, W=W, VARLEN=varlen, ACT=act, BLOCK_R=_BLOCK_R, BLOCK_D=_BLOCK_D)
+        _conv_fwd[grid](x2, w2, y, ss, R, T, D, x2.stride(0), W=W, VARLEN=varlen, ACT=act, BLOCK_R=_BLOCK_R, BLOCK_D=_BLOCK_D)
         ctx.save_for_backward(x2, w2, seq_start)
         ctx.shape, ctx.act, ctx.wshape, ctx.wdtype = (B, T, D), act, weight.shape, weight.dtype
         return y.view(B, T, D)
@@ -149,14 +151,14 @@ class _ShortConvFn(torch.autograd.Function):
         dy2 = dy.reshape(R, D).contiguous()
         dz = torch.empty(R, D, dtype=torch.float32, device=x2.device)
         grid = (triton.cdiv(R, _BLOCK_R), triton.cdiv(D, _BLOCK_D))
-        _conv_bwd_dz[grid](x2, w2, dy2, dz, ss, R, T, D, W=W, VARLEN=varlen, ACT=ctx.act, BLOCK_R=_BLOCK_R,
+        _conv_bwd_dz[grid](x2, w2, dy2, dz, ss, R, T, D, x2.stride(0), W=W, VARLEN=varlen, ACT=ctx.act, BLOCK_R=_BLOCK_R,
                            BLOCK_D=_BLOCK_D)
         nd = triton.cdiv(D, _BLOCK_D)
         cap = _DX_PROGRAMS_PER_SM * _sm_count(x2.device) if x2.is_cuda else 2
         nprog = max(1, min(triton.cdiv(R, _DX_BLOCK_R), max(1, cap // nd)))
-        dx = torch.empty_like(x2)
+        dx = torch.empty(R, D, dtype=x2.dtype, device=x2.device)
         dwp = torch.empty(nprog, D, W, dtype=torch.float32, device=x2.device)
-        _conv_bwd_dx[(nprog, nd)](x2, w2, dz, dx, dwp, ss, R, T, D, W=W, BLOCK_W=triton.next_power_of_2(W),
+        _conv_bwd_dx[(nprog, nd)](x2, w2, dz, dx, dwp, ss, R, T, D, x2.stride(0), W=W, BLOCK_W=triton.next_power_of_2(W),
                                   VARLEN=varlen, BLOCK_R=_DX_BLOCK_R, BLOCK_D=_BLOCK_D)
         return dx.view(B, T, D), dwp.sum(0).view(ctx.wshape).to(ctx.wdtype), None, None
 

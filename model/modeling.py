@@ -26,6 +26,7 @@ from mixlab.kernels import (
     chunk_kda,
     expert_counts,
     gated_rms_norm,
+    joint_linear,
     kda_gate,
     moe_experts,
     moe_route,
@@ -55,6 +56,14 @@ class _Fp32ParamsMixin:
             if p is not None and p.is_floating_point() and p.dtype != torch.float32:
                 p.data = p.data.float()
         return self
+
+
+def _project(x: torch.Tensor, *linears: nn.Module) -> list[torch.Tensor]:
+    """Each Linear applied to x; through `joint_linear` (one GEMM on the fast path) when all are plain bias-free
+    nn.Linear without hooks: it reads their weights directly, which would bypass an adapter's or a hook's change."""
+    if all(type(m) is nn.Linear and m.bias is None and not (m._forward_hooks or m._forward_pre_hooks) for m in linears):
+        return joint_linear(x, [m.weight for m in linears])
+    return [m(x) for m in linears]
 
 
 class KimiRMSNorm(nn.Module):
@@ -114,17 +123,19 @@ class KimiDeltaAttention(_Fp32ParamsMixin, nn.Module):
         state = cache.recurrent_states[self.layer_idx] if layout.has_past else None
         cu = layout.cu_seqlens
 
+        # the six projections of x: one GEMM on the fast path (the short conv reads its column slices in place)
+        q_in, k_in, v_in, f_a, beta_logits, g_a = _project(x, self.q_proj, self.k_proj, self.v_proj, self.f_a_proj,
+                                                            self.b_proj, self.g_a_proj)
         convs = []
         outs = []
-        for proj, conv, prev in ((self.q_proj, self.q_conv1d, conv_prev[0]), (self.k_proj, self.k_conv1d,
-                                 conv_prev[1]), (self.v_proj, self.v_conv1d, conv_prev[2])):
-            y, c = short_conv(proj(x), conv.weight, cache=prev, cu_seqlens=cu, activation="silu",
+        for y_in, conv, prev in ((q_in, self.q_conv1d, conv_prev[0]), (k_in, self.k_conv1d, conv_prev[1]),
+                                 (v_in, self.v_conv1d, conv_prev[2])):
+            y, c = short_conv(y_in, conv.weight, cache=prev, cu_seqlens=cu, activation="silu",
                               output_final_state=store)
             outs.append(y.view(B, T, H, K))
             convs.append(c)
         q, k, v = outs
-        f = self.f_b_proj(self.f_a_proj(x))
-        beta_logits = self.b_proj(x)
+        f = self.f_b_proj(f_a)
         with torch.autocast(device_type=x.device.type, enabled=False):
             g = kda_gate(f, self.A_log, self.dt_bias)  # fp32 [B, T, H, K]
             beta = torch.sigmoid(beta_logits.float())  # fp32 [B, T, H]
@@ -138,7 +149,7 @@ class KimiDeltaAttention(_Fp32ParamsMixin, nn.Module):
                                          output_final_state=store, cu_seqlens=cu, use_qk_l2norm=True)
         if store:
             cache.update_kda(self.layer_idx, tuple(convs), new_state)
-        gate = self.g_b_proj(self.g_a_proj(x)).view(B, T, H, K)
+        gate = self.g_b_proj(g_a).view(B, T, H, K)
         o = gated_rms_norm(o, self.o_norm.weight, gate, self.o_norm.eps, activation="sigmoid")
         return self.o_proj(o.reshape(B, T, H * K))
 
@@ -222,7 +233,8 @@ class KimiMLP(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = _project(x, self.gate_proj, self.up_proj)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class KimiMoEGate(_Fp32ParamsMixin, nn.Module):

@@ -137,3 +137,29 @@ def test_short_conv(packed, activation, W, rows):
 
 def _act(z, activation):
     return torch.nn.functional.silu(z) if activation == "silu" else z
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_short_conv_row_strided_input(packed):
+    """x as a column slice of a wider tensor (a joint projection's output): read in place, same values and
+    gradients as the contiguous copy, and the gradient lands in the slice's columns only."""
+    from mixlab.kernels.short_conv_triton import short_conv_triton
+
+    D, W = 24, 4
+    wide = _randn(1 if packed else 2, 40, 3 * D + 5, seed=17)
+    cu = torch.tensor([0, 3, 40], device=DEV) if packed else None
+    w = _randn(D, 1, W, seed=18) * 0.5
+    x_view = wide.detach()[..., D : 2 * D].requires_grad_(True)  # a strided leaf: row stride 3D + 5
+    assert x_view.stride(-2) == 3 * D + 5 and not x_view.is_contiguous()
+    x_copy = x_view.detach().contiguous().requires_grad_(True)
+    w_a, w_b = w.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    proj = _randn(*x_view.shape, seed=19)
+    y_view = short_conv_triton(x_view, w_a, cu, "silu")
+    y_copy = short_conv_triton(x_copy, w_b, cu, "silu")
+    got = [y_view, *torch.autograd.grad((y_view * proj).sum(), [x_view, w_a])]
+    want = [y_copy, *torch.autograd.grad((y_copy * proj).sum(), [x_copy, w_b])]
+    for name, a, b in zip(["y", "dx", "dw"], got, want):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
+    wide_leaf = wide.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(short_conv_triton(wide_leaf[..., D : 2 * D], w, cu, "silu").sum(), [wide_leaf])
+    assert g[..., :D].abs().max() == 0 and g[..., 2 * D :].abs().max() == 0 and g[..., D : 2 * D].abs().max() > 0

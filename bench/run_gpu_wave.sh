@@ -3,7 +3,7 @@
 # everything back as two archives (the device returns at most 8 files). Triton's compile cache lives in .tritoncache,
 # carried between calls (or packed in .tcpack/), so fla-core's ~200 s first compile is not paid every call.
 #   usage on the device: OUT=... [WARM_S=60] bash bench/run_gpu_wave.sh "engine:200 warm:60 step:220 moe:80 kda:150"
-#   (items: kda, step, moe, conv, loss, engine, warm; each NAME:SECONDS)
+#   (items: kda, step, moe, conv, loss, tests, engine, warm; each NAME:SECONDS)
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 MIXLAB_DATA= TOKENIZERS_PARALLELISM=false
 export TRITON_CACHE_DIR="$PWD/.tritoncache"; mkdir -p "$TRITON_CACHE_DIR"
@@ -28,7 +28,8 @@ warm() {
 }
 if [ -n "${WARM_S:-}" ]; then warm "$WARM_S"; fi
 declare -A SCRIPT=([kda]=bench/gpu_kda.sh [step]=bench/gpu_step.sh [moe]=bench/gpu_moe.sh [engine]=bench/run_engine_gpu.sh
-                   [conv]=bench/gpu_conv.sh [loss]=bench/gpu_loss.sh)
+                   [conv]=bench/gpu_conv.sh [loss]=bench/gpu_loss.sh
+                   [tests]=bench/gpu_tests.sh)
 for item in ${1:-kda:150 step:150 moe:80 engine:170}; do
   name=${item%%:*}; secs=${item##*:}
   if [ "$name" = warm ]; then warm "$secs"; continue; fi

@@ -12,7 +12,7 @@ Order 1 (default) is learnable within a few hundred steps; the first H100 run us
 on which the loss stays near ln(vocab) for 200 steps, which makes the agreement check weak.
 
 `--recipe-runs N` trains the recipe path N times; each run records its gradient norms and rechecks any loss spike
-(`train_recipe`). The process's MIXLAB_MOE_IMPL etc. apply to every run.
+(`train_recipe`; `--no-spike-recheck`: no per-step host reads, as before wave 10). The process's MIXLAB_MOE_IMPL etc. apply to every run.
 
 Usage: python bench/bench_loss_agreement.py [--steps 200] [--batch 2] [--seq 1024] [--recipe [--recipe-runs N]]
     [--fp32-reference] [--reuse bench/results/loss_agreement_h100_s6.json] [--out bench/results/loss_agreement.json]
@@ -84,13 +84,15 @@ def train(backend: str, data: torch.Tensor, lr: float, dtype: torch.dtype = torc
 SPIKE_RISE = 0.5  # a step-to-step loss rise above this is rechecked (no wave 7-8 run rose by more than 0.5)
 
 
-def train_recipe(data: torch.Tensor, lr: float) -> tuple[list[float], float, list[float], list[dict]]:
+def train_recipe(data: torch.Tensor, lr: float, recheck: bool = True) -> tuple[list[float], float, list[float],
+                                                                          list[dict]]:
     """The recipe's graph step; returns losses, seconds, per-step gradient norms (before clipping) and the rechecks
-    of spikes. A step whose loss rises more than SPIKE_RISE above the previous one is run twice more on the same
-    weights before the optimizer steps: one more graph replay and one eager forward under the same autocast. Which of
-    them reproduce the spike tells a transient fault (neither) from a fault of the captured graph (the replay only)
-    from a property of the batch (both). The optimizer then uses the second replay's gradients. Reading each loss on
-    the host costs one sync per step (200 steps: negligible)."""
+    of spikes. With `recheck`, a step whose loss rises more than SPIKE_RISE above the previous one is run twice more
+    on the same weights before the optimizer steps: one more graph replay and one eager forward under the same
+    autocast. Which of them reproduce the spike tells a transient fault (neither) from a fault of the captured graph
+    (the replay only) from a property of the batch (both); the optimizer then uses the second replay's gradients.
+    Rechecking reads each loss on the host (one sync per step), which changes the timing between steps: without it
+    (as before wave 10) losses and norms stay on the GPU until the end."""
     set_backend("auto")
     set_fused(True)
     model = load_model("1b-a150m", dtype=torch.float32, device="cuda", seed=0).train()
@@ -98,23 +100,29 @@ def train_recipe(data: torch.Tensor, lr: float) -> tuple[list[float], float, lis
     step = model_step(model, bf16=True, capture=True)
     one = torch.ones((), device="cuda")
     losses, norms, rechecks = [], [], []
+    previous = None
     t0 = time.perf_counter()
     for i in range(data.shape[0]):
         ids = data[i].cuda(non_blocking=True)
         batch = {"input_ids": ids, "labels": ids, "scale": one}
         opt.zero_grad(set_to_none=True)
-        loss = float(step.step(batch))
-        if losses and loss - losses[-1] > SPIKE_RISE:
-            opt.zero_grad(set_to_none=True)
-            replay = float(step.step(batch))
-            with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
-                eager = float(model(input_ids=ids, labels=ids).loss)
-            rechecks.append({"step": i, "loss": loss, "replay_loss": replay, "eager_loss": eager,
-                             "previous_loss": losses[-1]})
-            print(json.dumps({"spike": rechecks[-1]}), flush=True)
+        loss = step.step(batch).clone()
+        if recheck:
+            value = float(loss)
+            if previous is not None and value - previous > SPIKE_RISE:
+                opt.zero_grad(set_to_none=True)
+                replay = float(step.step(batch))
+                with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
+                    eager = float(model(input_ids=ids, labels=ids).loss)
+                rechecks.append({"step": i, "loss": value, "replay_loss": replay, "eager_loss": eager,
+                                 "previous_loss": previous})
+                print(json.dumps({"spike": rechecks[-1]}), flush=True)
+            previous = value
         losses.append(loss)
-        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)))
+        norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
         opt.step()
+    losses = [float(x) for x in torch.stack(losses).cpu()]
+    norms = [float(x) for x in torch.stack(norms).cpu()]
     torch.cuda.synchronize()
     return losses, time.perf_counter() - t0, norms, rechecks
 
@@ -136,6 +144,8 @@ def main() -> None:
     parser.add_argument("--recipe", action="store_true", help="also train the recipe's graph step (fp32 masters)")
     parser.add_argument("--recipe-runs", type=int, default=1,
                         help="with --recipe: train the recipe path this many times (is its curve reproducible?)")
+    parser.add_argument("--no-spike-recheck", action="store_true",
+                        help="recipe runs read nothing on the host until the end (no per-step sync, no rechecks)")
     parser.add_argument("--fp32-reference", action="store_true",
                         help="also train the reference path in fp32: the bf16 noise floor")
     parser.add_argument("--reuse", default=None,
@@ -178,11 +188,11 @@ def main() -> None:
     out.write_text(json.dumps(res, indent=2))  # written after each run: a later one may hit a call's time limit
     print(json.dumps({k: v for k, v in res.items() if not k.startswith("loss_")}), flush=True)
     for run in range(args.recipe_runs if args.recipe else 0):  # runs after the first: is the curve reproducible?
-        rec, rec_s, rec_norms, rechecks = train_recipe(data, args.lr)
+        rec, rec_s, rec_norms, rechecks = train_recipe(data, args.lr, recheck=not args.no_spike_recheck)
         rd = deviation(ref, rec)
         w = max(range(len(rd)), key=rd.__getitem__)
         rises = [b - a for a, b in zip(rec, rec[1:])]
-        summary = dict(recipe_s=rec_s, recipe_max_abs_dev=rd[w], recipe_max_abs_dev_step=w,
+        summary = dict(recipe_s=rec_s, recipe_spike_recheck=not args.no_spike_recheck, recipe_max_abs_dev=rd[w], recipe_max_abs_dev_step=w,
                        recipe_mean_abs_dev_last20=sum(rd[-20:]) / len(rd[-20:]), final_loss_recipe=rec[-1],
                        recipe_max_rise=max(rises), recipe_max_rise_step=rises.index(max(rises)) + 1,
                        recipe_spike_rechecks=rechecks, recipe_max_grad_norm=max(rec_norms),

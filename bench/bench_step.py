@@ -16,6 +16,8 @@ Modes (same model weights, same batch):
                 grouped), the one they took before the default became "auto" (the fused MoE Function).
 - fast_nosc, fast_nosc_graph : the same without the fused short convolution (not in the default list; the
                 first H100 numbers in BENCHMARKS.md were taken before that kernel existed, i.e. in this configuration).
+- fast_sep, fast_sep_graph : the same with separate projection GEMMs (`joint_linear` off), as before wave 10 (the
+                peer has them too: `set_fused(False)` turns joint_linear off).
 - <mode>_mixkda : any mode with KDA on mixlab's own Triton kernels (MIXLAB_KDA_BACKEND=triton) instead of what
                 `auto` picks. The peer always runs fla-core's KDA; the other modes run MIXLAB_KDA_BACKEND as set.
 
@@ -51,6 +53,7 @@ from mixlab.recipes.graph_step import model_step
 
 # the module (the package attribute of that name is the function)
 short_conv_module = importlib.import_module("mixlab.kernels.short_conv")
+joint_linear_module = importlib.import_module("mixlab.kernels.joint_linear")
 PEAK_TFLOPS = 780.0  # measured bf16 matmul peak on an H100 (issue 11)
 
 
@@ -190,6 +193,7 @@ def run_mode(model, ids, mode: str, iters: int, host: bool = False) -> dict:
     set_backend("auto")
     set_fused(mode != "peer")
     short_conv_module.FUSED_SHORT_CONV = mode != "peer" and "_nosc" not in mode
+    joint_linear_module.use_fused = (lambda *tensors: False) if "_sep" in mode else dispatch.use_fused
     r = Runner(model, ids, base)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()

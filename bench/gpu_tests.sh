@@ -2,13 +2,14 @@
 # One device call (<= GPU_TESTS_S, default 150 s): the training-path GPU tests: the fast path against the references
 # (joint projections, the model step, the MoE at Kimi shapes), the recipes' CUDA-graph step, then mixlab's fused short
 # conv on CUDA. KDA on mixlab's Triton kernels (MIXLAB_KDA_BACKEND=triton): fla-core would autotune for minutes at
-# the small test shapes; the benches run fla. Results -> $OUT/gpu_tests*.log.
+# the small test shapes; the benches run fla. GPU_TESTS_K: a -k selection for the first group. Results ->
+# $OUT/gpu_tests*.log.
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONSAFEPATH=1 MIXLAB_KDA_BACKEND=triton
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 t0=$(date +%s); BUDGET=${GPU_TESTS_S:-150}
 left() { local l=$(( BUDGET - ($(date +%s) - t0) )); [ "$l" -lt 1 ] && l=1; echo "$l"; }
 PYTEST="python3 -m pytest -p no:cacheprovider --import-mode=importlib -q -rf"
-timeout "$(left)" $PYTEST -m "not slow" tests/kernels/test_fast_path_gpu.py tests/recipes/test_graph_step_gpu.py \
+timeout "$(left)" $PYTEST -m "not slow" ${GPU_TESTS_K:+-k "$GPU_TESTS_K"} tests/kernels/test_fast_path_gpu.py tests/recipes/test_graph_step_gpu.py \
   tests/kernels/test_moe_gpu.py tests/model/test_gpu.py > "$OUT/gpu_tests.log" 2>&1
 echo "gpu tests rc=$?"; grep -E "^E  |passed|failed|FAILED|error" "$OUT/gpu_tests.log" | cut -c1-400 | tail -n 20
 timeout "$(left)" $PYTEST -k conv tests/kernels/test_fused_triton.py > "$OUT/gpu_tests_conv.log" 2>&1

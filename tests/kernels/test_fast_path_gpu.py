@@ -119,12 +119,15 @@ def test_joint_projections_match_separate_on_cuda(monkeypatch):
     from mixlab.model import load_model
 
     jl = importlib.import_module("mixlab.kernels.joint_linear")
+    # the torch KDA reference isolates the projections: Triton KDA kernels (mixlab's, fla's) run fp32 dots in TF32,
+    # and with mixlab's the two runs' gradients differed by up to 1.6e-3 relative (H100, wave 10)
+    monkeypatch.setenv("MIXLAB_KDA_BACKEND", "torch")
     model = load_model("small", dtype=torch.float32, device="cuda", seed=0).train()
     ids = torch.randint(0, 1000, (2, 256), device="cuda", generator=torch.Generator(device="cuda").manual_seed(0))
     res = {}
     for joined in (True, False):
         if not joined:
-            monkeypatch.setattr(jl, "fast_path", lambda *tensors: False)
+            monkeypatch.setattr(jl, "use_fused", lambda *tensors: False)
         model.zero_grad(set_to_none=True)
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()

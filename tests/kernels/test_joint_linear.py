@@ -1,6 +1,6 @@
 """`joint_linear` (several projections of one input as one GEMM on the fast path) against separate Linears: the op,
 and the whole model with its KDA input projections and SwiGLU gate/up joined. On CPU the fast path is forced by
-patching the op's `fast_path` check: the math is plain torch either way."""
+patching the op's `use_fused` check: the math is plain torch either way."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ jl = importlib.import_module("mixlab.kernels.joint_linear")  # the package attri
 
 @pytest.fixture
 def joined(monkeypatch):
-    monkeypatch.setattr(jl, "fast_path", lambda *tensors: True)
+    monkeypatch.setattr(jl, "use_fused", lambda *tensors: True)
 
 
 def _grads(fn, leaves):
@@ -35,6 +35,7 @@ def test_joint_linear_matches_separate_values_and_grads(joined):
     got, g_got = _grads(lambda: joint_linear(x, ws), [x, *ws])
     want, g_want = _grads(lambda: [F.linear(x, w) for w in ws], [x, *ws])
     assert not got[1].is_contiguous()  # a column slice of the one GEMM's output: the joint path ran
+    assert got[0].stride(-2) == jl.ROW_ALIGN  # 20 outputs padded to one aligned row
     for a, b in zip(got + list(g_got), want + list(g_want)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
@@ -50,7 +51,7 @@ def test_model_with_joined_projections_matches(monkeypatch):
     model = load_model("tiny", seed=3).train()
     ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(4))
     loss_ref, grads_ref = _model_loss_and_grads(model, ids)
-    monkeypatch.setattr(jl, "fast_path", lambda *tensors: True)
+    monkeypatch.setattr(jl, "use_fused", lambda *tensors: True)
     loss, grads = _model_loss_and_grads(model, ids)
     torch.testing.assert_close(loss, loss_ref, atol=1e-5, rtol=1e-5)
     assert grads.keys() == grads_ref.keys()

@@ -238,7 +238,9 @@ def run_mode(model, ids, mode: str, iters: int, host: bool = False) -> dict:
         "gpu_kernel_ms_per_step": busy_ms,
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
         "loss": float(r.loss),
-        "kda": dispatch.kda_backend(ids.float()),  # which KDA implementation ran: fla, mixlab (Triton) or torch
+        # which KDA implementation ran (fla, mixlab's Triton or torch), asked with the layers' head dim (s10a asked
+        # with [B, T] ids, whose T = 2048 fails mixlab's head-dim check: it said "torch" where mixlab's ran)
+        "kda": dispatch.kda_backend(ids.new_empty(1, model.config.kda_head_dim, dtype=torch.float32)),
     }
     if top is not None:
         rec["top_kernels_ms_per_step"] = top

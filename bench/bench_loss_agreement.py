@@ -12,7 +12,8 @@ Order 1 (default) is learnable within a few hundred steps; the first H100 run us
 on which the loss stays near ln(vocab) for 200 steps, which makes the agreement check weak.
 
 `--recipe-runs N` trains the recipe path N times; each run records its gradient norms and rechecks any loss spike
-(`train_recipe`; `--no-spike-recheck`: no per-step host reads, as before wave 10). The process's MIXLAB_MOE_IMPL etc. apply to every run.
+(`train_recipe`; `--no-spike-recheck`: no per-step host reads, as before wave 10). The process's MIXLAB_MOE_IMPL
+etc. apply to every run.
 
 Usage: python bench/bench_loss_agreement.py [--steps 200] [--batch 2] [--seq 1024] [--recipe [--recipe-runs N]]
     [--fp32-reference] [--reuse bench/results/loss_agreement_h100_s6.json] [--out bench/results/loss_agreement.json]
@@ -192,7 +193,8 @@ def main() -> None:
         rd = deviation(ref, rec)
         w = max(range(len(rd)), key=rd.__getitem__)
         rises = [b - a for a, b in zip(rec, rec[1:])]
-        summary = dict(recipe_s=rec_s, recipe_spike_recheck=not args.no_spike_recheck, recipe_max_abs_dev=rd[w], recipe_max_abs_dev_step=w,
+        summary = dict(recipe_s=rec_s, recipe_spike_recheck=not args.no_spike_recheck, recipe_max_abs_dev=rd[w],
+                       recipe_max_abs_dev_step=w,
                        recipe_mean_abs_dev_last20=sum(rd[-20:]) / len(rd[-20:]), final_loss_recipe=rec[-1],
                        recipe_max_rise=max(rises), recipe_max_rise_step=rises.index(max(rises)) + 1,
                        recipe_spike_rechecks=rechecks, recipe_max_grad_norm=max(rec_norms),

@@ -28,12 +28,12 @@ if __name__ == "kernels":  # this folder, imported as a top-level package: the r
 
 from .decode_moe import moe_decode_block
 from .dispatch import fla_available, get_backend, set_backend, set_fused
+from .joint_linear import joint_linear
 from .kda_chunk import DEFAULT_CHUNK_SIZE, chunk_kda, chunk_kda_torch, default_chunk_size
 from .kda_common import l2norm
 from .kda_decode import kda_decode_layer, kda_decode_step
 from .kda_gate import kda_gate
 from .kda_naive import naive_recurrent_kda
-from .joint_linear import joint_linear
 from .kda_recurrent import recurrent_kda_step
 from .mla_decode import mla_decode_paged
 from .moe import (

@@ -135,7 +135,8 @@ class _ShortConvFn(torch.autograd.Function):
         varlen = seq_start is not None
         ss = seq_start if varlen else w2
         grid = (triton.cdiv(R, _BLOCK_R), triton.cdiv(D, _BLOCK_D))
-        _conv_fwd[grid](x2, w2, y, ss, R, T, D, x2.stride(0), W=W, VARLEN=varlen, ACT=act, BLOCK_R=_BLOCK_R, BLOCK_D=_BLOCK_D)
+        _conv_fwd[grid](x2, w2, y, ss, R, T, D, x2.stride(0), W=W, VARLEN=varlen, ACT=act, BLOCK_R=_BLOCK_R,
+                        BLOCK_D=_BLOCK_D)
         ctx.save_for_backward(x2, w2, seq_start)
         ctx.shape, ctx.act, ctx.wshape, ctx.wdtype = (B, T, D), act, weight.shape, weight.dtype
         return y.view(B, T, D)
@@ -151,15 +152,16 @@ class _ShortConvFn(torch.autograd.Function):
         dy2 = dy.reshape(R, D).contiguous()
         dz = torch.empty(R, D, dtype=torch.float32, device=x2.device)
         grid = (triton.cdiv(R, _BLOCK_R), triton.cdiv(D, _BLOCK_D))
-        _conv_bwd_dz[grid](x2, w2, dy2, dz, ss, R, T, D, x2.stride(0), W=W, VARLEN=varlen, ACT=ctx.act, BLOCK_R=_BLOCK_R,
-                           BLOCK_D=_BLOCK_D)
+        _conv_bwd_dz[grid](x2, w2, dy2, dz, ss, R, T, D, x2.stride(0), W=W, VARLEN=varlen, ACT=ctx.act,
+                           BLOCK_R=_BLOCK_R, BLOCK_D=_BLOCK_D)
         nd = triton.cdiv(D, _BLOCK_D)
         cap = _DX_PROGRAMS_PER_SM * _sm_count(x2.device) if x2.is_cuda else 2
         nprog = max(1, min(triton.cdiv(R, _DX_BLOCK_R), max(1, cap // nd)))
         dx = torch.empty(R, D, dtype=x2.dtype, device=x2.device)
         dwp = torch.empty(nprog, D, W, dtype=torch.float32, device=x2.device)
-        _conv_bwd_dx[(nprog, nd)](x2, w2, dz, dx, dwp, ss, R, T, D, x2.stride(0), W=W, BLOCK_W=triton.next_power_of_2(W),
-                                  VARLEN=varlen, BLOCK_R=_DX_BLOCK_R, BLOCK_D=_BLOCK_D)
+        _conv_bwd_dx[(nprog, nd)](x2, w2, dz, dx, dwp, ss, R, T, D, x2.stride(0), W=W,
+                                  BLOCK_W=triton.next_power_of_2(W), VARLEN=varlen, BLOCK_R=_DX_BLOCK_R,
+                                  BLOCK_D=_BLOCK_D)
         return dx.view(B, T, D), dwp.sum(0).view(ctx.wshape).to(ctx.wdtype), None, None
 
 

@@ -13,7 +13,7 @@ fast path is taken automatically (backend "auto"), CPU tensors run the reference
 | mla_decode_paged | mla_decode.py (+ mla_decode_triton.py) | engine decode: appends the latent, absorbed MLA over the paged cache; flash-decoding over the block table on CUDA (MIXLAB_FUSED_DECODE=0: the reference) |
 | moe_decode_block | decode_moe.py (+ decode_moe_triton.py) | engine decode: router + experts + combine without host sync; 5 launches on CUDA (MIXLAB_FUSED_DECODE=0: the reference) |
 | short_conv | short_conv.py (+ short_conv_triton.py) | causal depthwise conv + SiLU, cache, cu_seqlens; fused on CUDA for training calls (no cache) |
-| joint_linear | joint_linear.py | several projections of one input as one GEMM on the fast path (no gradient adds) |
+| joint_linear | joint_linear.py | several projections of one input as one GEMM on CUDA with the fused kernels on (no gradient adds) |
 | rms_norm, gated_rms_norm | norm.py (+ norm_triton.py) | fp32 compute; one fused launch each way on CUDA |
 | moe_route, moe_experts (+ _fused, _grouped, _reference, _naive), expert_counts | moe.py (+ moe_triton.py) | sigmoid+bias top-k (vLLM/HF weights); on CUDA one autograd Function over grouped GEMMs with Triton sort / SwiGLU / gather-sum (MIXLAB_MOE_IMPL=auto, the default; `grouped`: autograd over grouped GEMMs) |
 | CapturedStep, StaticBatchStep | step_graph.py | a whole fwd+bwd step as one CUDA graph (static shapes, no host sync); StaticBatchStep: copy-in buffers, fixed gradients that survive zero_grad, accumulation (recipes' graph step) |

@@ -148,7 +148,8 @@ def _triton_kda_dims_ok(tensors: tuple[torch.Tensor | None, ...]) -> bool:
 
 
 def use_fused(*tensors: torch.Tensor | None) -> bool:
-    """Whether an op on these tensors should call mixlab's own fused Triton kernel."""
+    """Whether an op on these tensors should take mixlab's own fused path: its Triton kernels, and `joint_linear`'s
+    one GEMM for several projections (both off with `set_fused(False)`, the off-the-shelf composition)."""
     return fast_path(*tensors) and fused_enabled() and triton_available()
 
 

@@ -123,11 +123,12 @@ def moe_experts(
 MOE_IMPLS = ("auto", "fused", "grouped")
 
 
-# H100, bench/bench_moe.py (BENCHMARKS.md, wave 9), fwd+bwd at 1b-a150m: the fused Function does less GPU work (0.69
-# against 0.97 ms as a CUDA graph) and, with its wave-9 launch trims, less host work (1.37 against 1.74 ms to issue
-# one eager call); eager 0.86 against 1.39 ms, and 13.6 against 14.4 ms at the official shape. So "auto" takes it
-# eagerly too; "grouped" stays selectable (and, with the fused kernels off, is the benchmark peer). Until wave 8
-# "auto" took the grouped path eagerly, which had led on the wave-4 host (1.02 against 1.49 ms).
+# H100, bench/bench_moe.py (BENCHMARKS.md, waves 9-10), fwd+bwd at 1b-a150m: the fused Function does less GPU work
+# (0.69-0.73 against 0.97 ms as a CUDA graph) and less host work (1.23 against 1.41 ms to issue one eager call, s10a);
+# eager 1.04 against 1.35 ms with the backward into .grad (s10a; 0.86 against 1.39 ms with autograd.grad, s9d), and
+# 13.7 against 14.5 ms at the official shape. So "auto" takes it eagerly too; "grouped" stays selectable (and, with
+# the fused kernels off, is the benchmark peer). Until wave 8 "auto" took the grouped path eagerly, which had led on
+# the wave-4 host (1.02 against 1.49 ms).
 DEFAULT_MOE_IMPL = "auto"
 
 

@@ -234,14 +234,17 @@ def test_kernels_compile_for_hopper_within_shared_memory():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("varlen", [False, True])
-def test_gpu_kimi_shape_matches_torch_reference(varlen):
-    # H=32, K=V=128 (Kimi Linear), fp32 inputs; tf32 tensor-core dots inside the kernels, hence the tolerance.
-    T = 2048 if varlen else 1024
-    cu = torch.tensor([0, 300, 1100, 2048], device=DEV) if varlen else None
+@pytest.mark.parametrize("varlen,H,K,lens", [(False, 32, 128, None), (True, 32, 128, [300, 800, 948]),
+                                             (True, 8, 64, [70, 130, 33])])
+def test_gpu_kimi_shape_matches_torch_reference(varlen, H, K, lens):
+    # H=32, K=V=128 (Kimi Linear), and the `small` preset's H=8, K=V=64 with the sequences of the model's packing
+    # test (starts 70 and 200: not chunk-aligned); fp32 inputs; tf32 tensor-core dots inside the kernels, hence the
+    # tolerance.
+    T = sum(lens) if varlen else 1024
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device=DEV) if varlen else None
     B = 1 if varlen else 2
-    n = 3 if varlen else B
-    tensors = _inputs(B, T, 32, 128, 128, n, -1.0, seed=5, device=DEV)
+    n = len(lens) if varlen else B
+    tensors = _inputs(B, T, H, K, K, n, -1.0, seed=5, device=DEV)
     errs = _compare(lambda *a, **kw: chunk_kda_torch(*a, chunk_size=64, **kw), tensors, cu=cu, tol=2e-2)
     print("rel errors", errs)
 

@@ -1,0 +1,97 @@
+"""Diagnosis (issue 11, s11): packed vs unpacked logits of the `small` model on CUDA, per component configuration,
+and, for the first failing configuration, the first decoder layer whose packed output differs."""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import torch
+
+from mixlab.kernels import set_backend, set_fused
+from mixlab.model import load_model
+
+jl = importlib.import_module("mixlab.kernels.joint_linear")
+sc = importlib.import_module("mixlab.kernels.short_conv")
+LENS = [70, 130, 33]
+
+
+def run(model, seqs, hooks=False):
+    outs = {}
+    handles = []
+    if hooks:
+        for i, layer in enumerate(model.model.layers):
+            handles.append(layer.register_forward_hook(
+                lambda m, a, o, i=i: outs.setdefault(i, []).append((o[0] if isinstance(o, tuple) else o).detach())))
+    with torch.no_grad():
+        ref = [model(s[None]).logits[0] for s in seqs]
+        pos = torch.cat([torch.arange(n, device="cuda") for n in LENS])[None]
+        packed = model(torch.cat(seqs)[None], position_ids=pos).logits[0].split(LENS)
+    for h in handles:
+        h.remove()
+    errs = [float((a - b).abs().max()) for a, b in zip(packed, ref)]
+    return errs, outs
+
+
+def kda_direct():
+    """mixlab's Triton KDA on the packed [70, 130, 33] layout against the torch reference, at small's head dims."""
+    from mixlab.kernels.kda_chunk import chunk_kda_torch
+    from mixlab.kernels.kda_triton import chunk_kda_triton
+
+    g = torch.Generator(device="cuda").manual_seed(1)
+    T, H, K = sum(LENS), 8, 64
+    cu = torch.tensor([0, 70, 200, 233], device="cuda", dtype=torch.int32)
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k, v = (torch.randn(1, T, H, K, device="cuda", generator=g).to(dtype) for _ in range(3))
+        gg = -torch.rand(1, T, H, K, device="cuda", generator=g) * 0.3
+        beta = torch.rand(1, T, H, device="cuda", generator=g).to(dtype)
+        for varlen in (True, False):
+            kw = dict(scale=K**-0.5, use_qk_l2norm=True, cu_seqlens=cu if varlen else None)
+            a, _ = chunk_kda_triton(q, k, v, gg, beta, **kw)
+            b, _ = chunk_kda_torch(q, k, v, gg, beta, **kw)
+            err = (a.float() - b.float()).abs().amax((0, 2, 3))
+            per = [float(e.max()) for e in err.split(LENS)]
+            print(f"kda direct {dtype} varlen={varlen}: max err per segment {['%.2e' % e for e in per]}", flush=True)
+
+
+def main():
+    try:
+        kda_direct()
+    except Exception as exc:
+        print(f"kda direct: ERROR {exc!r}"[:400], flush=True)
+    set_backend("auto")
+    model = load_model("small", device="cuda", seed=0).eval()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    seqs = [torch.randint(0, 1000, (n,), device="cuda", generator=g) for n in LENS]
+    configs = sys.argv[1].split(",") if len(sys.argv) > 1 else ["torch", "triton", "triton_nojoint", "triton_noconv",
+                                                                  "triton_unfused", "torch_unfused", "fla"]
+    for cfg in configs:
+        kda = cfg.split("_")[0]
+        os.environ["MIXLAB_KDA_BACKEND"] = kda
+        set_fused("unfused" not in cfg)
+        jl_use = jl.use_fused
+        conv_flag = sc.FUSED_SHORT_CONV
+        if "nojoint" in cfg:
+            jl.use_fused = lambda *t: False
+        if "noconv" in cfg:
+            sc.FUSED_SHORT_CONV = False
+        try:
+            errs, outs = run(model, seqs, hooks=True)
+            print(f"{cfg:>16}: max |packed - unpacked| per sequence {['%.2e' % e for e in errs]}", flush=True)
+            if max(errs) > float(os.environ.get("DIAG_TOL", "1e-2")):
+                for i in sorted(outs):
+                    o = outs[i]  # three unpacked calls, then the packed one
+                    packed = o[3][0].split(LENS)
+                    le = [float((p - u[0]).abs().max()) for p, u in zip(packed, o[:3])]
+                    kind = type(model.model.layers[i].self_attn if hasattr(model.model.layers[i], "self_attn")
+                                else model.model.layers[i]).__name__
+                    print(f"    layer {i} ({kind}): {['%.2e' % e for e in le]}", flush=True)
+        except Exception as exc:
+            print(f"{cfg:>16}: ERROR {exc!r}"[:400], flush=True)
+        finally:
+            jl.use_fused, sc.FUSED_SHORT_CONV = jl_use, conv_flag
+    set_fused(True)
+
+
+if __name__ == "__main__":
+    main()

@@ -122,6 +122,9 @@ def train_recipe(data: torch.Tensor, lr: float, recheck: bool = True) -> tuple[l
         losses.append(loss)
         norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
         opt.step()
+        if i == 0:  # one sync: how long loading, Triton compiles and the capture took (a cut run still says so)
+            torch.cuda.synchronize()
+            print(json.dumps({"recipe_first_step_s": round(time.perf_counter() - t0, 1)}), flush=True)
     losses = [float(x) for x in torch.stack(losses).cpu()]
     norms = [float(x) for x in torch.stack(norms).cpu()]
     torch.cuda.synchronize()

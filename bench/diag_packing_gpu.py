@@ -1,5 +1,12 @@
-"""Diagnosis (issue 11, s11): packed vs unpacked logits of the `small` model on CUDA, per component configuration,
-and, for the first failing configuration, the first decoder layer whose packed output differs."""
+"""Where packed and unpacked sequences part on a GPU (the `small` model, fp32, sequences of 70, 130 and 33 tokens,
+as tests/model/test_gpu.py's packing test): first mixlab's Triton KDA on the packed layout against the torch
+reference, then, per configuration, the largest |packed - unpacked| logit per sequence and, where it exceeds
+DIAG_TOL (default 1e-2), the same per decoder layer. A configuration is the KDA backend (torch, triton, fla), then
+_nojoint (separate projections), _noconv (the reference short conv), _unfused (mixlab's fused path off).
+bench/gpu_tests.sh runs it when the packing test fails.
+
+Usage: python bench/diag_packing_gpu.py [triton,torch,triton_nojoint,...]
+"""
 from __future__ import annotations
 
 import importlib

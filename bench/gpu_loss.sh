@@ -11,7 +11,13 @@ REUSE=${LOSS_REUSE:-bench/results/loss_agreement_h100_s9i.json}
 for variant in ${LOSS_VARIANTS:-auto:2:nosync auto:2 grouped:1}; do
   IFS=: read -r impl runs sync <<< "$variant"
   name=$impl${sync:+_$sync}; extra=""; [ "$sync" = nosync ] && extra=--no-spike-recheck
-  MIXLAB_MOE_IMPL=$impl python3 -P bench/bench_loss_agreement.py --steps 200 --fla-configs 1 --reuse "$REUSE" \
-    --recipe --recipe-runs "$runs" $extra --out "$OUT/loss_$name.json" > "$OUT/loss_$name.log" 2>&1
-  echo "$name rc=$?"; grep -v -i warn "$OUT/loss_$name.log" | grep -v "^  " | tail -n $((runs + 3)) | cut -c1-700
+  # LOSS_RUN_S caps each variant; at the cap SIGABRT makes faulthandler print where every thread was (s11b's run
+  # was cut at its call's limit before its first step, with no output).
+  # On a cold Triton cache fla's first compile (~170 s on an H100) counts too: run_gpu_wave.sh's warm item first.
+  MIXLAB_MOE_IMPL=$impl timeout -s ABRT "${LOSS_RUN_S:-400}" python3 -X faulthandler -P bench/bench_loss_agreement.py \
+    --steps 200 --fla-configs 1 --reuse "$REUSE" --recipe --recipe-runs "$runs" $extra --out "$OUT/loss_$name.json" \
+    > "$OUT/loss_$name.log" 2>&1
+  echo "$name rc=$?"; grep -v -i warn "$OUT/loss_$name.log" | grep -v "^  " | tail -n $((runs + 4)) | cut -c1-700
+  grep -q "^Fatal Python error" "$OUT/loss_$name.log" && grep -A 25 "most recent call first" "$OUT/loss_$name.log" \
+    | head -n 40
 done

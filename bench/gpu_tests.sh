@@ -15,3 +15,8 @@ echo "gpu tests rc=$?"; grep -E "^E  |passed|failed|FAILED|error" "$OUT/gpu_test
 timeout "$(left)" $PYTEST -k conv tests/kernels/test_fused_triton.py > "$OUT/gpu_tests_conv.log" 2>&1
 echo "conv tests on CUDA rc=$?"
 grep -E "^E  |passed|failed|FAILED|error" "$OUT/gpu_tests_conv.log" | cut -c1-400 | tail -n 8
+# The model's packing test failing: where packed and unpacked logits part, per component and per layer.
+if grep -q "FAILED.*packing" "$OUT/gpu_tests.log"; then
+  timeout "$(left)" python3 -P bench/diag_packing_gpu.py > "$OUT/diag_packing.log" 2>&1
+  echo "packing diagnosis rc=$?"; grep -v -i warn "$OUT/diag_packing.log" | cut -c1-300 | tail -n 40
+fi

@@ -18,7 +18,11 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "pip install -e . failed"
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name(0))"
-python3 -c "import fla; print('fla', fla.__version__)" 2>&1 | tail -1
+# fla-core is not on the device image: carry its wheel (and einops') in .whl/, fetched here once per checkout with
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp -d .whl fla-core==0.6.0 einops
+# Without it every "peer" silently runs the torch KDA (wave 10's s10a did), so say so loudly.
+python3 -c "import fla; print('fla', fla.__version__)" 2>/dev/null \
+  || echo "WARNING: fla-core missing (no .whl carried): the peer and 'auto' modes will not run fla's KDA"
 # Item warm:N (or WARM_S=N, before every item): compile fla's kernels into the cache first (bench/fla_warm.py), for at
 # most N s. In the foreground: run in the background (wave 5) its GPU work and compiles overlapped the engine's
 # timings and made them unusable. The engine hides fla, so "engine:200 warm:60 step:220" times the engine first.

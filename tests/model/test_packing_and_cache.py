@@ -45,11 +45,14 @@ def test_packed_equals_unpacked_on_the_triton_fast_path(tiny_model, monkeypatch)
     if not triton_available() or os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("needs triton's interpreter (TRITON_INTERPRET=1, set by tests/conftest.py)")
     dispatch, moe = (importlib.import_module(f"mixlab.kernels.{m}") for m in ("dispatch", "moe"))
-    on_fast_path = lambda *tensors: dispatch.get_backend() != "torch"  # noqa: E731  (CPU tensors too)
-    monkeypatch.setattr(dispatch, "fast_path", on_fast_path)
-    monkeypatch.setattr(moe, "fast_path", on_fast_path)
-    monkeypatch.setenv("MIXLAB_KDA_BACKEND", "triton")
     kda, conv = (importlib.import_module(f"mixlab.kernels.{m}") for m in ("kda_triton", "short_conv"))
+    # the process-wide switches as on a GPU (a recipe run in this process may have left the backend on "torch")
+    monkeypatch.setattr(dispatch, "_backend", "auto")
+    monkeypatch.setattr(dispatch, "_fused", True)
+    monkeypatch.setattr(conv, "FUSED_SHORT_CONV", True)
+    monkeypatch.setattr(dispatch, "fast_path", lambda *tensors: True)  # CPU tensors too
+    monkeypatch.setattr(moe, "fast_path", lambda *tensors: True)
+    monkeypatch.setenv("MIXLAB_KDA_BACKEND", "triton")
     ran = {"kda_varlen": 0, "conv": 0}
 
     def counted(fn, key, varlen_only=False):

@@ -44,7 +44,7 @@ def test_triton_backend_packing_and_cache_match_on_cuda(monkeypatch):
 
     monkeypatch.setenv("MIXLAB_KDA_BACKEND", "torch")
     previous = get_backend()
-    set_backend("triton")
+    set_backend("auto")  # the fast path on CUDA; "triton" would also demand fla-core, which this test no longer uses
     try:
         model = load_model("small", device="cuda", seed=0).eval()
         g = torch.Generator(device="cuda").manual_seed(0)

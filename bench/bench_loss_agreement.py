@@ -93,7 +93,8 @@ def train_recipe(data: torch.Tensor, lr: float, recheck: bool = True) -> tuple[l
     autocast. Which of them reproduce the spike tells a transient fault (neither) from a fault of the captured graph
     (the replay only) from a property of the batch (both); the optimizer then uses the second replay's gradients.
     Rechecking reads each loss on the host (one sync per step), which changes the timing between steps: without it
-    (as before wave 10) losses and norms stay on the GPU until the end."""
+    (as before wave 10) losses and norms stay on the GPU until the end. Either way one sync follows the first step,
+    to print how long loading, compiling and capturing took."""
     set_backend("auto")
     set_fused(True)
     model = load_model("1b-a150m", dtype=torch.float32, device="cuda", seed=0).train()

@@ -62,13 +62,13 @@ def flipped_tokens(routes: list[torch.Tensor]) -> list[list[int]]:
 
 
 def kda_direct():
-    """mixlab's Triton KDA on the packed [70, 130, 33] layout against the torch reference, at small's head dims."""
+    """mixlab's Triton KDA on the packed LENS layout against the torch reference, at small's head dims."""
     from mixlab.kernels.kda_chunk import chunk_kda_torch
     from mixlab.kernels.kda_triton import chunk_kda_triton
 
     g = torch.Generator(device="cuda").manual_seed(1)
     T, H, K = sum(LENS), 8, 64
-    cu = torch.tensor([0, 70, 200, 233], device="cuda", dtype=torch.int32)
+    cu = torch.tensor([0, *torch.tensor(LENS).cumsum(0).tolist()], device="cuda", dtype=torch.int32)
     for dtype in (torch.float32, torch.bfloat16):
         q, k, v = (torch.randn(1, T, H, K, device="cuda", generator=g).to(dtype) for _ in range(3))
         gg = -torch.rand(1, T, H, K, device="cuda", generator=g) * 0.3

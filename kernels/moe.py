@@ -123,12 +123,12 @@ def moe_experts(
 MOE_IMPLS = ("auto", "fused", "grouped")
 
 
-# H100, bench/bench_moe.py (BENCHMARKS.md, waves 9-10), fwd+bwd at 1b-a150m: the fused Function does less GPU work
+# H100, bench/bench_moe.py (BENCHMARKS.md, waves 9-11), fwd+bwd at 1b-a150m: the fused Function does less GPU work
 # (0.69-0.73 against 0.97 ms as a CUDA graph) and less host work (1.23 against 1.41 ms to issue one eager call, s10a);
-# eager 1.04 against 1.35 ms with the backward into .grad (s10a; 0.86 against 1.39 ms with autograd.grad, s9d), and
-# 13.7 against 14.5 ms at the official shape. So "auto" takes it eagerly too; "grouped" stays selectable (and, with
-# the fused kernels off, is the benchmark peer). Until wave 8 "auto" took the grouped path eagerly, which had led on
-# the wave-4 host (1.02 against 1.49 ms).
+# eager with the backward into .grad 1.04 against 1.35 ms (s10a) and 0.94 against 1.42 ms (s11b), and 13.4-13.7
+# against 14.5 ms at the official shape. So "auto" takes it eagerly too; "grouped" stays selectable (and, with the
+# fused kernels off, is the benchmark peer). Until wave 8 "auto" took the grouped path eagerly, which had led on the
+# wave-4 host (1.02 against 1.49 ms).
 DEFAULT_MOE_IMPL = "auto"
 
 

@@ -11,7 +11,11 @@ Modes (same model weights, same batch):
                 syncs); removes the launch gaps.
 - recipe_graph : what a recipe's SFT stage on a GPU runs (recipes/graph_step.py): fp32 master weights under bf16
                 autocast, the static-buffer step replayed as one CUDA graph. recipe_eager: the same step, eager.
-                (Its own fp32 copy of the model; the other modes share one bf16 copy.)
+                (Its own fp32 copy of the model; the other modes share one bf16 copy.) Gradients are set to None
+                before each step, as the Trainer does after each optimizer step, so each step is an optimizer step's
+                first micro-step (StaticBatchStep's assign graph). recipe_graph_accum: no reset, so every step adds
+                into the gradients: a later micro-step of gradient accumulation, and what every step cost until
+                wave 12.
 - fast_graph_grouped, recipe_graph_grouped : the graph modes with the MoE on `moe_experts_grouped` (MIXLAB_MOE_IMPL=
                 grouped), the one they took before the default became "auto" (the fused MoE Function).
 - fast_nosc, fast_nosc_graph : the same without the fused short convolution (not in the default list; the
@@ -147,8 +151,10 @@ class Runner:
         self.captured = None
         self.loss = None
         self.recipe = None
+        self.accumulate = False
         if mode.startswith("recipe"):
-            self.recipe = model_step(model, bf16=True, capture=mode == "recipe_graph")
+            self.recipe = model_step(model, bf16=True, capture=mode.startswith("recipe_graph"))
+            self.accumulate = mode.endswith("_accum")
             self.batch = {"input_ids": ids, "labels": ids, "scale": torch.ones((), device=ids.device)}
 
     def _fwd_bwd(self):
@@ -165,7 +171,8 @@ class Runner:
 
     def step(self):
         if self.recipe is not None:
-            self.model.zero_grad(set_to_none=True)  # as the Trainer after each optimizer step
+            if not self.accumulate:
+                self.model.zero_grad(set_to_none=True)  # as the Trainer after each optimizer step
             self.loss = self.recipe.step(self.batch)
         elif self.captured is not None:
             self.loss = self.captured()
@@ -223,7 +230,7 @@ def run_mode(model, ids, mode: str, iters: int, host: bool = False) -> dict:
                 r.step()
             torch.cuda.synchronize()
         busy_ms = _events_busy(prof, steps)
-        top = _top_kernels(prof, steps) if base.endswith("_graph") else None
+        top = _top_kernels(prof, steps) if "_graph" in base else None
     except Exception as exc:  # profiling is best-effort; the timing above stands
         print(f"[{mode}] profiler failed: {exc!r}")
     tokens = ids.numel()
@@ -244,7 +251,7 @@ def run_mode(model, ids, mode: str, iters: int, host: bool = False) -> dict:
     }
     if top is not None:
         rec["top_kernels_ms_per_step"] = top
-    if host and not base.endswith("_graph"):
+    if host and "_graph" not in base:
         rec.update(host_profile(r.step))
     del r
     torch.cuda.empty_cache()

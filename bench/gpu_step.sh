@@ -21,7 +21,7 @@ say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 # GPU tests on mixlab's Triton KDA: they check the graph plumbing, not fla (the benches run fla).
 if [ "${STEP_TESTS:-1}" = 1 ]; then  # STEP_TESTS=0 skips them
   MIXLAB_KDA_BACKEND=triton timeout "$(left 60)" $PY -m pytest -p no:cacheprovider --import-mode=importlib -q -m gpu \
-      tests/recipes/test_graph_step_gpu.py > "$OUT/step_gpu_tests.log" 2>&1
+      tests/kernels/test_step_graph.py tests/recipes/test_graph_step_gpu.py > "$OUT/step_gpu_tests.log" 2>&1
   say "gpu tests rc=$?"; grep -E "^E  |passed|failed" "$OUT/step_gpu_tests.log" | cut -c1-600 | tail -n 12
 fi
 

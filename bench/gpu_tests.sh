@@ -10,7 +10,8 @@ t0=$(date +%s); BUDGET=${GPU_TESTS_S:-150}
 left() { local l=$(( BUDGET - ($(date +%s) - t0) )); [ "$l" -lt 1 ] && l=1; echo "$l"; }
 PYTEST="python3 -m pytest -p no:cacheprovider --import-mode=importlib -q -rf"
 timeout "$(left)" $PYTEST -m "not slow" ${GPU_TESTS_K:+-k "$GPU_TESTS_K"} tests/kernels/test_fast_path_gpu.py \
-  tests/recipes/test_graph_step_gpu.py tests/kernels/test_moe_gpu.py tests/model/test_gpu.py > "$OUT/gpu_tests.log" 2>&1
+  tests/kernels/test_step_graph.py tests/recipes/test_graph_step_gpu.py tests/kernels/test_moe_gpu.py \
+  tests/model/test_gpu.py > "$OUT/gpu_tests.log" 2>&1
 echo "gpu tests rc=$?"; grep -E "^E  |passed|failed|FAILED|error" "$OUT/gpu_tests.log" | cut -c1-400 | tail -n 20
 timeout "$(left)" $PYTEST -k conv tests/kernels/test_fused_triton.py > "$OUT/gpu_tests_conv.log" 2>&1
 echo "conv tests on CUDA rc=$?"

@@ -56,16 +56,22 @@ class StaticBatchStep:
     """A forward + backward over static input buffers, replayed as one CUDA graph (`capture=True`, CUDA only) or run
     eagerly on the same buffers (`capture=False`: the CPU twin the tests compare against plain eager training).
 
-    `loss_fn(buffers)` runs forward + backward itself and returns the (detached) loss to report. Gradients accumulate
-    into one fixed tensor per parameter (allocated here), because a graph always writes to the memory it was captured
-    with: before each step, if a trainer's `zero_grad(set_to_none=True)` left every `.grad` None (a new optimizer step)
-    they are zeroed in one foreach launch, otherwise (gradient accumulation, or an eager micro-step in between) they
-    are kept; either way every `param.grad` is the fixed tensor again.
-
-    The first `step` on CUDA warms up (`warmup` eager runs on a side stream: Triton compilation, autotuning, allocator
-    state), captures, and replays once; `before_capture` / `after_capture` let the caller save and restore state the
-    warm-up runs touch (e.g. expert-load counters). A batch whose signature differs from the captured one raises
-    ValueError: the caller decides to run it eagerly.
+    `loss_fn(buffers)` runs forward + backward itself and returns the (detached) loss to report. Gradients live in one
+    fixed tensor per parameter (`grads`), because a graph always writes to the memory it was captured with; every
+    `param.grad` is that tensor again after each step. Two kinds of step:
+    - assign: a trainer's `zero_grad(set_to_none=True)` left every `.grad` None (an optimizer step begins) and this
+      step owns its `grads` (none were passed in). The backward runs with `.grad` None, so autograd hands each
+      parameter its new gradient instead of adding it to zeros, and those tensors become `grads` (replaced in place
+      in the list). Under fp32 master weights this saves a zero-fill and a read-add-write of every fp32 gradient per
+      step: 421 add launches, 6.4 ms of a 74 ms `1b-a150m` step at 8k tokens on an H100 (BENCHMARKS.md, wave 11).
+    - accumulate: otherwise (gradient accumulation, an eager micro-step in between, or `grads` shared with another
+      step). If every `.grad` was None the fixed tensors are zeroed in one foreach launch first; autograd then adds
+      into them. Both kinds give the same bits (0 + g = g in floating point).
+    Each kind is captured on its first use (warm-up: `warmup` eager runs on a side stream for Triton compilation,
+    autotuning and allocator state; then capture, then one replay), and a graph is captured again if the gradient
+    tensors it was captured with were since replaced. `before_capture` / `after_capture` let the caller save and
+    restore state the warm-up runs touch (e.g. expert-load counters). A batch whose signature differs from the
+    captured one raises ValueError: the caller decides to run it eagerly.
     """
 
     def __init__(self, loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], params: list[torch.nn.Parameter],
@@ -82,11 +88,17 @@ class StaticBatchStep:
         self.buffers: dict[str, torch.Tensor] = {}
         # Steps for several batch shapes share `grads` (micro-batches of different shapes accumulate into the same
         # tensors) and may share a graph memory `pool` (they never run concurrently).
+        self.owns_grads = grads is None  # only then may an assign step replace the tensors in `grads`
         self.grads = grads if grads is not None else [torch.zeros_like(p) for p in self.params]
         if len(self.grads) != len(self.params):
             raise MixlabError(f"StaticBatchStep: {len(self.grads)} gradient tensors for {len(self.params)} parameters")
         self.pool = pool
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph: torch.cuda.CUDAGraph | None = None  # the accumulate step's graph
+        self.assign_graph: torch.cuda.CUDAGraph | None = None
+        self._captured_with: dict[str, list[int]] = {}  # graph kind -> data_ptr of each gradient tensor at capture
+        self._unreached: list[int] = []  # parameters the assign step's backward gives no gradient
+        # each graph's own loss output: it must stay alive, or a later capture in the same pool could reuse its memory
+        self._graph_loss: dict[str, torch.Tensor] = {}
         self.loss: torch.Tensor | None = None
         self.replays = 0
         if capture and not torch.cuda.is_available():
@@ -122,33 +134,87 @@ class StaticBatchStep:
         else:
             for k, v in batch.items():
                 self.buffers[k].copy_(v, non_blocking=True)
+        if self.owns_grads and all(p.grad is None for p in self.params):
+            return self._assign_step()
         self._sync_grads()
         if not self.capture:
             self.loss = self.loss_fn(self.buffers)
             return self.loss
-        if self.graph is None:
-            self._capture()
+        if self.graph is None or self._captured_with["accumulate"] != self._grad_ptrs():
+            self.graph = self._capture("accumulate")
         self.graph.replay()
         self.replays += 1
+        self.loss = self._graph_loss["accumulate"]
         return self.loss
 
-    def _capture(self) -> None:
-        saved_grads = [g.clone() for g in self.grads]  # the warm-up runs accumulate into them too
+    def _assign_step(self) -> torch.Tensor:
+        """The first micro-step of an optimizer step: every `.grad` is None, so the backward assigns the gradients;
+        they become the fixed tensors (captured once: each replay writes the same memory)."""
+        if not self.capture:
+            self.loss = self.loss_fn(self.buffers)
+            self._adopt_grads()
+            return self.loss
+        if self.assign_graph is None or self._captured_with["assign"] != self._grad_ptrs():
+            self.assign_graph = self._capture("assign")
+        self.assign_graph.replay()
+        self.replays += 1
+        self.loss = self._graph_loss["assign"]
+        for p, g in zip(self.params, self.grads):
+            p.grad = g
+        if self._unreached:  # an eager micro-step may have written them since
+            torch._foreach_zero_([self.grads[i] for i in self._unreached])
+        return self.loss
+
+    def _adopt_grads(self) -> None:
+        """Make the gradients autograd just assigned the fixed tensors (in place: steps sharing `grads` see them);
+        a parameter the backward did not reach keeps its tensor, zeroed, as the accumulate step would leave it."""
+        self._unreached = [i for i, p in enumerate(self.params) if p.grad is None]
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                p.grad = self.grads[i]
+            else:
+                self.grads[i] = p.grad
+        if self._unreached:
+            torch._foreach_zero_([self.grads[i] for i in self._unreached])
+
+    def _grad_ptrs(self) -> list[int]:
+        return [g.data_ptr() for g in self.grads]
+
+    def _capture(self, kind: str) -> torch.cuda.CUDAGraph:
+        """Warm up and capture the `kind` step ("assign" or "accumulate"); the gradients and the caller's state are
+        as before afterwards (the warm-up runs add into the accumulate step's tensors too)."""
+        assign = kind == "assign"
+        saved_grads = [] if assign else [g.clone() for g in self.grads]
         state = self.before_capture() if self.before_capture is not None else None
         try:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(self.warmup):
+                    if assign:
+                        for p in self.params:
+                            p.grad = None
                     self.loss_fn(self.buffers)
             torch.cuda.current_stream().wait_stream(side)
+            if assign:
+                for p in self.params:
+                    p.grad = None
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
-                self.loss = self.loss_fn(self.buffers)
-        finally:  # also when capture fails: the caller then runs this batch eagerly on clean state
-            torch._foreach_copy_(self.grads, saved_grads)
-            for p, g in zip(self.params, self.grads):
-                p.grad = g
+                self._graph_loss[kind] = self.loss_fn(self.buffers)
+            if assign:  # the tensors autograd allocated inside the capture: every replay writes them
+                self._adopt_grads()
+        except BaseException:
+            if assign:  # clean state for the caller's eager retry: an optimizer step that has not begun
+                for p in self.params:
+                    p.grad = None
+            raise
+        finally:
+            if not assign:  # also when capture fails: the caller then runs this batch eagerly on clean state
+                torch._foreach_copy_(self.grads, saved_grads)
+                for p, g in zip(self.params, self.grads):
+                    p.grad = g
             if self.after_capture is not None:
                 self.after_capture(state)
-        self.graph = graph
+        self._captured_with[kind] = self._grad_ptrs()
+        return graph

@@ -1,7 +1,8 @@
 """StaticBatchStep's bookkeeping on CPU (capture=False runs the same static-buffer step eagerly): gradients live in
 fixed tensors and accumulate like autograd's, survive a trainer's zero_grad(set_to_none=True), take over gradients
-an eager micro-step left, and a batch of another shape is refused. The capture itself is tested on a GPU
-(tests/recipes/test_graph_step_gpu.py)."""
+an eager micro-step left, an optimizer step's first micro-step hands autograd's own gradient tensors over (shared
+with the steps of other shapes), and a batch of another shape is refused. The capture itself is tested on a GPU
+(the `gpu` test below, and tests/recipes/test_graph_step_gpu.py with a real model)."""
 
 from __future__ import annotations
 
@@ -89,3 +90,99 @@ def test_capture_needs_cuda():
     net = _net()
     with pytest.raises(MixlabError, match="CUDA"):
         StaticBatchStep(_loss(net), list(net.parameters()), capture=True)
+
+
+def _reference_grads(batches):
+    ref = _net()
+    ref.zero_grad(set_to_none=True)
+    for b in batches:
+        _loss(ref)(b)
+    return [q.grad for q in ref.parameters()]
+
+
+def test_first_micro_step_hands_over_autograds_own_tensors():
+    net = _net()
+    step = StaticBatchStep(_loss(net), list(net.parameters()), capture=False)
+    shared = step.grads
+    zeros = list(step.grads)
+    b = _batches(2)
+    net.zero_grad(set_to_none=True)
+    step.step(b[0])  # assign: no zero-fill, no add
+    assert step.grads is shared  # replaced in place: steps of other shapes hold the same list
+    for p, g, z, want in zip(net.parameters(), step.grads, zeros, _reference_grads(b[:1])):
+        assert p.grad is g and g is not z and torch.equal(g, want)
+    step.step(b[1])  # accumulate into the handed-over tensors
+    for p, g, want in zip(net.parameters(), step.grads, _reference_grads(b)):
+        assert p.grad is g and torch.equal(g, want)
+
+
+def test_steps_of_two_shapes_share_gradients_across_assign_and_accumulate():
+    net = _net()
+    owner = StaticBatchStep(_loss(net), list(net.parameters()), capture=False)
+    other = StaticBatchStep(_loss(net), list(net.parameters()), capture=False, grads=owner.grads)
+    b4, b3 = _batches(2), _batches(2, B=3)
+    # optimizer step 1: the owner's assign, then the other shape accumulates into the same tensors
+    net.zero_grad(set_to_none=True)
+    owner.step(b4[0])
+    other.step(b3[0])
+    for p, g, want in zip(net.parameters(), owner.grads, _reference_grads([b4[0], b3[0]])):
+        assert p.grad is g and torch.allclose(g, want, atol=1e-7)
+    # optimizer step 2 begins with the other shape: it does not own the tensors, so it zeroes and adds into them
+    net.zero_grad(set_to_none=True)
+    before = list(owner.grads)
+    other.step(b3[1])
+    owner.step(b4[1])
+    assert all(a is b for a, b in zip(owner.grads, before))
+    for p, g, want in zip(net.parameters(), owner.grads, _reference_grads([b3[1], b4[1]])):
+        assert p.grad is g and torch.allclose(g, want, atol=1e-7)
+
+
+def test_a_parameter_the_backward_misses_gets_a_zero_gradient():
+    net = _net()
+    unused = torch.nn.Parameter(torch.ones(3))
+    params = [*net.parameters(), unused]
+    step = StaticBatchStep(_loss(net), params, capture=False)
+    unused.grad = torch.full((3,), 7.0)  # left by some eager code: the accumulate path keeps it
+    step.step(_batches(1)[0])
+    assert torch.equal(unused.grad, torch.full((3,), 7.0)) and unused.grad is step.grads[-1]
+    for p in params:
+        p.grad = None
+    step.step(_batches(1)[0])  # assign: the missed parameter ends with zeros, as a zero-fill would leave it
+    assert unused.grad is step.grads[-1] and torch.equal(unused.grad, torch.zeros(3))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_graphs_are_captured_again_when_the_gradient_tensors_change():
+    """An accumulate graph captured before the owner's assign step hands over new gradient tensors (its own, and that
+    of a step of another shape sharing them) writes stale memory unless captured again: the sums must still match."""
+    torch.manual_seed(0)
+    net = _net().cuda()
+    ref = _net().cuda()
+    to_cuda = lambda bs: [{k: v.cuda() for k, v in b.items()} for b in bs]
+    b4, b3 = to_cuda(_batches(3)), to_cuda(_batches(2, B=3))
+    owner = StaticBatchStep(_loss(net), list(net.parameters()))
+    other = StaticBatchStep(_loss(net), list(net.parameters()), grads=owner.grads)
+    _loss(net)(b4[0])  # an eager micro-step first: both shapes capture their accumulate graphs
+    owner.step(b4[1])
+    other.step(b3[0])
+    first_graph = owner.graph
+    net.zero_grad(set_to_none=True)
+    owner.step(b4[2])  # assign: captured now, hands over new tensors
+    owner.step(b4[2])  # accumulate: captured again
+    other.step(b3[1])  # the other shape's accumulate graph: captured again
+    assert owner.assign_graph is not None and owner.graph is not first_graph
+    for b in (b4[2], b4[2], b3[1]):
+        _loss(ref)(b)
+    for p, g, q in zip(net.parameters(), owner.grads, ref.parameters()):
+        assert p.grad is g
+        torch.testing.assert_close(g, q.grad, rtol=1e-5, atol=1e-6)
+    # replays only from here: the next optimizer step gives the same sums again
+    net.zero_grad(set_to_none=True)
+    replays = owner.replays
+    owner.step(b4[2])
+    owner.step(b4[2])
+    other.step(b3[1])
+    assert owner.replays == replays + 2
+    for g, q in zip(owner.grads, ref.parameters()):
+        torch.testing.assert_close(g, q.grad, rtol=1e-5, atol=1e-6)

@@ -47,7 +47,8 @@ def test_captured_model_step_matches_eager(checkpointing, moe_impl, monkeypatch)
         model.zero_grad(set_to_none=True)
         losses.append(float(step.step(batches[2])))
         step.result = (losses, [g.clone() for g in step.grads])
-    assert graphed.graph is not None and graphed.replays == 3
+    # the first micro-step of each optimizer step replays the assign graph, the second the accumulate graph
+    assert graphed.assign_graph is not None and graphed.graph is not None and graphed.replays == 3
     loads = model.expert_load()
     assert loads and all(float(v.sum()) == pytest.approx(1.0) for v in loads.values())
     (lg, gg), (le, ge) = graphed.result, eager.result
@@ -77,6 +78,7 @@ def test_sft_trainer_on_cuda_replays_the_graph(tmp_path, monkeypatch):
                                                train_dataset=datasets.Dataset.from_list(rows))
     trainer.train()
     assert trainer.graph_stats["graph"] == 4, trainer.graph_stats
-    assert [s.graph is not None for s in trainer.graph_steps.values()] == [True]  # one batch shape: one graph
+    # one batch shape, no gradient accumulation: every step is an optimizer step's first micro-step, one graph
+    assert [(s.assign_graph is not None, s.graph) for s in trainer.graph_steps.values()] == [(True, None)]
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 4 and all(l == l and 0 < l < 20 for l in losses), losses

@@ -22,8 +22,9 @@ Modes (same model weights, same batch):
                 first H100 numbers in BENCHMARKS.md were taken before that kernel existed, i.e. in this configuration).
 - fast_sep, fast_sep_graph : the same with separate projection GEMMs (`joint_linear` off), as before wave 10 (the
                 peer has them too: `set_fused(False)` turns joint_linear off).
-- <mode>_mixkda : any mode with KDA on mixlab's own Triton kernels (MIXLAB_KDA_BACKEND=triton) instead of what
-                `auto` picks. The peer always runs fla-core's KDA; the other modes run MIXLAB_KDA_BACKEND as set.
+- <mode>_mixkda, <mode>_flakda : any mode with KDA on mixlab's own Triton kernels (MIXLAB_KDA_BACKEND=triton) or
+                on fla-core's (=fla) instead of what `auto` picks (mixlab's since wave 12, fla-core's before). The
+                peer always runs fla-core's KDA; the other modes run MIXLAB_KDA_BACKEND as set.
 
 Per mode and batch: tokens/s (median of timed steps), ratio to the peer, MFU (6 · active non-embedding params · tok/s
 plus causal MLA attention FLOPs, over the 780 TFLOP/s measured bf16 peak; KDA's own FLOPs are not counted), GPU busy %
@@ -193,8 +194,9 @@ def _set_env(name: str, value: str | None) -> None:
 
 def run_mode(model, ids, mode: str, iters: int, host: bool = False) -> dict:
     peer_fla = mode == "peer" and dispatch.fla_available()
-    _set_env("MIXLAB_KDA_BACKEND", "fla" if peer_fla else "triton" if mode.endswith("_mixkda") else USER_KDA_BACKEND)
-    mode_base = mode.removesuffix("_mixkda")
+    kda = "fla" if peer_fla or mode.endswith("_flakda") else "triton" if mode.endswith("_mixkda") else USER_KDA_BACKEND
+    _set_env("MIXLAB_KDA_BACKEND", kda)
+    mode_base = mode.removesuffix("_mixkda").removesuffix("_flakda")
     _set_env("MIXLAB_MOE_IMPL", "grouped" if mode_base.endswith("_grouped") else USER_MOE_IMPL)
     base = mode_base.removesuffix("_grouped")
     set_backend("auto")

@@ -7,7 +7,7 @@ fast path is taken automatically (backend "auto"), CPU tensors run the reference
 | kda_gate | kda_gate.py (+ kda_gate_triton.py) | g = -exp(A_log)·softplus(f + dt_bias), fp32; fused on CUDA |
 | naive_recurrent_kda | kda_naive.py | token-loop oracle (tests only; slow) |
 | chunk_kda | kda_chunk.py, kda_chunk_fn.py | chunked WY/UT form, hand-written backward, cu_seqlens, any decay |
-| chunk_kda_triton | kda_triton.py, kda_triton_kernels.py | mixlab's own Triton chunked KDA fwd+bwd (chunk 64, varlen, states); the CUDA default without fla-core, MIXLAB_KDA_BACKEND=triton forces it |
+| chunk_kda_triton | kda_triton.py, kda_triton_kernels.py | mixlab's own Triton chunked KDA fwd+bwd (chunk 64, varlen, states); the CUDA default (MIXLAB_KDA_BACKEND=fla: fla-core's) |
 | recurrent_kda_step | kda_recurrent.py | decode from an fp32 state |
 | kda_decode_step, kda_decode_layer | kda_decode.py (+ kda_decode_triton.py) | engine decode: conv window + gate + state update + gated norm over cache slots; one launch on CUDA (MIXLAB_FUSED_DECODE=0: the reference) |
 | mla_decode_paged | mla_decode.py (+ mla_decode_triton.py) | engine decode: appends the latent, absorbed MLA over the paged cache; flash-decoding over the block table on CUDA (MIXLAB_FUSED_DECODE=0: the reference) |

@@ -1,10 +1,12 @@
 """Backend choice for the ops in `mixlab.kernels`.
 
 - "auto" (default): CUDA tensors take the fast path — grouped-GEMM MoE (`torch._grouped_mm`), mixlab's own fused
-  Triton kernels (gate, gated norm, SwiGLU, ...) and fla-core's KDA kernels when fla-core imports; CPU tensors take
-  the pure-torch references. So a model on a GPU is fast without any setting, and CPU CI runs the references.
+  Triton kernels (gate, gated norm, SwiGLU, ...) and mixlab's own Triton KDA (`kda_backend` says when fla-core's
+  runs instead); CPU tensors take the pure-torch references. So a model on a GPU is fast without any setting, and
+  CPU CI runs the references.
 - "torch": the pure-torch references on any device (the oracle; the GPU reference path of the loss-agreement run).
-- "triton": as "auto", but refuses to start unless a CUDA device and fla-core exist (explicit opt-in with a check).
+- "triton": as "auto" with fla-core's KDA kernels; refuses to start unless a CUDA device and fla-core exist
+  (explicit opt-in with a check).
 
 `set_fused(False)` keeps the fast path but turns mixlab's own fused Triton kernels off: that is the off-the-shelf
 composition (fla KDA + grouped_mm MoE + SDPA) the benchmarks measure against. The environment variables
@@ -118,13 +120,18 @@ KDA_BACKENDS = ("auto", "fla", "triton", "torch")
 def kda_backend(*tensors: torch.Tensor | None) -> str:
     """Which chunked-KDA implementation runs on these tensors: "fla", "mixlab" (kda_triton.py) or "torch".
 
-    MIXLAB_KDA_BACKEND (read per call) picks among the fast ones: "auto" (default) takes fla-core where it imports,
-    else mixlab's own Triton kernels where their head dims fit (K, V powers of two, 16–256), else the reference;
-    "fla" takes fla-core where it imports; "triton" mixlab's kernels; "torch" the reference. On an H100 (wave 8,
-    bench/gpu_kda.sh) mixlab's forward + backward is 1.06–1.10x fla's speed at H=32, T = 2k/8k/32k and 3.3–4.7x the
-    reference's; in the 1b-a150m CUDA-graph step (H=8; bench_step.py) the two tie (1.00x at 8k tokens, 1.03x at
-    16k) while mixlab's saves more for its backward (+1.4 / +2.7 GiB peak), hence fla-core first where it imports.
-    CPU tensors and the "torch" kernel backend always get the reference.
+    MIXLAB_KDA_BACKEND (read per call) picks among the fast ones: "auto" (default) takes mixlab's own Triton kernels
+    where their head dims fit (K, V powers of two, 16–256), else fla-core where it imports, else the reference (the
+    "triton" kernel backend, whose meaning is fla-core's kernels, makes "auto" take fla-core first); "fla" takes
+    fla-core where it imports; "triton" mixlab's kernels; "torch" the reference. CPU tensors and the "torch" kernel
+    backend always get the reference.
+
+    Why mixlab's first (BENCHMARKS.md, waves 8-12): on an H100 its forward + backward is 1.06-1.10x fla's speed at
+    H=32, T = 2k/8k/32k, and the 1b-a150m CUDA-graph step ties or leads (1.00x at 8k tokens, 1.03x at 16k); the
+    recipe's 200-step loss curve on it stays within bf16 noise and is the same bits run to run (waves 8, 10); its
+    kernels compile in seconds, where fla-core autotunes for 3-7 minutes on first use (and is the configuration of
+    the unexplained wave-9 loss spike). Its cost: it saves more for the backward (+1.4 / +2.7 GiB peak at 8k / 16k
+    tokens in that step).
     """
     choice = os.environ.get("MIXLAB_KDA_BACKEND", "auto").strip().lower()
     if choice not in KDA_BACKENDS:
@@ -134,10 +141,13 @@ def kda_backend(*tensors: torch.Tensor | None) -> str:
         return "torch"
     if choice == "triton" and triton_available():
         return "mixlab"
-    if fla_available():
+    fla_first = choice == "fla" or get_backend() == "triton"
+    if fla_first and fla_available():
         return "fla"
     if choice == "auto" and triton_available() and _triton_kda_dims_ok(tensors):
         return "mixlab"
+    if fla_available():
+        return "fla"
     return "torch"
 
 

@@ -169,9 +169,8 @@ def chunk_kda(
     q, k [B,T,H,K]; v [B,T,H,V]; g [B,T,H,K] log decay (≤ 0, fp32 preferred); beta [B,T,H];
     initial_state [N,H,K,V] fp32; cu_seqlens int [N+1] with B = 1 restarts the state per sequence.
     Computes in fp32; returns (o in v.dtype, final state fp32 [N,H,K,V] or None). chunk_size None picks the
-    measured best for the device (DEFAULT_CHUNK_SIZE). With CUDA tensors on the fast path this calls fla's `chunk_kda`
-    (chunk size 64), or mixlab's own Triton kernels without fla-core or with MIXLAB_KDA_BACKEND=triton
-    (see `dispatch.kda_backend`).
+    measured best for the device (DEFAULT_CHUNK_SIZE). With CUDA tensors on the fast path this calls mixlab's own
+    Triton kernels, or fla's `chunk_kda` (chunk size 64) with MIXLAB_KDA_BACKEND=fla (see `dispatch.kda_backend`).
     """
     backend = kda_backend(q, k, v, g, beta, initial_state)
     if backend == "mixlab":

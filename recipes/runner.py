@@ -36,7 +36,7 @@ from mixlab.device import check_device_count, device_kind, resolve_device, resol
 from mixlab.errors import MixlabError
 from mixlab.evals.runner import evaluate
 from mixlab.evals.suites import suite_tasks
-from mixlab.kernels.dispatch import fla_available, set_backend
+from mixlab.kernels.dispatch import set_backend
 from mixlab.mixtures import build
 from mixlab.model.loading import load_model_and_tokenizer
 from mixlab.model.presets import PRESETS
@@ -124,12 +124,11 @@ def _device(recipe: Recipe, ctx: DistContext) -> str:
 
 
 def _select_kernels(recipe: Recipe, device: str) -> str:
-    """`auto`: on a GPU the kernels' fast path (grouped-GEMM MoE, fused Triton kernels, and fla-core's KDA where it
-    is installed: "triton"), else the pure-torch ops."""
+    """`auto`: on a GPU the kernels' fast path (grouped-GEMM MoE, mixlab's fused Triton kernels and KDA: the kernel
+    backend "auto"), else the pure-torch ops. `triton` asks for fla-core's KDA instead (checked here)."""
     name = recipe.kernels
     if name == "auto":
-        cuda = device.startswith("cuda")
-        name = "triton" if cuda and fla_available() else ("auto" if cuda else "torch")
+        name = "auto" if device.startswith("cuda") else "torch"
     try:
         set_backend(name)
     except MixlabError as exc:

@@ -279,20 +279,26 @@ def test_dispatch_routes_chunk_kda_to_mixlab_triton_on_request(monkeypatch):
     assert _rel(o, o_ref) < 1e-5
 
 
-def test_auto_takes_mixlab_triton_without_fla(monkeypatch):
-    """Without fla-core, "auto" on the fast path takes mixlab's Triton KDA (3.3–4.7x the reference on an H100) where
-    the head dims fit it, and the reference where they do not; fla-core still comes first where it imports."""
+def test_auto_takes_mixlab_triton_first(monkeypatch):
+    """"auto" on the fast path takes mixlab's Triton KDA where the head dims fit it, with or without fla-core; where
+    they do not, fla-core if it imports, else the reference. An explicit "fla", or the "triton" kernel backend (which
+    means fla-core's kernels), takes fla-core first."""
     from mixlab.kernels import dispatch
 
     monkeypatch.delenv("MIXLAB_KDA_BACKEND", raising=False)
     monkeypatch.setattr(dispatch, "fast_path", lambda *t: True)
-    monkeypatch.setattr(dispatch, "fla_available", lambda: False)
+    monkeypatch.setattr(dispatch, "get_backend", lambda: "auto")
     q, v = torch.ones(1, 4, 2, 128), torch.ones(1, 4, 2, 64)
-    assert dispatch.kda_backend(q, q, v) == "mixlab"
-    assert dispatch.kda_backend(q[..., :96], q[..., :96], v) == "torch"  # K = 96: not a power of two
-    assert dispatch.kda_backend(q, q, torch.ones(1, 4, 2, 512)) == "torch"  # V = 512: over 256
+    odd_k, wide_v = (q[..., :96], q[..., :96], v), (q, q, torch.ones(1, 4, 2, 512))  # K = 96; V = 512 (over 256)
+    for fla in (False, True):
+        monkeypatch.setattr(dispatch, "fla_available", lambda fla=fla: fla)
+        assert dispatch.kda_backend(q, q, v) == "mixlab"
+        assert dispatch.kda_backend(*odd_k) == dispatch.kda_backend(*wide_v) == ("fla" if fla else "torch")
     monkeypatch.setenv("MIXLAB_KDA_BACKEND", "fla")
+    assert dispatch.kda_backend(q, q, v) == "fla"
+    monkeypatch.setattr(dispatch, "fla_available", lambda: False)
     assert dispatch.kda_backend(q, q, v) == "torch"  # an explicit "fla" without fla-core: the reference
     monkeypatch.setenv("MIXLAB_KDA_BACKEND", "auto")
     monkeypatch.setattr(dispatch, "fla_available", lambda: True)
+    monkeypatch.setattr(dispatch, "get_backend", lambda: "triton")
     assert dispatch.kda_backend(q, q, v) == "fla"

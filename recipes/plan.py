@@ -9,8 +9,9 @@ What is counted (bytes; P = parameters, N = GPUs; mixlab's FSDP2 setting in reci
   copy that is reduced: 6 bytes × the largest layer), and the root group (embeddings, LM head, final norm; bf16,
   gathered for the whole step, plus its gradient);
 - activations: what autograd keeps per token of the micro-batch, counted tensor by tensor for each layer type with
-  the fast (fla / fused) kernels, plus the logits (bf16, their fp32 upcast and its gradient). With activation
-  checkpointing only each layer's input is kept, plus one layer recomputed.
+  the fast (fused) kernels and mixlab's Triton KDA (the default; `kda="fla"` counts fla-core's, which keeps less for
+  its backward: the measured peaks in MEASURED were taken with it), plus the logits (bf16, their fp32 upcast and
+  its gradient). With activation checkpointing only each layer's input is kept, plus one layer recomputed.
 With `offload` (FSDP2's CPUOffloadPolicy) parameters, gradients and optimizer state live in host memory: the GPU
 holds the working set and the activations; the host needs 16P/N bytes per GPU.
 Not counted: the CUDA context and allocator fragmentation (leave ~10 % headroom; the minimum GPU count below
@@ -70,8 +71,24 @@ def param_counts(config: KimiLinearConfig) -> ParamCounts:
     return ParamCounts(total=total, root=total - sum(layers), layers=layers)
 
 
-def activation_bytes_per_token(config: KimiLinearConfig) -> dict[str, float]:
-    """Bytes autograd keeps per token, per layer (bf16 activations, fp32 where the model computes in fp32)."""
+def kda_kernel_bytes_per_token(H: int, K: int, kda: str = "mixlab") -> float:
+    """What the chunked-KDA kernel itself saves for its backward, per token (K = V, chunks of 64 tokens, bf16 run).
+    mixlab's (kernels/kda_triton.py, `KDATritonFunction.forward`): the chunk-local cumulative gate (fp32), three
+    64-wide per-chunk matrices per head (fp32: scores, decay-masked keys, the solved inverse), five bf16 [H, K]
+    intermediates (w, qg, kd, u, v_new), the state at each chunk start (bf16) and the q, k L2 norms. fla-core's
+    (chunk_kda): the fp32 state once per chunk. On an H100 the 1b-a150m step peaked 1.4 / 2.7 GiB higher with
+    mixlab's at 8k / 16k tokens (BENCHMARKS.md, wave 8); this difference predicts 1.5 / 3.0."""
+    P = H * K
+    if kda == "fla":
+        return P * K * FP32 / 64
+    if kda != "mixlab":
+        raise MixlabError(f"kda {kda!r}: choose mixlab or fla")
+    return P * FP32 + 3 * H * 64 * FP32 + 5 * P * BF16 + P * K * BF16 / 64 + 2 * H * FP32
+
+
+def activation_bytes_per_token(config: KimiLinearConfig, kda: str = "mixlab") -> dict[str, float]:
+    """Bytes autograd keeps per token, per layer (bf16 activations, fp32 where the model computes in fp32); `kda`:
+    which chunked-KDA kernel (`kda_kernel_bytes_per_token`)."""
     d = config.hidden_size
     norms = 2 * (d * BF16 + d * BF16 + FP32)  # two RMSNorms: input and output kept (the output feeds the linears)
     out: dict[str, float] = {}
@@ -85,7 +102,7 @@ def activation_bytes_per_token(config: KimiLinearConfig) -> dict[str, float]:
                     + K * BF16 * 2  # f_a, g_a low-rank outputs
                     + P * FP32  # the fp32 forget gate g
                     + H * FP32  # beta
-                    + P * K * FP32 / 64  # fp32 state H·K·V kept once per 64-token chunk
+                    + kda_kernel_bytes_per_token(H, K, kda)
                     + 3 * P * BF16)  # output: gated-norm input, gate, o_proj input
         else:
             Hq = config.num_attention_heads
@@ -186,21 +203,22 @@ def _min_gpus(counts: ParamCounts, config: KimiLinearConfig, tokens: int, cap: i
     return None
 
 
-def step_memory(config: KimiLinearConfig, tokens: int) -> dict[str, float]:
+def step_memory(config: KimiLinearConfig, tokens: int, kda: str = "mixlab") -> dict[str, float]:
     """One GPU, bf16 weights, forward + backward, no optimizer (the setting of bench/bench_step.py and
     bench_gpu.py): weights + bf16 gradients + activations, bytes."""
     counts = param_counts(config)
-    acts = tokens * (sum(activation_bytes_per_token(config).values()) + logits_bytes_per_token(config))
+    acts = tokens * (sum(activation_bytes_per_token(config, kda).values()) + logits_bytes_per_token(config))
     parts = {"weights": BF16 * counts.total, "grads": BF16 * counts.total, "activations": acts}
     parts["total"] = sum(parts.values())
     return parts
 
 
 def validate() -> list[dict[str, Any]]:
-    """`step_memory` against every measured peak in MEASURED: relative error of the plan."""
+    """`step_memory` against every measured peak in MEASURED: relative error of the plan. Those peaks were taken
+    before mixlab's KDA became the default, so the plan counts fla-core's KDA for them."""
     rows = []
     for m in MEASURED:
-        predicted = step_memory(get_preset(m["preset"]), m["tokens"])["total"] / GIB
+        predicted = step_memory(get_preset(m["preset"]), m["tokens"], kda="fla")["total"] / GIB
         rows.append({**m, "plan_gib": round(predicted, 2), "error_pct": round(100 * (predicted / m["peak_gib"] - 1), 1)})
     return rows
 

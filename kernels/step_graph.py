@@ -63,7 +63,8 @@ class StaticBatchStep:
       step owns its `grads` (none were passed in). The backward runs with `.grad` None, so autograd hands each
       parameter its new gradient instead of adding it to zeros, and those tensors become `grads` (replaced in place
       in the list). Under fp32 master weights this saves a zero-fill and a read-add-write of every fp32 gradient per
-      step: 421 add launches, 6.4 ms of a 74 ms `1b-a150m` step at 8k tokens on an H100 (BENCHMARKS.md, wave 11).
+      step: on an H100 the `1b-a150m` step at 8k tokens lost 343 fp32 add launches and 4.2 ms of GPU time, ran
+      1.038x faster and peaked 3.5 GiB lower (BENCHMARKS.md, wave 12).
     - accumulate: otherwise (gradient accumulation, an eager micro-step in between, or `grads` shared with another
       step). If every `.grad` was None the fixed tensors are zeroed in one foreach launch first; autograd then adds
       into them. Both kinds give the same bits (0 + g = g in floating point).

@@ -94,8 +94,7 @@ class StaticBatchStep:
         if len(self.grads) != len(self.params):
             raise MixlabError(f"StaticBatchStep: {len(self.grads)} gradient tensors for {len(self.params)} parameters")
         self.pool = pool
-        self.graph: torch.cuda.CUDAGraph | None = None  # the accumulate step's graph
-        self.assign_graph: torch.cuda.CUDAGraph | None = None
+        self._graphs: dict[str, torch.cuda.CUDAGraph] = {}  # "assign" / "accumulate" -> its captured graph
         self._captured_with: dict[str, list[int]] = {}  # graph kind -> data_ptr of each gradient tensor at capture
         self._unreached: list[int] = []  # parameters the assign step's backward gives no gradient
         # each graph's own loss output: it must stay alive, or a later capture in the same pool could reuse its memory
@@ -141,11 +140,24 @@ class StaticBatchStep:
         if not self.capture:
             self.loss = self.loss_fn(self.buffers)
             return self.loss
-        if self.graph is None or self._captured_with["accumulate"] != self._grad_ptrs():
-            self.graph = self._capture("accumulate")
-        self.graph.replay()
+        return self._replay("accumulate")
+
+    @property
+    def graph(self) -> torch.cuda.CUDAGraph | None:
+        """The accumulate step's graph (None until one was captured)."""
+        return self._graphs.get("accumulate")
+
+    @property
+    def assign_graph(self) -> torch.cuda.CUDAGraph | None:
+        return self._graphs.get("assign")
+
+    def _replay(self, kind: str) -> torch.Tensor:
+        """Replay the `kind` graph, captured first (again, if the gradient tensors changed since) when needed."""
+        if kind not in self._graphs or self._captured_with[kind] != self._grad_ptrs():
+            self._graphs[kind] = self._capture(kind)
+        self._graphs[kind].replay()
         self.replays += 1
-        self.loss = self._graph_loss["accumulate"]
+        self.loss = self._graph_loss[kind]
         return self.loss
 
     def _assign_step(self) -> torch.Tensor:
@@ -155,11 +167,7 @@ class StaticBatchStep:
             self.loss = self.loss_fn(self.buffers)
             self._adopt_grads()
             return self.loss
-        if self.assign_graph is None or self._captured_with["assign"] != self._grad_ptrs():
-            self.assign_graph = self._capture("assign")
-        self.assign_graph.replay()
-        self.replays += 1
-        self.loss = self._graph_loss["assign"]
+        self._replay("assign")
         for p, g in zip(self.params, self.grads):
             p.grad = g
         if self._unreached:  # an eager micro-step may have written them since

@@ -7,6 +7,7 @@ next call. Not in the background of timed runs: its compiles and GPU work (B=1, 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,7 +34,9 @@ def main() -> None:
     fla_chunk_kda(q, k, v, g, beta, use_qk_l2norm_in_kernel=True)[0].sum().backward()
     torch.cuda.synchronize()
     print(f"fla chunk_kda H=32 fwd+bwd compiled: {time.time() - t0:.0f} s", flush=True)
-    # bench_step / bench_loss_agreement: the 1b-a150m model, fla KDA, peer (unfused) and fast (fused) paths
+    # bench_step / bench_loss_agreement: the 1b-a150m model, fla KDA, peer (unfused) and fast (fused) paths. fla is
+    # asked for by name: since wave 12 "auto" takes mixlab's KDA (which compiles in seconds, no warming needed).
+    os.environ["MIXLAB_KDA_BACKEND"] = "fla"
     model = load_model("1b-a150m", dtype=torch.bfloat16, device="cuda", seed=0).train()
     ids = torch.randint(0, model.config.vocab_size, (1, T), device="cuda")
     for fused in (False, True):

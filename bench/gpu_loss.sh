@@ -13,7 +13,9 @@ for variant in ${LOSS_VARIANTS:-auto:2:nosync auto:2 grouped:1}; do
   name=$impl${sync:+_$sync}; extra=""; [ "$sync" = nosync ] && extra=--no-spike-recheck
   # LOSS_RUN_S caps each variant; at the cap SIGABRT makes faulthandler print where every thread was (s11b's run
   # was cut at its call's limit before its first step, with no output).
-  # On a cold Triton cache fla's first compile (~170 s on an H100) counts too: run_gpu_wave.sh's warm item first.
+  # KDA: the default ("auto": mixlab's since wave 12); MIXLAB_KDA_BACKEND=fla for fla-core's, the configuration
+  # of the s9i spike. On a cold Triton cache fla's first compile counts too (170-225 s in waves 5-11, over 390 s in
+  # s12a): run_gpu_wave.sh's warm item first, and give it the whole call.
   MIXLAB_MOE_IMPL=$impl timeout -s ABRT "${LOSS_RUN_S:-400}" python3 -X faulthandler -P bench/bench_loss_agreement.py \
     --steps 200 --fla-configs 1 --reuse "$REUSE" --recipe --recipe-runs "$runs" $extra --out "$OUT/loss_$name.json" \
     > "$OUT/loss_$name.log" 2>&1

@@ -17,7 +17,7 @@ fast path is taken automatically (backend "auto"), CPU tensors run the reference
 | rms_norm, gated_rms_norm | norm.py (+ norm_triton.py) | fp32 compute; one fused launch each way on CUDA |
 | moe_route, moe_experts (+ _fused, _grouped, _reference, _naive), expert_counts | moe.py (+ moe_triton.py) | sigmoid+bias top-k (vLLM/HF weights); on CUDA one autograd Function over grouped GEMMs with Triton sort / SwiGLU / gather-sum (MIXLAB_MOE_IMPL=auto, the default; `grouped`: autograd over grouped GEMMs) |
 | CapturedStep, StaticBatchStep | step_graph.py | a whole fwd+bwd step as one CUDA graph (static shapes, no host sync); StaticBatchStep: copy-in buffers, fixed gradients that survive zero_grad, accumulation (recipes' graph step) |
-| get_backend, set_backend, set_fused | dispatch.py | "auto" (default: fast path on CUDA), "torch" (references), "triton" (auto, fla required) |
+| get_backend, set_backend, set_fused | dispatch.py | "auto" (default: fast path on CUDA), "torch" (references), "triton" (auto with fla-core's KDA; fla required) |
 """
 
 if __name__ == "kernels":  # this folder, imported as a top-level package: the repo root is on sys.path

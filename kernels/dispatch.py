@@ -15,6 +15,7 @@ MIXLAB_KERNEL_BACKEND and MIXLAB_FUSED_KERNELS (0/1) set the initial choices.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
@@ -51,7 +52,8 @@ def triton_available() -> bool:
     return True
 
 
-def _check(name: str) -> str:
+def check_backend(name: str) -> str:
+    """`name` if it is a backend that can run here, else MixlabError saying why."""
     if name not in BACKENDS:
         hint = did_you_mean(name, BACKENDS)
         raise MixlabError(f"unknown kernel backend {name!r}{hint}; choose one of {', '.join(BACKENDS)}")
@@ -70,7 +72,7 @@ def get_backend() -> str:
     """The active backend name ("auto", "torch" or "triton")."""
     global _backend
     if _backend is None:
-        _backend = _check(os.environ.get("MIXLAB_KERNEL_BACKEND", "auto"))
+        _backend = check_backend(os.environ.get("MIXLAB_KERNEL_BACKEND", "auto"))
     return _backend
 
 
@@ -88,7 +90,20 @@ def env_flag(name: str, default: bool) -> bool:
 def set_backend(name: str) -> None:
     """Select "auto", "torch" or "triton"; raises MixlabError when "triton" cannot run here."""
     global _backend
-    _backend = _check(name)
+    _backend = check_backend(name)
+
+
+@contextlib.contextmanager
+def backend_scope(name: str):
+    """Run a block with backend `name`, then restore the choice made before: a recipe run selects its own backend,
+    and whatever runs later in the same process (a test, a second recipe) must not inherit it."""
+    global _backend
+    previous = _backend
+    set_backend(name)
+    try:
+        yield
+    finally:
+        _backend = previous
 
 
 def fused_enabled() -> bool:

@@ -36,7 +36,7 @@ from mixlab.device import check_device_count, device_kind, resolve_device, resol
 from mixlab.errors import MixlabError
 from mixlab.evals.runner import evaluate
 from mixlab.evals.suites import suite_tasks
-from mixlab.kernels.dispatch import set_backend
+from mixlab.kernels.dispatch import backend_scope, check_backend
 from mixlab.mixtures import build
 from mixlab.model.loading import load_model_and_tokenizer
 from mixlab.model.presets import PRESETS
@@ -124,13 +124,14 @@ def _device(recipe: Recipe, ctx: DistContext) -> str:
 
 
 def _select_kernels(recipe: Recipe, device: str) -> str:
-    """`auto`: on a GPU the kernels' fast path (grouped-GEMM MoE, mixlab's fused Triton kernels and KDA: the kernel
-    backend "auto"), else the pure-torch ops. `triton` asks for fla-core's KDA instead (checked here)."""
+    """The kernel backend the recipe runs under (`run` and `evaluate_stage` set it for their duration). `auto`: on a
+    GPU the kernels' fast path (grouped-GEMM MoE, mixlab's fused Triton kernels and KDA: the kernel backend "auto"),
+    else the pure-torch ops. `triton` asks for fla-core's KDA instead (checked here)."""
     name = recipe.kernels
     if name == "auto":
         name = "auto" if device.startswith("cuda") else "torch"
     try:
-        set_backend(name)
+        check_backend(name)
     except MixlabError as exc:
         raise MixlabError(f"recipe {recipe.name}: kernels: {exc}") from None
     return name
@@ -235,6 +236,10 @@ class RecipeRunner:
         resolved = self.preflight()
         if not self.progress:
             _quiet_libraries()
+        with backend_scope(self.kernels):
+            return self._run_stages(resolved, resume=resume, stop_after=stop_after)
+
+    def _run_stages(self, resolved: list[ResolvedStage], *, resume: bool, stop_after: str | None) -> list[StageResult]:
         results: list[StageResult] = []
         previous: dict[str, Path] = {}
         parent: str | None = self.recipe.model.run  # a recipe started from an earlier run descends from it
@@ -373,7 +378,8 @@ class RecipeRunner:
             raise MixlabError(f"recipe {self.recipe.name}: stage {stage_name!r} has no completed run to evaluate "
                               f"in invocation {self.invocation}")
         last = self.store.last_train_metric(item.run_id, "train_wall_s")
-        self._final_eval(item, Path(row["checkpoint_path"]), last[1] if last else 0)
+        with backend_scope(self.kernels):
+            self._final_eval(item, Path(row["checkpoint_path"]), last[1] if last else 0)
 
     def _record_cost(self, run_id: str, phase: str, wall_s: float, n_devices: int) -> None:
         """Device-seconds of a phase (wall time x devices held), so `mixlab optimise` can price a mixture."""

@@ -81,6 +81,20 @@ def test_env_var_selects_initial_backend(monkeypatch):
     assert get_backend() == "torch"
 
 
+def test_backend_scope_restores_the_previous_choice(monkeypatch):
+    monkeypatch.setattr(dispatch, "_backend", None)  # not chosen yet: read from MIXLAB_KERNEL_BACKEND on first use
+    monkeypatch.setenv("MIXLAB_KERNEL_BACKEND", "auto")
+    with dispatch.backend_scope("torch"):
+        assert get_backend() == "torch"
+    assert dispatch._backend is None and get_backend() == "auto"
+    with pytest.raises(RuntimeError), dispatch.backend_scope("torch"):
+        raise RuntimeError("a failing recipe")
+    assert get_backend() == "auto"
+    with pytest.raises(MixlabError, match="did you mean"), dispatch.backend_scope("trition"):
+        pass
+    assert get_backend() == "auto"
+
+
 def test_captured_step_needs_cuda():
     from mixlab.kernels.step_graph import CapturedStep
 

@@ -30,7 +30,11 @@ def test_sft_grpo_dpo_chain_end_to_end(tmp_path, store):
         {"name": "dpo", "trainer": "dpo", "init": "sft", "mixture": "demo-pref",
          "args": {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 96, "logging_steps": 1}},
     ], router_bias_update_rate=0.01)
-    results = _runner(path, store).run()
+    from mixlab.kernels.dispatch import backend_scope, get_backend
+
+    with backend_scope("auto"):  # what an in-process caller had chosen; the recipe on CPU runs under "torch"
+        results = _runner(path, store).run()
+        assert get_backend() == "auto"
     assert [r.trainer for r in results] == ["sft", "grpo", "dpo"]
     assert all(r.status == "completed" for r in results)
 

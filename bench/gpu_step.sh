@@ -18,7 +18,7 @@ t0=$(date +%s)
 left() { local l=$(( BUDGET - ($(date +%s) - t0) )); [ "$l" -lt 1 ] && l=1; [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }
 say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 
-# GPU tests on mixlab's Triton KDA: they check the graph plumbing, not fla (the benches run fla).
+# GPU tests on mixlab's Triton KDA (the default since wave 12): they check the graph plumbing, not fla.
 if [ "${STEP_TESTS:-1}" = 1 ]; then  # STEP_TESTS=0 skips them
   MIXLAB_KDA_BACKEND=triton timeout "$(left 60)" $PY -m pytest -p no:cacheprovider --import-mode=importlib -q -m gpu \
       tests/kernels/test_step_graph.py tests/recipes/test_graph_step_gpu.py > "$OUT/step_gpu_tests.log" 2>&1

@@ -2,7 +2,7 @@
 # One device call (<= GPU_TESTS_S, default 150 s): the training-path GPU tests: the fast path against the references
 # (joint projections, the model step, the MoE at Kimi shapes), the recipes' CUDA-graph step, then mixlab's fused short
 # conv and Triton KDA on CUDA. KDA on mixlab's Triton kernels (MIXLAB_KDA_BACKEND=triton): fla-core would autotune
-# for minutes at the small test shapes; the benches run fla. GPU_TESTS_K: a -k selection for the first group. Results ->
+# for minutes at the small test shapes; the peer runs fla. GPU_TESTS_K: a -k selection for the first group. Results ->
 # $OUT/gpu_tests*.log.
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONSAFEPATH=1 MIXLAB_KDA_BACKEND=triton
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

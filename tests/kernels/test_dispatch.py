@@ -91,7 +91,7 @@ def test_backend_scope_restores_the_previous_choice(monkeypatch):
         raise RuntimeError("a failing recipe")
     assert get_backend() == "auto"
     with pytest.raises(MixlabError, match="did you mean"), dispatch.backend_scope("trition"):
-        pass
+        raise AssertionError("an unknown backend must fail before the block runs")
     assert get_backend() == "auto"
 
 

@@ -203,8 +203,13 @@ def run_mode(model, ids, mode: str, iters: int, host: bool = False) -> dict:
     set_fused(mode != "peer")
     short_conv_module.FUSED_SHORT_CONV = mode != "peer" and "_nosc" not in mode
     joint_linear_module.use_fused = (lambda *tensors: False) if "_sep" in mode else dispatch.use_fused
-    r = Runner(model, ids, base)
     torch.cuda.synchronize()
+    # Memory this mode does not own: the other model alive in this process (the fp32 masters, once a recipe mode ran,
+    # during every bf16 mode after it; the bf16 model during recipe modes). It is subtracted from the peak: until
+    # wave 13 the rows counted it (main drops both models' gradients before each mode).
+    own_weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    not_this_mode = torch.cuda.memory_allocated() - own_weights
+    r = Runner(model, ids, base)
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     r.step() if r.recipe is not None else r.eager()  # first call: fla autotune / triton compile (+ capture)
@@ -245,7 +250,8 @@ def run_mode(model, ids, mode: str, iters: int, host: bool = False) -> dict:
         "first_step_s": first_s,
         "gpu_busy_pct": None if busy_ms is None else min(100.0, 100.0 * busy_ms / ms),
         "gpu_kernel_ms_per_step": busy_ms,
-        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_mem_gib": (torch.cuda.max_memory_allocated() - not_this_mode) / 2**30,  # its weights + the step
+        "peak_mem_process_gib": torch.cuda.max_memory_allocated() / 2**30,
         "loss": float(r.loss),
         # which KDA implementation ran (fla, mixlab's Triton or torch), asked with the layers' head dim (s10a asked
         # with [B, T] ids, whose T = 2048 fails mixlab's head-dim check: it said "torch" where mixlab's ran)
@@ -303,6 +309,9 @@ def main() -> None:
             try:
                 if mode.startswith("recipe") and master is None:
                     master = load_model(args.preset, dtype=torch.float32, device="cuda", seed=0).train()
+                for alive in (model, master):  # no mode's gradients survive into the next mode's peak
+                    if alive is not None:
+                        alive.zero_grad(set_to_none=True)
                 rec = run_mode(master if mode.startswith("recipe") else model, ids, mode, args.iters,
                                args.host_profile)
             except Exception as exc:

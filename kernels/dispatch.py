@@ -144,9 +144,9 @@ def kda_backend(*tensors: torch.Tensor | None) -> str:
     Why mixlab's first (BENCHMARKS.md, waves 8-12): on an H100 its forward + backward is 1.06-1.10x fla's speed at
     H=32, T = 2k/8k/32k, and the 1b-a150m CUDA-graph step ties or leads (1.00x at 8k tokens, 1.03x at 16k); the
     recipe's 200-step loss curve on it stays within bf16 noise and is the same bits run to run (waves 8, 10, 12); its
-    kernels compile in seconds, where fla-core autotunes for 3-7 minutes on first use (and is the configuration of
-    the unexplained wave-9 loss spike). Its cost: it saves more for the backward (+1.4 / +2.7 GiB peak at 8k / 16k
-    tokens in that step).
+    kernels compile in seconds, where fla-core autotunes for 3-7 minutes on a cold cache (its wave-9 loss spike did
+    not recur in wave 13). Its cost: it saves more for the backward (+1.4 / +2.7 GiB peak at 8k / 16k tokens in
+    that step).
     """
     choice = os.environ.get("MIXLAB_KDA_BACKEND", "auto").strip().lower()
     if choice not in KDA_BACKENDS:

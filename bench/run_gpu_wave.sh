@@ -18,11 +18,12 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "pip install -e . failed"
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name(0))"
-# fla-core is not on the device image: carry its wheel (and einops') in .whl/, fetched here once per checkout with
-#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp -d .whl fla-core==0.6.0 einops
-# trl is not there either: add its wheel (trl==1.16.0, pure Python) to .whl/ for the real-SFTTrainer GPU test, which
-# skips without it (s11a, s12a, s12b).
-# Without it every "peer" silently runs the torch KDA (wave 10's s10a did), so say so loudly.
+# Neither fla-core nor trl is on the device image: carry their wheels in .whl/, fetched here once per checkout with
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp -d .whl fla-core==0.6.0 \
+#     einops trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+# (trl and the last three, which the image also lacks, for the real-SFTTrainer GPU test: it skips without them, as
+# in s11a-s12b, and ran in s13a).
+# Without fla every "peer" silently runs the torch KDA (wave 10's s10a did), so say so loudly.
 python3 -c "import fla; print('fla', fla.__version__)" 2>/dev/null \
   || echo "WARNING: fla-core missing (no .whl carried): the peer and 'auto' modes will not run fla's KDA"
 # Item warm:N (or WARM_S=N, before every item): compile fla's kernels into the cache first (bench/fla_warm.py), for at
